@@ -1,0 +1,169 @@
+// Command ecs-image builds bootable appliance images for the ECS appliance.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"github.com/sirupsen/logrus"
+	"github.com/spf13/cobra"
+)
+
+// Set at link time: -ldflags "-X main.version=... -X main.commit=...".
+var (
+	version = "dev"
+	commit  = "unknown"
+)
+
+// Exit codes.
+const (
+	exitOK      = 0
+	exitFailure = 1
+	exitUsage   = 2
+)
+
+// usageError marks an error caused by bad input or bad usage (exit code 2).
+type usageError struct{ err error }
+
+func (e usageError) Error() string { return e.err.Error() }
+func (e usageError) Unwrap() error { return e.err }
+
+// badInput wraps err so that the command exits with code 2.
+func badInput(err error) error {
+	if err == nil {
+		return nil
+	}
+	return usageError{err}
+}
+
+// badInputf formats a bad-input error (exit code 2).
+func badInputf(format string, args ...any) error {
+	return usageError{fmt.Errorf(format, args...)}
+}
+
+// badInputCheckers let packages classify their own error types as bad input
+// without this file knowing them; command files register them in init().
+var badInputCheckers []func(error) bool
+
+func isBadInput(err error) bool {
+	var u usageError
+	if errors.As(err, &u) {
+		return true
+	}
+	for _, f := range badInputCheckers {
+		if f(err) {
+			return true
+		}
+	}
+	return false
+}
+
+var rootCmd = &cobra.Command{
+	Use:   "ecs-image",
+	Short: "Build bootable ECS appliance images",
+	Long: `ecs-image turns a base cloud image into ECS appliance artifacts
+(qcow2, raw, vmdk/OVA, vhdx, vhd, AMI, Vagrant boxes), and makes the
+env.yml and cidata seed ISOs that configure an appliance at first boot.`,
+	SilenceUsage:  true,
+	SilenceErrors: true,
+	PersistentPreRunE: func(cmd *cobra.Command, args []string) error {
+		return setupLogging(logLevel, logFormat)
+	},
+}
+
+var (
+	logLevel  string
+	logFormat string
+)
+
+func init() {
+	rootCmd.PersistentFlags().StringVar(&logLevel, "log-level", "info", "log level: trace, debug, info, warn, error")
+	rootCmd.PersistentFlags().StringVar(&logFormat, "log-format", "text", "log format: text or json")
+	rootCmd.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error {
+		return badInput(fmt.Errorf("%w\nSee '%s --help'.", err, cmd.CommandPath()))
+	})
+	rootCmd.AddCommand(&cobra.Command{
+		Use:   "version",
+		Short: "Print the ecs-image version",
+		Args:  cobra.NoArgs,
+		Run: func(cmd *cobra.Command, args []string) {
+			fmt.Fprintf(cmd.OutOrStdout(), "ecs-image %s (commit %s)\n", version, commit)
+		},
+	})
+}
+
+func setupLogging(level, format string) error {
+	lvl, err := logrus.ParseLevel(level)
+	if err != nil {
+		return badInputf("--log-level: %v", err)
+	}
+	logrus.SetLevel(lvl)
+	logrus.SetOutput(os.Stderr)
+	switch format {
+	case "text":
+		logrus.SetFormatter(&logrus.TextFormatter{FullTimestamp: true})
+	case "json":
+		logrus.SetFormatter(&logrus.JSONFormatter{})
+	default:
+		return badInputf("--log-format: want text or json, got %q", format)
+	}
+	return nil
+}
+
+// exactArgs is cobra.ExactArgs returning a bad-input error.
+func exactArgs(n int) cobra.PositionalArgs {
+	return func(cmd *cobra.Command, args []string) error {
+		if err := cobra.ExactArgs(n)(cmd, args); err != nil {
+			return badInput(fmt.Errorf("%s: %w\nSee '%s --help'.", cmd.CommandPath(), err, cmd.CommandPath()))
+		}
+		return nil
+	}
+}
+
+// rangeArgs is cobra.RangeArgs returning a bad-input error.
+func rangeArgs(min, max int) cobra.PositionalArgs {
+	return func(cmd *cobra.Command, args []string) error {
+		if err := cobra.RangeArgs(min, max)(cmd, args); err != nil {
+			return badInput(fmt.Errorf("%s: %w\nSee '%s --help'.", cmd.CommandPath(), err, cmd.CommandPath()))
+		}
+		return nil
+	}
+}
+
+func run(args []string) int {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	rootCmd.SetArgs(args)
+	err := rootCmd.ExecuteContext(ctx)
+	if err == nil {
+		return exitOK
+	}
+	fmt.Fprintf(os.Stderr, "ecs-image: %v\n", err)
+	if isBadInput(err) {
+		return exitUsage
+	}
+	// cobra reports unknown commands as plain errors.
+	if len(args) > 0 && isCobraUsageError(err) {
+		return exitUsage
+	}
+	return exitFailure
+}
+
+func isCobraUsageError(err error) bool {
+	msg := err.Error()
+	for _, p := range []string{"unknown command", "unknown flag", "unknown shorthand", "accepts ", "requires at least", "invalid argument"} {
+		if strings.Contains(msg, p) {
+			return true
+		}
+	}
+	return false
+}
+
+func main() {
+	os.Exit(run(os.Args[1:]))
+}
