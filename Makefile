@@ -10,8 +10,8 @@ export PATH := $(PATH):/usr/local/go/bin:$(HOME)/go/bin
 DEB_PACKAGES := \
 	qemu-system-x86 qemu-utils ovmf \
 	mmdebstrap debootstrap fdisk e2fsprogs dosfstools mtools grub-pc-bin \
-	xorriso genisoimage cloud-image-utils \
-	zbar-tools poppler-utils gnupg openssh-client \
+	xorriso genisoimage cloud-image-utils xz-utils bzip2 \
+	zbar-tools poppler-utils gnupg duplicity openssh-client sudo \
 	ca-certificates curl git make
 # Vagrant and libvirt for the box tests (slow; CI installs them too).
 DEB_VAGRANT := vagrant vagrant-libvirt libvirt-daemon libvirt-daemon-driver-qemu \

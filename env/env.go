@@ -1,10 +1,14 @@
 // Package env parses, validates and flattens env.yml, the configuration file
 // of an ECS appliance. It is shared by ecs-image and the in-VM agent, so it
 // must never import the builder.
+//
+// Values are interpreted as the appliance's own tooling reads them: PyYAML's
+// safe_load, i.e. YAML 1.1 (yes/no/on/off are booleans, 010 is octal).
 package env
 
 import (
 	"fmt"
+	"io"
 	"os"
 	"strings"
 
@@ -13,6 +17,14 @@ import (
 
 // MaxSize is the largest env.yml accepted, in bytes.
 const MaxSize = 1 << 20
+
+// maxAliasNodes bounds how many nodes aliases may add to a document when
+// expanded; more is treated as an alias bomb ("billion laughs").
+const maxAliasNodes = 100_000
+
+// maxExpanded bounds the nodes Flatten visits, as a last resort for a Doc
+// not produced by Parse.
+const maxExpanded = 2_000_000
 
 // Problem is one finding about an env.yml, with its position.
 type Problem struct {
@@ -55,60 +67,98 @@ type Doc struct {
 	Warnings []Problem  // e.g. unknown keys
 }
 
-// Load reads and parses the env.yml at path.
+// Load reads and parses the env.yml at path. Files larger than MaxSize are
+// refused without reading them whole.
 func Load(path string) (*Doc, error) {
-	data, err := os.ReadFile(path)
+	f, err := os.Open(path)
 	if err != nil {
 		return nil, err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if fi.IsDir() {
+		return nil, fmt.Errorf("%s: is a directory", path)
+	}
+	if fi.Mode().IsRegular() && fi.Size() > MaxSize {
+		return nil, &Error{[]Problem{{File: path, Line: 1, Column: 1,
+			Msg: fmt.Sprintf("file is %d bytes, more than the limit of %d", fi.Size(), MaxSize)}}}
+	}
+	data, err := io.ReadAll(io.LimitReader(f, MaxSize+1))
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	return Parse(path, data)
 }
 
 // Parse parses and validates an env.yml; file names it in messages.
-// An invalid document yields an *Error.
+// An invalid document yields an *Error listing every problem found;
+// warnings (unknown keys and the like) are in the returned Doc.
 func Parse(file string, data []byte) (*Doc, error) {
-	var n yaml.Node
-	if err := yaml.Unmarshal(data, &n); err != nil {
-		return nil, &Error{[]Problem{{File: file, Msg: err.Error()}}}
+	c := &checker{file: file, data: data}
+	root := c.run()
+	if len(c.probs) > 0 {
+		return nil, &Error{Problems: sortProblems(c.probs)}
 	}
-	if len(n.Content) == 0 || n.Content[0].Kind != yaml.MappingNode {
-		return nil, &Error{[]Problem{{File: file, Line: 1, Column: 1, Msg: "document is not a mapping"}}}
-	}
-	d := &Doc{File: file, Raw: data, Root: n.Content[0]}
-	if d.Domain() == "" {
-		return nil, &Error{[]Problem{{File: file, Line: 1, Column: 1, Path: "appliance.domain", Msg: "required"}}}
-	}
-	return d, nil
+	return &Doc{File: file, Raw: data, Root: root, Warnings: sortProblems(c.warns)}, nil
 }
 
-// Lookup returns the node at a dotted key path, or nil.
+// Lookup returns the node at a dotted key path (aliases and merge keys
+// resolved), or nil.
 func (d *Doc) Lookup(path string) *yaml.Node {
-	n := d.Root
+	if d == nil {
+		return nil
+	}
+	var f flattener
+	n := deref(d.Root)
 	for _, k := range strings.Split(path, ".") {
 		if n == nil || n.Kind != yaml.MappingNode {
 			return nil
 		}
 		var next *yaml.Node
-		for i := 0; i+1 < len(n.Content); i += 2 {
-			if n.Content[i].Value == k {
-				next = n.Content[i+1]
+		for _, e := range f.entries(n) {
+			if e.key.kind == kStr && e.key.text == k {
+				next = e.value
 			}
 		}
-		n = next
+		n = deref(next)
 	}
 	return n
 }
 
-// Domain returns appliance.domain.
-func (d *Doc) Domain() string {
-	if n := d.Lookup("appliance.domain"); n != nil && n.Kind == yaml.ScalarNode {
-		return strings.TrimSpace(n.Value)
+// String returns the string at path, with surrounding whitespace removed,
+// or "" if it is absent or not a string.
+func (d *Doc) String(path string) string {
+	n := d.Lookup(path)
+	if n == nil || n.Kind != yaml.ScalarNode {
+		return ""
+	}
+	if s, err := resolve(n, false); err == nil && s.kind == kStr {
+		return strings.TrimSpace(s.text)
 	}
 	return ""
 }
 
+// Bool returns the boolean at path as YAML 1.1 reads it (true, yes, on...);
+// ok is false if it is absent or not a boolean.
+func (d *Doc) Bool(path string) (value, ok bool) {
+	n := d.Lookup(path)
+	if n == nil || n.Kind != yaml.ScalarNode {
+		return false, false
+	}
+	if s, err := resolve(n, false); err == nil && s.kind == kBool {
+		return s.text == "true", true
+	}
+	return false, false
+}
+
+// Domain returns appliance.domain.
+func (d *Doc) Domain() string { return d.String("appliance.domain") }
+
 // Standby reports whether appliance.standby is true.
 func (d *Doc) Standby() bool {
-	n := d.Lookup("appliance.standby")
-	return n != nil && n.Kind == yaml.ScalarNode && n.Tag == "!!bool" && n.Value == "true"
+	v, _ := d.Bool("appliance.standby")
+	return v
 }

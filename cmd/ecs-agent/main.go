@@ -1,12 +1,184 @@
-// Command ecs-agent is the in-VM agent that brings an ECS appliance up from its env.yml.
+// Command ecs-agent is the in-VM agent that brings an ECS appliance up from
+// its env.yml: the boot chain prepare-env → prepare-appliance → prepare-ecs
+// → appliance (one systemd unit each), plus status, cleanup, the failure
+// handler and the push-deploy API.
 package main
 
 import (
+	"context"
+	"errors"
 	"fmt"
+	"io"
 	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+
+	"github.com/ecs-image/ecs-image/agent/host"
+	"github.com/ecs-image/ecs-image/agent/prepare"
+	"github.com/spf13/cobra"
 )
 
-func main() {
-	fmt.Fprintln(os.Stderr, "ecs-agent: not implemented yet")
-	os.Exit(1)
+// Set at link time: -ldflags "-X main.version=... -X main.commit=...".
+var (
+	version = "dev"
+	commit  = "unknown"
+)
+
+// Exit codes.
+const (
+	exitOK      = 0
+	exitFailure = 1
+	exitUsage   = 2
+	exitBlocked = 3 // /run/appliance-failed blocks the (re)start
+	exitStandby = 4 // appliance.standby: the appliance service does not run
+)
+
+type usageError struct{ error }
+
+func (e usageError) Unwrap() error { return e.error }
+
+var (
+	flagRoot   string
+	flagRunner string
+)
+
+var rootCmd = &cobra.Command{
+	Use:   "ecs-agent",
+	Short: "In-VM agent of the ECS appliance",
+	Long: `ecs-agent brings an ECS appliance up from its env.yml. systemd runs the
+boot chain, one unit per step:
+
+  prepare-env.service        find env.yml, validate, write /run/active-env.yml
+  prepare-appliance.service  hostname, TLS, nginx status page, PostgreSQL, mail
+  prepare-ecs.service        docker load the baked images, compose file, migrate
+  appliance.service          docker-compose up in the foreground (enable this one)
+
+--root DIR makes every path relative to DIR and, unless --runner=exec,
+records external commands to DIR/var/log/ecs-agent/commands.log instead
+of running them (for tests).`,
+	Example: `  ecs-agent status
+  ecs-agent --root /tmp/fakeroot prepare-env --device seed.iso
+  ecs-agent serve --config /etc/ecs-agent/config.json`,
+	SilenceUsage:  true,
+	SilenceErrors: true,
 }
+
+func init() {
+	rootCmd.PersistentFlags().StringVar(&flagRoot, "root", "/", "prefix for every path the agent reads or writes")
+	rootCmd.PersistentFlags().StringVar(&flagRunner, "runner", "", `external commands: "exec" (run them) or "record" (log them); default exec when --root is /, else record`)
+	rootCmd.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error {
+		return usageError{fmt.Errorf("%w\nSee '%s --help'.", err, cmd.CommandPath())}
+	})
+	rootCmd.AddCommand(&cobra.Command{
+		Use:   "version",
+		Short: "Print the agent version",
+		Args:  noArgs,
+		Run: func(cmd *cobra.Command, args []string) {
+			fmt.Fprintf(cmd.OutOrStdout(), "ecs-agent %s (commit %s)\n", version, commit)
+		},
+	})
+}
+
+func noArgs(cmd *cobra.Command, args []string) error {
+	if err := cobra.NoArgs(cmd, args); err != nil {
+		return usageError{err}
+	}
+	return nil
+}
+
+// newHost builds the Host from the global flags.
+func newHost() (*host.Host, io.Closer, error) {
+	root := flagRoot
+	if root == "" {
+		root = "/"
+	}
+	if root != "/" {
+		abs, err := filepath.Abs(root)
+		if err != nil {
+			return nil, nil, usageError{err}
+		}
+		root = abs
+	}
+	mode := flagRunner
+	if mode == "" {
+		mode = "exec"
+		if root != "/" {
+			mode = "record"
+		}
+	}
+	switch mode {
+	case "exec":
+		return host.New(root, host.ExecRunner{}), io.NopCloser(nil), nil
+	case "record":
+		h := host.New(root, nil)
+		logPath := h.Path("/var/log/ecs-agent/commands.log")
+		if err := os.MkdirAll(filepath.Dir(logPath), 0o755); err != nil {
+			return nil, nil, err
+		}
+		f, err := os.OpenFile(logPath, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
+		if err != nil {
+			return nil, nil, err
+		}
+		h.Runner = &host.Recorder{Log: f}
+		return h, f, nil
+	}
+	return nil, nil, usageError{fmt.Errorf("--runner: want exec or record, got %q", mode)}
+}
+
+// withAgent runs fn with an Agent built from the global flags.
+func withAgent(fn func(ctx context.Context, a *prepare.Agent) error) func(*cobra.Command, []string) error {
+	return func(cmd *cobra.Command, args []string) error {
+		h, closer, err := newHost()
+		if err != nil {
+			return err
+		}
+		defer closer.Close()
+		return fn(cmd.Context(), &prepare.Agent{Host: h})
+	}
+}
+
+func exitCode(err error) int {
+	var u usageError
+	switch {
+	case err == nil:
+		return exitOK
+	case errors.As(err, &u):
+		return exitUsage
+	case errors.Is(err, prepare.ErrBlocked):
+		return exitBlocked
+	case errors.Is(err, prepare.ErrStandby):
+		return exitStandby
+	}
+	return exitFailure
+}
+
+func run(args []string) int {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	rootCmd.SetArgs(args)
+	err := rootCmd.ExecuteContext(ctx)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "ecs-agent: %v\n", err)
+		if code := exitCode(err); code != exitFailure {
+			return code
+		}
+		if isCobraUsage(err) {
+			return exitUsage
+		}
+	}
+	return exitCode(err)
+}
+
+func isCobraUsage(err error) bool {
+	msg := err.Error()
+	for _, p := range []string{"unknown command", "unknown flag", "unknown shorthand", "accepts ", "requires at least", "invalid argument"} {
+		if strings.Contains(msg, p) {
+			return true
+		}
+	}
+	return false
+}
+
+func main() { os.Exit(run(os.Args[1:])) }

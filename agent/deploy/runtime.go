@@ -1,0 +1,123 @@
+package deploy
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/ecs-image/ecs-image/agent/host"
+)
+
+// Container is the state of one container.
+type Container struct {
+	Exists  bool   `json:"exists"`
+	Running bool   `json:"running"`
+	Status  string `json:"status,omitempty"`
+	Image   string `json:"image,omitempty"`
+}
+
+// Runtime is the container engine. The real one (Docker) shells out to the
+// docker CLI; tests use a fake.
+type Runtime interface {
+	// Load loads a docker-archive tarball and returns the loaded image
+	// (a tag or an image ID).
+	Load(ctx context.Context, archive string) (string, error)
+	Tag(ctx context.Context, image, tag string) error
+	// Run creates and starts container name from image, detached.
+	Run(ctx context.Context, name, image string, args []string) error
+	Start(ctx context.Context, name string) error
+	Stop(ctx context.Context, name string) error
+	Remove(ctx context.Context, name string) error
+	Rename(ctx context.Context, from, to string) error
+	Inspect(ctx context.Context, name string) (Container, error)
+}
+
+// Docker is the Runtime backed by the docker CLI.
+type Docker struct {
+	Runner host.Runner
+}
+
+func (d Docker) docker(ctx context.Context, args ...string) (string, error) {
+	out, err := d.Runner.Run(ctx, host.Cmd{Name: "docker", Args: args})
+	return string(out), err
+}
+
+// Load implements Runtime.
+func (d Docker) Load(ctx context.Context, archive string) (string, error) {
+	out, err := d.docker(ctx, "load", "-i", archive)
+	if err != nil {
+		return "", err
+	}
+	var refs []string
+	for _, l := range strings.Split(out, "\n") {
+		l = strings.TrimSpace(l)
+		for _, p := range []string{"Loaded image: ", "Loaded image ID: "} {
+			if strings.HasPrefix(l, p) {
+				refs = append(refs, strings.TrimPrefix(l, p))
+			}
+		}
+	}
+	if len(refs) == 0 {
+		return "", errors.New("docker load reported no image")
+	}
+	return refs[0], nil
+}
+
+// Tag implements Runtime.
+func (d Docker) Tag(ctx context.Context, image, tag string) error {
+	_, err := d.docker(ctx, "tag", image, tag)
+	return err
+}
+
+// Run implements Runtime.
+func (d Docker) Run(ctx context.Context, name, image string, args []string) error {
+	a := append([]string{"run", "-d", "--name", name, "--label", "ecs-agent.deployment=" + name}, args...)
+	_, err := d.docker(ctx, append(a, image)...)
+	return err
+}
+
+// Start implements Runtime.
+func (d Docker) Start(ctx context.Context, name string) error {
+	_, err := d.docker(ctx, "start", name)
+	return err
+}
+
+// Stop implements Runtime.
+func (d Docker) Stop(ctx context.Context, name string) error {
+	_, err := d.docker(ctx, "stop", name)
+	return err
+}
+
+// Remove implements Runtime.
+func (d Docker) Remove(ctx context.Context, name string) error {
+	_, err := d.docker(ctx, "rm", "-f", name)
+	return err
+}
+
+// Rename implements Runtime.
+func (d Docker) Rename(ctx context.Context, from, to string) error {
+	_, err := d.docker(ctx, "rename", from, to)
+	return err
+}
+
+// Inspect implements Runtime.
+func (d Docker) Inspect(ctx context.Context, name string) (Container, error) {
+	out, err := d.docker(ctx, "container", "inspect", "--format", "{{json .State}}|{{.Config.Image}}", name)
+	if err != nil {
+		if strings.Contains(err.Error(), "No such") || strings.Contains(err.Error(), "no such") {
+			return Container{}, nil
+		}
+		return Container{}, err
+	}
+	stateJSON, image, _ := strings.Cut(strings.TrimSpace(out), "|")
+	var st struct {
+		Status  string
+		Running bool
+	}
+	if err := json.Unmarshal([]byte(stateJSON), &st); err != nil {
+		return Container{}, fmt.Errorf("docker inspect %s: %w", name, err)
+	}
+	return Container{Exists: true, Running: st.Running, Status: st.Status, Image: image}, nil
+}

@@ -1,0 +1,165 @@
+package prepare
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+
+	"github.com/ecs-image/ecs-image/agent/discover"
+	"github.com/ecs-image/ecs-image/agent/host"
+	"github.com/ecs-image/ecs-image/agent/status"
+	"github.com/ecs-image/ecs-image/env"
+	"gopkg.in/yaml.v3"
+)
+
+// ErrBlocked is returned when the failed flag blocks a (re)start.
+var ErrBlocked = errors.New("blocked by " + status.FailedFlag + " (remove it after fixing the cause, then systemctl restart appliance)")
+
+// ErrStandby is returned by the later chain steps when the appliance is in standby.
+var ErrStandby = errors.New("appliance is in standby (appliance.standby: true)")
+
+// Agent runs the boot chain on a Host.
+type Agent struct {
+	Host     *host.Host
+	Discover discover.Config // Host is filled in from Agent.Host
+	// Log receives progress lines (the journal); default os.Stderr.
+	Log io.Writer
+	// Facts about the machine; zero values are read from the host.
+	MemBytes int64
+	Cores    int
+
+	tlsChanged bool // set by the tls step: nginx and stunnel must restart
+}
+
+func (a *Agent) logf(format string, args ...any) {
+	w := a.Log
+	if w == nil {
+		w = os.Stderr
+	}
+	fmt.Fprintf(w, format+"\n", args...)
+}
+
+// checkBlocked returns ErrBlocked while the failed flag exists.
+func (a *Agent) checkBlocked() error {
+	if reason, ok := status.FailedReason(a.Host); ok {
+		return fmt.Errorf("%w; recorded reason: %s", ErrBlocked, reason)
+	}
+	return nil
+}
+
+// Step is one idempotent unit of work of a chain command.
+type Step struct {
+	Name string
+	Run  func(ctx context.Context, e *Env) error
+}
+
+// Env is the active env.yml of a running chain.
+type Env struct {
+	Doc  *env.Doc
+	Vars map[string]string // flattened ecs,appliance variables
+}
+
+// Str returns the trimmed scalar at a dotted path, or "".
+func (e *Env) Str(path string) string {
+	n := e.Doc.Lookup(path)
+	if n == nil || n.Kind != yaml.ScalarNode || n.Tag == "!!null" {
+		return ""
+	}
+	return strings.TrimSpace(n.Value)
+}
+
+// Bool returns the boolean at path, or def when unset.
+func (e *Env) Bool(path string, def bool) bool {
+	n := e.Doc.Lookup(path)
+	if n == nil || n.Kind != yaml.ScalarNode || n.Tag == "!!null" {
+		return def
+	}
+	var b bool
+	if err := n.Decode(&b); err != nil {
+		return def
+	}
+	return b
+}
+
+// Decode decodes the node at path into v; a missing node leaves v alone.
+func (e *Env) Decode(path string, v any) error {
+	n := e.Doc.Lookup(path)
+	if n == nil || n.Tag == "!!null" {
+		return nil
+	}
+	if err := n.Decode(v); err != nil {
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	return nil
+}
+
+// loadActive parses /run/active-env.yml.
+func (a *Agent) loadActive() (*Env, error) {
+	data, err := a.Host.ReadFile(ActiveEnv)
+	if err != nil {
+		return nil, fmt.Errorf("no active env (did prepare-env run?): %w", err)
+	}
+	doc, err := env.Parse(ActiveEnv, data)
+	if err != nil {
+		return nil, err
+	}
+	vars, err := ParseShellAssignments(Flattened(doc))
+	if err != nil {
+		return nil, fmt.Errorf("flattened env: %w", err)
+	}
+	return &Env{Doc: doc, Vars: VarMap(vars)}, nil
+}
+
+// runChain runs the named chain command: failed-flag check, standby check,
+// the steps in order with state updates, and on error the failed state.
+func (a *Agent) runChain(ctx context.Context, name string, steps []Step) error {
+	if err := a.checkBlocked(); err != nil {
+		return err
+	}
+	if a.Host.Exists(status.StandbyFlag) {
+		a.logf("%s: skipped: %v", name, ErrStandby)
+		return ErrStandby
+	}
+	e, err := a.loadActive()
+	if err != nil {
+		return a.fail(name, err)
+	}
+	for _, s := range steps {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		step := name + "/" + s.Name
+		a.logf("%s: running", step)
+		if err := status.Update(a.Host, status.State{State: status.Preparing, Step: step, Domain: e.Doc.Domain()}); err != nil {
+			a.logf("%s: status: %v", step, err)
+		}
+		if err := s.Run(ctx, e); err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			return a.fail(step, err)
+		}
+	}
+	a.logf("%s: done", name)
+	return nil
+}
+
+// fail records a failure (flag, status page, console) and returns err.
+func (a *Agent) fail(step string, err error) error {
+	if ferr := status.Fail(a.Host, step, step+": "+err.Error()); ferr != nil {
+		a.logf("recording failure: %v", ferr)
+	}
+	return err
+}
+
+// Failed is the OnFailure handler: it records that unit failed, keeping a
+// reason already recorded by the chain itself.
+func (a *Agent) Failed(unit string) error {
+	if unit == "" {
+		unit = "appliance"
+	}
+	return status.Fail(a.Host, unit, "unit "+unit+" failed; see journalctl -u "+unit)
+}

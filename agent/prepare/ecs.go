@@ -1,0 +1,237 @@
+package prepare
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path"
+	"regexp"
+	"sort"
+	"strings"
+
+	"github.com/ecs-image/ecs-image/agent/host"
+)
+
+// PrepareECS loads the baked container images, renders the compose file
+// and runs the migrations hook.
+func (a *Agent) PrepareECS(ctx context.Context) error {
+	return a.runChain(ctx, "prepare-ecs", []Step{
+		{"images", a.stepImages},
+		{"compose", a.stepCompose},
+		{"migrate", a.stepMigrate},
+	})
+}
+
+// imageStamp identifies a tarball version (size and mtime) for the "loaded" tags.
+func imageStamp(fi os.FileInfo) string {
+	return fmt.Sprintf("%d %d\n", fi.Size(), fi.ModTime().UnixNano())
+}
+
+var unsafeName = regexp.MustCompile(`[^A-Za-z0-9_.-]+`)
+
+// stepImages runs `docker load` for every tarball of the images manifest
+// that is not loaded yet (tag /app/etc/tags/images/<file>, matching the
+// tarball's size and mtime, and the image present in Docker), then applies
+// the manifest's tags. No registry is involved.
+func (a *Agent) stepImages(ctx context.Context, e *Env) error {
+	list, err := a.ReadImageIndex()
+	if err != nil {
+		return err
+	}
+	force := a.Host.Exists(ForceLoadFlag)
+	for i, im := range list {
+		file := path.Join(ImagesDir, im.File)
+		fi, err := os.Stat(a.Host.Path(file))
+		if err != nil {
+			return fmt.Errorf("%s entry %d: %w", ImagesIndex, i, err)
+		}
+		stampPath := path.Join(TagsDir, "images", unsafeName.ReplaceAllString(im.File, "_")+".loaded")
+		stamp := imageStamp(fi)
+		if !force {
+			if old, err := a.Host.ReadFile(stampPath); err == nil && string(old) == stamp {
+				if _, err := a.Host.Run(ctx, "docker", "image", "inspect", "--format", "{{.Id}}", im.Tags[0]); err == nil {
+					a.logf("prepare-ecs/images: %s already loaded as %s", im.File, im.Tags[0])
+					continue
+				}
+			}
+		}
+		a.logf("prepare-ecs/images: docker load -i %s (%d MiB)", file, fi.Size()>>20)
+		out, err := a.Host.Run(ctx, "docker", "load", "-i", a.Host.Path(file))
+		if err != nil {
+			return fmt.Errorf("loading %s: %w", file, err)
+		}
+		refs := loadedRefs(string(out))
+		if len(refs) == 0 {
+			return fmt.Errorf("loading %s: docker load reported no image", file)
+		}
+		for _, t := range im.Tags {
+			if contains(refs, t) {
+				continue
+			}
+			if _, err := a.Host.Run(ctx, "docker", "tag", refs[0], t); err != nil {
+				return fmt.Errorf("tagging %s as %s: %w", refs[0], t, err)
+			}
+		}
+		if _, err := a.Host.WriteFile(stampPath, []byte(stamp), 0o644); err != nil {
+			return err
+		}
+	}
+	if force {
+		return a.Host.Remove(ForceLoadFlag)
+	}
+	return nil
+}
+
+// ComposeService is one service of the rendered compose file.
+type ComposeService struct {
+	Name, Image, EnvFile, DatabaseEnv, Command string
+	Ports                                      []string
+	Web                                        bool
+	WebPort                                    int
+}
+
+// ComposePlan is what the compose file runs.
+type ComposePlan struct {
+	Services []ComposeService
+	Web      *ComposeService
+}
+
+// PlanCompose derives the compose services from the images manifest.
+func (a *Agent) PlanCompose() (*ComposePlan, error) {
+	list, err := a.ReadImageIndex()
+	if err != nil {
+		return nil, err
+	}
+	plan := &ComposePlan{}
+	used := map[string]bool{}
+	dbEnv := ""
+	if a.Host.Exists(DatabaseEnv) {
+		dbEnv = DatabaseEnv
+	}
+	webIdx := -1
+	for i, im := range list {
+		if im.Web && !im.NoCompose {
+			webIdx = i
+			break
+		}
+	}
+	for i, im := range list {
+		if im.NoCompose {
+			continue
+		}
+		cfg, err := ReadImageConfig(a.Host.Path(path.Join(ImagesDir, im.File)))
+		if err != nil {
+			return nil, err
+		}
+		name := im.Service
+		if name == "" {
+			name = serviceName(im.Tags[0])
+		}
+		if !regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]*$`).MatchString(name) {
+			return nil, fmt.Errorf("%s entry %d: bad service name %q", ImagesIndex, i, name)
+		}
+		base := name
+		for n := 2; used[name]; n++ {
+			name = fmt.Sprintf("%s%d", base, n)
+		}
+		used[name] = true
+		s := ComposeService{Name: name, Image: im.Tags[0], EnvFile: ActiveEnvCompose, DatabaseEnv: dbEnv}
+		if len(im.Command) > 0 {
+			cmd, _ := json.Marshal(im.Command)
+			s.Command = string(cmd)
+		}
+		port := im.Port
+		if port == 0 && len(cfg.ExposedTCP) > 0 {
+			port = cfg.ExposedTCP[0]
+		}
+		if plan.Web == nil && port > 0 && (webIdx == i || webIdx < 0) {
+			s.Web, s.WebPort = true, port
+			s.Ports = append(s.Ports, fmt.Sprintf("127.0.0.1:%d:%d", WebPort, port))
+		}
+		for _, p := range cfg.ExposedTCP {
+			if p == SMTPDPort {
+				s.Ports = append(s.Ports, fmt.Sprintf("127.0.0.1:%d:%d", SMTPDPort, SMTPDPort))
+			}
+		}
+		plan.Services = append(plan.Services, s)
+		if s.Web {
+			plan.Web = &plan.Services[len(plan.Services)-1]
+		}
+	}
+	// Re-point Web after appends may have moved the slice.
+	for i := range plan.Services {
+		if plan.Services[i].Web {
+			plan.Web = &plan.Services[i]
+		}
+	}
+	return plan, nil
+}
+
+func serviceName(tag string) string {
+	repo := tag
+	if i := strings.LastIndex(repo, "@"); i >= 0 {
+		repo = repo[:i]
+	}
+	if i := strings.LastIndex(repo, ":"); i > strings.LastIndex(repo, "/") {
+		repo = repo[:i]
+	}
+	repo = path.Base(repo)
+	return strings.Trim(unsafeName.ReplaceAllString(strings.ToLower(repo), "-"), "-.")
+}
+
+func (a *Agent) stepCompose(ctx context.Context, e *Env) error {
+	plan, err := a.PlanCompose()
+	if err != nil {
+		return err
+	}
+	if len(plan.Services) == 0 {
+		a.logf("prepare-ecs/compose: no container images in %s; nothing to run", ImagesIndex)
+		return a.Host.Remove(ComposeFile)
+	}
+	names := make([]string, len(plan.Services))
+	for i, s := range plan.Services {
+		names[i] = s.Name
+	}
+	sort.Strings(names)
+	out, err := render("docker-compose.yml.tmpl", map[string]any{
+		"Index": ImagesIndex, "Project": ComposeProject, "File": ComposeFile, "Services": plan.Services,
+	})
+	if err != nil {
+		return err
+	}
+	if _, err := a.Host.WriteFile(ComposeFile, out, 0o644); err != nil {
+		return err
+	}
+	web := "none"
+	if plan.Web != nil {
+		web = fmt.Sprintf("%s:%d", plan.Web.Name, plan.Web.WebPort)
+	}
+	a.logf("prepare-ecs/compose: %s runs %s (web: %s)", ComposeFile, strings.Join(names, ", "), web)
+	return nil
+}
+
+// stepMigrate runs /app/etc/hooks/migrate, when present and executable,
+// with the active environment (and DATABASE_URL); ecs.migrate.auto: false
+// disables it.
+func (a *Agent) stepMigrate(ctx context.Context, e *Env) error {
+	fi, err := os.Stat(a.Host.Path(MigrateHook))
+	if err != nil || fi.IsDir() || fi.Mode()&0o111 == 0 {
+		return nil
+	}
+	if !e.Bool("ecs.migrate.auto", true) {
+		a.logf("prepare-ecs/migrate: ecs.migrate.auto is false; %s not run", MigrateHook)
+		return nil
+	}
+	envv := make([]string, 0, len(e.Vars)+2)
+	for _, k := range SortedNames(e.Vars) {
+		envv = append(envv, k+"="+e.Vars[k])
+	}
+	if data, err := a.Host.ReadFile(DatabaseEnv); err == nil {
+		envv = append(envv, strings.TrimSpace(string(data)))
+	}
+	envv = append(envv, "COMPOSE_FILE="+ComposeFile, "COMPOSE_PROJECT_NAME="+ComposeProject)
+	a.logf("prepare-ecs/migrate: running %s", MigrateHook)
+	_, err = a.Host.RunCmd(ctx, host.Cmd{Name: a.Host.Path(MigrateHook), Env: envv, Stdout: os.Stderr, Stderr: os.Stderr})
+	return err
+}

@@ -1,0 +1,139 @@
+package prepare
+
+import (
+	"context"
+	"crypto"
+	"crypto/rsa"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/pem"
+	"fmt"
+	"strings"
+)
+
+// DKIMSelector is the DKIM selector the appliance signs with.
+const DKIMSelector = "default"
+
+// SMTPDPort is where the ECS container's smtpd listens (published on the
+// loopback by the compose file when an image exposes it); stunnel forwards
+// ports 25 and 465 to it.
+const SMTPDPort = 8025
+
+// stepMail configures postfix for outgoing mail (its smtpd moved off port
+// 25, which stunnel owns, to 10025) and, when appliance.dkim.key is set,
+// opendkim signing for the domain.
+func (a *Agent) stepMail(ctx context.Context, e *Env) error {
+	domain := e.Doc.Domain()
+	if _, err := a.Host.WriteFile("/etc/mailname", []byte(domain+"\n"), 0o644); err != nil {
+		return err
+	}
+	settings := []string{
+		"myhostname=" + domain,
+		"myorigin=/etc/mailname",
+		"mydestination=$myhostname, localhost.localdomain, localhost",
+		"inet_interfaces=all",
+		"mynetworks=127.0.0.0/8 [::1]/128 172.16.0.0/12 192.168.0.0/16",
+		"smtpd_relay_restrictions=permit_mynetworks, reject_unauth_destination",
+	}
+	keyText := e.Str("appliance.dkim.key")
+	dkimChanged := false
+	if keyText != "" {
+		key, err := parseRSAKey(keyText)
+		if err != nil {
+			return fmt.Errorf("appliance.dkim.key: %w", err)
+		}
+		c1, err := a.Host.WriteFile(DKIMKey, []byte(strings.TrimSpace(keyText)+"\n"), 0o600)
+		if err != nil {
+			return err
+		}
+		conf, err := render("opendkim.conf.tmpl", map[string]string{"Domain": domain, "Selector": DKIMSelector, "KeyFile": DKIMKey})
+		if err != nil {
+			return err
+		}
+		c2, err := a.Host.WriteFile(OpenDKIMConf, conf, 0o644)
+		if err != nil {
+			return err
+		}
+		rec, err := dkimRecord(domain, key)
+		if err != nil {
+			return err
+		}
+		if _, err := a.Host.WriteFile(DKIMRecord, []byte(rec), 0o644); err != nil {
+			return err
+		}
+		dkimChanged = c1 || c2
+		if c1 {
+			if _, err := a.Host.Run(ctx, "chown", "opendkim:opendkim", DKIMKey); err != nil {
+				return err
+			}
+		}
+		settings = append(settings,
+			"milter_default_action=accept", "milter_protocol=6",
+			"smtpd_milters=inet:localhost:8891", "non_smtpd_milters=inet:localhost:8891")
+	} else {
+		settings = append(settings, "smtpd_milters=", "non_smtpd_milters=")
+	}
+	if _, err := a.Host.Run(ctx, "postconf", append([]string{"-e"}, settings...)...); err != nil {
+		return err
+	}
+	// Move postfix's smtpd from port 25 (stunnel's) to 10025.
+	if _, err := a.Host.Run(ctx, "postconf", "-M#", "smtp/inet"); err != nil {
+		return err
+	}
+	if _, err := a.Host.Run(ctx, "postconf", "-Me", "10025/inet=10025 inet n - y - - smtpd"); err != nil {
+		return err
+	}
+	if keyText != "" {
+		if err := a.reloadOrStart(ctx, "opendkim.service", dkimChanged); err != nil {
+			return err
+		}
+	}
+	return a.systemctl(ctx, "reload-or-restart", "postfix.service")
+}
+
+func parseRSAKey(text string) (*rsa.PrivateKey, error) {
+	block, _ := pem.Decode([]byte(strings.TrimSpace(text)))
+	if block == nil {
+		return nil, fmt.Errorf("not a PEM private key")
+	}
+	if k, err := x509.ParsePKCS1PrivateKey(block.Bytes); err == nil {
+		return k, nil
+	}
+	k, err := x509.ParsePKCS8PrivateKey(block.Bytes)
+	if err != nil {
+		return nil, fmt.Errorf("not an RSA private key: %w", err)
+	}
+	rk, ok := k.(*rsa.PrivateKey)
+	if !ok {
+		return nil, fmt.Errorf("not an RSA private key")
+	}
+	return rk, nil
+}
+
+// dkimRecord is the DNS TXT record to publish for the key.
+func dkimRecord(domain string, key crypto.Signer) (string, error) {
+	der, err := x509.MarshalPKIXPublicKey(key.Public())
+	if err != nil {
+		return "", err
+	}
+	return fmt.Sprintf("%s._domainkey.%s. IN TXT \"v=DKIM1; k=rsa; p=%s\"\n",
+		DKIMSelector, domain, base64.StdEncoding.EncodeToString(der)), nil
+}
+
+func (a *Agent) stepStunnel(ctx context.Context, e *Env) error {
+	conf, err := render("stunnel.conf.tmpl", map[string]any{"Cert": ServerCert, "Key": ServerKey, "SMTPDPort": SMTPDPort})
+	if err != nil {
+		return err
+	}
+	changed, err := a.Host.WriteFile(StunnelConf, conf, 0o644)
+	if err != nil {
+		return err
+	}
+	if err := a.systemctl(ctx, "enable", "stunnel@ecs.service"); err != nil {
+		return err
+	}
+	if changed || a.tlsChanged {
+		return a.systemctl(ctx, "restart", "stunnel@ecs.service")
+	}
+	return a.systemctl(ctx, "start", "stunnel@ecs.service")
+}

@@ -1,0 +1,50 @@
+// Package prepare implements the appliance boot chain run by the agent's
+// systemd units: prepare-env (find and activate env.yml), prepare-appliance
+// (host services), prepare-ecs (container images and compose file),
+// appliance (the compose stack in the foreground), cleanup and the failure
+// handler. Every step is idempotent; files are rendered from embedded
+// templates and written atomically; external commands go through the
+// host's Runner.
+package prepare
+
+// In-appliance paths (all resolved under the agent's --root).
+const (
+	ActiveEnv        = "/run/active-env.yml"
+	ActiveEnvSource  = "/run/active-env.source"
+	ActiveEnvShell   = "/run/active-env.env"         // flattened, shell/systemd EnvironmentFile syntax
+	ActiveEnvCompose = "/run/active-env.compose.env" // same variables, docker-compose env_file syntax
+
+	AppDir       = "/app"
+	AppEtc       = "/app/etc"
+	TagsDir      = "/app/etc/tags"
+	FlagsDir     = "/app/etc/flags"
+	HooksDir     = "/app/etc/hooks"
+	ImagesDir    = "/app/images"
+	ImagesIndex  = "/app/images/manifest.json"
+	ComposeFile  = "/app/docker-compose.yml"
+	ServerCert   = "/app/etc/server.cert.pem"
+	ServerKey    = "/app/etc/server.key.pem"
+	DatabaseEnv  = "/app/etc/database_url.env"
+	DKIMKey      = "/etc/dkimkeys/dkim.key"
+	DKIMRecord   = "/app/etc/dkim.dns.txt"
+	NginxSite    = "/etc/nginx/sites-available/ecs-appliance"
+	NginxEnabled = "/etc/nginx/sites-enabled/ecs-appliance"
+	StunnelConf  = "/etc/stunnel/ecs.conf"
+	OpenDKIMConf = "/etc/opendkim.conf"
+	DeployConfig = "/etc/ecs-agent/config.json"
+
+	// MigrateHook is run by prepare-ecs (when ecs.migrate.auto is not false)
+	// with the active environment, after the images are loaded.
+	MigrateHook = "/app/etc/hooks/migrate"
+	// ForceLoadFlag makes prepare-ecs reload every image; it is removed after use.
+	ForceLoadFlag = "/app/etc/flags/force.load.images"
+
+	// WebPort is the loopback port the web container is published on and
+	// nginx proxies to.
+	WebPort = 18000
+	// ComposeProject is the docker-compose project name (containers are
+	// named ecs_<service>_1, as in the manual).
+	ComposeProject = "ecs"
+	// FlattenKeys are the env.yml trees exported to units and containers.
+	FlattenKeys = "ecs,appliance"
+)

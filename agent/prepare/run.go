@@ -1,0 +1,195 @@
+package prepare
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/ecs-image/ecs-image/agent/host"
+	"github.com/ecs-image/ecs-image/agent/status"
+)
+
+// RunOptions tune Appliance.
+type RunOptions struct {
+	// ReadyTimeout bounds the wait for the web service (default 15 min).
+	ReadyTimeout time.Duration
+	// Probe reports whether the application answers; default: an HTTP GET of
+	// http://127.0.0.1:WebPort/ answering below 500.
+	Probe func(ctx context.Context) bool
+	// Interval between probes (default 2 s).
+	Interval time.Duration
+}
+
+// Stopped is the state after the appliance service stopped.
+const Stopped = "stopped"
+
+// Appliance runs the compose stack in the foreground (docker-compose up)
+// until ctx ends or the stack exits. When the web service answers it
+// removes the status page (nginx starts proxying), records the ready
+// state, prints ECS-APPLIANCE-READY on the console and notifies systemd.
+func (a *Agent) Appliance(ctx context.Context, o RunOptions) error {
+	const step = "appliance"
+	if err := a.checkBlocked(); err != nil {
+		return err
+	}
+	if a.Host.Exists(status.StandbyFlag) {
+		return ErrStandby
+	}
+	e, err := a.loadActive()
+	if err != nil {
+		return a.fail(step, err)
+	}
+	if o.ReadyTimeout <= 0 {
+		o.ReadyTimeout = 15 * time.Minute
+	}
+	if o.Interval <= 0 {
+		o.Interval = 2 * time.Second
+	}
+	plan, err := a.PlanCompose()
+	if err != nil {
+		return a.fail(step, err)
+	}
+	if o.Probe == nil {
+		if plan.Web != nil {
+			o.Probe = httpProbe(fmt.Sprintf("http://127.0.0.1:%d/", WebPort))
+		} else {
+			o.Probe = func(context.Context) bool { return true }
+		}
+	}
+	_ = status.Update(a.Host, status.State{State: status.Starting, Step: step, Domain: e.Doc.Domain()})
+
+	runCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	done := make(chan error, 1)
+	if a.Host.Exists(ComposeFile) {
+		go func() {
+			_, err := a.Host.RunCmd(runCtx, host.Cmd{Name: "docker-compose",
+				Args:   []string{"-p", ComposeProject, "-f", a.Host.Path(ComposeFile), "up", "--no-color", "--remove-orphans"},
+				Stdout: os.Stderr, Stderr: os.Stderr})
+			done <- err
+		}()
+	} else {
+		a.logf("%s: no %s: nothing to run", step, ComposeFile)
+		go func() { <-runCtx.Done(); done <- nil }()
+	}
+
+	ready := false
+	deadline := time.NewTimer(o.ReadyTimeout)
+	defer deadline.Stop()
+	tick := time.NewTicker(o.Interval)
+	defer tick.Stop()
+	for !ready {
+		if o.Probe(runCtx) {
+			ready = true
+			break
+		}
+		select {
+		case err := <-done:
+			if ctx.Err() != nil {
+				return a.stopped(e)
+			}
+			if err == nil {
+				err = errors.New("docker-compose exited")
+			}
+			return fmt.Errorf("%s: before ready: %w", step, err)
+		case <-deadline.C:
+			cancel()
+			<-done
+			return fmt.Errorf("%s: the web service did not answer within %s", step, o.ReadyTimeout)
+		case <-ctx.Done():
+			<-done
+			return a.stopped(e)
+		case <-tick.C:
+		}
+	}
+	if err := status.Update(a.Host, status.State{State: status.Ready, Domain: e.Doc.Domain()}); err != nil {
+		a.logf("%s: status: %v", step, err)
+	}
+	_, _ = a.Host.WriteFile(TagsDir+"/last_running_appliance", []byte(time.Now().UTC().Format(time.RFC3339)+" "+e.Doc.Domain()+"\n"), 0o644)
+	status.Console(a.Host, status.ReadyMarker)
+	if err := sdNotify("READY=1\nSTATUS=appliance ready"); err != nil {
+		a.logf("%s: sd_notify: %v", step, err)
+	}
+	select {
+	case err := <-done:
+		if ctx.Err() != nil {
+			return a.stopped(e)
+		}
+		if err == nil {
+			err = errors.New("docker-compose exited")
+		}
+		_ = status.Update(a.Host, status.State{State: Stopped, Reason: err.Error()})
+		return fmt.Errorf("%s: %w", step, err)
+	case <-ctx.Done():
+		<-done
+		return a.stopped(e)
+	}
+}
+
+func (a *Agent) stopped(e *Env) error {
+	_ = status.Update(a.Host, status.State{State: Stopped, Domain: e.Doc.Domain()})
+	a.logf("appliance: stopped")
+	return nil
+}
+
+func httpProbe(url string) func(ctx context.Context) bool {
+	c := &http.Client{Timeout: 3 * time.Second, Transport: &http.Transport{Proxy: nil}}
+	return func(ctx context.Context) bool {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+		if err != nil {
+			return false
+		}
+		resp, err := c.Do(req)
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode < 500
+	}
+}
+
+// sdNotify sends a state string to systemd ($NOTIFY_SOCKET); without the
+// socket it does nothing.
+func sdNotify(state string) error {
+	sock := os.Getenv("NOTIFY_SOCKET")
+	if sock == "" {
+		return nil
+	}
+	if strings.HasPrefix(sock, "@") {
+		sock = "\x00" + sock[1:]
+	}
+	conn, err := net.DialUnix("unixgram", nil, &net.UnixAddr{Name: sock, Net: "unixgram"})
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	_, err = conn.Write([]byte(state))
+	return err
+}
+
+// Cleanup runs after the appliance is up: it removes dangling images and
+// stale upload spool files. Failures are logged, not fatal.
+func (a *Agent) Cleanup(ctx context.Context) error {
+	var errs []error
+	if _, err := a.Host.Run(ctx, "docker", "image", "prune", "-f"); err != nil {
+		errs = append(errs, err)
+	}
+	entries, _ := os.ReadDir(a.Host.Path(SpoolDir))
+	for _, en := range entries {
+		if err := os.RemoveAll(a.Host.Path(SpoolDir + "/" + en.Name())); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	for _, err := range errs {
+		a.logf("cleanup: %v", err)
+	}
+	return errors.Join(errs...)
+}
+
+// SpoolDir holds push-deploy uploads in flight.
+const SpoolDir = "/var/lib/ecs-agent/spool"

@@ -1,0 +1,154 @@
+package prepare
+
+import (
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"fmt"
+	"math/big"
+	"path"
+	"strings"
+	"time"
+)
+
+// SelfSignedValidity is the lifetime of a generated certificate; it is
+// renewed when less than SelfSignedRenew remains.
+const (
+	SelfSignedValidity = 365 * 24 * time.Hour
+	SelfSignedRenew    = 30 * 24 * time.Hour
+)
+
+// stepTLS installs the HTTPS certificate: appliance.ssl.key/cert from the
+// env (PEM text, or a file name relative to /app/etc), else a self-signed
+// certificate for the domain and allowed hosts, kept across runs while it
+// is valid for them. appliance.ssl.letsencrypt.enabled is not supported by
+// this agent: it logs a warning and uses the self-signed certificate.
+func (a *Agent) stepTLS(ctx context.Context, e *Env) error {
+	keySpec, certSpec := e.Str("appliance.ssl.key"), e.Str("appliance.ssl.cert")
+	if keySpec != "" || certSpec != "" {
+		if keySpec == "" || certSpec == "" {
+			return fmt.Errorf("appliance.ssl: key and cert must be set together")
+		}
+		keyPEM, err := a.pemOrFile(keySpec, "appliance.ssl.key")
+		if err != nil {
+			return err
+		}
+		certPEM, err := a.pemOrFile(certSpec, "appliance.ssl.cert")
+		if err != nil {
+			return err
+		}
+		if _, err := tls.X509KeyPair(certPEM, keyPEM); err != nil {
+			return fmt.Errorf("appliance.ssl: key and cert do not form a pair: %w", err)
+		}
+		return a.writeKeyPair(certPEM, keyPEM)
+	}
+	if e.Bool("appliance.ssl.letsencrypt.enabled", false) {
+		a.logf("prepare-appliance/tls: warning: appliance.ssl.letsencrypt.enabled is not supported by ecs-agent; using a self-signed certificate")
+	}
+	names := []string{e.Doc.Domain()}
+	for _, h := range strings.Fields(e.Str("appliance.allowed_hosts")) {
+		if validHostname(h) && !contains(names, h) {
+			names = append(names, h)
+		}
+	}
+	if a.selfSignedOK(names) {
+		return nil
+	}
+	certPEM, keyPEM, err := SelfSigned(names, time.Now())
+	if err != nil {
+		return err
+	}
+	a.logf("prepare-appliance/tls: generated a self-signed certificate for %s", strings.Join(names, ", "))
+	return a.writeKeyPair(certPEM, keyPEM)
+}
+
+func (a *Agent) pemOrFile(spec, field string) ([]byte, error) {
+	if strings.Contains(spec, "-----BEGIN") {
+		return []byte(spec + "\n"), nil
+	}
+	p := spec
+	if !path.IsAbs(p) {
+		p = path.Join(AppEtc, p)
+	}
+	data, err := a.Host.ReadFile(p)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", field, err)
+	}
+	return data, nil
+}
+
+func (a *Agent) writeKeyPair(certPEM, keyPEM []byte) error {
+	// Key first: a reader never pairs a new certificate with an old key for long.
+	c1, err := a.Host.WriteFile(ServerKey, keyPEM, 0o600)
+	if err != nil {
+		return err
+	}
+	c2, err := a.Host.WriteFile(ServerCert, certPEM, 0o644)
+	a.tlsChanged = a.tlsChanged || c1 || c2
+	return err
+}
+
+// selfSignedOK reports whether the installed pair is valid for names for
+// at least SelfSignedRenew.
+func (a *Agent) selfSignedOK(names []string) bool {
+	certPEM, err1 := a.Host.ReadFile(ServerCert)
+	keyPEM, err2 := a.Host.ReadFile(ServerKey)
+	if err1 != nil || err2 != nil {
+		return false
+	}
+	pair, err := tls.X509KeyPair(certPEM, keyPEM)
+	if err != nil {
+		return false
+	}
+	cert, err := x509.ParseCertificate(pair.Certificate[0])
+	if err != nil || time.Until(cert.NotAfter) < SelfSignedRenew {
+		return false
+	}
+	for _, n := range names {
+		if cert.VerifyHostname(n) != nil {
+			return false
+		}
+	}
+	return true
+}
+
+// SelfSigned makes an ECDSA P-256 certificate and key (PEM) for names,
+// valid from now for SelfSignedValidity.
+func SelfSigned(names []string, now time.Time) (certPEM, keyPEM []byte, err error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, nil, err
+	}
+	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
+	if err != nil {
+		return nil, nil, err
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:          serial,
+		Subject:               pkix.Name{CommonName: names[0], Organization: []string{"ECS appliance (self-signed)"}},
+		DNSNames:              names,
+		NotBefore:             now.Add(-time.Hour),
+		NotAfter:              now.Add(SelfSignedValidity),
+		KeyUsage:              x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		BasicConstraintsValid: true,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		return nil, nil, err
+	}
+	kder, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return nil, nil, err
+	}
+	var cb, kb bytes.Buffer
+	_ = pem.Encode(&cb, &pem.Block{Type: "CERTIFICATE", Bytes: der})
+	_ = pem.Encode(&kb, &pem.Block{Type: "PRIVATE KEY", Bytes: kder})
+	return cb.Bytes(), kb.Bytes(), nil
+}

@@ -1,0 +1,183 @@
+// Package status records the appliance's state: a JSON state file for
+// `ecs-agent status`, the HTML status page nginx serves (HTTP 503) while the
+// appliance is not up, the failed flag, and the console markers that
+// `ecs-image test` waits for.
+package status
+
+import (
+	"bytes"
+	_ "embed"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"html/template"
+	"io/fs"
+	"strings"
+	"time"
+
+	"github.com/ecs-image/ecs-image/agent/host"
+)
+
+// In-appliance paths.
+const (
+	StateFile   = "/run/ecs-agent/state.json"
+	FailedFlag  = "/run/appliance-failed"
+	StandbyFlag = "/run/appliance-standby"
+	// StatusPage is served by nginx with HTTP 503 for every request while it
+	// exists; removing it lets nginx proxy to the application.
+	StatusPage = "/var/www/html/503.html"
+)
+
+// States.
+const (
+	Unconfigured = "unconfigured"
+	Preparing    = "preparing"
+	Starting     = "starting"
+	Ready        = "ready"
+	Standby      = "standby"
+	Failed       = "failed"
+)
+
+// Console markers printed for `ecs-image test` and operators.
+const (
+	ReadyMarker   = "ECS-APPLIANCE-READY"
+	FailedMarker  = "ECS-APPLIANCE-FAILED"
+	StandbyMarker = "ECS-APPLIANCE-STANDBY"
+)
+
+// State is the agent's view of the appliance, as printed by `ecs-agent status`.
+type State struct {
+	State      string    `json:"state"`
+	Step       string    `json:"step,omitempty"`
+	Reason     string    `json:"reason,omitempty"`
+	Domain     string    `json:"domain,omitempty"`
+	EnvSource  string    `json:"env_source,omitempty"`
+	FailedFlag bool      `json:"failed_flag"`
+	Updated    time.Time `json:"updated"`
+}
+
+// Read returns the recorded state; with no state file it reports
+// "unconfigured". The failed flag wins over the recorded state.
+func Read(h *host.Host) (State, error) {
+	var st State
+	data, err := h.ReadFile(StateFile)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		st.State = Unconfigured
+	case err != nil:
+		return st, err
+	default:
+		if err := json.Unmarshal(data, &st); err != nil {
+			return st, fmt.Errorf("%s: %w", h.Path(StateFile), err)
+		}
+	}
+	if reason, ok := FailedReason(h); ok {
+		st.FailedFlag = true
+		st.State = Failed
+		if st.Reason == "" {
+			st.Reason = reason
+		}
+	}
+	return st, nil
+}
+
+// Update merges fields into the recorded state (non-empty fields of u win),
+// rewrites the state file and the status page. When the new state is Ready
+// the status page is removed so nginx proxies to the application.
+func Update(h *host.Host, u State) error {
+	st, err := Read(h)
+	if err != nil {
+		st = State{}
+	}
+	if u.State != "" {
+		st.State = u.State
+		if u.State != Failed {
+			st.Reason = ""
+		}
+	}
+	if u.Step != "" || u.State == Ready || u.State == Standby {
+		st.Step = u.Step
+	}
+	if u.Reason != "" {
+		st.Reason = u.Reason
+	}
+	if u.Domain != "" {
+		st.Domain = u.Domain
+	}
+	if u.EnvSource != "" {
+		st.EnvSource = u.EnvSource
+	}
+	st.Updated = time.Now().UTC().Truncate(time.Second)
+	_, st.FailedFlag = FailedReason(h)
+	data, _ := json.MarshalIndent(st, "", "  ")
+	if _, err := h.WriteFile(StateFile, append(data, '\n'), 0o644); err != nil {
+		return err
+	}
+	if st.State == Ready {
+		return h.Remove(StatusPage)
+	}
+	page, err := RenderPage(st)
+	if err != nil {
+		return err
+	}
+	_, err = h.WriteFile(StatusPage, page, 0o644)
+	return err
+}
+
+// FailedReason returns the reason recorded in the failed flag and whether
+// the flag exists.
+func FailedReason(h *host.Host) (string, bool) {
+	data, err := h.ReadFile(FailedFlag)
+	if err != nil {
+		return "", false
+	}
+	return strings.TrimSpace(string(data)), true
+}
+
+// Fail marks the appliance failed: the failed flag (kept if it already
+// exists, so the first reason wins), the state, the status page and the
+// console marker. The flag blocks restarts until an operator removes it.
+func Fail(h *host.Host, step, reason string) error {
+	reason = oneLine(reason)
+	if prev, ok := FailedReason(h); ok && prev != "" {
+		reason = prev
+	} else if _, err := h.WriteFile(FailedFlag, []byte(reason+"\n"), 0o644); err != nil {
+		return err
+	}
+	err := Update(h, State{State: Failed, Step: step, Reason: reason})
+	Console(h, FailedMarker+": "+reason)
+	return err
+}
+
+func oneLine(s string) string {
+	s = strings.TrimSpace(s)
+	s = strings.ReplaceAll(s, "\r", "")
+	return strings.ReplaceAll(s, "\n", "; ")
+}
+
+//go:embed page.html.tmpl
+var pageTmpl string
+
+var page = template.Must(template.New("page").Parse(pageTmpl))
+
+// RenderPage renders the HTML status page for st.
+func RenderPage(st State) ([]byte, error) {
+	var b bytes.Buffer
+	title := map[string]string{
+		Unconfigured: "Appliance not configured",
+		Preparing:    "Appliance is starting",
+		Starting:     "Appliance is starting",
+		Standby:      "Appliance in standby",
+		Failed:       "Appliance failed",
+		Ready:        "Appliance is up",
+	}[st.State]
+	if title == "" {
+		title = "Appliance status: " + st.State
+	}
+	err := page.Execute(&b, struct {
+		State
+		Title   string
+		Refresh bool
+	}{st, title, st.State == Preparing || st.State == Starting || st.State == Unconfigured})
+	return b.Bytes(), err
+}

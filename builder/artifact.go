@@ -1,0 +1,67 @@
+package builder
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"time"
+)
+
+// Artifact is the result of a build: the files written to the output
+// directory and the build manifest that describes them.
+type Artifact struct {
+	// Files are the disk images, the qcow2 first.
+	Files []ArtifactFile
+	// ManifestPath is the build manifest JSON beside them.
+	ManifestPath string
+	Manifest     *Manifest
+}
+
+// ArtifactFile is one output file.
+type ArtifactFile struct {
+	Format string `json:"format"`
+	Path   string `json:"path"` // file name, relative to the manifest
+	Size   int64  `json:"size"`
+	SHA256 string `json:"sha256,omitempty"`
+}
+
+// Manifest is the build manifest (<name>.build.json): what went into the
+// image. The release manifest is written from it by `ecs-image release`.
+type Manifest struct {
+	Template       string         `json:"template"`
+	TemplateFile   string         `json:"template_file"`
+	TemplateDigest string         `json:"template_digest"`
+	Variant        string         `json:"variant,omitempty"`
+	Production     bool           `json:"production"`
+	Base           ManifestBase   `json:"base"`
+	Stages         []StageRecord  `json:"stages"`
+	Generalise     StageRecord    `json:"generalise"`
+	Packages       []string       `json:"packages"` // "name\tversion", from dpkg-query
+	Files          []ArtifactFile `json:"files"`
+	Accel          string         `json:"accel"`
+	Builder        string         `json:"builder"`
+	Created        time.Time      `json:"created"`
+	Seconds        float64        `json:"seconds"`
+	Steps          []StepTiming   `json:"steps"`
+}
+
+// ManifestBase describes the base image.
+type ManifestBase struct {
+	Name     string `json:"name,omitempty"`
+	Path     string `json:"path"`
+	Digest   string `json:"digest"`
+	Format   string `json:"format"`
+	Firmware string `json:"firmware"`
+}
+
+// StageRecord is one stage of the build.
+type StageRecord struct {
+	Name    string `json:"name"`
+	Key     string `json:"key"`
+	Cached  bool   `json:"cached"`
+	Offline bool   `json:"offline"`
+}
+
+func sha256Hex(b []byte) string {
+	s := sha256.Sum256(b)
+	return hex.EncodeToString(s[:])
+}

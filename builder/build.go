@@ -1,0 +1,184 @@
+package builder
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/hashicorp/packer-plugin-sdk/multistep"
+	"github.com/sirupsen/logrus"
+
+	"github.com/ecs-image/ecs-image/communicator"
+	"github.com/ecs-image/ecs-image/images"
+	"github.com/ecs-image/ecs-image/qemu"
+)
+
+// Options are the inputs of one build.
+type Options struct {
+	// Template is the template file.
+	Template string
+	// OutputDir receives the artifacts (created if missing).
+	OutputDir string
+	// Variant to build ("" → the template's default).
+	Variant string
+	// NoCache rebuilds every stage (results still go into the cache).
+	NoCache bool
+	// KeepOnError keeps the work directory (disks, serial logs) of a
+	// failed build and prints its path.
+	KeepOnError bool
+	// Cache is the stage cache (nil: DefaultStageCache()).
+	Cache *StageCache
+	// Accel overrides the template's accelerator ("" keeps it).
+	Accel string
+	// Log receives progress (nil: logrus's standard logger).
+	Log logrus.FieldLogger
+}
+
+// buildState is what the steps share (under the state bag key "build").
+type buildState struct {
+	opts  Options
+	log   logrus.FieldLogger
+	cache *StageCache
+
+	tmpl  *Template
+	plan  *Plan
+	work  string // work directory (tmp/build-*), removed at the end
+	base  *images.Base
+	accel qemu.Accel
+
+	stages []*stageRun
+	// parentKey/parentDisk/bootFrom describe the disk the next stage
+	// builds on.
+	parentKey  string
+	parentDisk string
+	bootFrom   string
+
+	genKey   string
+	genDisk  string
+	packages []string
+
+	compacted string // the compacted qcow2 (temporary name in OutputDir)
+	artifact  *Artifact
+	timings   []StepTiming
+	started   time.Time
+	genCached bool
+}
+
+// stageRun is one stage of the plan being built (state bag key "stage").
+type stageRun struct {
+	stage   *Stage
+	index   int
+	shared  bool
+	key     string
+	parent  string
+	offline bool
+	vars    map[string]string
+	cached  bool
+
+	dir      string // work directory of this stage
+	disk     string
+	seed     string
+	sshKey   *communicator.Key
+	machine  *qemu.Machine
+	client   *communicator.Client
+	bootFrom string
+	started  time.Time
+}
+
+// StepTiming is how long a step took.
+type StepTiming struct {
+	Step    string  `json:"step"`
+	Seconds float64 `json:"seconds"`
+}
+
+func getBuild(state multistep.StateBag) *buildState { return state.Get("build").(*buildState) }
+func getStage(state multistep.StateBag) *stageRun   { return state.Get("stage").(*stageRun) }
+
+// halt records err in the state bag and stops the runner.
+func halt(state multistep.StateBag, err error) multistep.StepAction {
+	state.Put("error", err)
+	return multistep.ActionHalt
+}
+
+// Build runs a template's build and returns its artifact. Cancelling ctx
+// stops QEMU, removes temporary files and leaves nothing at the output
+// path.
+func Build(ctx context.Context, opts Options) (*Artifact, error) {
+	if opts.Log == nil {
+		opts.Log = logrus.StandardLogger()
+	}
+	if opts.Cache == nil {
+		opts.Cache = DefaultStageCache()
+	}
+	if opts.OutputDir == "" {
+		opts.OutputDir = "output"
+	}
+	b := &buildState{opts: opts, log: opts.Log, cache: opts.Cache}
+	state := new(multistep.BasicStateBag)
+	state.Put("build", b)
+	runner := &multistep.BasicRunner{Steps: timedSteps(buildSteps())}
+	start := time.Now()
+	b.started = start
+	runner.Run(ctx, state)
+	if raw, ok := state.GetOk("error"); ok {
+		err := raw.(error)
+		if ctx.Err() != nil && !errors.Is(err, ctx.Err()) {
+			err = fmt.Errorf("%w (%v)", ctx.Err(), err)
+		}
+		return nil, err
+	}
+	if ctx.Err() != nil {
+		return nil, ctx.Err()
+	}
+	if b.artifact == nil {
+		return nil, errors.New("build produced no artifact")
+	}
+	b.log.Infof("build finished in %s: %s", time.Since(start).Round(time.Second), b.artifact.Files[0].Path)
+	return b.artifact, nil
+}
+
+// timed wraps a step to log its start, end and duration.
+type timed struct {
+	name string
+	step multistep.Step
+}
+
+func timedSteps(steps []multistep.Step) []multistep.Step {
+	out := make([]multistep.Step, len(steps))
+	for i, s := range steps {
+		out[i] = &timed{name: stepName(s), step: s}
+	}
+	return out
+}
+
+func (t *timed) Run(ctx context.Context, state multistep.StateBag) multistep.StepAction {
+	b := getBuild(state)
+	log := b.log
+	if sr, ok := state.GetOk("stage"); ok && sr != nil {
+		log = log.WithField("stage", sr.(*stageRun).stage.Name)
+	}
+	log.Debugf("%s: start", t.name)
+	start := time.Now()
+	action := t.step.Run(ctx, state)
+	d := time.Since(start)
+	b.timings = append(b.timings, StepTiming{Step: t.name, Seconds: d.Seconds()})
+	if action == multistep.ActionContinue {
+		if d >= 100*time.Millisecond {
+			log.Infof("%s: done in %.1fs", t.name, d.Seconds())
+		}
+	} else if _, ok := state.GetOk("error"); ok {
+		log.Debugf("%s: failed after %.1fs", t.name, d.Seconds())
+	}
+	return action
+}
+
+func (t *timed) Cleanup(state multistep.StateBag) { t.step.Cleanup(state) }
+
+// removeIfExists removes path, ignoring a missing file.
+func removeIfExists(path string) {
+	if path != "" {
+		os.Remove(path)
+	}
+}

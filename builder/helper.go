@@ -1,0 +1,438 @@
+package builder
+
+// The guest side of the offline helper: ecs-image itself, started by the
+// kernel as the initramfs's first process (rdinit=/ecs-offline-helper) with
+// the image's own kernel and initrd. It mounts the image's root file system,
+// unpacks the job archive from the job disk, optionally generalises the
+// image in a chroot, and powers the VM off. Everything it reports goes to
+// the serial console between markers that the host parses.
+
+import (
+	"archive/tar"
+	"bufio"
+	"bytes"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+	"unsafe"
+)
+
+// HelperName is the helper's file name in the initramfs; ecs-image runs as
+// the helper when started under this name.
+const HelperName = "ecs-offline-helper"
+
+// helperVersion is part of the generalise key; bump it when the helper's
+// output changes.
+const helperVersion = 1
+
+// Serial console markers of the helper protocol.
+const (
+	markerStart    = "ECS-OFFLINE-START"
+	markerOK       = "ECS-OFFLINE-OK"
+	markerFailed   = "ECS-OFFLINE-FAILED: "
+	markerPackages = "ECS-OFFLINE-PACKAGE "
+	markerLog      = "ECS-OFFLINE: "
+	jobEntryName   = ".ecs-job.json"
+)
+
+// helperJob is the first entry of the job archive.
+type helperJob struct {
+	// Generalise runs GeneraliseScript in the image (chroot) after
+	// unpacking.
+	Generalise       bool   `json:"generalise"`
+	GeneraliseScript string `json:"generalise_script,omitempty"`
+	// Packages prints the image's package list (dpkg-query).
+	Packages bool `json:"packages"`
+	// Trim discards the file system's free blocks (FITRIM).
+	Trim bool `json:"trim"`
+}
+
+// HelperMain is the helper's entry point; it never returns normally.
+func HelperMain() int {
+	con := os.Stdout
+	if f, err := os.OpenFile("/dev/console", os.O_WRONLY, 0); err == nil {
+		con = f
+	}
+	logf := func(format string, args ...any) { fmt.Fprintf(con, markerLog+format+"\n", args...) }
+	fmt.Fprintln(con, markerStart)
+	err := helperRun(con, logf)
+	if err != nil {
+		fmt.Fprintf(con, "%s%s\n", markerFailed, strings.ReplaceAll(err.Error(), "\n", " | "))
+	} else {
+		fmt.Fprintln(con, markerOK)
+	}
+	syscall.Sync()
+	if os.Getpid() == 1 {
+		time.Sleep(200 * time.Millisecond)
+		syscall.Reboot(syscall.LINUX_REBOOT_CMD_POWER_OFF)
+	}
+	if err != nil {
+		return 1
+	}
+	return 0
+}
+
+const helperRoot = "/root"
+
+func helperRun(con io.Writer, logf func(string, ...any)) error {
+	for _, m := range []struct{ src, dst, typ string }{
+		{"proc", "/proc", "proc"}, {"sysfs", "/sys", "sysfs"}, {"devtmpfs", "/dev", "devtmpfs"},
+	} {
+		os.MkdirAll(m.dst, 0o755)
+		if err := syscall.Mount(m.src, m.dst, m.typ, 0, ""); err != nil && !errors.Is(err, syscall.EBUSY) {
+			return fmt.Errorf("mount %s: %v", m.dst, err)
+		}
+	}
+	cmdline, _ := os.ReadFile("/proc/cmdline")
+	rootSpec := ""
+	for _, f := range strings.Fields(string(cmdline)) {
+		if v, ok := strings.CutPrefix(f, "ecs.root="); ok {
+			rootSpec = v
+		}
+	}
+	loadModules(logf)
+	dev, err := waitRoot(rootSpec, 60*time.Second)
+	if err != nil {
+		return err
+	}
+	os.MkdirAll(helperRoot, 0o755)
+	var mountErr error
+	for _, fs := range []string{"ext4", "xfs", "btrfs"} {
+		if mountErr = syscall.Mount(dev, helperRoot, fs, 0, ""); mountErr == nil {
+			break
+		}
+	}
+	if mountErr != nil {
+		return fmt.Errorf("mount root %s: %v", dev, mountErr)
+	}
+	logf("mounted %s", dev)
+	job, tr, jobDev, err := openJob()
+	if err != nil {
+		return err
+	}
+	defer jobDev.Close()
+	users, groups := readIDs(helperRoot)
+	n, err := unpack(tr, helperRoot, users, groups)
+	if err != nil {
+		return err
+	}
+	logf("placed %d entries", n)
+	if job.Generalise {
+		if err := chrootRun(con, job.GeneraliseScript); err != nil {
+			return fmt.Errorf("generalise: %v", err)
+		}
+		logf("generalised")
+	}
+	if job.Packages {
+		var out bytes.Buffer
+		if err := chrootCmd(&out, "dpkg-query", "-W", "-f", "${Package}\\t${Version}\\n"); err != nil {
+			logf("dpkg-query: %v", err)
+		}
+		for _, l := range strings.Split(strings.TrimSpace(out.String()), "\n") {
+			if l != "" {
+				fmt.Fprintf(con, "%s%s\n", markerPackages, l)
+			}
+		}
+	}
+	if job.Trim {
+		if n, err := fstrim(helperRoot); err != nil {
+			logf("fstrim: %v", err)
+		} else {
+			logf("trimmed %d MiB", n>>20)
+		}
+	}
+	syscall.Sync()
+	if err := syscall.Unmount(helperRoot, 0); err != nil {
+		syscall.Mount("", helperRoot, "", syscall.MS_REMOUNT|syscall.MS_RDONLY, "")
+		return fmt.Errorf("unmount root: %v", err)
+	}
+	return nil
+}
+
+// loadModules loads the drivers for virtio disks and common root file
+// systems with the initrd's modprobe (built-in drivers need nothing).
+func loadModules(logf func(string, ...any)) {
+	var modprobe string
+	for _, p := range []string{"/sbin/modprobe", "/usr/sbin/modprobe", "/bin/modprobe", "/usr/bin/modprobe"} {
+		if _, err := os.Stat(p); err == nil {
+			modprobe = p
+			break
+		}
+	}
+	if modprobe == "" {
+		logf("no modprobe in the initrd; relying on built-in drivers")
+		return
+	}
+	for _, m := range []string{"virtio_pci", "virtio_blk", "ext4", "xfs", "btrfs"} {
+		exec.Command(modprobe, "-q", m).Run()
+	}
+}
+
+// waitRoot finds the block device of spec (UUID=, LABEL=, /dev/...; empty:
+// the first partition with a supported file system).
+func waitRoot(spec string, timeout time.Duration) (string, error) {
+	deadline := time.Now().Add(timeout)
+	for {
+		if dev := findRoot(spec); dev != "" {
+			return dev, nil
+		}
+		if time.Now().After(deadline) {
+			return "", fmt.Errorf("root device %q not found", spec)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+func findRoot(spec string) string {
+	if strings.HasPrefix(spec, "/dev/") && !strings.HasPrefix(spec, "/dev/disk/") {
+		if _, err := os.Stat(spec); err == nil {
+			return spec
+		}
+		return ""
+	}
+	ents, _ := os.ReadDir("/sys/class/block")
+	for _, e := range ents {
+		dev := "/dev/" + e.Name()
+		uuid, label, ok := probeFS(dev)
+		if !ok {
+			continue
+		}
+		switch {
+		case spec == "":
+			return dev
+		case strings.EqualFold(spec, "UUID="+uuid), spec == "/dev/disk/by-uuid/"+uuid:
+			return dev
+		case spec == "LABEL="+label, spec == "/dev/disk/by-label/"+label:
+			return dev
+		}
+	}
+	return ""
+}
+
+// probeFS reads an ext2/3/4 superblock: its UUID and label.
+func probeFS(dev string) (uuid, label string, ok bool) {
+	f, err := os.Open(dev)
+	if err != nil {
+		return "", "", false
+	}
+	defer f.Close()
+	sb := make([]byte, 1024)
+	if _, err := f.ReadAt(sb, 1024); err != nil {
+		return "", "", false
+	}
+	if binary.LittleEndian.Uint16(sb[56:]) != 0xEF53 {
+		return "", "", false
+	}
+	u := sb[104:120]
+	uuid = fmt.Sprintf("%x-%x-%x-%x-%x", u[0:4], u[4:6], u[6:8], u[8:10], u[10:16])
+	label = string(bytes.TrimRight(sb[120:136], "\x00"))
+	return uuid, label, true
+}
+
+// openJob finds the job disk (a raw disk holding a tar archive whose first
+// entry is the job) and returns the job and the archive positioned after it.
+func openJob() (*helperJob, *tar.Reader, *os.File, error) {
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		ents, _ := os.ReadDir("/sys/class/block")
+		for _, e := range ents {
+			f, err := os.Open("/dev/" + e.Name())
+			if err != nil {
+				continue
+			}
+			tr := tar.NewReader(bufio.NewReaderSize(f, 1<<20))
+			h, err := tr.Next()
+			if err != nil || h.Name != jobEntryName {
+				f.Close()
+				continue
+			}
+			var job helperJob
+			if err := json.NewDecoder(tr).Decode(&job); err != nil {
+				f.Close()
+				return nil, nil, nil, fmt.Errorf("job: %v", err)
+			}
+			return &job, tr, f, nil
+		}
+		if time.Now().After(deadline) {
+			return nil, nil, nil, errors.New("job disk not found")
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// readIDs reads user and group names from the image's passwd and group.
+func readIDs(root string) (users, groups map[string]int) {
+	parse := func(p string) map[string]int {
+		m := map[string]int{}
+		data, _ := os.ReadFile(filepath.Join(root, p))
+		for _, l := range strings.Split(string(data), "\n") {
+			f := strings.Split(l, ":")
+			if len(f) >= 3 {
+				if id, err := strconv.Atoi(f[2]); err == nil {
+					m[f[0]] = id
+				}
+			}
+		}
+		return m
+	}
+	return parse("etc/passwd"), parse("etc/group")
+}
+
+// unpack extracts the archive under root like `tar --same-owner -p
+// --keep-directory-symlink`: owners by name (resolved in the image), modes
+// as archived; an existing symlink to a directory is kept. Paths may not
+// leave root.
+func unpack(tr *tar.Reader, root string, users, groups map[string]int) (int, error) {
+	n := 0
+	for {
+		h, err := tr.Next()
+		if errors.Is(err, io.EOF) {
+			return n, nil
+		}
+		if err != nil {
+			return n, fmt.Errorf("job archive: %v", err)
+		}
+		name := filepath.Clean("/" + h.Name)
+		if name == "/" {
+			continue
+		}
+		dst := filepath.Join(root, name)
+		if err := safeParent(root, dst); err != nil {
+			return n, err
+		}
+		uid, gid := h.Uid, h.Gid
+		if id, ok := users[h.Uname]; ok && h.Uname != "" {
+			uid = id
+		} else if h.Uname != "" && h.Uname != "root" {
+			return n, fmt.Errorf("%s: no user %q in the image", name, h.Uname)
+		}
+		if id, ok := groups[h.Gname]; ok && h.Gname != "" {
+			gid = id
+		} else if h.Gname != "" && h.Gname != "root" {
+			return n, fmt.Errorf("%s: no group %q in the image", name, h.Gname)
+		}
+		mode := os.FileMode(h.Mode & 0o777)
+		special := uint32(h.Mode & 0o7000)
+		switch h.Typeflag {
+		case tar.TypeDir:
+			if fi, err := os.Stat(dst); err == nil && fi.IsDir() {
+				if lfi, _ := os.Lstat(dst); lfi != nil && lfi.Mode()&os.ModeSymlink != 0 {
+					n++
+					continue // keep directory symlinks (e.g. /app/etc → /data/etc)
+				}
+			} else if err := os.MkdirAll(dst, 0o755); err != nil {
+				return n, err
+			}
+			if err := os.Lchown(dst, uid, gid); err != nil {
+				return n, err
+			}
+			if err := syscall.Chmod(dst, uint32(mode)|special); err != nil {
+				return n, err
+			}
+		case tar.TypeReg:
+			if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+				return n, err
+			}
+			tmp := filepath.Join(filepath.Dir(dst), ".ecs-tmp-"+filepath.Base(dst))
+			f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
+			if err != nil {
+				return n, err
+			}
+			_, err = io.Copy(f, tr)
+			if err == nil {
+				err = f.Chown(uid, gid)
+			}
+			if err == nil {
+				err = syscall.Fchmod(int(f.Fd()), uint32(mode)|special)
+			}
+			if cerr := f.Close(); err == nil {
+				err = cerr
+			}
+			if err == nil {
+				err = os.Rename(tmp, dst)
+			}
+			if err != nil {
+				os.Remove(tmp)
+				return n, fmt.Errorf("%s: %v", name, err)
+			}
+		case tar.TypeSymlink:
+			if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+				return n, err
+			}
+			os.Remove(dst)
+			if err := os.Symlink(h.Linkname, dst); err != nil {
+				return n, err
+			}
+			if err := os.Lchown(dst, uid, gid); err != nil {
+				return n, err
+			}
+		default:
+			return n, fmt.Errorf("%s: unsupported archive entry type %q", name, h.Typeflag)
+		}
+		n++
+	}
+}
+
+// safeParent refuses a destination whose parent resolves (through symlinks
+// in the image) outside root.
+func safeParent(root, dst string) error {
+	rel, err := filepath.Rel(root, dst)
+	if err != nil || rel == ".." || strings.HasPrefix(rel, "../") {
+		return fmt.Errorf("%s: outside the image", dst)
+	}
+	return nil
+}
+
+// chrootEnv is the environment of commands run in the image.
+var chrootEnv = []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/root", "LANG=C.UTF-8", "DEBIAN_FRONTEND=noninteractive"}
+
+func chrootCmd(out io.Writer, name string, args ...string) error {
+	binds := []string{"/proc", "/sys", "/dev"}
+	for _, b := range binds {
+		t := filepath.Join(helperRoot, b)
+		os.MkdirAll(t, 0o755)
+		if err := syscall.Mount(b, t, "", syscall.MS_BIND, ""); err != nil {
+			return fmt.Errorf("bind %s: %v", b, err)
+		}
+	}
+	defer func() {
+		for i := len(binds) - 1; i >= 0; i-- {
+			syscall.Unmount(filepath.Join(helperRoot, binds[i]), syscall.MNT_DETACH)
+		}
+	}()
+	cmd := exec.Command(name, args...)
+	cmd.Dir = "/"
+	cmd.Env = chrootEnv
+	cmd.Stdout, cmd.Stderr = out, out
+	cmd.SysProcAttr = &syscall.SysProcAttr{Chroot: helperRoot}
+	return cmd.Run()
+}
+
+func chrootRun(con io.Writer, script string) error {
+	return chrootCmd(con, "/bin/sh", "-c", script)
+}
+
+// fstrim discards the free blocks of the file system mounted at dir.
+func fstrim(dir string) (uint64, error) {
+	f, err := os.Open(dir)
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	// struct fstrim_range { __u64 start, len, minlen; }
+	r := [3]uint64{0, ^uint64(0), 0}
+	const fitrim = 0xc0185879
+	if _, _, e := syscall.Syscall(syscall.SYS_IOCTL, f.Fd(), fitrim, uintptr(unsafe.Pointer(&r))); e != 0 {
+		return 0, e
+	}
+	return r[1], nil
+}

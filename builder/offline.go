@@ -1,0 +1,345 @@
+package builder
+
+// The host side of the offline helper: a stage that only places files, and
+// the final generalisation, run in a small VM that boots the image's own
+// kernel with its own initrd plus one appended cpio archive holding
+// ecs-image itself as /ecs-offline-helper (rdinit=), and a second raw disk
+// holding the job archive. No full OS boot, no root, no loop or NBD mounts.
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"debug/elf"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/ecs-image/ecs-image/provisioners"
+	"github.com/ecs-image/ecs-image/qemu"
+)
+
+// BuildUser is the user the build seed creates and generalisation removes.
+const BuildUser = "ecs-build"
+
+// bootFiles are the kernel and initrd of an image, kept in a stage's boot/
+// directory, and the root= argument it booted with.
+type bootFiles struct {
+	Dir string
+}
+
+func (b bootFiles) kernel() string { return filepath.Join(b.Dir, "vmlinuz") }
+func (b bootFiles) initrd() string { return filepath.Join(b.Dir, "initrd.img") }
+func (b bootFiles) root() string {
+	data, _ := os.ReadFile(filepath.Join(b.Dir, "root"))
+	return strings.TrimSpace(string(data))
+}
+
+func (b bootFiles) ok() bool {
+	for _, p := range []string{b.kernel(), b.initrd()} {
+		if fi, err := os.Stat(p); err != nil || fi.Size() == 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// generaliseScript is run as root in the image (chroot) by the helper.
+func generaliseScript(g Generalise) string {
+	var b strings.Builder
+	b.WriteString("set -u\nexec 2>&1\n")
+	for _, c := range g.Commands {
+		b.WriteString("( set -e\n" + c + "\n) || { echo \"generalise command failed: $?\"; exit 1; }\n")
+	}
+	fmt.Fprintf(&b, `u=%s
+if id "$u" >/dev/null 2>&1; then
+  pkill -KILL -u "$u" 2>/dev/null
+  userdel --remove --force "$u" 2>/dev/null || userdel -f "$u"
+fi
+rm -rf "/home/$u"
+rm -f /etc/sudoers.d/90-cloud-init-users
+if command -v cloud-init >/dev/null 2>&1; then
+  cloud-init clean --logs --seed >/dev/null 2>&1 || rm -rf /var/lib/cloud/instances /var/lib/cloud/instance /var/lib/cloud/data /var/lib/cloud/seed
+fi
+rm -rf /var/lib/cloud/instances /var/lib/cloud/instance
+: > /etc/machine-id
+rm -f /var/lib/dbus/machine-id /var/lib/systemd/random-seed /var/lib/systemd/credential.secret
+rm -f /etc/ssh/ssh_host_*
+rm -f /root/.ssh/authorized_keys /root/.bash_history
+apt-get clean >/dev/null 2>&1 || true
+rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /var/cache/debconf/*-old /var/lib/dpkg/*-old
+rm -rf /tmp/* /tmp/.[!.]* /var/tmp/* 2>/dev/null
+`, BuildUser)
+	if !g.KeepLogs {
+		b.WriteString(`rm -rf /var/log/journal/* /var/log/installer
+find /var/log -type f \( -name '*.gz' -o -name '*.[0-9]' -o -name '*.old' \) -delete
+find /var/log -type f -exec truncate -s 0 {} +
+`)
+	}
+	b.WriteString("echo generalise done\n")
+	return b.String()
+}
+
+// offlineRun is one run of the helper VM.
+type offlineRun struct {
+	Disk      string // the qcow2 to change
+	Boot      bootFiles
+	Job       helperJob
+	Placers   []provisioners.Placer
+	WorkDir   string
+	Accel     qemu.Accel
+	Timeout   time.Duration
+	Log       logrus.FieldLogger
+	SerialLog string
+	// Packages receives the package list when Job.Packages is set.
+	Packages []string
+}
+
+// helperBinary returns the path of the running ecs-image if it can serve
+// as the helper (a static Linux executable).
+func helperBinary() (string, error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return "", err
+	}
+	f, err := elf.Open(exe)
+	if err != nil {
+		return "", fmt.Errorf("offline helper: %s: %v", exe, err)
+	}
+	defer f.Close()
+	for _, p := range f.Progs {
+		if p.Type == elf.PT_INTERP {
+			return "", fmt.Errorf("offline helper: %s is dynamically linked (build it with CGO_ENABLED=0)", exe)
+		}
+	}
+	if f.Machine != elf.EM_X86_64 {
+		return "", fmt.Errorf("offline helper: %s is not an x86-64 executable", exe)
+	}
+	if _, err := f.Section(".go.buildinfo").Data(); err != nil {
+		return "", fmt.Errorf("offline helper: %s is not ecs-image", exe)
+	}
+	return exe, nil
+}
+
+// helperUsable tells whether offline stages can run in this process.
+func helperUsable() error {
+	_, err := helperBinary()
+	return err
+}
+
+// run builds the initrd and the job disk, boots the helper and waits for
+// it to power off.
+func (r *offlineRun) run(ctx context.Context) error {
+	exe, err := helperBinary()
+	if err != nil {
+		return err
+	}
+	initrd := filepath.Join(r.WorkDir, "helper-initrd.img")
+	if err := writeHelperInitrd(initrd, r.Boot.initrd(), exe); err != nil {
+		return err
+	}
+	defer os.Remove(initrd)
+	jobDisk := filepath.Join(r.WorkDir, "job.tar")
+	if err := r.writeJob(ctx, jobDisk); err != nil {
+		return err
+	}
+	defer os.Remove(jobDisk)
+	if r.SerialLog == "" {
+		r.SerialLog = filepath.Join(r.WorkDir, "helper-serial.log")
+	}
+	appendArgs := "rdinit=/" + HelperName + " console=ttyS0,115200 loglevel=4 panic=-1"
+	if root := r.Boot.root(); root != "" {
+		appendArgs += " ecs.root=" + root
+	}
+	cfg := qemu.Config{
+		Name: "ecs-offline", Disk: r.Disk, DiskFormat: "qcow2", DiskCache: "unsafe",
+		Memory: 1024, CPUs: 1, Accel: r.Accel, SerialLog: r.SerialLog,
+		ExtraArgs: []string{
+			"-kernel", r.Boot.kernel(), "-initrd", initrd, "-append", appendArgs,
+			"-drive", "file=" + strings.ReplaceAll(jobDisk, ",", ",,") + ",format=raw,if=virtio,readonly=on",
+			"-no-reboot",
+		},
+	}
+	m, err := qemu.Start(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	timer := time.NewTimer(r.Timeout)
+	defer timer.Stop()
+	select {
+	case <-m.Done():
+	case <-ctx.Done():
+		m.Kill()
+		<-m.Done()
+		return ctx.Err()
+	case <-timer.C:
+		m.Kill()
+		<-m.Done()
+		return fmt.Errorf("offline helper did not finish within %s\n%s", r.Timeout, serialTail(r.SerialLog, 30))
+	}
+	return r.parse(m.Err())
+}
+
+// parse reads the helper's report from the serial log.
+func (r *offlineRun) parse(exitErr error) error {
+	f, err := os.Open(r.SerialLog)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	ok, failed := false, ""
+	for sc.Scan() {
+		l := strings.TrimRight(sc.Text(), "\r")
+		switch {
+		case strings.HasPrefix(l, markerPackages):
+			r.Packages = append(r.Packages, strings.TrimPrefix(l, markerPackages))
+		case strings.HasPrefix(l, markerLog):
+			r.Log.Debug(strings.TrimPrefix(l, markerLog))
+		case strings.HasPrefix(l, markerFailed):
+			failed = strings.TrimPrefix(l, markerFailed)
+		case l == markerOK:
+			ok = true
+		}
+	}
+	switch {
+	case failed != "":
+		return fmt.Errorf("offline helper failed: %s\n%s", failed, serialTail(r.SerialLog, 30))
+	case !ok && exitErr != nil:
+		return fmt.Errorf("offline helper: %w", exitErr)
+	case !ok:
+		return fmt.Errorf("offline helper powered off without reporting success\n%s", serialTail(r.SerialLog, 30))
+	}
+	return nil
+}
+
+// writeJob writes the job archive: the job, then every placer's files.
+func (r *offlineRun) writeJob(ctx context.Context, path string) error {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	bw := bufio.NewWriterSize(f, 1<<20)
+	a := provisioners.NewArchive(bw)
+	job, _ := json.Marshal(r.Job)
+	if err := a.Bytes("/"+jobEntryName, job, 0o600, provisioners.Owner{User: "0", Group: "0"}); err != nil {
+		return err
+	}
+	for _, p := range r.Placers {
+		if err := p.Place(ctx, a); err != nil {
+			return fmt.Errorf("%s: %w", p.Type(), err)
+		}
+	}
+	if err := a.Close(); err != nil {
+		return err
+	}
+	// Pad to whole MiB: a virtio disk is made of 512-byte sectors, and the
+	// zero blocks end the archive.
+	if _, err := bw.Write(make([]byte, 1<<20)); err != nil {
+		return err
+	}
+	if err := bw.Flush(); err != nil {
+		return err
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	if rem := fi.Size() % (1 << 20); rem != 0 {
+		if err := f.Truncate(fi.Size() + (1 << 20) - rem); err != nil {
+			return err
+		}
+	}
+	return f.Close()
+}
+
+// writeHelperInitrd writes the image's initrd followed by a cpio archive
+// holding exe as /ecs-offline-helper (the kernel unpacks concatenated
+// archives in order, whatever their compression).
+func writeHelperInitrd(out, baseInitrd, exe string) error {
+	base, err := os.ReadFile(baseInitrd)
+	if err != nil {
+		return err
+	}
+	bin, err := os.ReadFile(exe)
+	if err != nil {
+		return err
+	}
+	var buf bytes.Buffer
+	buf.Write(base)
+	for buf.Len()%4 != 0 {
+		buf.WriteByte(0)
+	}
+	w := newCpio(&buf)
+	w.file(HelperName, 0o755, bin)
+	w.trailer()
+	return os.WriteFile(out, buf.Bytes(), 0o600)
+}
+
+// cpioWriter writes the "newc" cpio format the kernel's initramfs reads.
+type cpioWriter struct {
+	w   io.Writer
+	ino int
+	n   int64
+	err error
+}
+
+func newCpio(w io.Writer) *cpioWriter { return &cpioWriter{w: w, ino: 1000} }
+
+func (c *cpioWriter) write(b []byte) {
+	if c.err != nil {
+		return
+	}
+	var n int
+	n, c.err = c.w.Write(b)
+	c.n += int64(n)
+}
+
+func (c *cpioWriter) pad() {
+	if r := c.n % 4; r != 0 {
+		c.write(make([]byte, 4-r))
+	}
+}
+
+func (c *cpioWriter) entry(name string, mode uint32, data []byte) {
+	c.ino++
+	hdr := fmt.Sprintf("070701%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X",
+		c.ino, mode, 0, 0, 1, 0, len(data), 0, 0, 0, 0, len(name)+1, 0)
+	c.write([]byte(hdr))
+	c.write(append([]byte(name), 0))
+	c.pad()
+	c.write(data)
+	c.pad()
+}
+
+func (c *cpioWriter) file(name string, perm uint32, data []byte) {
+	c.entry(name, 0o100000|perm, data)
+}
+
+func (c *cpioWriter) trailer() { c.entry("TRAILER!!!", 0, nil) }
+
+func serialTail(path string, n int) string {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return ""
+	}
+	lines := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	for i, l := range lines {
+		lines[i] = "  " + strings.TrimRight(l, "\r")
+	}
+	return "last serial console lines:\n" + strings.Join(lines, "\n")
+}
+
+var errNoBootFiles = errors.New("no kernel and initrd recorded for this disk")

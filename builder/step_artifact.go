@@ -1,0 +1,142 @@
+package builder
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+
+	"github.com/hashicorp/packer-plugin-sdk/multistep"
+
+	"github.com/ecs-image/ecs-image/formats"
+)
+
+// stepArtifact writes the other output formats from the compacted qcow2
+// (formats.Emit), then renames the qcow2 into place and writes the build
+// manifest. On failure or Ctrl-C nothing is left at the output paths.
+type stepArtifact struct {
+	written []string
+}
+
+func (s *stepArtifact) Run(ctx context.Context, state multistep.StateBag) multistep.StepAction {
+	b := getBuild(state)
+	name := b.baseName()
+	dir := b.opts.OutputDir
+	var files []ArtifactFile
+	var others []string
+	for _, o := range b.plan.Outputs {
+		if o != "qcow2" {
+			others = append(others, o)
+		}
+	}
+	qcow := filepath.Join(dir, name+".qcow2")
+	if len(others) > 0 {
+		img, err := formats.Inspect(ctx, b.compacted)
+		if err != nil {
+			return halt(state, err)
+		}
+		arts, err := formats.Emit(ctx, img, dir, name, others, formats.Options{})
+		if err != nil {
+			return halt(state, fmt.Errorf("formats: %w", err))
+		}
+		for _, a := range arts {
+			s.written = append(s.written, a.Path)
+			files = append(files, ArtifactFile{Format: a.Format, Path: filepath.Base(a.Path), Size: a.Size})
+		}
+	}
+	sum, size, err := hashFileSHA256(b.compacted)
+	if err != nil {
+		return halt(state, err)
+	}
+	if err := os.Chmod(b.compacted, 0o644); err != nil {
+		return halt(state, err)
+	}
+	qf := ArtifactFile{Format: "qcow2", Path: filepath.Base(qcow), Size: size, SHA256: sum}
+	files = append([]ArtifactFile{qf}, files...)
+	if err := os.Rename(b.compacted, qcow); err != nil {
+		return halt(state, err)
+	}
+	b.compacted = ""
+	s.written = append(s.written, qcow)
+
+	m := b.manifest(files)
+	data, err := manifestJSON(m)
+	if err != nil {
+		return halt(state, err)
+	}
+	mpath := filepath.Join(dir, name+".build.json")
+	tmp, err := os.CreateTemp(dir, tempName(name+".build.json"))
+	if err != nil {
+		return halt(state, err)
+	}
+	_, err = tmp.Write(append(data, '\n'))
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Chmod(tmp.Name(), 0o644)
+	}
+	if err == nil {
+		err = os.Rename(tmp.Name(), mpath)
+	}
+	if err != nil {
+		os.Remove(tmp.Name())
+		return halt(state, err)
+	}
+	s.written = append(s.written, mpath)
+	abs := make([]ArtifactFile, len(files))
+	for i, f := range files {
+		f.Path = filepath.Join(dir, f.Path)
+		abs[i] = f
+	}
+	b.artifact = &Artifact{Files: abs, ManifestPath: mpath, Manifest: m}
+	for _, f := range abs {
+		b.log.Infof("artifact %s (%s, %.1f MiB)", f.Path, f.Format, float64(f.Size)/(1<<20))
+	}
+	return multistep.ActionContinue
+}
+
+// Cleanup removes what was written when the build did not finish.
+func (s *stepArtifact) Cleanup(state multistep.StateBag) {
+	if _, failed := state.GetOk("error"); failed || getBuild(state).artifact == nil {
+		for _, p := range s.written {
+			os.Remove(p)
+		}
+	}
+}
+
+func (b *buildState) manifest(files []ArtifactFile) *Manifest {
+	m := &Manifest{
+		Template: b.tmpl.Name, TemplateFile: b.tmpl.File, TemplateDigest: "sha256:" + sha256Hex(b.tmpl.Raw),
+		Variant: b.plan.Variant, Production: b.plan.Production,
+		Base:     ManifestBase{Name: b.base.Name, Path: b.base.Path, Digest: b.base.Digest, Format: b.base.Format, Firmware: b.base.Firmware},
+		Packages: b.packages, Files: files, Accel: string(b.accel), Builder: fmt.Sprintf("ecs-image builder v%d", Version),
+		Created: timeNow().UTC(), Steps: b.timings,
+	}
+	if m.Packages == nil {
+		m.Packages = []string{}
+	}
+	for _, sr := range b.stages {
+		m.Stages = append(m.Stages, StageRecord{Name: sr.stage.Name, Key: sr.key, Cached: sr.cached, Offline: sr.offline})
+	}
+	m.Generalise = StageRecord{Name: "generalise", Key: b.genKey, Cached: b.genCached, Offline: true}
+	m.Seconds = timeNow().Sub(b.started).Seconds()
+	return m
+}
+
+func hashFileSHA256(p string) (string, int64, error) {
+	f, err := os.Open(p)
+	if err != nil {
+		return "", 0, err
+	}
+	defer f.Close()
+	h := sha256.New()
+	n, err := io.Copy(h, f)
+	if err != nil {
+		return "", 0, err
+	}
+	return hex.EncodeToString(h.Sum(nil)), n, nil
+}

@@ -1,0 +1,53 @@
+package builder
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/hashicorp/packer-plugin-sdk/multistep"
+
+	"github.com/ecs-image/ecs-image/images"
+	"github.com/ecs-image/ecs-image/qemu"
+)
+
+// stepFetchBase resolves the template's base (catalog name, URL with
+// checksum, or local file) to a verified, cached local image, and chooses
+// the accelerator.
+type stepFetchBase struct{}
+
+func (s *stepFetchBase) Run(ctx context.Context, state multistep.StateBag) multistep.StepAction {
+	b := getBuild(state)
+	tb := b.tmpl.Base
+	ref := tb.Catalog
+	opts := images.ResolveOptions{User: tb.User}
+	switch {
+	case tb.URL != "":
+		ref, opts.Checksum = tb.URL, tb.Checksum
+	case tb.File != "":
+		ref = tb.File
+	}
+	if b.tmpl.Firmware != "auto" {
+		opts.Firmware = b.tmpl.Firmware
+	}
+	base, err := images.Resolve(ctx, ref, opts)
+	if err != nil {
+		return halt(state, fmt.Errorf("base %s: %w", ref, err))
+	}
+	b.base = base
+	b.log.Infof("base %s (%s, %s, %s)", base.Path, base.Format, base.Digest, base.Firmware)
+	accel := b.tmpl.Accel
+	if b.opts.Accel != "" {
+		accel = b.opts.Accel
+	}
+	switch accel {
+	case "kvm":
+		b.accel = qemu.AccelKVM
+	case "tcg":
+		b.accel = qemu.AccelTCG
+	default:
+		b.accel = qemu.DetectAccel(ctx)
+	}
+	return multistep.ActionContinue
+}
+
+func (s *stepFetchBase) Cleanup(multistep.StateBag) {}

@@ -1,0 +1,72 @@
+package builder
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/hashicorp/packer-plugin-sdk/multistep"
+
+	"github.com/ecs-image/ecs-image/qemu"
+)
+
+// stepGeneralise makes the image safe to clone, offline in the helper VM
+// on a last overlay (cached like a stage): removes the build user and its
+// key, cloud-init state (clean --logs --seed), machine-id (truncated), SSH
+// host keys, apt lists and caches, logs; records the package list; trims
+// free blocks. It also runs, without the clean-up, when generalisation is
+// off, for the package list.
+type stepGeneralise struct{}
+
+func (s *stepGeneralise) Run(ctx context.Context, state multistep.StateBag) multistep.StepAction {
+	b := getBuild(state)
+	g := b.tmpl.Generalise
+	b.genKey = GeneraliseKey(b.parentKey, g)
+	if !b.opts.NoCache {
+		if e := b.cache.Lookup(b.genKey); e != nil {
+			b.log.Infof("generalise: cached (%s)", b.genKey[:12])
+			b.genDisk, b.packages, b.genCached = b.cache.Disk(b.genKey), e.Packages, true
+			return multistep.ActionContinue
+		}
+	}
+	boot := bootFiles{Dir: b.cache.BootDir(b.bootFrom)}
+	if b.bootFrom == "" || !boot.ok() {
+		return halt(state, fmt.Errorf("generalise: %w", errNoBootFiles))
+	}
+	start := timeNow()
+	dir, err := os.MkdirTemp(b.work, "generalise-")
+	if err != nil {
+		return halt(state, err)
+	}
+	disk := filepath.Join(dir, "disk.qcow2")
+	if err := qemu.Overlay(ctx, b.parentDisk, disk, 0); err != nil {
+		return halt(state, err)
+	}
+	r := &offlineRun{Disk: disk, Boot: boot, WorkDir: dir, Accel: b.accel, Timeout: 10 * time.Minute,
+		Log: b.log.WithField("step", "generalise"),
+		Job: helperJob{Generalise: g.On(), GeneraliseScript: generaliseScript(g), Packages: true, Trim: g.Trim()}}
+	if err := r.run(ctx); err != nil {
+		return halt(state, fmt.Errorf("generalise: %w", err))
+	}
+	os.Remove(r.SerialLog)
+	b.packages = r.Packages
+	e := &StageEntry{Key: b.genKey, Parent: b.parentKey, Name: "generalise", Template: b.tmpl.Name,
+		BootFrom: b.bootFrom, Created: timeNow().UTC(), Seconds: timeNow().Sub(start).Seconds(), Packages: r.Packages}
+	if b.opts.NoCache {
+		b.cache.Remove(b.genKey)
+	}
+	if err := b.cache.Commit(dir, e); err != nil {
+		return halt(state, err)
+	}
+	b.genDisk = b.cache.Disk(b.genKey)
+	b.log.Infof("generalise: %d packages in the image", len(b.packages))
+	return multistep.ActionContinue
+}
+
+func (s *stepGeneralise) Cleanup(multistep.StateBag) {}
+
+// manifestJSON is a helper for tests and the artifact step.
+func manifestJSON(m *Manifest) ([]byte, error) { return json.MarshalIndent(m, "", "  ") }

@@ -1,0 +1,69 @@
+package builder
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"strings"
+
+	"github.com/hashicorp/packer-plugin-sdk/multistep"
+	"gopkg.in/yaml.v3"
+
+	"github.com/ecs-image/ecs-image/cidata"
+	"github.com/ecs-image/ecs-image/communicator"
+)
+
+// stepSeedISO writes the build-time cidata seed: a fresh ed25519 key for
+// this boot only, and the build user (password-less sudo, locked password)
+// that generalisation removes again.
+type stepSeedISO struct{}
+
+func (s *stepSeedISO) Run(ctx context.Context, state multistep.StateBag) multistep.StepAction {
+	b, sr := getBuild(state), getStage(state)
+	key, err := communicator.GenerateKey()
+	if err != nil {
+		return halt(state, err)
+	}
+	sr.sshKey = key
+	ud, err := buildUserData(key.AuthorizedKey)
+	if err != nil {
+		return halt(state, err)
+	}
+	sr.seed = filepath.Join(sr.dir, "seed.iso")
+	err = cidata.Write(sr.seed, cidata.Options{
+		UserData: ud, Raw: true, UserDataName: "build user-data",
+		Hostname: "ecs-build",
+		MetaData: []byte(fmt.Sprintf("instance-id: ecs-build-%s-%d\n", sr.key[:12], timeNow().UnixNano())),
+	})
+	if err != nil {
+		return halt(state, fmt.Errorf("seed: %w", err))
+	}
+	b.log.Debugf("seed %s", sr.seed)
+	return multistep.ActionContinue
+}
+
+func (s *stepSeedISO) Cleanup(multistep.StateBag) {}
+
+// buildUserData is the cloud-config of build VMs.
+func buildUserData(authorizedKey string) ([]byte, error) {
+	cfg := map[string]any{
+		"users": []any{map[string]any{
+			"name":                BuildUser,
+			"gecos":               "ecs-image build user (removed by generalisation)",
+			"shell":               "/bin/bash",
+			"lock_passwd":         true,
+			"sudo":                "ALL=(ALL) NOPASSWD:ALL",
+			"ssh_authorized_keys": []string{strings.TrimSpace(authorizedKey)},
+		}},
+		"ssh_pwauth":     false,
+		"disable_root":   true,
+		"package_update": false,
+		"growpart":       map[string]any{"mode": "auto", "devices": []string{"/"}},
+		"resize_rootfs":  true,
+	}
+	data, err := yaml.Marshal(cfg)
+	if err != nil {
+		return nil, err
+	}
+	return append([]byte("#cloud-config\n"), data...), nil
+}

@@ -1,0 +1,62 @@
+package builder
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/hashicorp/packer-plugin-sdk/multistep"
+)
+
+// stepStages builds the plan's stages in order. A stage whose key is in
+// the cache is not run at all (unless --no-cache); the others run their
+// own step list (bootedStageSteps or offlineStageSteps) with a nested
+// runner, and are committed to the cache.
+type stepStages struct{}
+
+func (s *stepStages) Run(ctx context.Context, state multistep.StateBag) multistep.StepAction {
+	b := getBuild(state)
+	b.parentDisk = b.base.Path
+	for _, sr := range b.stages {
+		if ctx.Err() != nil {
+			return halt(state, ctx.Err())
+		}
+		if !b.opts.NoCache {
+			if e := b.cache.Lookup(sr.key); e != nil {
+				sr.cached = true
+				b.log.Infof("stage %s: cached (%s)", sr.stage.Name, sr.key[:12])
+				s.advance(b, sr.key, e.BootFrom)
+				continue
+			}
+		}
+		how := "booted VM"
+		steps := bootedStageSteps()
+		if sr.offline {
+			how = "offline helper"
+			steps = offlineStageSteps()
+		}
+		b.log.Infof("stage %s: building (%s, key %s)", sr.stage.Name, how, sr.key[:12])
+		state.Put("stage", sr)
+		runner := &multistep.BasicRunner{Steps: timedSteps(steps)}
+		runner.Run(ctx, state)
+		state.Remove("stage")
+		if raw, ok := state.GetOk("error"); ok {
+			state.Put("error", fmt.Errorf("stage %s: %w", sr.stage.Name, raw.(error)))
+			return multistep.ActionHalt
+		}
+		if ctx.Err() != nil {
+			return halt(state, ctx.Err())
+		}
+		s.advance(b, sr.key, sr.bootFrom)
+	}
+	return multistep.ActionContinue
+}
+
+func (s *stepStages) advance(b *buildState, key, bootFrom string) {
+	b.parentKey = key
+	b.parentDisk = b.cache.Disk(key)
+	if bootFrom != "" {
+		b.bootFrom = bootFrom
+	}
+}
+
+func (s *stepStages) Cleanup(multistep.StateBag) {}

@@ -1,0 +1,61 @@
+package builder
+
+import (
+	"context"
+	"path/filepath"
+	"time"
+
+	"github.com/hashicorp/packer-plugin-sdk/multistep"
+
+	"github.com/ecs-image/ecs-image/qemu"
+)
+
+var timeNow = time.Now
+
+// stepStartQEMU boots the stage's disk with its seed: KVM when it really
+// works, else TCG (qemu.DetectAccel warns); the serial console goes to a
+// log file in the stage's work directory; QMP controls the VM. Cleanup
+// kills a VM that is still running (failure, Ctrl-C).
+type stepStartQEMU struct{}
+
+func (s *stepStartQEMU) Run(ctx context.Context, state multistep.StateBag) multistep.StepAction {
+	b, sr := getBuild(state), getStage(state)
+	fw := qemu.FirmwareBIOS
+	if b.base.Firmware == "uefi" {
+		fw = qemu.FirmwareUEFI
+	}
+	cfg := qemu.Config{
+		Name:       "ecs-build-" + sr.stage.Name,
+		Disk:       sr.disk,
+		DiskFormat: "qcow2",
+		// The VM is thrown away unless it shuts down cleanly: guest
+		// flushes need not reach the host's disk.
+		DiskCache: "unsafe",
+		CDROMs:    []string{sr.seed},
+		Memory:    b.tmpl.Memory,
+		CPUs:      b.tmpl.CPUs,
+		Firmware:  fw,
+		Accel:     b.accel,
+		Forwards:  []qemu.Forward{{Guest: 22}},
+		SerialLog: filepath.Join(sr.dir, "serial.log"),
+	}
+	m, err := qemu.Start(ctx, cfg)
+	if err != nil {
+		return halt(state, err)
+	}
+	sr.machine = m
+	b.log.Infof("qemu started (%s, %d MiB, %d CPUs), ssh on 127.0.0.1:%d, serial log %s", b.accel, cfg.Memory, cfg.CPUs, m.HostPort(22), cfg.SerialLog)
+	return multistep.ActionContinue
+}
+
+func (s *stepStartQEMU) Cleanup(state multistep.StateBag) {
+	sr := getStage(state)
+	if sr.client != nil {
+		sr.client.Close()
+		sr.client = nil
+	}
+	if sr.machine != nil && !sr.machine.Exited() {
+		sr.machine.Kill()
+		<-sr.machine.Done()
+	}
+}

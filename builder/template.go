@@ -1,0 +1,570 @@
+// Package builder turns a template into a provisioned, generalised disk
+// image: a multistep pipeline (steps.go lists it) that boots the base under
+// QEMU with a build-time cidata seed, runs the provisioners of each stage
+// over SSH, caches every stage as a qcow2 overlay, places files of file-only
+// stages offline with a small helper VM, generalises and compacts the result.
+package builder
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"reflect"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/ecs-image/ecs-image/formats"
+	"github.com/ecs-image/ecs-image/images"
+	"github.com/ecs-image/ecs-image/provisioners"
+)
+
+// Problem is one finding about a template, with its position.
+type Problem struct {
+	File   string
+	Line   int
+	Column int
+	Path   string // field path, e.g. "stages[1].provisioners[0].source"
+	Msg    string
+}
+
+func (p Problem) String() string {
+	var b strings.Builder
+	b.WriteString(p.File)
+	if p.Line > 0 {
+		fmt.Fprintf(&b, ":%d:%d", p.Line, p.Column)
+	}
+	if p.Path != "" {
+		fmt.Fprintf(&b, ": %s", p.Path)
+	}
+	fmt.Fprintf(&b, ": %s", p.Msg)
+	return b.String()
+}
+
+// TemplateError lists every problem of an invalid template.
+type TemplateError struct{ Problems []Problem }
+
+func (e *TemplateError) Error() string {
+	s := make([]string, len(e.Problems))
+	for i, p := range e.Problems {
+		s[i] = p.String()
+	}
+	return strings.Join(s, "\n")
+}
+
+// IsTemplateError reports whether err is (or wraps) a *TemplateError.
+func IsTemplateError(err error) bool {
+	var te *TemplateError
+	return errors.As(err, &te)
+}
+
+// Template defaults.
+const (
+	DefaultMemory          = 2048
+	DefaultCPUs            = 2
+	DefaultSSHTimeout      = 10 * time.Minute
+	DefaultShutdownTimeout = 3 * time.Minute
+)
+
+// Template is a validated build template.
+type Template struct {
+	// File is the template's path; Dir its directory (relative paths in
+	// the template are resolved against Dir).
+	File string `yaml:"-"`
+	Dir  string `yaml:"-"`
+	// Raw is the template's content (hashed into the build manifest).
+	Raw []byte `yaml:"-"`
+
+	// Name names the artifacts (default: the file name without extension).
+	Name        string `yaml:"name"`
+	Description string `yaml:"description"`
+	// Base is the image the build starts from.
+	Base Base `yaml:"base"`
+	// DiskSize is the virtual size of the built disk, e.g. "20G" (default:
+	// the base's size). Disks only grow.
+	DiskSize string `yaml:"disk_size"`
+	// Memory of the build VM in MiB (default 2048); CPUs (default 2).
+	Memory int `yaml:"memory"`
+	CPUs   int `yaml:"cpus"`
+	// Firmware is auto (the base's), bios or uefi.
+	Firmware string `yaml:"firmware"`
+	// Accel is auto (KVM when it works, else TCG), kvm or tcg.
+	Accel string `yaml:"accel"`
+	// SSHTimeout bounds boot to SSH (default 10m); ShutdownTimeout the
+	// ACPI shutdown before QEMU is killed (default 3m).
+	SSHTimeout      time.Duration `yaml:"ssh_timeout"`
+	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"`
+	// Stages are shared by every variant, in order.
+	Stages []Stage `yaml:"stages"`
+	// Variants add stages on top of the shared ones.
+	Variants map[string]*Variant `yaml:"variants"`
+	// DefaultVariant is built when --variant is not given (default: none,
+	// i.e. only the shared stages; or the only variant).
+	DefaultVariant string `yaml:"default_variant"`
+	// Outputs are format names (default [qcow2]).
+	Outputs []string `yaml:"outputs"`
+	// Generalise configures the final clean-up.
+	Generalise Generalise `yaml:"generalise"`
+
+	diskSize int64
+}
+
+// Base names the base image: a catalog name, a URL with a checksum, or a
+// local file.
+type Base struct {
+	Catalog  string `yaml:"catalog"`
+	URL      string `yaml:"url"`
+	Checksum string `yaml:"checksum"`
+	File     string `yaml:"file"`
+	// User overrides the base's default cloud-init user (informational;
+	// the build uses its own user).
+	User string `yaml:"user"`
+}
+
+// Stage is a named, ordered list of provisioners; each stage is cached as a
+// qcow2 overlay on the previous one.
+type Stage struct {
+	Name         string            `yaml:"name"`
+	Provisioners []ProvisionerSpec `yaml:"provisioners"`
+}
+
+// NeedsBoot reports whether any provisioner of the stage needs a booted
+// guest; a stage that only places files is applied offline.
+func (s *Stage) NeedsBoot() bool {
+	for _, p := range s.Provisioners {
+		if p.P != nil && provisioners.NeedsBoot(p.P) {
+			return true
+		}
+	}
+	return false
+}
+
+// ProvisionerSpec is one provisioner: its type and decoded configuration.
+type ProvisionerSpec struct {
+	Type string
+	P    provisioners.Provisioner
+	// Node is the provisioner's mapping (hashed into the stage key).
+	Node *yaml.Node
+}
+
+func (s *ProvisionerSpec) decodeNode(d *decoder, n *yaml.Node, path string) {
+	s.Node = n
+	if n.Kind != yaml.MappingNode {
+		d.add(n, path, "want a mapping with a type, got %s", kindName(n))
+		return
+	}
+	var typ *yaml.Node
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		if n.Content[i].Value == "type" {
+			typ = n.Content[i+1]
+		}
+	}
+	if typ == nil {
+		d.add(n, join(path, "type"), "required (one of: %s)", strings.Join(provisioners.Types(), ", "))
+		return
+	}
+	s.Type = typ.Value
+	s.P = provisioners.New(typ.Value)
+	if s.P == nil {
+		d.add(typ, join(path, "type"), "unknown provisioner type %q (known: %s)", typ.Value, strings.Join(provisioners.Types(), ", "))
+		return
+	}
+	d.decodeStruct(n, reflect.ValueOf(s.P).Elem(), path, "type")
+}
+
+// Variant adds stages and flags to the shared stages.
+type Variant struct {
+	Stages []Stage `yaml:"stages"`
+	// Production marks a production variant: formats that must not be
+	// built for production (Vagrant boxes) are refused, and the guest sees
+	// ECS_IMAGE_PRODUCTION=true.
+	Production bool `yaml:"production"`
+	// Env are extra variables exported to shell provisioners.
+	Env map[string]string `yaml:"env"`
+	// Outputs replace the template's outputs for this variant.
+	Outputs []string `yaml:"outputs"`
+}
+
+// Generalise configures the built-in clean-up that makes the image safe to
+// clone: it runs last, offline in the helper VM.
+type Generalise struct {
+	// Enabled (default true).
+	Enabled *bool `yaml:"enabled"`
+	// KeepLogs keeps /var/log content (default false: truncated).
+	KeepLogs bool `yaml:"keep_logs"`
+	// Fstrim discards free blocks so the image compacts well (default true).
+	Fstrim *bool `yaml:"fstrim"`
+	// Commands are extra shell commands run in the image (chroot) before
+	// the clean-up.
+	Commands []string `yaml:"commands"`
+}
+
+// On reports whether generalisation runs.
+func (g Generalise) On() bool { return g.Enabled == nil || *g.Enabled }
+
+// Trim reports whether free blocks are discarded.
+func (g Generalise) Trim() bool { return g.Fstrim == nil || *g.Fstrim }
+
+// DiskSizeBytes is the parsed disk_size (0: the base's size).
+func (t *Template) DiskSizeBytes() int64 { return t.diskSize }
+
+var (
+	nameRe = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,62}$`)
+	sumRe  = regexp.MustCompile(`^(sha256:)?[0-9a-f]{64}$|^sha512:[0-9a-f]{128}$`)
+)
+
+// LoadTemplate reads and validates the template at path.
+func LoadTemplate(path string) (*Template, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, &TemplateError{[]Problem{{File: path, Msg: cleanPathErr(err)}}}
+	}
+	return ParseTemplate(path, data)
+}
+
+func cleanPathErr(err error) string {
+	var pe *os.PathError
+	if errors.As(err, &pe) {
+		return pe.Err.Error()
+	}
+	return err.Error()
+}
+
+// ParseTemplate parses and validates a template in full: every problem is
+// reported (as a *TemplateError) before anything runs.
+func ParseTemplate(file string, data []byte) (*Template, error) {
+	var doc yaml.Node
+	if err := yaml.Unmarshal(data, &doc); err != nil {
+		p := Problem{File: file, Msg: err.Error()}
+		var line int
+		if _, e := fmt.Sscanf(strings.TrimPrefix(err.Error(), "yaml: "), "line %d:", &line); e == nil {
+			p.Line, p.Column = line, 1
+			p.Msg = strings.TrimSpace(strings.SplitN(err.Error(), ":", 3)[2])
+		}
+		return nil, &TemplateError{[]Problem{p}}
+	}
+	if len(doc.Content) == 0 || doc.Content[0].Kind != yaml.MappingNode {
+		return nil, &TemplateError{[]Problem{{File: file, Line: 1, Column: 1, Msg: "template is not a mapping"}}}
+	}
+	abs, err := filepath.Abs(file)
+	if err != nil {
+		abs = file
+	}
+	t := &Template{File: file, Dir: filepath.Dir(abs), Raw: data}
+	d := &decoder{file: file, nodes: map[string]*yaml.Node{}, keys: map[string]*yaml.Node{}}
+	d.decode(doc.Content[0], reflect.ValueOf(t).Elem(), "")
+	t.check(d)
+	if len(d.problems) > 0 {
+		sort.SliceStable(d.problems, func(i, j int) bool {
+			a, b := d.problems[i], d.problems[j]
+			if a.Line != b.Line {
+				return a.Line < b.Line
+			}
+			return a.Column < b.Column
+		})
+		return nil, &TemplateError{d.problems}
+	}
+	return t, nil
+}
+
+// check validates the decoded template's values.
+func (t *Template) check(d *decoder) {
+	if t.Name == "" {
+		t.Name = strings.TrimSuffix(filepath.Base(t.File), filepath.Ext(t.File))
+	} else if !nameRe.MatchString(t.Name) {
+		d.at("name", "%q: want lower-case letters, digits and dashes", t.Name)
+	}
+	t.checkBase(d)
+	if t.DiskSize != "" {
+		n, err := ParseSize(t.DiskSize)
+		switch {
+		case err != nil:
+			d.at("disk_size", "%v", err)
+		case n < 1<<30:
+			d.at("disk_size", "%s is too small (at least 1G)", t.DiskSize)
+		default:
+			t.diskSize = n
+		}
+	}
+	if _, ok := d.nodes["memory"]; !ok {
+		t.Memory = DefaultMemory
+	} else if t.Memory < 256 || t.Memory > 1<<20 {
+		d.at("memory", "%d MiB: want 256..1048576", t.Memory)
+	}
+	if _, ok := d.nodes["cpus"]; !ok {
+		t.CPUs = DefaultCPUs
+	} else if t.CPUs < 1 || t.CPUs > 64 {
+		d.at("cpus", "%d: want 1..64", t.CPUs)
+	}
+	switch t.Firmware {
+	case "":
+		t.Firmware = "auto"
+	case "auto", "bios", "uefi":
+	default:
+		d.at("firmware", "%q: want auto, bios or uefi", t.Firmware)
+	}
+	switch t.Accel {
+	case "":
+		t.Accel = "auto"
+	case "auto", "kvm", "tcg":
+	default:
+		d.at("accel", "%q: want auto, kvm or tcg", t.Accel)
+	}
+	if t.SSHTimeout == 0 {
+		t.SSHTimeout = DefaultSSHTimeout
+	}
+	if t.ShutdownTimeout == 0 {
+		t.ShutdownTimeout = DefaultShutdownTimeout
+	}
+	names := map[string]string{}
+	t.checkStages(d, "stages", t.Stages, names)
+	variantNames := make([]string, 0, len(t.Variants))
+	for name := range t.Variants {
+		variantNames = append(variantNames, name)
+	}
+	sort.Strings(variantNames)
+	for _, name := range variantNames {
+		v := t.Variants[name]
+		p := "variants." + name
+		if !nameRe.MatchString(name) {
+			d.add(d.keys[p], p, "variant name %q: want lower-case letters, digits and dashes", name)
+		}
+		if v == nil {
+			d.at(p, "want a mapping, got null")
+			continue
+		}
+		vn := map[string]string{}
+		for k, v := range names {
+			vn[k] = v
+		}
+		t.checkStages(d, p+".stages", v.Stages, vn)
+		for k := range v.Env {
+			if !envRe.MatchString(k) {
+				d.add(d.keys[p+".env."+k], p+".env."+k, "%q is not a valid environment variable name", k)
+			}
+		}
+		t.checkOutputs(d, p+".outputs", v.Outputs, v.Production)
+	}
+	if len(t.Stages) == 0 && len(t.Variants) == 0 {
+		d.at("stages", "required: at least one stage")
+	}
+	if t.DefaultVariant != "" {
+		if _, ok := t.Variants[t.DefaultVariant]; !ok {
+			d.at("default_variant", "no variant %q (variants: %s)", t.DefaultVariant, strings.Join(variantNames, ", "))
+		}
+	}
+	if len(t.Outputs) == 0 {
+		t.Outputs = []string{"qcow2"}
+	}
+	t.checkOutputs(d, "outputs", t.Outputs, false)
+	for i, c := range t.Generalise.Commands {
+		if strings.TrimSpace(c) == "" {
+			d.at(fmt.Sprintf("generalise.commands[%d]", i), "empty command")
+		}
+	}
+}
+
+var envRe = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+
+func (t *Template) checkBase(d *decoder) {
+	b := &t.Base
+	if _, ok := d.nodes["base"]; !ok {
+		d.at("base", "required: catalog, url (with checksum) or file")
+		return
+	}
+	set := 0
+	for _, s := range []string{b.Catalog, b.URL, b.File} {
+		if s != "" {
+			set++
+		}
+	}
+	switch {
+	case set == 0:
+		d.at("base", "give one of catalog, url (with checksum) or file")
+	case set > 1:
+		d.at("base", "give only one of catalog, url or file")
+	case b.URL != "":
+		if !strings.HasPrefix(b.URL, "https://") && !strings.HasPrefix(b.URL, "http://") && !strings.HasPrefix(b.URL, "file://") {
+			d.at("base.url", "%q: want an http(s):// or file:// URL", b.URL)
+		}
+		if b.Checksum == "" {
+			d.at("base.checksum", "required with url (sha256:<hex>)")
+		} else if !sumRe.MatchString(b.Checksum) {
+			d.at("base.checksum", "%q: want sha256:<64 hex digits>", b.Checksum)
+		}
+	case b.File != "":
+		if !filepath.IsAbs(b.File) {
+			b.File = filepath.Join(t.Dir, b.File)
+		}
+		if fi, err := os.Stat(b.File); err != nil {
+			d.at("base.file", "%s: %s", b.File, cleanPathErr(err))
+		} else if !fi.Mode().IsRegular() {
+			d.at("base.file", "%s is not a regular file", b.File)
+		}
+	case b.Catalog == "build" || strings.HasPrefix(b.Catalog, "build:"):
+		// The base built from a package mirror (images.BuildBase).
+	case b.Catalog != "":
+		if cat, err := images.LoadCatalog(); err == nil && cat.Lookup(b.Catalog) == nil {
+			d.at("base.catalog", "unknown base %q (known: build, %s)", b.Catalog, strings.Join(cat.Names(), ", "))
+		}
+	}
+	if b.Checksum != "" && b.URL == "" {
+		d.at("base.checksum", "only used with url")
+	}
+}
+
+func (t *Template) checkStages(d *decoder, path string, stages []Stage, names map[string]string) {
+	for i := range stages {
+		s := &stages[i]
+		p := fmt.Sprintf("%s[%d]", path, i)
+		switch {
+		case s.Name == "":
+			d.at(p+".name", "required")
+		case !nameRe.MatchString(s.Name):
+			d.at(p+".name", "%q: want lower-case letters, digits and dashes", s.Name)
+		case names[s.Name] != "":
+			d.at(p+".name", "stage %q is already defined at %s", s.Name, names[s.Name])
+		default:
+			n := d.nodes[p+".name"]
+			names[s.Name] = fmt.Sprintf("line %d", n.Line)
+		}
+		if len(s.Provisioners) == 0 {
+			d.at(p+".provisioners", "required: at least one provisioner")
+		}
+		for j := range s.Provisioners {
+			ps := &s.Provisioners[j]
+			pp := fmt.Sprintf("%s.provisioners[%d]", p, j)
+			if ps.P == nil {
+				continue
+			}
+			for _, fe := range ps.P.Check(t.Dir) {
+				fp := pp
+				if fe.Field != "" {
+					fp = pp + "." + fe.Field
+				}
+				d.at(fp, "%s", fe.Msg)
+			}
+		}
+	}
+}
+
+func (t *Template) checkOutputs(d *decoder, path string, outs []string, production bool) {
+	seen := map[string]bool{}
+	for i, o := range outs {
+		p := fmt.Sprintf("%s[%d]", path, i)
+		f, err := formats.Lookup(o)
+		switch {
+		case err != nil:
+			d.at(p, "%v", err)
+		case seen[o]:
+			d.at(p, "%q is listed twice", o)
+		case production && f.NonProduction:
+			d.at(p, "format %q must not be built for a production variant", o)
+		}
+		seen[o] = true
+	}
+}
+
+// Plan is what one build runs: the template's shared stages plus the
+// variant's, with the variant's flags.
+type Plan struct {
+	Template   *Template
+	Variant    string // "" for none
+	Production bool
+	Stages     []Stage
+	// Shared is how many of Stages are the template's shared stages.
+	Shared  int
+	Outputs []string
+	// Vars are exported to shell provisioners.
+	Vars map[string]string
+}
+
+// Plan resolves the stages of variant ("" → the default variant).
+func (t *Template) Plan(variant string) (*Plan, error) {
+	if variant == "" {
+		variant = t.DefaultVariant
+	}
+	if variant == "" && len(t.Stages) == 0 && len(t.Variants) == 1 {
+		for n := range t.Variants {
+			variant = n
+		}
+	}
+	p := &Plan{Template: t, Variant: variant, Outputs: t.Outputs, Vars: map[string]string{}}
+	p.Stages = append(p.Stages, t.Stages...)
+	p.Shared = len(p.Stages)
+	if variant != "" {
+		v, ok := t.Variants[variant]
+		if !ok {
+			names := make([]string, 0, len(t.Variants))
+			for n := range t.Variants {
+				names = append(names, n)
+			}
+			sort.Strings(names)
+			return nil, fmt.Errorf("%s: no variant %q (variants: %s)", t.File, variant, strings.Join(names, ", "))
+		}
+		p.Stages = append(p.Stages, v.Stages...)
+		p.Production = v.Production
+		if len(v.Outputs) > 0 {
+			p.Outputs = v.Outputs
+		}
+		for k, val := range v.Env {
+			p.Vars[k] = val
+		}
+	}
+	if p.Production {
+		for _, o := range p.Outputs {
+			if f, err := formats.Lookup(o); err == nil && f.NonProduction {
+				return nil, fmt.Errorf("%s: format %q must not be built for the production variant %q", t.File, o, variant)
+			}
+		}
+	}
+	if len(p.Stages) == 0 {
+		return nil, fmt.Errorf("%s: no stages to build (variant %q)", t.File, variant)
+	}
+	p.Vars["ECS_IMAGE_VARIANT"] = variant
+	p.Vars["ECS_IMAGE_PRODUCTION"] = strconv.FormatBool(p.Production)
+	p.Vars["ECS_IMAGE_TEMPLATE"] = t.Name
+	return p, nil
+}
+
+// VarsFor returns the variables stage i's shell provisioners see: shared
+// stages only see ECS_IMAGE_TEMPLATE (so that every variant shares their
+// cache entries), variant stages also the variant's variables.
+func (p *Plan) VarsFor(i int) map[string]string {
+	if i < p.Shared {
+		return map[string]string{"ECS_IMAGE_TEMPLATE": p.Template.Name}
+	}
+	return p.Vars
+}
+
+// ParseSize parses a size like "20G", "512M", "20GiB" or a byte count.
+func ParseSize(s string) (int64, error) {
+	str := strings.TrimSpace(s)
+	str = strings.TrimSuffix(strings.TrimSuffix(str, "iB"), "B")
+	mult := int64(1)
+	if str != "" {
+		switch strings.ToUpper(str[len(str)-1:]) {
+		case "K":
+			mult = 1 << 10
+		case "M":
+			mult = 1 << 20
+		case "G":
+			mult = 1 << 30
+		case "T":
+			mult = 1 << 40
+		}
+		if mult > 1 {
+			str = str[:len(str)-1]
+		}
+	}
+	n, err := strconv.ParseInt(str, 10, 64)
+	if err != nil || n <= 0 || n > (1<<50)/mult {
+		return 0, fmt.Errorf("size %q: want a positive size like 20G or 512M", s)
+	}
+	return n * mult, nil
+}

@@ -1,0 +1,145 @@
+package builder
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// TestBadTemplates checks every template in testdata/bad: it must be
+// rejected with exactly the problems listed in the .want file beside it
+// (each message line starts with the wanted line; absolute paths of the
+// corpus directory are shown relative).
+func TestBadTemplates(t *testing.T) {
+	files, err := filepath.Glob("testdata/bad/*.yml")
+	if err != nil || len(files) < 15 {
+		t.Fatalf("corpus: %v (%d files)", err, len(files))
+	}
+	absDir, _ := filepath.Abs("testdata/bad")
+	for _, f := range files {
+		t.Run(filepath.Base(f), func(t *testing.T) {
+			want, err := os.ReadFile(strings.TrimSuffix(f, ".yml") + ".want")
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, err = LoadTemplate(f)
+			if err == nil {
+				t.Fatal("template accepted")
+			}
+			if !IsTemplateError(err) {
+				t.Fatalf("error is not a *TemplateError: %T %v", err, err)
+			}
+			got := strings.ReplaceAll(err.Error(), absDir+"/", "")
+			got = strings.ReplaceAll(got, "testdata/bad/", "")
+			gl := strings.Split(got, "\n")
+			wl := strings.Split(strings.TrimSpace(string(want)), "\n")
+			if len(gl) != len(wl) {
+				t.Fatalf("%d problems, want %d:\n%s", len(gl), len(wl), got)
+			}
+			for i := range wl {
+				if !strings.HasPrefix(gl[i], wl[i]) {
+					t.Errorf("problem %d:\n got: %s\nwant: %s", i, gl[i], wl[i])
+				}
+			}
+		})
+	}
+}
+
+func writeFile(t *testing.T, dir, name, content string) string {
+	t.Helper()
+	p := filepath.Join(dir, name)
+	if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+const goodTemplate = `
+name: small
+base:
+  file: base.qcow2
+disk_size: 4G
+memory: 1024
+stages:
+  - name: files
+    provisioners:
+      - type: file
+        source: motd
+        destination: /etc/motd
+        mode: "0644"
+  - name: tools
+    provisioners:
+      - type: packages
+        packages: [jq]
+      - type: shell
+        inline: ["echo hi > /root/hi"]
+        env: {GREETING: hello}
+variants:
+  dev:
+    stages:
+      - name: dev-tools
+        provisioners:
+          - type: packages
+            packages: [strace]
+  prod:
+    production: true
+    env: {MODE: prod}
+    stages:
+      - name: hardening
+        provisioners:
+          - type: file
+            content: "prod\n"
+            destination: /etc/ecs-variant
+outputs: [qcow2, vmdk]
+`
+
+func TestGoodTemplate(t *testing.T) {
+	dir := t.TempDir()
+	writeFile(t, dir, "base.qcow2", "x")
+	writeFile(t, dir, "motd", "hello\n")
+	tp, err := LoadTemplate(writeFile(t, dir, "t.yml", goodTemplate))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tp.Memory != 1024 || tp.CPUs != DefaultCPUs || tp.DiskSizeBytes() != 4<<30 || tp.SSHTimeout != DefaultSSHTimeout {
+		t.Errorf("defaults: %+v", tp)
+	}
+	if tp.Base.File != filepath.Join(dir, "base.qcow2") {
+		t.Errorf("base file %q not resolved against the template's directory", tp.Base.File)
+	}
+	if tp.Stages[0].NeedsBoot() || !tp.Stages[1].NeedsBoot() {
+		t.Error("files stage must be offline, tools stage booted")
+	}
+	p, err := tp.Plan("prod")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, s := range p.Stages {
+		names = append(names, s.Name)
+	}
+	if strings.Join(names, ",") != "files,tools,hardening" || !p.Production || p.Vars["MODE"] != "prod" || p.Vars["ECS_IMAGE_PRODUCTION"] != "true" {
+		t.Errorf("prod plan: %v %+v", names, p)
+	}
+	p, err = tp.Plan("")
+	if err != nil || len(p.Stages) != 2 || p.Production {
+		t.Errorf("default plan: %v %+v", err, p)
+	}
+	if _, err := tp.Plan("staging"); err == nil || !strings.Contains(err.Error(), `no variant "staging" (variants: dev, prod)`) {
+		t.Errorf("unknown variant: %v", err)
+	}
+}
+
+func TestParseSize(t *testing.T) {
+	for in, want := range map[string]int64{"20G": 20 << 30, "512M": 512 << 20, "1GiB": 1 << 30, "4096": 4096, "1T": 1 << 40} {
+		if got, err := ParseSize(in); err != nil || got != want {
+			t.Errorf("ParseSize(%q) = %d, %v; want %d", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"", "G", "-1G", "1.5G", "lots"} {
+		if _, err := ParseSize(in); err == nil {
+			t.Errorf("ParseSize(%q) accepted", in)
+		}
+	}
+}

@@ -1,0 +1,343 @@
+package cidata
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path"
+	"path/filepath"
+	"sort"
+	"strings"
+
+	"github.com/diskfs/go-diskfs/backend"
+	"github.com/diskfs/go-diskfs/backend/file"
+	"github.com/diskfs/go-diskfs/filesystem"
+	"github.com/diskfs/go-diskfs/filesystem/fat12"
+	"github.com/diskfs/go-diskfs/filesystem/fat16"
+	"github.com/diskfs/go-diskfs/filesystem/fat32"
+	"github.com/kdomanski/iso9660"
+	"gopkg.in/yaml.v3"
+)
+
+// Info describes a seed image read back from disk.
+type Info struct {
+	FS     string // "iso9660" or "vfat"
+	Label  string // volume label
+	Format Format // nocloud, config-2 or vfat; "" when the label and files fit none
+	Files  []FileInfo
+	// InstanceID and Hostname are read from meta-data (NoCloud) or
+	// meta_data.json (config-2) when present.
+	InstanceID string
+	Hostname   string
+}
+
+// FileInfo is one regular file of a seed image.
+type FileInfo struct {
+	Path string // slash-separated, relative to the image root
+	Size int64
+}
+
+// Limits for reading images of unknown origin.
+const (
+	maxEntries = 10000
+	maxDepth   = 16
+)
+
+// seedImage is an opened seed image of either file system.
+type seedImage struct {
+	info *Info
+	open func(p string) (io.Reader, error)
+}
+
+// Inspect reads the seed image at path (ISO9660 through
+// github.com/kdomanski/iso9660, FAT through go-diskfs) and returns its
+// label, files and sizes, and the instance-id and hostname it carries.
+func Inspect(path string) (*Info, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	img, err := openSeed(f)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return img.info, nil
+}
+
+// Extract copies every file of the seed image at path into dir (created
+// mode 0700 if missing), each file mode 0600. Names are checked to stay
+// inside dir (no absolute paths, no "..", no symlink escapes: writes go
+// through os.Root), and existing files are not overwritten.
+func Extract(path, dir string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	img, err := openSeed(f)
+	if err != nil {
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	root, err := os.OpenRoot(dir)
+	if err != nil {
+		return err
+	}
+	defer root.Close()
+	for _, fi := range img.info.Files {
+		name := filepath.FromSlash(fi.Path)
+		if !safeName(fi.Path) || !filepath.IsLocal(name) {
+			return fmt.Errorf("%s: refusing to extract unsafe name %q", path, fi.Path)
+		}
+		if d := filepath.Dir(name); d != "." {
+			if err := root.MkdirAll(d, 0o700); err != nil {
+				return err
+			}
+		}
+		r, err := img.open(fi.Path)
+		if err != nil {
+			return fmt.Errorf("%s: %s: %w", path, fi.Path, err)
+		}
+		out, err := root.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+		if err != nil {
+			return err
+		}
+		_, err = io.Copy(out, io.LimitReader(r, fi.Size))
+		if cerr := out.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return fmt.Errorf("%s: %s: %w", path, fi.Path, err)
+		}
+	}
+	return nil
+}
+
+// safeName reports whether a slash-separated image path is a plain
+// relative name: no empty, "." or ".." element, no backslash or NUL.
+func safeName(p string) bool {
+	if p == "" || strings.ContainsAny(p, "\\\x00") {
+		return false
+	}
+	for _, e := range strings.Split(p, "/") {
+		if e == "" || e == "." || e == ".." {
+			return false
+		}
+	}
+	return true
+}
+
+func openSeed(f *os.File) (img *seedImage, err error) {
+	// The readers below index into on-disk structures; turn a panic on a
+	// corrupt image into an error.
+	defer func() {
+		if r := recover(); r != nil {
+			img, err = nil, fmt.Errorf("corrupt image: %v", r)
+		}
+	}()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	var magic [6]byte
+	var boot [fatSector]byte
+	switch {
+	case readAtOK(f, magic[:], 16*isoBlock) && string(magic[1:6]) == "CD001":
+		img, err = openISO(f)
+	case readAtOK(f, boot[:], 0) && boot[510] == 0x55 && boot[511] == 0xaa && st.Size() >= 64<<10:
+		img, err = openFAT(f, st.Size())
+	default:
+		return nil, errors.New("not a seed image: neither ISO9660 nor FAT")
+	}
+	if err != nil {
+		return nil, err
+	}
+	sort.Slice(img.info.Files, func(i, j int) bool { return img.info.Files[i].Path < img.info.Files[j].Path })
+	img.info.Format = detectFormat(img.info)
+	img.readMetaData()
+	return img, nil
+}
+
+func readAtOK(f *os.File, b []byte, off int64) bool {
+	n, _ := f.ReadAt(b, off)
+	return n == len(b)
+}
+
+func openISO(f *os.File) (*seedImage, error) {
+	im, err := iso9660.OpenImage(f)
+	if err != nil {
+		return nil, fmt.Errorf("iso9660: %w", err)
+	}
+	label, err := im.Label()
+	if err != nil {
+		return nil, fmt.Errorf("iso9660: no primary volume descriptor")
+	}
+	root, err := im.RootDir()
+	if err != nil {
+		return nil, fmt.Errorf("iso9660: %w", err)
+	}
+	info := &Info{FS: "iso9660", Label: strings.TrimRight(label, " \x00")}
+	files := map[string]*iso9660.File{}
+	var walk func(d *iso9660.File, prefix string, depth int) error
+	walk = func(d *iso9660.File, prefix string, depth int) error {
+		if depth > maxDepth {
+			return errors.New("iso9660: directories nested too deep")
+		}
+		children, err := d.GetChildren()
+		if err != nil {
+			return fmt.Errorf("iso9660: %s: %w", prefix, err)
+		}
+		for _, c := range children {
+			if len(files) >= maxEntries {
+				return errors.New("iso9660: too many files")
+			}
+			p := path.Join(prefix, c.Name())
+			if c.IsDir() {
+				if err := walk(c, p, depth+1); err != nil {
+					return err
+				}
+				continue
+			}
+			if !c.Mode().IsRegular() {
+				continue // symlinks, devices: not part of a seed
+			}
+			files[p] = c
+			info.Files = append(info.Files, FileInfo{Path: p, Size: c.Size()})
+		}
+		return nil
+	}
+	if err := walk(root, "", 0); err != nil {
+		return nil, err
+	}
+	return &seedImage{info: info, open: func(p string) (io.Reader, error) {
+		c, ok := files[p]
+		if !ok {
+			return nil, fs.ErrNotExist
+		}
+		return c.Reader(), nil
+	}}, nil
+}
+
+func openFAT(f *os.File, size int64) (*seedImage, error) {
+	var b backend.Storage = file.New(f, true)
+	var fsys filesystem.FileSystem
+	var errs []error
+	if fs12, err := fat12.Read(b, size, 0, 0); err == nil {
+		fsys = fs12
+	} else if fs16, err16 := fat16.Read(b, size, 0, 0); err16 == nil {
+		fsys = fs16
+	} else if fs32, err32 := fat32.Read(b, size, 0, 0); err32 == nil {
+		fsys = fs32
+	} else {
+		errs = append(errs, err, err16, err32)
+		return nil, fmt.Errorf("not a FAT12/16/32 file system: %w", errors.Join(errs...))
+	}
+	info := &Info{FS: "vfat", Label: strings.TrimRight(fsys.Label(), " \x00")}
+	var walk func(dir string, depth int) error
+	walk = func(dir string, depth int) error {
+		if depth > maxDepth {
+			return errors.New("fat: directories nested too deep")
+		}
+		entries, err := fsys.ReadDir(dir)
+		if err != nil {
+			return fmt.Errorf("fat: %s: %w", dir, err)
+		}
+		for _, e := range entries {
+			name := e.Name()
+			if name == "." || name == ".." {
+				continue
+			}
+			if len(info.Files) >= maxEntries {
+				return errors.New("fat: too many files")
+			}
+			p := name
+			if dir != "." {
+				p = dir + "/" + name
+			}
+			if e.IsDir() {
+				if err := walk(p, depth+1); err != nil {
+					return err
+				}
+				continue
+			}
+			fi, err := e.Info()
+			if err != nil {
+				return fmt.Errorf("fat: %s: %w", p, err)
+			}
+			info.Files = append(info.Files, FileInfo{Path: p, Size: fi.Size()})
+		}
+		return nil
+	}
+	if err := walk(".", 0); err != nil {
+		return nil, err
+	}
+	return &seedImage{info: info, open: func(p string) (io.Reader, error) {
+		return fsys.OpenFile("/"+p, os.O_RDONLY)
+	}}, nil
+}
+
+// detectFormat names the seed format an image's label and files fit.
+func detectFormat(info *Info) Format {
+	has := func(p string) bool {
+		for _, f := range info.Files {
+			if f.Path == p {
+				return true
+			}
+		}
+		return false
+	}
+	switch strings.ToLower(info.Label) {
+	case "cidata":
+		if has("user-data") && has("meta-data") {
+			if info.FS == "vfat" {
+				return VFAT
+			}
+			return NoCloud
+		}
+	case "config-2":
+		if has("openstack/latest/meta_data.json") {
+			return ConfigDrive
+		}
+	}
+	return ""
+}
+
+// readMetaData fills InstanceID and Hostname from the seed's meta-data.
+func (img *seedImage) readMetaData() {
+	var name string
+	switch img.info.Format {
+	case NoCloud, VFAT:
+		name = "meta-data"
+	case ConfigDrive:
+		name = "openstack/latest/meta_data.json"
+	default:
+		return
+	}
+	r, err := img.open(name)
+	if err != nil {
+		return
+	}
+	data, err := io.ReadAll(io.LimitReader(r, MaxFileSize))
+	if err != nil {
+		return
+	}
+	var md map[string]any
+	if yaml.NewDecoder(bytes.NewReader(data)).Decode(&md) != nil {
+		return
+	}
+	str := func(k string) string {
+		s, _ := md[k].(string)
+		return s
+	}
+	if img.info.Format == ConfigDrive {
+		img.info.InstanceID, img.info.Hostname = str("uuid"), str("hostname")
+	} else {
+		img.info.InstanceID, img.info.Hostname = str("instance-id"), str("local-hostname")
+	}
+}

@@ -1,0 +1,588 @@
+package main
+
+import (
+	"archive/tar"
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/ecs-image/ecs-image/cidata"
+	"github.com/ecs-image/ecs-image/communicator"
+	"github.com/ecs-image/ecs-image/env"
+	"github.com/ecs-image/ecs-image/qemu"
+	"github.com/sirupsen/logrus"
+	"github.com/spf13/cobra"
+)
+
+var vmtestFlags struct {
+	env         string
+	timeout     time.Duration
+	keep        bool
+	memory      int
+	cpus        int
+	firmware    string
+	readyMarker string
+	noHTTPS     bool
+	expect      string
+	serialLog   string
+	json        bool
+}
+
+var vmtestCmd = &cobra.Command{
+	Use:   "test ARTIFACT [--env ENV.yml] [flags]",
+	Short: "Boot an appliance image under QEMU with a seed from env.yml and check that it comes up",
+	Long: `Boot ARTIFACT under QEMU (KVM when it works, else TCG) without modifying it:
+the VM writes to a qcow2 overlay in a temporary directory. ARTIFACT may be
+qcow2, raw, vmdk, vhdx or vhd (the format is detected with qemu-img info), or
+an OVA (its first disk is used).
+
+With --env, a NoCloud seed ISO is made from the env.yml (validated first) and
+attached as a CD-ROM. Without --env (only with --no-https), the seed is plain
+cloud-config creating a user "ecs-test" with an ephemeral SSH key, for booting
+bare bases.
+
+Guest ports 22, 80 and 443 are forwarded to free ports on 127.0.0.1. The
+command then waits for:
+  1. the agent's console line on the serial port (ttyS0):
+     ECS-APPLIANCE-READY, or ECS-APPLIANCE-FAILED: <reason> /
+     ECS-APPLIANCE-STANDBY, which end the wait at once (and so does QEMU
+     exiting, or a kernel panic). --ready-marker replaces the ready line
+     with a regular expression (e.g. cloud-init's final message for a bare
+     base);
+  2. unless --no-https: an HTTPS GET of / through the forwarded 443 port
+     (Host and SNI: the env.yml's appliance.domain; self-signed certificates
+     accepted) answering 200.
+It prints a report (accelerator, time to SSH banner, to the ready line and to
+HTTPS 200, forwarded ports) and exits 0, or exits 1 with the last serial
+console lines on failure or after --timeout. Bad input exits 2.
+
+--expect failed|standby turns the check around: the run passes when the
+agent reports that state (e.g. for an env.yml that is meant to be broken).
+
+--keep leaves the VM running after the checks and prints how to reach it,
+until Ctrl-C. Without --keep, the VM is killed (the overlay is discarded
+anyway). Ctrl-C at any time stops QEMU and removes the temporary files.`,
+	Example: `  # Boot a built appliance with a demo env and check it comes up
+  ecs-image test out/ecs-appliance.qcow2 --env env.yml
+
+  # Keep it running afterwards to look around (Ctrl-C to stop)
+  ecs-image test out/ecs-appliance.qcow2 --env env.yml --keep
+
+  # Boot a converted vmdk, only wait for the console line, JSON report
+  ecs-image test out/ecs-appliance.vmdk --env env.yml --no-https --json
+
+  # Boot a bare base until cloud-init has finished
+  ecs-image test base.qcow2 --no-https --ready-marker 'Cloud-init v\. \S+ finished at'
+
+  # A broken env.yml must leave the appliance visibly failed
+  ecs-image test out/ecs-appliance.qcow2 --env broken.yml --expect failed`,
+	Args: exactArgs(1),
+	RunE: runVMTest,
+}
+
+func init() {
+	f := vmtestCmd.Flags()
+	f.StringVarP(&vmtestFlags.env, "env", "e", "", "env.yml to put on the seed ISO (required unless --no-https)")
+	f.DurationVar(&vmtestFlags.timeout, "timeout", 15*time.Minute, "give up after this long (boot to ready)")
+	f.BoolVar(&vmtestFlags.keep, "keep", false, "leave the VM running after the checks until Ctrl-C")
+	f.IntVar(&vmtestFlags.memory, "memory", 2048, "guest memory in MiB")
+	f.IntVar(&vmtestFlags.cpus, "cpus", 2, "guest CPUs")
+	f.StringVar(&vmtestFlags.firmware, "firmware", "bios", "guest firmware: bios or uefi (OVMF)")
+	f.StringVar(&vmtestFlags.readyMarker, "ready-marker", "", "regular expression of the console line that means ready (default: "+vmtestReady+"; without --env: cloud-init's final message)")
+	f.BoolVar(&vmtestFlags.noHTTPS, "no-https", false, "do not require HTTPS 200 on the forwarded 443 port")
+	f.StringVar(&vmtestFlags.expect, "expect", "ready", "state that passes: ready, failed or standby")
+	f.StringVar(&vmtestFlags.serialLog, "serial-log", "", "also keep the serial console log in this file")
+	f.BoolVar(&vmtestFlags.json, "json", false, "print the report as JSON")
+	rootCmd.AddCommand(vmtestCmd)
+}
+
+// Console markers of the in-VM agent (agent/status).
+const (
+	vmtestReady   = "ECS-APPLIANCE-READY"
+	vmtestFailed  = "ECS-APPLIANCE-FAILED"
+	vmtestStandby = "ECS-APPLIANCE-STANDBY"
+	// cloud-init's final message ("Cloud-init v. 22.4.2 finished at …").
+	vmtestCloudInitDone = `Cloud-init v\. \S+ finished at`
+	vmtestUser          = "ecs-test"
+)
+
+// vmtestForwards are the guest ports forwarded to host loopback ports.
+var vmtestForwards = []int{22, 80, 443}
+
+// vmtestReport is what `ecs-image test` found.
+type vmtestReport struct {
+	Artifact     string         `json:"artifact"`
+	Format       string         `json:"format"`
+	Accel        string         `json:"accel"`
+	Memory       int            `json:"memory_mib"`
+	CPUs         int            `json:"cpus"`
+	Ports        map[string]int `json:"ports"`
+	SSHSeconds   float64        `json:"ssh_seconds,omitempty"`
+	ReadySeconds float64        `json:"ready_seconds,omitempty"`
+	HTTPSSeconds float64        `json:"https_seconds,omitempty"`
+	HTTPSStatus  int            `json:"https_status,omitempty"`
+	State        string         `json:"state"`
+	Line         string         `json:"console_line,omitempty"`
+	Reason       string         `json:"reason,omitempty"`
+	OK           bool           `json:"ok"`
+	Error        string         `json:"error,omitempty"`
+	SerialTail   string         `json:"serial_tail,omitempty"`
+}
+
+// vmtestMarkers classifies console lines.
+type vmtestMarkers struct {
+	ready *regexp.Regexp
+	all   *regexp.Regexp
+}
+
+var (
+	vmtestFailedRE  = regexp.MustCompile(regexp.QuoteMeta(vmtestFailed) + `(?::\s*(.*))?`)
+	vmtestStandbyRE = regexp.MustCompile(regexp.QuoteMeta(vmtestStandby) + `(?::\s*(.*))?`)
+	vmtestPanicRE   = regexp.MustCompile(`Kernel panic - not syncing(?::\s*(.*))?`)
+)
+
+func newVMTestMarkers(ready string) (*vmtestMarkers, error) {
+	re, err := regexp.Compile(ready)
+	if err != nil {
+		return nil, fmt.Errorf("--ready-marker: %v", err)
+	}
+	all := regexp.MustCompile("(?:" + ready + ")|" + vmtestFailedRE.String() + "|" + vmtestStandbyRE.String() + "|" + vmtestPanicRE.String())
+	return &vmtestMarkers{ready: re, all: all}, nil
+}
+
+// classify returns the state a console line announces ("ready", "failed",
+// "standby", "panic") and the reason it gives.
+func (v *vmtestMarkers) classify(line string) (state, reason string) {
+	if m := vmtestFailedRE.FindStringSubmatch(line); m != nil {
+		return "failed", strings.TrimSpace(m[1])
+	}
+	if m := vmtestStandbyRE.FindStringSubmatch(line); m != nil {
+		return "standby", strings.TrimSpace(m[1])
+	}
+	if m := vmtestPanicRE.FindStringSubmatch(line); m != nil {
+		return "panic", "kernel panic: " + strings.TrimSpace(m[1])
+	}
+	if v.ready.MatchString(line) {
+		return "ready", ""
+	}
+	return "", ""
+}
+
+func runVMTest(cmd *cobra.Command, args []string) error {
+	f := vmtestFlags
+	ctx := cmd.Context()
+	artifact := args[0]
+	switch f.expect {
+	case "ready", "failed", "standby":
+	default:
+		return badInputf("--expect: want ready, failed or standby, got %q", f.expect)
+	}
+	if f.memory < 256 || f.cpus < 1 {
+		return badInputf("--memory must be at least 256 (MiB) and --cpus at least 1")
+	}
+	if f.firmware != qemu.FirmwareBIOS && f.firmware != qemu.FirmwareUEFI {
+		return badInputf("--firmware: want bios or uefi, got %q", f.firmware)
+	}
+	if f.timeout <= 0 {
+		return badInputf("--timeout must be positive")
+	}
+	if f.env == "" && !f.noHTTPS {
+		return badInputf("--env ENV.yml is required (without an env.yml the appliance cannot come up; use --no-https to boot a bare base)")
+	}
+	if _, err := os.Stat(artifact); err != nil {
+		return badInput(err)
+	}
+	readyMarker := f.readyMarker
+	if readyMarker == "" {
+		readyMarker = regexp.QuoteMeta(vmtestReady)
+		if f.env == "" {
+			readyMarker = vmtestCloudInitDone
+		}
+	}
+	markers, err := newVMTestMarkers(readyMarker)
+	if err != nil {
+		return badInput(err)
+	}
+
+	work, err := os.MkdirTemp("", "ecs-image-test-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(work)
+
+	// The seed.
+	var seed cidata.Options
+	var domain string
+	var key *communicator.Key
+	if f.env != "" {
+		data, err := os.ReadFile(f.env)
+		if err != nil {
+			return badInput(err)
+		}
+		doc, err := env.Parse(f.env, data)
+		if err != nil {
+			return err // *env.Error: bad input, with file:line
+		}
+		domain = doc.Domain()
+		seed = cidata.Options{UserData: data, UserDataName: f.env}
+	} else {
+		if key, err = communicator.GenerateKey(); err != nil {
+			return err
+		}
+		if err := os.WriteFile(filepath.Join(work, "id_ed25519"), key.PrivatePEM, 0o600); err != nil {
+			return err
+		}
+		seed = cidata.Options{UserData: vmtestCloudConfig(key.AuthorizedKey), UserDataName: "generated cloud-config", Raw: true, Hostname: "ecs-test"}
+	}
+	seedPath := filepath.Join(work, "seed.iso")
+	if err := cidata.Write(seedPath, seed); err != nil {
+		return err
+	}
+
+	// The disk: an overlay on the artifact, which stays untouched.
+	disk, format, err := vmtestDisk(ctx, artifact, work)
+	if err != nil {
+		return err
+	}
+	overlay := filepath.Join(work, "overlay.qcow2")
+	if err := qemu.Overlay(ctx, disk, overlay, 0); err != nil {
+		return err
+	}
+
+	serialLog := filepath.Join(work, "serial.log")
+	if f.serialLog != "" {
+		serialLog = f.serialLog
+	}
+	cfg := qemu.Config{
+		Name: "ecs-test-" + strings.TrimSuffix(filepath.Base(artifact), filepath.Ext(artifact)),
+		Disk: overlay, DiskFormat: "qcow2", CDROMs: []string{seedPath},
+		Memory: f.memory, CPUs: f.cpus, Firmware: f.firmware, SerialLog: serialLog,
+	}
+	for _, p := range vmtestForwards {
+		cfg.Forwards = append(cfg.Forwards, qemu.Forward{Guest: p})
+	}
+	rep := &vmtestReport{Artifact: artifact, Format: format, Memory: f.memory, CPUs: f.cpus, Ports: map[string]int{}}
+	logrus.Infof("booting %s (%s) on an overlay, seed from %s", artifact, format, nameOr(f.env, "a generated cloud-config"))
+	m, err := qemu.Start(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		m.Kill()
+		<-m.Done()
+	}()
+	rep.Accel = string(m.Config.Accel)
+	for _, p := range vmtestForwards {
+		rep.Ports[fmt.Sprint(p)] = m.HostPort(p)
+	}
+
+	deadline, cancel := context.WithTimeout(ctx, f.timeout)
+	defer cancel()
+	checkErr := vmtestCheck(deadline, m, markers, domain, f.expect, !f.noHTTPS, rep)
+	if ctx.Err() != nil {
+		return fmt.Errorf("interrupted: %w", ctx.Err())
+	}
+	rep.OK = checkErr == nil
+	if checkErr != nil {
+		rep.Error = checkErr.Error()
+		rep.SerialTail = m.SerialTail(40)
+	}
+	vmtestPrint(cmd.OutOrStdout(), rep, f.json)
+	if f.keep {
+		vmtestKeep(ctx, cmd.ErrOrStderr(), m, rep, key, work)
+	}
+	if checkErr != nil {
+		if !f.json {
+			fmt.Fprintf(cmd.ErrOrStderr(), "last serial console lines:\n%s\n", rep.SerialTail)
+		}
+		return checkErr
+	}
+	return nil
+}
+
+// vmtestCheck waits for the console marker, the SSH banner and HTTPS 200,
+// filling rep as they come.
+func vmtestCheck(ctx context.Context, m *qemu.Machine, markers *vmtestMarkers, domain, expect string, https bool, rep *vmtestReport) error {
+	since := func() float64 { return time.Since(m.Started).Round(100 * time.Millisecond).Seconds() }
+
+	// The SSH banner, in the background (informational).
+	sshCtx, stopSSH := context.WithCancel(ctx)
+	var sshWG sync.WaitGroup
+	sshWG.Add(1)
+	go func() {
+		defer sshWG.Done()
+		if waitSSHBanner(sshCtx, m.HostPort(22)) == nil {
+			rep.SSHSeconds = since()
+			logrus.Infof("SSH is up after %.1fs", rep.SSHSeconds)
+		}
+	}()
+	defer func() { stopSSH(); sshWG.Wait() }()
+
+	line, err := m.WaitSerialMatch(ctx, markers.all)
+	if err != nil {
+		rep.State = "timeout"
+		if m.Exited() {
+			rep.State = "exited"
+		}
+		return err
+	}
+	state, reason := markers.classify(line)
+	rep.State, rep.Reason, rep.Line = state, reason, line
+	rep.ReadySeconds = since()
+	logrus.Infof("console after %.1fs: %s", rep.ReadySeconds, line)
+	if state != expect {
+		if reason != "" {
+			return fmt.Errorf("the appliance reported %s, want %s: %s", state, expect, reason)
+		}
+		return fmt.Errorf("the appliance reported %s, want %s (%s)", state, expect, line)
+	}
+	if !https {
+		return nil
+	}
+	addr := net.JoinHostPort("127.0.0.1", fmt.Sprint(m.HostPort(443)))
+	status, err := waitHTTPS(ctx, addr, domain, expect == "ready", m.Done())
+	rep.HTTPSStatus = status
+	if err != nil {
+		return err
+	}
+	rep.HTTPSSeconds = since()
+	logrus.Infof("HTTPS answered %d after %.1fs", status, rep.HTTPSSeconds)
+	return nil
+}
+
+// waitSSHBanner waits until the forwarded port answers with an SSH banner.
+func waitSSHBanner(ctx context.Context, port int) error {
+	addr := net.JoinHostPort("127.0.0.1", fmt.Sprint(port))
+	for {
+		var d net.Dialer
+		c, err := d.DialContext(ctx, "tcp", addr)
+		if err == nil {
+			stop := context.AfterFunc(ctx, func() { c.Close() })
+			c.SetReadDeadline(time.Now().Add(5 * time.Second))
+			buf := make([]byte, 4)
+			_, err = io.ReadFull(c, buf)
+			stop()
+			c.Close()
+			if err == nil && string(buf) == "SSH-" {
+				return nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+// waitHTTPS polls https://DOMAIN/ at addr (the forwarded 443 port) until
+// it answers 200 (want200) or anything (otherwise), stopped is closed (QEMU
+// exited) or ctx ends.
+func waitHTTPS(ctx context.Context, addr, domain string, want200 bool, stopped <-chan struct{}) (int, error) {
+	host := domain
+	if host == "" {
+		host = "localhost"
+	}
+	tr := &http.Transport{
+		// The appliance's certificate is self-signed (or for a domain that
+		// does not resolve to this loopback forward): skip verification.
+		TLSClientConfig: &tls.Config{InsecureSkipVerify: true, ServerName: host},
+		DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, network, addr)
+		},
+		DisableKeepAlives: true,
+	}
+	defer tr.CloseIdleConnections()
+	client := &http.Client{Transport: tr, Timeout: 15 * time.Second,
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	url := "https://" + host + "/"
+	var last string
+	status := 0
+	for {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+		resp, err := client.Do(req)
+		if err == nil {
+			io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<20))
+			resp.Body.Close()
+			status = resp.StatusCode
+			if status == http.StatusOK || !want200 {
+				return status, nil
+			}
+			if msg := fmt.Sprintf("HTTP %d", status); msg != last {
+				logrus.Infof("%s via %s answered %s, waiting for 200", url, addr, msg)
+				last = msg
+			}
+		} else {
+			last = err.Error()
+		}
+		select {
+		case <-ctx.Done():
+			return status, fmt.Errorf("%s via %s: no 200 before the time-out (last: %s)", url, addr, last)
+		case <-stopped:
+			return status, fmt.Errorf("%s via %s: QEMU exited before it answered 200", url, addr)
+		case <-time.After(2 * time.Second):
+		}
+	}
+}
+
+// vmtestCloudConfig is the seed for booting a bare base without an env.yml.
+func vmtestCloudConfig(authorizedKey string) []byte {
+	return []byte(`#cloud-config
+users:
+  - default
+  - name: ` + vmtestUser + `
+    sudo: "ALL=(ALL) NOPASSWD:ALL"
+    shell: /bin/bash
+    lock_passwd: true
+    ssh_authorized_keys:
+      - "` + authorizedKey + `"
+`)
+}
+
+// vmtestDisk returns the disk to put the overlay on and its format: the
+// artifact itself, or the first disk of an OVA extracted into work.
+func vmtestDisk(ctx context.Context, artifact, work string) (string, string, error) {
+	if isTar(artifact) {
+		disk, err := extractOVADisk(artifact, work)
+		if err != nil {
+			return "", "", badInput(err)
+		}
+		info, err := qemu.Info(ctx, disk)
+		if err != nil {
+			return "", "", err
+		}
+		return disk, "ova/" + info.Format, nil
+	}
+	info, err := qemu.Info(ctx, artifact)
+	if err != nil {
+		return "", "", badInput(err)
+	}
+	switch info.Format {
+	case "qcow2", "raw", "vmdk", "vhdx", "vpc":
+	default:
+		return "", "", badInputf("%s: unsupported image format %q (want qcow2, raw, vmdk, vhdx, vhd or an OVA)", artifact, info.Format)
+	}
+	return artifact, info.Format, nil
+}
+
+// isTar reports whether path is a tar archive (an OVA).
+func isTar(path string) bool {
+	f, err := os.Open(path)
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	buf := make([]byte, 262)
+	if _, err := io.ReadFull(f, buf); err != nil {
+		return false
+	}
+	return string(buf[257:262]) == "ustar"
+}
+
+// extractOVADisk copies the first .vmdk of an OVA into dir.
+func extractOVADisk(ova, dir string) (string, error) {
+	f, err := os.Open(ova)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	tr := tar.NewReader(f)
+	for {
+		h, err := tr.Next()
+		if err == io.EOF {
+			return "", fmt.Errorf("%s: an OVA without a .vmdk disk", ova)
+		}
+		if err != nil {
+			return "", fmt.Errorf("%s: %w", ova, err)
+		}
+		if h.Typeflag != tar.TypeReg || !strings.HasSuffix(strings.ToLower(h.Name), ".vmdk") {
+			continue
+		}
+		out := filepath.Join(dir, "ova-disk.vmdk")
+		w, err := os.OpenFile(out, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+		if err != nil {
+			return "", err
+		}
+		if _, err := io.Copy(w, tr); err != nil {
+			w.Close()
+			return "", fmt.Errorf("%s: %s: %w", ova, h.Name, err)
+		}
+		return out, w.Close()
+	}
+}
+
+func vmtestPrint(w io.Writer, r *vmtestReport, asJSON bool) {
+	if asJSON {
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		enc.Encode(r)
+		return
+	}
+	fmt.Fprintf(w, "artifact:  %s (%s)\n", r.Artifact, r.Format)
+	fmt.Fprintf(w, "machine:   accel %s, %d MiB, %d CPUs\n", r.Accel, r.Memory, r.CPUs)
+	fmt.Fprintf(w, "ports:     ssh 127.0.0.1:%d, http 127.0.0.1:%d, https 127.0.0.1:%d\n", r.Ports["22"], r.Ports["80"], r.Ports["443"])
+	at := func(s float64) string {
+		if s == 0 {
+			return "not seen"
+		}
+		return fmt.Sprintf("%.1fs", s)
+	}
+	fmt.Fprintf(w, "ssh:       %s\n", at(r.SSHSeconds))
+	if r.Line != "" {
+		fmt.Fprintf(w, "console:   %s after %s (%s)\n", r.State, at(r.ReadySeconds), r.Line)
+	} else {
+		fmt.Fprintf(w, "console:   %s\n", r.State)
+	}
+	if r.HTTPSStatus != 0 {
+		fmt.Fprintf(w, "https:     %d after %s\n", r.HTTPSStatus, at(r.HTTPSSeconds))
+	}
+	if r.OK {
+		fmt.Fprintf(w, "result:    PASS\n")
+	} else {
+		fmt.Fprintf(w, "result:    FAIL: %s\n", firstLine(r.Error))
+	}
+}
+
+func firstLine(s string) string {
+	if i := strings.IndexByte(s, '\n'); i >= 0 {
+		return s[:i]
+	}
+	return s
+}
+
+// vmtestKeep prints how to reach the VM and waits for Ctrl-C or for the
+// guest to power off.
+func vmtestKeep(ctx context.Context, w io.Writer, m *qemu.Machine, r *vmtestReport, key *communicator.Key, work string) {
+	fmt.Fprintln(w, "\nThe VM keeps running; press Ctrl-C to stop it and discard its overlay.")
+	if key != nil {
+		fmt.Fprintf(w, "  ssh -i %s -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -p %d %s@127.0.0.1\n",
+			filepath.Join(work, "id_ed25519"), r.Ports["22"], vmtestUser)
+	} else {
+		fmt.Fprintf(w, "  ssh -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -p %d root@127.0.0.1   (keys from the env.yml)\n", r.Ports["22"])
+	}
+	fmt.Fprintf(w, "  https://127.0.0.1:%d/   http://127.0.0.1:%d/\n", r.Ports["443"], r.Ports["80"])
+	fmt.Fprintf(w, "  serial console log: %s\n", m.SerialLog())
+	select {
+	case <-ctx.Done():
+	case <-m.Done():
+		fmt.Fprintln(w, "The VM has stopped.")
+	}
+}
+
+func nameOr(s, def string) string {
+	if s == "" {
+		return def
+	}
+	return s
+}

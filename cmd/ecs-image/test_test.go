@@ -1,0 +1,239 @@
+package main
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/ecs-image/ecs-image/qemu/qemutest"
+	"github.com/spf13/pflag"
+)
+
+func needVM(t *testing.T) {
+	t.Helper()
+	for _, b := range []string{"qemu-system-x86_64", "qemu-img"} {
+		if _, err := exec.LookPath(b); err != nil {
+			t.Skipf("%s not installed (make deps)", b)
+		}
+	}
+}
+
+// runVMTestCLI runs `ecs-image test args...` in-process with fresh flags and
+// returns the exit code and the JSON report (when --json was given).
+func runVMTestCLI(t *testing.T, args ...string) (int, *vmtestReport, string) {
+	t.Helper()
+	vmtestCmd.Flags().VisitAll(func(f *pflag.Flag) {
+		f.Value.Set(f.DefValue)
+		f.Changed = false
+	})
+	var out bytes.Buffer
+	rootCmd.SetOut(&out)
+	defer rootCmd.SetOut(nil)
+	code := runCLI(append([]string{"test"}, args...))
+	var rep vmtestReport
+	if json.Unmarshal(out.Bytes(), &rep) != nil {
+		return code, nil, out.String()
+	}
+	return code, &rep, out.String()
+}
+
+func bootDiskFile(t *testing.T, msg string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "appliance.raw")
+	if err := qemutest.BootDisk(p, msg); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func sum(t *testing.T, p string) [32]byte {
+	b, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sha256.Sum256(b)
+}
+
+func TestVMTestReadyFailedTimeout(t *testing.T) {
+	needVM(t)
+	dir := t.TempDir()
+	envFile := filepath.Join(dir, "env.yml")
+	if code := runCLI([]string{"env", "create", "vmtest.example.org", "-o", envFile, "--extra", ""}); code != exitOK {
+		t.Fatalf("env create: exit %d", code)
+	}
+
+	ready := bootDiskFile(t, "[  OK  ] Reached target multi-user\r\nECS-APPLIANCE-READY\r\n")
+	before := sum(t, ready)
+	serial := filepath.Join(dir, "serial.log")
+	code, rep, out := runVMTestCLI(t, ready, "--env", envFile, "--no-https", "--json", "--memory", "256", "--cpus", "1", "--timeout", "60s", "--serial-log", serial)
+	if code != exitOK || rep == nil || !rep.OK || rep.State != "ready" || rep.Format != "raw" || rep.Accel == "" {
+		t.Fatalf("ready: exit %d, report %s", code, out)
+	}
+	for _, p := range []string{"22", "80", "443"} {
+		if rep.Ports[p] == 0 {
+			t.Errorf("port %s not forwarded: %v", p, rep.Ports)
+		}
+	}
+	if rep.ReadySeconds <= 0 || rep.ReadySeconds > 60 {
+		t.Errorf("ready after %vs", rep.ReadySeconds)
+	}
+	if sum(t, ready) != before {
+		t.Error("the artifact was modified")
+	}
+	if b, _ := os.ReadFile(serial); !strings.Contains(string(b), "ECS-APPLIANCE-READY") {
+		t.Errorf("--serial-log: %q", b)
+	}
+
+	failed := bootDiskFile(t, "ECS-APPLIANCE-FAILED: appliance.domain is missing\r\n")
+	code, rep, out = runVMTestCLI(t, failed, "--env", envFile, "--no-https", "--json", "--memory", "256", "--timeout", "60s")
+	if code != exitFailure || rep == nil || rep.OK || rep.State != "failed" || rep.Reason != "appliance.domain is missing" ||
+		!strings.Contains(rep.SerialTail, "ECS-APPLIANCE-FAILED") {
+		t.Fatalf("failed: exit %d, report %s", code, out)
+	}
+	code, rep, out = runVMTestCLI(t, failed, "--env", envFile, "--no-https", "--json", "--memory", "256", "--expect", "failed")
+	if code != exitOK || rep == nil || !rep.OK {
+		t.Fatalf("--expect failed: exit %d, report %s", code, out)
+	}
+
+	// A guest that never says anything: the time-out, with the tail.
+	silent := bootDiskFile(t, "booting...\r\n")
+	start := time.Now()
+	code, rep, out = runVMTestCLI(t, silent, "--no-https", "--json", "--memory", "256", "--timeout", "3s")
+	if code != exitFailure || rep == nil || rep.State != "timeout" || !strings.Contains(rep.SerialTail, "booting...") {
+		t.Fatalf("timeout: exit %d, report %s", code, out)
+	}
+	if d := time.Since(start); d > 30*time.Second {
+		t.Errorf("3s time-out took %s", d)
+	}
+
+	// A custom marker (e.g. cloud-init's) on a vmdk and an OVA of the disk.
+	base := bootDiskFile(t, "Cloud-init v. 22.4.2 finished at Tue, 24 Nov 2026 07:00:00 +0000. Up 30.00 seconds\r\n")
+	vmdk := filepath.Join(dir, "disk.vmdk")
+	if out, err := exec.Command("qemu-img", "convert", "-O", "vmdk", "-o", "subformat=streamOptimized", base, vmdk).CombinedOutput(); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	code, rep, out = runVMTestCLI(t, vmdk, "--no-https", "--json", "--memory", "256")
+	if code != exitOK || rep == nil || rep.Format != "vmdk" || !strings.HasPrefix(rep.Line, "Cloud-init v. 22.4.2 finished") {
+		t.Fatalf("vmdk with the cloud-init marker: exit %d, report %s", code, out)
+	}
+	ova := filepath.Join(dir, "appliance.ova")
+	writeOVA(t, ova, vmdk)
+	code, rep, out = runVMTestCLI(t, ova, "--no-https", "--json", "--memory", "256", "--ready-marker", `finished at`)
+	if code != exitOK || rep == nil || rep.Format != "ova/vmdk" {
+		t.Fatalf("ova: exit %d, report %s", code, out)
+	}
+}
+
+func writeOVA(t *testing.T, ova, vmdk string) {
+	t.Helper()
+	f, err := os.Create(ova)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	tw := tar.NewWriter(f)
+	ovf := []byte("<Envelope/>")
+	tw.WriteHeader(&tar.Header{Name: "appliance.ovf", Mode: 0o644, Size: int64(len(ovf)), Typeflag: tar.TypeReg})
+	tw.Write(ovf)
+	data, _ := os.ReadFile(vmdk)
+	tw.WriteHeader(&tar.Header{Name: "appliance-disk1.vmdk", Mode: 0o644, Size: int64(len(data)), Typeflag: tar.TypeReg})
+	tw.Write(data)
+	if err := tw.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestVMTestBadInput(t *testing.T) {
+	dir := t.TempDir()
+	disk := filepath.Join(dir, "d.raw")
+	os.WriteFile(disk, make([]byte, 1<<20), 0o644)
+	broken := filepath.Join(dir, "broken.yml")
+	os.WriteFile(broken, []byte("#cloud-config\nappliance:\n  standby: [\n"), 0o600)
+	for name, args := range map[string][]string{
+		"missing artifact": {filepath.Join(dir, "nope.qcow2"), "--no-https"},
+		"no env":           {disk},
+		"bad expect":       {disk, "--no-https", "--expect", "happy"},
+		"bad marker":       {disk, "--no-https", "--ready-marker", "("},
+		"bad firmware":     {disk, "--no-https", "--firmware", "coreboot"},
+		"missing env":      {disk, "--env", filepath.Join(dir, "none.yml")},
+		"invalid env":      {disk, "--env", broken},
+		"no artifact":      {},
+	} {
+		if code, _, _ := runVMTestCLI(t, args...); code != exitUsage {
+			t.Errorf("%s: exit %d, want 2", name, code)
+		}
+	}
+}
+
+func TestVMTestClassify(t *testing.T) {
+	m, err := newVMTestMarkers(`ECS-APPLIANCE-READY`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for line, want := range map[string][2]string{
+		"ECS-APPLIANCE-READY":                               {"ready", ""},
+		"[   42.1] ecs-agent[312]: ECS-APPLIANCE-READY":     {"ready", ""},
+		"ECS-APPLIANCE-FAILED: postgresql: role missing":    {"failed", "postgresql: role missing"},
+		"ECS-APPLIANCE-FAILED":                              {"failed", ""},
+		"ECS-APPLIANCE-STANDBY: appliance.standby is true":  {"standby", "appliance.standby is true"},
+		"[ 3.2] Kernel panic - not syncing: VFS: Unable to": {"panic", "kernel panic: VFS: Unable to"},
+		"Started ssh.service":                               {"", ""},
+	} {
+		s, r := m.classify(line)
+		if s != want[0] || r != want[1] {
+			t.Errorf("classify(%q) = %q, %q; want %q, %q", line, s, r, want[0], want[1])
+		}
+		if (want[0] != "") != m.all.MatchString(line) {
+			t.Errorf("combined pattern on %q: %v", line, m.all.MatchString(line))
+		}
+	}
+}
+
+func TestWaitHTTPS(t *testing.T) {
+	var calls atomic.Int32
+	var host, sni atomic.Value
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		host.Store(r.Host)
+		sni.Store(r.TLS.ServerName)
+		if calls.Add(1) < 2 {
+			http.Error(w, "preparing", http.StatusServiceUnavailable)
+			return
+		}
+		w.Write([]byte("ok"))
+	}))
+	srv.StartTLS()
+	defer srv.Close()
+	addr := strings.TrimPrefix(srv.URL, "https://")
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	status, err := waitHTTPS(ctx, addr, "ecs.example.org", true, nil)
+	if err != nil || status != 200 || calls.Load() != 2 {
+		t.Fatalf("status %d, %d calls, %v", status, calls.Load(), err)
+	}
+	if host.Load() != "ecs.example.org" || sni.Load() != "ecs.example.org" {
+		t.Errorf("Host %v, SNI %v", host.Load(), sni.Load())
+	}
+	// Not wanting 200, the first answer (503) is enough.
+	calls.Store(0)
+	if status, err := waitHTTPS(ctx, addr, "", false, nil); err != nil || status != 503 {
+		t.Errorf("status %d %v", status, err)
+	}
+	// QEMU exiting ends the wait.
+	stopped := make(chan struct{})
+	close(stopped)
+	srv.Close()
+	if _, err := waitHTTPS(ctx, addr, "x", true, stopped); err == nil || !strings.Contains(err.Error(), "QEMU exited") {
+		t.Errorf("err = %v", err)
+	}
+}

@@ -1,0 +1,188 @@
+package env
+
+import (
+	"bytes"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+
+	"gopkg.in/yaml.v3"
+)
+
+// rawDoc builds a Doc without validation, for flattening arbitrary YAML.
+func rawDoc(t testing.TB, src string) *Doc {
+	t.Helper()
+	var n yaml.Node
+	if err := yaml.Unmarshal([]byte(src), &n); err != nil {
+		t.Fatalf("yaml: %v\n%s", err, src)
+	}
+	return &Doc{Raw: []byte(src), Root: deref(&n)}
+}
+
+func loadDefault(t testing.TB) *Doc {
+	t.Helper()
+	d, err := Load("testdata/default-env.yml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+// TestFlattenDefaultEnv compares against default-env.flat, written by hand
+// from FLATTEN.md (prefix "export ", keys ".").
+func TestFlattenDefaultEnv(t *testing.T) {
+	want, err := os.ReadFile("testdata/default-env.flat")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, missing := Flatten(loadDefault(t), []string{"."}, "export ", "")
+	if got != string(want) {
+		t.Errorf("flatten differs from testdata/default-env.flat:\n%s", firstDiff(got, string(want)))
+	}
+	if len(missing) != 0 {
+		t.Errorf("missing = %v", missing)
+	}
+	// FLATTEN.md's own example lines
+	for _, l := range []string{
+		"export APPLIANCE_SSL_LETSENCRYPT_ENABLED=false\n",
+		"export APPLIANCE_STORAGE_IGNORE_DATA=true\n",
+		"export ECS_USERSWITCHER_PARAMETER=-it\n",
+	} {
+		if !strings.Contains(got, l) {
+			t.Errorf("output lacks FLATTEN.md example %q", l)
+		}
+	}
+}
+
+// records splits flatten output made with prefix "export " into variables.
+func records(s string) []string {
+	parts := strings.Split(s, "\nexport ")
+	parts[0] = strings.TrimPrefix(parts[0], "export ")
+	parts[len(parts)-1] = strings.TrimSuffix(parts[len(parts)-1], "\n")
+	return parts
+}
+
+// TestFlattenKeysNoPrefix: named keys come in the order given, each with its
+// K_ prefix, no shell prefix; a missing key is reported and skipped.
+func TestFlattenKeysNoPrefix(t *testing.T) {
+	want, err := os.ReadFile("testdata/default-env.flat")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ecs, app []string
+	for _, r := range records(string(want)) {
+		switch {
+		case strings.HasPrefix(r, "ECS_"):
+			ecs = append(ecs, r+";\n")
+		case strings.HasPrefix(r, "APPLIANCE_"):
+			app = append(app, r+";\n")
+		}
+	}
+	expect := strings.Join(ecs, "") + strings.Join(app, "")
+	got, missing := Flatten(loadDefault(t), []string{"ecs", "nosuchkey", "appliance"}, "", ";")
+	if got != expect {
+		t.Errorf("flatten ecs,appliance:\n%s", firstDiff(got, expect))
+	}
+	if len(missing) != 1 || missing[0] != "nosuchkey" {
+		t.Errorf("missing = %v, want [nosuchkey]", missing)
+	}
+}
+
+func firstDiff(got, want string) string {
+	g, w := strings.Split(got, "\n"), strings.Split(want, "\n")
+	for i := 0; i < len(g) || i < len(w); i++ {
+		var gl, wl string
+		if i < len(g) {
+			gl = g[i]
+		}
+		if i < len(w) {
+			wl = w[i]
+		}
+		if gl != wl {
+			return "line " + strconv.Itoa(i+1) + ":\n got: " + gl + "\nwant: " + wl
+		}
+	}
+	return "(equal?)"
+}
+
+// flattenCases exercise PyYAML 1.1 typing and FLATTEN.md's corners. want is
+// the output for keys "." without prefix, checked here by hand; the
+// differential test also runs every case through PyYAML.
+var flattenCases = []struct{ name, src, keys, want string }{
+	{"bools", "a: yes\nb: No\nc: on\nd: OFF\ne: true\nf: 'yes'\n", ".",
+		"A=true\nB=false\nC=true\nD=false\nE=true\nF=yes\n"},
+	{"ints", "a: 010\nb: 0x1F\nc: 1_000\nd: 1:30\ne: -0\nf: +5\ng: 0b101\nh: 08\ni: 123456789012345678901234567890\n", ".",
+		"A=8\nB=31\nC=1000\nD=90\nE=0\nF=5\nG=5\nH=08\nI=123456789012345678901234567890\n"},
+	{"floats", "a: 1.0\nb: 1e5\nc: 1.0e+5\nd: .inf\ne: -.Inf\nf: .NaN\ng: 1.5\nh: 0.00001\ni: 1.0e+16\nj: 1:30.5\nk: -.5\nl: 3.\nm: 1.0e+15\nn: 0.0001\n", ".",
+		"A=1.0\nB=1e5\nC=100000.0\nD=inf\nE=-inf\nF=nan\nG=1.5\nH=1e-05\nI=1e+16\nJ=90.5\nK=-.5\nL=3.0\nM=1000000000000000.0\nN=0.0001\n"},
+	{"nulls", "a:\nb: ~\nc: null\nd: ''\ne: '  '\n", ".",
+		"A=\nB=\nC=\nD=''\nE=''\n"},
+	{"dates", "a: 2001-12-14\nb: 2001-12-14t21:59:43.10-05:00\nc: 2001-12-14 21:59:43.10\nd: 2002-12-14T00:00:00Z\ne: 2001-1-2 3:04:05 +5\n", ".",
+		"A=2001-12-14\nB=2001-12-14 21:59:43.100000-05:00\nC=2001-12-14 21:59:43.100000\nD=2002-12-14 00:00:00+00:00\nE=2001-01-02 03:04:05+05:00\n"},
+	{"quoting", "a: \"it's\"\nb: ' padded '\nc: a b\nd: x@y%z+=:,./-_\ne: $HOME\nf: \"tab\\there\"\ng: \"\\x1c sep \\x1f\"\n", ".",
+		"A='it'\"'\"'s'\nB=padded\nC='a b'\nD=x@y%z+=:,./-_\nE='$HOME'\nF='tab\there'\nG=sep\n"},
+	{"lists", "l: [a, [b, c], {k: v}]\ne: []\nm: {}\n", ".",
+		"E_LEN=0\nL_0=a\nL_1_0=b\nL_1_1=c\nL_1_LEN=2\nL_2_K=v\nL_LEN=3\n"},
+	{"sort by written name", "b: 1\nB: 2\na_z: 3\na:\n  y: 4\nlen: 5\nl: [x]\nl_LEN: 6\n", ".",
+		"B=2\nA_Y=4\nA_Z=3\nB=1\nL_0=x\nL_LEN=6\nL_LEN=1\nLEN=5\n"},
+	{"collision last wins", "a_b: 1\na:\n  b: 2\n", ".", "A_B=2\n"},
+	{"merge keys", "base: &b {x: 1, y: 2}\nm:\n  <<: *b\n  y: 3\n", "m",
+		"M_X=1\nM_Y=3\n"},
+	{"merge list precedence", "a: &a {x: 1}\nb: &b {x: 2, z: 0}\nm:\n  <<: [*a, *b]\n", "m",
+		"M_X=1\nM_Z=0\n"},
+	{"alias", "a: &x [1, 2]\nb: *x\n", "b", "B_0=1\nB_1=2\nB__LEN=2\n"},
+	{"scalar key", "disable_root: false\n", "disable_root", "DISABLE_ROOT_=false\n"},
+	{"multi keys", "a: {x: 1}\nb: {y: 2}\n", "b,a,zz", "B_Y=2\nA_X=1\n"},
+	{"block scalars", "a: |\n  line1\n  it's\n\nb: >\n  folded\n  text\n", ".",
+		"A='line1\nit'\"'\"'s'\nB='folded text'\n"},
+}
+
+func TestFlattenCases(t *testing.T) {
+	for _, tc := range flattenCases {
+		t.Run(tc.name, func(t *testing.T) {
+			got, _ := Flatten(rawDoc(t, tc.src), strings.Split(tc.keys, ","), "", "")
+			if got != tc.want {
+				t.Errorf("got:\n%s\nwant:\n%s", got, tc.want)
+			}
+		})
+	}
+}
+
+// TestFlattenMatchesPyYAML runs the same documents through a Python
+// reference written from FLATTEN.md on top of PyYAML's safe_load (Debian's
+// python3-yaml), the loader the original appliance uses.
+func TestFlattenMatchesPyYAML(t *testing.T) {
+	py, err := exec.LookPath("python3")
+	if err != nil || exec.Command(py, "-c", "import yaml").Run() != nil {
+		t.Skip("python3 with PyYAML (Debian python3-yaml) not available")
+	}
+	dir := t.TempDir()
+	type input struct{ name, src, keys string }
+	inputs := []input{{"default-env", string(loadDefault(t).Raw), "."},
+		{"default-env keys", string(loadDefault(t).Raw), "ecs,appliance,ssh_authorized_keys"}}
+	for _, tc := range flattenCases {
+		inputs = append(inputs, input{tc.name, tc.src, tc.keys})
+	}
+	for _, in := range inputs {
+		t.Run(in.name, func(t *testing.T) {
+			f := filepath.Join(dir, "in.yml")
+			if err := os.WriteFile(f, []byte(in.src), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			cmd := exec.Command(py, "testdata/flatten_ref.py", f, in.keys, "export ", "")
+			var stderr bytes.Buffer
+			cmd.Stderr = &stderr
+			want, err := cmd.Output()
+			if err != nil {
+				t.Fatalf("python: %v\n%s", err, stderr.String())
+			}
+			got, _ := Flatten(rawDoc(t, in.src), strings.Split(in.keys, ","), "export ", "")
+			if got != string(want) {
+				t.Errorf("differs from PyYAML reference:\n%s", firstDiff(got, string(want)))
+			}
+		})
+	}
+}

@@ -1,0 +1,50 @@
+package images
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+)
+
+// Export writes a copy of base b to path: raw when path ends in .raw or
+// .img, qcow2 otherwise. The copy is written to a temporary file in the
+// target directory and renamed into place, so an interrupted export leaves
+// nothing behind. It returns the absolute path written.
+func Export(ctx context.Context, b *Base, path string) (string, error) {
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return "", err
+	}
+	format := "qcow2"
+	if ext := strings.ToLower(filepath.Ext(abs)); ext == ".raw" || ext == ".img" {
+		format = "raw"
+	}
+	dir := filepath.Dir(abs)
+	if fi, err := os.Stat(dir); err != nil || !fi.IsDir() {
+		return "", &InputError{Field: "-o", Msg: fmt.Sprintf("%s: directory %s does not exist", path, dir)}
+	}
+	tmp, err := os.CreateTemp(dir, "."+filepath.Base(abs)+".tmp-*")
+	if err != nil {
+		return "", err
+	}
+	tmp.Close()
+	ok := false
+	defer func() {
+		if !ok {
+			os.Remove(tmp.Name())
+		}
+	}()
+	if err := runCmd(ctx, "qemu-img", "convert", "-f", b.Format, "-O", format, b.Path, tmp.Name()); err != nil {
+		return "", err
+	}
+	if err := os.Chmod(tmp.Name(), 0o644); err != nil {
+		return "", err
+	}
+	if err := os.Rename(tmp.Name(), abs); err != nil {
+		return "", err
+	}
+	ok = true
+	return abs, nil
+}

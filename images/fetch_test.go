@@ -1,0 +1,355 @@
+package images
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// testImage makes a small real qcow2 image with qemu-img and returns its bytes.
+func testImage(t *testing.T) []byte {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "img.qcow2")
+	run(t, "qemu-img", "create", "-q", "-f", "qcow2", p, "64M")
+	data, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return data
+}
+
+func run(t *testing.T, name string, args ...string) string {
+	t.Helper()
+	out, err := exec.Command(name, args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+func sha256hex(b []byte) string {
+	s := sha256.Sum256(b)
+	return hex.EncodeToString(s[:])
+}
+
+// server serves files from a map and counts requests per path.
+type server struct {
+	*httptest.Server
+	files    map[string][]byte
+	requests atomic.Int64
+}
+
+func newServer(t *testing.T, files map[string][]byte) *server {
+	s := &server{files: files}
+	s.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		s.requests.Add(1)
+		data, ok := s.files[r.URL.Path]
+		if !ok {
+			http.NotFound(w, r)
+			return
+		}
+		w.Header().Set("Content-Length", fmt.Sprint(len(data)))
+		w.Write(data)
+	}))
+	t.Cleanup(s.Close)
+	return s
+}
+
+func testCache(t *testing.T) *Cache { return &Cache{Dir: filepath.Join(t.TempDir(), "images")} }
+
+// assertEmptyCache checks that no index entry and no image file exist and
+// that tmp/ holds no leftovers.
+func assertEmptyCache(t *testing.T, c *Cache) {
+	t.Helper()
+	for _, pat := range []string{"index/*", "sha256-*", "tmp/*"} {
+		m, _ := filepath.Glob(filepath.Join(c.Dir, pat))
+		if len(m) > 0 {
+			t.Errorf("cache not empty: %v", m)
+		}
+	}
+}
+
+func TestFetchGoodChecksum(t *testing.T) {
+	img := testImage(t)
+	s := newServer(t, map[string][]byte{"/base.qcow2": img})
+	c := testCache(t)
+	e, err := Fetch(context.Background(), c, FetchRequest{URL: s.URL + "/base.qcow2", Checksum: "sha256:" + sha256hex(img), Format: "qcow2"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := os.ReadFile(c.Path(e))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sha256hex(got) != sha256hex(img) || e.Digest != "sha256:"+sha256hex(img) || e.Format != "qcow2" {
+		t.Fatalf("cached file differs: entry %+v", e)
+	}
+	if !strings.HasSuffix(c.Path(e), "sha256-"+sha256hex(img)+".qcow2") {
+		t.Errorf("cache path not keyed by digest: %s", c.Path(e))
+	}
+	if m, _ := filepath.Glob(filepath.Join(c.Dir, "tmp/*")); len(m) > 0 {
+		t.Errorf("leftovers in tmp: %v", m)
+	}
+}
+
+func TestFetchBadChecksum(t *testing.T) {
+	img := testImage(t)
+	s := newServer(t, map[string][]byte{"/base.qcow2": img})
+	c := testCache(t)
+	wrong := strings.Repeat("ab", 32)
+	_, err := Fetch(context.Background(), c, FetchRequest{URL: s.URL + "/base.qcow2", Checksum: "sha256:" + wrong})
+	var ce *ChecksumError
+	if !errors.As(err, &ce) {
+		t.Fatalf("want ChecksumError, got %v", err)
+	}
+	if ce.Expected != "sha256:"+wrong || ce.Actual != "sha256:"+sha256hex(img) {
+		t.Errorf("error: %v", ce)
+	}
+	assertEmptyCache(t, c)
+}
+
+func TestFetchTruncatedBody(t *testing.T) {
+	img := testImage(t)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Length", fmt.Sprint(len(img)))
+		w.Write(img[:len(img)/2])
+		// Close the connection mid-body.
+		if hj, ok := w.(http.Hijacker); ok {
+			conn, _, err := hj.Hijack()
+			if err == nil {
+				conn.Close()
+			}
+		}
+	}))
+	defer srv.Close()
+	c := testCache(t)
+	_, err := Fetch(context.Background(), c, FetchRequest{URL: srv.URL + "/base.qcow2", Checksum: "sha256:" + sha256hex(img)})
+	if err == nil {
+		t.Fatal("truncated download accepted")
+	}
+	assertEmptyCache(t, c)
+}
+
+func TestFetchTruncatedWithoutLength(t *testing.T) {
+	// A server that just stops early (no Content-Length): only the checksum
+	// can tell.
+	img := testImage(t)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.(http.Flusher).Flush()
+		w.Write(img[:len(img)-1000])
+	}))
+	defer srv.Close()
+	c := testCache(t)
+	_, err := Fetch(context.Background(), c, FetchRequest{URL: srv.URL + "/base.qcow2", Checksum: "sha256:" + sha256hex(img)})
+	var ce *ChecksumError
+	if !errors.As(err, &ce) {
+		t.Fatalf("want ChecksumError, got %v", err)
+	}
+	assertEmptyCache(t, c)
+}
+
+func TestFetchChecksumFiles(t *testing.T) {
+	img := testImage(t)
+	other := strings.Repeat("0", 64)
+	sum := sha256hex(img)
+	sha512 := func(b []byte) string {
+		out := run(t, "sh", "-c", "sha512sum "+writeTemp(t, b))
+		return strings.Fields(out)[0]
+	}(img)
+	cases := map[string]string{
+		"gnu":         other + "  other.img\n" + sum + "  base.qcow2\n",
+		"gnu-binary":  other + " *other.img\n" + sum + " *base.qcow2\n",
+		"bsd":         "SHA256 (other.img) = " + other + "\nSHA256 (base.qcow2) = " + sum + "\n",
+		"gnu-sha512":  sha512 + "  base.qcow2\n",
+		"with-header": "# checksums\n\n" + sum + "  base.qcow2\n",
+	}
+	for name, content := range cases {
+		t.Run(name, func(t *testing.T) {
+			s := newServer(t, map[string][]byte{"/d/base.qcow2": img, "/d/SUMS": []byte(content)})
+			c := testCache(t)
+			e, err := Fetch(context.Background(), c, FetchRequest{URL: s.URL + "/d/base.qcow2", Checksum: "file:" + s.URL + "/d/SUMS"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if e.Digest != "sha256:"+sum {
+				t.Errorf("digest %s", e.Digest)
+			}
+		})
+	}
+	t.Run("bsd-mismatch", func(t *testing.T) {
+		s := newServer(t, map[string][]byte{"/d/base.qcow2": img, "/d/SUMS": []byte("SHA256 (base.qcow2) = " + other + "\n")})
+		c := testCache(t)
+		_, err := Fetch(context.Background(), c, FetchRequest{URL: s.URL + "/d/base.qcow2", Checksum: "file:" + s.URL + "/d/SUMS"})
+		var ce *ChecksumError
+		if !errors.As(err, &ce) {
+			t.Fatalf("want ChecksumError, got %v", err)
+		}
+		assertEmptyCache(t, c)
+	})
+	t.Run("not-listed", func(t *testing.T) {
+		s := newServer(t, map[string][]byte{"/d/base.qcow2": img, "/d/SUMS": []byte(other + "  other.img\n")})
+		c := testCache(t)
+		_, err := Fetch(context.Background(), c, FetchRequest{URL: s.URL + "/d/base.qcow2", Checksum: "file:" + s.URL + "/d/SUMS"})
+		if err == nil || !strings.Contains(err.Error(), "no checksum found") {
+			t.Fatalf("want 'no checksum found', got %v", err)
+		}
+		assertEmptyCache(t, c)
+	})
+}
+
+func writeTemp(t *testing.T, b []byte) string {
+	p := filepath.Join(t.TempDir(), "f")
+	if err := os.WriteFile(p, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestFetchCompressed(t *testing.T) {
+	img := testImage(t)
+	for _, tc := range []struct{ ext, tool string }{{"xz", "xz"}, {"gz", "gzip"}, {"bz2", "bzip2"}} {
+		t.Run(tc.ext, func(t *testing.T) {
+			p := writeTemp(t, img)
+			run(t, tc.tool, "-k", p)
+			comp, err := os.ReadFile(p + "." + tc.ext)
+			if err != nil {
+				t.Fatal(err)
+			}
+			s := newServer(t, map[string][]byte{"/base.qcow2." + tc.ext: comp})
+			c := testCache(t)
+			// The checksum is that of the compressed file, as published.
+			e, err := Fetch(context.Background(), c, FetchRequest{URL: s.URL + "/base.qcow2." + tc.ext, Checksum: "sha256:" + sha256hex(comp), Format: "qcow2"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, _ := os.ReadFile(c.Path(e))
+			if sha256hex(got) != sha256hex(img) {
+				t.Fatal("decompressed image differs")
+			}
+			if e.Format != "qcow2" {
+				t.Errorf("format %s", e.Format)
+			}
+		})
+	}
+}
+
+func TestFetchCacheHit(t *testing.T) {
+	img := testImage(t)
+	s := newServer(t, map[string][]byte{"/base.qcow2": img, "/SUMS": []byte(sha256hex(img) + "  base.qcow2\n")})
+	c := testCache(t)
+	req := FetchRequest{URL: s.URL + "/base.qcow2", Checksum: "file:" + s.URL + "/SUMS"}
+	e1, err := Fetch(context.Background(), c, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := s.requests.Load()
+	if n != 2 {
+		t.Errorf("first fetch made %d requests, want 2 (sums + image)", n)
+	}
+	s.Close() // no network from here on
+	e2, err := Fetch(context.Background(), c, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.requests.Load() != n {
+		t.Errorf("second fetch hit the server")
+	}
+	if c.Path(e1) != c.Path(e2) {
+		t.Errorf("different paths %s %s", c.Path(e1), c.Path(e2))
+	}
+	// A deleted image file is not a hit.
+	os.Remove(c.Path(e1))
+	if e, _ := c.Lookup(e1.Key); e != nil {
+		t.Error("lookup returned an entry whose file is gone")
+	}
+}
+
+func TestFetchInterrupted(t *testing.T) {
+	img := testImage(t)
+	started := make(chan struct{})
+	release := make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Length", fmt.Sprint(len(img)))
+		w.Write(img[:len(img)/2])
+		w.(http.Flusher).Flush()
+		close(started)
+		select {
+		case <-r.Context().Done():
+		case <-release:
+		}
+	}))
+	defer srv.Close()
+	defer close(release)
+	c := testCache(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() {
+		<-started
+		time.Sleep(100 * time.Millisecond)
+		cancel()
+	}()
+	_, err := Fetch(ctx, c, FetchRequest{URL: srv.URL + "/base.qcow2", Checksum: "sha256:" + sha256hex(img)})
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("want context.Canceled, got %v", err)
+	}
+	assertEmptyCache(t, c)
+}
+
+func TestFetchChecksumRequired(t *testing.T) {
+	img := testImage(t)
+	s := newServer(t, map[string][]byte{"/base.qcow2": img})
+	c := testCache(t)
+	_, err := Fetch(context.Background(), c, FetchRequest{URL: s.URL + "/base.qcow2"})
+	var ie *InputError
+	if !errors.As(err, &ie) || !strings.Contains(err.Error(), "--insecure") {
+		t.Fatalf("want InputError mentioning --insecure, got %v", err)
+	}
+	if s.requests.Load() != 0 {
+		t.Error("refused fetch still hit the network")
+	}
+	if _, err := Fetch(context.Background(), c, FetchRequest{URL: s.URL + "/base.qcow2", Insecure: true}); err != nil {
+		t.Fatalf("--insecure fetch: %v", err)
+	}
+	for _, bad := range []string{"md5:abc", "sha256:xyz", "sha256:" + strings.Repeat("a", 63), "file:ftp://x/y", "abc"} {
+		_, err := Fetch(context.Background(), c, FetchRequest{URL: s.URL + "/base.qcow2", Checksum: bad})
+		if !errors.As(err, &ie) {
+			t.Errorf("checksum %q: want InputError, got %v", bad, err)
+		}
+	}
+}
+
+func TestFetchRefusesNonImage(t *testing.T) {
+	page := []byte("<html><body>Not Found, but status 200</body></html>\n")
+	s := newServer(t, map[string][]byte{"/base.qcow2": page})
+	c := testCache(t)
+	_, err := Fetch(context.Background(), c, FetchRequest{URL: s.URL + "/base.qcow2", Checksum: "sha256:" + sha256hex(page), Format: "qcow2"})
+	var ie *ImageError
+	if !errors.As(err, &ie) {
+		t.Fatalf("want ImageError, got %v", err)
+	}
+	assertEmptyCache(t, c)
+}
+
+func TestFetchLocalFile(t *testing.T) {
+	img := testImage(t)
+	p := writeTemp(t, img)
+	c := testCache(t)
+	e, err := Fetch(context.Background(), c, FetchRequest{URL: p, Checksum: "sha256:" + sha256hex(img)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fi, err := os.Lstat(c.Path(e))
+	if err != nil || !fi.Mode().IsRegular() {
+		t.Fatalf("cached local file is not a regular file copy: %v %v", fi, err)
+	}
+}

@@ -1,0 +1,261 @@
+package provisioners
+
+import (
+	"archive/tar"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path"
+	"path/filepath"
+	"regexp"
+	"strings"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
+)
+
+// DefaultImageDir is where container image tarballs are placed in the image;
+// the agent loads them at first boot without a registry.
+const DefaultImageDir = "/app/images"
+
+// Containers bakes container images into the image as tarballs
+// (docker-archive or OCI layout), with a manifest (images.json) beside them.
+type Containers struct {
+	Images []ContainerImage `yaml:"images"`
+	// Dir is the guest directory (default /app/images).
+	Dir string `yaml:"dir"`
+	// Load runs `docker load` on each tarball at build time (needs a booted
+	// guest with docker; default false: the agent loads them at first boot).
+	Load bool `yaml:"load"`
+
+	// PullDir is where registry images are saved on the host before
+	// placing (set by the builder; default a temporary directory).
+	PullDir string `yaml:"-"`
+}
+
+// ContainerImage is one image: a local tarball or a registry reference.
+type ContainerImage struct {
+	// Path is a local docker-archive (`docker save`) or OCI layout tarball.
+	Path string `yaml:"path"`
+	// Ref is a registry reference, pulled on the host with
+	// go-containerregistry (pin a digest for reproducible builds).
+	Ref string `yaml:"ref"`
+	// Name is the file name in Dir (default: from Path or Ref).
+	Name string `yaml:"name"`
+
+	format string
+}
+
+// ImageManifest is the images.json written beside the tarballs.
+type ImageManifest struct {
+	Images []ImageManifestEntry `json:"images"`
+}
+
+// ImageManifestEntry describes one baked image tarball.
+type ImageManifestEntry struct {
+	File   string `json:"file"`
+	Format string `json:"format"` // "docker-archive" or "oci-archive"
+	Source string `json:"source"`
+	SHA256 string `json:"sha256"`
+	Size   int64  `json:"size"`
+}
+
+var fileNameRe = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]*$`)
+
+// Type implements Provisioner.
+func (*Containers) Type() string { return "containers" }
+
+// NeedsBoot reports whether docker load runs at build time.
+func (c *Containers) NeedsBoot() bool { return c.Load }
+
+// Check implements Provisioner.
+func (c *Containers) Check(dir string) []FieldError {
+	var errs []FieldError
+	if c.Dir == "" {
+		c.Dir = DefaultImageDir
+	}
+	if m := validGuestPath(c.Dir); m != "" {
+		errs = append(errs, fieldErr("dir", "%s", m))
+	}
+	if len(c.Images) == 0 {
+		errs = append(errs, fieldErr("images", "required (a list of {path: FILE} or {ref: REFERENCE})"))
+	}
+	names := map[string]bool{}
+	for i := range c.Images {
+		im := &c.Images[i]
+		f := fmt.Sprintf("images[%d]", i)
+		switch {
+		case im.Path == "" && im.Ref == "":
+			errs = append(errs, fieldErr(f, "give path or ref"))
+			continue
+		case im.Path != "" && im.Ref != "":
+			errs = append(errs, fieldErr(f+".ref", "give path or ref, not both"))
+			continue
+		case im.Path != "":
+			im.Path = absPath(dir, im.Path)
+			format, err := archiveFormat(im.Path)
+			if err != nil {
+				errs = append(errs, fieldErr(f+".path", "%v", err))
+			}
+			im.format = format
+			if im.Name == "" {
+				im.Name = filepath.Base(im.Path)
+			}
+		default:
+			if _, err := name.ParseReference(im.Ref); err != nil {
+				errs = append(errs, fieldErr(f+".ref", "%v", err))
+				continue
+			}
+			im.format = "docker-archive"
+			if im.Name == "" {
+				im.Name = refFileName(im.Ref)
+			}
+		}
+		if !fileNameRe.MatchString(im.Name) {
+			errs = append(errs, fieldErr(f+".name", "%q is not a plain file name", im.Name))
+		} else if names[im.Name] {
+			errs = append(errs, fieldErr(f+".name", "%q is used twice", im.Name))
+		}
+		names[im.Name] = true
+	}
+	return errs
+}
+
+func refFileName(ref string) string {
+	r := strings.NewReplacer("/", "_", ":", "_", "@", "_")
+	return r.Replace(ref) + ".tar"
+}
+
+// archiveFormat tells a docker-archive from an OCI layout tarball.
+func archiveFormat(p string) (string, error) {
+	f, err := os.Open(p)
+	if err != nil {
+		return "", cleanErr(err)
+	}
+	defer f.Close()
+	tr := tar.NewReader(f)
+	for {
+		h, err := tr.Next()
+		if errors.Is(err, io.EOF) {
+			return "", fmt.Errorf("%s: neither a docker-archive (manifest.json) nor an OCI layout (oci-layout)", p)
+		}
+		if err != nil {
+			return "", fmt.Errorf("%s: not a tar archive: %v", p, err)
+		}
+		switch strings.TrimPrefix(h.Name, "./") {
+		case "oci-layout":
+			return "oci-archive", nil
+		case "manifest.json":
+			return "docker-archive", nil
+		}
+	}
+}
+
+// Inputs implements Provisioner. Registry references are keyed by their
+// text (a tag may move: pin digests).
+func (c *Containers) Inputs() []string {
+	var in []string
+	for _, im := range c.Images {
+		if im.Path != "" {
+			in = append(in, im.Path)
+		}
+	}
+	return in
+}
+
+// pull saves a registry image as a docker-archive under dir.
+func pull(ctx context.Context, ref, dir string) (string, error) {
+	r, err := name.ParseReference(ref)
+	if err != nil {
+		return "", err
+	}
+	img, err := remote.Image(r, remote.WithContext(ctx))
+	if err != nil {
+		return "", fmt.Errorf("pull %s: %w", ref, err)
+	}
+	out := filepath.Join(dir, refFileName(ref))
+	tmp := out + ".part"
+	if err := tarball.WriteToFile(tmp, r, img); err != nil {
+		os.Remove(tmp)
+		return "", fmt.Errorf("pull %s: %w", ref, err)
+	}
+	return out, os.Rename(tmp, out)
+}
+
+// Place implements Placer.
+func (c *Containers) Place(ctx context.Context, a *Archive) error {
+	root := Owner{"root", "root"}
+	if err := a.Parents(c.Dir, root); err != nil {
+		return err
+	}
+	if err := a.Dir(c.Dir, 0o755, root); err != nil {
+		return err
+	}
+	var man ImageManifest
+	for _, im := range c.Images {
+		src, source := im.Path, im.Path
+		if im.Ref != "" {
+			dir := c.PullDir
+			if dir == "" {
+				d, err := os.MkdirTemp("", "ecs-image-pull-")
+				if err != nil {
+					return err
+				}
+				defer os.RemoveAll(d)
+				dir = d
+			}
+			p, err := pull(ctx, im.Ref, dir)
+			if err != nil {
+				return err
+			}
+			src, source = p, im.Ref
+		}
+		sum, size, err := fileSHA256(src)
+		if err != nil {
+			return err
+		}
+		if err := a.LocalFile(src, path.Join(c.Dir, im.Name), 0o644, root); err != nil {
+			return err
+		}
+		man.Images = append(man.Images, ImageManifestEntry{File: im.Name, Format: im.format, Source: source, SHA256: sum, Size: size})
+	}
+	data, err := json.MarshalIndent(man, "", "  ")
+	if err != nil {
+		return err
+	}
+	return a.Bytes(path.Join(c.Dir, "images.json"), append(data, '\n'), 0o644, root)
+}
+
+// Run implements Runner (only used when Load is set).
+func (c *Containers) Run(ctx context.Context, e *Env) error {
+	if err := RunPlacer(ctx, c, e); err != nil {
+		return err
+	}
+	for _, im := range c.Images {
+		cmd := "sudo docker load --input " + shellQuote(path.Join(c.Dir, im.Name))
+		if err := e.Guest.Run(ctx, cmd, nil, func(l string) { e.Log.Info(l) }); err != nil {
+			return fmt.Errorf("docker load %s: %w", im.Name, err)
+		}
+	}
+	return nil
+}
+
+func fileSHA256(p string) (string, int64, error) {
+	f, err := os.Open(p)
+	if err != nil {
+		return "", 0, err
+	}
+	defer f.Close()
+	h := sha256.New()
+	n, err := io.Copy(h, f)
+	if err != nil {
+		return "", 0, err
+	}
+	return hex.EncodeToString(h.Sum(nil)), n, nil
+}

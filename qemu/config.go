@@ -1,0 +1,244 @@
+// Package qemu runs virtual machines under QEMU for building and testing
+// appliance images: accelerator detection (KVM when it really works, else
+// TCG), argument building, user-mode networking with host port forwards on
+// free loopback ports, a serial console log, a QMP control socket, graceful
+// ACPI shutdown, and qcow2 overlays through qemu-img.
+package qemu
+
+import (
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+)
+
+// Firmware values for Config.Firmware.
+const (
+	FirmwareBIOS = "bios" // SeaBIOS (QEMU's default)
+	FirmwareUEFI = "uefi" // OVMF, from Debian's ovmf package
+)
+
+// Default OVMF images of Debian's ovmf package (4 MiB flash layout).
+var (
+	DefaultUEFICode = "/usr/share/OVMF/OVMF_CODE_4M.fd"
+	DefaultUEFIVars = "/usr/share/OVMF/OVMF_VARS_4M.fd"
+)
+
+// Forward forwards a host TCP port on 127.0.0.1 to a guest TCP port.
+// Host 0 means "pick a free port" (done by Start).
+type Forward struct {
+	Guest int
+	Host  int
+}
+
+// Config describes one virtual machine. The zero value of every optional
+// field has a sane default.
+type Config struct {
+	// Name labels the VM in QEMU (-name) and in log lines.
+	Name string
+	// Binary is the QEMU system emulator (default qemu-system-x86_64).
+	Binary string
+
+	// Disk is the boot disk image; DiskFormat its format (qcow2, raw,
+	// vmdk, vhdx, vpc; default qcow2).
+	Disk       string
+	DiskFormat string
+	// DiskCache is QEMU's cache mode for the disk (default writeback;
+	// "unsafe" ignores guest flushes — fast, for throw-away build VMs that
+	// are shut down cleanly).
+	DiskCache string
+	// Snapshot makes QEMU write every disk change to a temporary file, so
+	// the disk image is never modified (-snapshot). Prefer an Overlay when
+	// the changes should be kept.
+	Snapshot bool
+	// CDROMs are attached read-only as CD-ROM drives (e.g. a cidata seed).
+	CDROMs []string
+
+	// Memory in MiB (default 1024); CPUs (default 2).
+	Memory int
+	CPUs   int
+
+	// Firmware is "bios" (default) or "uefi". For UEFI, UEFICode is the
+	// read-only OVMF code image (default DefaultUEFICode) and UEFIVars the
+	// writable variable store; Start copies DefaultUEFIVars to a temporary
+	// file when UEFIVars is empty.
+	Firmware string
+	UEFICode string
+	UEFIVars string
+
+	// Forwards are guest TCP ports reachable on host loopback ports.
+	Forwards []Forward
+
+	// SerialLog is the file the first serial port (ttyS0) is written to.
+	// Start uses a temporary file when empty.
+	SerialLog string
+	// QMPSocket is the unix socket of the QMP control channel; Start uses a
+	// temporary path when empty. Args omits QMP when it is empty.
+	QMPSocket string
+
+	// Accel is the accelerator; Start calls DetectAccel when empty.
+	Accel Accel
+
+	// ExtraArgs are appended to QEMU's command line verbatim.
+	ExtraArgs []string
+}
+
+// Defaults for Config.
+const (
+	DefaultBinary = "qemu-system-x86_64"
+	DefaultMemory = 1024
+	DefaultCPUs   = 2
+)
+
+func (c *Config) binary() string {
+	if c.Binary != "" {
+		return c.Binary
+	}
+	return DefaultBinary
+}
+
+func (c *Config) memory() int {
+	if c.Memory > 0 {
+		return c.Memory
+	}
+	return DefaultMemory
+}
+
+func (c *Config) cpus() int {
+	if c.CPUs > 0 {
+		return c.CPUs
+	}
+	return DefaultCPUs
+}
+
+func (c *Config) diskFormat() string {
+	if c.DiskFormat != "" {
+		return c.DiskFormat
+	}
+	return "qcow2"
+}
+
+// Validate checks the configuration without touching the file system.
+func (c *Config) Validate() error {
+	var errs []error
+	if c.Disk == "" {
+		errs = append(errs, errors.New("no disk image"))
+	}
+	if c.Memory < 0 {
+		errs = append(errs, fmt.Errorf("memory %d MiB: must be positive", c.Memory))
+	}
+	if c.CPUs < 0 {
+		errs = append(errs, fmt.Errorf("cpus %d: must be positive", c.CPUs))
+	}
+	switch c.Firmware {
+	case "", FirmwareBIOS, FirmwareUEFI:
+	default:
+		errs = append(errs, fmt.Errorf("firmware %q: want %q or %q", c.Firmware, FirmwareBIOS, FirmwareUEFI))
+	}
+	switch c.Accel {
+	case "", AccelKVM, AccelTCG:
+	default:
+		errs = append(errs, fmt.Errorf("accelerator %q: want %q or %q", c.Accel, AccelKVM, AccelTCG))
+	}
+	switch c.DiskCache {
+	case "", "writeback", "none", "writethrough", "directsync", "unsafe":
+	default:
+		errs = append(errs, fmt.Errorf("disk cache %q: want writeback, none, writethrough, directsync or unsafe", c.DiskCache))
+	}
+	seen := map[int]bool{}
+	for _, f := range c.Forwards {
+		if f.Guest <= 0 || f.Guest > 65535 {
+			errs = append(errs, fmt.Errorf("forward: guest port %d out of range", f.Guest))
+		}
+		if f.Host < 0 || f.Host > 65535 {
+			errs = append(errs, fmt.Errorf("forward: host port %d out of range", f.Host))
+		}
+		if seen[f.Guest] {
+			errs = append(errs, fmt.Errorf("forward: guest port %d forwarded twice", f.Guest))
+		}
+		seen[f.Guest] = true
+	}
+	for _, p := range append([]string{c.Disk, c.SerialLog, c.QMPSocket, c.UEFICode, c.UEFIVars}, c.CDROMs...) {
+		if strings.ContainsAny(p, "\n\x00") {
+			errs = append(errs, fmt.Errorf("path %q: newlines are not supported", p))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Args returns QEMU's command line (without the binary). It is pure: it
+// touches nothing. Every forward needs a host port, and Accel must be set
+// (Start resolves both).
+func (c *Config) Args() ([]string, error) {
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	if c.Accel == "" {
+		return nil, errors.New("no accelerator chosen")
+	}
+	a := []string{}
+	if c.Name != "" {
+		a = append(a, "-name", c.Name)
+	}
+	a = append(a, "-machine", "q35", "-accel", string(c.Accel))
+	if c.Accel == AccelKVM {
+		a = append(a, "-cpu", "host")
+	} else {
+		a = append(a, "-cpu", "max")
+	}
+	a = append(a,
+		"-m", strconv.Itoa(c.memory()),
+		"-smp", strconv.Itoa(c.cpus()),
+	)
+	if c.Firmware == FirmwareUEFI {
+		code := c.UEFICode
+		if code == "" {
+			code = DefaultUEFICode
+		}
+		if c.UEFIVars == "" {
+			return nil, errors.New("uefi: no writable variable store (UEFIVars)")
+		}
+		a = append(a,
+			"-drive", "if=pflash,format=raw,unit=0,readonly=on,file="+esc(code),
+			"-drive", "if=pflash,format=raw,unit=1,file="+esc(c.UEFIVars),
+		)
+	}
+	cache := c.DiskCache
+	if cache == "" {
+		cache = "writeback"
+	}
+	a = append(a, "-drive", fmt.Sprintf("file=%s,format=%s,if=virtio,cache=%s,discard=unmap,detect-zeroes=unmap", esc(c.Disk), c.diskFormat(), cache))
+	for i, cd := range c.CDROMs {
+		a = append(a, "-drive", fmt.Sprintf("file=%s,format=raw,if=ide,index=%d,media=cdrom,readonly=on", esc(cd), i))
+	}
+	if c.Snapshot {
+		a = append(a, "-snapshot")
+	}
+	netdev := "user,id=net0"
+	for _, f := range c.Forwards {
+		if f.Host == 0 {
+			return nil, fmt.Errorf("forward of guest port %d: no host port allocated", f.Guest)
+		}
+		netdev += fmt.Sprintf(",hostfwd=tcp:127.0.0.1:%d-:%d", f.Host, f.Guest)
+	}
+	a = append(a,
+		"-netdev", netdev,
+		"-device", "virtio-net-pci,netdev=net0",
+		"-device", "virtio-rng-pci",
+		"-display", "none",
+		"-monitor", "none",
+	)
+	if c.SerialLog != "" {
+		a = append(a, "-chardev", "file,id=serial0,path="+esc(c.SerialLog), "-serial", "chardev:serial0")
+	} else {
+		a = append(a, "-serial", "none")
+	}
+	if c.QMPSocket != "" {
+		a = append(a, "-qmp", "unix:"+esc(c.QMPSocket)+",server=on,wait=off")
+	}
+	a = append(a, c.ExtraArgs...)
+	return a, nil
+}
+
+// esc escapes a value for QEMU's comma-separated option syntax.
+func esc(s string) string { return strings.ReplaceAll(s, ",", ",,") }

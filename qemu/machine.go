@@ -1,0 +1,534 @@
+package qemu
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/sirupsen/logrus"
+)
+
+// Machine is a running QEMU virtual machine.
+type Machine struct {
+	// Config is the resolved configuration: accelerator chosen, host
+	// ports allocated, serial log and QMP socket paths set.
+	Config Config
+	// Started is when QEMU was started.
+	Started time.Time
+
+	runDir    string
+	ownSerial bool
+	proc      *proc
+	qmp       *qmp
+	ports     []int
+
+	done chan struct{}
+
+	mu         sync.Mutex
+	err        error
+	killReason error
+	saved      []byte // serial log content kept after exit
+	savedBase  int64  // file offset of saved[0]
+}
+
+// ErrKilled is the exit error of a machine stopped with Kill.
+var ErrKilled = errors.New("qemu killed")
+
+// ExitError reports a QEMU process that ended: its own output and the last
+// lines of the guest's serial console.
+type ExitError struct {
+	Name       string
+	Err        error  // the process's exit status, or why it was stopped
+	Output     string // QEMU's stdout and stderr (tail)
+	SerialTail string // last lines of the serial console
+}
+
+func (e *ExitError) Error() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "qemu %s", e.Name)
+	if e.Err == nil {
+		b.WriteString(" exited: the guest powered off")
+	} else {
+		fmt.Fprintf(&b, " exited: %v", e.Err)
+	}
+	if out := strings.TrimSpace(e.Output); out != "" {
+		fmt.Fprintf(&b, "\nqemu output:\n%s", out)
+	}
+	if e.SerialTail != "" {
+		fmt.Fprintf(&b, "\nlast serial console lines:\n%s", e.SerialTail)
+	} else {
+		b.WriteString("\n(the serial console is empty)")
+	}
+	return b.String()
+}
+
+func (e *ExitError) Unwrap() error { return e.Err }
+
+// hostfwdFailed is QEMU's message when a forwarded host port is taken.
+const hostfwdFailed = "Could not set up host forwarding rule"
+
+// startAttempts bounds retries when a forwarded port was taken meanwhile.
+const startAttempts = 5
+
+// Start validates cfg, resolves its defaults (accelerator, free host ports,
+// serial log, QMP socket, UEFI variable store) and starts QEMU. It returns
+// once QEMU answers on QMP, i.e. the VM is running. Cancelling ctx at any
+// time kills QEMU and removes its temporary files.
+func Start(ctx context.Context, cfg Config) (*Machine, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("qemu %s: %w", cfg.Name, err)
+	}
+	for _, f := range append([]string{cfg.Disk}, cfg.CDROMs...) {
+		if _, err := os.Stat(f); err != nil {
+			return nil, fmt.Errorf("qemu %s: %w", cfg.Name, err)
+		}
+	}
+	bin, err := exec.LookPath(cfg.binary())
+	if err != nil {
+		return nil, fmt.Errorf("qemu: %w (install Debian's qemu-system-x86 package)", err)
+	}
+	if cfg.Accel == "" {
+		cfg.Accel = DetectAccel(ctx)
+	}
+	if cfg.Name == "" {
+		cfg.Name = strings.TrimSuffix(filepath.Base(cfg.Disk), filepath.Ext(cfg.Disk))
+	}
+	runDir, err := os.MkdirTemp("", "ecs-qemu-")
+	if err != nil {
+		return nil, fmt.Errorf("qemu %s: %w", cfg.Name, err)
+	}
+	m := &Machine{runDir: runDir, done: make(chan struct{})}
+	fail := func(err error) (*Machine, error) {
+		os.RemoveAll(runDir)
+		for _, p := range m.ports {
+			releasePort(p)
+		}
+		return nil, err
+	}
+	if cfg.SerialLog == "" {
+		cfg.SerialLog = filepath.Join(runDir, "serial.log")
+		m.ownSerial = true
+	}
+	if cfg.QMPSocket == "" {
+		cfg.QMPSocket = filepath.Join(runDir, "qmp.sock")
+	}
+	if cfg.Firmware == FirmwareUEFI && cfg.UEFIVars == "" {
+		cfg.UEFIVars = filepath.Join(runDir, "OVMF_VARS.fd")
+		if err := copyFile(DefaultUEFIVars, cfg.UEFIVars); err != nil {
+			return fail(fmt.Errorf("qemu %s: UEFI variable store: %w (install Debian's ovmf package)", cfg.Name, err))
+		}
+	}
+	if cfg.Firmware == FirmwareUEFI {
+		code := cfg.UEFICode
+		if code == "" {
+			code = DefaultUEFICode
+		}
+		if _, err := os.Stat(code); err != nil {
+			return fail(fmt.Errorf("qemu %s: UEFI firmware: %w (install Debian's ovmf package)", cfg.Name, err))
+		}
+	}
+
+	for attempt := 1; ; attempt++ {
+		fwds, got, err := allocate(cfg.Forwards)
+		if err != nil {
+			return fail(fmt.Errorf("qemu %s: %w", cfg.Name, err))
+		}
+		run := cfg
+		run.Forwards = fwds
+		args, err := run.Args()
+		if err != nil {
+			return fail(fmt.Errorf("qemu %s: %w", cfg.Name, err))
+		}
+		os.Remove(run.QMPSocket)
+		os.Remove(run.SerialLog)
+		logrus.Debugf("qemu %s: %s %s", cfg.Name, bin, strings.Join(args, " "))
+		p, err := launch(bin, args)
+		if err != nil {
+			return fail(fmt.Errorf("qemu %s: %w", cfg.Name, err))
+		}
+		m.ports = got
+		m.Config = run
+		m.proc = p
+		m.Started = time.Now()
+		q, err := m.connect(ctx)
+		if err == nil {
+			m.qmp = q
+			break
+		}
+		p.kill()
+		<-p.exited
+		for _, port := range got {
+			releasePort(port)
+		}
+		m.ports = nil
+		if ctx.Err() != nil {
+			return fail(fmt.Errorf("qemu %s: %w", cfg.Name, ctx.Err()))
+		}
+		out := p.out.String()
+		if strings.Contains(out, hostfwdFailed) && len(got) > 0 && attempt < startAttempts {
+			logrus.Debugf("qemu %s: a forwarded port was taken, retrying with new ports", cfg.Name)
+			continue
+		}
+		return fail(&ExitError{Name: cfg.Name, Err: p.err, Output: out, SerialTail: tailLines(readTail(run.SerialLog), 30)})
+	}
+	logrus.Infof("qemu %s: started (accel %s, %d MiB, %d CPUs%s)", m.Config.Name, m.Config.Accel, m.Config.memory(), m.Config.cpus(), m.describeForwards())
+	go m.monitor(ctx)
+	return m, nil
+}
+
+// connect waits for QMP to answer, or for QEMU to exit first.
+func (m *Machine) connect(ctx context.Context) (*qmp, error) {
+	cctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+	go func() {
+		select {
+		case <-m.proc.exited:
+			cancel()
+		case <-cctx.Done():
+		}
+	}()
+	q, err := dialQMP(cctx, m.Config.QMPSocket)
+	if err != nil {
+		select {
+		case <-m.proc.exited:
+			return nil, errors.New("qemu exited")
+		default:
+		}
+		return nil, err
+	}
+	return q, nil
+}
+
+func (m *Machine) describeForwards() string {
+	var parts []string
+	for _, f := range m.Config.Forwards {
+		parts = append(parts, fmt.Sprintf("guest %d → 127.0.0.1:%d", f.Guest, f.Host))
+	}
+	if len(parts) == 0 {
+		return ""
+	}
+	return "; " + strings.Join(parts, ", ")
+}
+
+// monitor waits for QEMU to exit (killing it when ctx ends), then keeps the
+// serial log in memory, removes the temporary files and closes Done.
+func (m *Machine) monitor(ctx context.Context) {
+	select {
+	case <-m.proc.exited:
+	case <-ctx.Done():
+		m.kill(ctx.Err())
+		<-m.proc.exited
+	}
+	data, base := readAllTail(m.Config.SerialLog, maxSaved)
+	m.qmp.Close()
+	os.RemoveAll(m.runDir)
+	for _, p := range m.ports {
+		releasePort(p)
+	}
+	m.mu.Lock()
+	m.saved, m.savedBase = data, base
+	switch {
+	case m.killReason != nil:
+		m.err = m.killReason
+	case m.proc.err != nil:
+		m.err = &ExitError{Name: m.Config.Name, Err: m.proc.err, Output: m.proc.out.String(), SerialTail: tailLines(data, 30)}
+	}
+	m.mu.Unlock()
+	logrus.Debugf("qemu %s: exited after %s (%v)", m.Config.Name, time.Since(m.Started).Round(time.Second), m.err)
+	close(m.done)
+}
+
+// maxSaved bounds the serial log kept in memory after exit.
+const maxSaved = 4 << 20
+
+// Done is closed when QEMU has exited and its temporary files are removed.
+func (m *Machine) Done() <-chan struct{} { return m.done }
+
+// Err is why QEMU exited: nil while it runs and after a clean guest power
+// off, ErrKilled after Kill, the context's error after cancellation, else
+// an *ExitError.
+func (m *Machine) Err() error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.err
+}
+
+// Exited reports whether QEMU has exited.
+func (m *Machine) Exited() bool {
+	select {
+	case <-m.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// exitError describes the exit for callers that waited for something else.
+func (m *Machine) exitError() error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if e, ok := m.err.(*ExitError); ok {
+		return e
+	}
+	return &ExitError{Name: m.Config.Name, Err: m.err, Output: m.proc.out.String(), SerialTail: tailLines(m.saved, 30)}
+}
+
+// HostPort is the host loopback port forwarded to guest TCP port guest, or 0.
+func (m *Machine) HostPort(guest int) int {
+	for _, f := range m.Config.Forwards {
+		if f.Guest == guest {
+			return f.Host
+		}
+	}
+	return 0
+}
+
+// Kill stops QEMU at once (SIGKILL). Done is closed soon after.
+func (m *Machine) Kill() { m.kill(ErrKilled) }
+
+func (m *Machine) kill(reason error) {
+	m.mu.Lock()
+	if m.killReason == nil {
+		m.killReason = reason
+	}
+	m.mu.Unlock()
+	m.proc.kill()
+}
+
+// QMP runs a QMP command (e.g. "query-status") and returns its raw result.
+func (m *Machine) QMP(ctx context.Context, cmd string, args any) ([]byte, error) {
+	if m.qmp == nil {
+		return nil, errNoQMP
+	}
+	return m.qmp.Execute(ctx, cmd, args)
+}
+
+// powerdownRepeat is how often Shutdown repeats the ACPI power button press
+// (a press during early boot, before systemd-logind listens, is lost).
+var powerdownRepeat = 15 * time.Second
+
+// Shutdown powers the guest off like a power button press (ACPI, through
+// QMP system_powerdown) and waits up to timeout for QEMU to exit. If the
+// guest does not power off in time, QEMU is told to quit and killed if it
+// does not; Shutdown then returns an error, as the disk may be inconsistent.
+func (m *Machine) Shutdown(ctx context.Context, timeout time.Duration) error {
+	if m.Exited() {
+		return m.Err()
+	}
+	logrus.Infof("qemu %s: powering off (ACPI)", m.Config.Name)
+	deadline := time.NewTimer(timeout)
+	defer deadline.Stop()
+	for {
+		qctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		_, err := m.QMP(qctx, "system_powerdown", nil)
+		cancel()
+		if err != nil && !m.Exited() {
+			logrus.Debugf("qemu %s: %v", m.Config.Name, err)
+		}
+		select {
+		case <-m.done:
+			return m.Err()
+		case <-ctx.Done():
+			m.kill(ctx.Err())
+			<-m.done
+			return ctx.Err()
+		case <-deadline.C:
+			return m.forceStop(fmt.Errorf("qemu %s: the guest did not power off within %s of the ACPI power button; stopped QEMU", m.Config.Name, timeout))
+		case <-time.After(powerdownRepeat):
+		}
+	}
+}
+
+// forceStop asks QEMU to quit, kills it when that does not work, and
+// returns why.
+func (m *Machine) forceStop(why error) error {
+	m.mu.Lock()
+	if m.killReason == nil {
+		m.killReason = why
+	}
+	m.mu.Unlock()
+	qctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	m.QMP(qctx, "quit", nil)
+	cancel()
+	select {
+	case <-m.done:
+	case <-time.After(10 * time.Second):
+		m.kill(why)
+		<-m.done
+	}
+	return why
+}
+
+// WaitSerial waits until a line of the serial console contains pattern.
+// It fails at once when QEMU exits first (the error carries the serial
+// console's last lines) and when ctx ends.
+func (m *Machine) WaitSerial(ctx context.Context, pattern string) error {
+	_, err := m.WaitSerialMatch(ctx, regexp.MustCompile(regexp.QuoteMeta(pattern)))
+	return err
+}
+
+// serialPoll is how often the serial log is re-read.
+var serialPoll = 200 * time.Millisecond
+
+// WaitSerialMatch waits until a line of the serial console (from the start
+// of the boot) matches re and returns that line, without trailing CR/LF and
+// terminal escape sequences.
+func (m *Machine) WaitSerialMatch(ctx context.Context, re *regexp.Regexp) (string, error) {
+	var off int64
+	var partial []byte
+	t := time.NewTicker(serialPoll)
+	defer t.Stop()
+	for {
+		exited := m.Exited()
+		chunk := m.readSerialFrom(off)
+		off += int64(len(chunk))
+		partial = append(partial, chunk...)
+		for {
+			i := bytes.IndexByte(partial, '\n')
+			if i < 0 {
+				break
+			}
+			line := cleanLine(partial[:i])
+			partial = partial[i+1:]
+			if re.MatchString(line) {
+				return line, nil
+			}
+		}
+		if exited {
+			if line := cleanLine(partial); re.MatchString(line) && line != "" {
+				return line, nil
+			}
+			return "", fmt.Errorf("waiting for %q on the serial console: %w", re.String(), m.exitError())
+		}
+		select {
+		case <-ctx.Done():
+			return "", fmt.Errorf("waiting for %q on the serial console: %w\nlast serial console lines:\n%s", re.String(), ctx.Err(), m.SerialTail(30))
+		case <-m.done:
+		case <-t.C:
+		}
+	}
+}
+
+// readSerialFrom returns the serial log from offset off on.
+func (m *Machine) readSerialFrom(off int64) []byte {
+	m.mu.Lock()
+	saved, base := m.saved, m.savedBase
+	m.mu.Unlock()
+	if saved != nil || m.Exited() {
+		if off < base {
+			off = base
+		}
+		if off-base >= int64(len(saved)) {
+			return nil
+		}
+		return saved[off-base:]
+	}
+	f, err := os.Open(m.Config.SerialLog)
+	if err != nil {
+		return nil
+	}
+	defer f.Close()
+	b, _ := io.ReadAll(io.NewSectionReader(f, off, 1<<62))
+	return b
+}
+
+// SerialTail returns the last n lines of the serial console, cleaned of
+// carriage returns and terminal escape sequences.
+func (m *Machine) SerialTail(n int) string {
+	m.mu.Lock()
+	saved := m.saved
+	m.mu.Unlock()
+	if saved == nil {
+		saved = readTail(m.Config.SerialLog)
+	}
+	return tailLines(saved, n)
+}
+
+// SerialLog is the path of the serial console log (removed at exit when
+// Start chose it).
+func (m *Machine) SerialLog() string { return m.Config.SerialLog }
+
+// proc is one QEMU process.
+type proc struct {
+	cmd    *exec.Cmd
+	out    *tailBuffer
+	exited chan struct{}
+	err    error
+}
+
+func launch(bin string, args []string) (*proc, error) {
+	p := &proc{out: &tailBuffer{max: 64 << 10}, exited: make(chan struct{})}
+	cmd := exec.Command(bin, args...)
+	cmd.Stdout = p.out
+	cmd.Stderr = p.out
+	// Own process group: a terminal's Ctrl-C reaches ecs-image, which
+	// decides how QEMU stops. Pdeathsig: QEMU never outlives ecs-image.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	p.cmd = cmd
+	go func() {
+		p.err = cmd.Wait()
+		close(p.exited)
+	}()
+	return p, nil
+}
+
+func (p *proc) kill() {
+	select {
+	case <-p.exited:
+	default:
+		p.cmd.Process.Kill()
+	}
+}
+
+// tailBuffer keeps the last max bytes written to it.
+type tailBuffer struct {
+	mu  sync.Mutex
+	max int
+	buf []byte
+}
+
+func (t *tailBuffer) Write(b []byte) (int, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.buf = append(t.buf, b...)
+	if len(t.buf) > t.max {
+		t.buf = append([]byte(nil), t.buf[len(t.buf)-t.max:]...)
+	}
+	return len(b), nil
+}
+
+func (t *tailBuffer) String() string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return string(t.buf)
+}
+
+func copyFile(src, dst string) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		out.Close()
+		return err
+	}
+	return out.Close()
+}

@@ -1,0 +1,48 @@
+// Package qemutest makes tiny bootable disks for testing code that runs
+// virtual machines, without an operating system image: a boot sector that
+// prints a message on the serial console.
+package qemutest
+
+import (
+	"errors"
+	"os"
+)
+
+// DebugExitArgs are the QEMU arguments under which a BootDisk guest makes
+// QEMU exit (status 3) right after printing its message. Without them the
+// guest halts forever.
+var DebugExitArgs = []string{"-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"}
+
+// BootDisk writes a 1 MiB raw disk to path whose BIOS boot sector prints
+// msg on the first serial port (COM1) and then writes to I/O port 0xf4
+// (see DebugExitArgs) and halts. msg may hold up to 482 bytes; use "\r\n"
+// line ends.
+func BootDisk(path, msg string) error {
+	code := []byte{
+		0xFA,       // cli
+		0xFC,       // cld
+		0x31, 0xC0, // xor ax, ax
+		0x8E, 0xD8, // mov ds, ax
+		0xBE, 0x1B, 0x7C, // mov si, 0x7c1b (msg, at offset 27)
+		// loop (offset 9):
+		0xAC,       // lodsb
+		0x84, 0xC0, // test al, al
+		0x74, 0x06, // jz done
+		0xBA, 0xF8, 0x03, // mov dx, 0x3f8
+		0xEE,       // out dx, al
+		0xEB, 0xF5, // jmp loop
+		// done (offset 20):
+		0xB0, 0x01, // mov al, 1
+		0xE6, 0xF4, // out 0xf4, al
+		0xF4,       // hlt
+		0xEB, 0xFD, // jmp hlt
+	}
+	if len(msg) > 510-len(code)-1 {
+		return errors.New("qemutest: message too long for a boot sector")
+	}
+	disk := make([]byte, 1<<20)
+	copy(disk, code)
+	copy(disk[len(code):], msg)
+	disk[510], disk[511] = 0x55, 0xAA
+	return os.WriteFile(path, disk, 0o644)
+}

@@ -1,0 +1,206 @@
+package release
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/ecs-image/ecs-image/formats"
+)
+
+// BuildInfo is what the builder records about a build (build-manifest.json
+// beside the artifacts). Every field is optional.
+type BuildInfo struct {
+	Name           string    `json:"name,omitempty"`
+	Version        string    `json:"version,omitempty"`
+	Variant        string    `json:"variant,omitempty"`
+	BaseImage      BaseImage `json:"base_image"`
+	TemplateDigest string    `json:"template_digest,omitempty"`
+	BuilderVersion string    `json:"builder_version,omitempty"`
+	GitRevision    string    `json:"git_revision,omitempty"`
+	BuildTime      string    `json:"build_time,omitempty"` // RFC 3339
+	Packages       []Package `json:"packages,omitempty"`
+}
+
+// BaseImage names the base cloud image a build started from.
+type BaseImage struct {
+	Name   string `json:"name,omitempty"`
+	Digest string `json:"digest,omitempty"` // "sha256:<hex>"
+}
+
+// Package is one guest package (the SBOM-lite).
+type Package struct {
+	Name    string `json:"name"`
+	Version string `json:"version,omitempty"`
+	Arch    string `json:"arch,omitempty"`
+}
+
+// UnmarshalJSON accepts an object or a "name=version" / "name version" string.
+func (p *Package) UnmarshalJSON(b []byte) error {
+	var s string
+	if err := json.Unmarshal(b, &s); err == nil {
+		name, ver, _ := strings.Cut(strings.TrimSpace(s), "=")
+		if ver == "" {
+			name, ver, _ = strings.Cut(name, " ")
+		}
+		*p = Package{Name: strings.TrimSpace(name), Version: strings.TrimSpace(ver)}
+		return nil
+	}
+	type plain Package
+	return json.Unmarshal(b, (*plain)(p))
+}
+
+// ReadBuildInfo reads a builder's build manifest; a missing file gives an
+// empty BuildInfo and ok=false.
+func ReadBuildInfo(path string) (bi BuildInfo, ok bool, err error) {
+	data, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return BuildInfo{}, false, nil
+	}
+	if err != nil {
+		return BuildInfo{}, false, &Error{Path: path, Msg: errText(err)}
+	}
+	dec := json.NewDecoder(bytes.NewReader(data))
+	if err := dec.Decode(&bi); err != nil {
+		msg := err.Error()
+		var se *json.SyntaxError
+		var te *json.UnmarshalTypeError
+		switch {
+		case errors.As(err, &se):
+			msg = fmt.Sprintf("line %d: %v", lineOf(data, se.Offset), err)
+		case errors.As(err, &te):
+			msg = fmt.Sprintf("line %d: field %s: want %s, got %s", lineOf(data, te.Offset), te.Field, te.Type, te.Value)
+		}
+		return BuildInfo{}, false, &Error{Path: path, Msg: "build manifest: " + msg}
+	}
+	return bi, true, nil
+}
+
+func lineOf(data []byte, off int64) int {
+	if off > int64(len(data)) {
+		off = int64(len(data))
+	}
+	return bytes.Count(data[:off], []byte("\n")) + 1
+}
+
+// Manifest is a release's manifest.json.
+type Manifest struct {
+	Schema      string     `json:"schema"`
+	ReleaseTime string     `json:"release_time"`
+	SigningKey  string     `json:"signing_key,omitempty"` // fingerprint
+	Signature   string     `json:"signature,omitempty"`   // file name of the SHA256SUMS signature
+	Artifacts   []Artifact `json:"artifacts"`
+	BuildInfo
+}
+
+// ManifestSchema identifies the manifest.json layout.
+const ManifestSchema = "ecs-image/release/v1"
+
+// Artifact is one file of a release.
+type Artifact struct {
+	Name   string `json:"name"`
+	Format string `json:"format,omitempty"`
+	Size   int64  `json:"size"`
+	SHA256 string `json:"sha256"`
+}
+
+// Options control Make.
+type Options struct {
+	// BuildManifest is the builder's manifest; default DIR/build-manifest.json.
+	BuildManifest string
+	// Signer signs SHA256SUMS; nil writes no signature.
+	Signer *Signer
+	// Now is the release time (default time.Now).
+	Now func() time.Time
+}
+
+// reserved are file names a release owns in its directory.
+func reserved(name string) bool {
+	switch name {
+	case SumsFile, SignatureFile, SumsFile + ".sig", ManifestFile, BuildManifestFile:
+		return true
+	}
+	return strings.HasPrefix(name, ".")
+}
+
+// Make writes manifest.json, SHA256SUMS (covering every artifact and
+// manifest.json) and, with a signer, SHA256SUMS.asc into dir. Artifacts are
+// the regular files in dir, except hidden files and the release's own.
+func Make(ctx context.Context, dir string, opts Options) (*Manifest, error) {
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	if opts.BuildManifest == "" {
+		opts.BuildManifest = filepath.Join(dir, BuildManifestFile)
+	}
+	bi, _, err := ReadBuildInfo(opts.BuildManifest)
+	if err != nil {
+		return nil, err
+	}
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, &Error{Path: dir, Msg: errText(err)}
+	}
+	m := &Manifest{Schema: ManifestSchema, ReleaseTime: opts.Now().UTC().Format(time.RFC3339), BuildInfo: bi, Artifacts: []Artifact{}}
+	if opts.Signer != nil {
+		m.SigningKey = opts.Signer.Fingerprint()
+		m.Signature = SignatureFile
+	}
+	var sums []Sum
+	for _, e := range entries {
+		if !e.Type().IsRegular() || reserved(e.Name()) {
+			continue
+		}
+		sum, size, err := HashFile(ctx, filepath.Join(dir, e.Name()))
+		if err != nil {
+			return nil, err
+		}
+		m.Artifacts = append(m.Artifacts, Artifact{Name: e.Name(), Format: formats.ForFile(e.Name()), Size: size, SHA256: sum})
+		sums = append(sums, Sum{Name: e.Name(), SHA256: sum, Size: size})
+	}
+	if len(m.Artifacts) == 0 {
+		return nil, &Error{Path: dir, Msg: "no artifact to release"}
+	}
+	sort.Slice(m.Artifacts, func(i, j int) bool { return m.Artifacts[i].Name < m.Artifacts[j].Name })
+
+	mj, err := json.MarshalIndent(m, "", "  ")
+	if err != nil {
+		return nil, err
+	}
+	mj = append(mj, '\n')
+	ms := sha256.Sum256(mj)
+	sums = append(sums, Sum{Name: ManifestFile, SHA256: hex.EncodeToString(ms[:]), Size: int64(len(mj))})
+	sumsData := FormatSums(sums)
+	var sig []byte
+	if opts.Signer != nil {
+		if sig, err = opts.Signer.Sign(sumsData); err != nil {
+			return nil, err
+		}
+	}
+	// Drop a stale signature first: it must never sit beside new sums.
+	if err := os.Remove(filepath.Join(dir, SignatureFile)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return nil, err
+	}
+	if err := writeAtomic(filepath.Join(dir, ManifestFile), mj, 0o644); err != nil {
+		return nil, err
+	}
+	if err := writeAtomic(filepath.Join(dir, SumsFile), sumsData, 0o644); err != nil {
+		return nil, err
+	}
+	if sig != nil {
+		if err := writeAtomic(filepath.Join(dir, SignatureFile), sig, 0o644); err != nil {
+			return nil, err
+		}
+	}
+	return m, nil
+}

@@ -1,0 +1,219 @@
+package release
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path"
+	"sort"
+	"sync"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
+	"github.com/aws/aws-sdk-go-v2/config"
+	"github.com/aws/aws-sdk-go-v2/service/s3"
+	"github.com/aws/aws-sdk-go-v2/service/s3/types"
+	"github.com/aws/smithy-go"
+
+	"github.com/ecs-image/ecs-image/progress"
+)
+
+// Multipart upload tuning.
+const (
+	multipartThreshold = 64 << 20 // files at least this large go multipart
+	minPartSize        = 16 << 20
+	maxParts           = 10000
+	partConcurrency    = 4
+)
+
+// digestMeta is the user metadata key holding an object's SHA-256
+// (x-amz-meta-sha256): S3's ETag is no content digest for multipart uploads.
+const digestMeta = "sha256"
+
+// partHook, when set (tests), runs after each uploaded part.
+var partHook func(key string, part int32)
+
+// S3Target publishes under s3://bucket/prefix.
+type S3Target struct {
+	client *s3.Client
+	bucket string
+	prefix string
+}
+
+// NewS3Target connects to bucket with the default AWS credential chain
+// (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, shared config, ...).
+func NewS3Target(ctx context.Context, bucket, prefix string, o S3Options) (*S3Target, error) {
+	client, err := NewS3Client(ctx, o)
+	if err != nil {
+		return nil, err
+	}
+	return &S3Target{client: client, bucket: bucket, prefix: prefix}, nil
+}
+
+// NewS3Client builds an S3 client; a custom endpoint uses path-style
+// addressing (S3-compatible servers such as versitygw or MinIO).
+func NewS3Client(ctx context.Context, o S3Options) (*s3.Client, error) {
+	var lo []func(*config.LoadOptions) error
+	if o.Region != "" {
+		lo = append(lo, config.WithRegion(o.Region))
+	}
+	cfg, err := config.LoadDefaultConfig(ctx, lo...)
+	if err != nil {
+		return nil, fmt.Errorf("AWS configuration: %w", err)
+	}
+	if cfg.Region == "" {
+		cfg.Region = "us-east-1"
+	}
+	return s3.NewFromConfig(cfg, func(so *s3.Options) {
+		if o.Endpoint != "" {
+			so.BaseEndpoint = aws.String(o.Endpoint)
+			so.UsePathStyle = true
+		}
+		so.RequestChecksumCalculation = aws.RequestChecksumCalculationWhenRequired
+		so.ResponseChecksumValidation = aws.ResponseChecksumValidationWhenRequired
+	}), nil
+}
+
+func (t *S3Target) key(k string) string {
+	if t.prefix == "" {
+		return k
+	}
+	return path.Join(t.prefix, k)
+}
+
+func (t *S3Target) String() string { return "s3://" + path.Join(t.bucket, t.prefix) }
+
+// Digest reads the sha256 metadata of the object at key.
+func (t *S3Target) Digest(ctx context.Context, key string) (string, int64, bool, error) {
+	out, err := t.client.HeadObject(ctx, &s3.HeadObjectInput{Bucket: &t.bucket, Key: aws.String(t.key(key))})
+	if isNotFound(err) {
+		return "", 0, false, nil
+	}
+	if err != nil {
+		return "", 0, false, fmt.Errorf("%s: %w", t.key(key), err)
+	}
+	sum, ok := out.Metadata[digestMeta]
+	return sum, aws.ToInt64(out.ContentLength), ok, nil
+}
+
+func isNotFound(err error) bool {
+	if err == nil {
+		return false
+	}
+	var nf *types.NotFound
+	var nk *types.NoSuchKey
+	if errors.As(err, &nf) || errors.As(err, &nk) {
+		return true
+	}
+	var re *awshttp.ResponseError
+	if errors.As(err, &re) && re.HTTPStatusCode() == http.StatusNotFound {
+		return true
+	}
+	var ae smithy.APIError
+	return errors.As(err, &ae) && (ae.ErrorCode() == "NotFound" || ae.ErrorCode() == "NoSuchKey")
+}
+
+// Put uploads file, multipart when large; a failed or cancelled multipart
+// upload is aborted so no partial object or stray parts remain.
+func (t *S3Target) Put(ctx context.Context, key, file, sum string, size int64) error {
+	f, err := os.Open(file)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	tr := progress.New("upload "+key, size)
+	defer tr.Done()
+	meta := map[string]string{digestMeta: sum}
+	k := aws.String(t.key(key))
+	if size < multipartThreshold {
+		_, err := t.client.PutObject(ctx, &s3.PutObjectInput{Bucket: &t.bucket, Key: k, Body: io.NewSectionReader(f, 0, size),
+			ContentLength: aws.Int64(size), Metadata: meta})
+		if err == nil {
+			tr.Add(size)
+		}
+		return err
+	}
+	partSize := int64(minPartSize)
+	if need := (size + maxParts - 1) / maxParts; need > partSize {
+		partSize = (need + 1<<20 - 1) / (1 << 20) * (1 << 20)
+	}
+	cr, err := t.client.CreateMultipartUpload(ctx, &s3.CreateMultipartUploadInput{Bucket: &t.bucket, Key: k, Metadata: meta})
+	if err != nil {
+		return err
+	}
+	completed := false
+	defer func() {
+		if !completed {
+			// Abort even when ctx is cancelled.
+			actx := context.WithoutCancel(ctx)
+			_, _ = t.client.AbortMultipartUpload(actx, &s3.AbortMultipartUploadInput{Bucket: &t.bucket, Key: k, UploadId: cr.UploadId})
+		}
+	}()
+
+	nparts := int32((size + partSize - 1) / partSize)
+	parts := make([]types.CompletedPart, 0, nparts)
+	var mu sync.Mutex
+	var firstErr error
+	pctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	sem := make(chan struct{}, partConcurrency)
+	var wg sync.WaitGroup
+	for n := int32(1); n <= nparts; n++ {
+		select {
+		case sem <- struct{}{}:
+		case <-pctx.Done():
+		}
+		if pctx.Err() != nil {
+			break
+		}
+		off := int64(n-1) * partSize
+		length := min(partSize, size-off)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			out, err := t.client.UploadPart(pctx, &s3.UploadPartInput{Bucket: &t.bucket, Key: k, UploadId: cr.UploadId,
+				PartNumber: aws.Int32(n), Body: io.NewSectionReader(f, off, length), ContentLength: aws.Int64(length)})
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				if firstErr == nil {
+					firstErr = fmt.Errorf("part %d: %w", n, err)
+				}
+				cancel()
+				return
+			}
+			parts = append(parts, types.CompletedPart{ETag: out.ETag, PartNumber: aws.Int32(n)})
+			tr.Add(length)
+			if partHook != nil {
+				partHook(key, n)
+			}
+		}()
+	}
+	wg.Wait()
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if firstErr != nil {
+		return firstErr
+	}
+	sort.Slice(parts, func(i, j int) bool { return *parts[i].PartNumber < *parts[j].PartNumber })
+	if _, err := t.client.CompleteMultipartUpload(ctx, &s3.CompleteMultipartUploadInput{Bucket: &t.bucket, Key: k, UploadId: cr.UploadId,
+		MultipartUpload: &types.CompletedMultipartUpload{Parts: parts}}); err != nil {
+		return err
+	}
+	completed = true
+	return nil
+}
+
+// Delete removes key.
+func (t *S3Target) Delete(ctx context.Context, key string) error {
+	_, err := t.client.DeleteObject(ctx, &s3.DeleteObjectInput{Bucket: &t.bucket, Key: aws.String(t.key(key))})
+	if isNotFound(err) {
+		return nil
+	}
+	return err
+}
