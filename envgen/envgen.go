@@ -147,7 +147,7 @@ func Generate(ctx context.Context, opts Options) ([]byte, error) {
 				return nil, &env.Error{Problems: probs}
 			}
 		}
-		return nil, fmt.Errorf("internal error: the generated env.yml does not validate: %w", err)
+		return nil, fmt.Errorf("internal error: the generated env.yml does not validate: %v", err) // not %w: not bad input
 	}
 	return out, nil
 }
