@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/ecs-image/ecs-image/env"
+	"github.com/skip2/go-qrcode"
 )
 
 var testNow = time.Date(2026, 3, 4, 5, 6, 7, 0, time.Local)
@@ -323,6 +324,17 @@ func TestDecodeQRChunks(t *testing.T) {
 			if !strings.ContainsRune("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ $%*+-./:=", ch) {
 				t.Fatalf("chunk char %q outside the QR alphanumeric set (and '=' padding)", ch)
 			}
+		}
+	}
+	for i, c := range chunks {
+		q, err := qrcode.New(c, qrcode.Medium)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Alphanumeric mode keeps a full chunk within version 29 (byte mode
+		// would need version 36).
+		if q.VersionNumber > 29 {
+			t.Errorf("chunk %d needs QR version %d, want <= 29", i+1, q.VersionNumber)
 		}
 	}
 	shuffled := append([]string(nil), chunks...)

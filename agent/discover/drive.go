@@ -220,7 +220,8 @@ func readFAT(dev, file string) ([]byte, error) {
 		return nil, fmt.Errorf("fat: %w", err)
 	}
 	// FAT names are case-insensitive; find the entry to get its stored name.
-	dir := "/"
+	// ReadDir takes io/fs paths ("." is the root); OpenFile absolute ones.
+	dir := "."
 	parts := strings.Split(strings.Trim(file, "/"), "/")
 	for _, part := range parts {
 		entries, err := fsys.ReadDir(dir)
@@ -239,7 +240,7 @@ func readFAT(dev, file string) ([]byte, error) {
 		}
 		dir = path.Join(dir, found)
 	}
-	fh, err := fsys.OpenFile(dir, os.O_RDONLY)
+	fh, err := fsys.OpenFile("/"+dir, os.O_RDONLY)
 	if err != nil {
 		return nil, fmt.Errorf("fat: %s: %w", dir, err)
 	}

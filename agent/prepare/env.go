@@ -46,7 +46,7 @@ func (a *Agent) PrepareEnv(ctx context.Context) error {
 	if err != nil {
 		var ee *env.Error
 		if errors.As(err, &ee) {
-			err = fmt.Errorf("invalid env.yml from %s:\n%s", name, ee.Error())
+			err = fmt.Errorf("invalid env.yml: %s", strings.ReplaceAll(ee.Error(), "\n", "; "))
 		}
 		return a.fail(step, err)
 	}

@@ -139,6 +139,7 @@ func run(args []string) int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	rootCmd.SetArgs(args)
+	resetContext(rootCmd, ctx)
 	err := rootCmd.ExecuteContext(ctx)
 	if err == nil {
 		return exitOK
@@ -162,6 +163,16 @@ func isCobraUsageError(err error) bool {
 		}
 	}
 	return false
+}
+
+// resetContext gives every command the context of this run; cobra keeps a
+// subcommand's context from an earlier Execute otherwise (tests run the CLI
+// in-process several times).
+func resetContext(c *cobra.Command, ctx context.Context) {
+	c.SetContext(ctx)
+	for _, sub := range c.Commands() {
+		resetContext(sub, ctx)
+	}
 }
 
 func main() {
