@@ -32,7 +32,9 @@ func (s *stepSeedISO) Run(ctx context.Context, state multistep.StateBag) multist
 	sr.seed = filepath.Join(sr.dir, "seed.iso")
 	err = cidata.Write(sr.seed, cidata.Options{
 		UserData: ud, Raw: true, UserDataName: "build user-data",
-		Hostname: "ecs-build",
+		// "localhost" resolves without touching /etc/hosts (sudo looks
+		// the host name up); the appliance's own seed names it later.
+		Hostname: "localhost",
 		MetaData: []byte(fmt.Sprintf("instance-id: ecs-build-%s-%d\n", sr.key[:12], timeNow().UnixNano())),
 	})
 	if err != nil {

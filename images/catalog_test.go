@@ -212,3 +212,14 @@ func TestParseSize(t *testing.T) {
 		}
 	}
 }
+
+func TestBuildNeedsRoot(t *testing.T) {
+	defer func(f func() int) { geteuid = f }(geteuid)
+	geteuid = func() int { return 1000 }
+	c := testCache(t)
+	_, err := BuildBase(context.Background(), c, BuildOptions{})
+	if err == nil || !strings.Contains(err.Error(), "needs root") {
+		t.Fatalf("want a needs-root error, got %v", err)
+	}
+	assertEmptyCache(t, c)
+}

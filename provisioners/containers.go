@@ -25,7 +25,9 @@ import (
 const DefaultImageDir = "/app/images"
 
 // Containers bakes container images into the image as tarballs
-// (docker-archive or OCI layout), with a manifest (images.json) beside them.
+// (docker-archive or OCI layout), with a manifest (images.json) beside them
+// and the agent's image index (manifest.json: file, tags and compose hints;
+// see docs/agent.md, "prepare-ecs").
 type Containers struct {
 	Images []ContainerImage `yaml:"images"`
 	// Dir is the guest directory (default /app/images).
@@ -48,6 +50,17 @@ type ContainerImage struct {
 	Ref string `yaml:"ref"`
 	// Name is the file name in Dir (default: from Path or Ref).
 	Name string `yaml:"name"`
+	// Tags are applied by the agent after `docker load`; the first is what
+	// it runs (default: the docker-archive's RepoTags, or Ref).
+	Tags []string `yaml:"tags"`
+	// Service, Web, Port, Command and NoCompose are passed to the agent's
+	// image index unchanged (compose service name, the service nginx
+	// proxies to, its container port, command override, load only).
+	Service   string   `yaml:"service"`
+	Web       bool     `yaml:"web"`
+	Port      int      `yaml:"port"`
+	Command   []string `yaml:"command"`
+	NoCompose bool     `yaml:"no_compose"`
 
 	format string
 }
@@ -64,6 +77,18 @@ type ImageManifestEntry struct {
 	Source string `json:"source"`
 	SHA256 string `json:"sha256"`
 	Size   int64  `json:"size"`
+}
+
+// AgentIndexEntry is one entry of the agent's image index, manifest.json
+// beside the tarballs (agent/prepare.ImageEntry).
+type AgentIndexEntry struct {
+	File      string   `json:"file"`
+	Tags      []string `json:"tags"`
+	Service   string   `json:"service,omitempty"`
+	Web       bool     `json:"web,omitempty"`
+	Port      int      `json:"port,omitempty"`
+	Command   []string `json:"command,omitempty"`
+	NoCompose bool     `json:"no_compose,omitempty"`
 }
 
 var fileNameRe = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]*$`)
@@ -107,6 +132,12 @@ func (c *Containers) Check(dir string) []FieldError {
 			if im.Name == "" {
 				im.Name = filepath.Base(im.Path)
 			}
+			if len(im.Tags) == 0 && format == "docker-archive" {
+				im.Tags = archiveTags(im.Path)
+			}
+			if len(im.Tags) == 0 && err == nil {
+				errs = append(errs, fieldErr(f+".tags", "required: the tarball names no image (no RepoTags in its manifest.json)"))
+			}
 		default:
 			if _, err := name.ParseReference(im.Ref); err != nil {
 				errs = append(errs, fieldErr(f+".ref", "%v", err))
@@ -116,8 +147,21 @@ func (c *Containers) Check(dir string) []FieldError {
 			if im.Name == "" {
 				im.Name = refFileName(im.Ref)
 			}
+			if len(im.Tags) == 0 {
+				im.Tags = []string{im.Ref}
+			}
 		}
-		if !fileNameRe.MatchString(im.Name) {
+		for j, t := range im.Tags {
+			if _, err := name.ParseReference(t); err != nil {
+				errs = append(errs, fieldErr(fmt.Sprintf("%s.tags[%d]", f, j), "%v", err))
+			}
+		}
+		if im.Port < 0 || im.Port > 65535 {
+			errs = append(errs, fieldErr(f+".port", "%d is not a port", im.Port))
+		}
+		if im.Name == "images.json" || im.Name == "manifest.json" {
+			errs = append(errs, fieldErr(f+".name", "%q is reserved for the image indexes", im.Name))
+		} else if !fileNameRe.MatchString(im.Name) {
 			errs = append(errs, fieldErr(f+".name", "%q is not a plain file name", im.Name))
 		} else if names[im.Name] {
 			errs = append(errs, fieldErr(f+".name", "%q is used twice", im.Name))
@@ -154,6 +198,34 @@ func archiveFormat(p string) (string, error) {
 		case "manifest.json":
 			return "docker-archive", nil
 		}
+	}
+}
+
+// archiveTags returns the RepoTags of a docker-archive's manifest.json.
+func archiveTags(p string) []string {
+	f, err := os.Open(p)
+	if err != nil {
+		return nil
+	}
+	defer f.Close()
+	tr := tar.NewReader(f)
+	for {
+		h, err := tr.Next()
+		if err != nil {
+			return nil
+		}
+		if strings.TrimPrefix(h.Name, "./") != "manifest.json" {
+			continue
+		}
+		var man []struct{ RepoTags []string }
+		if json.NewDecoder(io.LimitReader(tr, 1<<20)).Decode(&man) != nil {
+			return nil
+		}
+		var tags []string
+		for _, m := range man {
+			tags = append(tags, m.RepoTags...)
+		}
+		return tags
 	}
 }
 
@@ -198,6 +270,7 @@ func (c *Containers) Place(ctx context.Context, a *Archive) error {
 		return err
 	}
 	var man ImageManifest
+	index := []AgentIndexEntry{}
 	for _, im := range c.Images {
 		src, source := im.Path, im.Path
 		if im.Ref != "" {
@@ -224,6 +297,15 @@ func (c *Containers) Place(ctx context.Context, a *Archive) error {
 			return err
 		}
 		man.Images = append(man.Images, ImageManifestEntry{File: im.Name, Format: im.format, Source: source, SHA256: sum, Size: size})
+		index = append(index, AgentIndexEntry{File: im.Name, Tags: im.Tags, Service: im.Service, Web: im.Web,
+			Port: im.Port, Command: im.Command, NoCompose: im.NoCompose})
+	}
+	idata, err := json.MarshalIndent(index, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := a.Bytes(path.Join(c.Dir, "manifest.json"), append(idata, '\n'), 0o644, root); err != nil {
+		return err
 	}
 	data, err := json.MarshalIndent(man, "", "  ")
 	if err != nil {

@@ -5,6 +5,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"io"
 	"os"
@@ -284,8 +285,9 @@ func TestContainersManifest(t *testing.T) {
 	// A minimal docker-archive: manifest.json first.
 	var img bytes.Buffer
 	tw := tar.NewWriter(&img)
-	tw.WriteHeader(&tar.Header{Name: "manifest.json", Mode: 0o644, Size: 2})
-	tw.Write([]byte("[]"))
+	dm := `[{"Config":"c.json","RepoTags":["redis:7"],"Layers":[]}]`
+	tw.WriteHeader(&tar.Header{Name: "manifest.json", Mode: 0o644, Size: int64(len(dm))})
+	tw.Write([]byte(dm))
 	tw.Close()
 	os.WriteFile(filepath.Join(dir, "redis.tar"), img.Bytes(), 0o644)
 	c := &Containers{Images: []ContainerImage{{Path: "redis.tar"}}}
@@ -302,7 +304,7 @@ func TestContainersManifest(t *testing.T) {
 	}
 	a.Close()
 	tr := tar.NewReader(&buf)
-	var manifest string
+	var manifest, index string
 	for {
 		h, err := tr.Next()
 		if err != nil {
@@ -312,6 +314,29 @@ func TestContainersManifest(t *testing.T) {
 			b, _ := io.ReadAll(tr)
 			manifest = string(b)
 		}
+		if h.Name == "app/images/manifest.json" {
+			b, _ := io.ReadAll(tr)
+			index = string(b)
+		}
+	}
+	// The agent's image index: the tags come from the archive's RepoTags.
+	var entries []AgentIndexEntry
+	if err := json.Unmarshal([]byte(index), &entries); err != nil || len(entries) != 1 ||
+		entries[0].File != "redis.tar" || strings.Join(entries[0].Tags, ",") != "redis:7" {
+		t.Errorf("agent index: %s (%v)", index, err)
+	}
+	// An archive that names no image needs tags.
+	var untagged bytes.Buffer
+	tw = tar.NewWriter(&untagged)
+	tw.WriteHeader(&tar.Header{Name: "manifest.json", Mode: 0o644, Size: 2})
+	tw.Write([]byte("[]"))
+	tw.Close()
+	os.WriteFile(filepath.Join(dir, "anon.tar"), untagged.Bytes(), 0o644)
+	if errs := (&Containers{Images: []ContainerImage{{Path: "anon.tar"}}}).Check(dir); len(errs) != 1 || errs[0].Field != "images[0].tags" {
+		t.Errorf("untagged archive: %v", errs)
+	}
+	if errs := (&Containers{Images: []ContainerImage{{Path: "anon.tar", Tags: []string{"ecs/anon:1"}}}}).Check(dir); len(errs) != 0 {
+		t.Errorf("untagged archive with tags: %v", errs)
 	}
 	if !strings.Contains(manifest, `"file": "redis.tar"`) || !strings.Contains(manifest, `"format": "docker-archive"`) {
 		t.Errorf("manifest: %s", manifest)

@@ -19,6 +19,7 @@ import (
 
 // PrepareAppliance configures the host services from the active env.yml.
 func (a *Agent) PrepareAppliance(ctx context.Context) error {
+	a.tlsChanged = false
 	return a.runChain(ctx, "prepare-appliance", []Step{
 		{"layout", a.stepLayout},
 		{"hostname", a.stepHostname},
@@ -266,11 +267,11 @@ func (a *Agent) stepExtraPackages(ctx context.Context, e *Env) error {
 
 // PGTuning is PostgreSQL's configuration derived from the machine size.
 type PGTuning struct {
-	MemMB, Cores                                 int64
-	MaxConnections                               int64
-	SharedBuffersMB, EffectiveCacheMB            int64
-	MaintenanceWorkMB, WorkMemMB                 int64
-	MaxWorkers, ParallelPerGather                int64
+	MemMB, Cores                      int64
+	MaxConnections                    int64
+	SharedBuffersMB, EffectiveCacheMB int64
+	MaintenanceWorkMB, WorkMemMB      int64
+	MaxWorkers, ParallelPerGather     int64
 }
 
 // TunePostgres sizes PostgreSQL for a machine with memBytes of RAM and cores CPUs.
@@ -387,4 +388,3 @@ func isHex(s string) bool {
 	_, err := hex.DecodeString(s)
 	return err == nil && s != ""
 }
-

@@ -109,6 +109,7 @@ func (a *Agent) PlanCompose() (*ComposePlan, error) {
 	if a.Host.Exists(DatabaseEnv) {
 		dbEnv = DatabaseEnv
 	}
+	webSeen := false
 	webIdx := -1
 	for i, im := range list {
 		if im.Web && !im.NoCompose {
@@ -145,7 +146,7 @@ func (a *Agent) PlanCompose() (*ComposePlan, error) {
 		if port == 0 && len(cfg.ExposedTCP) > 0 {
 			port = cfg.ExposedTCP[0]
 		}
-		if plan.Web == nil && port > 0 && (webIdx == i || webIdx < 0) {
+		if !webSeen && port > 0 && (webIdx == i || webIdx < 0) {
 			s.Web, s.WebPort = true, port
 			s.Ports = append(s.Ports, fmt.Sprintf("127.0.0.1:%d:%d", WebPort, port))
 		}
@@ -156,10 +157,9 @@ func (a *Agent) PlanCompose() (*ComposePlan, error) {
 		}
 		plan.Services = append(plan.Services, s)
 		if s.Web {
-			plan.Web = &plan.Services[len(plan.Services)-1]
+			webSeen = true
 		}
 	}
-	// Re-point Web after appends may have moved the slice.
 	for i := range plan.Services {
 		if plan.Services[i].Web {
 			plan.Web = &plan.Services[i]

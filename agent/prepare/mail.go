@@ -73,6 +73,7 @@ func (a *Agent) stepMail(ctx context.Context, e *Env) error {
 	} else {
 		settings = append(settings, "smtpd_milters=", "non_smtpd_milters=")
 	}
+	before := a.postfixConfig(ctx)
 	if _, err := a.Host.Run(ctx, "postconf", append([]string{"-e"}, settings...)...); err != nil {
 		return err
 	}
@@ -88,7 +89,22 @@ func (a *Agent) stepMail(ctx context.Context, e *Env) error {
 			return err
 		}
 	}
-	return a.systemctl(ctx, "reload-or-restart", "postfix.service")
+	// inet_interfaces and master.cf changes need a restart, not a reload.
+	if a.postfixConfig(ctx) != before {
+		return a.systemctl(ctx, "restart", "postfix.service")
+	}
+	return a.systemctl(ctx, "start", "postfix.service")
+}
+
+// postfixConfig is postfix's effective non-default configuration
+// (main.cf and master.cf), to tell whether postconf changed anything.
+func (a *Agent) postfixConfig(ctx context.Context) string {
+	n, err1 := a.Host.Run(ctx, "postconf", "-n")
+	m, err2 := a.Host.Run(ctx, "postconf", "-M")
+	if err1 != nil || err2 != nil {
+		return "unknown"
+	}
+	return string(n) + "\x00" + string(m)
 }
 
 func parseRSAKey(text string) (*rsa.PrivateKey, error) {

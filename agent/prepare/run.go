@@ -173,14 +173,19 @@ func sdNotify(state string) error {
 }
 
 // Cleanup runs after the appliance is up: it removes dangling images and
-// stale upload spool files. Failures are logged, not fatal.
+// upload spool files older than a day. Failures are logged, not fatal.
 func (a *Agent) Cleanup(ctx context.Context) error {
 	var errs []error
 	if _, err := a.Host.Run(ctx, "docker", "image", "prune", "-f"); err != nil {
 		errs = append(errs, err)
 	}
+	// Uploads older than a day are leftovers of an interrupted deploy.
 	entries, _ := os.ReadDir(a.Host.Path(SpoolDir))
 	for _, en := range entries {
+		fi, err := en.Info()
+		if err != nil || time.Since(fi.ModTime()) < 24*time.Hour {
+			continue
+		}
 		if err := os.RemoveAll(a.Host.Path(SpoolDir + "/" + en.Name())); err != nil {
 			errs = append(errs, err)
 		}

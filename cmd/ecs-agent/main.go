@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/ecs-image/ecs-image/agent/host"
 	"github.com/ecs-image/ecs-image/agent/prepare"
@@ -69,7 +70,7 @@ func init() {
 	rootCmd.PersistentFlags().StringVar(&flagRoot, "root", "/", "prefix for every path the agent reads or writes")
 	rootCmd.PersistentFlags().StringVar(&flagRunner, "runner", "", `external commands: "exec" (run them) or "record" (log them); default exec when --root is /, else record`)
 	rootCmd.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error {
-		return usageError{fmt.Errorf("%w\nSee '%s --help'.", err, cmd.CommandPath())}
+		return usageError{fmt.Errorf("%w (see '%s --help')", err, cmd.CommandPath())}
 	})
 	rootCmd.AddCommand(&cobra.Command{
 		Use:   "version",
@@ -110,7 +111,9 @@ func newHost() (*host.Host, io.Closer, error) {
 	}
 	switch mode {
 	case "exec":
-		return host.New(root, host.ExecRunner{}), io.NopCloser(nil), nil
+		// Grace lets docker-compose stop its containers on SIGTERM
+		// (TimeoutStopSec=3min in appliance.service).
+		return host.New(root, host.ExecRunner{Grace: 150 * time.Second}), io.NopCloser(nil), nil
 	case "record":
 		h := host.New(root, nil)
 		logPath := h.Path("/var/log/ecs-agent/commands.log")

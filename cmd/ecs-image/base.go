@@ -112,7 +112,8 @@ func init() {
 	badInputCheckers = append(badInputCheckers, func(err error) bool {
 		var ie *images.InputError
 		var me *images.ImageError
-		return errors.As(err, &ie) || errors.As(err, &me)
+		var ce *images.CatalogError
+		return errors.As(err, &ie) || errors.As(err, &me) || errors.As(err, &ce)
 	})
 }
 

@@ -1,0 +1,55 @@
+package images
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+)
+
+// A bootstrap interrupted mid-way can leave bind mounts in the chroot;
+// removing the build directory must never delete through them.
+func TestSafeRemoveAllUnmountsFirst(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to mount")
+	}
+	hostDir := t.TempDir()
+	sentinel := filepath.Join(hostDir, "precious")
+	if err := os.WriteFile(sentinel, []byte("keep me"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	build := t.TempDir()
+	dev := filepath.Join(build, "root", "dev")
+	proc := filepath.Join(build, "root", "proc")
+	for _, d := range []string{dev, proc} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if out, err := exec.Command("mount", "--bind", hostDir, dev).CombinedOutput(); err != nil {
+		t.Skipf("bind mount not possible here: %v %s", err, out)
+	}
+	defer exec.Command("umount", "-l", dev).Run()
+	if out, err := exec.Command("mount", "-t", "tmpfs", "tmpfs", proc).CombinedOutput(); err != nil {
+		t.Skipf("tmpfs mount not possible here: %v %s", err, out)
+	}
+	defer exec.Command("umount", "-l", proc).Run()
+	if m, _ := mountsUnder(build); len(m) != 2 {
+		t.Fatalf("mountsUnder: %v", m)
+	}
+	if err := safeRemoveAll(build); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(build); !os.IsNotExist(err) {
+		t.Errorf("build dir still there: %v", err)
+	}
+	if b, err := os.ReadFile(sentinel); err != nil || string(b) != "keep me" {
+		t.Fatalf("file behind the bind mount was touched: %v", err)
+	}
+}
+
+func TestUnescapeMount(t *testing.T) {
+	if got := unescapeMount(`/a\040b\011c`); got != "/a b\tc" {
+		t.Errorf("got %q", got)
+	}
+}

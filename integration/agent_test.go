@@ -1,0 +1,262 @@
+//go:build integration
+
+package integration
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/json"
+	"encoding/pem"
+	"math/big"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ecs-image/ecs-image/cidata"
+	"github.com/ecs-image/ecs-image/communicator"
+	"github.com/ecs-image/ecs-image/qemu"
+)
+
+// TestAgentInGuest runs the real ecs-agent inside the local Debian base
+// (real systemd, real devices, real serial console), without the appliance
+// packages: prepare-env finds the cidata seed cloud-init used, systemd reads
+// the flattened env file, the unit chain reaches standby and failed states
+// (OnFailure handler, console markers on the host's serial log), and the
+// push-deploy API answers the host's `ecs-image deploy` over mutual TLS.
+// The full appliance (nginx, PostgreSQL, Docker) is the end-to-end suite's.
+func TestAgentInGuest(t *testing.T) {
+	base := baseImage(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 25*time.Minute)
+	defer cancel()
+	dir := t.TempDir()
+	disk := filepath.Join(dir, "disk.qcow2")
+	if err := qemu.Overlay(ctx, base, disk, 6<<30); err != nil {
+		t.Fatal(err)
+	}
+	key, err := communicator.GenerateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	const domain = "agent-it.example.org"
+	userData := "#cloud-config\nusers:\n  - name: builder\n    sudo: \"ALL=(ALL) NOPASSWD:ALL\"\n    shell: /bin/bash\n    lock_passwd: true\n    ssh_authorized_keys:\n      - \"" + key.AuthorizedKey + "\"\n" +
+		"appliance:\n  domain: " + domain + "\necs:\n  settings: |\n    SECRET_KEY = 'a$b\"c'\n    DEBUG = False\n"
+	seed := filepath.Join(dir, "seed.iso")
+	if err := cidata.Write(seed, cidata.Options{UserData: []byte(userData)}); err != nil {
+		t.Fatal(err)
+	}
+	serial := filepath.Join(dir, "serial.log")
+	m, err := qemu.Start(ctx, qemu.Config{
+		Name: "agent-it", Disk: disk, CDROMs: []string{seed}, Memory: 1024, CPUs: 2,
+		Forwards: []qemu.Forward{{Guest: 22}, {Guest: 8866}}, SerialLog: serial,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { m.Kill(); <-m.Done() }()
+	c, err := communicator.Dial(ctx, "127.0.0.1:"+strconv.Itoa(m.HostPort(22)), "builder", key.Signer, 12*time.Minute, m.Done())
+	if err != nil {
+		t.Fatalf("%v\nserial:\n%s", err, m.SerialTail(40))
+	}
+	defer c.Close()
+	root := func(cmd string) string {
+		t.Helper()
+		out, err := c.Output(ctx, cmd, true)
+		if err != nil {
+			t.Fatalf("%s: %v\n%s", cmd, err, out)
+		}
+		return out
+	}
+	waitSerial := func(marker string) {
+		t.Helper()
+		deadline := time.Now().Add(2 * time.Minute)
+		for {
+			data, _ := os.ReadFile(serial)
+			if strings.Contains(string(data), marker) {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("no %q on the serial console; tail:\n%s", marker, m.SerialTail(30))
+			}
+			time.Sleep(time.Second)
+		}
+	}
+
+	// Install like the builder's agent provisioner; systemd checks the units.
+	if err := c.Upload(ctx, ecsAgentPath(), "/usr/local/bin/ecs-agent", communicator.UploadOptions{Mode: 0o755, Sudo: true}); err != nil {
+		t.Fatal(err)
+	}
+	root("ecs-agent install-units && systemctl daemon-reload")
+	if out, err := c.Output(ctx, "cd /etc/systemd/system && systemd-analyze verify prepare-env.service prepare-appliance.service prepare-ecs.service appliance.service appliance-cleanup.service ecs-agent-deploy.service 'appliance-failed@x.service' 2>&1", true); err != nil || strings.Contains(out, "/etc/systemd/system/") {
+		t.Errorf("systemd-analyze verify in the guest: %v\n%s", err, out)
+	}
+	if out := root("systemctl is-enabled appliance.service ecs-agent-deploy.service"); out != "enabled\nenabled\n" {
+		t.Errorf("is-enabled: %q", out)
+	}
+
+	// prepare-env finds the seed on the CD-ROM, by label, without mounting.
+	start := time.Now()
+	root("ecs-agent prepare-env")
+	t.Logf("prepare-env took %s", time.Since(start).Round(time.Millisecond))
+	if src := root("cat /run/active-env.source"); !strings.HasPrefix(src, "cidata:/dev/") || !strings.Contains(src, "(iso9660)") {
+		t.Errorf("source %q", src)
+	}
+	if out := root("stat -c %a /run/active-env.yml /run/active-env.env"); out != "600\n600\n" {
+		t.Errorf("modes %q", out)
+	}
+	if got := root("cat /run/active-env.yml"); got != userData {
+		t.Errorf("active env differs from the seed's user-data:\n%s", got)
+	}
+	if out := root("grep -c ' /media\\| /mnt' /proc/mounts || true"); strings.TrimSpace(out) != "0" {
+		t.Errorf("something is mounted: %s", out)
+	}
+	// systemd's EnvironmentFile= reads the flattened env like bash does.
+	want := "SECRET_KEY = 'a$b\"c'\nDEBUG = False"
+	if got := root(`systemd-run --quiet --wait --pipe -p EnvironmentFile=/run/active-env.env /bin/sh -c 'printf %s "$ECS_SETTINGS"'`); got != want {
+		t.Errorf("systemd EnvironmentFile: %q, want %q", got, want)
+	}
+	if got := root(`bash -c 'set -a; . /run/active-env.env; printf %s "$ECS_SETTINGS"'`); got != want {
+		t.Errorf("bash: %q, want %q", got, want)
+	}
+
+	// Standby through the real unit chain: /app/env.yml wins over the seed.
+	root("mkdir -p /app && printf '#cloud-config\\nappliance:\\n  domain: " + domain + "\\n  standby: true\\n' > /app/env.yml")
+	root("systemctl start appliance.service")
+	waitSerial("ECS-APPLIANCE-STANDBY")
+	if out := root("ecs-agent status"); !strings.Contains(out, `"state": "standby"`) {
+		t.Errorf("status in standby: %s", out)
+	}
+	if out, _ := c.Output(ctx, "systemctl is-active prepare-env.service appliance.service", true); out != "active\ninactive\n" {
+		t.Errorf("units in standby: %q", out)
+	}
+
+	// An invalid env.yml: the chain fails, the OnFailure handler records it.
+	root("printf '#cloud-config\\nappliance:\\n  standby: false\\n' > /app/env.yml")
+	if _, err := c.Output(ctx, "systemctl restart appliance.service", true); err == nil {
+		t.Error("restart with an invalid env.yml succeeded")
+	}
+	waitSerial("ECS-APPLIANCE-FAILED: prepare-env: invalid env.yml")
+	out := root("cat /run/appliance-failed; ecs-agent status")
+	if !strings.Contains(out, "appliance.domain") || !strings.Contains(out, `"state": "failed"`) {
+		t.Errorf("failed state: %s", out)
+	}
+	if out := root("systemctl list-units --all --no-legend 'appliance-failed@*' | head -1"); !strings.Contains(out, "appliance-failed@prepare-env.service.service") {
+		t.Errorf("OnFailure handler did not run: %q", out)
+	}
+	// The flag blocks restarts until removed (exit 3 from prepare-env).
+	if code, _ := c.Run(ctx, "ecs-agent prepare-env", communicator.RunOptions{Sudo: true}); code != 3 {
+		t.Errorf("prepare-env with the failed flag: exit %d", code)
+	}
+	root("rm /run/appliance-failed /app/env.yml")
+
+	// Push-deploy API: the installed unit, mutual TLS from the host.
+	pkiDir := filepath.Join(dir, "pki")
+	os.MkdirAll(pkiDir, 0o700)
+	clientCA, clientCAKey := itCA(t, "deploy clients")
+	serverCA, serverCAKey := itCA(t, "appliance servers")
+	srvCert, srvKey := itIssue(t, serverCA, serverCAKey, domain, true)
+	cliCert, cliKey := itIssue(t, clientCA, clientCAKey, "operator", false)
+	otherCA, otherCAKey := itCA(t, "intruders")
+	badCert, badKey := itIssue(t, otherCA, otherCAKey, "intruder", false)
+	files := map[string][]byte{
+		"server.crt": srvCert, "server.key": srvKey, "ca.crt": itPEM(clientCA),
+		"config.json": []byte(`{"deployments": [{"name": "website", "args": ["-p", "8080:80"]}]}`),
+	}
+	for name, data := range files {
+		p := filepath.Join(pkiDir, name)
+		os.WriteFile(p, data, 0o600)
+		if err := c.Upload(ctx, p, "/etc/ecs-agent/"+name, communicator.UploadOptions{Mode: 0o600, Sudo: true}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	local := func(name string, data []byte) string {
+		p := filepath.Join(pkiDir, "local-"+name)
+		os.WriteFile(p, data, 0o600)
+		return p
+	}
+	serverCAFile := local("server-ca.crt", itPEM(serverCA))
+	good := []string{"--cert", local("client.crt", cliCert), "--key", local("client.key", cliKey), "--ca", serverCAFile, "--server-name", domain}
+	bad := []string{"--cert", local("bad.crt", badCert), "--key", local("bad.key", badKey), "--ca", serverCAFile, "--server-name", domain}
+	root("systemctl start ecs-agent-deploy.service")
+	hostAddr := "127.0.0.1:" + strconv.Itoa(m.HostPort(8866))
+	var list string
+	deadline := time.Now().Add(time.Minute)
+	for {
+		o, e, err := ecsImageRun(append([]string{"deploy", hostAddr, "-", "--action", "status"}, good...)...)
+		if err == nil {
+			list = o
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("deploy status: %v\n%s\n%s", err, e, root("journalctl -u ecs-agent-deploy --no-pager | tail -20"))
+		}
+		time.Sleep(2 * time.Second)
+	}
+	var sts []map[string]any
+	if err := json.Unmarshal([]byte(list), &sts); err != nil || len(sts) != 1 || sts[0]["name"] != "website" || sts[0]["container"] != "ed_website" {
+		t.Errorf("deployments: %v %s", err, list)
+	}
+	if _, e, err := ecsImageRun(append([]string{"deploy", hostAddr, "-", "--action", "status"}, bad...)...); err == nil {
+		t.Error("a client certificate from another CA was served")
+	} else {
+		t.Logf("wrong CA refused: %s", strings.TrimSpace(e))
+	}
+	// A traversal tarball is refused by the agent before Docker is involved.
+	var evil bytes.Buffer
+	tw := tar.NewWriter(&evil)
+	tw.WriteHeader(&tar.Header{Name: "../../etc/cron.d/x", Mode: 0o644, Size: 1})
+	tw.Write([]byte("x"))
+	tw.Close()
+	evilPath := local("evil.tar", evil.Bytes())
+	_, e, err := ecsImageRun(append([]string{"deploy", hostAddr, "website", evilPath}, good...)...)
+	if err == nil || !strings.Contains(e, "..") {
+		t.Errorf("traversal upload: %v %s", err, e)
+	}
+	if out := root("journalctl -u ecs-agent-deploy --no-pager"); !strings.Contains(out, `client "operator"`) {
+		t.Errorf("audit log lacks the client CN:\n%s", out)
+	}
+}
+
+func itCA(t *testing.T, cn string) (*x509.Certificate, *ecdsa.PrivateKey) {
+	t.Helper()
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: cn},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour), IsCA: true,
+		BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, _ := x509.ParseCertificate(der)
+	return c, key
+}
+
+func itIssue(t *testing.T, ca *x509.Certificate, caKey *ecdsa.PrivateKey, cn string, server bool) (certPEM, keyPEM []byte) {
+	t.Helper()
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: cn},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour), KeyUsage: x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}
+	if server {
+		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}
+		tmpl.DNSNames = []string{cn}
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kder, _ := x509.MarshalPKCS8PrivateKey(key)
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kder})
+}
+
+func itPEM(c *x509.Certificate) []byte {
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})
+}

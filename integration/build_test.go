@@ -1,0 +1,224 @@
+//go:build integration
+
+package integration
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ecs-image/ecs-image/builder"
+	"github.com/ecs-image/ecs-image/cidata"
+	"github.com/ecs-image/ecs-image/communicator"
+	"github.com/ecs-image/ecs-image/qemu"
+)
+
+// buildTemplate is templates/test-small.yml on the local base, with a
+// marker in the booted stage so that this run really builds it, and the
+// file-only last stage's content as a parameter.
+func buildTemplate(base, marker, motd string) string {
+	return `name: it-small
+base:
+  file: ` + base + `
+disk_size: 4G
+memory: 1024
+ssh_timeout: 20m
+stages:
+  - name: system
+    provisioners:
+      - type: packages
+        packages: [jq]
+      - type: shell
+        inline:
+          - echo "` + marker + `" > /etc/ecs-build-marker
+          - mkdir -p /app /data /volatile
+  - name: files
+    provisioners:
+      - type: file
+        content: "` + motd + `\n"
+        destination: /etc/motd
+        mode: "0644"
+      - type: file
+        source: tree
+        destination: /app/etc-test
+        owner: root:root
+`
+}
+
+func readManifest(t *testing.T, path string) *builder.Manifest {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m builder.Manifest
+	if err := json.Unmarshal(data, &m); err != nil {
+		t.Fatal(err)
+	}
+	return &m
+}
+
+// TestBuildSmall builds a small template from the local base (packages +
+// shell in a booted stage, files in an offline stage, generalise), checks
+// the image before and after its first boot, and rebuilds it with only the
+// last stage changed.
+func TestBuildSmall(t *testing.T) {
+	base := baseImage(t)
+	dir := t.TempDir()
+	os.MkdirAll(filepath.Join(dir, "tree", "sub"), 0o755)
+	os.WriteFile(filepath.Join(dir, "tree", "sub", "conf"), []byte("conf\n"), 0o640)
+	rnd := make([]byte, 6)
+	rand.Read(rnd)
+	marker := "it-" + hex.EncodeToString(rnd)
+	tmpl := filepath.Join(dir, "it-small.yml")
+	os.WriteFile(tmpl, []byte(buildTemplate(base, marker, "first build")), 0o644)
+	out := filepath.Join(dir, "out")
+
+	start := time.Now()
+	stdout := ecsImage(t, "build", tmpl, "-o", out)
+	t.Logf("cold build: %s", time.Since(start).Round(time.Second))
+	img := filepath.Join(out, "it-small.qcow2")
+	if !strings.Contains(stdout, img) {
+		t.Fatalf("stdout does not name the image: %q", stdout)
+	}
+	m := readManifest(t, filepath.Join(out, "it-small.build.json"))
+	if len(m.Stages) != 2 || m.Stages[0].Cached || m.Stages[1].Cached || !m.Stages[1].Offline || m.Stages[0].Offline {
+		t.Errorf("manifest stages: %+v", m.Stages)
+	}
+	hasJQ := false
+	for _, p := range m.Packages {
+		hasJQ = hasJQ || strings.HasPrefix(p, "jq\t")
+	}
+	if !hasJQ || !strings.HasPrefix(m.Base.Digest, "sha256:") || !strings.HasPrefix(m.TemplateDigest, "sha256:") {
+		t.Errorf("manifest: jq listed %v, base %q, template %q", hasJQ, m.Base.Digest, m.TemplateDigest)
+	}
+	if ents, _ := os.ReadDir(out); len(ents) != 2 {
+		t.Errorf("output directory holds %d entries, want the image and its manifest", len(ents))
+	}
+	info, err := qemu.Info(context.Background(), img)
+	if err != nil || info.Format != "qcow2" || info.BackingFile != "" {
+		t.Fatalf("image: %+v %v", info, err)
+	}
+
+	checkImageOffline(t, img)
+	bootBuiltImage(t, img, marker)
+
+	// Rebuild with only the last (file-only) stage changed: the booted
+	// stage comes from the cache, the last stage runs offline.
+	os.WriteFile(tmpl, []byte(buildTemplate(base, marker, "second build")), 0o644)
+	start = time.Now()
+	ecsImage(t, "build", tmpl, "-o", out)
+	warm := time.Since(start)
+	t.Logf("warm rebuild (last stage changed): %s", warm.Round(time.Second))
+	m2 := readManifest(t, filepath.Join(out, "it-small.build.json"))
+	if !m2.Stages[0].Cached || m2.Stages[0].Key != m.Stages[0].Key {
+		t.Errorf("first stage not from the cache: %+v", m2.Stages[0])
+	}
+	if m2.Stages[1].Cached || m2.Stages[1].Key == m.Stages[1].Key {
+		t.Errorf("changed last stage not rebuilt: %+v", m2.Stages[1])
+	}
+	for _, s := range m2.Steps {
+		if strings.Contains(s.Step, "start qemu") || strings.Contains(s.Step, "wait ssh") {
+			t.Errorf("the warm rebuild booted the image: step %q ran", s.Step)
+		}
+	}
+	// And a third build with nothing changed is all cache.
+	ecsImage(t, "build", tmpl, "-o", out)
+	m3 := readManifest(t, filepath.Join(out, "it-small.build.json"))
+	if !m3.Stages[1].Cached || !m3.Generalise.Cached {
+		t.Errorf("unchanged rebuild: %+v %+v", m3.Stages, m3.Generalise)
+	}
+}
+
+// checkImageOffline reads files of the built image's root file system with
+// debugfs (a raw copy; the base's root partition starts at 1 MiB): the
+// machine-id is empty, SSH host keys, the build user and its key are gone.
+func checkImageOffline(t *testing.T, img string) {
+	t.Helper()
+	raw := img + ".raw"
+	defer os.Remove(raw)
+	if out, err := exec.Command("qemu-img", "convert", "-O", "raw", img, raw).CombinedOutput(); err != nil {
+		t.Fatalf("qemu-img convert: %v %s", err, out)
+	}
+	fs := raw + "?offset=1048576"
+	debugfs := func(cmd string) string {
+		out, err := exec.Command("debugfs", "-R", cmd, fs).CombinedOutput()
+		if err != nil {
+			t.Fatalf("debugfs %s: %v %s", cmd, err, out)
+		}
+		return string(out)
+	}
+	if out := debugfs("stat /etc/machine-id"); !strings.Contains(out, "Size: 0") {
+		t.Errorf("machine-id is not empty in the image:\n%s", out)
+	}
+	if out := debugfs("ls /etc/ssh"); strings.Contains(out, "ssh_host_") {
+		t.Errorf("SSH host keys in the image:\n%s", out)
+	}
+	if out := debugfs("cat /etc/passwd"); strings.Contains(out, builder.BuildUser) {
+		t.Errorf("build user %s still in /etc/passwd", builder.BuildUser)
+	}
+	if out := debugfs("ls /home"); strings.Contains(out, builder.BuildUser) {
+		t.Errorf("build user's home (with its authorized_keys) still in the image:\n%s", out)
+	}
+	if out := debugfs("ls /var/lib/cloud"); strings.Contains(out, "instances") {
+		t.Errorf("cloud-init instance state still in the image:\n%s", out)
+	}
+}
+
+// bootBuiltImage boots the image with a fresh seed and key and checks what
+// the build put in and what the first boot regenerated.
+func bootBuiltImage(t *testing.T, img, marker string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 25*time.Minute)
+	defer cancel()
+	dir := t.TempDir()
+	disk := filepath.Join(dir, "disk.qcow2")
+	if err := qemu.Overlay(ctx, img, disk, 0); err != nil {
+		t.Fatal(err)
+	}
+	key, err := communicator.GenerateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	seed := filepath.Join(dir, "seed.iso")
+	ud := "#cloud-config\nusers:\n  - name: tester\n    sudo: \"ALL=(ALL) NOPASSWD:ALL\"\n    shell: /bin/bash\n    ssh_authorized_keys:\n      - \"" + key.AuthorizedKey + "\"\n"
+	if err := cidata.Write(seed, cidata.Options{UserData: []byte(ud), Raw: true, Hostname: "built-it"}); err != nil {
+		t.Fatal(err)
+	}
+	m, err := qemu.Start(ctx, qemu.Config{Name: "build-it", Disk: disk, CDROMs: []string{seed}, Memory: 1024, CPUs: 2,
+		Forwards: []qemu.Forward{{Guest: 22}}, SerialLog: filepath.Join(dir, "serial.log")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { m.Kill(); <-m.Done() }()
+	c, err := communicator.Dial(ctx, "127.0.0.1:"+strconv.Itoa(m.HostPort(22)), "tester", key.Signer, 15*time.Minute, m.Done())
+	if err != nil {
+		t.Fatalf("%v\nserial:\n%s", err, m.SerialTail(40))
+	}
+	defer c.Close()
+	c.Output(ctx, "cloud-init status --wait", false)
+	check := func(cmd, want string) {
+		t.Helper()
+		out, err := c.Output(ctx, cmd, true)
+		if err != nil || strings.TrimSpace(out) != want {
+			t.Errorf("%s: got %q (%v), want %q", cmd, strings.TrimSpace(out), err, want)
+		}
+	}
+	check("cat /etc/motd", "first build")
+	check("cat /etc/ecs-build-marker", marker)
+	check("jq -n 1+1", "2")
+	check("stat -c %a /app/etc-test/sub/conf", "640")
+	check("test -s /etc/machine-id && echo regenerated", "regenerated")
+	check("ls /etc/ssh/ssh_host_ed25519_key.pub", "/etc/ssh/ssh_host_ed25519_key.pub")
+	check("getent passwd "+builder.BuildUser+" || echo absent", "absent")
+	check("cat /home/*/.ssh/authorized_keys /root/.ssh/authorized_keys 2>/dev/null | grep -vc tester || true", "0")
+	check("ls /var/lib/apt/lists | grep -c _Packages || true", "0")
+}
