@@ -15,7 +15,7 @@ DEB_PACKAGES := \
 	ca-certificates curl git make
 # Vagrant and libvirt for the box tests (slow; CI installs them too).
 DEB_VAGRANT := vagrant vagrant-libvirt libvirt-daemon libvirt-daemon-driver-qemu \
-	libvirt-clients libvirt-daemon-system dnsmasq-base ebtables
+	libvirt-clients libvirt-daemon-system dnsmasq-base ebtables iptables iproute2
 
 .PHONY: all deps deps-vagrant build test integration lint bench appliance clean
 
@@ -50,6 +50,31 @@ lint:
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchtime 3s ./cidata/ ./bench/...
+
+# The reference appliance (root, after `make deps`): the local Debian base
+# (cached), the demo web image, templates/ecs-appliance.yml built into
+# $(APPLIANCE_OUT)/ (stages cached), a demo env.yml (kept when it exists) and
+# its seed ISO. Prints the command that boots it. See docs/e2e.md.
+APPLIANCE_OUT     ?= out
+APPLIANCE_VARIANT ?= prod
+DEMO_DOMAIN       ?= demo.ecs.test
+DEMO_IMAGE        := templates/files/images/testapp.tar
+
+$(DEMO_IMAGE): $(wildcard integration/testimage/*.go integration/testimage/server/*.go integration/testimage/cmd/testimage/*.go)
+	$(GO) run ./integration/testimage/cmd/testimage -o $@
+
+appliance: build $(DEMO_IMAGE)
+	$(BIN)/ecs-image base build
+	$(BIN)/ecs-image build templates/ecs-appliance.yml -o $(APPLIANCE_OUT) --variant $(APPLIANCE_VARIANT)
+	@mkdir -p $(APPLIANCE_OUT)/demo && chmod 0700 $(APPLIANCE_OUT)/demo
+	@if [ -f $(APPLIANCE_OUT)/demo/env.yml ]; then echo "keeping $(APPLIANCE_OUT)/demo/env.yml"; \
+	else $(BIN)/ecs-image env create $(DEMO_DOMAIN) -o $(APPLIANCE_OUT)/demo/env.yml; fi
+	$(BIN)/ecs-image cidata -e $(APPLIANCE_OUT)/demo/env.yml -o $(APPLIANCE_OUT)/demo/seed.iso
+	@echo
+	@echo "appliance: $$(ls $(APPLIANCE_OUT)/ecs-appliance-$(APPLIANCE_VARIANT).* | tr '\n' ' ')"
+	@echo "demo env:  $(APPLIANCE_OUT)/demo/env.yml (secrets, mode 0600)"
+	@echo "seed ISO:  $(APPLIANCE_OUT)/demo/seed.iso"
+	@echo "boot it:   $(BIN)/ecs-image test $(APPLIANCE_OUT)/ecs-appliance-$(APPLIANCE_VARIANT).qcow2 --env $(APPLIANCE_OUT)/demo/env.yml"
 
 clean:
 	rm -rf $(BIN)

@@ -59,6 +59,8 @@ type StageRecord struct {
 	Key     string `json:"key"`
 	Cached  bool   `json:"cached"`
 	Offline bool   `json:"offline"`
+	// Merged: applied in the generalisation's helper boot.
+	Merged bool `json:"merged,omitempty"`
 }
 
 func sha256Hex(b []byte) string {

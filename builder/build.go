@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"time"
 
 	"github.com/hashicorp/packer-plugin-sdk/multistep"
@@ -55,6 +54,9 @@ type buildState struct {
 	parentDisk string
 	bootFrom   string
 
+	// deferred is a file-only last stage applied together with the
+	// generalisation, in one helper boot (not cached on its own).
+	deferred *stageRun
 	genKey   string
 	genDisk  string
 	packages []string
@@ -76,6 +78,8 @@ type stageRun struct {
 	offline bool
 	vars    map[string]string
 	cached  bool
+	// merged: applied in the generalise helper run (see buildState.deferred).
+	merged bool
 
 	dir      string // work directory of this stage
 	disk     string
@@ -175,10 +179,3 @@ func (t *timed) Run(ctx context.Context, state multistep.StateBag) multistep.Ste
 }
 
 func (t *timed) Cleanup(state multistep.StateBag) { t.step.Cleanup(state) }
-
-// removeIfExists removes path, ignoring a missing file.
-func removeIfExists(path string) {
-	if path != "" {
-		os.Remove(path)
-	}
-}

@@ -134,7 +134,7 @@ func helperRun(con io.Writer, logf func(string, ...any)) error {
 	}
 	if job.Packages {
 		var out bytes.Buffer
-		if err := chrootCmd(&out, "dpkg-query", "-W", "-f", "${Package}\\t${Version}\\n"); err != nil {
+		if err := chrootCmd(&out, "/bin/sh", "-c", `dpkg-query -W -f '${Package}\t${Version}\n'`); err != nil {
 			logf("dpkg-query: %v", err)
 		}
 		for _, l := range strings.Split(strings.TrimSpace(out.String()), "\n") {

@@ -10,6 +10,7 @@ import (
 
 	"github.com/hashicorp/packer-plugin-sdk/multistep"
 
+	"github.com/ecs-image/ecs-image/provisioners"
 	"github.com/ecs-image/ecs-image/qemu"
 )
 
@@ -24,7 +25,11 @@ type stepGeneralise struct{}
 func (s *stepGeneralise) Run(ctx context.Context, state multistep.StateBag) multistep.StepAction {
 	b := getBuild(state)
 	g := b.tmpl.Generalise
-	b.genKey = GeneraliseKey(b.parentKey, g)
+	lastKey := b.parentKey
+	if b.deferred != nil {
+		lastKey = b.deferred.key
+	}
+	b.genKey = GeneraliseKey(lastKey, g)
 	if !b.opts.NoCache {
 		if e := b.cache.Lookup(b.genKey); e != nil {
 			b.log.Infof("generalise: cached (%s)", b.genKey[:12])
@@ -45,7 +50,13 @@ func (s *stepGeneralise) Run(ctx context.Context, state multistep.StateBag) mult
 	if err := qemu.Overlay(ctx, b.parentDisk, disk, 0); err != nil {
 		return halt(state, err)
 	}
-	r := &offlineRun{Disk: disk, Boot: boot, WorkDir: dir, Accel: b.accel, Timeout: 10 * time.Minute,
+	var placers []provisioners.Placer
+	if b.deferred != nil {
+		for _, ps := range b.deferred.stage.Provisioners {
+			placers = append(placers, ps.P.(provisioners.Placer))
+		}
+	}
+	r := &offlineRun{Disk: disk, Boot: boot, WorkDir: dir, Accel: b.accel, Timeout: 10 * time.Minute, Placers: placers,
 		Log: b.log.WithField("step", "generalise"),
 		Job: helperJob{Generalise: g.On(), GeneraliseScript: generaliseScript(g), Packages: true, Trim: g.Trim()}}
 	if err := r.run(ctx); err != nil {

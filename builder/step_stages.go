@@ -16,9 +16,22 @@ type stepStages struct{}
 func (s *stepStages) Run(ctx context.Context, state multistep.StateBag) multistep.StepAction {
 	b := getBuild(state)
 	b.parentDisk = b.base.Path
-	for _, sr := range b.stages {
+	for i, sr := range b.stages {
 		if ctx.Err() != nil {
 			return halt(state, ctx.Err())
+		}
+		// A file-only last stage is applied in the same helper boot as the
+		// generalisation; its result is cached as the generalised disk.
+		if i == len(b.stages)-1 && sr.offline && b.tmpl.Generalise.On() {
+			if e := b.cache.Lookup(sr.key); e == nil || b.opts.NoCache {
+				sr.merged = true
+				b.deferred = sr
+				if !b.opts.NoCache && b.cache.Lookup(GeneraliseKey(sr.key, b.tmpl.Generalise)) != nil {
+					sr.cached = true
+				}
+				b.log.Infof("stage %s: applied with the generalisation (one offline helper boot)", sr.stage.Name)
+				continue
+			}
 		}
 		if !b.opts.NoCache {
 			if e := b.cache.Lookup(sr.key); e != nil {

@@ -22,10 +22,6 @@ const MaxSize = 1 << 20
 // expanded; more is treated as an alias bomb ("billion laughs").
 const maxAliasNodes = 100_000
 
-// maxExpanded bounds the nodes Flatten visits, as a last resort for a Doc
-// not produced by Parse.
-const maxExpanded = 2_000_000
-
 // Problem is one finding about an env.yml, with its position.
 type Problem struct {
 	File   string

@@ -19,8 +19,10 @@ func Flatten(doc *Doc, keys []string, prefix, postfix string) (out string, missi
 		keys = []string{"."}
 	}
 	var b strings.Builder
-	f := flattener{limit: maxExpanded}
+	// Parse refuses documents whose aliases add more than maxAliasNodes.
+	f := flattener{limit: countNodes(doc.Root) + maxAliasNodes}
 	for _, k := range keys {
+		f.used, f.nameBytes = 0, 0
 		var root *yaml.Node
 		var namePrefix string
 		if k == "." {
@@ -54,14 +56,20 @@ func Flatten(doc *Doc, keys []string, prefix, postfix string) (out string, missi
 type variable struct{ name, value string }
 
 // flattener walks the node tree with PyYAML's semantics. A limit bounds the
-// number of nodes visited so that a Doc not produced by Parse (which refuses
-// alias bombs) cannot make it run away; 0 means no limit.
-type flattener struct{ limit, used int }
+// number of nodes visited, and the bytes of variable names made, so that a
+// Doc not produced by Parse (which refuses alias bombs, deep nesting and
+// long keys) cannot make it run away; limit 0 means no limit.
+type flattener struct{ limit, used, nameBytes int }
 
-// spend counts one visited node and reports whether the limit allows it.
-func (f *flattener) spend() bool {
+// maxNameBytes bounds the total length of the names Flatten builds per key.
+const maxNameBytes = 64 << 20
+
+// spend counts one visited node named name and reports whether the limits
+// allow it.
+func (f *flattener) spend(name string) bool {
 	f.used++
-	return f.limit == 0 || f.used <= f.limit
+	f.nameBytes += len(name)
+	return f.limit == 0 || f.used <= f.limit && f.nameBytes <= maxNameBytes
 }
 
 // topLevel returns the value of top-level key k of the mapping root, as
@@ -95,7 +103,7 @@ func (f *flattener) flatten(n *yaml.Node, parent string) []variable {
 }
 
 func (f *flattener) walk(n *yaml.Node, parent string, out *[]variable) {
-	if !f.spend() {
+	if !f.spend(parent) {
 		return
 	}
 	n = deref(n)
@@ -170,7 +178,7 @@ func (f *flattener) mergedPairs(n *yaml.Node, depth int) []pair {
 	for i := 0; i+1 < len(n.Content); i += 2 {
 		k, v := n.Content[i], n.Content[i+1]
 		if k.Kind == yaml.ScalarNode && isMergeKey(k) && depth < 100 {
-			if !f.spend() {
+			if !f.spend("") {
 				return nil
 			}
 			switch v := deref(v); {
@@ -229,4 +237,16 @@ func deref(n *yaml.Node) *yaml.Node {
 		}
 	}
 	return n
+}
+
+// countNodes counts the nodes of n as written (aliases not followed).
+func countNodes(n *yaml.Node) int {
+	if n == nil {
+		return 0
+	}
+	c := 1
+	for _, ch := range n.Content {
+		c += countNodes(ch)
+	}
+	return c
 }

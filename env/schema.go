@@ -23,8 +23,8 @@ type spec struct {
 	checkMap func(c *checker, n *yaml.Node, path string)
 }
 
-func str() *spec   { return &spec{kind: kStr} }
-func bool_() *spec { return &spec{kind: kBool} }
+func str() *spec     { return &spec{kind: kStr} }
+func boolean() *spec { return &spec{kind: kBool} }
 func strCheck(f func(c *checker, n *yaml.Node, path, s string)) *spec {
 	return &spec{kind: kStr, check: f}
 }
@@ -38,20 +38,20 @@ var schema = func() *spec {
 	root := mapOf(map[string]*spec{
 		"ssh_authorized_keys": listOf(strCheck(checkSSHKey(false))),
 		"ssh_deprecated_keys": listOf(strCheck(checkSSHKey(true))),
-		"disable_root":        bool_(),
+		"disable_root":        boolean(),
 		"appliance": {kind: kMap, required: true, fields: map[string]*spec{
-			"standby":       bool_(),
+			"standby":       boolean(),
 			"domain":        {kind: kStr, required: true, check: checkDomain},
 			"allowed_hosts": strCheck(checkAllowedHosts),
 			"ssl": {kind: kMap, checkMap: checkSSLPair, fields: map[string]*spec{
-				"letsencrypt":            mapOf(map[string]*spec{"enabled": bool_()}),
-				"client_certs_mandatory": bool_(),
+				"letsencrypt":            mapOf(map[string]*spec{"enabled": boolean()}),
+				"client_certs_mandatory": boolean(),
 				"key":                    strCheck(checkSSLKey),
 				"cert":                   strCheck(checkSSLCert),
 			}},
 			"sentry": mapOf(map[string]*spec{"dsn": strCheck(checkURL("a sentry DSN", "http", "https"))}),
 			"metric": mapOf(map[string]*spec{
-				"exporter": bool_(), "server": bool_(), "gui": bool_(), "pghero": bool_(),
+				"exporter": boolean(), "server": boolean(), "gui": boolean(), "pghero": boolean(),
 			}),
 			"git": mapOf(gitSpec),
 			"extra": mapOf(map[string]*spec{
@@ -64,12 +64,12 @@ var schema = func() *spec {
 				"packages": listOf(strCheck(checkPackage)),
 				"states":   str(),
 			}),
-			"update": mapOf(map[string]*spec{"automatic": bool_(), "oncalendar": str()}),
+			"update": mapOf(map[string]*spec{"automatic": boolean(), "oncalendar": str()}),
 			"storage": mapOf(map[string]*spec{
 				"setup":       str(),
-				"proxy_cache": bool_(),
-				"grow_root":   bool_(),
-				"ignore":      mapOf(map[string]*spec{"volatile": bool_(), "data": bool_()}),
+				"proxy_cache": boolean(),
+				"grow_root":   boolean(),
+				"ignore":      mapOf(map[string]*spec{"volatile": boolean(), "data": boolean()}),
 			}),
 			"dkim": mapOf(map[string]*spec{"key": strCheck(checkDKIMKey)}),
 			"backup": mapOf(map[string]*spec{
@@ -87,9 +87,9 @@ var schema = func() *spec {
 		"ecs": mapOf(map[string]*spec{
 			"git":      mapOf(gitSpec),
 			"database": str(),
-			"migrate":  mapOf(map[string]*spec{"auto": bool_()}),
+			"migrate":  mapOf(map[string]*spec{"auto": boolean()}),
 			"userswitcher": mapOf(map[string]*spec{
-				"enabled":   bool_(),
+				"enabled":   boolean(),
 				"parameter": str(),
 			}),
 			"settings":      str(),

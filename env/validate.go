@@ -334,11 +334,27 @@ func (c *checker) checkAliases(root *yaml.Node) bool {
 // checkTree checks every node as written (not following aliases): that
 // PyYAML can construct it, keys are strings and unique, values are ASCII.
 func (c *checker) checkTree(n *yaml.Node, path string) {
+	c.checkTreeDepth(n, path, 0)
+}
+
+// maxDepth and maxKeyLen keep documents (and their flattened names) sane.
+const (
+	maxDepth  = 64
+	maxKeyLen = 256
+)
+
+func (c *checker) checkTreeDepth(n *yaml.Node, path string, depth int) {
+	if depth > maxDepth {
+		c.errAt(n, path, "nested deeper than %d levels", maxDepth)
+		return
+	}
 	switch n.Kind {
 	case yaml.ScalarNode:
 		c.spots = append(c.spots, nodeSpot{n.Line, n.Column, path})
-		if _, err := resolve(n, false); err != nil {
+		if s, err := resolve(n, false); err != nil {
 			c.errAt(n, path, "%v", err)
+		} else if s.kind == kTimestamp {
+			c.warnAt(n, path, "YAML 1.1 reads %q as a timestamp, which flatten prints unquoted as %q (two shell words); quote it if it is text", n.Value, s.text)
 		}
 		if len(c.nonASCII) == 0 {
 			for _, r := range n.Value {
@@ -353,7 +369,7 @@ func (c *checker) checkTree(n *yaml.Node, path string) {
 			c.errAt(n, path, "tag %s is not supported on a list", n.Tag)
 		}
 		for i, ch := range n.Content {
-			c.checkTree(ch, fmt.Sprintf("%s[%d]", path, i))
+			c.checkTreeDepth(ch, fmt.Sprintf("%s[%d]", path, i), depth+1)
 		}
 	case yaml.MappingNode:
 		if n.Style&yaml.TaggedStyle != 0 && n.Tag != "!!map" {
@@ -372,13 +388,17 @@ func (c *checker) checkTree(n *yaml.Node, path string) {
 				c.errAt(k, path, "key: %v", err)
 				continue
 			}
+			if len(kd.Value) > maxKeyLen {
+				c.errAt(k, path, "key of %d characters is longer than %d", len(kd.Value), maxKeyLen)
+				continue
+			}
 			childPath := joinPath(path, kd.Value)
 			c.spots = append(c.spots, nodeSpot{k.Line, k.Column, childPath})
 			switch ks.kind {
 			case kStr:
 			case kMerge:
 				c.checkMerge(v, path)
-				c.checkTree(v, path)
+				c.checkTreeDepth(v, path, depth+1)
 				continue
 			default:
 				c.errAt(k, childPath, "key %q is read as %s by YAML 1.1 (PyYAML); quote it to make it a string", kd.Value, article(ks.kind))
@@ -389,7 +409,7 @@ func (c *checker) checkTree(n *yaml.Node, path string) {
 			} else {
 				seen[ks] = k
 			}
-			c.checkTree(v, childPath)
+			c.checkTreeDepth(v, childPath, depth+1)
 		}
 	}
 }

@@ -148,10 +148,10 @@ func TestInspectRefuses(t *testing.T) {
 	text := filepath.Join(dir, "notes.txt")
 	os.WriteFile(text, []byte("hello\n"), 0o644)
 	for path, want := range map[string]string{
-		over:                               "backing file",
-		text:                               `"raw", not a qcow2`,
+		over:                                "backing file",
+		text:                                `"raw", not a qcow2`,
 		filepath.Join(dir, "missing.qcow2"): "no such file",
-		dir:                                "not a regular file",
+		dir:                                 "not a regular file",
 	} {
 		_, err := Inspect(ctx, path)
 		if err == nil || !IsBadInput(err) || !strings.Contains(err.Error(), want) || !strings.Contains(err.Error(), path) {

@@ -53,6 +53,9 @@ type BuildOptions struct {
 	// Keyring optionally names a keyring file for the mirror's Release
 	// signature (mmdebstrap --keyring); default: the host's keyrings.
 	Keyring string
+	// Bootstrap is "mmdebstrap", "debootstrap" or "" (mmdebstrap when
+	// installed, else debootstrap).
+	Bootstrap string
 }
 
 // Recipe is the normalised input of a build; its JSON is the cache key.
@@ -65,6 +68,9 @@ type Recipe struct {
 	Size       int64    `json:"size"`
 	Packages   []string `json:"packages"`
 	Keyring    string   `json:"keyring,omitempty"`
+	// Bootstrap is set to "debootstrap" when that is used; mmdebstrap (the
+	// default) leaves it empty.
+	Bootstrap string `json:"bootstrap,omitempty"`
 }
 
 // ubuntuSuites are the Ubuntu codenames the recipe knows.
@@ -222,6 +228,13 @@ func BuildBase(ctx context.Context, c *Cache, opts BuildOptions) (*Base, error) 
 	if err != nil {
 		return nil, err
 	}
+	tool, err := bootstrapTool(opts.Bootstrap)
+	if err != nil {
+		return nil, err
+	}
+	if filepath.Base(tool) == "debootstrap" {
+		r.Bootstrap = "debootstrap"
+	}
 	if err := os.MkdirAll(c.Dir, 0o755); err != nil {
 		return nil, err
 	}
@@ -240,7 +253,7 @@ func BuildBase(ctx context.Context, c *Cache, opts BuildOptions) (*Base, error) 
 	if geteuid() != 0 {
 		return nil, errors.New("base build needs root (it runs mmdebstrap, chroot and writes root-owned files into the disk image); run it as root, or use 'ecs-image base fetch' to download a cloud image instead")
 	}
-	tools, err := findBuildTools()
+	tools, err := findBuildTools(tool)
 	if err != nil {
 		return nil, err
 	}
@@ -280,15 +293,30 @@ type buildTools struct {
 	mm        bool
 }
 
-func findBuildTools() (*buildTools, error) {
-	t := &buildTools{}
-	if p, err := exec.LookPath("mmdebstrap"); err == nil {
-		t.bootstrap, t.mm = p, true
-	} else if p, err := exec.LookPath("debootstrap"); err == nil {
-		t.bootstrap = p
-	} else {
-		return nil, errors.New("base build needs mmdebstrap or debootstrap (apt-get install mmdebstrap)")
+// bootstrapTool finds the bootstrap program: want is "mmdebstrap",
+// "debootstrap" or "" for mmdebstrap with debootstrap as fallback.
+func bootstrapTool(want string) (string, error) {
+	switch want {
+	case "", "mmdebstrap", "debootstrap":
+	default:
+		return "", &InputError{Field: "--bootstrap", Msg: fmt.Sprintf("%q: want mmdebstrap or debootstrap", want)}
 	}
+	for _, name := range []string{"mmdebstrap", "debootstrap"} {
+		if want != "" && want != name {
+			continue
+		}
+		if p, err := exec.LookPath(name); err == nil {
+			return p, nil
+		}
+	}
+	if want != "" {
+		return "", fmt.Errorf("base build: %s not found (apt-get install %s)", want, want)
+	}
+	return "", errors.New("base build needs mmdebstrap or debootstrap (apt-get install mmdebstrap)")
+}
+
+func findBuildTools(bootstrap string) (*buildTools, error) {
+	t := &buildTools{bootstrap: bootstrap, mm: filepath.Base(bootstrap) == "mmdebstrap"}
 	for tool, pkg := range map[string]string{"sfdisk": "fdisk", "mke2fs": "e2fsprogs", "chroot": "coreutils", "qemu-img": "qemu-utils"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			return nil, fmt.Errorf("base build needs %s (apt-get install %s)", tool, pkg)
@@ -516,6 +544,12 @@ menuentry '%[2]s %[3]s' {
 // offset, no loop device), GRUB's boot.img in the MBR's code area and
 // core.img in the gap before the partition.
 func (b *builder) disk(ctx context.Context) error {
+	// mke2fs -d would copy whatever is mounted in the tree (/proc, /sys).
+	if m, err := mountsUnder(b.root); err != nil {
+		return err
+	} else if len(m) > 0 {
+		return fmt.Errorf("file systems still mounted in the root tree: %s", strings.Join(m, ", "))
+	}
 	raw := filepath.Join(b.tmp, "disk.raw")
 	f, err := os.Create(raw)
 	if err != nil {

@@ -15,7 +15,6 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/sirupsen/logrus"
 	"github.com/sirupsen/logrus/hooks/test"
 )
 
@@ -348,4 +347,3 @@ func TestContainersManifest(t *testing.T) {
 	}
 }
 
-var _ = logrus.InfoLevel

@@ -18,18 +18,46 @@ import (
 	"github.com/ecs-image/ecs-image/formats"
 )
 
-// BuildInfo is what the builder records about a build (build-manifest.json
-// beside the artifacts). Every field is optional.
+// BuildInfo is what the builder records about a build (NAME.build.json
+// beside the artifacts, or build-manifest.json). Every field is optional;
+// the builder's own names (template, base, builder, created) are accepted.
 type BuildInfo struct {
 	Name           string    `json:"name,omitempty"`
 	Version        string    `json:"version,omitempty"`
 	Variant        string    `json:"variant,omitempty"`
+	Production     bool      `json:"production,omitempty"`
 	BaseImage      BaseImage `json:"base_image"`
 	TemplateDigest string    `json:"template_digest,omitempty"`
 	BuilderVersion string    `json:"builder_version,omitempty"`
 	GitRevision    string    `json:"git_revision,omitempty"`
 	BuildTime      string    `json:"build_time,omitempty"` // RFC 3339
 	Packages       []Package `json:"packages,omitempty"`
+}
+
+// builderManifest adds the builder's field names to BuildInfo's.
+type builderManifest struct {
+	BuildInfo
+	Template string     `json:"template"`
+	Base     *BaseImage `json:"base"`
+	Builder  string     `json:"builder"`
+	Created  string     `json:"created"`
+}
+
+func (b builderManifest) merged() BuildInfo {
+	bi := b.BuildInfo
+	if bi.Name == "" {
+		bi.Name = b.Template
+	}
+	if bi.BaseImage == (BaseImage{}) && b.Base != nil {
+		bi.BaseImage = *b.Base
+	}
+	if bi.BuilderVersion == "" {
+		bi.BuilderVersion = b.Builder
+	}
+	if bi.BuildTime == "" {
+		bi.BuildTime = b.Created
+	}
+	return bi
 }
 
 // BaseImage names the base cloud image a build started from.
@@ -45,13 +73,17 @@ type Package struct {
 	Arch    string `json:"arch,omitempty"`
 }
 
-// UnmarshalJSON accepts an object or a "name=version" / "name version" string.
+// UnmarshalJSON accepts an object or a "name<TAB>version", "name=version"
+// or "name version" string.
 func (p *Package) UnmarshalJSON(b []byte) error {
 	var s string
 	if err := json.Unmarshal(b, &s); err == nil {
-		name, ver, _ := strings.Cut(strings.TrimSpace(s), "=")
-		if ver == "" {
-			name, ver, _ = strings.Cut(name, " ")
+		s = strings.TrimSpace(s)
+		var name, ver string
+		for _, sep := range []string{"\t", "=", " "} {
+			if name, ver, _ = strings.Cut(s, sep); ver != "" {
+				break
+			}
 		}
 		*p = Package{Name: strings.TrimSpace(name), Version: strings.TrimSpace(ver)}
 		return nil
@@ -70,8 +102,9 @@ func ReadBuildInfo(path string) (bi BuildInfo, ok bool, err error) {
 	if err != nil {
 		return BuildInfo{}, false, &Error{Path: path, Msg: errText(err)}
 	}
+	var bm builderManifest
 	dec := json.NewDecoder(bytes.NewReader(data))
-	if err := dec.Decode(&bi); err != nil {
+	if err := dec.Decode(&bm); err != nil {
 		msg := err.Error()
 		var se *json.SyntaxError
 		var te *json.UnmarshalTypeError
@@ -83,7 +116,7 @@ func ReadBuildInfo(path string) (bi BuildInfo, ok bool, err error) {
 		}
 		return BuildInfo{}, false, &Error{Path: path, Msg: "build manifest: " + msg}
 	}
-	return bi, true, nil
+	return bm.merged(), true, nil
 }
 
 func lineOf(data []byte, off int64) int {
@@ -116,8 +149,13 @@ type Artifact struct {
 
 // Options control Make.
 type Options struct {
-	// BuildManifest is the builder's manifest; default DIR/build-manifest.json.
+	// BuildManifest is the builder's manifest; default DIR/build-manifest.json,
+	// else the one DIR/*.build.json.
 	BuildManifest string
+	// GitRevision, if set, overrides the build manifest's git_revision.
+	GitRevision string
+	// FallbackGitRevision is used when neither sets one.
+	FallbackGitRevision string
 	// Signer signs SHA256SUMS; nil writes no signature.
 	Signer *Signer
 	// Now is the release time (default time.Now).
@@ -130,22 +168,38 @@ func reserved(name string) bool {
 	case SumsFile, SignatureFile, SumsFile + ".sig", ManifestFile, BuildManifestFile:
 		return true
 	}
-	return strings.HasPrefix(name, ".")
+	return strings.HasPrefix(name, ".") || strings.HasSuffix(name, ".build.json")
 }
 
 // Make writes manifest.json, SHA256SUMS (covering every artifact and
 // manifest.json) and, with a signer, SHA256SUMS.asc into dir. Artifacts are
-// the regular files in dir, except hidden files and the release's own.
+// the regular files in dir, except hidden files, build manifests and the
+// release's own files.
 func Make(ctx context.Context, dir string, opts Options) (*Manifest, error) {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
 	if opts.BuildManifest == "" {
 		opts.BuildManifest = filepath.Join(dir, BuildManifestFile)
+		if _, err := os.Stat(opts.BuildManifest); err != nil {
+			found, _ := filepath.Glob(filepath.Join(dir, "*.build.json"))
+			if len(found) > 1 {
+				return nil, &Error{Path: dir, Msg: fmt.Sprintf("holds %d build manifests (*.build.json); choose one with --build-manifest", len(found))}
+			}
+			if len(found) == 1 {
+				opts.BuildManifest = found[0]
+			}
+		}
 	}
 	bi, _, err := ReadBuildInfo(opts.BuildManifest)
 	if err != nil {
 		return nil, err
+	}
+	if opts.GitRevision != "" {
+		bi.GitRevision = opts.GitRevision
+	}
+	if bi.GitRevision == "" {
+		bi.GitRevision = opts.FallbackGitRevision
 	}
 	entries, err := os.ReadDir(dir)
 	if err != nil {

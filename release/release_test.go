@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/ecs-image/ecs-image/builder"
 )
 
 func run(t testing.TB, dir string, env []string, name string, args ...string) string {
@@ -218,11 +220,11 @@ func TestReadSumsErrors(t *testing.T) {
 	dir := t.TempDir()
 	good := strings.Repeat("ab", 32)
 	for content, want := range map[string]string{
-		good + "  a\nxyz  b\n":                 ":2: \"xyz\" is not a SHA-256",
-		good + "  ../etc/passwd\n":             ":1: file name",
-		good + "  a\n" + good + " *a\n":        ":2: a listed twice",
-		"garbage\n":                            ":1: want",
-		"\n":                                   "lists no file",
+		good + "  a\nxyz  b\n":                ":2: \"xyz\" is not a SHA-256",
+		good + "  ../etc/passwd\n":            ":1: file name",
+		good + "  a\n" + good + " *a\n":       ":2: a listed twice",
+		"garbage\n":                           ":1: want",
+		"\n":                                  "lists no file",
 		good + "  a\n" + good + "  sub/dir\n": ":2: file name",
 	} {
 		p := filepath.Join(dir, SumsFile)
@@ -295,4 +297,40 @@ func TestPublishFile(t *testing.T) {
 			t.Errorf("OpenTarget(%q) = %v", bad, err)
 		}
 	}
+}
+
+// TestBuilderManifest reads the builder's own NAME.build.json shape.
+func TestBuilderManifest(t *testing.T) {
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "ecs-dev.qcow2"), []byte("q"), 0o644)
+	bm := builder.Manifest{
+		Template: "ecs-appliance", TemplateDigest: "sha256:feed", Variant: "dev",
+		Base:     builder.ManifestBase{Name: "debian-12", Digest: "sha256:beef", Path: "/cache/x.qcow2"},
+		Packages: []string{"openssh-server\t1:9.2p1-2+deb12u3", "jq\t1.6-2.1"},
+		Builder:  "ecs-image builder v1", Created: time.Date(2026, 11, 24, 7, 0, 0, 0, time.UTC),
+	}
+	data, _ := json.Marshal(bm)
+	os.WriteFile(filepath.Join(dir, "ecs-dev.build.json"), data, 0o644)
+	m, err := Make(context.Background(), dir, Options{GitRevision: "abc123"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := BuildInfo{Name: "ecs-appliance", Variant: "dev", BaseImage: BaseImage{Name: "debian-12", Digest: "sha256:beef"},
+		TemplateDigest: "sha256:feed", BuilderVersion: "ecs-image builder v1", GitRevision: "abc123", BuildTime: "2026-11-24T07:00:00Z",
+		Packages: []Package{{Name: "openssh-server", Version: "1:9.2p1-2+deb12u3"}, {Name: "jq", Version: "1.6-2.1"}}}
+	if got, _ := json.Marshal(m.BuildInfo); string(got) != string(mustMarshal(want)) {
+		t.Fatalf("build info\n got %s\nwant %s", got, mustMarshal(want))
+	}
+	if len(m.Artifacts) != 1 || m.Artifacts[0].Name != "ecs-dev.qcow2" {
+		t.Fatalf("artifacts %+v (the build manifest is no artifact)", m.Artifacts)
+	}
+	os.WriteFile(filepath.Join(dir, "other.build.json"), data, 0o644)
+	if _, err := Make(context.Background(), dir, Options{}); err == nil || !strings.Contains(err.Error(), "--build-manifest") {
+		t.Fatalf("two build manifests: %v", err)
+	}
+}
+
+func mustMarshal(v any) []byte {
+	b, _ := json.Marshal(v)
+	return b
 }

@@ -256,7 +256,10 @@ func (e *env) client(t *testing.T, certPEM, keyPEM []byte) *http.Client {
 		if err != nil {
 			t.Fatal(err)
 		}
-		tc.Certificates = []tls.Certificate{pair}
+		// Always present the certificate, even when its issuer is not one
+		// the server asks for (Go's default would then send none), so the
+		// server's own verification is what refuses it.
+		tc.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return &pair, nil }
 	}
 	return &http.Client{Transport: &http.Transport{TLSClientConfig: tc}}
 }
@@ -282,9 +285,7 @@ func TestMutualTLS(t *testing.T) {
 				resp.Body.Close()
 				t.Fatalf("served with status %d", resp.StatusCode)
 			}
-			if !strings.Contains(err.Error(), "tls") && !strings.Contains(err.Error(), "certificate") {
-				t.Logf("error: %v", err)
-			}
+			t.Logf("refused: %v", err)
 		})
 	}
 	if n := e.handled.Load(); n != 0 {

@@ -281,8 +281,8 @@ func (h *Host) Symlink(target, link string) (changed bool, err error) {
 	if err != nil {
 		return false, err
 	}
-	if cur, err := os.Readlink(real); err == nil && cur == rel {
-		return false, nil
+	if cur, err := os.Readlink(real); err == nil && (cur == rel || cur == filepath.Clean("/"+target)) {
+		return false, nil // also accept an absolute link made inside the appliance
 	}
 	if err := os.MkdirAll(filepath.Dir(real), 0o755); err != nil {
 		return false, err

@@ -161,5 +161,10 @@ func (a *Agent) Failed(unit string) error {
 	if unit == "" {
 		unit = "appliance"
 	}
-	return status.Fail(a.Host, unit, "unit "+unit+" failed; see journalctl -u "+unit)
+	err := status.Fail(a.Host, unit, "unit "+unit+" failed; see journalctl -u "+unit)
+	// A failure before nginx was configured must still be visible.
+	if serr := a.serveStatusPage(); serr != nil {
+		a.logf("failed: serving the status page: %v", serr)
+	}
+	return err
 }

@@ -168,6 +168,12 @@ func (a *Agent) stepNginx(ctx context.Context, e *Env) error {
 	if err != nil {
 		return err
 	}
+	if a.Host.Exists(FallbackEnabled) {
+		if err := a.removeFallbackSite(); err != nil {
+			return err
+		}
+		changed = true
+	}
 	lchanged, err := a.Host.Symlink(NginxSite, NginxEnabled)
 	if err != nil {
 		return err

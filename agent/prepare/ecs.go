@@ -28,7 +28,10 @@ func imageStamp(fi os.FileInfo) string {
 	return fmt.Sprintf("%d %d\n", fi.Size(), fi.ModTime().UnixNano())
 }
 
-var unsafeName = regexp.MustCompile(`[^A-Za-z0-9_.-]+`)
+var (
+	unsafeName = regexp.MustCompile(`[^A-Za-z0-9_.-]+`)
+	serviceRE  = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]*$`)
+)
 
 // stepImages runs `docker load` for every tarball of the images manifest
 // that is not loaded yet (tag /app/etc/tags/images/<file>, matching the
@@ -129,7 +132,7 @@ func (a *Agent) PlanCompose() (*ComposePlan, error) {
 		if name == "" {
 			name = serviceName(im.Tags[0])
 		}
-		if !regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]*$`).MatchString(name) {
+		if !serviceRE.MatchString(name) {
 			return nil, fmt.Errorf("%s entry %d: bad service name %q", ImagesIndex, i, name)
 		}
 		base := name
@@ -151,7 +154,7 @@ func (a *Agent) PlanCompose() (*ComposePlan, error) {
 			s.Ports = append(s.Ports, fmt.Sprintf("127.0.0.1:%d:%d", WebPort, port))
 		}
 		for _, p := range cfg.ExposedTCP {
-			if p == SMTPDPort {
+			if p == SMTPDPort && !(s.Web && port == SMTPDPort) {
 				s.Ports = append(s.Ports, fmt.Sprintf("127.0.0.1:%d:%d", SMTPDPort, SMTPDPort))
 			}
 		}

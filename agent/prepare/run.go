@@ -50,12 +50,12 @@ func (a *Agent) Appliance(ctx context.Context, o RunOptions) error {
 	if o.Interval <= 0 {
 		o.Interval = 2 * time.Second
 	}
-	plan, err := a.PlanCompose()
-	if err != nil {
-		return a.fail(step, err)
-	}
+	// The rendered compose file says whether a web service is published
+	// (re-reading the image tarballs here would be slow for .tar.gz).
+	compose, _ := a.Host.ReadFile(ComposeFile)
+	hasWeb := strings.Contains(string(compose), fmt.Sprintf("\"127.0.0.1:%d:", WebPort))
 	if o.Probe == nil {
-		if plan.Web != nil {
+		if hasWeb {
 			o.Probe = httpProbe(fmt.Sprintf("http://127.0.0.1:%d/", WebPort))
 		} else {
 			o.Probe = func(context.Context) bool { return true }

@@ -25,6 +25,7 @@ Bases are cached under ` + "`$ECS_IMAGE_CACHE`" + ` (default $XDG_CACHE_HOME/ecs
 
 var baseBuildFlags struct {
 	suite, mirror, size, output, keyring string
+	bootstrap                            string
 	packages                             []string
 }
 
@@ -64,6 +65,7 @@ image's absolute path is printed on stdout (logs go to stderr). Needs root.`,
 		}
 		b, err := images.BuildBase(cmd.Context(), images.DefaultCache(), images.BuildOptions{
 			Suite: f.suite, Mirror: f.mirror, Size: size, Packages: f.packages, Keyring: f.keyring,
+			Bootstrap: f.bootstrap,
 		})
 		if err != nil {
 			return err
@@ -93,6 +95,7 @@ func init() {
 	fl.StringVar(&baseBuildFlags.size, "size", "4G", "virtual disk size (growpart enlarges the partition when the disk is resized)")
 	fl.StringVarP(&baseBuildFlags.output, "output", "o", "", "also write the image to FILE (qcow2; raw if FILE ends in .raw or .img)")
 	fl.StringArrayVar(&baseBuildFlags.packages, "package", nil, "extra package to install (repeatable)")
+	fl.StringVar(&baseBuildFlags.bootstrap, "bootstrap", "", "mmdebstrap or debootstrap (default: mmdebstrap if installed, else debootstrap)")
 	fl.StringVar(&baseBuildFlags.keyring, "keyring", "", "keyring file for the mirror's Release signature (default: the host's keyrings)")
 	baseCmd.AddCommand(baseBuildCmd)
 

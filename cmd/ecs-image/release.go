@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"os"
+	"os/exec"
 	"strings"
 	"time"
 
@@ -19,7 +20,7 @@ func init() {
 }
 
 func releaseCmd() *cobra.Command {
-	var key, passFile, buildManifest string
+	var key, passFile, buildManifest, gitRev string
 	cmd := &cobra.Command{
 		Use:   "release DIR",
 		Short: "Write SHA256SUMS, its OpenPGP signature and manifest.json for the artifacts in DIR",
@@ -27,10 +28,10 @@ func releaseCmd() *cobra.Command {
 
 Every regular file in DIR is an artifact, except hidden files and the
 release's own files (SHA256SUMS, SHA256SUMS.asc, manifest.json,
-build-manifest.json). ecs-image release writes:
+NAME.build.json, build-manifest.json). ecs-image release writes:
 
   manifest.json   every artifact with format, size and sha256, plus the
-                  builder's record (build-manifest.json in DIR, or
+                  builder's record (the build manifest in DIR, or
                   --build-manifest): base image name and digest, template
                   digest, variant, builder version, git revision, build time
                   and the guest package list
@@ -49,7 +50,7 @@ or from $` + passphraseEnv + `.`,
 			if err := checkDir(dir); err != nil {
 				return err
 			}
-			opts := release.Options{BuildManifest: buildManifest}
+			opts := release.Options{BuildManifest: buildManifest, GitRevision: gitRev, FallbackGitRevision: gitHead()}
 			if key != "" {
 				pass, err := readPassphrase(passFile)
 				if err != nil {
@@ -77,8 +78,18 @@ or from $` + passphraseEnv + `.`,
 	f := cmd.Flags()
 	f.StringVar(&key, "key", "", "armored OpenPGP secret key file to sign SHA256SUMS with")
 	f.StringVar(&passFile, "key-passphrase-file", "", "file holding the key's passphrase (else $"+passphraseEnv+")")
-	f.StringVar(&buildManifest, "build-manifest", "", "the builder's manifest (default DIR/build-manifest.json; optional)")
+	f.StringVar(&buildManifest, "build-manifest", "", "the builder's manifest (default DIR/build-manifest.json or the one DIR/*.build.json; optional)")
+	f.StringVar(&gitRev, "git-revision", "", "git revision to record (default: the build manifest's, else HEAD of the current directory's repository)")
 	return cmd
+}
+
+// gitHead is the current directory's git HEAD, or "" outside a work tree.
+func gitHead() string {
+	out, err := exec.Command("git", "rev-parse", "HEAD").Output()
+	if err != nil {
+		return ""
+	}
+	return strings.TrimSpace(string(out))
 }
 
 func readPassphrase(file string) ([]byte, error) {

@@ -131,6 +131,7 @@ type vmtestReport struct {
 	ReadySeconds float64        `json:"ready_seconds,omitempty"`
 	HTTPSSeconds float64        `json:"https_seconds,omitempty"`
 	HTTPSStatus  int            `json:"https_status,omitempty"`
+	StatusPage   string         `json:"status_page,omitempty"`
 	State        string         `json:"state"`
 	Line         string         `json:"console_line,omitempty"`
 	Reason       string         `json:"reason,omitempty"`
@@ -340,17 +341,26 @@ func vmtestCheck(ctx context.Context, m *qemu.Machine, markers *vmtestMarkers, d
 	rep.State, rep.Reason, rep.Line = state, reason, line
 	rep.ReadySeconds = since()
 	logrus.Infof("console after %.1fs: %s", rep.ReadySeconds, line)
+	addr := net.JoinHostPort("127.0.0.1", fmt.Sprint(m.HostPort(443)))
+	if https && (state == "failed" || state == "standby") {
+		// The agent's status page shows the reason: report what it says.
+		pctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		status, body, err := waitHTTPS(pctx, addr, domain, false, m.Done())
+		cancel()
+		if err == nil {
+			rep.HTTPSStatus, rep.StatusPage = status, pageText(body, 500)
+		}
+	}
 	if state != expect {
 		if reason != "" {
 			return fmt.Errorf("the appliance reported %s, want %s: %s", state, expect, reason)
 		}
 		return fmt.Errorf("the appliance reported %s, want %s (%s)", state, expect, line)
 	}
-	if !https {
+	if !https || state != "ready" {
 		return nil
 	}
-	addr := net.JoinHostPort("127.0.0.1", fmt.Sprint(m.HostPort(443)))
-	status, err := waitHTTPS(ctx, addr, domain, expect == "ready", m.Done())
+	status, _, err := waitHTTPS(ctx, addr, domain, true, m.Done())
 	rep.HTTPSStatus = status
 	if err != nil {
 		return err
@@ -388,7 +398,7 @@ func waitSSHBanner(ctx context.Context, port int) error {
 // waitHTTPS polls https://DOMAIN/ at addr (the forwarded 443 port) until
 // it answers 200 (want200) or anything (otherwise), stopped is closed (QEMU
 // exited) or ctx ends.
-func waitHTTPS(ctx context.Context, addr, domain string, want200 bool, stopped <-chan struct{}) (int, error) {
+func waitHTTPS(ctx context.Context, addr, domain string, want200 bool, stopped <-chan struct{}) (int, string, error) {
 	host := domain
 	if host == "" {
 		host = "localhost"
@@ -413,11 +423,11 @@ func waitHTTPS(ctx context.Context, addr, domain string, want200 bool, stopped <
 		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 		resp, err := client.Do(req)
 		if err == nil {
-			io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<20))
+			body, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
 			resp.Body.Close()
 			status = resp.StatusCode
 			if status == http.StatusOK || !want200 {
-				return status, nil
+				return status, string(body), nil
 			}
 			if msg := fmt.Sprintf("HTTP %d", status); msg != last {
 				logrus.Infof("%s via %s answered %s, waiting for 200", url, addr, msg)
@@ -428,9 +438,9 @@ func waitHTTPS(ctx context.Context, addr, domain string, want200 bool, stopped <
 		}
 		select {
 		case <-ctx.Done():
-			return status, fmt.Errorf("%s via %s: no 200 before the time-out (last: %s)", url, addr, last)
+			return status, "", fmt.Errorf("%s via %s: no 200 before the time-out (last: %s)", url, addr, last)
 		case <-stopped:
-			return status, fmt.Errorf("%s via %s: QEMU exited before it answered 200", url, addr)
+			return status, "", fmt.Errorf("%s via %s: QEMU exited before it answered 200", url, addr)
 		case <-time.After(2 * time.Second):
 		}
 	}
@@ -544,14 +554,36 @@ func vmtestPrint(w io.Writer, r *vmtestReport, asJSON bool) {
 	} else {
 		fmt.Fprintf(w, "console:   %s\n", r.State)
 	}
-	if r.HTTPSStatus != 0 {
+	if r.HTTPSStatus != 0 && r.HTTPSSeconds != 0 {
 		fmt.Fprintf(w, "https:     %d after %s\n", r.HTTPSStatus, at(r.HTTPSSeconds))
+	} else if r.HTTPSStatus != 0 {
+		fmt.Fprintf(w, "https:     %d\n", r.HTTPSStatus)
+	}
+	if r.StatusPage != "" {
+		fmt.Fprintf(w, "page:      %s\n", r.StatusPage)
 	}
 	if r.OK {
 		fmt.Fprintf(w, "result:    PASS\n")
 	} else {
 		fmt.Fprintf(w, "result:    FAIL: %s\n", firstLine(r.Error))
 	}
+}
+
+var (
+	htmlDrop = regexp.MustCompile(`(?is)<(script|style|head)\b.*?</(script|style|head)>`)
+	htmlTag  = regexp.MustCompile(`(?s)<[^>]*>`)
+)
+
+// pageText is the visible text of an HTML page, whitespace collapsed, cut
+// at max bytes.
+func pageText(body string, max int) string {
+	t := htmlTag.ReplaceAllString(htmlDrop.ReplaceAllString(body, " "), " ")
+	t = strings.NewReplacer("&amp;", "&", "&lt;", "<", "&gt;", ">", "&quot;", `"`, "&#39;", "'", "&nbsp;", " ").Replace(t)
+	t = strings.Join(strings.Fields(t), " ")
+	if len(t) > max {
+		t = t[:max] + "…"
+	}
+	return t
 }
 
 func firstLine(s string) string {

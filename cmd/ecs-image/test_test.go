@@ -200,6 +200,17 @@ func TestVMTestClassify(t *testing.T) {
 	}
 }
 
+func TestPageText(t *testing.T) {
+	page := `<html><head><title>x</title><style>p{}</style></head><body><h1>ECS appliance: failed</h1>
+<p>Reason: appliance.domain &amp; more   missing</p><script>var a=1;</script></body></html>`
+	if got := pageText(page, 500); got != "ECS appliance: failed Reason: appliance.domain & more missing" {
+		t.Errorf("pageText = %q", got)
+	}
+	if got := pageText("abcdef", 3); got != "abc…" {
+		t.Errorf("cut = %q", got)
+	}
+}
+
 func TestWaitHTTPS(t *testing.T) {
 	var calls atomic.Int32
 	var host, sni atomic.Value
@@ -217,8 +228,8 @@ func TestWaitHTTPS(t *testing.T) {
 	addr := strings.TrimPrefix(srv.URL, "https://")
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	status, err := waitHTTPS(ctx, addr, "ecs.example.org", true, nil)
-	if err != nil || status != 200 || calls.Load() != 2 {
+	status, body, err := waitHTTPS(ctx, addr, "ecs.example.org", true, nil)
+	if err != nil || status != 200 || calls.Load() != 2 || body != "ok" {
 		t.Fatalf("status %d, %d calls, %v", status, calls.Load(), err)
 	}
 	if host.Load() != "ecs.example.org" || sni.Load() != "ecs.example.org" {
@@ -226,14 +237,14 @@ func TestWaitHTTPS(t *testing.T) {
 	}
 	// Not wanting 200, the first answer (503) is enough.
 	calls.Store(0)
-	if status, err := waitHTTPS(ctx, addr, "", false, nil); err != nil || status != 503 {
-		t.Errorf("status %d %v", status, err)
+	if status, body, err := waitHTTPS(ctx, addr, "", false, nil); err != nil || status != 503 || body != "preparing\n" {
+		t.Errorf("status %d %q %v", status, body, err)
 	}
 	// QEMU exiting ends the wait.
 	stopped := make(chan struct{})
 	close(stopped)
 	srv.Close()
-	if _, err := waitHTTPS(ctx, addr, "x", true, stopped); err == nil || !strings.Contains(err.Error(), "QEMU exited") {
+	if _, _, err := waitHTTPS(ctx, addr, "x", true, stopped); err == nil || !strings.Contains(err.Error(), "QEMU exited") {
 		t.Errorf("err = %v", err)
 	}
 }

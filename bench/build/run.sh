@@ -1,0 +1,66 @@
+#!/bin/bash
+# Times the builder on the reference workload (issue 6): a 64 MiB file
+# upload + apt install nginx postgresql stunnel4 + generalise + vmdk + vhdx,
+# cold (--no-cache) and warm (only the file-only last stage changed), on
+# the local Debian base. Prints seconds and the qcow2 size. Not run in CI
+# (a cold run takes minutes under TCG).
+#
+#   bench/build/run.sh            # uses bin/ecs-image (make build)
+#   ECS_IMAGE=/path/to/ecs-image bench/build/run.sh
+set -euo pipefail
+root=$(cd "$(dirname "$0")/../.." && pwd)
+bin=${ECS_IMAGE:-$root/bin/ecs-image}
+[ -x "$bin" ] || (cd "$root" && make build >/dev/null)
+work=$(mktemp -d /tmp/ecs-bench-build.XXXXXX)
+trap 'rm -rf "$work"' EXIT
+
+base=$("$bin" base build)   # cached after the first time, not timed
+
+template() { # $1 = outputs
+  cat <<YAML
+name: bench
+base:
+  file: $base
+disk_size: 8G
+memory: 2048
+cpus: 2
+stages:
+  - name: packages
+    provisioners:
+      - type: packages
+        packages: [nginx, postgresql, stunnel4]
+  - name: upload
+    provisioners:
+      - type: file
+        source: blob
+        destination: /opt/bench/blob
+outputs: [$1]
+YAML
+}
+
+secs() { # run "$@", print elapsed seconds
+  local t0 t1
+  t0=$(date +%s.%N)
+  "$@" >"$work/last.log" 2>&1 || { cat "$work/last.log" >&2; exit 1; }
+  t1=$(date +%s.%N)
+  awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", b - a }'
+}
+
+head -c 64M /dev/urandom >"$work/blob"
+template "qcow2, vmdk, vhdx" >"$work/all.yml"
+template "qcow2" >"$work/qcow2.yml"
+
+cold=$(secs "$bin" build "$work/all.yml" -o "$work/out" --no-cache)
+size=$(stat -c %s "$work/out/bench.qcow2")
+
+head -c 64M /dev/urandom >"$work/blob"
+warm_qcow2=$(secs "$bin" build "$work/qcow2.yml" -o "$work/out-q")
+
+head -c 64M /dev/urandom >"$work/blob"
+warm_all=$(secs "$bin" build "$work/all.yml" -o "$work/out")
+
+printf 'cold (all formats)          %8.1f s\n' "$cold"
+printf 'warm, last stage changed:\n'
+printf '  qcow2 only                %8.1f s\n' "$warm_qcow2"
+printf '  qcow2 + vmdk + vhdx       %8.1f s\n' "$warm_all"
+printf 'qcow2 size                  %8.1f MiB\n' "$(awk -v s="$size" 'BEGIN { print s / 1048576 }')"

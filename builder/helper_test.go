@@ -1,0 +1,157 @@
+package builder
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+
+	"github.com/ecs-image/ecs-image/provisioners"
+)
+
+// TestJobArchiveUnpack writes a job disk the way the host does and unpacks
+// it the way the helper does, into a fake image root with its own passwd.
+func TestJobArchiveUnpack(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("chown needs root")
+	}
+	src := t.TempDir()
+	os.WriteFile(filepath.Join(src, "motd"), []byte("hello\n"), 0o600)
+	content := "x=1\n"
+	r := &offlineRun{WorkDir: t.TempDir(), Job: helperJob{Generalise: true, GeneraliseScript: "true", Packages: true},
+		Placers: []provisioners.Placer{
+			&provisioners.File{Source: filepath.Join(src, "motd"), Destination: "/etc/motd", Mode: "0644"},
+			&provisioners.File{Content: &content, Destination: "/app/etc/conf", Owner: "app:staff", Mode: "0640"},
+		}}
+	for _, p := range r.Placers {
+		if errs := p.Check(""); len(errs) > 0 {
+			t.Fatal(errs)
+		}
+	}
+	job := filepath.Join(r.WorkDir, "job.tar")
+	if err := r.writeJob(context.Background(), job); err != nil {
+		t.Fatal(err)
+	}
+	fi, _ := os.Stat(job)
+	if fi.Size()%(1<<20) != 0 {
+		t.Errorf("job disk size %d is not whole MiB", fi.Size())
+	}
+
+	root := t.TempDir()
+	os.MkdirAll(filepath.Join(root, "etc"), 0o755)
+	os.WriteFile(filepath.Join(root, "etc/passwd"), []byte("root:x:0:0::/root:/bin/sh\napp:x:1234:1234::/app:/bin/sh\n"), 0o644)
+	os.WriteFile(filepath.Join(root, "etc/group"), []byte("root:x:0:\nstaff:x:50:\n"), 0o644)
+	// /app/etc is a symlink into /data, as in the appliance layout.
+	os.MkdirAll(filepath.Join(root, "data/etc"), 0o755)
+	os.MkdirAll(filepath.Join(root, "app"), 0o755)
+	os.Symlink("/data/etc", filepath.Join(root, "app/etc"))
+	os.Symlink(filepath.Join(root, "data/etc"), filepath.Join(root, "app/etc"))
+
+	f, _ := os.Open(job)
+	defer f.Close()
+	tr := tar.NewReader(f)
+	h, err := tr.Next()
+	if err != nil || h.Name != jobEntryName {
+		t.Fatalf("first entry %v %v", h, err)
+	}
+	var got helperJob
+	if err := json.NewDecoder(tr).Decode(&got); err != nil || !got.Generalise || !got.Packages {
+		t.Fatalf("job %+v %v", got, err)
+	}
+	users, groups := readIDs(root)
+	n, err := unpack(tr, root, users, groups)
+	if err != nil || n != 2 {
+		t.Fatalf("unpack: %d %v", n, err)
+	}
+	st := func(p string) *syscall.Stat_t {
+		fi, err := os.Stat(filepath.Join(root, p))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return fi.Sys().(*syscall.Stat_t)
+	}
+	if s := st("etc/motd"); s.Mode&0o777 != 0o644 || s.Uid != 0 {
+		t.Errorf("motd: mode %o uid %d", s.Mode&0o777, s.Uid)
+	}
+	if s := st("data/etc/conf"); s.Mode&0o777 != 0o640 || s.Uid != 1234 || s.Gid != 50 {
+		t.Errorf("conf through the symlink: mode %o uid %d gid %d", s.Mode&0o777, s.Uid, s.Gid)
+	}
+	if l, err := os.Readlink(filepath.Join(root, "app/etc")); err != nil || !strings.HasSuffix(l, "data/etc") {
+		t.Errorf("the directory symlink was replaced: %q %v", l, err)
+	}
+
+	// An owner unknown in the image is an error, not a silent root.
+	var buf bytes.Buffer
+	a := provisioners.NewArchive(&buf)
+	a.Bytes("/etc/x", []byte("x"), 0o644, provisioners.Owner{User: "nobody-here", Group: "root"})
+	a.Close()
+	if _, err := unpack(tar.NewReader(&buf), root, users, groups); err == nil || !strings.Contains(err.Error(), `no user "nobody-here"`) {
+		t.Errorf("unknown owner: %v", err)
+	}
+	// Paths cannot leave the root.
+	buf.Reset()
+	tw := tar.NewWriter(&buf)
+	tw.WriteHeader(&tar.Header{Name: "../../escape", Mode: 0o644, Typeflag: tar.TypeReg})
+	tw.Close()
+	if _, err := unpack(tar.NewReader(&buf), root, users, groups); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(filepath.Dir(filepath.Dir(root)), "escape")); err == nil {
+		t.Error("an entry escaped the root")
+	}
+}
+
+// TestHelperInitrd checks the appended cpio archive with GNU cpio.
+func TestHelperInitrd(t *testing.T) {
+	if _, err := exec.LookPath("cpio"); err != nil {
+		t.Skip("no cpio")
+	}
+	dir := t.TempDir()
+	base := filepath.Join(dir, "initrd")
+	exe := filepath.Join(dir, "exe")
+	os.WriteFile(base, []byte("BASE"), 0o644) // 4 bytes: the cpio follows at once
+	os.WriteFile(exe, []byte("#!/bin/sh\necho helper\n"), 0o755)
+	out := filepath.Join(dir, "out")
+	if err := writeHelperInitrd(out, base, exe); err != nil {
+		t.Fatal(err)
+	}
+	data, _ := os.ReadFile(out)
+	if !bytes.HasPrefix(data, []byte("BASE070701")) {
+		t.Fatalf("layout: %q", data[:16])
+	}
+	x := filepath.Join(dir, "x")
+	os.Mkdir(x, 0o755)
+	cmd := exec.Command("cpio", "-i", "--quiet")
+	cmd.Dir = x
+	cmd.Stdin = bytes.NewReader(data[4:])
+	if o, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("cpio: %v %s", err, o)
+	}
+	fi, err := os.Stat(filepath.Join(x, HelperName))
+	if err != nil || fi.Mode().Perm() != 0o755 || fi.Size() != 22 {
+		t.Errorf("extracted helper: %v %v", fi, err)
+	}
+}
+
+func TestGeneraliseScript(t *testing.T) {
+	s := generaliseScript(Generalise{Commands: []string{"echo custom"}})
+	for _, want := range []string{"echo custom", "userdel --remove --force", "cloud-init clean --logs --seed", ": > /etc/machine-id",
+		"rm -f /var/lib/dbus/machine-id", "rm -f /etc/ssh/ssh_host_*", "rm -rf /var/lib/apt/lists/*", "truncate -s 0"} {
+		if !strings.Contains(s, want) {
+			t.Errorf("generalise script lacks %q", want)
+		}
+	}
+	if strings.Contains(generaliseScript(Generalise{KeepLogs: true}), "truncate -s 0") {
+		t.Error("keep_logs ignored")
+	}
+	// The script is valid shell.
+	if out, err := exec.Command("/bin/sh", "-n", "-c", s).CombinedOutput(); err != nil {
+		t.Errorf("sh -n: %v %s", err, out)
+	}
+}

@@ -1,0 +1,749 @@
+//go:build integration
+
+package integration
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/hex"
+	"encoding/json"
+	"encoding/pem"
+	"fmt"
+	"io"
+	"math/big"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/ecs-image/ecs-image/cidata"
+	"github.com/ecs-image/ecs-image/communicator"
+	"github.com/ecs-image/ecs-image/env"
+	"github.com/ecs-image/ecs-image/integration/testimage"
+	"github.com/ecs-image/ecs-image/qemu"
+)
+
+// The end-to-end test of issue 5: the reference appliance template, built
+// once (variant "ci": the template's stages plus a file-only stage, qcow2
+// only) with the test web image baked in, booted with seeds made by
+// `ecs-image env create` and `ecs-image cidata`, and checked from the host
+// (HTTPS, mTLS deploy API) and over SSH (with a key put into the env's
+// ssh_authorized_keys). Under TCG on 2 cores it takes 30-45 minutes on a
+// cold stage cache.
+//
+// ECS_IMAGE_SKIP_APPLIANCE=1 skips it (and says so); nothing else does.
+
+const (
+	applianceTemplate = "../templates/ecs-appliance.yml"
+	ciVariant         = "ci"
+	// deployPort is appliance.deploy.port in the test envs.
+	deployPort = 8866
+	// deployAppPort is where the deploy API's container is published in
+	// the guest (its docker run arguments).
+	deployAppPort = 18081
+	// bootTimeout bounds one boot to ready under TCG.
+	bootTimeout = 20 * time.Minute
+)
+
+// ciVariantYAML is added to the template's variants: nothing booted, only
+// the qcow2 output, so CI spends its time on the shared stages.
+const ciVariantYAML = `
+env: {ECS_VARIANT: ci}
+stages:
+  - name: ci-flags
+    provisioners:
+      - type: file
+        content: "ci\n"
+        destination: /etc/ecs-image/variant
+outputs: [qcow2]
+`
+
+// timings collects the measurements printed at the end.
+type timings struct {
+	build, bareCloudInit, applianceSSH, applianceReady, secondReady time.Duration
+}
+
+func TestAppliance(t *testing.T) {
+	if os.Getenv("ECS_IMAGE_SKIP_APPLIANCE") == "1" {
+		t.Skip("ECS_IMAGE_SKIP_APPLIANCE=1: skipping the appliance end-to-end test (build + 4 boots, ~40 min under TCG)")
+	}
+	var tm timings
+	defer func() {
+		over := "n/a"
+		if tm.applianceReady > 0 && tm.bareCloudInit > 0 {
+			over = fmt.Sprintf("%+.1fs", (tm.applianceReady - tm.bareCloudInit).Seconds())
+		}
+		summary := fmt.Sprintf("APPLIANCE TIMINGS (accel %s): build %s; bare base boot to cloud-init done %s; appliance first boot: SSH %s, ready %s (agent overhead over the bare boot %s); second boot ready %s",
+			qemu.DetectAccel(context.Background()), sec(tm.build), sec(tm.bareCloudInit), sec(tm.applianceSSH), sec(tm.applianceReady), over, sec(tm.secondReady))
+		t.Log(summary)
+		fmt.Println(summary)
+	}()
+
+	base := baseImage(t)
+	work := t.TempDir()
+
+	// The bare base, booted by `ecs-image test` to cloud-init's final
+	// message: the reference for the agent's overhead.
+	t.Run("bare-base-boot", func(t *testing.T) {
+		out := ecsImage(t, "test", base, "--no-https", "--json", "--timeout", bootTimeout.String())
+		var rep struct {
+			ReadySeconds float64 `json:"ready_seconds"`
+			OK           bool    `json:"ok"`
+		}
+		if err := json.Unmarshal([]byte(out), &rep); err != nil || !rep.OK {
+			t.Fatalf("report: %v\n%s", err, out)
+		}
+		tm.bareCloudInit = time.Duration(rep.ReadySeconds * float64(time.Second))
+		t.Logf("bare base: cloud-init done after %s", sec(tm.bareCloudInit))
+	})
+
+	// The template, built once.
+	tmplPath := prepareTemplate(t, work)
+	outDir := filepath.Join(work, "out")
+	start := time.Now()
+	ecsImage(t, "build", tmplPath, "-o", outDir, "--variant", ciVariant)
+	tm.build = time.Since(start)
+	artifact := filepath.Join(outDir, "ecs-appliance-"+ciVariant+".qcow2")
+	if _, err := os.Stat(artifact); err != nil {
+		t.Fatalf("build output: %v", err)
+	}
+	t.Logf("built %s in %s", artifact, sec(tm.build))
+
+	key, err := communicator.GenerateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pki := newDeployPKI(t, filepath.Join(work, "pki"))
+	envA := makeEnv(t, work, "a.ecs.test", key.AuthorizedKey, pki.caPEM)
+	seedA := filepath.Join(work, "a-seed.iso")
+	ecsImage(t, "cidata", "-e", envA, "-o", seedA)
+
+	// First boot.
+	vm := bootAppliance(t, work, "a", artifact, seedA)
+	sawStatusPage := make(chan string, 1)
+	go watchStatusPage(vm, "a.ecs.test", sawStatusPage)
+	ssh, err := communicator.Dial(context.Background(), vm.addr(22), "root", key.Signer, bootTimeout, vm.m.Done())
+	if err != nil {
+		t.Fatalf("SSH with the env's key: %v\n%s", err, vm.m.SerialTail(40))
+	}
+	defer ssh.Close()
+	tm.applianceSSH = time.Since(vm.m.Started)
+	line := vm.waitState(t, "ready")
+	tm.applianceReady = time.Since(vm.m.Started)
+	t.Logf("appliance a: SSH after %s, %q after %s", sec(tm.applianceSSH), line, sec(tm.applianceReady))
+	run := func(t *testing.T, cmd string) string {
+		t.Helper()
+		out, err := ssh.Output(context.Background(), cmd, false)
+		if err != nil {
+			t.Fatalf("%s: %v\n%s", cmd, err, out)
+		}
+		return out
+	}
+
+	t.Run("cloud-init-used-our-seed", func(t *testing.T) {
+		want, _ := os.ReadFile(envA)
+		got := run(t, "cat /var/lib/cloud/instance/user-data.txt")
+		if got != string(want) {
+			t.Errorf("cloud-init's user-data is not our env.yml (%d vs %d bytes)", len(got), len(want))
+		}
+		if ds := run(t, "cat /run/cloud-init/result.json"); !strings.Contains(ds, "NoCloud") {
+			t.Errorf("datasource: %s", ds)
+		}
+		if h := strings.TrimSpace(run(t, "cat /etc/hostname")); h != "a.ecs.test" {
+			t.Errorf("hostname %q", h)
+		}
+	})
+
+	t.Run("active-env", func(t *testing.T) {
+		st := strings.Fields(run(t, "stat -c '%a %U' /run/active-env.yml"))
+		if len(st) != 2 || st[0] != "600" || st[1] != "root" {
+			t.Errorf("/run/active-env.yml: mode/owner %v, want 600 root", st)
+		}
+		data := run(t, "cat /run/active-env.yml")
+		doc, err := env.Parse("/run/active-env.yml", []byte(data))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if doc.Domain() != "a.ecs.test" {
+			t.Errorf("domain %q", doc.Domain())
+		}
+		want, _ := os.ReadFile(envA)
+		if data != string(want) {
+			t.Error("/run/active-env.yml differs from the env.yml on the seed")
+		}
+	})
+
+	t.Run("flattened-env-matches-env-flatten", func(t *testing.T) {
+		want := ecsImage(t, "env", "flatten", envA, "ecs,appliance")
+		got := run(t, "cat /run/active-env.env")
+		if got != want {
+			t.Errorf("/run/active-env.env differs from `ecs-image env flatten env.yml ecs,appliance`:\n%s", firstDiff(got, want))
+		}
+		if mode := strings.TrimSpace(run(t, "stat -c %a /run/active-env.env")); mode != "600" {
+			t.Errorf("/run/active-env.env mode %s", mode)
+		}
+	})
+
+	t.Run("https-status-page-then-app", func(t *testing.T) {
+		select {
+		case page := <-sawStatusPage:
+			t.Logf("nginx served the status page with 503 while preparing (%d bytes)", len(page))
+		case <-time.After(time.Second):
+			t.Error("never saw nginx's 503 status page while the appliance was preparing")
+		}
+		status, body, err := httpsGet(vm.m.HostPort(443), "a.ecs.test", "/")
+		if err != nil || status != 200 {
+			t.Fatalf("GET https://a.ecs.test/ via 127.0.0.1:%d: %d %v\n%s", vm.m.HostPort(443), status, err, body)
+		}
+		if !strings.HasPrefix(body, "ecs-testapp version=1 host=a.ecs.test proto=https") {
+			t.Errorf("body %q: not the test container behind nginx", body)
+		}
+	})
+
+	t.Run("baked-image-loaded-without-registry", func(t *testing.T) {
+		want := testImageID(t, testimage.Options{})
+		id := strings.TrimSpace(run(t, "docker image inspect --format '{{.Id}}' "+testimage.DefaultTag))
+		if id != want {
+			t.Errorf("image ID %s, want %s (the baked tarball's config digest)", id, want)
+		}
+		if d := strings.TrimSpace(run(t, "docker image inspect --format '{{len .RepoDigests}}' "+testimage.DefaultTag)); d != "0" {
+			t.Errorf("the image has %s registry digests: it was pulled, not loaded", d)
+		}
+		ps := run(t, "docker ps --format '{{.Names}} {{.Image}}'")
+		if !regexp.MustCompile(`(?m)^ecs[_-]testapp[_-]1 ` + regexp.QuoteMeta(testimage.DefaultTag) + `$`).MatchString(ps) {
+			t.Errorf("docker ps: %q", ps)
+		}
+	})
+
+	t.Run("postgresql-role-and-database", func(t *testing.T) {
+		out := run(t, `runuser -u postgres -- psql -tAc "SELECT rolname FROM pg_roles WHERE rolname='ecs'" && runuser -u postgres -- psql -tAc "SELECT datname, pg_get_userbyid(datdba) FROM pg_database WHERE datname='ecs'"`)
+		if strings.TrimSpace(out) != "ecs\necs|ecs" {
+			t.Errorf("psql: %q, want role ecs and database ecs owned by ecs", out)
+		}
+	})
+
+	t.Run("no-build-key", func(t *testing.T) {
+		keys := run(t, "cat /root/.ssh/authorized_keys /home/*/.ssh/authorized_keys 2>/dev/null; true")
+		for _, l := range strings.Split(keys, "\n") {
+			l = strings.TrimSpace(l)
+			if l == "" || strings.HasPrefix(l, "#") {
+				continue
+			}
+			if !strings.Contains(l, strings.Fields(key.AuthorizedKey)[1]) {
+				t.Errorf("an authorized key that is not the env's: %q", l)
+			}
+		}
+		if out := run(t, "getent passwd ecs-build || true"); strings.TrimSpace(out) != "" {
+			t.Errorf("the build user is still there: %s", out)
+		}
+	})
+
+	hostKeyA := strings.TrimSpace(run(t, "ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub"))
+	machineIDA := strings.TrimSpace(run(t, "cat /etc/machine-id"))
+
+	t.Run("deploy-api-mtls", func(t *testing.T) {
+		port := vm.m.HostPort(deployPort)
+		serverCert := filepath.Join(work, "a-server.pem")
+		if err := os.WriteFile(serverCert, []byte(run(t, "cat /app/etc/server.cert.pem")), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		// Without a client certificate the handshake (or the request) fails.
+		conn, err := tls.Dial("tcp", net.JoinHostPort("127.0.0.1", fmt.Sprint(port)), &tls.Config{InsecureSkipVerify: true})
+		if err == nil {
+			conn.SetDeadline(time.Now().Add(10 * time.Second))
+			fmt.Fprintf(conn, "GET /v1/deployments HTTP/1.1\r\nHost: a.ecs.test\r\n\r\n")
+			buf := make([]byte, 64)
+			n, rerr := conn.Read(buf)
+			conn.Close()
+			if rerr == nil && strings.HasPrefix(string(buf[:n]), "HTTP/1.1 200") {
+				t.Errorf("the deploy API answered 200 without a client certificate")
+			}
+		}
+		// With a certificate from another CA the command fails.
+		other := newDeployPKI(t, filepath.Join(work, "pki-other"))
+		if _, _, err := ecsImageRun("deploy", fmt.Sprintf("127.0.0.1:%d", port), "-", "--action", "status",
+			"--cert", other.cert, "--key", other.key, "--ca", serverCert, "--server-name", "a.ecs.test"); err == nil {
+			t.Errorf("the deploy API accepted a client certificate from an unknown CA")
+		}
+		common := []string{"--cert", pki.cert, "--key", pki.key, "--ca", serverCert, "--server-name", "a.ecs.test"}
+		hostArg := fmt.Sprintf("127.0.0.1:%d", port)
+		ecsImage(t, append([]string{"deploy", hostArg, "-", "--action", "status"}, common...)...)
+
+		for _, v := range []string{"2", "3"} {
+			tarball := filepath.Join(work, "testapp-v"+v+".tar")
+			if err := testimage.Build(context.Background(), tarball, testimage.Options{Version: v, Tags: []string{"ecs/testapp:v" + v}}); err != nil {
+				t.Fatal(err)
+			}
+			before := strings.TrimSpace(run(t, "docker inspect --format '{{.Id}}' ed_testapp 2>/dev/null || true"))
+			out := ecsImage(t, append([]string{"deploy", hostArg, "testapp", tarball}, common...)...)
+			t.Logf("deploy v%s: %s", v, strings.Join(strings.Fields(out), " "))
+			after := strings.TrimSpace(run(t, "docker inspect --format '{{.Id}} {{.Config.Image}} {{.State.Running}}' ed_testapp"))
+			f := strings.Fields(after)
+			if len(f) != 3 || f[0] == before || f[2] != "true" {
+				t.Errorf("after deploy v%s: container %q (before %q): not replaced and running", v, after, before)
+			}
+			body := waitGuestHTTP(t, run, fmt.Sprintf("http://127.0.0.1:%d/", deployAppPort), "version="+v)
+			t.Logf("ed_testapp answers %q", strings.TrimSpace(body))
+		}
+	})
+	vm.stop(t)
+
+	// Second boot of the same artifact with another env.
+	t.Run("second-boot-other-env", func(t *testing.T) {
+		envB := makeEnv(t, work, "b.ecs.test", key.AuthorizedKey, pki.caPEM)
+		seedB := filepath.Join(work, "b-seed.iso")
+		ecsImage(t, "cidata", "-e", envB, "-o", seedB)
+		vmB := bootAppliance(t, work, "b", artifact, seedB)
+		defer vmB.stop(t)
+		c, err := communicator.Dial(context.Background(), vmB.addr(22), "root", key.Signer, bootTimeout, vmB.m.Done())
+		if err != nil {
+			t.Fatalf("SSH: %v\n%s", err, vmB.m.SerialTail(40))
+		}
+		defer c.Close()
+		vmB.waitState(t, "ready")
+		tm.secondReady = time.Since(vmB.m.Started)
+		out, err := c.Output(context.Background(), "ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub; cat /etc/machine-id; cat /etc/hostname", false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		l := strings.Split(strings.TrimSpace(out), "\n")
+		if len(l) != 3 {
+			t.Fatalf("output %q", out)
+		}
+		if l[0] == hostKeyA || l[1] == machineIDA || l[1] == "" {
+			t.Errorf("second boot shares identity with the first: host key %q vs %q, machine-id %q vs %q", l[0], hostKeyA, l[1], machineIDA)
+		}
+		if l[2] != "b.ecs.test" && l[2] != "b" {
+			t.Errorf("hostname %q", l[2])
+		}
+		status, body, err := httpsGet(vmB.m.HostPort(443), "b.ecs.test", "/")
+		if err != nil || status != 200 || !strings.Contains(body, "host=b.ecs.test") {
+			t.Errorf("https://b.ecs.test/: %d %v %q", status, err, body)
+		}
+	})
+
+	// A broken env.yml: no appliance.domain. `ecs-image cidata` refuses it,
+	// so the seed is written raw, as a careless operator's tool might.
+	t.Run("broken-env-fails-visibly", func(t *testing.T) {
+		good, err := os.ReadFile(envA)
+		if err != nil {
+			t.Fatal(err)
+		}
+		broken := regexp.MustCompile(`(?m)^  domain: .*\n`).ReplaceAll(good, nil)
+		if string(broken) == string(good) {
+			t.Fatal("could not remove appliance.domain from the env")
+		}
+		brokenPath := filepath.Join(work, "broken-env.yml")
+		os.WriteFile(brokenPath, broken, 0o600)
+		if _, _, err := ecsImageRun("cidata", "-e", brokenPath, "-o", filepath.Join(work, "refused.iso")); err == nil {
+			t.Error("ecs-image cidata accepted an env.yml without appliance.domain")
+		}
+		seed := filepath.Join(work, "broken-seed.iso")
+		if err := cidata.Write(seed, cidata.Options{UserData: broken, UserDataName: "broken env.yml", Raw: true, Hostname: "broken"}); err != nil {
+			t.Fatal(err)
+		}
+		vmX := bootAppliance(t, work, "broken", artifact, seed)
+		defer vmX.stop(t)
+		line := vmX.waitState(t, "failed")
+		if !strings.Contains(line, "domain") {
+			t.Errorf("console line does not name the problem: %q", line)
+		}
+		// The reason is on the status page: HTTPS 503 when nginx was
+		// configured, else the agent's fallback site on port 80 (503 page
+		// and the state JSON).
+		deadline := time.Now().Add(3 * time.Minute)
+		for {
+			status, body, err := httpsGet(vmX.m.HostPort(443), "broken", "/")
+			if err == nil && status == 503 && strings.Contains(body, "domain") {
+				t.Logf("status page: 503 naming the reason")
+				break
+			}
+			st2, body2, err2 := httpGet(vmX.m.HostPort(80), "/")
+			js, jbody, jerr := httpGet(vmX.m.HostPort(80), "/ecs-status.json")
+			if err2 == nil && st2 == 503 && strings.Contains(body2, "domain") &&
+				jerr == nil && js == 200 && strings.Contains(jbody, `"failed"`) && strings.Contains(jbody, "domain") {
+				t.Logf("port 80: status page 503 naming the reason; state %s", strings.Join(strings.Fields(jbody), " "))
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("no status page with the reason: https %d %v %.200q; http %d %v %.200q", status, err, body, st2, err2, body2)
+			}
+			time.Sleep(5 * time.Second)
+		}
+	})
+
+	// The CLI's own check, as a user runs it after `make appliance`.
+	t.Run("ecs-image-test-cli", func(t *testing.T) {
+		out := ecsImage(t, "test", artifact, "--env", envA, "--json", "--timeout", bootTimeout.String())
+		var rep struct {
+			OK           bool    `json:"ok"`
+			State        string  `json:"state"`
+			ReadySeconds float64 `json:"ready_seconds"`
+			HTTPSStatus  int     `json:"https_status"`
+		}
+		if err := json.Unmarshal([]byte(out), &rep); err != nil || !rep.OK || rep.State != "ready" || rep.HTTPSStatus != 200 {
+			t.Fatalf("ecs-image test: %v\n%s", err, out)
+		}
+		t.Logf("ecs-image test: ready after %.1fs, HTTPS 200", rep.ReadySeconds)
+	})
+}
+
+func sec(d time.Duration) string {
+	if d == 0 {
+		return "n/a"
+	}
+	return fmt.Sprintf("%.1fs", d.Seconds())
+}
+
+// prepareTemplate copies templates/ (ecs-appliance.yml, files/, systemd/)
+// into dir/templates, adds the ci variant, writes the test image where the
+// template expects the demo image and the agent where it expects it
+// (../bin/ecs-agent). The shared stages' definitions and files are
+// unchanged, so their cache keys are those of `make appliance`.
+func prepareTemplate(t *testing.T, dir string) string {
+	t.Helper()
+	data, err := os.ReadFile(applianceTemplate)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var doc yaml.Node
+	if err := yaml.Unmarshal(data, &doc); err != nil {
+		t.Fatal(err)
+	}
+	root := doc.Content[0]
+	var variants *yaml.Node
+	for i := 0; i+1 < len(root.Content); i += 2 {
+		if root.Content[i].Value == "variants" {
+			variants = root.Content[i+1]
+		}
+	}
+	if variants == nil {
+		variants = &yaml.Node{Kind: yaml.MappingNode}
+		root.Content = append(root.Content, &yaml.Node{Kind: yaml.ScalarNode, Value: "variants"}, variants)
+	}
+	var ci yaml.Node
+	if err := yaml.Unmarshal([]byte(ciVariantYAML), &ci); err != nil {
+		t.Fatal(err)
+	}
+	variants.Content = append(variants.Content, &yaml.Node{Kind: yaml.ScalarNode, Value: ciVariant}, ci.Content[0])
+	out, err := yaml.Marshal(&doc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tdir := filepath.Join(dir, "templates")
+	if err := os.CopyFS(tdir, os.DirFS("../templates")); err != nil {
+		t.Fatal(err)
+	}
+	img := filepath.Join(tdir, "files", "images", "testapp.tar")
+	os.Remove(img) // a copy of `make appliance`'s demo image, if any
+	if err := testimage.Build(context.Background(), img, testimage.Options{}); err != nil {
+		t.Fatal(err)
+	}
+	tmpl := filepath.Join(tdir, "ecs-appliance.yml")
+	if err := os.WriteFile(tmpl, out, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(filepath.Join(dir, "bin"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	agent, err := os.ReadFile(ecsAgentPath())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "bin", "ecs-agent"), agent, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	ecsImage(t, "validate", tmpl)
+	return tmpl
+}
+
+// testImageID is the image ID Docker gives the test image: its config digest.
+func testImageID(t *testing.T, o testimage.Options) string {
+	t.Helper()
+	bin, err := testimage.BuildServer(context.Background(), t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := testimage.Image(bin, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := img.ConfigName()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return h.String()
+}
+
+// makeEnv creates an env.yml for domain with `ecs-image env create`, the
+// SSH key through --extra and appliance.deploy added (env create does not
+// set it): the deploy API on deployPort trusting caPEM, with one
+// deployment "testapp" published on the guest's loopback deployAppPort.
+func makeEnv(t *testing.T, dir, domain, authorizedKey, caPEM string) string {
+	t.Helper()
+	extra := filepath.Join(dir, domain+"-extra.yml")
+	if err := os.WriteFile(extra, []byte("ssh_authorized_keys:\n  - \""+authorizedKey+"\"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(dir, domain+"-env.yml")
+	ecsImage(t, "env", "create", domain, "-o", p, "--extra", extra, "--force")
+	data, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ca strings.Builder
+	for _, l := range strings.Split(strings.TrimSpace(caPEM), "\n") {
+		ca.WriteString("      " + l + "\n")
+	}
+	deploy := "appliance:\n  deploy:\n    port: " + fmt.Sprint(deployPort) + "\n    client_ca: |\n" + ca.String() +
+		"    deployments:\n      - name: testapp\n        args: [\"-p\", \"127.0.0.1:" + fmt.Sprint(deployAppPort) + ":8080\"]\n"
+	s := string(data)
+	if strings.Count(s, "\nappliance:\n") != 1 {
+		t.Fatalf("%s: no single top-level appliance: mapping", p)
+	}
+	s = strings.Replace(s, "\nappliance:\n", "\n"+deploy, 1)
+	if err := os.WriteFile(p, []byte(s), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ecsImage(t, "env", "validate", p)
+	return p
+}
+
+// deployPKI is a client CA and a client certificate signed by it.
+type deployPKI struct {
+	caPEM     string
+	cert, key string
+}
+
+func newDeployPKI(t *testing.T, dir string) deployPKI {
+	t.Helper()
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	caTmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "ecs-image e2e deploy CA"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
+	}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caCert, _ := x509.ParseCertificate(caDER)
+	cliKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	cliTmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "e2e deployer"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	}
+	cliDER, err := x509.CreateCertificate(rand.Reader, cliTmpl, caCert, &cliKey.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyDER, _ := x509.MarshalECPrivateKey(cliKey)
+	p := deployPKI{
+		caPEM: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER})),
+		cert:  filepath.Join(dir, "client.crt"),
+		key:   filepath.Join(dir, "client.key"),
+	}
+	os.WriteFile(p.cert, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cliDER}), 0o644)
+	os.WriteFile(p.key, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}), 0o600)
+	return p
+}
+
+// applianceVM is one boot of the artifact on an overlay.
+type applianceVM struct {
+	m *qemu.Machine
+}
+
+func (v *applianceVM) addr(guest int) string {
+	return net.JoinHostPort("127.0.0.1", fmt.Sprint(v.m.HostPort(guest)))
+}
+
+// bootAppliance boots artifact (untouched: on an overlay) with seed,
+// forwarding SSH, HTTP, HTTPS and the deploy API.
+func bootAppliance(t *testing.T, dir, name, artifact, seed string) *applianceVM {
+	t.Helper()
+	overlay := filepath.Join(dir, name+"-overlay.qcow2")
+	if err := qemu.Overlay(context.Background(), artifact, overlay, 0); err != nil {
+		t.Fatal(err)
+	}
+	cfg := qemu.Config{
+		Name: "e2e-" + name, Disk: overlay, CDROMs: []string{seed}, Memory: 2048, CPUs: 2,
+		SerialLog: filepath.Join(dir, name+"-serial.log"),
+		Forwards:  []qemu.Forward{{Guest: 22}, {Guest: 80}, {Guest: 443}, {Guest: deployPort}},
+	}
+	m, err := qemu.Start(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	vm := &applianceVM{m: m}
+	t.Cleanup(func() { vm.stop(t) })
+	t.Logf("booting %s (%s), serial log %s", name, m.Config.Accel, cfg.SerialLog)
+	return vm
+}
+
+func (v *applianceVM) stop(t *testing.T) {
+	if v.m.Exited() {
+		return
+	}
+	v.m.Kill()
+	<-v.m.Done()
+	os.Remove(v.m.Config.Disk)
+}
+
+var markerRE = regexp.MustCompile(`ECS-APPLIANCE-(READY|FAILED|STANDBY)(?::\s*(.*))?`)
+
+// waitState waits for the agent's console marker and fails unless it
+// announces want (ready, failed, standby).
+func (v *applianceVM) waitState(t *testing.T, want string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), bootTimeout)
+	defer cancel()
+	line, err := v.m.WaitSerialMatch(ctx, markerRE)
+	if err != nil {
+		t.Fatalf("waiting for the agent's console marker: %v\n%s", err, v.m.SerialTail(60))
+	}
+	m := markerRE.FindStringSubmatch(line)
+	if got := strings.ToLower(m[1]); got != want {
+		t.Fatalf("the appliance reported %s, want %s: %s\n%s", got, want, line, v.m.SerialTail(60))
+	}
+	return line
+}
+
+// watchStatusPage polls https://domain/ through the forwarded port from
+// boot until the application answers, and sends the first 503 page it saw.
+func watchStatusPage(v *applianceVM, domain string, saw chan<- string) {
+	sent := false
+	for i := 0; i < 1200 && !v.m.Exited(); i++ {
+		status, body, err := httpsGet(v.m.HostPort(443), domain, "/")
+		if err == nil && status == 503 && !sent && strings.Contains(strings.ToLower(body), "appliance") {
+			saw <- body
+			sent = true
+		}
+		if err == nil && status == 200 {
+			return
+		}
+		time.Sleep(time.Second)
+	}
+}
+
+// httpsGet fetches https://host/path through the loopback port
+// (self-signed certificate accepted; SNI and Host are host).
+func httpsGet(port int, host, path string) (int, string, error) {
+	tr := &http.Transport{
+		TLSClientConfig:   &tls.Config{InsecureSkipVerify: true, ServerName: host},
+		DisableKeepAlives: true,
+		DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, network, net.JoinHostPort("127.0.0.1", fmt.Sprint(port)))
+		},
+	}
+	defer tr.CloseIdleConnections()
+	c := &http.Client{Transport: tr, Timeout: 10 * time.Second}
+	resp, err := c.Get("https://" + host + path)
+	if err != nil {
+		return 0, "", err
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	return resp.StatusCode, string(b), nil
+}
+
+func httpGet(port int, path string) (int, string, error) {
+	c := &http.Client{Timeout: 10 * time.Second, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	resp, err := c.Get(fmt.Sprintf("http://127.0.0.1:%d%s", port, path))
+	if err != nil {
+		return 0, "", err
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	return resp.StatusCode, string(b), nil
+}
+
+// waitGuestHTTP polls url inside the guest (curl over SSH) until the body
+// contains want.
+func waitGuestHTTP(t *testing.T, run func(*testing.T, string) string, url, want string) string {
+	t.Helper()
+	var body string
+	for i := 0; i < 60; i++ {
+		body = run(t, "curl -s --max-time 5 "+url+" || true")
+		if strings.Contains(body, want) {
+			return body
+		}
+		time.Sleep(2 * time.Second)
+	}
+	t.Fatalf("%s in the guest: %q, want %q", url, body, want)
+	return ""
+}
+
+// firstDiff shows the first differing line of two texts.
+func firstDiff(got, want string) string {
+	g, w := strings.Split(got, "\n"), strings.Split(want, "\n")
+	for i := 0; i < len(g) || i < len(w); i++ {
+		var a, b string
+		if i < len(g) {
+			a = g[i]
+		}
+		if i < len(w) {
+			b = w[i]
+		}
+		if a != b {
+			// Values may be secrets: show names and hashes only.
+			return fmt.Sprintf("line %d: got %s, want %s", i+1, redact(a), redact(b))
+		}
+	}
+	return "(equal)"
+}
+
+func redact(line string) string {
+	name, val, _ := strings.Cut(line, "=")
+	s := sha256.Sum256([]byte(val))
+	return name + "=<sha256 " + hex.EncodeToString(s[:4]) + ">"
+}
+
+// TestApplianceInputs checks the glue without booting anything: the
+// derived template (ci variant, test image, agent) validates and the test
+// env (SSH key, appliance.deploy) validates and makes a seed.
+func TestApplianceInputs(t *testing.T) {
+	work := t.TempDir()
+	tmpl := prepareTemplate(t, work)
+	data, err := os.ReadFile(tmpl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(data), "ci-flags") || !strings.Contains(string(data), "files/images/testapp.tar") {
+		t.Errorf("derived template:\n%s", data)
+	}
+	key, err := communicator.GenerateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pki := newDeployPKI(t, filepath.Join(work, "pki"))
+	p := makeEnv(t, work, "inputs.ecs.test", key.AuthorizedKey, pki.caPEM)
+	doc, err := env.Load(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if doc.Domain() != "inputs.ecs.test" || doc.Lookup("appliance.deploy.deployments") == nil {
+		t.Errorf("env: domain %q, deploy %v", doc.Domain(), doc.Lookup("appliance.deploy"))
+	}
+	keys := doc.Lookup("ssh_authorized_keys")
+	if keys == nil || len(keys.Content) != 1 || keys.Content[0].Value != key.AuthorizedKey {
+		t.Errorf("ssh_authorized_keys: %v", keys)
+	}
+	ecsImage(t, "cidata", "-e", p, "-o", filepath.Join(work, "seed.iso"))
+}
