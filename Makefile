@@ -12,7 +12,7 @@ DEB_PACKAGES := \
 	mmdebstrap debootstrap fdisk e2fsprogs dosfstools mtools grub-pc-bin \
 	xorriso genisoimage cloud-image-utils xz-utils bzip2 \
 	zbar-tools poppler-utils gnupg duplicity openssh-client sudo \
-	ca-certificates curl git make
+	ca-certificates curl git make python3-dotenv python3-yaml
 # Vagrant and libvirt for the box tests (slow; CI installs them too).
 DEB_VAGRANT := vagrant vagrant-libvirt libvirt-daemon libvirt-daemon-driver-qemu \
 	libvirt-clients libvirt-daemon-system dnsmasq-base ebtables iptables iproute2

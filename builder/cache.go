@@ -53,9 +53,12 @@ type StageEntry struct {
 	Booted bool `json:"booted"`
 	// BootFrom is the key of the entry whose boot/ directory holds the
 	// kernel and initrd for this disk.
-	BootFrom string    `json:"boot_from,omitempty"`
-	Created  time.Time `json:"created"`
-	Seconds  float64   `json:"seconds"`
+	BootFrom string `json:"boot_from,omitempty"`
+	// Backing is the disk's backing file (the parent's disk or the base);
+	// an entry whose backing file is gone is a miss.
+	Backing string    `json:"backing,omitempty"`
+	Created time.Time `json:"created"`
+	Seconds float64   `json:"seconds"`
 	// Packages is the guest's package list (generalise entries only).
 	Packages []string  `json:"packages,omitempty"`
 	Size     int64     `json:"size"` // disk file size, filled by List
@@ -85,6 +88,11 @@ func (c *StageCache) Lookup(key string) *StageEntry {
 	}
 	if _, err := os.Stat(c.Disk(key)); err != nil {
 		return nil
+	}
+	if e.Backing != "" {
+		if _, err := os.Stat(e.Backing); err != nil {
+			return nil
+		}
 	}
 	now := time.Now()
 	os.Chtimes(meta, now, now)

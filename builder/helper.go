@@ -62,7 +62,10 @@ func HelperMain() int {
 	if f, err := os.OpenFile("/dev/console", os.O_WRONLY, 0); err == nil {
 		con = f
 	}
-	logf := func(format string, args ...any) { fmt.Fprintf(con, markerLog+format+"\n", args...) }
+	logf := func(format string, args ...any) {
+		up, _ := os.ReadFile("/proc/uptime")
+		fmt.Fprintf(con, markerLog+"[%s s] "+format+"\n", append([]any{strings.Fields(string(up) + " ?")[0]}, args...)...)
+	}
 	fmt.Fprintln(con, markerStart)
 	err := helperRun(con, logf)
 	if err != nil {
@@ -99,6 +102,7 @@ func helperRun(con io.Writer, logf func(string, ...any)) error {
 			rootSpec = v
 		}
 	}
+	logf("helper started")
 	loadModules(logf)
 	dev, err := waitRoot(rootSpec, 60*time.Second)
 	if err != nil {
@@ -120,13 +124,13 @@ func helperRun(con io.Writer, logf func(string, ...any)) error {
 		return err
 	}
 	defer jobDev.Close()
-	users, groups := readIDs(helperRoot)
-	n, err := unpack(tr, helperRoot, users, groups)
+	n, err := unpackChrooted(tr, helperRoot)
 	if err != nil {
 		return err
 	}
 	logf("placed %d entries", n)
 	if job.Generalise {
+		logf("generalising")
 		if err := chrootRun(con, job.GeneraliseScript); err != nil {
 			return fmt.Errorf("generalise: %v", err)
 		}
@@ -144,6 +148,7 @@ func helperRun(con io.Writer, logf func(string, ...any)) error {
 		}
 	}
 	if job.Trim {
+		logf("trimming")
 		if n, err := fstrim(helperRoot); err != nil {
 			logf("fstrim: %v", err)
 		} else {
@@ -151,6 +156,7 @@ func helperRun(con io.Writer, logf func(string, ...any)) error {
 		}
 	}
 	syscall.Sync()
+	logf("unmounting")
 	if err := syscall.Unmount(helperRoot, 0); err != nil {
 		syscall.Mount("", helperRoot, "", syscall.MS_REMOUNT|syscall.MS_RDONLY, "")
 		return fmt.Errorf("unmount root: %v", err)
@@ -193,6 +199,9 @@ func waitRoot(spec string, timeout time.Duration) (string, error) {
 }
 
 func findRoot(spec string) string {
+	if strings.HasPrefix(spec, "PARTUUID=") || strings.HasPrefix(spec, "/dev/disk/by-partuuid/") {
+		spec = "" // not in the superblock: the first ext file system
+	}
 	if strings.HasPrefix(spec, "/dev/") && !strings.HasPrefix(spec, "/dev/disk/") {
 		if _, err := os.Stat(spec); err == nil {
 			return spec
@@ -267,6 +276,40 @@ func openJob() (*helperJob, *tar.Reader, *os.File, error) {
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
+}
+
+// unpackChrooted unpacks the archive inside root as if it were "/": the
+// process changes its root directory to root for the unpacking, so that
+// absolute symlinks in the image (/app/etc → /data/etc) resolve inside it,
+// and returns to the real root afterwards.
+func unpackChrooted(tr *tar.Reader, root string) (int, error) {
+	real, err := os.Open("/")
+	if err != nil {
+		return 0, err
+	}
+	defer real.Close()
+	cwd, _ := os.Getwd()
+	if err := syscall.Chroot(root); err != nil {
+		return 0, fmt.Errorf("chroot %s: %v", root, err)
+	}
+	n, uerr := func() (int, error) {
+		if err := os.Chdir("/"); err != nil {
+			return 0, err
+		}
+		users, groups := readIDs("/")
+		return unpack(tr, "/", users, groups)
+	}()
+	// Back to the real root: fchdir to it, then chroot(".").
+	if err := syscall.Fchdir(int(real.Fd())); err != nil {
+		return n, fmt.Errorf("leave chroot: %v", err)
+	}
+	if err := syscall.Chroot("."); err != nil {
+		return n, fmt.Errorf("leave chroot: %v", err)
+	}
+	if cwd != "" {
+		os.Chdir(cwd)
+	}
+	return n, uerr
 }
 
 // readIDs reads user and group names from the image's passwd and group.

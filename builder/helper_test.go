@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -50,8 +51,7 @@ func TestJobArchiveUnpack(t *testing.T) {
 	// /app/etc is a symlink into /data, as in the appliance layout.
 	os.MkdirAll(filepath.Join(root, "data/etc"), 0o755)
 	os.MkdirAll(filepath.Join(root, "app"), 0o755)
-	os.Symlink("/data/etc", filepath.Join(root, "app/etc"))
-	os.Symlink(filepath.Join(root, "data/etc"), filepath.Join(root, "app/etc"))
+	os.Symlink("/data/etc", filepath.Join(root, "app/etc")) // absolute, as in the image
 
 	f, _ := os.Open(job)
 	defer f.Close()
@@ -64,8 +64,15 @@ func TestJobArchiveUnpack(t *testing.T) {
 	if err := json.NewDecoder(tr).Decode(&got); err != nil || !got.Generalise || !got.Packages {
 		t.Fatalf("job %+v %v", got, err)
 	}
+	cwd, _ := os.Getwd()
+	n, err := unpackChrooted(tr, root)
+	if now, _ := os.Getwd(); now != cwd {
+		t.Fatalf("working directory changed: %s", now)
+	}
+	if _, err := os.Stat("/proc/self"); err != nil {
+		t.Fatal("the process did not return to the real root")
+	}
 	users, groups := readIDs(root)
-	n, err := unpack(tr, root, users, groups)
 	if err != nil || n != 2 {
 		t.Fatalf("unpack: %d %v", n, err)
 	}
@@ -82,7 +89,7 @@ func TestJobArchiveUnpack(t *testing.T) {
 	if s := st("data/etc/conf"); s.Mode&0o777 != 0o640 || s.Uid != 1234 || s.Gid != 50 {
 		t.Errorf("conf through the symlink: mode %o uid %d gid %d", s.Mode&0o777, s.Uid, s.Gid)
 	}
-	if l, err := os.Readlink(filepath.Join(root, "app/etc")); err != nil || !strings.HasSuffix(l, "data/etc") {
+	if l, err := os.Readlink(filepath.Join(root, "app/etc")); err != nil || l != "/data/etc" {
 		t.Errorf("the directory symlink was replaced: %q %v", l, err)
 	}
 
@@ -107,35 +114,47 @@ func TestJobArchiveUnpack(t *testing.T) {
 	}
 }
 
-// TestHelperInitrd checks the appended cpio archive with GNU cpio.
+// TestHelperInitrd parses the appended newc cpio archive.
 func TestHelperInitrd(t *testing.T) {
-	if _, err := exec.LookPath("cpio"); err != nil {
-		t.Skip("no cpio")
-	}
 	dir := t.TempDir()
 	base := filepath.Join(dir, "initrd")
 	exe := filepath.Join(dir, "exe")
-	os.WriteFile(base, []byte("BASE"), 0o644) // 4 bytes: the cpio follows at once
-	os.WriteFile(exe, []byte("#!/bin/sh\necho helper\n"), 0o755)
+	os.WriteFile(base, []byte("BASE!"), 0o644) // 5 bytes: padded to 8
+	body := "#!/bin/sh\necho helper\n"
+	os.WriteFile(exe, []byte(body), 0o755)
 	out := filepath.Join(dir, "out")
 	if err := writeHelperInitrd(out, base, exe); err != nil {
 		t.Fatal(err)
 	}
 	data, _ := os.ReadFile(out)
-	if !bytes.HasPrefix(data, []byte("BASE070701")) {
+	if !bytes.HasPrefix(data, []byte("BASE!\x00\x00\x00070701")) {
 		t.Fatalf("layout: %q", data[:16])
 	}
-	x := filepath.Join(dir, "x")
-	os.Mkdir(x, 0o755)
-	cmd := exec.Command("cpio", "-i", "--quiet")
-	cmd.Dir = x
-	cmd.Stdin = bytes.NewReader(data[4:])
-	if o, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("cpio: %v %s", err, o)
+	type entry struct {
+		name string
+		mode uint64
+		data string
 	}
-	fi, err := os.Stat(filepath.Join(x, HelperName))
-	if err != nil || fi.Mode().Perm() != 0o755 || fi.Size() != 22 {
-		t.Errorf("extracted helper: %v %v", fi, err)
+	var ents []entry
+	p := data[8:]
+	for len(p) >= 110 {
+		hex := func(i int) uint64 { v, _ := strconv.ParseUint(string(p[6+8*i:14+8*i]), 16, 64); return v }
+		if string(p[:6]) != "070701" {
+			t.Fatalf("bad magic %q", p[:6])
+		}
+		mode, size, nsize := hex(1), hex(6), hex(11)
+		off := 110
+		name := string(p[off : off+int(nsize)-1])
+		off = (off + int(nsize) + 3) &^ 3
+		ents = append(ents, entry{name, mode, string(p[off : off+int(size)])})
+		off = (off + int(size) + 3) &^ 3
+		p = p[off:]
+		if name == "TRAILER!!!" {
+			break
+		}
+	}
+	if len(ents) != 2 || ents[0].name != HelperName || ents[0].mode != 0o100755 || ents[0].data != body || ents[1].name != "TRAILER!!!" || len(p) != 0 {
+		t.Errorf("entries %+v, %d bytes left", ents, len(p))
 	}
 }
 

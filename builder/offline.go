@@ -203,7 +203,7 @@ func (r *offlineRun) parse(exitErr error) error {
 		case strings.HasPrefix(l, markerPackages):
 			r.Packages = append(r.Packages, strings.TrimPrefix(l, markerPackages))
 		case strings.HasPrefix(l, markerLog):
-			r.Log.Debug(strings.TrimPrefix(l, markerLog))
+			r.Log.Info("helper: " + strings.TrimPrefix(l, markerLog))
 		case strings.HasPrefix(l, markerFailed):
 			failed = strings.TrimPrefix(l, markerFailed)
 		case l == markerOK:

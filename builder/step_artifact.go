@@ -110,7 +110,7 @@ func (s *stepArtifact) Cleanup(state multistep.StateBag) {
 
 func (b *buildState) manifest(files []ArtifactFile) *Manifest {
 	m := &Manifest{
-		Template: b.tmpl.Name, TemplateFile: b.tmpl.File, TemplateDigest: "sha256:" + sha256Hex(b.tmpl.Raw),
+		Template: b.tmpl.Name, TemplateFile: absOrSelf(b.tmpl.File), TemplateDigest: "sha256:" + sha256Hex(b.tmpl.Raw),
 		Variant: b.plan.Variant, Production: b.plan.Production,
 		Base:     ManifestBase{Name: b.base.Name, Path: b.base.Path, Digest: b.base.Digest, Format: b.base.Format, Firmware: b.base.Firmware},
 		Packages: b.packages, Files: files, Accel: string(b.accel), Builder: fmt.Sprintf("ecs-image builder v%d", Version),
@@ -139,4 +139,11 @@ func hashFileSHA256(p string) (string, int64, error) {
 		return "", 0, err
 	}
 	return hex.EncodeToString(h.Sum(nil)), n, nil
+}
+
+func absOrSelf(p string) string {
+	if a, err := filepath.Abs(p); err == nil {
+		return a
+	}
+	return p
 }

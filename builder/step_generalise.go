@@ -65,7 +65,7 @@ func (s *stepGeneralise) Run(ctx context.Context, state multistep.StateBag) mult
 	os.Remove(r.SerialLog)
 	b.packages = r.Packages
 	e := &StageEntry{Key: b.genKey, Parent: b.parentKey, Name: "generalise", Template: b.tmpl.Name,
-		BootFrom: b.bootFrom, Created: timeNow().UTC(), Seconds: timeNow().Sub(start).Seconds(), Packages: r.Packages}
+		BootFrom: b.bootFrom, Backing: b.parentDisk, Created: timeNow().UTC(), Seconds: timeNow().Sub(start).Seconds(), Packages: r.Packages}
 	if b.opts.NoCache {
 		b.cache.Remove(b.genKey)
 	}

@@ -32,7 +32,9 @@ func (s *stepWaitSSH) Run(ctx context.Context, state multistep.StateBag) multist
 	sr.client = c
 	// cloud-init must be done (users, host keys, growpart) before we
 	// provision; status 2 means "done with recoverable errors".
-	out, err := c.Output(ctx, "cloud-init status --wait >/dev/null 2>&1; echo $?", false)
+	wctx, cancel := context.WithTimeout(ctx, b.tmpl.SSHTimeout)
+	defer cancel()
+	out, err := c.Output(wctx, "cloud-init status --wait >/dev/null 2>&1; echo $?", false)
 	if err != nil {
 		return halt(state, fmt.Errorf("cloud-init status: %w", err))
 	}

@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	"github.com/hashicorp/packer-plugin-sdk/multistep"
+	"gopkg.in/yaml.v3"
 )
 
 func names(steps []multistep.Step) string {
@@ -27,5 +28,31 @@ func TestStepOrder(t *testing.T) {
 		if got := names(c.steps); got != c.want {
 			t.Errorf("steps:\n got %s\nwant %s", got, c.want)
 		}
+	}
+}
+
+func TestBuildUserData(t *testing.T) {
+	ud, err := buildUserData("ssh-ed25519 AAAAC3 ecs-image\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cfg struct {
+		Users []struct {
+			Name       string   `yaml:"name"`
+			Sudo       string   `yaml:"sudo"`
+			LockPasswd bool     `yaml:"lock_passwd"`
+			Keys       []string `yaml:"ssh_authorized_keys"`
+		} `yaml:"users"`
+		SSHPwauth bool `yaml:"ssh_pwauth"`
+	}
+	if !strings.HasPrefix(string(ud), "#cloud-config\n") {
+		t.Fatalf("not cloud-config: %q", ud)
+	}
+	if err := yaml.Unmarshal(ud, &cfg); err != nil {
+		t.Fatal(err)
+	}
+	if len(cfg.Users) != 1 || cfg.Users[0].Name != BuildUser || cfg.Users[0].Sudo != "ALL=(ALL) NOPASSWD:ALL" ||
+		!cfg.Users[0].LockPasswd || len(cfg.Users[0].Keys) != 1 || cfg.Users[0].Keys[0] != "ssh-ed25519 AAAAC3 ecs-image" || cfg.SSHPwauth {
+		t.Errorf("user-data: %+v\n%s", cfg, ud)
 	}
 }

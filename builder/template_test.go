@@ -143,3 +143,33 @@ func TestParseSize(t *testing.T) {
 		}
 	}
 }
+
+// TestRepoTemplates validates the templates shipped in templates/.
+func TestRepoTemplates(t *testing.T) {
+	tp, err := LoadTemplate("../templates/test-small.yml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(tp.Stages) != 2 || !tp.Stages[0].NeedsBoot() || tp.Stages[1].NeedsBoot() {
+		t.Errorf("test-small: want a booted then a file-only stage")
+	}
+	if _, err := os.Stat("../bin/ecs-agent"); err != nil {
+		t.Skip("ecs-appliance.yml needs bin/ecs-agent (make build)")
+	}
+	tp, err = LoadTemplate("../templates/ecs-appliance.yml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, v := range []string{"dev", "test", "prod"} {
+		p, err := tp.Plan(v)
+		if err != nil {
+			t.Fatalf("%s: %v", v, err)
+		}
+		if p.Shared != 3 || len(p.Stages) != 4 {
+			t.Errorf("%s: %d stages (%d shared)", v, len(p.Stages), p.Shared)
+		}
+	}
+	if p, _ := tp.Plan(""); p.Variant != "prod" || !p.Production {
+		t.Errorf("default variant: %+v", p)
+	}
+}

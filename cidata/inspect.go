@@ -2,6 +2,7 @@ package cidata
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -170,6 +171,9 @@ func readAtOK(f *os.File, b []byte, off int64) bool {
 }
 
 func openISO(f *os.File) (*seedImage, error) {
+	if err := checkISO(f); err != nil {
+		return nil, fmt.Errorf("iso9660: %w", err)
+	}
 	im, err := iso9660.OpenImage(f)
 	if err != nil {
 		return nil, fmt.Errorf("iso9660: %w", err)
@@ -194,9 +198,6 @@ func openISO(f *os.File) (*seedImage, error) {
 			return fmt.Errorf("iso9660: %s: %w", prefix, err)
 		}
 		for _, c := range children {
-			if len(files) >= maxEntries {
-				return errors.New("iso9660: too many files")
-			}
 			p := path.Join(prefix, c.Name())
 			if c.IsDir() {
 				if err := walk(c, p, depth+1); err != nil {
@@ -340,4 +341,130 @@ func (img *seedImage) readMetaData() {
 	} else {
 		img.info.InstanceID, img.info.Hostname = str("instance-id"), str("local-hostname")
 	}
+}
+
+// checkISO walks the primary directory tree of an ISO9660 image and
+// rejects what github.com/kdomanski/iso9660 does not survive: a System Use
+// entry of length 0 makes it loop forever, a continuation area that points
+// back at itself recurses until the stack overflows, and a huge one is
+// allocated whole. Directory loops and oversized trees are refused too.
+func checkISO(r io.ReaderAt) error {
+	var pvd []byte
+	for sector := 16; sector < 16+32 && pvd == nil; sector++ {
+		vd := make([]byte, isoBlock)
+		if _, err := r.ReadAt(vd, int64(sector)*isoBlock); err != nil {
+			return fmt.Errorf("volume descriptor %d: %w", sector, err)
+		}
+		if string(vd[1:6]) != "CD001" || vd[0] == 255 {
+			break
+		}
+		if vd[0] == 1 {
+			pvd = vd
+		}
+	}
+	if pvd == nil {
+		return errors.New("no primary volume descriptor")
+	}
+	readExtent := func(loc, size uint32) ([]byte, error) {
+		if size > 1<<20 {
+			return nil, fmt.Errorf("directory of %d bytes", size)
+		}
+		b := make([]byte, size)
+		if _, err := r.ReadAt(b, int64(loc)*isoBlock); err != nil {
+			return nil, fmt.Errorf("directory at block %d: %w", loc, err)
+		}
+		return b, nil
+	}
+	var checkSUSP func(area []byte, hops int) error
+	checkSUSP = func(area []byte, hops int) error {
+		if hops > 8 {
+			return errors.New("continuation chain of System Use areas too long")
+		}
+		for len(area) >= 4 {
+			n := int(area[2])
+			if n < 4 || n > len(area) {
+				return fmt.Errorf("system use entry of bad length %d", n)
+			}
+			if string(area[0:2]) == "CE" {
+				if n < 28 {
+					return errors.New("short continuation entry")
+				}
+				blk := binary.LittleEndian.Uint32(area[4:8])
+				off := binary.LittleEndian.Uint32(area[12:16])
+				ln := binary.LittleEndian.Uint32(area[20:24])
+				if ln > isoBlock || off >= isoBlock {
+					return errors.New("continuation area larger than a block")
+				}
+				ce := make([]byte, ln)
+				if _, err := r.ReadAt(ce, int64(blk)*isoBlock+int64(off)); err != nil {
+					return fmt.Errorf("continuation area: %w", err)
+				}
+				if err := checkSUSP(ce, hops+1); err != nil {
+					return err
+				}
+			}
+			area = area[n:]
+		}
+		return nil
+	}
+	root := pvd[156 : 156+34]
+	seen := map[uint32]bool{}
+	records, skip := 0, -1
+	var walk func(loc, size uint32, depth int) error
+	walk = func(loc, size uint32, depth int) error {
+		if depth > maxDepth {
+			return errors.New("directories nested too deep")
+		}
+		if seen[loc] {
+			return fmt.Errorf("directory loop at block %d", loc)
+		}
+		seen[loc] = true
+		ext, err := readExtent(loc, size)
+		if err != nil {
+			return err
+		}
+		for off := 0; off < len(ext); {
+			n := int(ext[off])
+			if n == 0 {
+				off = (off/isoBlock + 1) * isoBlock
+				continue
+			}
+			if n < 34 || off+n > len(ext) || off/isoBlock != (off+n-1)/isoBlock {
+				return fmt.Errorf("bad directory record at block %d", loc)
+			}
+			if records++; records > maxEntries {
+				return errors.New("too many directory records")
+			}
+			rec := ext[off : off+n]
+			nameLen := int(rec[32])
+			su := 33 + nameLen + (1 - nameLen%2)
+			if 33+nameLen > n {
+				return fmt.Errorf("bad directory record at block %d", loc)
+			}
+			if su < n {
+				area := rec[su:]
+				if skip < 0 { // the root's "." record: SP gives the skip length
+					skip = 0
+					if len(area) >= 7 && string(area[0:2]) == "SP" {
+						skip = int(area[6])
+					}
+				} else if skip > len(area) {
+					area = nil
+				} else {
+					area = area[skip:]
+				}
+				if err := checkSUSP(area, 0); err != nil {
+					return fmt.Errorf("directory record at block %d: %w", loc, err)
+				}
+			}
+			if rec[25]&2 != 0 && !isDotRecord(rec) {
+				if err := walk(binary.LittleEndian.Uint32(rec[2:6]), binary.LittleEndian.Uint32(rec[10:14]), depth+1); err != nil {
+					return err
+				}
+			}
+			off += n
+		}
+		return nil
+	}
+	return walk(binary.LittleEndian.Uint32(root[2:6]), binary.LittleEndian.Uint32(root[10:14]), 0)
 }

@@ -2,8 +2,10 @@ package cidata
 
 import (
 	"bytes"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
+	"math/rand"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -11,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 )
 
 // runTool runs an independent reader (genisoimage's isoinfo, xorriso,
@@ -281,4 +284,95 @@ func FuzzInspect(f *testing.F) {
 		}
 		_, _ = Inspect(p)
 	})
+}
+
+// inspectWithin runs Inspect on data and fails the test if it does not
+// return within a few seconds (a reader stuck in a loop).
+func inspectWithin(t *testing.T, data []byte) error {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "img")
+	if err := os.WriteFile(p, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { _, err := Inspect(p); done <- err }()
+	select {
+	case err := <-done:
+		return err
+	case <-time.After(10 * time.Second):
+		os.WriteFile(filepath.Join(os.TempDir(), "cidata-hang.img"), data, 0o600)
+		t.Fatal("Inspect did not return (image saved as cidata-hang.img in the temp dir)")
+		return nil
+	}
+}
+
+// suspOf returns the System Use area of the first directory record named
+// name in the root directory of img.
+func suspOf(t *testing.T, img []byte, name string) []byte {
+	t.Helper()
+	root := img[16*isoBlock+156:]
+	var area []byte
+	_ = eachRecord(img, binary.LittleEndian.Uint32(root[2:6]), binary.LittleEndian.Uint32(root[10:14]), func(r []byte) error {
+		nl := int(r[32])
+		if area == nil && strings.HasPrefix(string(r[33:33+nl]), name) {
+			area = r[33+nl+(1-nl%2):]
+		}
+		return nil
+	})
+	if area == nil {
+		t.Fatalf("no record %s", name)
+	}
+	return area
+}
+
+// Hostile System Use areas that hang or crash github.com/kdomanski/iso9660
+// are refused before it sees them.
+func TestInspectHostileSUSP(t *testing.T) {
+	img := build(t, Options{})
+	area := suspOf(t, img, "USER")
+	area[2] = 0 // zero-length entry: an endless loop in the reader
+	if err := inspectWithin(t, img); err == nil || !strings.Contains(err.Error(), "bad length 0") {
+		t.Errorf("zero-length SUSP entry: %v", err)
+	}
+
+	img = build(t, Options{})
+	root := img[16*isoBlock+156:]
+	rootLoc := binary.LittleEndian.Uint32(root[2:6])
+	dot := img[int(rootLoc)*isoBlock:]
+	dot = dot[:dot[0]]
+	ce := bytes.Index(dot[34:], []byte("CE\x1c\x01"))
+	if ce < 0 {
+		t.Fatal("root record has no CE entry")
+	}
+	// Point the continuation area at the root record's own SUSP bytes:
+	// endless recursion.
+	e := dot[34+ce:]
+	putBoth32(e[4:12], rootLoc)
+	putBoth32(e[12:20], 34)
+	putBoth32(e[20:28], uint32(len(dot)-34))
+	if err := inspectWithin(t, img); err == nil || !strings.Contains(err.Error(), "continuation") {
+		t.Errorf("self-referencing CE: %v", err)
+	}
+}
+
+// Random damage to the descriptors, directories, FATs and root directory
+// of every format: Inspect returns, with or without an error.
+func TestInspectMutations(t *testing.T) {
+	rng := rand.New(rand.NewSource(1))
+	n := 300
+	if testing.Short() {
+		n = 60
+	}
+	for i := range n {
+		fm := Formats[i%len(Formats)]
+		img := build(t, Options{Format: fm, UserData: []byte("#cloud-config\n"), Raw: true, Hostname: "h"})
+		region := 16 * isoBlock
+		if fm == VFAT {
+			region = 0
+		}
+		for range 1 + rng.Intn(8) {
+			img[region+rng.Intn(min(len(img)-region, 20*isoBlock))] = byte(rng.Intn(256))
+		}
+		_ = inspectWithin(t, img)
+	}
 }

@@ -400,3 +400,23 @@ func TestCommandQuoting(t *testing.T) {
 		t.Errorf("Command =\n%s\nwant\n%s", got, want)
 	}
 }
+
+func TestKeepaliveClosesDeadConnection(t *testing.T) {
+	oldI, oldD := keepaliveInterval, keepaliveDead
+	keepaliveInterval, keepaliveDead = 50*time.Millisecond, 400*time.Millisecond
+	defer func() { keepaliveInterval, keepaliveDead = oldI, oldD }()
+	c, srv := setup(t)
+	// Answered keepalives keep the connection up.
+	if _, err := c.Run(context.Background(), "sleep 1", RunOptions{}); err != nil {
+		t.Fatalf("healthy connection: %v", err)
+	}
+	srv.stall.Store(true)
+	start := time.Now()
+	_, err := c.Run(context.Background(), "sleep 20", RunOptions{})
+	if err == nil || !strings.Contains(err.Error(), "connection lost") {
+		t.Fatalf("command on a dead connection: %v", err)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("noticed after %s", d)
+	}
+}

@@ -66,6 +66,9 @@ func (c *Client) Run(ctx context.Context, cmd string, opts RunOptions) (int, err
 func (c *Client) run(ctx context.Context, cmd string, opts RunOptions, stdout, stderr io.Writer) (int, error) {
 	sess, err := c.conn.NewSession()
 	if err != nil {
+		if lost := c.Lost(); lost != nil {
+			return -1, lost
+		}
 		return -1, fmt.Errorf("ssh %s@%s: new session: %w", c.User, c.Addr, err)
 	}
 	defer sess.Close()
@@ -92,6 +95,9 @@ func (c *Client) run(ctx context.Context, cmd string, opts RunOptions, stdout, s
 	var exit *ssh.ExitError
 	if errors.As(err, &exit) {
 		return exit.ExitStatus(), &ExitError{Cmd: cmd, Code: exit.ExitStatus(), Signal: exit.Signal()}
+	}
+	if lost := c.Lost(); lost != nil {
+		return -1, fmt.Errorf("remote command %q: %w", short(cmd), lost)
 	}
 	return -1, fmt.Errorf("remote command %q: %w", short(cmd), err)
 }

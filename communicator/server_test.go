@@ -25,6 +25,8 @@ type testServer struct {
 	// rejectFirst makes the first n authentications fail, like a guest
 	// whose cloud-init has not installed the key yet.
 	rejectFirst atomic.Int32
+	// stall stops answering global requests (keepalives), like a frozen VM.
+	stall atomic.Bool
 	auths       atomic.Int32
 	l           net.Listener
 	wg          sync.WaitGroup
@@ -82,7 +84,13 @@ func (s *testServer) serve(c net.Conn, cfg *ssh.ServerConfig) {
 		return
 	}
 	defer conn.Close()
-	go ssh.DiscardRequests(reqs)
+	go func() {
+		for req := range reqs {
+			if req.WantReply && !s.stall.Load() {
+				req.Reply(false, nil)
+			}
+		}
+	}()
 	for nc := range chans {
 		if nc.ChannelType() != "session" {
 			nc.Reject(ssh.UnknownChannelType, "only sessions")

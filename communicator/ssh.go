@@ -66,6 +66,9 @@ type Client struct {
 
 	conn *ssh.Client
 
+	lostMu sync.Mutex
+	lost   error // why keepalive closed the connection
+
 	sftpOnce sync.Once
 	sftp     *sftp.Client
 	sftpErr  error
@@ -101,7 +104,9 @@ func Dial(ctx context.Context, addr, user string, signer ssh.Signer, timeout tim
 		c, err := dialOnce(ctx, addr, cfg, abort)
 		if err == nil {
 			logrus.Debugf("ssh %s@%s: connected after %s (%d attempts)", user, addr, time.Since(start).Round(100*time.Millisecond), attempt)
-			return &Client{Addr: addr, User: user, conn: c}, nil
+			cl := &Client{Addr: addr, User: user, conn: c}
+			go cl.keepalive(keepaliveInterval, keepaliveDead)
+			return cl, nil
 		}
 		if errors.Is(err, ErrAborted) {
 			return nil, err
@@ -165,6 +170,58 @@ func abortErr(aborted chan struct{}, err error) error {
 	default:
 		return err
 	}
+}
+
+// Keepalive pacing: a request every keepaliveInterval; the connection is
+// closed (failing what runs on it) when none is answered for keepaliveDead.
+// Generous, as a TCG guest under load answers slowly.
+var (
+	keepaliveInterval = 30 * time.Second
+	keepaliveDead     = 3 * time.Minute
+)
+
+// keepalive closes the connection when the guest stops answering (hung
+// kernel, frozen VM), so commands fail instead of waiting forever.
+func (c *Client) keepalive(interval, dead time.Duration) {
+	last := time.Now()
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	replies := make(chan error, 1)
+	pending := false
+	for {
+		select {
+		case <-t.C:
+		case err := <-replies:
+			pending = false
+			if err != nil {
+				return // connection closed
+			}
+			last = time.Now()
+			continue
+		}
+		if time.Since(last) > dead {
+			logrus.Warnf("ssh %s@%s: no answer for %s, closing the connection", c.User, c.Addr, dead)
+			c.lostMu.Lock()
+			c.lost = fmt.Errorf("ssh %s@%s: connection lost: the guest did not answer keepalives for %s", c.User, c.Addr, dead)
+			c.lostMu.Unlock()
+			c.conn.Close()
+			return
+		}
+		if !pending {
+			pending = true
+			go func() {
+				_, _, err := c.conn.SendRequest("keepalive@openssh.com", true, nil)
+				replies <- err
+			}()
+		}
+	}
+}
+
+// Lost is why the keepalive closed the connection, or nil.
+func (c *Client) Lost() error {
+	c.lostMu.Lock()
+	defer c.lostMu.Unlock()
+	return c.lost
 }
 
 // SSH is the underlying SSH client.

@@ -5,11 +5,13 @@ import (
 	"crypto"
 	"crypto/ed25519"
 	"crypto/rsa"
+	"crypto/sha256"
 	"crypto/x509"
 	"encoding/pem"
 	"fmt"
 	"io"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/ProtonMail/go-crypto/openpgp"
@@ -234,10 +236,37 @@ const (
 // the given purpose, as env create makes and the appliance imports.
 func checkPGP(usage keyUsage) func(c *checker, n *yaml.Node, path, s string) {
 	return func(c *checker, n *yaml.Node, path, s string) {
-		if msg := pgpProblem(s, usage); msg != "" {
-			c.errAt(n, path, "%s", msg)
-		}
+		// run later, concurrently with the other keys (see runSlow)
+		c.slow = append(c.slow, slowCheck{n, path, func() string { return pgpProblemCached(s, usage) }})
 	}
+}
+
+// pgpCache remembers verdicts on PGP blocks by content: checking a key
+// costs a few signature verifications (~1 ms), and the same env.yml is often
+// parsed repeatedly (seed ISOs, packaging, the agent at each boot).
+var pgpCache struct {
+	sync.Mutex
+	m map[[sha256.Size]byte]string
+}
+
+const pgpCacheMax = 1024
+
+func pgpProblemCached(s string, usage keyUsage) string {
+	key := sha256.Sum256([]byte(string(rune('0'+usage)) + s))
+	pgpCache.Lock()
+	msg, ok := pgpCache.m[key]
+	pgpCache.Unlock()
+	if ok {
+		return msg
+	}
+	msg = pgpProblem(s, usage)
+	pgpCache.Lock()
+	if pgpCache.m == nil || len(pgpCache.m) >= pgpCacheMax {
+		pgpCache.m = make(map[[sha256.Size]byte]string)
+	}
+	pgpCache.m[key] = msg
+	pgpCache.Unlock()
+	return msg
 }
 
 func pgpProblem(s string, usage keyUsage) string {

@@ -9,6 +9,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"unicode/utf8"
 
 	"gopkg.in/yaml.v3"
@@ -23,6 +24,35 @@ type checker struct {
 
 	nonASCII []Problem  // positions of non-ASCII characters, paths filled in later
 	spots    []nodeSpot // every key and scalar with its path, for nonASCII
+	slow     []slowCheck
+}
+
+// slowCheck is an expensive check (OpenPGP keys) run concurrently with the
+// others of its kind; run returns a problem message or "".
+type slowCheck struct {
+	n    *yaml.Node
+	path string
+	run  func() string
+}
+
+// runSlow runs the slow checks in parallel and records their problems in
+// order.
+func (c *checker) runSlow() {
+	msgs := make([]string, len(c.slow))
+	var wg sync.WaitGroup
+	for i, sc := range c.slow {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			msgs[i] = sc.run()
+		}()
+	}
+	wg.Wait()
+	for i, m := range msgs {
+		if m != "" {
+			c.errAt(c.slow[i].n, c.slow[i].path, "%s", m)
+		}
+	}
 }
 
 type nodeSpot struct {
@@ -95,6 +125,7 @@ func (c *checker) run() *yaml.Node {
 	c.checkTree(root, "")
 	c.attributeNonASCII()
 	c.checkSchema(root)
+	c.runSlow()
 	return root
 }
 
@@ -146,7 +177,7 @@ func (c *checker) checkASCII() {
 // cloud-init user-data, and the appliance's software expects the header.
 func (c *checker) checkHeader() {
 	first, _, _ := bytes.Cut(c.data, []byte{'\n'})
-	if !bytes.HasPrefix(first, []byte("#cloud-config")) {
+	if string(bytes.TrimRight(first, " \t\r")) != "#cloud-config" {
 		c.probs = append(c.probs, Problem{File: c.file, Line: 1, Column: 1,
 			Msg: `the first line must be "#cloud-config" (env.yml is also cloud-init user-data)`})
 	}
@@ -322,10 +353,10 @@ func (c *checker) checkAliases(root *yaml.Node) bool {
 	total := expand(root)
 	switch {
 	case total < 0:
-		c.errAt(cyclic, "", "alias *%s refers to a node that contains it (a recursive structure cannot be flattened)", cyclic.Value)
+		c.errAt(cyclic, pathOf(root, cyclic), "alias *%s refers to a node that contains it (a recursive structure cannot be flattened)", cyclic.Value)
 		return false
 	case total > limit:
-		c.errAt(firstAlias, "", "aliases expand this document beyond %d nodes (%d written); refusing a possible YAML alias bomb", limit, literal)
+		c.errAt(firstAlias, pathOf(root, firstAlias), "aliases expand this document beyond %d nodes (%d written); refusing a possible YAML alias bomb", limit, literal)
 		return false
 	}
 	return true
@@ -459,4 +490,32 @@ func (c *checker) attributeNonASCII() {
 		}
 		c.probs = append(c.probs, p)
 	}
+}
+
+// pathOf returns the key path of node target below root (as written, not
+// following aliases), or "".
+func pathOf(root, target *yaml.Node) string {
+	var find func(n *yaml.Node, path string) (string, bool)
+	find = func(n *yaml.Node, path string) (string, bool) {
+		if n == target {
+			return path, true
+		}
+		switch n.Kind {
+		case yaml.MappingNode:
+			for i := 0; i+1 < len(n.Content); i += 2 {
+				if p, ok := find(n.Content[i+1], joinPath(path, n.Content[i].Value)); ok {
+					return p, true
+				}
+			}
+		case yaml.SequenceNode:
+			for i, ch := range n.Content {
+				if p, ok := find(ch, fmt.Sprintf("%s[%d]", path, i)); ok {
+					return p, true
+				}
+			}
+		}
+		return "", false
+	}
+	p, _ := find(root, "")
+	return p
 }

@@ -305,3 +305,34 @@ func BenchmarkFlattenDefaultEnv(b *testing.B) {
 		Flatten(d, []string{"ecs", "appliance"}, "export ", "")
 	}
 }
+
+// BenchmarkParseCreatedEnv parses what env create makes (RSA-3072 OpenPGP
+// keys with subkeys, RSA-2048 DKIM key).
+func BenchmarkParseCreatedEnv(b *testing.B) {
+	data, err := os.ReadFile("testdata/created-env.yml")
+	if err != nil {
+		b.Fatal(err)
+	}
+	for b.Loop() {
+		if _, err := Parse("created-env.yml", data); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkParseCreatedEnvUncached: as above with the PGP verdict cache
+// emptied each time, i.e. the cost of parsing a new env.yml.
+func BenchmarkParseCreatedEnvUncached(b *testing.B) {
+	data, err := os.ReadFile("testdata/created-env.yml")
+	if err != nil {
+		b.Fatal(err)
+	}
+	for b.Loop() {
+		pgpCache.Lock()
+		pgpCache.m = nil
+		pgpCache.Unlock()
+		if _, err := Parse("created-env.yml", data); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

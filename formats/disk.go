@@ -10,16 +10,27 @@ const vmwareHWVersion = "13"
 var vmdkOptions = "subformat=streamOptimized,adapter_type=lsilogic,hwversion=" + vmwareHWVersion
 
 func writeQcow2(ctx context.Context, j *job) error {
-	return j.convert(ctx, j.in.Path, j.in.Format, j.in.VirtualSize, j.out, "-O", "qcow2", "-c", "-o", "compat=1.1")
+	p, err := j.compressedQcow2(ctx)
+	if err != nil {
+		return err
+	}
+	return j.place(p)
 }
 
 func writeRaw(ctx context.Context, j *job) error {
-	// -S 4k keeps runs of zeros as holes: the raw file is sparse.
-	return j.convert(ctx, j.in.Path, j.in.Format, j.in.VirtualSize, j.out, "-O", "raw", "-S", "4k")
+	p, _, err := j.rawDisk(ctx, 1)
+	if err != nil {
+		return err
+	}
+	return j.place(p)
 }
 
 func writeVMDK(ctx context.Context, j *job) error {
-	return j.convert(ctx, j.in.Path, j.in.Format, j.in.VirtualSize, j.out, "-O", "vmdk", "-o", vmdkOptions)
+	p, _, err := j.streamVMDK(ctx, 1)
+	if err != nil {
+		return err
+	}
+	return j.place(p)
 }
 
 func writeVHDX(ctx context.Context, j *job) error {
@@ -39,9 +50,9 @@ func writeVHD(ctx context.Context, j *job) error {
 // writeAMI writes the disk EC2 ImportSnapshot reads: a stream VMDK whose size
 // is a whole number of GiB (EBS volume sizes are whole GiB).
 func writeAMI(ctx context.Context, j *job) error {
-	src, format, size, err := resized(ctx, j.in, j.scratch, gib)
+	p, _, err := j.streamVMDK(ctx, gib)
 	if err != nil {
 		return err
 	}
-	return j.convert(ctx, src, format, size, j.out, "-O", "vmdk", "-o", "subformat=streamOptimized,adapter_type=lsilogic")
+	return j.place(p)
 }

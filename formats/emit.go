@@ -21,7 +21,8 @@ type job struct {
 	scratch string // private scratch directory, removed afterwards
 	base    string // output base name, e.g. "ecs-1.2" (for names inside archives)
 	opts    Options
-	name    string // format name, for progress lines
+	name    string  // format name, for progress lines
+	shared  *shared // intermediates shared with the run's other formats
 }
 
 // tracker starts a progress report for one phase of this job.
@@ -69,6 +70,10 @@ func Emit(ctx context.Context, in *Image, dir, base string, names []string, opts
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	opts = opts.withDefaults()
+	sh := newShared(filepath.Join(tmp, "shared"))
+	if err := os.Mkdir(sh.dir, 0o755); err != nil {
+		return nil, err
+	}
 	jobs := make([]*job, len(fs))
 	errs := make([]error, len(fs))
 	sem := make(chan struct{}, runtime.NumCPU())
@@ -78,7 +83,7 @@ func Emit(ctx context.Context, in *Image, dir, base string, names []string, opts
 		if err := os.Mkdir(scratch, 0o755); err != nil {
 			return nil, err
 		}
-		jobs[i] = &job{in: in, out: filepath.Join(scratch, base+f.Ext), scratch: scratch, base: base, opts: opts, name: f.Name}
+		jobs[i] = &job{in: in, out: filepath.Join(scratch, base+f.Ext), scratch: scratch, base: base, opts: opts, name: f.Name, shared: sh}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -158,7 +163,7 @@ func Write(ctx context.Context, in *Image, name, out string, opts Options) error
 	if len(base) > len(f.Ext) && base[len(base)-len(f.Ext):] == f.Ext {
 		base = base[:len(base)-len(f.Ext)]
 	}
-	j := &job{in: in, out: filepath.Join(tmp, "out"), scratch: tmp, base: base, opts: opts.withDefaults(), name: name}
+	j := &job{in: in, out: filepath.Join(tmp, "out"), scratch: tmp, base: base, opts: opts.withDefaults(), name: name, shared: newShared(tmp)}
 	if err := f.write(ctx, j); err != nil {
 		if ctx.Err() != nil {
 			return ctx.Err()

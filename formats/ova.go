@@ -11,7 +11,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"strings"
 	"text/template"
 	"time"
@@ -141,11 +140,11 @@ func vmwareOVF(o Options, name string) ovfParams {
 // writeOVA writes an OVF 1.0 package as one ustar archive: the descriptor
 // first, then the SHA256 manifest, then the disk (the order DSP0243 requires).
 func writeOVA(ctx context.Context, j *job) error {
-	disk := j.base + "-disk1.vmdk"
-	vmdk := filepath.Join(j.scratch, disk)
-	if err := j.convert(ctx, j.in.Path, j.in.Format, j.in.VirtualSize, vmdk, "-O", "vmdk", "-o", vmdkOptions); err != nil {
+	vmdk, _, err := j.streamVMDK(ctx, 1)
+	if err != nil {
 		return err
 	}
+	disk := j.base + "-disk1.vmdk"
 	p := vmwareOVF(j.opts, j.base)
 	p.DiskFile = disk
 	return writeOVFTar(ctx, j, j.out, j.base+".ovf", j.base+".mf", p, vmdk, disk, tar.FormatUSTAR, nil, nil)

@@ -152,7 +152,12 @@ func resized(ctx context.Context, in *Image, dir string, align int64) (path, for
 	if err != nil {
 		return "", "", 0, err
 	}
-	ov := filepath.Join(dir, fmt.Sprintf("resized-%d.qcow2", size))
+	f, err := os.CreateTemp(dir, fmt.Sprintf("resized-%d-*.qcow2", size))
+	if err != nil {
+		return "", "", 0, err
+	}
+	f.Close()
+	ov := f.Name()
 	if err := qemuImg(ctx, nil, 0, "create", "-q", "-f", "qcow2", "-F", in.Format, "-b", abs, ov, strconv.FormatInt(size, 10)); err != nil {
 		return "", "", 0, err
 	}

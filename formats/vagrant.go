@@ -7,7 +7,6 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"path/filepath"
 	"strings"
 )
 
@@ -70,8 +69,8 @@ func rubyString(s string) string {
 // writeVagrantLibvirt writes a vagrant-libvirt box: metadata.json,
 // Vagrantfile and box.img (compressed qcow2) in a tar.gz.
 func writeVagrantLibvirt(ctx context.Context, j *job) error {
-	img := filepath.Join(j.scratch, "box.img")
-	if err := j.convert(ctx, j.in.Path, j.in.Format, j.in.VirtualSize, img, "-O", "qcow2", "-c", "-o", "compat=1.1"); err != nil {
+	img, err := j.compressedQcow2(ctx)
+	if err != nil {
 		return err
 	}
 	meta, _ := json.MarshalIndent(vagrantMetadata{Provider: "libvirt", Format: "qcow2", VirtualSize: roundUp(j.in.VirtualSize, gib) / gib}, "", "  ")
@@ -87,8 +86,8 @@ func writeVagrantLibvirt(ctx context.Context, j *job) error {
 // box-disk001.vmdk, metadata.json and Vagrantfile in a tar.gz.
 func writeVagrantVirtualBox(ctx context.Context, j *job) error {
 	const disk = "box-disk001.vmdk"
-	vmdk := filepath.Join(j.scratch, disk)
-	if err := j.convert(ctx, j.in.Path, j.in.Format, j.in.VirtualSize, vmdk, "-O", "vmdk", "-o", vmdkOptions); err != nil {
+	vmdk, _, err := j.streamVMDK(ctx, 1)
+	if err != nil {
 		return err
 	}
 	mac := boxMAC(j.base)

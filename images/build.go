@@ -369,30 +369,84 @@ func (b *builder) run(ctx context.Context) (string, error) {
 }
 
 func (b *builder) bootstrap(ctx context.Context) error {
-	var args []string
-	if b.tools.mm {
-		args = []string{"--mode=root", "--variant=minbase", "--format=directory",
-			"--components=" + strings.Join(b.r.Components, ","),
-			"--include=" + strings.Join(b.r.Packages, ","),
-			"--aptopt=Acquire::Retries \"3\"",
-			// No fsync per file: the tree is thrown away on failure anyway.
-			"--dpkgopt=force-unsafe-io",
-		}
-		if b.r.Keyring != "" {
-			args = append(args, "--keyring="+b.r.Keyring)
-		}
-	} else {
-		args = []string{"--variant=minbase",
-			"--components=" + strings.Join(b.r.Components, ","),
-			"--include=" + strings.Join(b.r.Packages, ","),
-		}
-		if b.r.Keyring != "" {
-			args = append(args, "--keyring="+b.r.Keyring)
-		}
+	if !b.tools.mm {
+		return b.debootstrap(ctx)
+	}
+	args := []string{"--mode=root", "--variant=minbase", "--format=directory",
+		"--components=" + strings.Join(b.r.Components, ","),
+		"--include=" + strings.Join(b.r.Packages, ","),
+		"--aptopt=Acquire::Retries \"3\"",
+		// No fsync per file: the tree is thrown away on failure anyway.
+		"--dpkgopt=force-unsafe-io",
+	}
+	if b.r.Keyring != "" {
+		args = append(args, "--keyring="+b.r.Keyring)
 	}
 	args = append(args, b.r.Suite, b.root, b.r.Mirror)
-	name := filepath.Base(b.tools.bootstrap)
-	return runLogged(ctx, name, b.tools.bootstrap, args...)
+	return runLogged(ctx, "mmdebstrap", b.tools.bootstrap, args...)
+}
+
+// debootstrap makes a minimal system with debootstrap, then installs the
+// recipe's packages with apt inside it (debootstrap's own --include cannot
+// resolve virtual packages, e.g. python3-cryptography's dependencies).
+func (b *builder) debootstrap(ctx context.Context) error {
+	args := []string{"--variant=minbase", "--components=" + strings.Join(b.r.Components, ",")}
+	if b.r.Keyring != "" {
+		args = append(args, "--keyring="+b.r.Keyring)
+	}
+	args = append(args, b.r.Suite, b.root, b.r.Mirror)
+	if err := runLogged(ctx, "debootstrap", b.tools.bootstrap, args...); err != nil {
+		return err
+	}
+	unmount, err := mountChroot(b.root)
+	defer unmount()
+	if err != nil {
+		return err
+	}
+	// No service starts inside the chroot.
+	policy := filepath.Join(b.root, "usr/sbin/policy-rc.d")
+	if err := os.WriteFile(policy, []byte("#!/bin/sh\nexit 101\n"), 0o755); err != nil {
+		return err
+	}
+	defer os.Remove(policy)
+	apt := []string{b.root, "env", "DEBIAN_FRONTEND=noninteractive", "apt-get", "-o", "Acquire::Retries=3"}
+	if err := runLogged(ctx, "apt-get", "chroot", append(apt, "update")...); err != nil {
+		return err
+	}
+	install := append(append(apt, "install", "-y", "--no-install-recommends", "-o", "Dpkg::Options::=--force-unsafe-io"), b.r.Packages...)
+	if err := runLogged(ctx, "apt-get", "chroot", install...); err != nil {
+		return err
+	}
+	return runLogged(ctx, "apt-get", "chroot", append(apt, "clean")...)
+}
+
+// mountChroot mounts /proc, /sys and a private /dev/pts instance in root
+// (debootstrap made the /dev nodes). The returned function unmounts them.
+func mountChroot(root string) (func(), error) {
+	var mounted []string
+	unmount := func() {
+		for i := len(mounted) - 1; i >= 0; i-- {
+			if err := syscall.Unmount(mounted[i], syscall.MNT_DETACH); err != nil {
+				logrus.Warnf("unmount %s: %v", mounted[i], err)
+			}
+		}
+		mounted = nil
+	}
+	for _, m := range []struct{ fstype, dir, data string }{
+		{"proc", "proc", ""},
+		{"sysfs", "sys", ""},
+		{"devpts", "dev/pts", "newinstance,ptmxmode=0666,mode=620"},
+	} {
+		dir := filepath.Join(root, m.dir)
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return unmount, err
+		}
+		if err := syscall.Mount(m.fstype, dir, m.fstype, syscall.MS_NOSUID|syscall.MS_NODEV|syscall.MS_NOEXEC, m.data); err != nil {
+			return unmount, fmt.Errorf("mount %s on %s: %w", m.fstype, dir, err)
+		}
+		mounted = append(mounted, dir)
+	}
+	return unmount, nil
 }
 
 // configure writes the system configuration that makes the tree a

@@ -9,6 +9,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/rsa"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/json"
@@ -23,6 +24,7 @@ import (
 
 	"github.com/ecs-image/ecs-image/cidata"
 	"github.com/ecs-image/ecs-image/communicator"
+	"github.com/ecs-image/ecs-image/integration/testimage"
 	"github.com/ecs-image/ecs-image/qemu"
 )
 
@@ -265,4 +267,189 @@ func itIssue(t *testing.T, ca *x509.Certificate, caKey *ecdsa.PrivateKey, cn str
 
 func itPEM(c *x509.Certificate) []byte {
 	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})
+}
+
+// TestAgentFullChain installs the appliance's host packages into the local
+// Debian base from the mirror, bakes the test container image like the
+// builder does (/app/images + manifest.json) and boots the real chain with
+// systemd: nginx (503 page, then proxy), PostgreSQL (tuned, role and
+// database), postfix + opendkim, stunnel, docker load + docker-compose up,
+// the ready marker, the compose env_file as Debian's docker-compose reads
+// it, and a push-deploy of a new image version from the host.
+func TestAgentFullChain(t *testing.T) {
+	base := baseImage(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 45*time.Minute)
+	defer cancel()
+	dir := t.TempDir()
+	disk := filepath.Join(dir, "disk.qcow2")
+	if err := qemu.Overlay(ctx, base, disk, 8<<30); err != nil {
+		t.Fatal(err)
+	}
+	key, err := communicator.GenerateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	const domain = "chain-it.example.org"
+	clientCA, clientCAKey := itCA(t, "deploy clients")
+	cliCert, cliKey := itIssue(t, clientCA, clientCAKey, "operator", false)
+	rk, _ := rsa.GenerateKey(rand.Reader, 2048)
+	dkim := pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(rk)})
+	settings := "DOMAIN = '" + domain + "'\nSECRET_KEY = 'x$y\\'z\"w'\n"
+	userData := "#cloud-config\nusers:\n  - name: builder\n    sudo: \"ALL=(ALL) NOPASSWD:ALL\"\n    shell: /bin/bash\n    lock_passwd: true\n    ssh_authorized_keys:\n      - \"" + key.AuthorizedKey + "\"\n" +
+		"appliance:\n  domain: " + domain + "\n  allowed_hosts: " + domain + " localhost\n" +
+		"  extra:\n    files:\n      - path: /etc/ecs-extra.conf\n        contents: |\n          hello\n        permissions: \"0640\"\n" +
+		"  dkim:\n    key: |\n" + itIndent(string(dkim), 6) +
+		"  deploy:\n    client_ca: |\n" + itIndent(string(itPEM(clientCA)), 6) +
+		"    deployments:\n      - name: website\n        args: [\"-p\", \"8081:8080\"]\n" +
+		"ecs:\n  settings: |\n" + itIndent(settings, 4)
+	seed := filepath.Join(dir, "seed.iso")
+	if err := cidata.Write(seed, cidata.Options{UserData: []byte(userData)}); err != nil {
+		t.Fatal(err)
+	}
+	serial := filepath.Join(dir, "serial.log")
+	m, err := qemu.Start(ctx, qemu.Config{
+		Name: "chain-it", Disk: disk, CDROMs: []string{seed}, Memory: 2048, CPUs: 2,
+		Forwards: []qemu.Forward{{Guest: 22}, {Guest: 443}, {Guest: 8866}}, SerialLog: serial,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { m.Kill(); <-m.Done() }()
+	c, err := communicator.Dial(ctx, "127.0.0.1:"+strconv.Itoa(m.HostPort(22)), "builder", key.Signer, 15*time.Minute, m.Done())
+	if err != nil {
+		t.Fatalf("%v\nserial:\n%s", err, m.SerialTail(40))
+	}
+	defer c.Close()
+	root := func(cmd string) string {
+		t.Helper()
+		out, err := c.Output(ctx, cmd, true)
+		if err != nil {
+			t.Fatalf("%s: %v\n%s", cmd, err, out)
+		}
+		return out
+	}
+	journal := func() string {
+		out, _ := c.Output(ctx, "journalctl -b --no-pager -u prepare-env -u prepare-appliance -u prepare-ecs -u appliance -u ecs-agent-deploy | tail -60", true)
+		return out
+	}
+
+	// Host packages from the Debian mirror, as the template's system stage.
+	start := time.Now()
+	root("echo 'postfix postfix/main_mailer_type select Internet Site' | debconf-set-selections && " +
+		"echo 'postfix postfix/mailname string localhost' | debconf-set-selections && " +
+		"DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null && " +
+		"DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends nginx postgresql stunnel4 postfix opendkim docker.io docker-compose curl >/dev/null 2>&1")
+	t.Logf("packages installed in %s", time.Since(start).Round(time.Second))
+
+	// The agent and the baked image, as the builder's agent and containers provisioners place them.
+	if err := c.Upload(ctx, ecsAgentPath(), "/usr/local/bin/ecs-agent", communicator.UploadOptions{Mode: 0o755, Sudo: true}); err != nil {
+		t.Fatal(err)
+	}
+	root("ecs-agent install-units && systemctl daemon-reload")
+	img := filepath.Join(dir, "testapp.tar")
+	if err := testimage.Build(ctx, img, testimage.Options{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Upload(ctx, img, "/app/images/testapp.tar", communicator.UploadOptions{Mode: 0o644, Sudo: true}); err != nil {
+		t.Fatal(err)
+	}
+	man := filepath.Join(dir, "manifest.json")
+	os.WriteFile(man, []byte(`[{"file": "testapp.tar", "tags": ["`+testimage.DefaultTag+`"]}]`+"\n"), 0o644)
+	if err := c.Upload(ctx, man, "/app/images/manifest.json", communicator.UploadOptions{Mode: 0o644, Sudo: true}); err != nil {
+		t.Fatal(err)
+	}
+
+	// The chain, started like at boot.
+	start = time.Now()
+	if out, err := c.Output(ctx, "systemctl start appliance.service 2>&1", true); err != nil {
+		t.Fatalf("systemctl start appliance: %v\n%s\n%s\nserial:\n%s", err, out, journal(), m.SerialTail(20))
+	}
+	t.Logf("chain to ready: %s (TCG)", time.Since(start).Round(time.Second))
+	if data, _ := os.ReadFile(serial); !strings.Contains(string(data), "ECS-APPLIANCE-READY") {
+		t.Errorf("no ready marker on the serial console")
+	}
+	if out := root("ecs-agent status"); !strings.Contains(out, `"state": "ready"`) {
+		t.Errorf("status: %s", out)
+	}
+	if out := root("curl -sk https://localhost/"); !strings.HasPrefix(out, "ecs-testapp version=1 host=localhost proto=https") {
+		t.Errorf("https://localhost/: %q\n%s", out, journal())
+	}
+	if out := root("curl -s -o /dev/null -w '%{http_code}' http://localhost/"); out != "301" {
+		t.Errorf("http redirect: %s", out)
+	}
+	if out, _ := c.Output(ctx, "systemctl is-active nginx postgresql stunnel@ecs postfix opendkim ecs-agent-deploy appliance-cleanup 2>&1", true); strings.Count(out, "active\n") != 7 || strings.Contains(out, "inactive") || strings.Contains(out, "failed") {
+		t.Errorf("services: %q", out)
+	}
+	if out := root("ss -ltnH | awk '{print $4}'"); !strings.Contains(out, ":25\n") || !strings.Contains(out, ":465\n") || !strings.Contains(out, ":10025\n") || !strings.Contains(out, ":8891\n") || !strings.Contains(out, "127.0.0.1:18000\n") {
+		t.Errorf("listening sockets:\n%s", out)
+	}
+	// PostgreSQL: tuned, role and database, the URL works.
+	conf := root("cat /etc/postgresql/15/main/conf.d/ecs-agent.conf")
+	if out := root("runuser -u postgres -- psql -Atc 'show shared_buffers'"); !strings.Contains(conf, "shared_buffers = "+strings.TrimSpace(out)+"\n") {
+		t.Errorf("shared_buffers %q not from the agent's tuning:\n%s", out, conf)
+	}
+	if out := root(`. /app/etc/database_url.env && psql "$(echo $DATABASE_URL | sed s/host.docker.internal/127.0.0.1/)" -Atc 'select current_user, current_database()'`); out != "ecs|ecs\n" {
+		t.Errorf("database url: %q", out)
+	}
+	// The container got the env through docker-compose's env_file.
+	envJSON := root("docker inspect ecs_testapp_1 --format '{{json .Config.Env}}'")
+	var cenv []string
+	json.Unmarshal([]byte(envJSON), &cenv)
+	found := map[string]string{}
+	for _, kv := range cenv {
+		k, v, _ := strings.Cut(kv, "=")
+		found[k] = v
+	}
+	if found["ECS_SETTINGS"] != strings.TrimSpace(settings) || !strings.HasPrefix(found["DATABASE_URL"], "postgres://ecs:") || found["APPLIANCE_DOMAIN"] != domain {
+		t.Errorf("container env: ECS_SETTINGS=%q DATABASE_URL set=%v APPLIANCE_DOMAIN=%q", found["ECS_SETTINGS"], found["DATABASE_URL"] != "", found["APPLIANCE_DOMAIN"])
+	}
+	if out := root("stat -c '%a' /etc/ecs-extra.conf /etc/dkimkeys/dkim.key /app/etc/server.key.pem"); out != "640\n600\n600\n" {
+		t.Errorf("modes: %q", out)
+	}
+
+	// Push-deploy from the host with the appliance's own certificate as CA.
+	srvCert := filepath.Join(dir, "server.cert.pem")
+	if err := c.Download(ctx, "/app/etc/server.cert.pem", srvCert); err != nil {
+		t.Fatal(err)
+	}
+	cf, kf := filepath.Join(dir, "client.crt"), filepath.Join(dir, "client.key")
+	os.WriteFile(cf, cliCert, 0o600)
+	os.WriteFile(kf, cliKey, 0o600)
+	v2 := filepath.Join(dir, "site-v2.tar")
+	if err := testimage.Build(ctx, v2, testimage.Options{Tags: []string{"ecs/site:v2"}, Version: "2"}); err != nil {
+		t.Fatal(err)
+	}
+	hostAddr := "127.0.0.1:" + strconv.Itoa(m.HostPort(8866))
+	tlsArgs := []string{"--cert", cf, "--key", kf, "--ca", srvCert, "--server-name", domain}
+	out := ecsImage(t, append([]string{"deploy", hostAddr, "website", v2}, tlsArgs...)...)
+	if !strings.Contains(out, `"running": true`) {
+		t.Errorf("deploy v2: %s", out)
+	}
+	if out := root("curl -s http://127.0.0.1:8081/"); !strings.HasPrefix(out, "ecs-testapp version=2") {
+		t.Errorf("deployed v2 answers %q", out)
+	}
+	v3 := filepath.Join(dir, "site-v3.tar")
+	testimage.Build(ctx, v3, testimage.Options{Tags: []string{"ecs/site:v3"}, Version: "3"})
+	ecsImage(t, append([]string{"deploy", hostAddr, "website", v3}, tlsArgs...)...)
+	if out := root("curl -s http://127.0.0.1:8081/; docker ps -a --format '{{.Names}}' | grep -c ed_website"); !strings.HasPrefix(out, "ecs-testapp version=3") || !strings.HasSuffix(out, "\n1\n") {
+		t.Errorf("after v3: %q", out)
+	}
+
+	// Restart: the chain runs again, idempotently, and comes back up.
+	root("systemctl restart appliance.service")
+	if out := root("curl -sk https://localhost/"); !strings.HasPrefix(out, "ecs-testapp version=1") {
+		t.Errorf("after restart: %q", out)
+	}
+	if data, _ := os.ReadFile(serial); strings.Count(string(data), "ECS-APPLIANCE-READY") < 2 {
+		t.Errorf("no second ready marker")
+	}
+}
+
+func itIndent(s string, n int) string {
+	pad := strings.Repeat(" ", n)
+	var b strings.Builder
+	for _, l := range strings.Split(strings.TrimRight(s, "\n"), "\n") {
+		b.WriteString(pad + l + "\n")
+	}
+	return b.String()
 }

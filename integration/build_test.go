@@ -222,3 +222,68 @@ func bootBuiltImage(t *testing.T, img, marker string) {
 	check("cat /home/*/.ssh/authorized_keys /root/.ssh/authorized_keys 2>/dev/null | grep -vc tester || true", "0")
 	check("ls /var/lib/apt/lists | grep -c _Packages || true", "0")
 }
+
+// TestBuildInterrupt sends SIGINT to a build while its VM boots: the build
+// exits non-zero, QEMU is gone, nothing is left in the output directory and
+// the work directory is removed.
+func TestBuildInterrupt(t *testing.T) {
+	base := baseImage(t)
+	dir := t.TempDir()
+	os.MkdirAll(filepath.Join(dir, "tree"), 0o755)
+	rnd := make([]byte, 6)
+	rand.Read(rnd)
+	tmpl := filepath.Join(dir, "it-small.yml")
+	os.WriteFile(tmpl, []byte(buildTemplate(base, "interrupt-"+hex.EncodeToString(rnd), "x")), 0o644)
+	out := filepath.Join(dir, "out")
+	cmd := exec.Command(ecsImagePath(), "build", tmpl, "-o", out)
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var log strings.Builder
+	workDir := ""
+	buf := make([]byte, 4096)
+	deadline := time.Now().Add(5 * time.Minute)
+	for !strings.Contains(log.String(), "qemu started") && time.Now().Before(deadline) {
+		n, err := stderr.Read(buf)
+		log.Write(buf[:n])
+		if err != nil {
+			break
+		}
+	}
+	if i := strings.Index(log.String(), "serial log "); i >= 0 {
+		p := strings.Fields(log.String()[i+len("serial log "):])[0]
+		workDir = filepath.Dir(filepath.Dir(strings.Trim(p, `"`)))
+	}
+	if workDir == "" {
+		cmd.Process.Kill()
+		t.Fatalf("the build did not start QEMU:\n%s", log.String())
+	}
+	time.Sleep(3 * time.Second)
+	cmd.Process.Signal(os.Interrupt)
+	go func() {
+		for {
+			n, err := stderr.Read(buf)
+			log.Write(buf[:n])
+			if err != nil {
+				return
+			}
+		}
+	}()
+	err = cmd.Wait()
+	if err == nil {
+		t.Fatal("an interrupted build exited 0")
+	}
+	if ents, _ := os.ReadDir(out); len(ents) != 0 {
+		t.Errorf("output directory not empty after the interrupt: %v", ents)
+	}
+	if _, err := os.Stat(workDir); !os.IsNotExist(err) {
+		t.Errorf("work directory %s left behind", workDir)
+	}
+	if data, _ := exec.Command("pgrep", "-f", workDir).Output(); len(data) > 0 {
+		t.Errorf("QEMU still running: %s", data)
+	}
+}

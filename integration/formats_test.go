@@ -69,7 +69,7 @@ func TestFormatsReleasePublish(t *testing.T) {
 	os.Mkdir(out, 0o755)
 	in := filepath.Join(dir, "ecs-it.qcow2")
 	os.Symlink(base, in)
-	ecsImage(t, "convert", in, "-f", "qcow2,ova,vhd", "-d", out)
+	ecsImage(t, "convert", in, "-f", "qcow2,ova,vmdk", "-d", out)
 	os.WriteFile(filepath.Join(out, "ecs-it.build.json"), []byte(`{"template":"ecs-it","variant":"dev","base":{"name":"debian-12","digest":"sha256:00"},"packages":["jq\t1.6"]}`), 0o644)
 
 	gh := t.TempDir()
@@ -120,11 +120,11 @@ func TestFormatsReleasePublish(t *testing.T) {
 	cmdRun(t, obj, nil, "sha256sum", "--strict", "-c", "SHA256SUMS")
 
 	// A tampered artifact is refused before anything is uploaded.
-	f, _ := os.OpenFile(filepath.Join(out, "ecs-it.vhd"), os.O_WRONLY|os.O_APPEND, 0)
+	f, _ := os.OpenFile(filepath.Join(out, "ecs-it.vmdk"), os.O_WRONLY|os.O_APPEND, 0)
 	f.Write([]byte("x"))
 	f.Close()
 	_, errOut, err := ecsImageRun("publish", out, "--to", "file://"+filepath.Join(dir, "other"))
-	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 2 || !strings.Contains(errOut, "ecs-it.vhd: SHA-256 mismatch") {
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 2 || !strings.Contains(errOut, "ecs-it.vmdk: SHA-256 mismatch") {
 		t.Fatalf("publishing a tampered release: %v\n%s", err, errOut)
 	}
 	if _, err := os.Stat(filepath.Join(dir, "other", "manifest.json")); err == nil {

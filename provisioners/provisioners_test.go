@@ -346,4 +346,3 @@ func TestContainersManifest(t *testing.T) {
 		t.Errorf("non-tar image accepted: %v", errs)
 	}
 }
-

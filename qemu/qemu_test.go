@@ -314,7 +314,10 @@ func startTest(t *testing.T, cfg Config) *Machine {
 	if cfg.Accel == "" {
 		cfg.Accel = AccelTCG
 	}
-	cfg.Memory, cfg.CPUs = 32, 1
+	if cfg.Memory == 0 {
+		cfg.Memory = 32
+	}
+	cfg.CPUs = 1
 	m, err := Start(context.Background(), cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -499,12 +502,19 @@ func TestStartUEFI(t *testing.T) {
 	if _, err := os.Stat(DefaultUEFIVars); err != nil {
 		t.Skip("ovmf not installed")
 	}
-	m := startTest(t, Config{Disk: bootDisk(t, "x"), DiskFormat: "raw", Firmware: FirmwareUEFI})
+	m := startTest(t, Config{Disk: bootDisk(t, "x"), DiskFormat: "raw", Firmware: FirmwareUEFI, Memory: 256})
 	if _, err := os.Stat(m.Config.UEFIVars); err != nil || !strings.HasPrefix(m.Config.UEFIVars, m.runDir) {
 		t.Errorf("vars %s: %v", m.Config.UEFIVars, err)
 	}
 	if !slices.Contains(argValues(mustArgs(t, m.Config), "-drive"), "if=pflash,format=raw,unit=1,file="+m.Config.UEFIVars) {
 		t.Error("no writable vars drive")
+	}
+	// OVMF (no CSM) runs and finds the virtio disk, which holds no EFI
+	// loader, and says so on the serial console.
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if err := m.WaitSerial(ctx, `BdsDxe: failed to load Boot0002 "UEFI Misc Device"`); err != nil {
+		t.Error(err)
 	}
 }
 

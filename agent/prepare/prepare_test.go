@@ -139,11 +139,16 @@ func TestEnvFilesAgreeWithBashAndDotenv(t *testing.T) {
 		fromBash := pairs(out)
 		compare(t, "bash", fromBash, ours)
 	}
-	if err := exec.Command("python3", "-c", "import dotenv").Run(); err != nil {
-		t.Log("python3-dotenv not available; compose env file not cross-checked")
-		return
+	// Debian's python3-dotenv is what Debian's docker-compose 1.29 uses.
+	py := "/usr/bin/python3"
+	if err := exec.Command(py, "-c", "import dotenv").Run(); err != nil {
+		py = "python3"
+		if err := exec.Command(py, "-c", "import dotenv").Run(); err != nil {
+			t.Log("python3-dotenv not available; compose env file not cross-checked")
+			return
+		}
 	}
-	out, err := exec.Command("python3", "-c", `import sys, dotenv
+	out, err := exec.Command(py, "-c", `import sys, dotenv
 for k, v in dotenv.dotenv_values(sys.argv[1]).items():
     sys.stdout.write(k + "\0" + v + "\0")`, a.Host.Path(ActiveEnvCompose)).Output()
 	if err != nil {

@@ -18,11 +18,22 @@ func init() {
 	envCmd.AddCommand(envValidateCmd(), envFlattenCmd())
 }
 
-// loadEnv loads and validates an env.yml, printing its warnings to w. An
+// loadEnv loads and validates an env.yml ("-": read stdin), printing its
+// warnings to w. An
 // invalid file has its problems printed to w, one per line, and yields a
 // short bad-input error.
-func loadEnv(path string, w io.Writer) (*env.Doc, error) {
-	doc, err := env.Load(path)
+func loadEnv(path string, stdin io.Reader, w io.Writer) (*env.Doc, error) {
+	var doc *env.Doc
+	var err error
+	if path == "-" {
+		var data []byte
+		data, err = io.ReadAll(io.LimitReader(stdin, env.MaxSize+1))
+		if err == nil {
+			doc, err = env.Parse("<stdin>", data)
+		}
+	} else {
+		doc, err = env.Load(path)
+	}
 	var e *env.Error
 	if errors.As(err, &e) {
 		for _, p := range e.Problems {
@@ -61,12 +72,14 @@ certificates (appliance.ssl.key/cert, appliance.dkim.key) and the OpenPGP
 secret keys (appliance.backup.encrypt, ecs.vault_encrypt, ecs.vault_sign)
 parse. Every problem is listed as FILE:LINE:COLUMN: KEY.PATH: message.
 
-Exit status: 0 valid (warnings may be printed), 2 invalid, 1 unreadable.`,
+FILE "-" reads standard input. Exit status: 0 valid (warnings may be
+printed), 2 invalid, 1 unreadable.`,
 		Example: `  ecs-image env validate env.yml
-  ecs-image env validate /app/env.yml && echo ready`,
+  ecs-image env validate /app/env.yml && echo ready
+  ssh root@appliance cat /app/env.yml | ecs-image env validate -`,
 		Args: exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if _, err := loadEnv(args[0], cmd.ErrOrStderr()); err != nil {
+			if _, err := loadEnv(args[0], cmd.InOrStdin(), cmd.ErrOrStderr()); err != nil {
 				return err
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "%s: ok\n", args[0])
@@ -88,7 +101,8 @@ are stripped and quoted like Python's shlex.quote, null prints nothing.
 KEYS is a comma-separated list of top-level keys, each giving variables
 prefixed KEY_, or "." (the default) for the whole document. The appliance's
 scripts use "ecs,appliance" with --prefix "export ". A requested key that is
-absent is reported on stderr and skipped. The file is validated first.`,
+absent is reported on stderr and skipped. The file is validated first;
+FILE "-" reads standard input.`,
 		Example: `  ecs-image env flatten env.yml
   ecs-image env flatten env.yml ecs,appliance --prefix 'export '
   eval "$(ecs-image env flatten env.yml appliance --prefix 'export ')"
@@ -99,7 +113,7 @@ absent is reported on stderr and skipped. The file is validated first.`,
 			if len(args) == 2 {
 				keys = strings.Split(args[1], ",")
 			}
-			doc, err := loadEnv(args[0], cmd.ErrOrStderr())
+			doc, err := loadEnv(args[0], cmd.InOrStdin(), cmd.ErrOrStderr())
 			if err != nil {
 				return err
 			}

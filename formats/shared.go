@@ -1,0 +1,115 @@
+package formats
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sync"
+)
+
+// shared holds intermediate disks several formats of one run need (the
+// stream VMDK for vmdk, ova, ami and the VirtualBox box; the compressed
+// qcow2 for qcow2 and the libvirt box; the raw disk for raw and gce): each
+// is converted once, by the first writer that asks, while the others wait.
+type shared struct {
+	dir   string
+	mu    sync.Mutex
+	items map[string]*product
+}
+
+type product struct {
+	done chan struct{}
+	path string
+	err  error
+}
+
+func newShared(dir string) *shared {
+	return &shared{dir: dir, items: map[string]*product{}}
+}
+
+// get returns the path of the intermediate called key, running produce(path)
+// to produce it if no other writer has.
+func (s *shared) get(ctx context.Context, key string, produce func(path string) error) (string, error) {
+	s.mu.Lock()
+	p, ok := s.items[key]
+	if !ok {
+		p = &product{done: make(chan struct{}), path: filepath.Join(s.dir, fmt.Sprintf("%d-%s", len(s.items), key))}
+		s.items[key] = p
+	}
+	s.mu.Unlock()
+	if !ok {
+		p.err = produce(p.path)
+		close(p.done)
+		return p.path, p.err
+	}
+	select {
+	case <-p.done:
+		return p.path, p.err
+	case <-ctx.Done():
+		return "", ctx.Err()
+	}
+}
+
+// diskKey names an intermediate disk by format and virtual size.
+func diskKey(kind string, size int64) string { return fmt.Sprintf("%s-%d", kind, size) }
+
+// streamVMDK returns the stream-optimized VMDK of the input at size
+// (rounded up beforehand by the caller's alignment).
+func (j *job) streamVMDK(ctx context.Context, align int64) (string, int64, error) {
+	size := roundUp(j.in.VirtualSize, align)
+	p, err := j.shared.get(ctx, diskKey("vmdk", size), func(out string) error {
+		src, format, size, err := resized(ctx, j.in, j.shared.dir, align)
+		if err != nil {
+			return err
+		}
+		return j.convert(ctx, src, format, size, out, "-O", "vmdk", "-o", vmdkOptions)
+	})
+	return p, size, err
+}
+
+// rawDisk returns the sparse raw disk of the input at its size rounded up
+// to align.
+func (j *job) rawDisk(ctx context.Context, align int64) (string, int64, error) {
+	size := roundUp(j.in.VirtualSize, align)
+	p, err := j.shared.get(ctx, diskKey("raw", size), func(out string) error {
+		src, format, size, err := resized(ctx, j.in, j.shared.dir, align)
+		if err != nil {
+			return err
+		}
+		// -S 4k keeps runs of zeros as holes: the raw file is sparse.
+		return j.convert(ctx, src, format, size, out, "-O", "raw", "-S", "4k")
+	})
+	return p, size, err
+}
+
+// compressedQcow2 returns the input as a compressed compat 1.1 qcow2.
+func (j *job) compressedQcow2(ctx context.Context) (string, error) {
+	return j.shared.get(ctx, "qcow2-compressed", func(out string) error {
+		return j.convert(ctx, j.in.Path, j.in.Format, j.in.VirtualSize, out, "-O", "qcow2", "-c", "-o", "compat=1.1")
+	})
+}
+
+// place puts the intermediate at src as the job's output: a hard link (both
+// are in the same temporary directory), else a copy. Holes are kept by
+// linking; a copy is only a fallback.
+func (j *job) place(src string) error {
+	if err := os.Link(src, j.out); err == nil {
+		return nil
+	}
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	out, err := os.Create(j.out)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		out.Close()
+		return err
+	}
+	return out.Close()
+}
