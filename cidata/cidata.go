@@ -20,6 +20,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/ecs-image/ecs-image/env"
 	"gopkg.in/yaml.v3"
@@ -209,10 +210,11 @@ func Prepare(o Options) (*Seed, error) {
 	switch format {
 	case NoCloud, VFAT:
 		s.InstanceID = "iid-ecs-" + hex.EncodeToString(sum[:10])
-		md, err := nocloudMetaData(o, s.InstanceID, hostname)
+		md, iid, err := nocloudMetaData(o, s.InstanceID, hostname)
 		if err != nil {
 			return nil, err
 		}
+		s.InstanceID = iid
 		s.Files = append(s.Files, SeedFile{"meta-data", md})
 		if len(o.NetworkConfig) > 0 {
 			if err := checkYAMLMapping(nameOr(o.NetworkConfigName, "network-config"), o.NetworkConfig); err != nil {
@@ -226,10 +228,11 @@ func Prepare(o Options) (*Seed, error) {
 		}
 	case ConfigDrive:
 		s.InstanceID = uuidFromHash(sum)
-		md, err := configDriveMetaData(o, s.InstanceID, hostname)
+		md, uuid, err := configDriveMetaData(o, s.InstanceID, hostname)
 		if err != nil {
 			return nil, err
 		}
+		s.InstanceID = uuid
 		const dir = "openstack/latest/"
 		s.Files = append(s.Files, SeedFile{dir + "meta_data.json", md})
 		if len(o.NetworkConfig) > 0 {
@@ -241,6 +244,10 @@ func Prepare(o Options) (*Seed, error) {
 		}
 		s.Files = append(s.Files, SeedFile{dir + "user_data", o.UserData})
 		if len(o.VendorData) > 0 {
+			if !utf8.Valid(o.VendorData) {
+				return nil, &InputError{File: nameOr(o.VendorDataName, "vendor-data"),
+					Msg: "config-2 stores vendor-data as a JSON string; it must be UTF-8 text"}
+			}
 			vd, _ := json.Marshal(map[string]string{"cloud-init": string(o.VendorData)})
 			s.Files = append(s.Files, SeedFile{dir + "vendor_data.json", append(vd, '\n')})
 		}
@@ -423,12 +430,13 @@ func lookupKey(m *yaml.Node, key string) *yaml.Node {
 }
 
 // nocloudMetaData returns the NoCloud meta-data: instance-id and
-// local-hostname, plus whatever the user's meta-data adds.
-func nocloudMetaData(o Options, iid, hostname string) ([]byte, error) {
+// local-hostname, plus whatever the user's meta-data adds, and the
+// instance-id in effect (the user's, if given).
+func nocloudMetaData(o Options, iid, hostname string) ([]byte, string, error) {
 	name := nameOr(o.MetaDataName, "meta-data")
 	m, err := parseMapping(name, o.MetaData)
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	if m == nil {
 		var b strings.Builder
@@ -436,22 +444,24 @@ func nocloudMetaData(o Options, iid, hostname string) ([]byte, error) {
 		if hostname != "" {
 			fmt.Fprintf(&b, "local-hostname: %s\n", hostname)
 		}
-		return []byte(b.String()), nil
+		return []byte(b.String()), iid, nil
 	}
 	for _, k := range []string{"instance-id", "local-hostname"} {
 		if v := lookupKey(m, k); v != nil && (v.Kind != yaml.ScalarNode || strings.TrimSpace(v.Value) == "") {
-			return nil, nodeError(name, v, "%s: want a non-empty string", k)
+			return nil, "", nodeError(name, v, "%s: want a non-empty string", k)
 		}
 	}
 	var add []*yaml.Node
-	if lookupKey(m, "instance-id") == nil {
+	if v := lookupKey(m, "instance-id"); v != nil {
+		iid = v.Value
+	} else {
 		add = append(add, strNode("instance-id"), strNode(iid))
 	}
 	if lookupKey(m, "local-hostname") == nil && hostname != "" {
 		add = append(add, strNode("local-hostname"), strNode(hostname))
 	}
 	if len(add) == 0 {
-		return o.MetaData, nil
+		return o.MetaData, iid, nil
 	}
 	m.Content = append(add, m.Content...)
 	m.Style = 0 // block style, whatever the input used
@@ -459,9 +469,9 @@ func nocloudMetaData(o Options, iid, hostname string) ([]byte, error) {
 	enc := yaml.NewEncoder(&buf)
 	enc.SetIndent(2)
 	if err := enc.Encode(m); err != nil {
-		return nil, &InputError{File: name, Msg: err.Error()}
+		return nil, "", &InputError{File: name, Msg: err.Error()}
 	}
-	return buf.Bytes(), nil
+	return buf.Bytes(), iid, nil
 }
 
 func strNode(s string) *yaml.Node {
@@ -470,12 +480,12 @@ func strNode(s string) *yaml.Node {
 
 // configDriveMetaData returns openstack/latest/meta_data.json: uuid
 // (cloud-init's instance-id; required), hostname and name, plus the
-// user's meta-data keys, as JSON with sorted keys.
-func configDriveMetaData(o Options, uuid, hostname string) ([]byte, error) {
+// user's meta-data keys, as JSON with sorted keys, and the uuid in effect.
+func configDriveMetaData(o Options, uuid, hostname string) ([]byte, string, error) {
 	name := nameOr(o.MetaDataName, "meta-data")
 	m, err := parseMapping(name, o.MetaData)
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	md := map[string]any{"uuid": uuid, "launch_index": 0}
 	if hostname != "" {
@@ -485,18 +495,20 @@ func configDriveMetaData(o Options, uuid, hostname string) ([]byte, error) {
 	if m != nil {
 		var user map[string]any
 		if err := m.Decode(&user); err != nil {
-			return nil, &InputError{File: name, Msg: err.Error()}
+			return nil, "", &InputError{File: name, Msg: err.Error()}
 		}
 		for k, v := range user {
 			md[k] = v
 		}
-		if u, ok := md["uuid"].(string); !ok || u == "" {
-			return nil, &InputError{File: name, Msg: "uuid: want a non-empty string"}
+		u, ok := md["uuid"].(string)
+		if !ok || u == "" {
+			return nil, "", &InputError{File: name, Msg: "uuid: want a non-empty string"}
 		}
+		uuid = u
 	}
 	out, err := json.MarshalIndent(md, "", "  ")
 	if err != nil {
-		return nil, &InputError{File: name, Msg: fmt.Sprintf("cannot convert to JSON: %v", err)}
+		return nil, "", &InputError{File: name, Msg: fmt.Sprintf("cannot convert to JSON: %v", err)}
 	}
-	return append(out, '\n'), nil
+	return append(out, '\n'), uuid, nil
 }

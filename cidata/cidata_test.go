@@ -185,8 +185,8 @@ func TestUserMetaDataMerge(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !bytes.Equal(fileOf(t, s, "meta-data"), own) {
-		t.Errorf("meta-data %q, want the user's verbatim", fileOf(t, s, "meta-data"))
+	if !bytes.Equal(fileOf(t, s, "meta-data"), own) || s.InstanceID != "my-id" {
+		t.Errorf("meta-data %q (instance-id %q), want the user's verbatim", fileOf(t, s, "meta-data"), s.InstanceID)
 	}
 	for _, bad := range []string{"- a list\n", "a: [\n", "a: 1\na: 2\n", "instance-id: {x: 1}\n"} {
 		_, err := Prepare(Options{UserData: testEnv(t), MetaData: []byte(bad), MetaDataName: "md.yml"})
@@ -220,6 +220,9 @@ func TestConfigDriveFiles(t *testing.T) {
 	var vd map[string]string
 	if err := json.Unmarshal(fileOf(t, s, "openstack/latest/vendor_data.json"), &vd); err != nil || vd["cloud-init"] != "#cloud-config\npackages: [htop]\n" {
 		t.Errorf("vendor_data.json %q (%v)", fileOf(t, s, "openstack/latest/vendor_data.json"), err)
+	}
+	if _, err := Prepare(Options{Format: ConfigDrive, UserData: testEnv(t), VendorData: []byte{0x1f, 0x8b, 0xff}}); err == nil {
+		t.Error("binary vendor-data accepted for config-2")
 	}
 	// NoCloud-style YAML network config is refused for config-2.
 	_, err = Prepare(Options{Format: ConfigDrive, UserData: testEnv(t), NetworkConfig: []byte("version: 2\n"), NetworkConfigName: "net.yml"})
@@ -350,4 +353,23 @@ func paths(s *Seed) string {
 		p = append(p, f.Path)
 	}
 	return strings.Join(p, " ")
+}
+
+func TestBuildConcurrent(t *testing.T) {
+	want := build(t, Options{Format: ConfigDrive})
+	errs := make(chan error, 8)
+	for range 8 {
+		go func() {
+			img, err := Build(Options{Format: ConfigDrive, UserData: testEnv(t)})
+			if err == nil && !bytes.Equal(img, want) {
+				err = errors.New("concurrent build differs")
+			}
+			errs <- err
+		}()
+	}
+	for range 8 {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
+	}
 }

@@ -1,7 +1,8 @@
 package env
 
 import (
-	"bytes"
+	"fmt"
+	"math/rand"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -151,38 +152,143 @@ func TestFlattenCases(t *testing.T) {
 	}
 }
 
-// TestFlattenMatchesPyYAML runs the same documents through a Python
-// reference written from FLATTEN.md on top of PyYAML's safe_load (Debian's
-// python3-yaml), the loader the original appliance uses.
-func TestFlattenMatchesPyYAML(t *testing.T) {
+// pyFlatten runs testdata/flatten_ref.py, a reference written from
+// FLATTEN.md on PyYAML's safe_load (Debian's python3-yaml, the loader the
+// original appliance uses), over docs in one process. It returns the output
+// per document, "ERROR: ..." where PyYAML or the flattening fails.
+func pyFlatten(t *testing.T, docs []string, keys string) []string {
+	t.Helper()
 	py, err := exec.LookPath("python3")
 	if err != nil || exec.Command(py, "-c", "import yaml").Run() != nil {
 		t.Skip("python3 with PyYAML (Debian python3-yaml) not available")
 	}
 	dir := t.TempDir()
+	for i, d := range docs {
+		if err := os.WriteFile(filepath.Join(dir, fmt.Sprintf("%05d.yml", i)), []byte(d), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if out, err := exec.Command(py, "testdata/flatten_ref.py", "--batch", dir, keys, "export ", "").CombinedOutput(); err != nil {
+		t.Fatalf("flatten_ref.py: %v\n%s", err, out)
+	}
+	res := make([]string, len(docs))
+	for i := range docs {
+		out, err := os.ReadFile(filepath.Join(dir, fmt.Sprintf("%05d.yml.out", i)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		res[i] = string(out)
+	}
+	return res
+}
+
+// TestFlattenMatchesPyYAML compares Flatten with the PyYAML reference on
+// default-env.yml and the hand-checked cases.
+func TestFlattenMatchesPyYAML(t *testing.T) {
 	type input struct{ name, src, keys string }
-	inputs := []input{{"default-env", string(loadDefault(t).Raw), "."},
-		{"default-env keys", string(loadDefault(t).Raw), "ecs,appliance,ssh_authorized_keys"}}
+	raw := string(loadDefault(t).Raw)
+	inputs := []input{{"default-env", raw, "."}, {"default-env keys", raw, "ecs,appliance,ssh_authorized_keys,nosuch"}}
 	for _, tc := range flattenCases {
 		inputs = append(inputs, input{tc.name, tc.src, tc.keys})
 	}
+	byKeys := map[string][]input{}
 	for _, in := range inputs {
-		t.Run(in.name, func(t *testing.T) {
-			f := filepath.Join(dir, "in.yml")
-			if err := os.WriteFile(f, []byte(in.src), 0o600); err != nil {
-				t.Fatal(err)
+		byKeys[in.keys] = append(byKeys[in.keys], in)
+	}
+	for keys, ins := range byKeys {
+		var docs []string
+		for _, in := range ins {
+			docs = append(docs, in.src)
+		}
+		want := pyFlatten(t, docs, keys)
+		for i, in := range ins {
+			got, _ := Flatten(rawDoc(t, in.src), strings.Split(keys, ","), "export ", "")
+			if got != want[i] {
+				t.Errorf("%s: differs from PyYAML reference:\n%s", in.name, firstDiff(got, want[i]))
 			}
-			cmd := exec.Command(py, "testdata/flatten_ref.py", f, in.keys, "export ", "")
-			var stderr bytes.Buffer
-			cmd.Stderr = &stderr
-			want, err := cmd.Output()
-			if err != nil {
-				t.Fatalf("python: %v\n%s", err, stderr.String())
+		}
+	}
+}
+
+// scalarAtoms are plain and quoted scalars around YAML 1.1's typing rules.
+var scalarAtoms = strings.Fields(`yes No ON off y n true False ~ null Null NULL 0 -0 +0 010 08
+	0o7 0x1F 0xg 0b101 0b 0x_ 1_000 1__0 _1 1:30 1:70 -1:30:15 190:20:30 1.0 1. -1.5 +.5 .5
+	-.5 1e5 1.0e+5 1.0e5 1.0E-3 6.8523015e+5 685_230.15 1:30.5 -1:0.25 .inf -.Inf +.INF .nan
+	.NaN NaN inf 1.5e+300 1.0e+400 1.0e-400 0.1 0.000012 123456789.123456789 0.0001 0.00001
+	1234567890123456.5 12345678901234567.0 -0.0
+	99999999999999999999 2001-12-14 2001-12-14t21:59:43.10-05:00 2002-12-14T00:00:00Z
+	2001-13-01 2000-02-29 1900-02-29 'quoted' 'it''s' "dq\x1c" $x a\\b @%+=:,./- "\t_x_\n"
+	<<x =x ~x 0. 00 0_0 -0x1A +0b11 1_2:3_0 "" '' = << "a b" 'c d '`)
+
+var randomKeys = []string{"a", "A", "b", "a_b", "len", "l", "_", "'1'", "x_len", "LEN", "b_0", "'<<'"}
+
+func randomValue(r *rand.Rand, depth int) string {
+	switch k := r.Intn(6); {
+	case depth > 3 || k < 2:
+		return scalarAtoms[r.Intn(len(scalarAtoms))]
+	case k < 4:
+		var items []string
+		for range r.Intn(4) {
+			items = append(items, randomValue(r, depth+1))
+		}
+		return "[" + strings.Join(items, ", ") + "]"
+	default:
+		return "{" + strings.Join(randomPairs(r, depth+1), ", ") + "}"
+	}
+}
+
+func randomPairs(r *rand.Rand, depth int) []string {
+	var pairs []string
+	used := map[string]bool{}
+	for range r.Intn(4) {
+		k := randomKeys[r.Intn(len(randomKeys))]
+		if !used[k] {
+			used[k] = true
+			pairs = append(pairs, k+": "+randomValue(r, depth))
+		}
+	}
+	if r.Intn(5) == 0 {
+		pairs = append(pairs, "<<: [{a: 7, b: [m]}, {a: 8, len: 1}]")
+	}
+	return pairs
+}
+
+// TestFlattenRandomMatchesPyYAML: random documents mixing YAML 1.1 scalars,
+// colliding names, lists and merge keys flatten exactly as with PyYAML; and
+// whatever PyYAML cannot load or flatten, Parse refuses, while what it can,
+// Parse accepts.
+func TestFlattenRandomMatchesPyYAML(t *testing.T) {
+	r := rand.New(rand.NewSource(1))
+	var docs []string
+	for len(docs) < 1500 {
+		doc := strings.Join(randomPairs(r, 0), "\n") + "\n"
+		if doc == "\n" || yaml.Unmarshal([]byte(doc), new(yaml.Node)) != nil {
+			continue
+		}
+		docs = append(docs, doc)
+	}
+	want := pyFlatten(t, docs, ".")
+	matched := 0
+	for i, doc := range docs {
+		_, perr := Parse("x.yml", []byte("#cloud-config\nappliance: {domain: a.example}\n"+doc))
+		if strings.HasPrefix(want[i], "ERROR") {
+			if perr == nil {
+				t.Errorf("PyYAML fails (%s) but Parse accepts:\n%s", want[i], doc)
 			}
-			got, _ := Flatten(rawDoc(t, in.src), strings.Split(in.keys, ","), "export ", "")
-			if got != string(want) {
-				t.Errorf("differs from PyYAML reference:\n%s", firstDiff(got, string(want)))
-			}
-		})
+			continue
+		}
+		if perr != nil {
+			t.Errorf("PyYAML loads it but Parse refuses: %v\n%s", perr, doc)
+		}
+		got, _ := Flatten(rawDoc(t, doc), nil, "export ", "")
+		if got != want[i] {
+			t.Errorf("differs from PyYAML:\n%s\n%s", doc, firstDiff(got, want[i]))
+		} else {
+			matched++
+		}
+	}
+	t.Logf("%d of %d documents flattened identically, the rest refused by both", matched, len(docs))
+	if matched < len(docs)/2 {
+		t.Errorf("only %d of %d documents compared", matched, len(docs))
 	}
 }

@@ -11,6 +11,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/ProtonMail/go-crypto/openpgp/armor"
+	"github.com/ProtonMail/go-crypto/openpgp/packet"
 )
 
 func TestDefaultEnvValid(t *testing.T) {
@@ -334,5 +337,54 @@ func BenchmarkParseCreatedEnvUncached(b *testing.B) {
 		if _, err := Parse("created-env.yml", data); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// TestPGPKeys: gpg's ed25519/cv25519 secret keys pass for both uses;
+// corrupt secret material with intact armor is caught by the checksum;
+// the public part of a secret key is refused.
+func TestPGPKeys(t *testing.T) {
+	data, err := os.ReadFile("testdata/pgp-ed25519-secret.asc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, u := range []keyUsage{usageEncrypt, usageSign} {
+		if msg := pgpProblem(string(data), u); msg != "" {
+			t.Errorf("ed25519/cv25519 key, usage %d: %s", u, msg)
+		}
+	}
+	def := loadDefault(t).String("ecs.vault_sign")
+	if msg := pgpProblem(def, usageSign); msg != "" {
+		t.Errorf("default-env vault_sign: %s", msg)
+	}
+
+	// flip one bit of the first secret key's material (before its checksum)
+	block, err := armor.Decode(strings.NewReader(def))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var body bytes.Buffer
+	opr := packet.NewOpaqueReader(block.Body)
+	for first := true; ; first = false {
+		op, err := opr.Next()
+		if err != nil {
+			break
+		}
+		if first {
+			op.Contents[len(op.Contents)-10] ^= 1
+		}
+		if err := op.Serialize(&body); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var armored bytes.Buffer
+	w, err := armor.Encode(&armored, "PGP PRIVATE KEY BLOCK", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.Write(body.Bytes())
+	w.Close()
+	if msg := pgpProblem(armored.String(), usageSign); !strings.Contains(msg, "checksum mismatch") {
+		t.Errorf("corrupt secret key: %q", msg)
 	}
 }

@@ -262,8 +262,8 @@ func TestEmitAll(t *testing.T) {
 	})
 	t.Run("gce", func(t *testing.T) {
 		files := readTarGz(t, path("gce"), func(h *tar.Header) {
-			if h.Format&tar.FormatGNU == 0 {
-				t.Errorf("gce: %s has tar format %v, want GNU", h.Name, h.Format)
+			if h.Format&tar.FormatGNU == 0 || h.Typeflag != tar.TypeGNUSparse {
+				t.Errorf("gce: %s has tar format %v type %c, want an old-GNU sparse member", h.Name, h.Format, h.Typeflag)
 			}
 		})
 		if len(files) != 1 || files[0].name != "disk.raw" {
@@ -273,6 +273,25 @@ func TestEmitAll(t *testing.T) {
 			t.Fatalf("disk.raw is %d bytes, not whole GiB", files[0].size)
 		}
 		same(t, in, files[0].path, "raw")
+		// GNU tar (what Google's guide uses) reads it the same.
+		x := t.TempDir()
+		run(t, "tar", "-xzf", path("gce"), "-C", x)
+		same(t, in, filepath.Join(x, "disk.raw"), "raw")
+		if st, _ := os.Stat(filepath.Join(x, "disk.raw")); st.Size() != files[0].size {
+			t.Fatalf("GNU tar extracted %d bytes, archive/tar %d", st.Size(), files[0].size)
+		}
+		// Only the data regions are stored: the header's size field counts
+		// the ~6 MiB of data, not the 1 GiB disk.
+		f, _ := os.Open(path("gce"))
+		defer f.Close()
+		z, _ := gzip.NewReader(f)
+		hdr := make([]byte, 512)
+		io.ReadFull(z, hdr)
+		var storedSize int64
+		fmt.Sscanf(strings.TrimRight(string(hdr[124:136]), "\x00 "), "%o", &storedSize)
+		if storedSize < 6*mib || storedSize > 8*mib {
+			t.Fatalf("sparse member stores %d bytes, want the ~6 MiB of data", storedSize)
+		}
 	})
 	t.Run("ova", func(t *testing.T) {
 		files := readTar(t, path("ova"), false, func(h *tar.Header) {
@@ -421,7 +440,7 @@ func readTar(t *testing.T, p string, gz bool, hdr func(*tar.Header)) []member {
 		if hdr != nil {
 			hdr(h)
 		}
-		if h.Typeflag != tar.TypeReg || strings.Contains(h.Name, "/") {
+		if (h.Typeflag != tar.TypeReg && h.Typeflag != tar.TypeGNUSparse) || strings.Contains(h.Name, "/") {
 			t.Fatalf("%s: unexpected member %q type %c", p, h.Name, h.Typeflag)
 		}
 		out := filepath.Join(dir, h.Name)

@@ -1,11 +1,11 @@
 package formats
 
 import (
-	"archive/tar"
+	"bufio"
 	"compress/gzip"
 	"context"
 	"io"
-	"path/filepath"
+	"os"
 )
 
 // gzipLevel is used for gce tarballs and Vagrant boxes. BestSpeed: the
@@ -19,16 +19,32 @@ func gzipWriter(w io.Writer) io.WriteCloser {
 }
 
 // writeGCE writes what `gcloud compute images create --source-uri` imports:
-// a gzipped GNU tar holding one file, disk.raw, whose size is a whole number
-// of GiB.
+// a gzipped tar holding one file, disk.raw, whose size is a whole number of
+// GiB, in the old-GNU sparse format Google's guide uses
+// (tar --format=oldgnu -S): only the disk's data regions are stored.
 func writeGCE(ctx context.Context, j *job) error {
-	src, format, size, err := resized(ctx, j.in, j.scratch, gib)
+	raw, _, err := j.rawDisk(ctx, gib)
 	if err != nil {
 		return err
 	}
-	raw := filepath.Join(j.scratch, "disk.raw")
-	if err := j.convert(ctx, src, format, size, raw, "-O", "raw", "-S", "4k"); err != nil {
+	fh, err := os.Create(j.out)
+	if err != nil {
 		return err
 	}
-	return writeTar(ctx, j, j.out, tar.FormatGNU, []tarFile{{name: "disk.raw", path: raw}}, gzipWriter)
+	defer fh.Close()
+	bw := bufio.NewWriterSize(fh, 1<<20)
+	z := gzipWriter(bw)
+	if err := writeSparseTar(ctx, z, "disk.raw", raw, j); err != nil {
+		return err
+	}
+	if err := z.Close(); err != nil {
+		return err
+	}
+	if err := bw.Flush(); err != nil {
+		return err
+	}
+	if err := fh.Sync(); err != nil {
+		return err
+	}
+	return fh.Close()
 }

@@ -1,9 +1,11 @@
 package images
 
 import (
+	"context"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -51,5 +53,33 @@ func TestSafeRemoveAllUnmountsFirst(t *testing.T) {
 func TestUnescapeMount(t *testing.T) {
 	if got := unescapeMount(`/a\040b\011c`); got != "/a b\tc" {
 		t.Errorf("got %q", got)
+	}
+}
+
+func TestExport(t *testing.T) {
+	dir := t.TempDir()
+	src := filepath.Join(dir, "src.qcow2")
+	if out, err := exec.Command("qemu-img", "create", "-q", "-f", "qcow2", src, "64M").CombinedOutput(); err != nil {
+		t.Fatalf("%v %s", err, out)
+	}
+	b := &Base{Path: src, Format: "qcow2"}
+	for name, want := range map[string]string{"copy.qcow2": "qcow2", "copy.raw": "raw"} {
+		got, err := Export(context.Background(), b, filepath.Join(dir, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got != filepath.Join(dir, name) {
+			t.Errorf("path %s", got)
+		}
+		out, err := exec.Command("qemu-img", "info", "--output=json", got).Output()
+		if err != nil || !strings.Contains(string(out), `"format": "`+want+`"`) {
+			t.Errorf("%s: %v %s", name, err, out)
+		}
+	}
+	if _, err := Export(context.Background(), b, filepath.Join(dir, "missing", "x.qcow2")); err == nil {
+		t.Error("export into a missing directory succeeded")
+	}
+	if m, _ := filepath.Glob(filepath.Join(dir, ".*tmp*")); len(m) > 0 {
+		t.Errorf("temporary files left: %v", m)
 	}
 }

@@ -223,3 +223,42 @@ func TestBuildNeedsRoot(t *testing.T) {
 	}
 	assertEmptyCache(t, c)
 }
+
+func TestBuildCacheHit(t *testing.T) {
+	defer func(f func() int) { geteuid = f }(geteuid)
+	geteuid = func() int { return 1000 } // a cache hit needs no root
+	c := testCache(t)
+	r, err := NewRecipe(BuildOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tool, err := bootstrapTool(""); err == nil && strings.HasSuffix(tool, "/debootstrap") {
+		r.Bootstrap = "debootstrap"
+	}
+	if err := os.MkdirAll(filepath.Join(c.Dir, "tmp"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	img := filepath.Join(c.Dir, "tmp", "built.qcow2")
+	if err := os.WriteFile(img, testImage(t), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	e, err := c.Commit(r.Key(), r.Source(), "qcow2", img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := BuildBase(context.Background(), c, BuildOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b.Path != c.Path(e) || b.User != "debian" || b.Firmware != "bios" || b.Digest != e.Digest {
+		t.Errorf("base %+v", b)
+	}
+	b, err = Resolve(context.Background(), "build", ResolveOptions{Cache: c})
+	if err != nil || b.Path != c.Path(e) || b.Info == nil {
+		t.Errorf("Resolve(build): %+v %v", b, err)
+	}
+	// Another mirror is another recipe: a miss (which needs root here).
+	if _, err := BuildBase(context.Background(), c, BuildOptions{Mirror: "http://mirror.example.org/debian"}); err == nil || !strings.Contains(err.Error(), "needs root") {
+		t.Errorf("other mirror: %v", err)
+	}
+}

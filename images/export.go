@@ -9,7 +9,7 @@ import (
 )
 
 // Export writes a copy of base b to path: raw when path ends in .raw or
-// .img, qcow2 otherwise. The copy is written to a temporary file in the
+// .img, compressed qcow2 otherwise. The copy is written to a temporary file in the
 // target directory and renamed into place, so an interrupted export leaves
 // nothing behind. It returns the absolute path written.
 func Export(ctx context.Context, b *Base, path string) (string, error) {
@@ -36,7 +36,11 @@ func Export(ctx context.Context, b *Base, path string) (string, error) {
 			os.Remove(tmp.Name())
 		}
 	}()
-	if err := runCmd(ctx, "qemu-img", "convert", "-f", b.Format, "-O", format, b.Path, tmp.Name()); err != nil {
+	args := []string{"convert", "-f", b.Format, "-O", format}
+	if format == "qcow2" {
+		args = append(args, "-c")
+	}
+	if err := runCmd(ctx, "qemu-img", append(args, b.Path, tmp.Name())...); err != nil {
 		return "", err
 	}
 	if err := os.Chmod(tmp.Name(), 0o644); err != nil {

@@ -109,12 +109,19 @@ func (g *Agent) Place(ctx context.Context, a *Archive) error {
 		if err != nil {
 			return err
 		}
-		targets := installTargets(data)
+		targets, instance := installTargets(data)
 		if len(g.Enable) > 0 && !enable[base] || len(targets) == 0 {
 			continue
 		}
+		link := base
+		if strings.Contains(base, "@.") {
+			if instance == "" {
+				continue // a template unit is enabled per instance, at run time
+			}
+			link = strings.Replace(base, "@.", "@"+instance+".", 1)
+		}
 		for _, t := range targets {
-			if err := a.Symlink(path.Join(sys, t, base), path.Join(sys, base), root); err != nil {
+			if err := a.Symlink(path.Join(sys, t, link), path.Join(sys, base), root); err != nil {
 				return err
 			}
 		}
@@ -123,9 +130,8 @@ func (g *Agent) Place(ctx context.Context, a *Archive) error {
 }
 
 // installTargets returns the ".wants"/".requires" directories a unit's
-// [Install] section asks for.
-func installTargets(unit []byte) []string {
-	var out []string
+// [Install] section asks for, and its DefaultInstance.
+func installTargets(unit []byte) (out []string, instance string) {
 	section := ""
 	sc := bufio.NewScanner(bytes.NewReader(unit))
 	for sc.Scan() {
@@ -141,6 +147,9 @@ func installTargets(unit []byte) []string {
 		if !ok {
 			continue
 		}
+		if strings.TrimSpace(k) == "DefaultInstance" {
+			instance = strings.TrimSpace(v)
+		}
 		suffix := map[string]string{"WantedBy": ".wants", "RequiredBy": ".requires", "UpheldBy": ".upholds"}[strings.TrimSpace(k)]
 		if suffix == "" {
 			continue
@@ -149,5 +158,5 @@ func installTargets(unit []byte) []string {
 			out = append(out, t+suffix)
 		}
 	}
-	return out
+	return out, instance
 }

@@ -244,6 +244,8 @@ func TestAgentEnablesUnits(t *testing.T) {
 	os.MkdirAll(filepath.Join(dir, "systemd"), 0o755)
 	os.WriteFile(filepath.Join(dir, "systemd", "ecs-agent.service"), []byte("[Unit]\nDescription=x\n[Service]\nExecStart=/usr/local/bin/ecs-agent\n[Install]\nWantedBy=multi-user.target cloud-init.target\n"), 0o644)
 	os.WriteFile(filepath.Join(dir, "systemd", "ecs-helper.service"), []byte("[Service]\nExecStart=/bin/true\n"), 0o644)
+	os.WriteFile(filepath.Join(dir, "systemd", "fail@.service"), []byte("[Service]\nExecStart=/bin/true\n[Install]\nWantedBy=multi-user.target\n"), 0o644)
+	os.WriteFile(filepath.Join(dir, "systemd", "getty-x@.service"), []byte("[Install]\nWantedBy=multi-user.target\nDefaultInstance=tty9\n"), 0o644)
 	g := &Agent{Binary: "ecs-agent"}
 	if errs := g.Check(dir); len(errs) > 0 {
 		t.Fatal(errs)
@@ -270,11 +272,12 @@ func TestAgentEnablesUnits(t *testing.T) {
 	want := "usr/local/bin/ecs-agent,etc/systemd/system/ecs-agent.service," +
 		"etc/systemd/system/multi-user.target.wants/ecs-agent.service->/etc/systemd/system/ecs-agent.service," +
 		"etc/systemd/system/cloud-init.target.wants/ecs-agent.service->/etc/systemd/system/ecs-agent.service," +
-		"etc/systemd/system/ecs-helper.service"
+		"etc/systemd/system/ecs-helper.service,etc/systemd/system/fail@.service,etc/systemd/system/getty-x@.service," +
+		"etc/systemd/system/multi-user.target.wants/getty-x@tty9.service->/etc/systemd/system/getty-x@.service"
 	if strings.Join(got, ",") != want {
 		t.Errorf("entries:\n got %s\nwant %s", strings.Join(got, ","), want)
 	}
-	if len(g.Inputs()) != 3 {
+	if len(g.Inputs()) != 5 {
 		t.Errorf("inputs %v", g.Inputs())
 	}
 }

@@ -103,7 +103,12 @@ func Start(ctx context.Context, cfg Config) (*Machine, error) {
 	if cfg.Name == "" {
 		cfg.Name = strings.TrimSuffix(filepath.Base(cfg.Disk), filepath.Ext(cfg.Disk))
 	}
-	runDir, err := os.MkdirTemp("", "ecs-qemu-")
+	tmp := os.TempDir()
+	if len(tmp) > 70 {
+		// Unix socket paths are limited to 107 bytes.
+		tmp = "/tmp"
+	}
+	runDir, err := os.MkdirTemp(tmp, "ecs-qemu-")
 	if err != nil {
 		return nil, fmt.Errorf("qemu %s: %w", cfg.Name, err)
 	}

@@ -109,13 +109,16 @@ func Run(cfg Config) (*Result, error) {
 	out := func(kind string, i int) string {
 		return filepath.Join(work, fmt.Sprintf("%s%05d.iso", kind, i))
 	}
-	inProcess := func(i int) error {
-		data, err := os.ReadFile(envs[i])
-		if err != nil {
-			return err
+	writeTo := func(dir string) func(int) error {
+		return func(i int) error {
+			data, err := os.ReadFile(envs[i])
+			if err != nil {
+				return err
+			}
+			return cidata.Write(filepath.Join(dir, fmt.Sprintf("go%05d.iso", i)), cidata.Options{UserData: data, UserDataName: envs[i]})
 		}
-		return cidata.Write(out("go", i), cidata.Options{UserData: data, UserDataName: envs[i]})
 	}
+	inProcess := writeTo(work)
 	process := func(i int) error {
 		return run(bin, "--log-level", "warn", "cidata", "-e", envs[i], "-o", out("cli", i))
 	}
@@ -133,9 +136,16 @@ func Run(cfg Config) (*Result, error) {
 	if bin != "-" {
 		tools = append(tools, tool{"ecs-image cidata (one process per seed)", process, 1})
 	}
-	tools = append(tools,
-		tool{"ecs-image in-process (cidata.Write)", inProcess, 1},
-		tool{fmt.Sprintf("ecs-image in-process, %d workers", workers), inProcess, workers})
+	tools = append(tools, tool{"ecs-image in-process (cidata.Write)", inProcess, 1})
+	// The same with the output on tmpfs, which separates ecs-image's own
+	// cost from the file system's (creating a file on a slow disk costs
+	// milliseconds).
+	if shm, err := os.MkdirTemp("/dev/shm", "cidata-bench-"); err == nil {
+		defer os.RemoveAll(shm)
+		tools = append(tools,
+			tool{"ecs-image in-process, output on tmpfs", writeTo(shm), 1},
+			tool{fmt.Sprintf("ecs-image in-process, output on tmpfs, %d workers", workers), writeTo(shm), workers})
+	}
 
 	res := &Result{}
 	for _, t := range tools {

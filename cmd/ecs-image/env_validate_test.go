@@ -63,6 +63,17 @@ func TestEnvValidateCLI(t *testing.T) {
 	if code, _, _ = runEnvCLI(t, "env", "validate", filepath.Join(dir, "missing.yml")); code != exitFailure {
 		t.Errorf("missing file: exit %d, want %d", code, exitFailure)
 	}
+	data, err := os.ReadFile(defaultEnv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rootCmd.SetIn(bytes.NewReader(data))
+	code, out, _ = runEnvCLI(t, "env", "validate", "-")
+	rootCmd.SetIn(nil)
+	if code != exitOK || out != "-: ok\n" {
+		t.Errorf("stdin: exit %d, out %q", code, out)
+	}
+
 	if code, _, _ = runEnvCLI(t, "env", "validate"); code != exitUsage {
 		t.Errorf("no argument: exit %d, want %d", code, exitUsage)
 	}

@@ -85,7 +85,7 @@ func init() {
 	rootCmd.PersistentFlags().StringVar(&logLevel, "log-level", "info", "log level: trace, debug, info, warn, error")
 	rootCmd.PersistentFlags().StringVar(&logFormat, "log-format", "text", "log format: text or json")
 	rootCmd.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error {
-		return badInput(fmt.Errorf("%w\nSee '%s --help'.", err, cmd.CommandPath()))
+		return badInput(fmt.Errorf("%w (see '%s --help')", err, cmd.CommandPath()))
 	})
 	rootCmd.AddCommand(&cobra.Command{
 		Use:   "version",
@@ -119,7 +119,7 @@ func setupLogging(level, format string) error {
 func exactArgs(n int) cobra.PositionalArgs {
 	return func(cmd *cobra.Command, args []string) error {
 		if err := cobra.ExactArgs(n)(cmd, args); err != nil {
-			return badInput(fmt.Errorf("%s: %w\nSee '%s --help'.", cmd.CommandPath(), err, cmd.CommandPath()))
+			return badInput(fmt.Errorf("%s: %w (see '%s --help')", cmd.CommandPath(), err, cmd.CommandPath()))
 		}
 		return nil
 	}
@@ -129,7 +129,7 @@ func exactArgs(n int) cobra.PositionalArgs {
 func rangeArgs(min, max int) cobra.PositionalArgs {
 	return func(cmd *cobra.Command, args []string) error {
 		if err := cobra.RangeArgs(min, max)(cmd, args); err != nil {
-			return badInput(fmt.Errorf("%s: %w\nSee '%s --help'.", cmd.CommandPath(), err, cmd.CommandPath()))
+			return badInput(fmt.Errorf("%s: %w (see '%s --help')", cmd.CommandPath(), err, cmd.CommandPath()))
 		}
 		return nil
 	}

@@ -127,6 +127,16 @@ func TestVMTestReadyFailedTimeout(t *testing.T) {
 	if code != exitOK || rep == nil || rep.Format != "vmdk" || !strings.HasPrefix(rep.Line, "Cloud-init v. 22.4.2 finished") {
 		t.Fatalf("vmdk with the cloud-init marker: exit %d, report %s", code, out)
 	}
+	for _, f := range []struct{ format, opts string }{{"qcow2", "compression_type=zlib"}, {"vhdx", "subformat=dynamic"}, {"vpc", "subformat=dynamic"}} {
+		img := filepath.Join(dir, "disk."+f.format)
+		if out, err := exec.Command("qemu-img", "convert", "-O", f.format, "-o", f.opts, base, img).CombinedOutput(); err != nil {
+			t.Fatalf("%v: %s", err, out)
+		}
+		code, rep, out = runVMTestCLI(t, img, "--no-https", "--json", "--memory", "256")
+		if code != exitOK || rep == nil || rep.Format != f.format {
+			t.Fatalf("%s: exit %d, report %s", f.format, code, out)
+		}
+	}
 	ova := filepath.Join(dir, "appliance.ova")
 	writeOVA(t, ova, vmdk)
 	code, rep, out = runVMTestCLI(t, ova, "--no-https", "--json", "--memory", "256", "--ready-marker", `finished at`)

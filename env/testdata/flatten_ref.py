@@ -2,9 +2,15 @@
 """Reference flattener written from FLATTEN.md, for env's differential test.
 
 usage: flatten_ref.py FILE KEYS PREFIX POSTFIX
+       flatten_ref.py --batch DIR KEYS PREFIX POSTFIX
 Reads FILE with PyYAML's safe_load (the loader the original appliance uses)
 and prints the variables as FLATTEN.md describes; missing keys go to stderr.
+With --batch, does so for every DIR/*.yml, writing X.yml.out ("ERROR: ..."
+if PyYAML or the flattening fails).
 """
+import contextlib
+import glob
+import io
 import shlex
 import sys
 
@@ -29,8 +35,7 @@ def collect(value, name, out):
         out[name] = value
 
 
-def main():
-    path, keys, prefix, postfix = sys.argv[1:5]
+def flatten_file(path, keys, prefix, postfix):
     with open(path) as f:
         data = yaml.safe_load(f)
     for key in keys.split(","):
@@ -47,6 +52,23 @@ def main():
         collect(value, "", out)
         for name in sorted(out):
             print("{}{}{}={}{}".format(prefix, root, name.upper(), out[name], postfix))
+
+
+def main():
+    if sys.argv[1] == "--batch":
+        directory, keys, prefix, postfix = sys.argv[2:6]
+        for path in sorted(glob.glob(directory + "/*.yml")):
+            out = io.StringIO()
+            try:
+                with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
+                    flatten_file(path, keys, prefix, postfix)
+                result = out.getvalue()
+            except Exception as e:
+                result = "ERROR: {}: {}".format(type(e).__name__, e)
+            with open(path + ".out", "w") as f:
+                f.write(result)
+        return
+    flatten_file(*sys.argv[1:5])
 
 
 if __name__ == "__main__":
