@@ -79,7 +79,7 @@ func writeVagrantLibvirt(ctx context.Context, j *job) error {
 		{name: "Vagrantfile", data: vagrantfile("libvirt", j.opts, "")},
 		{name: "box.img", path: img},
 	}
-	return writeTar(ctx, j, j.out, tar.FormatUSTAR, files, gzipWriter)
+	return writeTar(ctx, j, j.out, tar.FormatUSTAR, files, boxGzipWriter)
 }
 
 // writeVagrantVirtualBox writes a VirtualBox box: box.ovf, box.mf,
@@ -99,7 +99,7 @@ func writeVagrantVirtualBox(ctx context.Context, j *job) error {
 		{name: "metadata.json", data: append(meta, '\n')},
 		{name: "Vagrantfile", data: vagrantfile("virtualbox", j.opts, fmt.Sprintf("  config.vm.base_mac = %q\n", mac))},
 	}
-	return writeOVFTar(ctx, j, j.out, "box.ovf", "box.mf", p, vmdk, disk, tar.FormatUSTAR, extra, gzipWriter)
+	return writeOVFTar(ctx, j, j.out, "box.ovf", "box.mf", p, vmdk, disk, tar.FormatUSTAR, extra, boxGzipWriter)
 }
 
 // boxMAC derives a stable VirtualBox MAC (OUI 08:00:27) from the box name.

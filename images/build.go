@@ -258,7 +258,8 @@ func BuildBase(ctx context.Context, c *Cache, opts BuildOptions) (*Base, error) 
 		return nil, err
 	}
 	start := time.Now()
-	tmp, err := c.TempDir("build-")
+	c.RemoveStale("build-" + key + "-")
+	tmp, err := c.TempDir("build-" + key + "-")
 	if err != nil {
 		return nil, err
 	}

@@ -126,6 +126,19 @@ func (c *Cache) TempDir(pattern string) (string, error) {
 	return d, os.Chmod(d, 0o755)
 }
 
+// RemoveStale removes leftovers under tmp/ whose names start with prefix:
+// work of a process that was killed (SIGKILL, power loss) while holding the
+// key's lock. Call it only while holding that lock.
+func (c *Cache) RemoveStale(prefix string) {
+	old, _ := filepath.Glob(filepath.Join(c.Dir, "tmp", prefix+"*"))
+	for _, d := range old {
+		logrus.Infof("removing leftovers of an interrupted run: %s", d)
+		if err := safeRemoveAll(d); err != nil {
+			logrus.Warnf("removing %s: %v", d, err)
+		}
+	}
+}
+
 // Commit hashes the finished image at tmpPath, moves it into the cache
 // under its digest (rename, same filesystem) and writes the index entry for
 // key. If an identical file is already cached, tmpPath is removed.

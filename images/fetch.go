@@ -87,7 +87,8 @@ func Fetch(ctx context.Context, c *Cache, r FetchRequest) (*Entry, error) {
 		logrus.Infof("%s: cache hit (%s)", src, e.Digest)
 		return e, nil
 	}
-	tmp, err := c.TempDir("fetch-")
+	c.RemoveStale("fetch-" + key + "-")
+	tmp, err := c.TempDir("fetch-" + key + "-")
 	if err != nil {
 		return nil, err
 	}

@@ -353,3 +353,28 @@ func TestFetchLocalFile(t *testing.T) {
 		t.Fatalf("cached local file is not a regular file copy: %v %v", fi, err)
 	}
 }
+
+func TestFetchRemovesStaleLeftovers(t *testing.T) {
+	img := testImage(t)
+	s := newServer(t, map[string][]byte{"/base.qcow2": img})
+	c := testCache(t)
+	req := FetchRequest{URL: s.URL + "/base.qcow2", Checksum: "sha256:" + sha256hex(img)}
+	// What a SIGKILLed fetch of the same source leaves behind.
+	stale := filepath.Join(c.Dir, "tmp", "fetch-"+FetchKey(req.URL, req.Checksum)+"-123")
+	other := filepath.Join(c.Dir, "tmp", "fetch-otherkey-456")
+	for _, d := range []string{stale, other} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		os.WriteFile(filepath.Join(d, "image"), []byte("partial"), 0o644)
+	}
+	if _, err := Fetch(context.Background(), c, req); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(stale); !os.IsNotExist(err) {
+		t.Errorf("stale leftover kept: %v", err)
+	}
+	if _, err := os.Stat(other); err != nil {
+		t.Errorf("another key's work dir was removed: %v", err)
+	}
+}
