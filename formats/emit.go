@@ -21,8 +21,10 @@ type job struct {
 	scratch string // private scratch directory, removed afterwards
 	base    string // output base name, e.g. "ecs-1.2" (for names inside archives)
 	opts    Options
-	name    string  // format name, for progress lines
-	shared  *shared // intermediates shared with the run's other formats
+	name    string        // format name, for progress lines
+	shared  *shared       // intermediates shared with the run's other formats
+	sem     chan struct{} // the run's concurrency slots (nil: unbounded)
+	held    bool          // this job holds a slot of sem
 }
 
 // tracker starts a progress report for one phase of this job.
@@ -83,7 +85,7 @@ func Emit(ctx context.Context, in *Image, dir, base string, names []string, opts
 		if err := os.Mkdir(scratch, 0o755); err != nil {
 			return nil, err
 		}
-		jobs[i] = &job{in: in, out: filepath.Join(scratch, base+f.Ext), scratch: scratch, base: base, opts: opts, name: f.Name, shared: sh}
+		jobs[i] = &job{in: in, out: filepath.Join(scratch, base+f.Ext), scratch: scratch, base: base, opts: opts, name: f.Name, shared: sh, sem: sem}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -93,7 +95,12 @@ func Emit(ctx context.Context, in *Image, dir, base string, names []string, opts
 				errs[i] = ctx.Err()
 				return
 			}
-			defer func() { <-sem }()
+			jobs[i].held = true
+			defer func() {
+				if jobs[i].held {
+					<-sem
+				}
+			}()
 			start := time.Now()
 			if err := f.write(ctx, jobs[i]); err != nil {
 				errs[i] = fmt.Errorf("format %s: %w", f.Name, err)

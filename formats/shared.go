@@ -30,8 +30,10 @@ func newShared(dir string) *shared {
 }
 
 // get returns the path of the intermediate called key, running produce(path)
-// to produce it if no other writer has.
-func (s *shared) get(ctx context.Context, key string, produce func(path string) error) (string, error) {
+// to produce it if no other writer has. A writer waiting for another's
+// intermediate gives up its slot (j.sem) meanwhile, so that waiting never
+// holds back other conversions.
+func (s *shared) get(ctx context.Context, j *job, key string, produce func(path string) error) (string, error) {
 	s.mu.Lock()
 	p, ok := s.items[key]
 	if !ok {
@@ -44,12 +46,24 @@ func (s *shared) get(ctx context.Context, key string, produce func(path string) 
 		close(p.done)
 		return p.path, p.err
 	}
+	if j.held {
+		<-j.sem
+		j.held = false
+	}
 	select {
 	case <-p.done:
-		return p.path, p.err
 	case <-ctx.Done():
 		return "", ctx.Err()
 	}
+	if j.sem != nil {
+		select {
+		case j.sem <- struct{}{}:
+			j.held = true
+		case <-ctx.Done():
+			return "", ctx.Err()
+		}
+	}
+	return p.path, p.err
 }
 
 // diskKey names an intermediate disk by format and virtual size.
@@ -59,7 +73,7 @@ func diskKey(kind string, size int64) string { return fmt.Sprintf("%s-%d", kind,
 // (rounded up beforehand by the caller's alignment).
 func (j *job) streamVMDK(ctx context.Context, align int64) (string, int64, error) {
 	size := roundUp(j.in.VirtualSize, align)
-	p, err := j.shared.get(ctx, diskKey("vmdk", size), func(out string) error {
+	p, err := j.shared.get(ctx, j, diskKey("vmdk", size), func(out string) error {
 		src, format, size, err := resized(ctx, j.in, j.shared.dir, align)
 		if err != nil {
 			return err
@@ -73,7 +87,7 @@ func (j *job) streamVMDK(ctx context.Context, align int64) (string, int64, error
 // to align.
 func (j *job) rawDisk(ctx context.Context, align int64) (string, int64, error) {
 	size := roundUp(j.in.VirtualSize, align)
-	p, err := j.shared.get(ctx, diskKey("raw", size), func(out string) error {
+	p, err := j.shared.get(ctx, j, diskKey("raw", size), func(out string) error {
 		src, format, size, err := resized(ctx, j.in, j.shared.dir, align)
 		if err != nil {
 			return err
@@ -86,7 +100,7 @@ func (j *job) rawDisk(ctx context.Context, align int64) (string, int64, error) {
 
 // compressedQcow2 returns the input as a compressed compat 1.1 qcow2.
 func (j *job) compressedQcow2(ctx context.Context) (string, error) {
-	return j.shared.get(ctx, "qcow2-compressed", func(out string) error {
+	return j.shared.get(ctx, j, "qcow2-compressed", func(out string) error {
 		return j.convert(ctx, j.in.Path, j.in.Format, j.in.VirtualSize, out, "-O", "qcow2", "-c", "-o", "compat=1.1")
 	})
 }

@@ -80,7 +80,11 @@ func Inspect(ctx context.Context, path, wantFormat string) (*Info, error) {
 		return nil, &ImageError{path, fmt.Sprintf("declared format %s, but the file is %s", wantFormat, describeProbe(probed))}
 	}
 	if probed != "qcow2" && probed != "raw" {
-		return nil, &ImageError{path, "not a disk image: " + describeProbe(probed)}
+		msg := describeProbe(probed)
+		if !strings.HasPrefix(msg, "not a disk image") {
+			msg = "not a disk image: " + msg
+		}
+		return nil, &ImageError{path, msg}
 	}
 	return qemuInfo(ctx, path, probed)
 }
@@ -213,7 +217,7 @@ func describeProbe(p string) string {
 	case "qcow2", "raw":
 		return p
 	case "empty":
-		return "empty"
+		return "an empty file"
 	case "unknown":
 		return "not a disk image (no qcow2 header, no MBR/GPT boot signature)"
 	case "compressed":

@@ -278,7 +278,7 @@ func itPEM(c *x509.Certificate) []byte {
 // it, and a push-deploy of a new image version from the host.
 func TestAgentFullChain(t *testing.T) {
 	base := baseImage(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 45*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Minute)
 	defer cancel()
 	dir := t.TempDir()
 	disk := filepath.Join(dir, "disk.qcow2")

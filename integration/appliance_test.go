@@ -77,7 +77,7 @@ type timings struct {
 
 func TestAppliance(t *testing.T) {
 	if os.Getenv("ECS_IMAGE_SKIP_APPLIANCE") == "1" {
-		t.Skip("ECS_IMAGE_SKIP_APPLIANCE=1: skipping the appliance end-to-end test (build + 4 boots, ~40 min under TCG)")
+		t.Skip("ECS_IMAGE_SKIP_APPLIANCE=1: skipping the appliance end-to-end test (build + 4 boots, 30-45 min under TCG)")
 	}
 	var tm timings
 	defer func() {
@@ -382,21 +382,6 @@ func TestAppliance(t *testing.T) {
 			}
 			time.Sleep(5 * time.Second)
 		}
-	})
-
-	// The CLI's own check, as a user runs it after `make appliance`.
-	t.Run("ecs-image-test-cli", func(t *testing.T) {
-		out := ecsImage(t, "test", artifact, "--env", envA, "--json", "--timeout", bootTimeout.String())
-		var rep struct {
-			OK           bool    `json:"ok"`
-			State        string  `json:"state"`
-			ReadySeconds float64 `json:"ready_seconds"`
-			HTTPSStatus  int     `json:"https_status"`
-		}
-		if err := json.Unmarshal([]byte(out), &rep); err != nil || !rep.OK || rep.State != "ready" || rep.HTTPSStatus != 200 {
-			t.Fatalf("ecs-image test: %v\n%s", err, out)
-		}
-		t.Logf("ecs-image test: ready after %.1fs, HTTPS 200", rep.ReadySeconds)
 	})
 }
 

@@ -219,7 +219,8 @@ func bootBuiltImage(t *testing.T, img, marker string) {
 	check("test -s /etc/machine-id && echo regenerated", "regenerated")
 	check("ls /etc/ssh/ssh_host_ed25519_key.pub", "/etc/ssh/ssh_host_ed25519_key.pub")
 	check("getent passwd "+builder.BuildUser+" || echo absent", "absent")
-	check("cat /home/*/.ssh/authorized_keys /root/.ssh/authorized_keys 2>/dev/null | grep -vc tester || true", "0")
+	// The only authorized key in the whole image is this test's.
+	check("cat /home/*/.ssh/authorized_keys /root/.ssh/authorized_keys 2>/dev/null | grep -vxcF '"+key.AuthorizedKey+"' || true", "0")
 	check("ls /var/lib/apt/lists | grep -c _Packages || true", "0")
 }
 

@@ -320,7 +320,7 @@ func (c *Containers) Run(ctx context.Context, e *Env) error {
 		return err
 	}
 	for _, im := range c.Images {
-		cmd := "sudo docker load --input " + shellQuote(path.Join(c.Dir, im.Name))
+		cmd := "sudo -n docker load --input " + shellQuote(path.Join(c.Dir, im.Name))
 		if err := e.Guest.Run(ctx, cmd, nil, func(l string) { e.Log.Info(l) }); err != nil {
 			return fmt.Errorf("docker load %s: %w", im.Name, err)
 		}

@@ -116,7 +116,7 @@ func RunPlacer(ctx context.Context, p Placer, e *Env) error {
 		pw.CloseWithError(err)
 	}()
 	// GNU tar on the guest, as root: owners by name, modes as archived.
-	cmd := "sudo tar --extract --preserve-permissions --same-owner --keep-directory-symlink --file - --directory /"
+	cmd := "sudo -n tar --extract --preserve-permissions --same-owner --keep-directory-symlink --file - --directory /"
 	err := e.Guest.Run(ctx, cmd, pr, func(l string) { e.Log.Info(l) })
 	pr.CloseWithError(io.ErrClosedPipe)
 	return err

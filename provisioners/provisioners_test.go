@@ -31,7 +31,7 @@ func (g *localGuest) Run(ctx context.Context, command string, stdin io.Reader, o
 	g.mu.Lock()
 	g.cmds = append(g.cmds, command)
 	g.mu.Unlock()
-	command = strings.TrimPrefix(command, "sudo ")
+	command = strings.TrimPrefix(command, "sudo -n ")
 	if g.root != "" {
 		command = strings.Replace(command, "--directory /", "--directory "+g.root, 1)
 	}
@@ -117,7 +117,7 @@ func TestShellScriptFile(t *testing.T) {
 
 func TestShellSudoCommand(t *testing.T) {
 	s := &Shell{Inline: []string{"id"}}
-	if c := s.Command(nil); !strings.HasPrefix(c, "sudo env ") {
+	if c := s.Command(nil); !strings.HasPrefix(c, "sudo -n env ") {
 		t.Errorf("default must run as root: %s", c)
 	}
 }

@@ -84,7 +84,7 @@ func (s *Shell) Command(vars map[string]string) string {
 	}
 	words := []string{}
 	if s.sudo() {
-		words = append(words, "sudo")
+		words = append(words, "sudo", "-n")
 	}
 	words = append(words, "env")
 	words = append(words, envAssignments(vars, s.Env)...)

@@ -66,6 +66,14 @@ type Config struct {
 	UEFICode string
 	UEFIVars string
 
+	// Kernel, Initrd and Append boot a Linux kernel directly (QEMU loads
+	// them through fw_cfg), skipping the firmware's boot loader: under TCG,
+	// GRUB reading a kernel and a 36 MiB initrd through BIOS disk calls
+	// costs tens of seconds. Empty: boot from the disk.
+	Kernel string
+	Initrd string
+	Append string
+
 	// Forwards are guest TCP ports reachable on host loopback ports.
 	Forwards []Forward
 
@@ -145,6 +153,9 @@ func (c *Config) Validate() error {
 	default:
 		errs = append(errs, fmt.Errorf("disk cache %q: want writeback, none, writethrough, directsync or unsafe", c.DiskCache))
 	}
+	if c.Kernel == "" && (c.Initrd != "" || c.Append != "") {
+		errs = append(errs, errors.New("an initrd or kernel command line without a kernel"))
+	}
 	seen := map[int]bool{}
 	for _, f := range c.Forwards {
 		if f.Guest <= 0 || f.Guest > 65535 {
@@ -158,7 +169,7 @@ func (c *Config) Validate() error {
 		}
 		seen[f.Guest] = true
 	}
-	for _, p := range append([]string{c.Disk, c.SerialLog, c.QMPSocket, c.UEFICode, c.UEFIVars}, c.CDROMs...) {
+	for _, p := range append([]string{c.Disk, c.SerialLog, c.QMPSocket, c.UEFICode, c.UEFIVars, c.Kernel, c.Initrd}, c.CDROMs...) {
 		if strings.ContainsAny(p, "\n\x00") {
 			errs = append(errs, fmt.Errorf("path %q: newlines are not supported", p))
 		}
@@ -213,6 +224,15 @@ func (c *Config) Args() ([]string, error) {
 	}
 	if c.Snapshot {
 		a = append(a, "-snapshot")
+	}
+	if c.Kernel != "" {
+		a = append(a, "-kernel", c.Kernel)
+		if c.Initrd != "" {
+			a = append(a, "-initrd", c.Initrd)
+		}
+		if c.Append != "" {
+			a = append(a, "-append", c.Append)
+		}
 	}
 	netdev := "user,id=net0"
 	for _, f := range c.Forwards {

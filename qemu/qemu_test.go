@@ -108,6 +108,14 @@ func TestArgsOptions(t *testing.T) {
 	if !slices.Contains(a, "-snapshot") {
 		t.Error("no -snapshot")
 	}
+	if slices.Contains(a, "-kernel") {
+		t.Error("-kernel without Kernel")
+	}
+	c.Kernel, c.Initrd, c.Append = "/k/vmlinuz", "/k/initrd.img", "root=/dev/vda1 console=ttyS0"
+	a = mustArgs(t, c)
+	if argValues(a, "-kernel")[0] != "/k/vmlinuz" || argValues(a, "-initrd")[0] != "/k/initrd.img" || argValues(a, "-append")[0] != "root=/dev/vda1 console=ttyS0" {
+		t.Errorf("direct kernel boot: %q", a)
+	}
 	if got := argValues(a, "-m"); got[0] != "1024" {
 		t.Errorf("default memory = %s", got[0])
 	}
@@ -133,6 +141,7 @@ func TestArgsErrors(t *testing.T) {
 		"twice":          {Config{Disk: "d", Accel: AccelTCG, Forwards: []Forward{{Guest: 22, Host: 1}, {Guest: 22, Host: 2}}}, "forwarded twice"},
 		"uefi vars":      {Config{Disk: "d", Accel: AccelTCG, Firmware: FirmwareUEFI}, "variable store"},
 		"bad cache":      {Config{Disk: "d", Accel: AccelTCG, DiskCache: "fast"}, `disk cache "fast"`},
+		"initrd alone":   {Config{Disk: "d", Accel: AccelTCG, Initrd: "i"}, "without a kernel"},
 	} {
 		_, err := tc.c.Args()
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
