@@ -108,8 +108,13 @@ func Start(ctx context.Context, cfg Config) (*Machine, error) {
 		// Unix socket paths are limited to 107 bytes.
 		tmp = "/tmp"
 	}
+	removeStaleRunDirs()
 	runDir, err := os.MkdirTemp(tmp, "ecs-qemu-")
 	if err != nil {
+		return nil, fmt.Errorf("qemu %s: %w", cfg.Name, err)
+	}
+	if err := WriteOwner(runDir); err != nil {
+		os.RemoveAll(runDir)
 		return nil, fmt.Errorf("qemu %s: %w", cfg.Name, err)
 	}
 	m := &Machine{runDir: runDir, done: make(chan struct{})}
@@ -161,6 +166,7 @@ func Start(ctx context.Context, cfg Config) (*Machine, error) {
 		if err != nil {
 			return fail(fmt.Errorf("qemu %s: %w", cfg.Name, err))
 		}
+		WriteOwner(runDir, p.cmd.Process.Pid)
 		m.ports = got
 		m.Config = run
 		m.proc = p

@@ -534,3 +534,33 @@ func mustArgs(t *testing.T, c Config) []string {
 	}
 	return a
 }
+
+func TestRemoveStaleDirs(t *testing.T) {
+	dir := t.TempDir()
+	mk := func(name string, pids ...int) string {
+		d := filepath.Join(dir, name)
+		os.Mkdir(d, 0o700)
+		if pids != nil {
+			var s string
+			for _, p := range pids {
+				s += strconv.Itoa(p) + "\n"
+			}
+			os.WriteFile(filepath.Join(d, OwnerFile), []byte(s), 0o600)
+		}
+		return d
+	}
+	// A pid that surely does not exist: a child that has been reaped.
+	cmd := exec.Command("true")
+	cmd.Run()
+	dead := cmd.Process.Pid
+	stale := mk("ecs-qemu-stale", dead)
+	live := mk("ecs-qemu-live", dead, os.Getpid())
+	unknown := mk("ecs-qemu-unknown")
+	other := mk("other-stale", dead)
+	RemoveStaleDirs(filepath.Join(dir, "ecs-qemu-*"))
+	for d, want := range map[string]bool{stale: false, live: true, unknown: true, other: true} {
+		if _, err := os.Stat(d); (err == nil) != want {
+			t.Errorf("%s: exists=%v, want %v", filepath.Base(d), err == nil, want)
+		}
+	}
+}

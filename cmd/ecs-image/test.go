@@ -215,11 +215,16 @@ func runVMTest(cmd *cobra.Command, args []string) error {
 		return badInput(err)
 	}
 
+	// Leftovers of a killed earlier run go first.
+	qemu.RemoveStaleDirs(filepath.Join(os.TempDir(), "ecs-image-test-*"))
 	work, err := os.MkdirTemp("", "ecs-image-test-")
 	if err != nil {
 		return err
 	}
 	defer os.RemoveAll(work)
+	if err := qemu.WriteOwner(work); err != nil {
+		return err
+	}
 
 	// The seed.
 	var seed cidata.Options
