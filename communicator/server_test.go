@@ -27,9 +27,9 @@ type testServer struct {
 	rejectFirst atomic.Int32
 	// stall stops answering global requests (keepalives), like a frozen VM.
 	stall atomic.Bool
-	auths       atomic.Int32
-	l           net.Listener
-	wg          sync.WaitGroup
+	auths atomic.Int32
+	l     net.Listener
+	wg    sync.WaitGroup
 }
 
 func newTestServer(t *testing.T, authorized ssh.PublicKey) *testServer {

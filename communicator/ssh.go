@@ -111,6 +111,11 @@ func Dial(ctx context.Context, addr, user string, signer ssh.Signer, timeout tim
 		if errors.Is(err, ErrAborted) {
 			return nil, err
 		}
+		if ctx.Err() != nil && last != nil {
+			// The attempt was cut by the deadline: the previous error
+			// says more about why the guest is not reachable.
+			err = last
+		}
 		if last == nil || last.Error() != err.Error() {
 			logrus.Debugf("ssh %s@%s: %v (retrying)", user, addr, err)
 		}

@@ -53,7 +53,7 @@ type State struct {
 	Domain     string    `json:"domain,omitempty"`
 	EnvSource  string    `json:"env_source,omitempty"`
 	FailedFlag bool      `json:"failed_flag"`
-	Updated    time.Time `json:"updated"`
+	Updated    time.Time `json:"updated,omitzero"`
 }
 
 // Read returns the recorded state; with no state file it reports

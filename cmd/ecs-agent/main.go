@@ -116,18 +116,39 @@ func newHost() (*host.Host, io.Closer, error) {
 		return host.New(root, host.ExecRunner{Grace: 150 * time.Second}), io.NopCloser(nil), nil
 	case "record":
 		h := host.New(root, nil)
-		logPath := h.Path("/var/log/ecs-agent/commands.log")
-		if err := os.MkdirAll(filepath.Dir(logPath), 0o755); err != nil {
-			return nil, nil, err
-		}
-		f, err := os.OpenFile(logPath, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
-		if err != nil {
-			return nil, nil, err
-		}
-		h.Runner = &host.Recorder{Log: f}
-		return h, f, nil
+		lf := &lazyFile{path: h.Path("/var/log/ecs-agent/commands.log")}
+		h.Runner = &host.Recorder{Log: lf}
+		return h, lf, nil
 	}
 	return nil, nil, usageError{fmt.Errorf("--runner: want exec or record, got %q", mode)}
+}
+
+// lazyFile is an append-only log file created on the first write, so
+// commands that run nothing leave nothing behind.
+type lazyFile struct {
+	path string
+	f    *os.File
+}
+
+func (l *lazyFile) Write(p []byte) (int, error) {
+	if l.f == nil {
+		if err := os.MkdirAll(filepath.Dir(l.path), 0o755); err != nil {
+			return 0, err
+		}
+		f, err := os.OpenFile(l.path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
+		if err != nil {
+			return 0, err
+		}
+		l.f = f
+	}
+	return l.f.Write(p)
+}
+
+func (l *lazyFile) Close() error {
+	if l.f == nil {
+		return nil
+	}
+	return l.f.Close()
 }
 
 // withAgent runs fn with an Agent built from the global flags.

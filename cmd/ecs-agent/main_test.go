@@ -152,3 +152,14 @@ func TestInstallUnits(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+func TestStatusWritesNothing(t *testing.T) {
+	root := filepath.Join(t.TempDir(), "absent")
+	out, _, code := agent(t, nil, "--root", root, "status")
+	if code != 0 || !strings.Contains(out, `"state": "unconfigured"`) {
+		t.Fatalf("exit %d\n%s", code, out)
+	}
+	if _, err := os.Stat(root); !os.IsNotExist(err) {
+		t.Errorf("status created %s", root)
+	}
+}

@@ -278,7 +278,7 @@ func runVMTest(cmd *cobra.Command, args []string) error {
 		cfg.Forwards = append(cfg.Forwards, qemu.Forward{Guest: p})
 	}
 	rep := &vmtestReport{Artifact: artifact, Format: format, Memory: f.memory, CPUs: f.cpus, Ports: map[string]int{}}
-	logrus.Infof("booting %s (%s) on an overlay, seed from %s", artifact, format, nameOr(f.env, "a generated cloud-config"))
+	logrus.Infof("booting %s (%s) on an overlay, seed from %s", artifact, format, vmtestNameOr(f.env, "a generated cloud-config"))
 	m, err := qemu.Start(ctx, cfg)
 	if err != nil {
 		return err
@@ -327,7 +327,7 @@ func vmtestCheck(ctx context.Context, m *qemu.Machine, markers *vmtestMarkers, d
 	sshWG.Add(1)
 	go func() {
 		defer sshWG.Done()
-		if waitSSHBanner(sshCtx, m.HostPort(22)) == nil {
+		if vmtestWaitSSH(sshCtx, m.HostPort(22)) == nil {
 			rep.SSHSeconds = since()
 			logrus.Infof("SSH is up after %.1fs", rep.SSHSeconds)
 		}
@@ -350,10 +350,10 @@ func vmtestCheck(ctx context.Context, m *qemu.Machine, markers *vmtestMarkers, d
 	if https && (state == "failed" || state == "standby") {
 		// The agent's status page shows the reason: report what it says.
 		pctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		status, body, err := waitHTTPS(pctx, addr, domain, false, m.Done())
+		status, body, err := vmtestWaitHTTPS(pctx, addr, domain, false, m.Done())
 		cancel()
 		if err == nil {
-			rep.HTTPSStatus, rep.StatusPage = status, pageText(body, 500)
+			rep.HTTPSStatus, rep.StatusPage = status, vmtestPageText(body, 500)
 		}
 	}
 	if state != expect {
@@ -365,7 +365,7 @@ func vmtestCheck(ctx context.Context, m *qemu.Machine, markers *vmtestMarkers, d
 	if !https || state != "ready" {
 		return nil
 	}
-	status, _, err := waitHTTPS(ctx, addr, domain, true, m.Done())
+	status, _, err := vmtestWaitHTTPS(ctx, addr, domain, true, m.Done())
 	rep.HTTPSStatus = status
 	if err != nil {
 		return err
@@ -375,8 +375,8 @@ func vmtestCheck(ctx context.Context, m *qemu.Machine, markers *vmtestMarkers, d
 	return nil
 }
 
-// waitSSHBanner waits until the forwarded port answers with an SSH banner.
-func waitSSHBanner(ctx context.Context, port int) error {
+// vmtestWaitSSH waits until the forwarded port answers with an SSH banner.
+func vmtestWaitSSH(ctx context.Context, port int) error {
 	addr := net.JoinHostPort("127.0.0.1", fmt.Sprint(port))
 	for {
 		var d net.Dialer
@@ -400,10 +400,10 @@ func waitSSHBanner(ctx context.Context, port int) error {
 	}
 }
 
-// waitHTTPS polls https://DOMAIN/ at addr (the forwarded 443 port) until
+// vmtestWaitHTTPS polls https://DOMAIN/ at addr (the forwarded 443 port) until
 // it answers 200 (want200) or anything (otherwise), stopped is closed (QEMU
 // exited) or ctx ends.
-func waitHTTPS(ctx context.Context, addr, domain string, want200 bool, stopped <-chan struct{}) (int, string, error) {
+func vmtestWaitHTTPS(ctx context.Context, addr, domain string, want200 bool, stopped <-chan struct{}) (int, string, error) {
 	host := domain
 	if host == "" {
 		host = "localhost"
@@ -468,8 +468,8 @@ users:
 // vmtestDisk returns the disk to put the overlay on and its format: the
 // artifact itself, or the first disk of an OVA extracted into work.
 func vmtestDisk(ctx context.Context, artifact, work string) (string, string, error) {
-	if isTar(artifact) {
-		disk, err := extractOVADisk(artifact, work)
+	if vmtestIsTar(artifact) {
+		disk, err := vmtestExtractOVA(artifact, work)
 		if err != nil {
 			return "", "", badInput(err)
 		}
@@ -491,8 +491,8 @@ func vmtestDisk(ctx context.Context, artifact, work string) (string, string, err
 	return artifact, info.Format, nil
 }
 
-// isTar reports whether path is a tar archive (an OVA).
-func isTar(path string) bool {
+// vmtestIsTar reports whether path is a tar archive (an OVA).
+func vmtestIsTar(path string) bool {
 	f, err := os.Open(path)
 	if err != nil {
 		return false
@@ -505,8 +505,8 @@ func isTar(path string) bool {
 	return string(buf[257:262]) == "ustar"
 }
 
-// extractOVADisk copies the first .vmdk of an OVA into dir.
-func extractOVADisk(ova, dir string) (string, error) {
+// vmtestExtractOVA copies the first .vmdk of an OVA into dir.
+func vmtestExtractOVA(ova, dir string) (string, error) {
 	f, err := os.Open(ova)
 	if err != nil {
 		return "", err
@@ -570,19 +570,19 @@ func vmtestPrint(w io.Writer, r *vmtestReport, asJSON bool) {
 	if r.OK {
 		fmt.Fprintf(w, "result:    PASS\n")
 	} else {
-		fmt.Fprintf(w, "result:    FAIL: %s\n", firstLine(r.Error))
+		fmt.Fprintf(w, "result:    FAIL: %s\n", vmtestFirstLine(r.Error))
 	}
 }
 
 var (
-	htmlDrop = regexp.MustCompile(`(?is)<(script|style|head)\b.*?</(script|style|head)>`)
-	htmlTag  = regexp.MustCompile(`(?s)<[^>]*>`)
+	vmtestHTMLDrop = regexp.MustCompile(`(?is)<(script|style|head)\b.*?</(script|style|head)>`)
+	vmtestHTMLTag  = regexp.MustCompile(`(?s)<[^>]*>`)
 )
 
-// pageText is the visible text of an HTML page, whitespace collapsed, cut
+// vmtestPageText is the visible text of an HTML page, whitespace collapsed, cut
 // at max bytes.
-func pageText(body string, max int) string {
-	t := htmlTag.ReplaceAllString(htmlDrop.ReplaceAllString(body, " "), " ")
+func vmtestPageText(body string, max int) string {
+	t := vmtestHTMLTag.ReplaceAllString(vmtestHTMLDrop.ReplaceAllString(body, " "), " ")
 	t = strings.NewReplacer("&amp;", "&", "&lt;", "<", "&gt;", ">", "&quot;", `"`, "&#39;", "'", "&nbsp;", " ").Replace(t)
 	t = strings.Join(strings.Fields(t), " ")
 	if len(t) > max {
@@ -591,7 +591,7 @@ func pageText(body string, max int) string {
 	return t
 }
 
-func firstLine(s string) string {
+func vmtestFirstLine(s string) string {
 	if i := strings.IndexByte(s, '\n'); i >= 0 {
 		return s[:i]
 	}
@@ -617,7 +617,7 @@ func vmtestKeep(ctx context.Context, w io.Writer, m *qemu.Machine, r *vmtestRepo
 	}
 }
 
-func nameOr(s, def string) string {
+func vmtestNameOr(s, def string) string {
 	if s == "" {
 		return def
 	}

@@ -20,7 +20,7 @@ import (
 	"github.com/spf13/pflag"
 )
 
-func needVM(t *testing.T) {
+func vmtestNeedVM(t *testing.T) {
 	t.Helper()
 	for _, b := range []string{"qemu-system-x86_64", "qemu-img"} {
 		if _, err := exec.LookPath(b); err != nil {
@@ -48,7 +48,7 @@ func runVMTestCLI(t *testing.T, args ...string) (int, *vmtestReport, string) {
 	return code, &rep, out.String()
 }
 
-func bootDiskFile(t *testing.T, msg string) string {
+func vmtestBootDisk(t *testing.T, msg string) string {
 	t.Helper()
 	p := filepath.Join(t.TempDir(), "appliance.raw")
 	if err := qemutest.BootDisk(p, msg); err != nil {
@@ -57,7 +57,7 @@ func bootDiskFile(t *testing.T, msg string) string {
 	return p
 }
 
-func sum(t *testing.T, p string) [32]byte {
+func vmtestSum(t *testing.T, p string) [32]byte {
 	b, err := os.ReadFile(p)
 	if err != nil {
 		t.Fatal(err)
@@ -66,15 +66,15 @@ func sum(t *testing.T, p string) [32]byte {
 }
 
 func TestVMTestReadyFailedTimeout(t *testing.T) {
-	needVM(t)
+	vmtestNeedVM(t)
 	dir := t.TempDir()
 	envFile := filepath.Join(dir, "env.yml")
 	if code := runCLI([]string{"env", "create", "vmtest.example.org", "-o", envFile, "--extra", ""}); code != exitOK {
 		t.Fatalf("env create: exit %d", code)
 	}
 
-	ready := bootDiskFile(t, "[  OK  ] Reached target multi-user\r\nECS-APPLIANCE-READY\r\n")
-	before := sum(t, ready)
+	ready := vmtestBootDisk(t, "[  OK  ] Reached target multi-user\r\nECS-APPLIANCE-READY\r\n")
+	before := vmtestSum(t, ready)
 	serial := filepath.Join(dir, "serial.log")
 	code, rep, out := runVMTestCLI(t, ready, "--env", envFile, "--no-https", "--json", "--memory", "256", "--cpus", "1", "--timeout", "60s", "--serial-log", serial)
 	if code != exitOK || rep == nil || !rep.OK || rep.State != "ready" || rep.Format != "raw" || rep.Accel == "" {
@@ -88,14 +88,14 @@ func TestVMTestReadyFailedTimeout(t *testing.T) {
 	if rep.ReadySeconds <= 0 || rep.ReadySeconds > 60 {
 		t.Errorf("ready after %vs", rep.ReadySeconds)
 	}
-	if sum(t, ready) != before {
+	if vmtestSum(t, ready) != before {
 		t.Error("the artifact was modified")
 	}
 	if b, _ := os.ReadFile(serial); !strings.Contains(string(b), "ECS-APPLIANCE-READY") {
 		t.Errorf("--serial-log: %q", b)
 	}
 
-	failed := bootDiskFile(t, "ECS-APPLIANCE-FAILED: appliance.domain is missing\r\n")
+	failed := vmtestBootDisk(t, "ECS-APPLIANCE-FAILED: appliance.domain is missing\r\n")
 	code, rep, out = runVMTestCLI(t, failed, "--env", envFile, "--no-https", "--json", "--memory", "256", "--timeout", "60s")
 	if code != exitFailure || rep == nil || rep.OK || rep.State != "failed" || rep.Reason != "appliance.domain is missing" ||
 		!strings.Contains(rep.SerialTail, "ECS-APPLIANCE-FAILED") {
@@ -107,7 +107,7 @@ func TestVMTestReadyFailedTimeout(t *testing.T) {
 	}
 
 	// A guest that never says anything: the time-out, with the tail.
-	silent := bootDiskFile(t, "booting...\r\n")
+	silent := vmtestBootDisk(t, "booting...\r\n")
 	start := time.Now()
 	code, rep, out = runVMTestCLI(t, silent, "--no-https", "--json", "--memory", "256", "--timeout", "3s")
 	if code != exitFailure || rep == nil || rep.State != "timeout" || !strings.Contains(rep.SerialTail, "booting...") {
@@ -118,7 +118,7 @@ func TestVMTestReadyFailedTimeout(t *testing.T) {
 	}
 
 	// A custom marker (e.g. cloud-init's) on a vmdk and an OVA of the disk.
-	base := bootDiskFile(t, "Cloud-init v. 22.4.2 finished at Tue, 24 Nov 2026 07:00:00 +0000. Up 30.00 seconds\r\n")
+	base := vmtestBootDisk(t, "Cloud-init v. 22.4.2 finished at Tue, 24 Nov 2026 07:00:00 +0000. Up 30.00 seconds\r\n")
 	vmdk := filepath.Join(dir, "disk.vmdk")
 	if out, err := exec.Command("qemu-img", "convert", "-O", "vmdk", "-o", "subformat=streamOptimized", base, vmdk).CombinedOutput(); err != nil {
 		t.Fatalf("%v: %s", err, out)
@@ -138,14 +138,14 @@ func TestVMTestReadyFailedTimeout(t *testing.T) {
 		}
 	}
 	ova := filepath.Join(dir, "appliance.ova")
-	writeOVA(t, ova, vmdk)
+	vmtestWriteOVA(t, ova, vmdk)
 	code, rep, out = runVMTestCLI(t, ova, "--no-https", "--json", "--memory", "256", "--ready-marker", `finished at`)
 	if code != exitOK || rep == nil || rep.Format != "ova/vmdk" {
 		t.Fatalf("ova: exit %d, report %s", code, out)
 	}
 }
 
-func writeOVA(t *testing.T, ova, vmdk string) {
+func vmtestWriteOVA(t *testing.T, ova, vmdk string) {
 	t.Helper()
 	f, err := os.Create(ova)
 	if err != nil {
@@ -210,18 +210,18 @@ func TestVMTestClassify(t *testing.T) {
 	}
 }
 
-func TestPageText(t *testing.T) {
+func TestVMTestPageText(t *testing.T) {
 	page := `<html><head><title>x</title><style>p{}</style></head><body><h1>ECS appliance: failed</h1>
 <p>Reason: appliance.domain &amp; more   missing</p><script>var a=1;</script></body></html>`
-	if got := pageText(page, 500); got != "ECS appliance: failed Reason: appliance.domain & more missing" {
-		t.Errorf("pageText = %q", got)
+	if got := vmtestPageText(page, 500); got != "ECS appliance: failed Reason: appliance.domain & more missing" {
+		t.Errorf("vmtestPageText = %q", got)
 	}
-	if got := pageText("abcdef", 3); got != "abc…" {
+	if got := vmtestPageText("abcdef", 3); got != "abc…" {
 		t.Errorf("cut = %q", got)
 	}
 }
 
-func TestWaitHTTPS(t *testing.T) {
+func TestVMTestWaitHTTPS(t *testing.T) {
 	var calls atomic.Int32
 	var host, sni atomic.Value
 	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -238,7 +238,7 @@ func TestWaitHTTPS(t *testing.T) {
 	addr := strings.TrimPrefix(srv.URL, "https://")
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	status, body, err := waitHTTPS(ctx, addr, "ecs.example.org", true, nil)
+	status, body, err := vmtestWaitHTTPS(ctx, addr, "ecs.example.org", true, nil)
 	if err != nil || status != 200 || calls.Load() != 2 || body != "ok" {
 		t.Fatalf("status %d, %d calls, %v", status, calls.Load(), err)
 	}
@@ -247,14 +247,14 @@ func TestWaitHTTPS(t *testing.T) {
 	}
 	// Not wanting 200, the first answer (503) is enough.
 	calls.Store(0)
-	if status, body, err := waitHTTPS(ctx, addr, "", false, nil); err != nil || status != 503 || body != "preparing\n" {
+	if status, body, err := vmtestWaitHTTPS(ctx, addr, "", false, nil); err != nil || status != 503 || body != "preparing\n" {
 		t.Errorf("status %d %q %v", status, body, err)
 	}
 	// QEMU exiting ends the wait.
 	stopped := make(chan struct{})
 	close(stopped)
 	srv.Close()
-	if _, _, err := waitHTTPS(ctx, addr, "x", true, stopped); err == nil || !strings.Contains(err.Error(), "QEMU exited") {
+	if _, _, err := vmtestWaitHTTPS(ctx, addr, "x", true, stopped); err == nil || !strings.Contains(err.Error(), "QEMU exited") {
 		t.Errorf("err = %v", err)
 	}
 }
