@@ -230,7 +230,21 @@ func (h *Host) WriteFile(p string, data []byte, mode fs.FileMode) (changed bool,
 		}
 		return true, os.Chmod(real, mode.Perm())
 	}
-	return true, WriteAtomic(real, data, mode)
+	// A replaced file keeps its owner and group (e.g. PostgreSQL's
+	// pg_hba.conf, postgres:postgres 0640, must stay readable by postgres).
+	uid, gid := -1, -1
+	if st, err := os.Stat(real); err == nil {
+		if sys, ok := st.Sys().(*syscall.Stat_t); ok {
+			uid, gid = int(sys.Uid), int(sys.Gid)
+		}
+	}
+	if err := WriteAtomic(real, data, mode); err != nil {
+		return true, err
+	}
+	if uid > 0 || gid > 0 {
+		return true, os.Chown(real, uid, gid)
+	}
+	return true, nil
 }
 
 // WriteAtomic writes data to path via a temp file in the same directory and
