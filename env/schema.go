@@ -83,6 +83,9 @@ var schema = func() *spec {
 				}},
 				"encrypt": strCheck(checkPGP(usageEncrypt)),
 			}),
+			// deploy enables ecs-agent's push-deploy API (docs/agent.md);
+			// its fields are checked by the agent.
+			"deploy": {kind: kMap, open: true},
 		}},
 		"ecs": mapOf(map[string]*spec{
 			"git":      mapOf(gitSpec),

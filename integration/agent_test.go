@@ -276,7 +276,14 @@ func itPEM(c *x509.Certificate) []byte {
 // database), postfix + opendkim, stunnel, docker load + docker-compose up,
 // the ready marker, the compose env_file as Debian's docker-compose reads
 // it, and a push-deploy of a new image version from the host.
+//
+// It installs the full host package set (~8 min of apt under TCG on an idle
+// machine, far more on a loaded one), so it runs only with ECS_IT_AGENT_FULL=1;
+// TestAppliance covers the same chain on a built appliance.
 func TestAgentFullChain(t *testing.T) {
+	if os.Getenv("ECS_IT_AGENT_FULL") != "1" {
+		t.Skip("set ECS_IT_AGENT_FULL=1 to install the appliance package set into the base and run the whole chain")
+	}
 	base := baseImage(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Minute)
 	defer cancel()

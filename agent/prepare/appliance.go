@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/ecs-image/ecs-image/agent/host"
 	"github.com/ecs-image/ecs-image/agent/status"
@@ -353,6 +354,11 @@ func (a *Agent) stepPostgres(ctx context.Context, e *Env) error {
 	} else if err := a.systemctl(ctx, "start", "postgresql.service"); err != nil {
 		return err
 	}
+	// postgresql.service only fronts the cluster units: wait for the
+	// server to accept connections (found by the VM test).
+	if err := a.waitPostgres(ctx, 2*time.Minute); err != nil {
+		return err
+	}
 	pw, err := a.databasePassword()
 	if err != nil {
 		return err
@@ -393,4 +399,23 @@ func (a *Agent) databasePassword() (string, error) {
 func isHex(s string) bool {
 	_, err := hex.DecodeString(s)
 	return err == nil && s != ""
+}
+
+// waitPostgres polls pg_isready until the local server accepts connections.
+func (a *Agent) waitPostgres(ctx context.Context, limit time.Duration) error {
+	deadline := time.Now().Add(limit)
+	for {
+		_, err := a.Host.Run(ctx, "pg_isready", "-q")
+		if err == nil {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("PostgreSQL does not accept connections after %s: %w", limit, err)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Second):
+		}
+	}
 }
