@@ -526,10 +526,42 @@ func (t *Template) Plan(variant string) (*Plan, error) {
 	if len(p.Stages) == 0 {
 		return nil, fmt.Errorf("%s: no stages to build (variant %q)", t.File, variant)
 	}
+	if !p.Production && emitsNonProduction(p.Outputs) {
+		st, err := vagrantStage()
+		if err != nil {
+			return nil, err
+		}
+		p.Stages = append(p.Stages, st)
+	}
 	p.Vars["ECS_IMAGE_VARIANT"] = variant
 	p.Vars["ECS_IMAGE_PRODUCTION"] = strconv.FormatBool(p.Production)
 	p.Vars["ECS_IMAGE_TEMPLATE"] = t.Name
 	return p, nil
+}
+
+// VagrantStageName names the stage the builder appends to a dev/test plan
+// that emits a Vagrant box: it gives the image Vagrant's conventions
+// (formats.VagrantProvisionScript). Production plans never get it.
+const VagrantStageName = "vagrant"
+
+func emitsNonProduction(outputs []string) bool {
+	for _, o := range outputs {
+		if f, err := formats.Lookup(o); err == nil && f.NonProduction {
+			return true
+		}
+	}
+	return false
+}
+
+// vagrantStage is the booted stage that runs formats.VagrantProvisionScript;
+// its node is hashed into the stage key like a template's own stage.
+func vagrantStage() (Stage, error) {
+	sh := &provisioners.Shell{Inline: []string{formats.VagrantProvisionScript}}
+	var n yaml.Node
+	if err := n.Encode(map[string]any{"type": "shell", "inline": sh.Inline}); err != nil {
+		return Stage{}, err
+	}
+	return Stage{Name: VagrantStageName, Provisioners: []ProvisionerSpec{{Type: "shell", P: sh, Node: &n}}}, nil
 }
 
 // VarsFor returns the variables stage i's shell provisioners see: shared

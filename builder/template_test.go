@@ -5,6 +5,9 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/ecs-image/ecs-image/formats"
+	"github.com/ecs-image/ecs-image/provisioners"
 )
 
 // TestBadTemplates checks every template in testdata/bad: it must be
@@ -131,6 +134,44 @@ func TestGoodTemplate(t *testing.T) {
 	}
 }
 
+// TestVagrantStage: a dev plan that emits a box gets the vagrant stage last,
+// running formats.VagrantProvisionScript; other plans do not, and a
+// production variant asking for a box is refused.
+func TestVagrantStage(t *testing.T) {
+	dir := t.TempDir()
+	writeFile(t, dir, "base.qcow2", "x")
+	writeFile(t, dir, "motd", "hello\n")
+	src := strings.Replace(goodTemplate, "          - type: packages\n            packages: [strace]\n",
+		"          - type: packages\n            packages: [strace]\n    outputs: [qcow2, vagrant-libvirt]\n", 1)
+	tp, err := LoadTemplate(writeFile(t, dir, "t.yml", src))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := tp.Plan("dev")
+	if err != nil {
+		t.Fatal(err)
+	}
+	last := p.Stages[len(p.Stages)-1]
+	if last.Name != VagrantStageName || !last.NeedsBoot() {
+		t.Fatalf("dev plan's last stage = %q, want the booted vagrant stage", last.Name)
+	}
+	sh, ok := last.Provisioners[0].P.(*provisioners.Shell)
+	if !ok || len(sh.Inline) != 1 || sh.Inline[0] != formats.VagrantProvisionScript {
+		t.Errorf("vagrant stage does not run formats.VagrantProvisionScript: %+v", last.Provisioners[0].P)
+	}
+	if p, err := tp.Plan("prod"); err != nil || p.Stages[len(p.Stages)-1].Name == VagrantStageName {
+		t.Errorf("prod plan: %v", err)
+	}
+	bad := strings.Replace(goodTemplate, "outputs: [qcow2, vmdk]", "outputs: [qcow2, vagrant-libvirt]", 1)
+	btp, err := LoadTemplate(writeFile(t, dir, "bad.yml", bad))
+	if err == nil {
+		_, err = btp.Plan("prod")
+	}
+	if err == nil || !strings.Contains(err.Error(), "vagrant-libvirt") {
+		t.Errorf("production variant with a box accepted: %v", err)
+	}
+}
+
 func TestParseSize(t *testing.T) {
 	for in, want := range map[string]int64{"20G": 20 << 30, "512M": 512 << 20, "1GiB": 1 << 30, "4096": 4096, "1T": 1 << 40} {
 		if got, err := ParseSize(in); err != nil || got != want {
@@ -165,7 +206,11 @@ func TestRepoTemplates(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%s: %v", v, err)
 		}
-		if p.Shared != 3 || len(p.Stages) != 4 {
+		want := 4
+		if v == "dev" { // emits a Vagrant box: the vagrant stage is appended
+			want = 5
+		}
+		if p.Shared != 3 || len(p.Stages) != want {
 			t.Errorf("%s: %d stages (%d shared)", v, len(p.Stages), p.Shared)
 		}
 	}
