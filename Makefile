@@ -17,7 +17,7 @@ DEB_PACKAGES := \
 DEB_VAGRANT := vagrant vagrant-libvirt libvirt-daemon libvirt-daemon-driver-qemu \
 	libvirt-clients libvirt-daemon-system dnsmasq-base ebtables iptables iproute2
 
-.PHONY: all deps deps-vagrant build test integration lint bench appliance clean
+.PHONY: all deps deps-vagrant build test integration e2e lint bench appliance clean
 
 all: build
 
@@ -41,6 +41,10 @@ test:
 # VM tests: real QEMU boots (TCG here), real cloud-init, real qemu-img.
 integration: build
 	$(GO) test -count=1 -tags integration -p 1 -timeout 70m -v ./integration/...
+
+# The appliance end to end (issue 5): build, boot, verify. Slow under TCG.
+e2e: build
+	$(GO) test -count=1 -tags integration -p 1 -timeout 120m -v -run 'TestAppliance' ./integration/...
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt: $$out"; exit 1; fi
