@@ -19,32 +19,15 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/ecs-image/ecs-image/env"
 	"github.com/ecs-image/ecs-image/formats"
 	"github.com/ecs-image/ecs-image/images"
 	"github.com/ecs-image/ecs-image/provisioners"
 )
 
-// Problem is one finding about a template, with its position.
-type Problem struct {
-	File   string
-	Line   int
-	Column int
-	Path   string // field path, e.g. "stages[1].provisioners[0].source"
-	Msg    string
-}
-
-func (p Problem) String() string {
-	var b strings.Builder
-	b.WriteString(p.File)
-	if p.Line > 0 {
-		fmt.Fprintf(&b, ":%d:%d", p.Line, p.Column)
-	}
-	if p.Path != "" {
-		fmt.Fprintf(&b, ": %s", p.Path)
-	}
-	fmt.Fprintf(&b, ": %s", p.Msg)
-	return b.String()
-}
+// Problem is one finding about a template, with its position; it prints
+// like an env.yml problem (FILE:LINE:COL: field.path: message).
+type Problem = env.Problem
 
 // TemplateError lists every problem of an invalid template.
 type TemplateError struct{ Problems []Problem }
