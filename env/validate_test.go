@@ -388,3 +388,19 @@ func TestPGPKeys(t *testing.T) {
 		t.Errorf("corrupt secret key: %q", msg)
 	}
 }
+
+// TestDefaultEnvCopy: testdata/default-env.yml is the compat file from
+// shared/compat (beside the repository, when present), byte for byte.
+func TestDefaultEnvCopy(t *testing.T) {
+	want, err := os.ReadFile("../../shared/compat/default-env.yml")
+	if err != nil {
+		t.Skipf("shared/compat not beside this checkout: %v", err)
+	}
+	got, err := os.ReadFile("testdata/default-env.yml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Error("testdata/default-env.yml differs from shared/compat/default-env.yml")
+	}
+}

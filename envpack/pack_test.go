@@ -22,13 +22,13 @@ import (
 
 var testNow = time.Date(2026, 3, 4, 5, 6, 7, 0, time.Local)
 
-// defaultEnv returns the compat default-env.yml (shared/ lies beside the
-// repository).
+// defaultEnv returns the compat default-env.yml (env/testdata holds a
+// byte-identical copy of shared/compat/default-env.yml).
 func defaultEnv(t *testing.T) []byte {
 	t.Helper()
-	data, err := os.ReadFile("../../shared/compat/default-env.yml")
+	data, err := os.ReadFile("../env/testdata/default-env.yml")
 	if err != nil {
-		t.Fatalf("shared/compat/default-env.yml: %v", err)
+		t.Fatalf("default-env.yml: %v", err)
 	}
 	return data
 }

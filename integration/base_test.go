@@ -52,12 +52,9 @@ func TestBaseBuildBoots(t *testing.T) {
 	}
 
 	dir := t.TempDir()
-	envData, err := os.ReadFile("/work/shared/compat/default-env.yml")
+	envData, err := os.ReadFile("../env/testdata/default-env.yml")
 	if err != nil {
-		envData, err = os.ReadFile("../testdata/default-env.yml")
-		if err != nil {
-			t.Skipf("default env.yml not available: %v", err)
-		}
+		t.Fatal(err)
 	}
 	envPath := filepath.Join(dir, "env.yml")
 	if err := os.WriteFile(envPath, append(envData, []byte(baseSeedUserData)...), 0o600); err != nil {
