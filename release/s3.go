@@ -10,6 +10,7 @@ import (
 	"path"
 	"sort"
 	"sync"
+	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
@@ -116,6 +117,28 @@ func isNotFound(err error) bool {
 	return errors.As(err, &ae) && (ae.ErrorCode() == "NotFound" || ae.ErrorCode() == "NoSuchKey")
 }
 
+// abort aborts a multipart upload and checks that it is gone: a part that
+// was in flight when the upload was cancelled can reach the server after the
+// abort and re-create the upload there (seen with versitygw), so it aborts
+// again until the upload is no longer listed (at most a few seconds).
+func (t *S3Target) abort(ctx context.Context, key, id *string) {
+	for i := 0; i < 10; i++ {
+		_, _ = t.client.AbortMultipartUpload(ctx, &s3.AbortMultipartUploadInput{Bucket: &t.bucket, Key: key, UploadId: id})
+		out, err := t.client.ListMultipartUploads(ctx, &s3.ListMultipartUploadsInput{Bucket: &t.bucket, Prefix: key})
+		if err != nil {
+			return
+		}
+		open := false
+		for _, u := range out.Uploads {
+			open = open || aws.ToString(u.UploadId) == aws.ToString(id)
+		}
+		if !open {
+			return
+		}
+		time.Sleep(300 * time.Millisecond)
+	}
+}
+
 // Put uploads file, multipart when large; a failed or cancelled multipart
 // upload is aborted so no partial object or stray parts remain.
 func (t *S3Target) Put(ctx context.Context, key, file, sum string, size int64) error {
@@ -148,8 +171,7 @@ func (t *S3Target) Put(ctx context.Context, key, file, sum string, size int64) e
 	defer func() {
 		if !completed {
 			// Abort even when ctx is cancelled.
-			actx := context.WithoutCancel(ctx)
-			_, _ = t.client.AbortMultipartUpload(actx, &s3.AbortMultipartUploadInput{Bucket: &t.bucket, Key: k, UploadId: cr.UploadId})
+			t.abort(context.WithoutCancel(ctx), k, cr.UploadId)
 		}
 	}()
 
