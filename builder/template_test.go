@@ -197,6 +197,9 @@ func TestRepoTemplates(t *testing.T) {
 	if _, err := os.Stat("../bin/ecs-agent"); err != nil {
 		t.Skip("ecs-appliance.yml needs bin/ecs-agent (make build)")
 	}
+	if _, err := os.Stat("../templates/files/images/testapp.tar"); err != nil {
+		t.Skip("ecs-appliance.yml needs the demo image templates/files/images/testapp.tar (make appliance)")
+	}
 	tp, err = LoadTemplate("../templates/ecs-appliance.yml")
 	if err != nil {
 		t.Fatal(err)
