@@ -117,22 +117,26 @@ func isNotFound(err error) bool {
 	return errors.As(err, &ae) && (ae.ErrorCode() == "NotFound" || ae.ErrorCode() == "NoSuchKey")
 }
 
-// abort aborts a multipart upload and checks that it is gone: a part that
-// was in flight when the upload was cancelled can reach the server after the
-// abort and re-create the upload there (seen with versitygw), so it aborts
-// again until the upload is no longer listed (at most a few seconds).
-func (t *S3Target) abort(ctx context.Context, key, id *string) {
+// abortAll aborts every open multipart upload of key and checks that none
+// is left: a part that was in flight when the upload was cancelled can reach
+// the server after the abort and re-create the upload there, and a cancelled
+// CreateMultipartUpload may have created one whose id never reached us (both
+// seen with versitygw). It retries for a few seconds at most.
+func (t *S3Target) abortAll(ctx context.Context, key *string) {
 	for i := 0; i < 10; i++ {
-		_, _ = t.client.AbortMultipartUpload(ctx, &s3.AbortMultipartUploadInput{Bucket: &t.bucket, Key: key, UploadId: id})
 		out, err := t.client.ListMultipartUploads(ctx, &s3.ListMultipartUploadsInput{Bucket: &t.bucket, Prefix: key})
 		if err != nil {
 			return
 		}
-		open := false
+		open := 0
 		for _, u := range out.Uploads {
-			open = open || aws.ToString(u.UploadId) == aws.ToString(id)
+			if aws.ToString(u.Key) != aws.ToString(key) {
+				continue
+			}
+			open++
+			_, _ = t.client.AbortMultipartUpload(ctx, &s3.AbortMultipartUploadInput{Bucket: &t.bucket, Key: key, UploadId: u.UploadId})
 		}
-		if !open {
+		if open == 0 {
 			return
 		}
 		time.Sleep(300 * time.Millisecond)
@@ -165,13 +169,14 @@ func (t *S3Target) Put(ctx context.Context, key, file, sum string, size int64) e
 	}
 	cr, err := t.client.CreateMultipartUpload(ctx, &s3.CreateMultipartUploadInput{Bucket: &t.bucket, Key: k, Metadata: meta})
 	if err != nil {
+		t.abortAll(context.WithoutCancel(ctx), k)
 		return err
 	}
 	completed := false
 	defer func() {
 		if !completed {
 			// Abort even when ctx is cancelled.
-			t.abort(context.WithoutCancel(ctx), k, cr.UploadId)
+			t.abortAll(context.WithoutCancel(ctx), k)
 		}
 	}()
 
