@@ -17,6 +17,10 @@ DEB_PACKAGES := \
 DEB_VAGRANT := vagrant vagrant-libvirt libvirt-daemon libvirt-daemon-driver-qemu \
 	libvirt-clients libvirt-daemon-system dnsmasq-base ebtables iptables iproute2
 
+# Let's Encrypt's ACME test server for the agent's ACME test
+# (agent/prepare/acme_test.go, PebbleVersion).
+PEBBLE_VERSION := v2.10.1
+
 .PHONY: all deps deps-vagrant build test integration e2e lint bench appliance clean
 
 all: build
@@ -25,6 +29,7 @@ deps:
 	apt-get update
 	DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(DEB_PACKAGES)
 	$(GO) install honnef.co/go/tools/cmd/staticcheck@v0.8.2
+	$(GO) install github.com/letsencrypt/pebble/v2/cmd/pebble@$(PEBBLE_VERSION) github.com/letsencrypt/pebble/v2/cmd/pebble-challtestsrv@$(PEBBLE_VERSION)
 	$(GO) mod download
 
 deps-vagrant:

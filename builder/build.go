@@ -61,11 +61,14 @@ type buildState struct {
 	genDisk  string
 	packages []string
 
-	compacted string // the compacted qcow2 (temporary name in OutputDir)
-	artifact  *Artifact
-	timings   []StepTiming
-	started   time.Time
-	genCached bool
+	compacted   string // the compacted qcow2 (temporary name in OutputDir)
+	compactSum  string // its sha256 (hex) and size
+	compactSize int64
+	emit        *emission // the other formats, written alongside the compaction
+	artifact    *Artifact
+	timings     []StepTiming
+	started     time.Time
+	genCached   bool
 }
 
 // stageRun is one stage of the plan being built (state bag key "stage").
@@ -89,6 +92,8 @@ type stageRun struct {
 	client   *communicator.Client
 	bootFrom string
 	started  time.Time
+	// kernel boots the build VM directly (nil: from the disk).
+	kernel *bootFiles
 }
 
 // StepTiming is how long a step took.

@@ -111,6 +111,9 @@ func helperRun(con io.Writer, logf func(string, ...any)) error {
 	os.MkdirAll(helperRoot, 0o755)
 	var mountErr error
 	for _, fs := range []string{"ext4", "xfs", "btrfs"} {
+		if fs != "ext4" && helperModprobe != "" {
+			exec.Command(helperModprobe, "-q", fs).Run()
+		}
 		if mountErr = syscall.Mount(dev, helperRoot, fs, 0, ""); mountErr == nil {
 			break
 		}
@@ -178,10 +181,16 @@ func loadModules(logf func(string, ...any)) {
 		logf("no modprobe in the initrd; relying on built-in drivers")
 		return
 	}
-	for _, m := range []string{"virtio_pci", "virtio_blk", "ext4", "xfs", "btrfs"} {
+	for _, m := range []string{"virtio_pci", "virtio_blk", "ext4"} {
 		exec.Command(modprobe, "-q", m).Run()
 	}
+	helperModprobe = modprobe
 }
+
+// helperModprobe is the initrd's modprobe (found by loadModules): xfs and
+// btrfs are loaded only when ext4 cannot mount the root (btrfs's RAID6
+// self-benchmark alone costs seconds under emulation).
+var helperModprobe string
 
 // waitRoot finds the block device of spec (UUID=, LABEL=, /dev/...; empty:
 // the first partition with a supported file system).

@@ -160,7 +160,7 @@ func TestHelperInitrd(t *testing.T) {
 
 func TestGeneraliseScript(t *testing.T) {
 	s := generaliseScript(Generalise{Commands: []string{"echo custom"}})
-	for _, want := range []string{"echo custom", "userdel --remove --force", "cloud-init clean --logs --seed", ": > /etc/machine-id",
+	for _, want := range []string{"echo custom", "userdel --remove --force", "rm -rf /var/lib/cloud/*", "/etc/cloud/clean.d", ": > /etc/machine-id",
 		"rm -f /var/lib/dbus/machine-id", "rm -f /etc/ssh/ssh_host_*", "rm -rf /var/lib/apt/lists/*", "truncate -s 0"} {
 		if !strings.Contains(s, want) {
 			t.Errorf("generalise script lacks %q", want)

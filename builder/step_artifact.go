@@ -2,21 +2,17 @@ package builder
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 
 	"github.com/hashicorp/packer-plugin-sdk/multistep"
 
-	"github.com/ecs-image/ecs-image/formats"
+	"github.com/ecs-image/ecs-image/atomicfile"
 )
 
-// stepArtifact writes the other output formats from the compacted qcow2
-// (formats.Emit), then renames the qcow2 into place and writes the build
-// manifest. On failure or Ctrl-C nothing is left at the output paths.
+// stepArtifact waits for the other output formats (started by stepCompact),
+// then renames the qcow2 into place and writes the build manifest. On failure or Ctrl-C nothing is left at the output paths.
 type stepArtifact struct {
 	written []string
 }
@@ -26,31 +22,22 @@ func (s *stepArtifact) Run(ctx context.Context, state multistep.StateBag) multis
 	name := b.baseName()
 	dir := b.opts.OutputDir
 	var files []ArtifactFile
-	var others []string
-	for _, o := range b.plan.Outputs {
-		if o != "qcow2" {
-			others = append(others, o)
-		}
-	}
 	qcow := filepath.Join(dir, name+".qcow2")
-	if len(others) > 0 {
-		img, err := formats.Inspect(ctx, b.compacted)
-		if err != nil {
-			return halt(state, err)
+	if e := b.emit; e != nil {
+		select {
+		case <-e.done:
+		case <-ctx.Done():
+			return halt(state, ctx.Err())
 		}
-		arts, err := formats.Emit(ctx, img, dir, name, others, formats.Options{})
-		if err != nil {
-			return halt(state, fmt.Errorf("formats: %w", err))
+		if e.err != nil {
+			return halt(state, fmt.Errorf("formats: %w", e.err))
 		}
-		for _, a := range arts {
+		for _, a := range e.arts {
 			s.written = append(s.written, a.Path)
 			files = append(files, ArtifactFile{Format: a.Format, Path: filepath.Base(a.Path), Size: a.Size})
 		}
 	}
-	sum, size, err := hashFileSHA256(b.compacted)
-	if err != nil {
-		return halt(state, err)
-	}
+	sum, size := b.compactSum, b.compactSize
 	if err := os.Chmod(b.compacted, 0o644); err != nil {
 		return halt(state, err)
 	}
@@ -68,22 +55,7 @@ func (s *stepArtifact) Run(ctx context.Context, state multistep.StateBag) multis
 		return halt(state, err)
 	}
 	mpath := filepath.Join(dir, name+".build.json")
-	tmp, err := os.CreateTemp(dir, tempName(name+".build.json"))
-	if err != nil {
-		return halt(state, err)
-	}
-	_, err = tmp.Write(append(data, '\n'))
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Chmod(tmp.Name(), 0o644)
-	}
-	if err == nil {
-		err = os.Rename(tmp.Name(), mpath)
-	}
-	if err != nil {
-		os.Remove(tmp.Name())
+	if err := atomicfile.Write(mpath, append(data, '\n'), 0o644, atomicfile.TempPattern(tempName(name+".build.json"))); err != nil {
 		return halt(state, err)
 	}
 	s.written = append(s.written, mpath)
@@ -125,20 +97,6 @@ func (b *buildState) manifest(files []ArtifactFile) *Manifest {
 	m.Generalise = StageRecord{Name: "generalise", Key: b.genKey, Cached: b.genCached, Offline: true}
 	m.Seconds = timeNow().Sub(b.started).Seconds()
 	return m
-}
-
-func hashFileSHA256(p string) (string, int64, error) {
-	f, err := os.Open(p)
-	if err != nil {
-		return "", 0, err
-	}
-	defer f.Close()
-	h := sha256.New()
-	n, err := io.Copy(h, f)
-	if err != nil {
-		return "", 0, err
-	}
-	return hex.EncodeToString(h.Sum(nil)), n, nil
 }
 
 func absOrSelf(p string) string {

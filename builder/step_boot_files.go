@@ -8,10 +8,12 @@ import (
 	"strings"
 
 	"github.com/hashicorp/packer-plugin-sdk/multistep"
+
+	"github.com/ecs-image/ecs-image/atomicfile"
 )
 
-// stepBootFiles copies the guest's newest kernel and its initrd, and the
-// root= it booted with, into the stage's boot/ directory: later file-only
+// stepBootFiles copies the guest's newest kernel and its initrd, the root=
+// it booted with and its whole command line, into the stage's boot/ directory: later file-only
 // stages and generalisation boot them in the offline helper.
 type stepBootFiles struct{}
 
@@ -21,18 +23,35 @@ func (s *stepBootFiles) Run(ctx context.Context, state multistep.StateBag) multi
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return halt(state, err)
 	}
-	out, err := sr.client.Output(ctx, `k=$(ls -1 /boot/vmlinuz-* 2>/dev/null | sort -V | tail -n 1); v=${k#/boot/vmlinuz-}; `+
-		`r=$(tr ' ' '\n' </proc/cmdline | sed -n 's/^root=//p' | tail -n 1); echo "$k /boot/initrd.img-$v $r"`, false)
+	out, err := sr.client.Output(ctx, `k=$(ls -1 /boot/vmlinuz-* 2>/dev/null | sort -V | tail -n 1); v=${k#/boot/vmlinuz-}; i=/boot/initrd.img-$v; `+
+		`r=$(tr ' ' '\n' </proc/cmdline | sed -n 's/^root=//p' | tail -n 1); echo "$k $i $r"; `+
+		`[ -z "$k" ] || stat -c '%n %s %Y' "$k" "$i" 2>/dev/null; echo --; cat /proc/cmdline`, false)
 	if err != nil {
 		return halt(state, fmt.Errorf("find kernel: %w", err))
 	}
-	f := strings.Fields(out)
+	head, cmdline, _ := strings.Cut(out, "--\n")
+	lines := strings.SplitN(strings.TrimSpace(head), "\n", 2)
+	f := strings.Fields(lines[0])
 	if len(f) < 2 || f[0] == "" {
 		b.log.Warnf("no kernel found in /boot; later file-only stages of this chain cannot run offline")
 		return multistep.ActionContinue
 	}
+	source := ""
+	if len(lines) > 1 {
+		source = strings.TrimSpace(lines[1])
+	}
+	// The kernel this VM booted directly is still the newest: keep the
+	// host's copy instead of reading 40+ MiB over SSH again.
+	reuse := sr.kernel != nil && source != "" && sr.kernel.source() == source
 	for _, c := range []struct{ src, dst string }{{f[0], "vmlinuz"}, {f[1], "initrd.img"}} {
-		if err := s.fetch(ctx, sr, c.src, filepath.Join(dir, c.dst)); err != nil {
+		dst := filepath.Join(dir, c.dst)
+		if reuse {
+			if err := linkOrCopy(filepath.Join(sr.kernel.Dir, c.dst), dst); err != nil {
+				return halt(state, err)
+			}
+			continue
+		}
+		if err := s.fetch(ctx, sr, c.src, dst); err != nil {
 			return halt(state, err)
 		}
 	}
@@ -40,11 +59,13 @@ func (s *stepBootFiles) Run(ctx context.Context, state multistep.StateBag) multi
 	if len(f) > 2 {
 		root = f[2]
 	}
-	if err := os.WriteFile(filepath.Join(dir, "root"), []byte(root+"\n"), 0o644); err != nil {
-		return halt(state, err)
+	for name, content := range map[string]string{"root": root, "source": source, "cmdline": strings.TrimSpace(cmdline)} {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(content+"\n"), 0o644); err != nil {
+			return halt(state, err)
+		}
 	}
 	sr.bootFrom = sr.key
-	b.log.Debugf("kept %s and %s (root=%s)", f[0], f[1], root)
+	b.log.Debugf("kept %s and %s (root=%s, reused %v)", f[0], f[1], root, reuse)
 	return multistep.ActionContinue
 }
 
@@ -68,5 +89,14 @@ func (s *stepBootFiles) fetch(ctx context.Context, sr *stageRun, src, dst string
 }
 
 func (s *stepBootFiles) Cleanup(multistep.StateBag) {}
+
+// linkOrCopy hard-links src to dst (both in the stage cache), else copies.
+func linkOrCopy(src, dst string) error {
+	os.Remove(dst)
+	if os.Link(src, dst) == nil {
+		return nil
+	}
+	return atomicfile.Copy(src, dst, 0o644)
+}
 
 func shellQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }

@@ -15,8 +15,8 @@ type stepCommitStage struct{}
 
 func (s *stepCommitStage) Run(ctx context.Context, state multistep.StateBag) multistep.StepAction {
 	b, sr := getBuild(state), getStage(state)
-	for _, f := range []string{"seed.iso", "serial.log", "helper-serial.log"} {
-		os.Remove(filepath.Join(sr.dir, f))
+	for _, f := range []string{"seed.iso", "serial.log", "helper-serial.log", "base-boot"} {
+		os.RemoveAll(filepath.Join(sr.dir, f))
 	}
 	if sr.bootFrom == "" {
 		sr.bootFrom = b.bootFrom

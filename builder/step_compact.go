@@ -11,23 +11,61 @@ import (
 	"strings"
 
 	"github.com/hashicorp/packer-plugin-sdk/multistep"
+
+	"github.com/ecs-image/ecs-image/atomicfile"
+	"github.com/ecs-image/ecs-image/formats"
+	"github.com/ecs-image/ecs-image/qemu"
 )
+
+// compactOptions are the compacted qcow2's creation options. zstd
+// compresses several times faster than qcow2's default zlib, and 1 MiB
+// clusters give it more context than 64 KiB ones: on the reference
+// workload the image is ≈7 % smaller and written ≈4× faster. Reading zstd
+// clusters needs QEMU ≥ 5.1 (`ecs-image convert IMAGE qcow2` writes a zlib
+// copy for older hypervisors).
+const compactOptions = "compat=1.1,compression_type=zstd,cluster_size=1M"
 
 // stepCompact flattens the generalised overlay chain into one standalone,
 // compressed qcow2 (`qemu-img convert -c`; trimmed blocks are not copied),
-// written under a temporary name in the output directory.
+// written under a temporary name in the output directory, and hashes it.
+// The template's other output formats are written at the same time, from
+// the same chain (formats.Emit; qemu-img reads through backing files), so
+// that the formats do not wait for the compaction nor decompress its
+// result.
 type stepCompact struct{}
+
+// emission is the other formats being written alongside the compaction.
+type emission struct {
+	cancel context.CancelFunc
+	done   chan struct{}
+	arts   []formats.Artifact
+	err    error
+}
 
 func (s *stepCompact) Run(ctx context.Context, state multistep.StateBag) multistep.StepAction {
 	b := getBuild(state)
+	if others := b.otherOutputs(); len(others) > 0 {
+		info, err := qemu.Info(ctx, b.genDisk)
+		if err != nil {
+			return halt(state, err)
+		}
+		ectx, cancel := context.WithCancel(ctx)
+		e := &emission{cancel: cancel, done: make(chan struct{})}
+		b.emit = e
+		img := &formats.Image{Path: b.genDisk, Format: "qcow2", VirtualSize: info.VirtualSize}
+		go func() {
+			defer close(e.done)
+			e.arts, e.err = formats.Emit(ectx, img, b.opts.OutputDir, b.baseName(), others, formats.Options{})
+		}()
+	}
 	f, err := os.CreateTemp(b.opts.OutputDir, tempName(b.baseName()+".qcow2"))
 	if err != nil {
 		return halt(state, err)
 	}
 	f.Close()
 	b.compacted = f.Name()
-	cmd := exec.CommandContext(ctx, "qemu-img", "convert", "-c", "-O", "qcow2", "-o", "compat=1.1",
-		"-m", "4", "-W", b.genDisk, b.compacted)
+	cmd := exec.CommandContext(ctx, "qemu-img", "convert", "-c", "-O", "qcow2", "-o", compactOptions,
+		"-m", "8", "-W", b.genDisk, b.compacted)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	if err := cmd.Run(); err != nil {
@@ -35,6 +73,10 @@ func (s *stepCompact) Run(ctx context.Context, state multistep.StateBag) multist
 			return halt(state, ctx.Err())
 		}
 		return halt(state, fmt.Errorf("qemu-img convert: %v: %s", err, strings.TrimSpace(stderr.String())))
+	}
+	b.compactSum, b.compactSize, err = atomicfile.SHA256File(ctx, b.compacted)
+	if err != nil {
+		return halt(state, err)
 	}
 	return multistep.ActionContinue
 }
@@ -44,6 +86,30 @@ func (s *stepCompact) Cleanup(state multistep.StateBag) {
 	if b.compacted != "" {
 		os.Remove(b.compacted) // renamed away on success
 	}
+	if e := b.emit; e != nil {
+		_, failed := state.GetOk("error")
+		if failed || b.artifact == nil {
+			e.cancel()
+		}
+		<-e.done
+		if failed || b.artifact == nil {
+			for _, a := range e.arts {
+				os.Remove(a.Path)
+			}
+		}
+		e.cancel()
+	}
+}
+
+// otherOutputs are the output formats besides the qcow2.
+func (b *buildState) otherOutputs() []string {
+	var others []string
+	for _, o := range b.plan.Outputs {
+		if o != "qcow2" {
+			others = append(others, o)
+		}
+	}
+	return others
 }
 
 // tempPrefix marks temporary files in the output directory, followed by

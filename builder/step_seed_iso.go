@@ -60,8 +60,11 @@ func buildUserData(authorizedKey string) ([]byte, error) {
 		"ssh_pwauth":     false,
 		"disable_root":   true,
 		"package_update": false,
-		"growpart":       map[string]any{"mode": "auto", "devices": []string{"/"}},
-		"resize_rootfs":  true,
+		// Host keys are removed again by generalisation: one type is
+		// enough (a 3072-bit RSA key alone costs seconds under TCG).
+		"ssh_genkeytypes": []string{"ed25519"},
+		"growpart":        map[string]any{"mode": "auto", "devices": []string{"/"}},
+		"resize_rootfs":   true,
 	}
 	data, err := yaml.Marshal(cfg)
 	if err != nil {

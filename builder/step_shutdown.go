@@ -3,23 +3,48 @@ package builder
 import (
 	"context"
 	"fmt"
+	"time"
 
 	"github.com/hashicorp/packer-plugin-sdk/multistep"
 
 	"github.com/ecs-image/ecs-image/communicator"
 )
 
-// stepShutdown syncs and powers the guest off with the ACPI power button,
-// waits up to shutdown_timeout, then stops QEMU (and fails: a disk of an
-// unclean shutdown is not cached).
+// forcedPoweroffWait bounds the wait for a forced power-off before the
+// ACPI power button is tried.
+var forcedPoweroffWait = time.Minute
+
+// stepShutdown powers the guest off. A build VM's services need no orderly
+// stop (their state is thrown away or generalised), so the guest is told
+// `systemctl poweroff --force`: systemd skips stopping units but still
+// kills every process and unmounts the file systems cleanly before the
+// power-off. If that fails, the ACPI power button is pressed, waited for up
+// to shutdown_timeout, then QEMU is stopped (and the stage fails: a disk of
+// an unclean shutdown is not cached).
 type stepShutdown struct{}
 
 func (s *stepShutdown) Run(ctx context.Context, state multistep.StateBag) multistep.StepAction {
 	b, sr := getBuild(state), getStage(state)
 	if sr.client != nil {
 		sr.client.Run(ctx, "sync", communicator.RunOptions{})
+		// The connection drops as the guest goes down: no exit status.
+		go sr.client.Run(ctx, "systemctl poweroff --force", communicator.RunOptions{Sudo: true})
+		select {
+		case <-sr.machine.Done():
+		case <-time.After(forcedPoweroffWait):
+			b.log.Warnf("the guest did not power off within %s of systemctl poweroff --force: pressing the ACPI power button", forcedPoweroffWait)
+		case <-ctx.Done():
+			return halt(state, ctx.Err())
+		}
 		sr.client.Close()
 		sr.client = nil
+	}
+	if sr.machine.Exited() {
+		<-sr.machine.Done()
+		if err := sr.machine.Err(); err != nil {
+			return halt(state, fmt.Errorf("shutdown: %w", err))
+		}
+		return multistep.ActionContinue
 	}
 	if err := sr.machine.Shutdown(ctx, b.tmpl.ShutdownTimeout); err != nil {
 		return halt(state, fmt.Errorf("shutdown: %w", err))

@@ -39,6 +39,12 @@ func (s *stepStartQEMU) Run(ctx context.Context, state multistep.StateBag) multi
 		Forwards:  []qemu.Forward{{Guest: 22}},
 		SerialLog: filepath.Join(sr.dir, "serial.log"),
 	}
+	if sr.kernel != nil {
+		// No firmware boot loader, no VGA: the serial console only.
+		cfg.Kernel, cfg.Initrd = sr.kernel.kernel(), sr.kernel.initrd()
+		cfg.Append = buildAppend(sr.kernel.cmdline(), sr.kernel.root())
+		cfg.ExtraArgs = []string{"-vga", "none"}
+	}
 	m, err := qemu.Start(ctx, cfg)
 	if err != nil {
 		return halt(state, err)

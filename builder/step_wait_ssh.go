@@ -30,10 +30,23 @@ func (s *stepWaitSSH) Run(ctx context.Context, state multistep.StateBag) multist
 		return halt(state, fmt.Errorf("%w\n%s", err, sr.machine.SerialTail(30)))
 	}
 	sr.client = c
-	// cloud-init must be done (users, host keys, growpart) before we
-	// provision; status 2 means "done with recoverable errors".
 	wctx, cancel := context.WithTimeout(ctx, b.tmpl.SSHTimeout)
 	defer cancel()
+	if sr.kernel != nil {
+		// Direct boot masks cloud-init's config and final stages, so its
+		// status never reads "done": wait for the boot to finish instead
+		// (cloud-init's init stage, which created the user, is part of it).
+		out, err := c.Output(wctx, "systemctl is-system-running --wait 2>/dev/null; true", false)
+		if err != nil {
+			return halt(state, fmt.Errorf("systemctl is-system-running: %w", err))
+		}
+		if st := strings.TrimSpace(out); st != "running" {
+			b.log.Warnf("the build VM finished booting %s", st)
+		}
+		return multistep.ActionContinue
+	}
+	// cloud-init must be done (users, host keys, growpart) before we
+	// provision; status 2 means "done with recoverable errors".
 	out, err := c.Output(wctx, "cloud-init status --wait >/dev/null 2>&1; echo $?", false)
 	if err != nil {
 		return halt(state, fmt.Errorf("cloud-init status: %w", err))

@@ -27,6 +27,7 @@ func bootedStageSteps() []multistep.Step {
 	return []multistep.Step{
 		&stepOverlayDisk{}, // qcow2 overlay on the parent (resized)
 		&stepSeedISO{},     // cidata seed: ephemeral ed25519 key, build user
+		&stepDirectBoot{},  // the kernel to boot directly (parent's or base's)
 		&stepStartQEMU{},   // KVM or TCG, serial log, QMP
 		&stepWaitSSH{},     // until SSH answers and cloud-init is done
 		&stepProvision{},   // the stage's provisioners, in order

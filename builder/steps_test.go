@@ -22,7 +22,7 @@ func TestStepOrder(t *testing.T) {
 		want  string
 	}{
 		{buildSteps(), "validate, work dir, fetch base, stage keys, stages, generalise, compact, artifact"},
-		{bootedStageSteps(), "overlay disk, seed iso, start qemu, wait ssh, provision, boot files, shutdown, commit stage"},
+		{bootedStageSteps(), "overlay disk, seed iso, direct boot, start qemu, wait ssh, provision, boot files, shutdown, commit stage"},
 		{offlineStageSteps(), "overlay disk, offline place, commit stage"},
 	} {
 		if got := names(c.steps); got != c.want {

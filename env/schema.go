@@ -44,7 +44,10 @@ var schema = func() *spec {
 			"domain":        {kind: kStr, required: true, check: checkDomain},
 			"allowed_hosts": strCheck(checkAllowedHosts),
 			"ssl": {kind: kMap, checkMap: checkSSLPair, fields: map[string]*spec{
-				"letsencrypt":            mapOf(map[string]*spec{"enabled": boolean()}),
+				"letsencrypt": mapOf(map[string]*spec{
+					"enabled":   boolean(),
+					"directory": strCheck(checkURL("an ACME directory", "https")),
+				}),
 				"client_certs_mandatory": boolean(),
 				"key":                    strCheck(checkSSLKey),
 				"cert":                   strCheck(checkSSLCert),

@@ -10,13 +10,13 @@ import (
 	_ "embed"
 	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
+	"io/fs"
 	"regexp"
 	"strings"
 	"sync"
 	"text/template"
 
+	"github.com/ecs-image/ecs-image/atomicfile"
 	"github.com/ecs-image/ecs-image/env"
 )
 
@@ -201,54 +201,13 @@ func generateKeys(ctx context.Context, d *data, pgpBits, dkimBits int) error {
 // left alone and ErrExists returned. Missing parent directories are created
 // with mode 0700.
 func WriteFile(path string, data []byte, force bool) error {
-	dir := filepath.Dir(path)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return err
-	}
+	opts := []atomicfile.Option{atomicfile.MkdirAll(0o700)}
 	if !force {
-		if _, err := os.Lstat(path); err == nil {
-			return fmt.Errorf("%s: %w", path, ErrExists)
-		}
+		opts = append(opts, atomicfile.NoClobber())
 	}
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return err
+	err := atomicfile.Write(path, data, 0o600, opts...)
+	if !force && errors.Is(err, fs.ErrExist) {
+		return fmt.Errorf("%s: %w", path, ErrExists)
 	}
-	tmp := f.Name()
-	ok := false
-	defer func() {
-		if !ok {
-			f.Close()
-			os.Remove(tmp)
-		}
-	}()
-	if err := f.Chmod(0o600); err != nil {
-		return err
-	}
-	if _, err := f.Write(data); err != nil {
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if force {
-		err = os.Rename(tmp, path)
-	} else {
-		// link fails if path appeared meanwhile: never clobber without force.
-		if err = os.Link(tmp, path); err == nil {
-			os.Remove(tmp)
-		} else if errors.Is(err, os.ErrExist) {
-			err = fmt.Errorf("%s: %w", path, ErrExists)
-		} else if _, serr := os.Lstat(path); serr != nil {
-			err = os.Rename(tmp, path) // file system without hard links
-		}
-	}
-	if err != nil {
-		return err
-	}
-	ok = true
-	return nil
+	return err
 }

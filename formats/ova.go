@@ -14,6 +14,8 @@ import (
 	"strings"
 	"text/template"
 	"time"
+
+	"github.com/ecs-image/ecs-image/atomicfile"
 )
 
 // ovfParams fill the OVF 1.0 descriptor template.
@@ -164,7 +166,7 @@ func writeOVFTar(ctx context.Context, j *job, out, ovfName, mfName string, p ovf
 	if err != nil {
 		return err
 	}
-	diskSum, err := fileSHA256(ctx, vmdkPath)
+	diskSum, _, err := atomicfile.SHA256File(ctx, vmdkPath)
 	if err != nil {
 		return err
 	}
@@ -276,18 +278,4 @@ func (c ctxReader) Read(p []byte) (int, error) {
 		return 0, err
 	}
 	return c.r.Read(p)
-}
-
-// fileSHA256 returns the hex SHA-256 of the file at path.
-func fileSHA256(ctx context.Context, path string) (string, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return "", err
-	}
-	defer f.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, ctxReader{ctx, f}); err != nil {
-		return "", err
-	}
-	return hex.EncodeToString(h.Sum(nil)), nil
 }

@@ -3,10 +3,11 @@ package formats
 import (
 	"context"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"sync"
+
+	"github.com/ecs-image/ecs-image/atomicfile"
 )
 
 // shared holds intermediate disks several formats of one run need (the
@@ -112,18 +113,9 @@ func (j *job) place(src string) error {
 	if err := os.Link(src, j.out); err == nil {
 		return nil
 	}
-	in, err := os.Open(src)
+	st, err := os.Stat(src)
 	if err != nil {
 		return err
 	}
-	defer in.Close()
-	out, err := os.Create(j.out)
-	if err != nil {
-		return err
-	}
-	if _, err := io.Copy(out, in); err != nil {
-		out.Close()
-		return err
-	}
-	return out.Close()
+	return atomicfile.Copy(src, j.out, st.Mode().Perm()) // the mode a link would have
 }

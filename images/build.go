@@ -18,6 +18,8 @@ import (
 	"time"
 
 	"github.com/sirupsen/logrus"
+
+	"github.com/ecs-image/ecs-image/atomicfile"
 )
 
 // BuildVersion is the version of the base build recipe. It is part of the
@@ -550,7 +552,7 @@ func (b *builder) bootFiles(ctx context.Context) error {
 		if !strings.HasSuffix(m, ".mod") && !strings.HasSuffix(m, ".lst") {
 			continue
 		}
-		if err := copyFile(m, filepath.Join(grubDir, "i386-pc", filepath.Base(m))); err != nil {
+		if err := atomicfile.Copy(m, filepath.Join(grubDir, "i386-pc", filepath.Base(m)), 0o644); err != nil {
 			return err
 		}
 	}
@@ -591,7 +593,7 @@ menuentry '%[2]s %[3]s' {
 		}
 	}
 	os.Remove(filepath.Join(b.root, "tmp/ecs-early.cfg"))
-	return copyFile(filepath.Join(libDir, "boot.img"), filepath.Join(b.tmp, "boot.img"))
+	return atomicfile.Copy(filepath.Join(libDir, "boot.img"), filepath.Join(b.tmp, "boot.img"), 0o644)
 }
 
 // disk lays out the raw disk: an MBR partition table (sfdisk), an ext4
@@ -659,23 +661,6 @@ func (b *builder) disk(ctx context.Context) error {
 		return errors.New("MBR boot signature missing after sfdisk")
 	}
 	return f.Close()
-}
-
-func copyFile(src, dst string) error {
-	in, err := os.Open(src)
-	if err != nil {
-		return err
-	}
-	defer in.Close()
-	out, err := os.OpenFile(dst, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o644)
-	if err != nil {
-		return err
-	}
-	if _, err := io.Copy(out, in); err != nil {
-		out.Close()
-		return err
-	}
-	return out.Close()
 }
 
 func newUUID() (string, error) {

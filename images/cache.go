@@ -11,7 +11,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -20,6 +19,8 @@ import (
 	"time"
 
 	"github.com/sirupsen/logrus"
+
+	"github.com/ecs-image/ecs-image/atomicfile"
 )
 
 // CacheDir is the root of ecs-image's cache: $ECS_IMAGE_CACHE if set, else
@@ -143,7 +144,7 @@ func (c *Cache) RemoveStale(prefix string) {
 // under its digest (rename, same filesystem) and writes the index entry for
 // key. If an identical file is already cached, tmpPath is removed.
 func (c *Cache) Commit(key, source, format, tmpPath string) (*Entry, error) {
-	sum, size, err := hashFile(tmpPath)
+	sum, size, err := atomicfile.SHA256File(context.Background(), tmpPath)
 	if err != nil {
 		return nil, err
 	}
@@ -164,36 +165,11 @@ func (c *Cache) Commit(key, source, format, tmpPath string) (*Entry, error) {
 }
 
 func (c *Cache) writeIndex(e *Entry) error {
-	dir := filepath.Join(c.Dir, "index")
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return err
-	}
 	data, err := json.MarshalIndent(e, "", "  ")
 	if err != nil {
 		return err
 	}
-	f, err := os.CreateTemp(dir, ".entry-*")
-	if err != nil {
-		return err
-	}
-	if _, err := f.Write(append(data, '\n')); err != nil {
-		f.Close()
-		os.Remove(f.Name())
-		return err
-	}
-	if err := f.Close(); err != nil {
-		os.Remove(f.Name())
-		return err
-	}
-	if err := os.Chmod(f.Name(), 0o644); err != nil {
-		os.Remove(f.Name())
-		return err
-	}
-	if err := os.Rename(f.Name(), c.indexPath(e.Key)); err != nil {
-		os.Remove(f.Name())
-		return err
-	}
-	return nil
+	return atomicfile.Write(c.indexPath(e.Key), append(data, '\n'), 0o644, atomicfile.MkdirAll(0o755))
 }
 
 // Lock takes an exclusive lock on key, waiting for another process that
@@ -231,18 +207,4 @@ func (c *Cache) Lock(ctx context.Context, key string) (func(), error) {
 		syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
 		f.Close()
 	}, nil
-}
-
-func hashFile(path string) (string, int64, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return "", 0, err
-	}
-	defer f.Close()
-	h := sha256.New()
-	n, err := io.Copy(h, f)
-	if err != nil {
-		return "", 0, err
-	}
-	return hex.EncodeToString(h.Sum(nil)), n, nil
 }

@@ -6,6 +6,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+
+	"github.com/ecs-image/ecs-image/atomicfile"
 )
 
 // ResolveOptions refine Resolve. The zero value is fine for catalog names.
@@ -109,7 +111,7 @@ func resolveFile(ctx context.Context, c *Cache, path string, opts ResolveOptions
 	if err != nil {
 		return nil, err
 	}
-	sum, _, err := hashFile(abs)
+	sum, _, err := atomicfile.SHA256File(ctx, abs)
 	if err != nil {
 		return nil, err
 	}

@@ -16,6 +16,7 @@ import (
 	"encoding/pem"
 	"math/big"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -55,10 +56,17 @@ func TestAgentInGuest(t *testing.T) {
 	if err := cidata.Write(seed, cidata.Options{UserData: []byte(userData)}); err != nil {
 		t.Fatal(err)
 	}
+	// The data volume of the manual §2.3: an ext4 filesystem labelled
+	// ecs-data, made on the host without loop devices, attached as vdb.
+	dataDisk := filepath.Join(dir, "ecs-data.raw")
+	if out, err := exec.CommandContext(ctx, "mke2fs", "-q", "-t", "ext4", "-L", "ecs-data", "-F", dataDisk, "64M").CombinedOutput(); err != nil {
+		t.Fatalf("mke2fs: %v\n%s", err, out)
+	}
 	serial := filepath.Join(dir, "serial.log")
 	m, err := qemu.Start(ctx, qemu.Config{
 		Name: "agent-it", Disk: disk, CDROMs: []string{seed}, Memory: 1024, CPUs: 2,
 		Forwards: []qemu.Forward{{Guest: 22}, {Guest: 8866}}, SerialLog: serial,
+		ExtraArgs: []string{"-drive", "file=" + dataDisk + ",format=raw,if=virtio"},
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -76,6 +84,16 @@ func TestAgentInGuest(t *testing.T) {
 			t.Fatalf("%s: %v\n%s", cmd, err, out)
 		}
 		return out
+	}
+	put := func(remote, content string, mode os.FileMode) {
+		t.Helper()
+		local := filepath.Join(dir, "put-"+filepath.Base(remote))
+		if err := os.WriteFile(local, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.Upload(ctx, local, remote, communicator.UploadOptions{Mode: mode, Sudo: true}); err != nil {
+			t.Fatal(err)
+		}
 	}
 	waitSerial := func(marker string) {
 		t.Helper()
@@ -135,6 +153,62 @@ func TestAgentInGuest(t *testing.T) {
 		t.Errorf("bash: %q, want %q", got, want)
 	}
 
+	// Storage (manual §2.3). A volume asked for but missing fails the chain
+	// naming its label, before anything is mounted; storage.setup is ignored
+	// with a warning.
+	storageEnv := "#cloud-config\nappliance:\n  domain: " + domain + "\n  storage:\n    setup: |\n      proxy_cache: true\n" +
+		"    ignore:\n      data: false\n      volatile: %s\n"
+	put("/app/env.yml", strings.Replace(storageEnv, "%s", "false", 1), 0o600)
+	out, err := c.Output(ctx, "ecs-agent prepare-env 2>&1 && ecs-agent prepare-appliance 2>&1", true)
+	if err == nil || !strings.Contains(out, "appliance.storage.setup is not supported by ecs-agent and is ignored") {
+		t.Errorf("prepare-appliance without ecs-volatile: %v\n%s", err, out)
+	}
+	waitSerial("ECS-APPLIANCE-FAILED: prepare-appliance/storage: appliance.storage.ignore.volatile is false, but no filesystem labelled ecs-volatile was found")
+	if out := root("ecs-agent status; findmnt -n /data || echo not-mounted"); !strings.Contains(out, "labelled ecs-volatile") || !strings.HasSuffix(out, "not-mounted\n") {
+		t.Errorf("after the missing volume: %s", out)
+	}
+	root("rm /run/appliance-failed")
+	// ecs-data is mounted on /data before the layout is made on it. (The
+	// bare base has no nginx: the chain then stops at the nginx step.)
+	put("/app/env.yml", strings.Replace(storageEnv, "%s", "true", 1), 0o600)
+	out, err = c.Output(ctx, "ecs-agent prepare-env 2>&1 && ecs-agent prepare-appliance 2>&1", true)
+	if !strings.Contains(out, "mounted /dev/vdb (label ecs-data) on /data") || !strings.Contains(out, "prepare-appliance/tls: running") {
+		t.Errorf("prepare-appliance with ecs-data: %v\n%s", err, out)
+	}
+	if got := root("findmnt -n -o SOURCE,FSTYPE,LABEL /data; findmnt -n -o TARGET -T /app/etc/server.cert.pem; grep -c '^LABEL=ecs-data\t/data\t' /etc/fstab"); strings.Join(strings.Fields(got), " ") != "/dev/vdb ext4 ecs-data /data 1" {
+		t.Errorf("/data: %q", got)
+	}
+	root("rm -f /run/appliance-failed")
+
+	// A compose stack that keeps failing: appliance.service's restart
+	// settings (a copy without the prepare units, faster restarts) give up
+	// after the third failed run, with the reason on the console.
+	put("/usr/local/bin/docker-compose", "#!/bin/sh\necho 'ERROR: simulated compose failure' >&2\nexit 1\n", 0o755)
+	put("/app/docker-compose.yml", "services:\n  web:\n    ports: [\"127.0.0.1:18000:8000\"]\n", 0o644)
+	root("sed -e '/^Requires=/d' -e '/^Wants=/d' -e '/^After=/d' -e '/^OnFailure=/d' -e 's/^RestartSec=.*/RestartSec=1/' " +
+		"/etc/systemd/system/appliance.service > /run/systemd/system/appliance-it.service && systemctl daemon-reload && " +
+		"systemctl start --no-block appliance-it.service")
+	start = time.Now()
+	waitSerial("ECS-APPLIANCE-FAILED: appliance: 3 consecutive failed runs, giving up; last: before ready: docker-compose: exit status 1: ERROR: simulated compose failure")
+	t.Logf("compose failures recorded after %s (TCG)", time.Since(start).Round(time.Second))
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(time.Second) {
+		got := root("systemctl show -p ActiveState -p NRestarts -p ExecMainStatus appliance-it.service")
+		if strings.Contains(got, "ActiveState=failed") {
+			if !strings.Contains(got, "NRestarts=2") || !strings.Contains(got, "ExecMainStatus=3") {
+				t.Errorf("appliance-it.service: %q", got)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("appliance-it.service still restarting: %q", got)
+		}
+	}
+	if out := root("cat /run/appliance-failed; ecs-agent status"); !strings.Contains(out, "simulated compose failure") || !strings.Contains(out, `"state": "failed"`) {
+		t.Errorf("failed state: %s", out)
+	}
+	root("rm /run/appliance-failed /run/systemd/system/appliance-it.service /usr/local/bin/docker-compose /app/docker-compose.yml && " +
+		"systemctl daemon-reload && systemctl reset-failed")
+
 	// Standby through the real unit chain: /app/env.yml wins over the seed.
 	root("mkdir -p /app && printf '#cloud-config\\nappliance:\\n  domain: " + domain + "\\n  standby: true\\n' > /app/env.yml")
 	root("systemctl start appliance.service")
@@ -152,7 +226,7 @@ func TestAgentInGuest(t *testing.T) {
 		t.Error("restart with an invalid env.yml succeeded")
 	}
 	waitSerial("ECS-APPLIANCE-FAILED: prepare-env: invalid env.yml")
-	out := root("cat /run/appliance-failed; ecs-agent status")
+	out = root("cat /run/appliance-failed; ecs-agent status")
 	if !strings.Contains(out, "appliance.domain") || !strings.Contains(out, `"state": "failed"`) {
 		t.Errorf("failed state: %s", out)
 	}

@@ -3,15 +3,12 @@
 package integration
 
 import (
-	"context"
 	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/ecs-image/ecs-image/qemu"
 )
 
 // baseSeedUserData is appended to the project's real default env.yml (which
@@ -63,27 +60,8 @@ func TestBaseBuildBoots(t *testing.T) {
 	seed := filepath.Join(dir, "seed.iso")
 	ecsImage(t, "cidata", "-e", envPath, "-o", seed)
 
-	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
-	defer cancel()
-	disk := filepath.Join(dir, "disk.qcow2")
-	if err := qemu.Overlay(ctx, base, disk, 0); err != nil {
-		t.Fatal(err)
-	}
-	serial := filepath.Join(dir, "serial.log")
-	bootStart := time.Now()
-	m, err := qemu.Start(ctx, qemu.Config{
-		Name: "base-boot", Disk: disk, CDROMs: []string{seed},
-		Memory: 1024, CPUs: 2, SerialLog: serial, DiskCache: "unsafe",
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		if t.Failed() {
-			t.Logf("serial console tail:\n%s", m.SerialTail(60))
-		}
-		m.Kill()
-	}()
+	g := bootBase(t, bootOptions{Name: "base-boot", Image: base, Seed: seed, DiskCache: "unsafe", Timeout: 15 * time.Minute})
+	ctx, m, bootStart := g.Ctx, g.M, g.M.Started
 	for _, marker := range []string{"ECS-BASE-BOOTCMD-MARKER", "ECS-BASE-RUNCMD-MARKER"} {
 		if err := m.WaitSerial(ctx, marker); err != nil {
 			t.Fatal(err)

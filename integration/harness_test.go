@@ -4,13 +4,20 @@ package integration
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
+	"time"
+
+	"github.com/ecs-image/ecs-image/cidata"
+	"github.com/ecs-image/ecs-image/communicator"
+	"github.com/ecs-image/ecs-image/qemu"
 )
 
 // binDir holds ecs-image and ecs-agent, built once for the whole run.
@@ -87,4 +94,136 @@ func baseImage(t *testing.T) string {
 		t.Fatal(baseErr)
 	}
 	return basePath
+}
+
+// bootOptions says what bootBase boots and how.
+type bootOptions struct {
+	Name      string        // QEMU machine name; the guest's hostname with a Raw seed
+	Image     string        // backing image of the overlay; "" means the local base (baseImage)
+	Size      int64         // overlay size in bytes; 0 keeps the image's
+	Timeout   time.Duration // of the context the guest runs under; default 20m
+	Memory    int           // MiB; default 1024
+	DiskCache string        // QEMU cache mode of the overlay; "" is QEMU's default
+	Forwards  []int         // guest TCP ports forwarded to the host, besides 22
+	ExtraArgs []string      // more QEMU arguments (e.g. a data disk: -drive file=...,if=virtio)
+
+	// Seed is a ready seed ISO attached as a CD-ROM; bootBase then makes no
+	// key and does not wait for SSH. Without it bootBase writes a seed that
+	// creates the user "builder" (password-less sudo, a fresh ed25519 key),
+	// boots and waits for SSH as that user.
+	Seed string
+	// UserData is appended to the written seed's cloud-config (after its
+	// users: list), e.g. an env.yml's appliance: and ecs: keys.
+	UserData string
+	// Env makes cidata validate the written user-data as an env.yml
+	// (otherwise it is plain cloud-config, with Name as the hostname).
+	Env bool
+	// SeedFormat of the written seed ("" is a NoCloud ISO); a VFAT seed is
+	// attached as a read-only virtio disk, the ISO formats as CD-ROMs.
+	SeedFormat cidata.Format
+	SSHTimeout time.Duration // default 12m
+}
+
+// bootedGuest is a guest started by bootBase. It is killed, and the
+// console tail logged if the test failed, when the test ends.
+type bootedGuest struct {
+	Ctx      context.Context // ends after Timeout; cancelled when the test ends
+	Dir      string          // the test's temporary directory (overlay, seed, serial.log)
+	M        *qemu.Machine
+	Serial   string               // path of the serial console log
+	Key      *communicator.Key    // nil with a ready Seed
+	UserData string               // the written seed's user-data
+	Seed     *cidata.Seed         // the written seed (instance-id, ...); nil with a ready Seed
+	C        *communicator.Client // SSH as "builder"; nil with a ready Seed
+}
+
+// bootBase boots an overlay of the local Debian base (or opts.Image) under
+// QEMU with a cidata seed and, unless opts.Seed is given, waits for SSH.
+func bootBase(t *testing.T, opts bootOptions) *bootedGuest {
+	t.Helper()
+	if opts.Image == "" {
+		opts.Image = baseImage(t)
+	}
+	if opts.Timeout == 0 {
+		opts.Timeout = 20 * time.Minute
+	}
+	if opts.Memory == 0 {
+		opts.Memory = 1024
+	}
+	if opts.SSHTimeout == 0 {
+		opts.SSHTimeout = 12 * time.Minute
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), opts.Timeout)
+	t.Cleanup(cancel)
+	g := &bootedGuest{Ctx: ctx, Dir: t.TempDir()}
+	g.Serial = filepath.Join(g.Dir, "serial.log")
+	disk := filepath.Join(g.Dir, "disk.qcow2")
+	if err := qemu.Overlay(ctx, opts.Image, disk, opts.Size); err != nil {
+		t.Fatal(err)
+	}
+	cfg := qemu.Config{
+		Name: opts.Name, Disk: disk, Memory: opts.Memory, CPUs: 2,
+		SerialLog: g.Serial, DiskCache: opts.DiskCache,
+	}
+	for _, p := range opts.Forwards {
+		cfg.Forwards = append(cfg.Forwards, qemu.Forward{Guest: p})
+	}
+	if opts.Seed != "" {
+		cfg.CDROMs = []string{opts.Seed}
+	} else {
+		key, err := communicator.GenerateKey()
+		if err != nil {
+			t.Fatal(err)
+		}
+		g.Key = key
+		g.UserData = "#cloud-config\nusers:\n  - name: builder\n    sudo: \"ALL=(ALL) NOPASSWD:ALL\"\n    shell: /bin/bash\n    lock_passwd: true\n    ssh_authorized_keys:\n      - \"" + key.AuthorizedKey + "\"\n" + opts.UserData
+		o := cidata.Options{Format: opts.SeedFormat, UserData: []byte(g.UserData), Raw: !opts.Env}
+		if !opts.Env {
+			o.Hostname = opts.Name
+		}
+		seed, err := cidata.Prepare(o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		img, err := seed.Image()
+		if err != nil {
+			t.Fatal(err)
+		}
+		g.Seed = seed
+		path := filepath.Join(g.Dir, "seed.img")
+		if err := cidata.WriteImage(path, img); err != nil {
+			t.Fatal(err)
+		}
+		if seed.Format == cidata.VFAT {
+			cfg.ExtraArgs = []string{"-drive", "file=" + path + ",format=raw,if=virtio,readonly=on"}
+		} else {
+			cfg.CDROMs = []string{path}
+		}
+		cfg.Forwards = append([]qemu.Forward{{Guest: 22}}, cfg.Forwards...)
+	}
+	cfg.ExtraArgs = append(cfg.ExtraArgs, opts.ExtraArgs...)
+	m, err := qemu.Start(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.M = m
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("serial console tail:\n%s", m.SerialTail(60))
+		}
+		m.Kill()
+		<-m.Done()
+	})
+	if g.Key == nil {
+		return g
+	}
+	addr := "127.0.0.1:" + strconv.Itoa(m.HostPort(22))
+	c, err := communicator.Dial(ctx, addr, "builder", g.Key.Signer, opts.SSHTimeout, m.Done())
+	if err != nil {
+		t.Fatalf("SSH to %s: %v (QEMU: %v)", opts.Name, err, m.Err())
+	}
+	t.Cleanup(func() { c.Close() })
+	g.C = c
+	t.Logf("%s: boot to SSH %s (accel %s)", opts.Name, time.Since(m.Started).Round(100*time.Millisecond), m.Config.Accel)
+	return g
 }

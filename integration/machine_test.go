@@ -8,13 +8,11 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
-	"crypto/sha256"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/json"
 	"encoding/pem"
 	"errors"
-	"io"
 	"math/big"
 	"os"
 	"os/exec"
@@ -26,59 +24,21 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ecs-image/ecs-image/cidata"
+	"github.com/ecs-image/ecs-image/atomicfile"
 	"github.com/ecs-image/ecs-image/communicator"
 	"github.com/ecs-image/ecs-image/qemu"
 	"github.com/ecs-image/ecs-image/qemu/qemutest"
 	"gopkg.in/yaml.v3"
 )
 
-// machineSeed writes a NoCloud seed creating user "builder" with password-less
-// sudo and key's public half in its authorized_keys.
-func machineSeed(t *testing.T, dir string, key *communicator.Key) string {
-	t.Helper()
-	seed := filepath.Join(dir, "seed.iso")
-	ud := "#cloud-config\nusers:\n  - name: builder\n    sudo: \"ALL=(ALL) NOPASSWD:ALL\"\n    shell: /bin/bash\n    lock_passwd: true\n    ssh_authorized_keys:\n      - \"" + key.AuthorizedKey + "\"\n"
-	if err := cidata.Write(seed, cidata.Options{UserData: []byte(ud), Raw: true, Hostname: "machine-it"}); err != nil {
-		t.Fatal(err)
-	}
-	return seed
-}
-
 // TestMachineBootSSH boots the local Debian base on a qcow2 overlay with a
 // cidata seed, waits for SSH with an ephemeral ed25519 key, runs commands,
 // moves files both ways and powers the guest off through ACPI.
 func TestMachineBootSSH(t *testing.T) {
 	base := baseImage(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
-	defer cancel()
-	dir := t.TempDir()
-	disk := filepath.Join(dir, "disk.qcow2")
-	if err := qemu.Overlay(ctx, base, disk, 6<<30); err != nil {
-		t.Fatal(err)
-	}
-	key, err := communicator.GenerateKey()
-	if err != nil {
-		t.Fatal(err)
-	}
-	seed := machineSeed(t, dir, key)
 	baseSum := machineDigest(t, base)
-
-	m, err := qemu.Start(ctx, qemu.Config{
-		Name: "machine-it", Disk: disk, CDROMs: []string{seed}, Memory: 1024, CPUs: 2,
-		Forwards: []qemu.Forward{{Guest: 22}}, SerialLog: filepath.Join(dir, "serial.log"),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { m.Kill(); <-m.Done() }()
-	addr := "127.0.0.1:" + strconv.Itoa(m.HostPort(22))
-	c, err := communicator.Dial(ctx, addr, "builder", key.Signer, 12*time.Minute, m.Done())
-	if err != nil {
-		t.Fatalf("%v\n%v\nserial:\n%s", err, m.Err(), m.SerialTail(40))
-	}
-	defer c.Close()
-	t.Logf("boot to SSH: %s (accel %s)", time.Since(m.Started).Round(100*time.Millisecond), m.Config.Accel)
+	g := bootBase(t, bootOptions{Name: "machine-it", Image: base, Size: 6 << 30})
+	ctx, m, c, dir := g.Ctx, g.M, g.C, g.Dir
 
 	out, err := c.Output(ctx, "id -un; hostname", false)
 	if err != nil || out != "builder\nmachine-it\n" {
@@ -200,20 +160,13 @@ func TestMachineTestCommandBareBase(t *testing.T) {
 }
 
 // machineDigest is the SHA-256 of a file.
-func machineDigest(t *testing.T, path string) [32]byte {
+func machineDigest(t *testing.T, path string) string {
 	t.Helper()
-	f, err := os.Open(path)
+	sum, _, err := atomicfile.SHA256File(context.Background(), path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer f.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		t.Fatal(err)
-	}
-	var d [32]byte
-	copy(d[:], h.Sum(nil))
-	return d
+	return sum
 }
 
 // TestMachineTestCommandInterrupt: Ctrl-C (SIGINT) during `ecs-image test`

@@ -3,8 +3,6 @@ package provisioners
 import (
 	"archive/tar"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -18,6 +16,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
+
+	"github.com/ecs-image/ecs-image/atomicfile"
 )
 
 // DefaultImageDir is where container image tarballs are placed in the image;
@@ -252,12 +252,15 @@ func pull(ctx context.Context, ref, dir string) (string, error) {
 		return "", fmt.Errorf("pull %s: %w", ref, err)
 	}
 	out := filepath.Join(dir, refFileName(ref))
-	tmp := out + ".part"
-	if err := tarball.WriteToFile(tmp, r, img); err != nil {
-		os.Remove(tmp)
+	f, err := atomicfile.Create(out, 0o644)
+	if err != nil {
+		return "", err
+	}
+	defer f.Abort()
+	if err := tarball.Write(r, img, f); err != nil {
 		return "", fmt.Errorf("pull %s: %w", ref, err)
 	}
-	return out, os.Rename(tmp, out)
+	return out, f.Commit()
 }
 
 // Place implements Placer.
@@ -289,7 +292,7 @@ func (c *Containers) Place(ctx context.Context, a *Archive) error {
 			}
 			src, source = p, im.Ref
 		}
-		sum, size, err := fileSHA256(src)
+		sum, size, err := atomicfile.SHA256File(ctx, src)
 		if err != nil {
 			return err
 		}
@@ -326,18 +329,4 @@ func (c *Containers) Run(ctx context.Context, e *Env) error {
 		}
 	}
 	return nil
-}
-
-func fileSHA256(p string) (string, int64, error) {
-	f, err := os.Open(p)
-	if err != nil {
-		return "", 0, err
-	}
-	defer f.Close()
-	h := sha256.New()
-	n, err := io.Copy(h, f)
-	if err != nil {
-		return "", 0, err
-	}
-	return hex.EncodeToString(h.Sum(nil)), n, nil
 }

@@ -98,3 +98,17 @@ func qemuImg(ctx context.Context, args ...string) ([]byte, error) {
 	}
 	return stdout.Bytes(), nil
 }
+
+// ConvertRaw writes the disk image src (of format, "" to probe) as a sparse
+// raw image to out: zero and unallocated blocks are holes, so only the
+// data is written (4 parallel coroutines, out of order).
+func ConvertRaw(ctx context.Context, src, format, out string) error {
+	args := []string{"convert", "-m", "4", "-W"}
+	if format != "" {
+		args = append(args, "-f", format)
+	}
+	if _, err := qemuImg(ctx, append(args, "-O", "raw", "--", src, out)...); err != nil {
+		return fmt.Errorf("%s: %w", src, err)
+	}
+	return nil
+}

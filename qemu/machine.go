@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"github.com/sirupsen/logrus"
+
+	"github.com/ecs-image/ecs-image/atomicfile"
 )
 
 // Machine is a running QEMU virtual machine.
@@ -134,7 +136,7 @@ func Start(ctx context.Context, cfg Config) (*Machine, error) {
 	}
 	if cfg.Firmware == FirmwareUEFI && cfg.UEFIVars == "" {
 		cfg.UEFIVars = filepath.Join(runDir, "OVMF_VARS.fd")
-		if err := copyFile(DefaultUEFIVars, cfg.UEFIVars); err != nil {
+		if err := atomicfile.Copy(DefaultUEFIVars, cfg.UEFIVars, 0o600); err != nil {
 			return fail(fmt.Errorf("qemu %s: UEFI variable store: %w (install Debian's ovmf package)", cfg.Name, err))
 		}
 	}
@@ -525,21 +527,4 @@ func (t *tailBuffer) String() string {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	return string(t.buf)
-}
-
-func copyFile(src, dst string) error {
-	in, err := os.Open(src)
-	if err != nil {
-		return err
-	}
-	defer in.Close()
-	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
-	if err != nil {
-		return err
-	}
-	if _, err := io.Copy(out, in); err != nil {
-		out.Close()
-		return err
-	}
-	return out.Close()
 }

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/ecs-image/ecs-image/atomicfile"
 	"github.com/ecs-image/ecs-image/progress"
 )
 
@@ -46,37 +47,17 @@ func (t *FileTarget) Put(ctx context.Context, key, file, sum string, size int64)
 		return err
 	}
 	defer src.Close()
-	out, err := os.CreateTemp(filepath.Dir(dst), "."+filepath.Base(dst)+".tmp-")
+	out, err := atomicfile.Create(dst, 0o644)
 	if err != nil {
 		return err
 	}
-	tmp := out.Name()
-	done := false
-	defer func() {
-		if !done {
-			out.Close()
-			os.Remove(tmp)
-		}
-	}()
+	defer out.Abort()
 	tr := progress.New("publish "+key, size)
 	defer tr.Done()
 	if _, err := io.Copy(out, tr.Reader(ctxReader{ctx, src})); err != nil {
 		return err
 	}
-	if err := out.Chmod(0o644); err != nil {
-		return err
-	}
-	if err := out.Sync(); err != nil {
-		return err
-	}
-	if err := out.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, dst); err != nil {
-		return err
-	}
-	done = true
-	return nil
+	return out.Commit()
 }
 
 // Delete removes key.

@@ -15,6 +15,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/ecs-image/ecs-image/atomicfile"
 	"github.com/ecs-image/ecs-image/formats"
 )
 
@@ -245,14 +246,14 @@ func Make(ctx context.Context, dir string, opts Options) (*Manifest, error) {
 	if err := os.Remove(filepath.Join(dir, SignatureFile)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return nil, err
 	}
-	if err := writeAtomic(filepath.Join(dir, ManifestFile), mj, 0o644); err != nil {
+	if err := atomicfile.Write(filepath.Join(dir, ManifestFile), mj, 0o644); err != nil {
 		return nil, err
 	}
-	if err := writeAtomic(filepath.Join(dir, SumsFile), sumsData, 0o644); err != nil {
+	if err := atomicfile.Write(filepath.Join(dir, SumsFile), sumsData, 0o644); err != nil {
 		return nil, err
 	}
 	if sig != nil {
-		if err := writeAtomic(filepath.Join(dir, SignatureFile), sig, 0o644); err != nil {
+		if err := atomicfile.Write(filepath.Join(dir, SignatureFile), sig, 0o644); err != nil {
 			return nil, err
 		}
 	}

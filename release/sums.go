@@ -17,6 +17,7 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/ecs-image/ecs-image/atomicfile"
 	"github.com/ecs-image/ecs-image/progress"
 )
 
@@ -70,19 +71,14 @@ func HashFile(ctx context.Context, path string) (string, int64, error) {
 	if err != nil {
 		return "", 0, err
 	}
-	var r io.Reader = ctxReader{ctx, f}
+	var r io.Reader = f
 	var tr *progress.Tracker
 	if st.Size() > 256<<20 {
 		tr = progress.New("sha256 "+filepath.Base(path), st.Size())
 		r = tr.Reader(r)
 		defer tr.Done()
 	}
-	h := sha256.New()
-	n, err := io.Copy(h, r)
-	if err != nil {
-		return "", 0, err
-	}
-	return hex.EncodeToString(h.Sum(nil)), n, nil
+	return atomicfile.SHA256(ctx, r)
 }
 
 // ctxReader stops reading once ctx is cancelled.
@@ -185,38 +181,4 @@ func errText(err error) string {
 		return pe.Err.Error()
 	}
 	return err.Error()
-}
-
-// writeAtomic writes data to path through a temporary file in the same
-// directory.
-func writeAtomic(path string, data []byte, mode os.FileMode) error {
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	ok := false
-	defer func() {
-		if !ok {
-			f.Close()
-			os.Remove(tmp)
-		}
-	}()
-	if _, err := f.Write(data); err != nil {
-		return err
-	}
-	if err := f.Chmod(mode); err != nil {
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return err
-	}
-	ok = true
-	return nil
 }

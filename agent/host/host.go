@@ -18,6 +18,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/ecs-image/ecs-image/atomicfile"
 )
 
 // Cmd is one external command.
@@ -232,57 +234,7 @@ func (h *Host) WriteFile(p string, data []byte, mode fs.FileMode) (changed bool,
 	}
 	// A replaced file keeps its owner and group (e.g. PostgreSQL's
 	// pg_hba.conf, postgres:postgres 0640, must stay readable by postgres).
-	uid, gid := -1, -1
-	if st, err := os.Stat(real); err == nil {
-		if sys, ok := st.Sys().(*syscall.Stat_t); ok {
-			uid, gid = int(sys.Uid), int(sys.Gid)
-		}
-	}
-	if err := WriteAtomic(real, data, mode); err != nil {
-		return true, err
-	}
-	if uid > 0 || gid > 0 {
-		return true, os.Chown(real, uid, gid)
-	}
-	return true, nil
-}
-
-// WriteAtomic writes data to path via a temp file in the same directory and
-// a rename, so readers never see a half-written file.
-func WriteAtomic(path string, data []byte, mode fs.FileMode) error {
-	dir := filepath.Dir(path)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return err
-	}
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp*")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	ok := false
-	defer func() {
-		if !ok {
-			f.Close()
-			os.Remove(tmp)
-		}
-	}()
-	if err := f.Chmod(mode.Perm()); err != nil {
-		return err
-	}
-	if _, err := f.Write(data); err != nil {
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return err
-	}
-	ok = true
-	return nil
+	return true, atomicfile.Write(real, data, mode.Perm(), atomicfile.KeepOwner(), atomicfile.MkdirAll(0o755))
 }
 
 // Symlink makes link (in-appliance path) point at target (in-appliance

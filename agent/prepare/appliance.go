@@ -22,6 +22,7 @@ import (
 func (a *Agent) PrepareAppliance(ctx context.Context) error {
 	a.tlsChanged = false
 	return a.runChain(ctx, "prepare-appliance", []Step{
+		{"storage", a.stepStorage},
 		{"layout", a.stepLayout},
 		{"hostname", a.stepHostname},
 		{"tls", a.stepTLS},
@@ -161,6 +162,7 @@ func (a *Agent) stepNginx(ctx context.Context, e *Env) error {
 		"Cert":        ServerCert,
 		"Key":         ServerKey,
 		"MaxBody":     "200m",
+		"ACMEWebroot": ACMEWebroot,
 	})
 	if err != nil {
 		return err

@@ -2,6 +2,7 @@ package prepare
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -23,15 +24,48 @@ type RunOptions struct {
 	Probe func(ctx context.Context) bool
 	// Interval between probes (default 2 s).
 	Interval time.Duration
+	// MaxFailures is the number of consecutive failed runs after which the
+	// appliance is marked failed instead of being restarted again
+	// (default DefaultMaxFailures).
+	MaxFailures int
 }
 
 // Stopped is the state after the appliance service stopped.
 const Stopped = "stopped"
 
+// FailuresFile counts the consecutive failed runs of the appliance command
+// (docker-compose exited or timed out before the web service answered, or
+// exited after it did). Reaching the ready state removes it; so does giving
+// up, which writes the failed flag instead.
+const FailuresFile = "/run/ecs-agent/appliance-failures.json"
+
+// DefaultMaxFailures is RunOptions.MaxFailures' default.
+const DefaultMaxFailures = 3
+
+// failureCount is the content of FailuresFile.
+type failureCount struct {
+	Count   int       `json:"consecutive_failures"`
+	Last    string    `json:"last_reason"`
+	Updated time.Time `json:"updated"`
+}
+
+// runFailure marks an error of a failed run of the stack, which counts
+// towards RunOptions.MaxFailures.
+type runFailure struct{ error }
+
+func (f runFailure) Unwrap() error { return f.error }
+
 // Appliance runs the compose stack in the foreground (docker-compose up)
 // until ctx ends or the stack exits. When the web service answers it
 // removes the status page (nginx starts proxying), records the ready
 // state, prints ECS-APPLIANCE-READY on the console and notifies systemd.
+//
+// A failed run (compose exits or the web service does not answer within
+// ReadyTimeout, or compose exits after ready) returns an error, and systemd
+// restarts the unit. The run that makes MaxFailures consecutive failures
+// records the failure (failed flag, status page, ECS-APPLIANCE-FAILED on
+// the console) and returns an error wrapping ErrBlocked: systemd's start
+// limit alone never trips when each start takes minutes.
 func (a *Agent) Appliance(ctx context.Context, o RunOptions) error {
 	const step = "appliance"
 	if err := a.checkBlocked(); err != nil {
@@ -44,6 +78,51 @@ func (a *Agent) Appliance(ctx context.Context, o RunOptions) error {
 	if err != nil {
 		return a.fail(step, err)
 	}
+	err = a.runStack(ctx, o, e)
+	var rf runFailure
+	if !errors.As(err, &rf) {
+		return err
+	}
+	return a.countFailure(step, o.MaxFailures, rf.error, e)
+}
+
+// countFailure records one more consecutive failed run; at limit it marks the
+// appliance failed.
+func (a *Agent) countFailure(step string, limit int, cause error, e *Env) error {
+	if limit <= 0 {
+		limit = DefaultMaxFailures
+	}
+	var fc failureCount
+	if data, err := a.Host.ReadFile(FailuresFile); err == nil {
+		if err := json.Unmarshal(data, &fc); err != nil {
+			a.logf("%s: %s: %v (counting from zero)", step, a.Host.Path(FailuresFile), err)
+			fc = failureCount{}
+		}
+	}
+	fc.Count++
+	fc.Last = cause.Error()
+	fc.Updated = time.Now().UTC().Truncate(time.Second)
+	if fc.Count >= limit {
+		reason := fmt.Errorf("%d consecutive failed runs, giving up; last: %w", fc.Count, cause)
+		_ = a.fail(step, reason)
+		if err := a.Host.Remove(FailuresFile); err != nil {
+			a.logf("%s: %v", step, err)
+		}
+		return fmt.Errorf("%s: %w; %w", step, reason, ErrBlocked)
+	}
+	data, _ := json.MarshalIndent(fc, "", "  ")
+	if _, err := a.Host.WriteFile(FailuresFile, append(data, '\n'), 0o644); err != nil {
+		a.logf("%s: recording the failed run: %v", step, err)
+	}
+	msg := fmt.Sprintf("failed run %d in a row (gives up after %d), restarting: %v", fc.Count, limit, cause)
+	_ = status.Update(a.Host, status.State{State: status.Starting, Step: step, Domain: e.Doc.Domain(), Reason: msg})
+	return fmt.Errorf("%s: %s", step, msg)
+}
+
+// runStack runs docker-compose until ctx ends (nil) or the stack fails
+// (runFailure).
+func (a *Agent) runStack(ctx context.Context, o RunOptions, e *Env) error {
+	const step = "appliance"
 	if o.ReadyTimeout <= 0 {
 		o.ReadyTimeout = 15 * time.Minute
 	}
@@ -96,16 +175,19 @@ func (a *Agent) Appliance(ctx context.Context, o RunOptions) error {
 			if err == nil {
 				err = errors.New("docker-compose exited")
 			}
-			return fmt.Errorf("%s: before ready: %w", step, err)
+			return runFailure{fmt.Errorf("before ready: %w", err)}
 		case <-deadline.C:
 			cancel()
 			<-done
-			return fmt.Errorf("%s: the web service did not answer within %s", step, o.ReadyTimeout)
+			return runFailure{fmt.Errorf("the web service did not answer within %s", o.ReadyTimeout)}
 		case <-ctx.Done():
 			<-done
 			return a.stopped(e)
 		case <-tick.C:
 		}
+	}
+	if err := a.Host.Remove(FailuresFile); err != nil {
+		a.logf("%s: %v", step, err)
 	}
 	if err := status.Update(a.Host, status.State{State: status.Ready, Domain: e.Doc.Domain()}); err != nil {
 		a.logf("%s: status: %v", step, err)
@@ -123,8 +205,7 @@ func (a *Agent) Appliance(ctx context.Context, o RunOptions) error {
 		if err == nil {
 			err = errors.New("docker-compose exited")
 		}
-		_ = status.Update(a.Host, status.State{State: Stopped, Reason: err.Error()})
-		return fmt.Errorf("%s: %w", step, err)
+		return runFailure{fmt.Errorf("after ready: %w", err)}
 	case <-ctx.Done():
 		<-done
 		return a.stopped(e)

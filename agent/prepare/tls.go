@@ -27,8 +27,11 @@ const (
 // stepTLS installs the HTTPS certificate: appliance.ssl.key/cert from the
 // env (PEM text, or a file name relative to /app/etc), else a self-signed
 // certificate for the domain and allowed hosts, kept across runs while it
-// is valid for them. appliance.ssl.letsencrypt.enabled is not supported by
-// this agent: it logs a warning and uses the self-signed certificate.
+// is valid for them. With appliance.ssl.letsencrypt.enabled a CA-issued
+// certificate for those names is kept while it is valid, the self-signed
+// one serves until then, and ACMEUnit is started in the background to
+// obtain or renew it (see RenewCertificate): the chain never waits for the
+// ACME server.
 func (a *Agent) stepTLS(ctx context.Context, e *Env) error {
 	keySpec, certSpec := e.Str("appliance.ssl.key"), e.Str("appliance.ssl.cert")
 	if keySpec != "" || certSpec != "" {
@@ -46,17 +49,26 @@ func (a *Agent) stepTLS(ctx context.Context, e *Env) error {
 		if _, err := tls.X509KeyPair(certPEM, keyPEM); err != nil {
 			return fmt.Errorf("appliance.ssl: key and cert do not form a pair: %w", err)
 		}
+		a.setTLSWarning("")
 		return a.writeKeyPair(certPEM, keyPEM)
 	}
-	if e.Bool("appliance.ssl.letsencrypt.enabled", false) {
-		a.logf("prepare-appliance/tls: warning: appliance.ssl.letsencrypt.enabled is not supported by ecs-agent; using a self-signed certificate")
-	}
-	names := []string{e.Doc.Domain()}
-	for _, h := range strings.Fields(e.Str("appliance.allowed_hosts")) {
-		if validHostname(h) && !contains(names, h) {
-			names = append(names, h)
+	names := tlsNames(e)
+	if acmeWanted(e) {
+		if leaf := a.installedLeaf(); acmeCertUsable(leaf, names, time.Now()) {
+			a.logf("prepare-appliance/tls: using the CA-issued certificate for %s (valid until %s); %s renews it",
+				strings.Join(names, ", "), leaf.NotAfter.UTC().Format(time.RFC3339), ACMETimer)
+		} else if err := a.ensureSelfSigned(names); err != nil {
+			return err
 		}
+		return a.startACME(ctx)
 	}
+	a.setTLSWarning("")
+	return a.ensureSelfSigned(names)
+}
+
+// ensureSelfSigned keeps the installed pair while it is valid for names
+// (selfSignedOK), else installs a new self-signed certificate.
+func (a *Agent) ensureSelfSigned(names []string) error {
 	if a.selfSignedOK(names) {
 		return nil
 	}

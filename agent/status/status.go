@@ -12,7 +12,10 @@ import (
 	"fmt"
 	"html/template"
 	"io/fs"
+	"os"
+	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/ecs-image/ecs-image/agent/host"
@@ -54,6 +57,9 @@ type State struct {
 	EnvSource  string    `json:"env_source,omitempty"`
 	FailedFlag bool      `json:"failed_flag"`
 	Updated    time.Time `json:"updated,omitzero"`
+	// Warnings are problems that do not stop the appliance, by topic
+	// (e.g. "tls": the ACME certificate was not issued).
+	Warnings map[string]string `json:"warnings,omitempty"`
 }
 
 // Read returns the recorded state; with no state file it reports
@@ -81,10 +87,43 @@ func Read(h *host.Host) (State, error) {
 	return st, nil
 }
 
-// Update merges fields into the recorded state (non-empty fields of u win),
-// rewrites the state file and the status page. When the new state is Ready
-// the status page is removed so nginx proxies to the application.
+// Update merges fields into the recorded state (non-empty fields of u win;
+// a warning with an empty text is removed), rewrites the state file and the
+// status page. When the new state is Ready the status page is removed so
+// nginx proxies to the application.
 func Update(h *host.Host, u State) error {
+	defer lock(h)()
+	return update(h, u)
+}
+
+// Warn sets (text != "") or clears the warning of topic, leaving the rest
+// of the state alone; nothing is rewritten when it is unchanged.
+func Warn(h *host.Host, topic, text string) error {
+	defer lock(h)()
+	if st, err := Read(h); err == nil && st.Warnings[topic] == oneLine(text) {
+		return nil
+	}
+	return update(h, State{Warnings: map[string]string{topic: text}})
+}
+
+// lock serialises read-modify-write of the state file between processes
+// (the chain and `ecs-agent acme` may update it at the same time); best
+// effort: without the lock file the update still happens.
+func lock(h *host.Host) (unlock func()) {
+	p := h.Path(StateFile + ".lock")
+	_ = os.MkdirAll(filepath.Dir(p), 0o755)
+	f, err := os.OpenFile(p, os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		return func() {}
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
+		f.Close()
+		return func() {}
+	}
+	return func() { f.Close() }
+}
+
+func update(h *host.Host, u State) error {
 	st, err := Read(h)
 	if err != nil {
 		st = State{}
@@ -106,6 +145,16 @@ func Update(h *host.Host, u State) error {
 	}
 	if u.EnvSource != "" {
 		st.EnvSource = u.EnvSource
+	}
+	for topic, text := range u.Warnings {
+		if text = oneLine(text); text == "" {
+			delete(st.Warnings, topic)
+			continue
+		}
+		if st.Warnings == nil {
+			st.Warnings = map[string]string{}
+		}
+		st.Warnings[topic] = text
 	}
 	st.Updated = time.Now().UTC().Truncate(time.Second)
 	_, st.FailedFlag = FailedReason(h)

@@ -13,6 +13,9 @@ bin=${ECS_IMAGE:-$root/bin/ecs-image}
 [ -x "$bin" ] || (cd "$root" && make build >/dev/null)
 work=$(mktemp -d /tmp/ecs-bench-build.XXXXXX)
 trap 'rm -rf "$work"' EXIT
+# BENCH_LOGS=DIR keeps each build's log (-v: per-step durations) and manifest.
+logs=${BENCH_LOGS:-}
+[ -z "$logs" ] || mkdir -p "$logs"
 
 base=$("$bin" base build)   # cached after the first time, not timed
 
@@ -38,11 +41,13 @@ outputs: [$1]
 YAML
 }
 
-secs() { # run "$@", print elapsed seconds
-  local t0 t1
+secs() { # $1 = run name; run the rest, print elapsed seconds
+  local name=$1 t0 t1
+  shift
   t0=$(date +%s.%N)
   "$@" >"$work/last.log" 2>&1 || { cat "$work/last.log" >&2; exit 1; }
   t1=$(date +%s.%N)
+  [ -z "$logs" ] || cp "$work/last.log" "$logs/$name.log"
   awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", b - a }'
 }
 
@@ -50,14 +55,14 @@ head -c 64M /dev/urandom >"$work/blob"
 template "qcow2, vmdk, vhdx" >"$work/all.yml"
 template "qcow2" >"$work/qcow2.yml"
 
-cold=$(secs "$bin" build "$work/all.yml" -o "$work/out" --no-cache)
+cold=$(secs cold "$bin" build "$work/all.yml" -o "$work/out" --no-cache)
 size=$(stat -c %s "$work/out/bench.qcow2")
 
 head -c 64M /dev/urandom >"$work/blob"
-warm_qcow2=$(secs "$bin" build "$work/qcow2.yml" -o "$work/out-q")
+warm_qcow2=$(secs warm-qcow2 "$bin" build "$work/qcow2.yml" -o "$work/out-q")
 
 head -c 64M /dev/urandom >"$work/blob"
-warm_all=$(secs "$bin" build "$work/all.yml" -o "$work/out")
+warm_all=$(secs warm-all "$bin" build "$work/all.yml" -o "$work/out")
 
 printf 'cold (all formats)          %8.1f s\n' "$cold"
 printf 'warm, last stage changed:\n'

@@ -55,29 +55,45 @@ env_file syntax). appliance.standby: true puts the appliance in standby.`,
 	envCmd.Flags().DurationVar(&timeout, "timeout", discover.DefaultTimeout, "time limit per source")
 	envCmd.Flags().StringVar(&localFile, "local", discover.DefaultLocalFile, "local env.yml path")
 
-	var readyTimeout time.Duration
+	var (
+		readyTimeout time.Duration
+		maxFailures  int
+	)
 	appCmd := &cobra.Command{
 		Use:   "appliance",
 		Short: "Run the compose stack in the foreground and signal when it is up",
 		Long: `Runs 'docker-compose -p ecs -f /app/docker-compose.yml up'. When the web
 service answers on 127.0.0.1:18000 it removes the status page (nginx then
 proxies to the application), prints ECS-APPLIANCE-READY on the console
-and notifies systemd. Exit code 3: blocked by /run/appliance-failed;
-4: standby.`,
+and notifies systemd.
+
+A failed run (docker-compose exits, or the web service does not answer
+within --ready-timeout) exits 1 and systemd restarts the unit. Failed runs
+in a row are counted in /run/ecs-agent/appliance-failures.json (reset when
+the web service answers); the --max-failures'th writes
+/run/appliance-failed with the reason, prints ECS-APPLIANCE-FAILED on the
+console and exits 3, which stops the restarts until the flag is removed.
+Exit code 3: blocked by /run/appliance-failed; 4: standby.`,
 		Example: `  systemctl start appliance   # the normal way
   ecs-agent appliance --ready-timeout 5m`,
 		Args: noArgs,
 		RunE: withAgent(func(ctx context.Context, a *prepare.Agent) error {
-			return a.Appliance(ctx, prepare.RunOptions{ReadyTimeout: readyTimeout})
+			if maxFailures < 1 {
+				return usageError{fmt.Errorf("--max-failures: want at least 1, got %d", maxFailures)}
+			}
+			return a.Appliance(ctx, prepare.RunOptions{ReadyTimeout: readyTimeout, MaxFailures: maxFailures})
 		}),
 	}
 	appCmd.Flags().DurationVar(&readyTimeout, "ready-timeout", 15*time.Minute, "how long to wait for the web service")
+	appCmd.Flags().IntVar(&maxFailures, "max-failures", prepare.DefaultMaxFailures, "consecutive failed runs before the appliance is marked failed")
 
 	rootCmd.AddCommand(envCmd, appCmd,
 		&cobra.Command{
 			Use:   "prepare-appliance",
 			Short: "Configure host services from the active env.yml",
-			Long: `Idempotent steps: runtime layout (/app, /data, /volatile), hostname from
+			Long: `Idempotent steps: storage volumes (the filesystems labelled ecs-data and
+ecs-volatile mounted on /data and /volatile when appliance.storage.ignore
+.data/.volatile is false), runtime layout (/app, /data, /volatile), hostname from
 appliance.domain, TLS certificate (appliance.ssl.key/cert or self-signed),
 nginx with the 503 status page, appliance.extra.files and .packages,
 PostgreSQL tuning plus the ecs role and database, postfix/opendkim and

@@ -163,3 +163,38 @@ func TestStatusWritesNothing(t *testing.T) {
 		t.Errorf("status created %s", root)
 	}
 }
+
+// TestApplianceExit3AfterFailedRuns runs `appliance` the way systemd's
+// Restart=always does, with a docker-compose that always fails: exit 1
+// twice (restart), then exit 3 with the failure recorded (no restart).
+func TestApplianceExit3AfterFailedRuns(t *testing.T) {
+	root := t.TempDir()
+	os.MkdirAll(filepath.Join(root, "app"), 0o755)
+	os.WriteFile(filepath.Join(root, "app/env.yml"), []byte("#cloud-config\nappliance:\n  domain: cli.example.org\n"), 0o600)
+	if _, stderr, code := agent(t, nil, "--root", root, "prepare-env", "--ec2-url", "-", "--gce-url", "-"); code != 0 {
+		t.Fatalf("prepare-env: exit %d\n%s", code, stderr)
+	}
+	// A published web service makes the agent probe 127.0.0.1:18000.
+	os.WriteFile(filepath.Join(root, "app/docker-compose.yml"), []byte("services:\n  web:\n    ports: [\"127.0.0.1:18000:8000\"]\n"), 0o644)
+	bin := t.TempDir()
+	os.WriteFile(filepath.Join(bin, "docker-compose"), []byte("#!/bin/sh\necho 'ERROR: no such image: ecs/web' >&2\nexit 1\n"), 0o755)
+	env := []string{"PATH=" + bin + ":" + os.Getenv("PATH")}
+	args := []string{"--root", root, "--runner", "exec", "appliance", "--max-failures", "3"}
+	for i, want := range []int{1, 1, 3, 3} {
+		_, stderr, code := agent(t, env, args...)
+		if code != want {
+			t.Fatalf("run %d: exit %d, want %d\n%s", i+1, code, want, stderr)
+		}
+	}
+	console, _ := os.ReadFile(filepath.Join(root, "dev/ttyS0"))
+	if !strings.Contains(string(console), "ECS-APPLIANCE-FAILED: appliance: 3 consecutive failed runs, giving up; last: before ready: docker-compose: exit status 1: ERROR: no such image: ecs/web") {
+		t.Errorf("console %q", console)
+	}
+	out, _, _ := agent(t, nil, "--root", root, "status")
+	if !strings.Contains(out, `"state": "failed"`) || !strings.Contains(out, "no such image: ecs/web") {
+		t.Errorf("status:\n%s", out)
+	}
+	if _, stderr, code := agent(t, env, "--root", root, "appliance", "--max-failures", "0"); code != 2 {
+		t.Errorf("--max-failures 0: exit %d\n%s", code, stderr)
+	}
+}

@@ -12,7 +12,7 @@ import (
 	"sort"
 )
 
-//go:embed *.service
+//go:embed *.service *.timer
 var units embed.FS
 
 // UnitDir is where the units are installed.

@@ -1,0 +1,267 @@
+package prepare
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"github.com/ecs-image/ecs-image/agent/status"
+)
+
+// Storage volumes (manual §2.3): a filesystem labelled ecs-data mounted on
+// /data and one labelled ecs-volatile on /volatile, each used only when
+// appliance.storage.ignore.<key> is explicitly false.
+var storageVolumes = []struct {
+	Key, Label, Mount string
+}{
+	{"data", "ecs-data", "/data"},
+	{"volatile", "ecs-volatile", "/volatile"},
+}
+
+// Paths used by the storage step.
+const (
+	Fstab     = "/etc/fstab"
+	ByLabel   = "/dev/disk/by-label"
+	MountInfo = "/proc/self/mountinfo"
+)
+
+// fstabOptions keep a missing volume from stopping the boot (the agent
+// reports it instead) and bound the wait for the device.
+const fstabOptions = "defaults,nofail,x-systemd.device-timeout=30s"
+
+// storageVolume is a volume to mount: the env key, the label, the mount
+// point and the device found for the label.
+type storageVolume struct {
+	Key, Label, Mount, Device string
+}
+
+// stepStorage finds the labelled volumes the env asks for, records them in
+// a managed /etc/fstab block (LABEL=…, nofail) and mounts them, before the
+// layout step creates directories under /data and /volatile. Every volume
+// is looked up before anything is written; a missing one fails the step
+// naming its label. Volumes no longer asked for leave the block (they are
+// not unmounted).
+func (a *Agent) stepStorage(ctx context.Context, e *Env) error {
+	const step = "prepare-appliance/storage"
+	var unsupported []string
+	for _, key := range []string{"setup", "proxy_cache", "grow_root"} {
+		if n := e.Doc.Lookup("appliance.storage." + key); n != nil && n.Tag != "!!null" && n.Value != "false" && n.Value != "" {
+			unsupported = append(unsupported, "appliance.storage."+key)
+		}
+	}
+	warning := ""
+	if len(unsupported) > 0 {
+		warning = strings.Join(unsupported, ", ") + " is not supported by ecs-agent and is ignored " +
+			"(prepare the volumes labelled ecs-data / ecs-volatile before the appliance starts)"
+		a.logf("%s: warning: %s", step, warning)
+	}
+	if err := status.Warn(a.Host, "storage", warning); err != nil {
+		a.logf("%s: status: %v", step, err)
+	}
+	var vols []storageVolume
+	var missing []error
+	for _, v := range storageVolumes {
+		path := "appliance.storage.ignore." + v.Key
+		if ignore, ok := e.Doc.Bool(path); !ok || ignore {
+			continue
+		}
+		dev, err := a.findLabel(ctx, v.Label)
+		if err != nil {
+			missing = append(missing, fmt.Errorf("%s is false, but %w; attach the volume or set %s: true", path, err, path))
+			continue
+		}
+		a.logf("%s: %s: filesystem labelled %s on %s", step, v.Mount, v.Label, dev)
+		vols = append(vols, storageVolume{v.Key, v.Label, v.Mount, dev})
+	}
+	if len(missing) > 0 {
+		return errors.Join(missing...)
+	}
+
+	mounts := parseMountInfo(a.readOptional(MountInfo))
+	for _, v := range vols {
+		if src, ok := mounts[v.Mount]; ok && a.realDevice(src) != a.realDevice(v.Device) {
+			return fmt.Errorf("%s is mounted from %s, not from the filesystem labelled %s (%s)", v.Mount, src, v.Label, v.Device)
+		}
+	}
+	changed, err := a.writeFstab(vols)
+	if err != nil {
+		return err
+	}
+	if changed {
+		if err := a.systemctl(ctx, "daemon-reload"); err != nil {
+			return err
+		}
+	}
+	for _, v := range vols {
+		if _, ok := mounts[v.Mount]; ok {
+			continue
+		}
+		if err := a.Host.MkdirAll(v.Mount, 0o755); err != nil {
+			return err
+		}
+		if names := dirNames(a.Host.Path(v.Mount)); len(names) > 0 {
+			a.logf("%s: warning: %s on the root filesystem is not empty (%s); the mount hides its contents",
+				step, v.Mount, strings.Join(names, ", "))
+		}
+		if _, err := a.Host.Run(ctx, "mount", v.Mount); err != nil {
+			// systemd may have mounted it meanwhile (nofail mounts are not
+			// waited for at boot).
+			if src, ok := parseMountInfo(a.readOptional(MountInfo))[v.Mount]; !ok || a.realDevice(src) != a.realDevice(v.Device) {
+				return fmt.Errorf("mounting %s (label %s): %w", v.Mount, v.Label, err)
+			}
+		}
+		if a.Host.IsRealRoot() {
+			src, ok := parseMountInfo(a.readOptional(MountInfo))[v.Mount]
+			if !ok || a.realDevice(src) != a.realDevice(v.Device) {
+				return fmt.Errorf("%s is not mounted from %s (label %s) after mount", v.Mount, v.Device, v.Label)
+			}
+		}
+		a.logf("%s: mounted %s (label %s) on %s", step, v.Device, v.Label, v.Mount)
+	}
+	return nil
+}
+
+// findLabel returns the device holding the filesystem labelled label:
+// udev's /dev/disk/by-label link, else blkid -L (no udev, e.g. a container
+// or a device that appeared late).
+func (a *Agent) findLabel(ctx context.Context, label string) (string, error) {
+	link := ByLabel + "/" + label
+	if _, err := os.Stat(a.Host.Path(link)); err == nil {
+		return a.realDevice(link), nil
+	}
+	out, err := a.Host.Run(ctx, "blkid", "-L", label)
+	if dev := strings.TrimSpace(string(out)); err == nil && strings.HasPrefix(dev, "/") {
+		return dev, nil
+	}
+	return "", fmt.Errorf("no filesystem labelled %s was found (%s, blkid -L %s)", label, link, label)
+}
+
+// realDevice resolves the symbolic links of an in-appliance device path
+// (by-label links, /dev/mapper names); it returns p unchanged when that
+// fails.
+func (a *Agent) realDevice(p string) string {
+	r, err := filepath.EvalSymlinks(a.Host.Path(p))
+	if err != nil {
+		return p
+	}
+	if a.Host.IsRealRoot() {
+		return r
+	}
+	rel, err := filepath.Rel(a.Host.Root, r)
+	if err != nil || strings.HasPrefix(rel, "..") {
+		return p
+	}
+	return "/" + rel
+}
+
+// writeFstab rewrites the managed storage block of /etc/fstab: one LABEL=
+// line per volume unless fstab already has its own entry for the mount
+// point; no volumes, no block.
+func (a *Agent) writeFstab(vols []storageVolume) (bool, error) {
+	data, err := a.Host.ReadFile(Fstab)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return false, err
+	}
+	text := removeManagedBlock(string(data), "storage")
+	own := fstabMountPoints(text)
+	var body strings.Builder
+	for _, v := range vols {
+		if own[v.Mount] {
+			a.logf("prepare-appliance/storage: %s has its own entry for %s; using it", Fstab, v.Mount)
+			continue
+		}
+		fmt.Fprintf(&body, "LABEL=%s\t%s\tauto\t%s\t0\t2\n", v.Label, v.Mount, fstabOptions)
+	}
+	if body.Len() > 0 {
+		text = replaceManagedBlock(text, "storage", body.String())
+	}
+	if text == string(data) {
+		return false, nil
+	}
+	mode := os.FileMode(0o644)
+	if st, err := os.Stat(a.Host.Path(Fstab)); err == nil {
+		mode = st.Mode().Perm()
+	}
+	return a.Host.WriteFile(Fstab, []byte(text), mode)
+}
+
+// removeManagedBlock removes the "# BEGIN ecs-agent <name>" … "# END
+// ecs-agent <name>" block written by replaceManagedBlock.
+func removeManagedBlock(text, name string) string {
+	begin := "# BEGIN ecs-agent " + name + "\n"
+	end := "# END ecs-agent " + name + "\n"
+	if i := strings.Index(text, begin); i >= 0 {
+		if j := strings.Index(text[i:], end); j >= 0 {
+			return text[:i] + text[i+j+len(end):]
+		}
+	}
+	return text
+}
+
+// fstabMountPoints returns the mount points of fstab's entries.
+func fstabMountPoints(text string) map[string]bool {
+	m := map[string]bool{}
+	for _, line := range strings.Split(text, "\n") {
+		f := strings.Fields(line)
+		if len(f) >= 2 && !strings.HasPrefix(f[0], "#") {
+			m[filepath.Clean(unescapeOctal(f[1]))] = true
+		}
+	}
+	return m
+}
+
+// parseMountInfo maps each mount point of /proc/self/mountinfo to its
+// source device; the last (topmost) mount of a point wins.
+func parseMountInfo(data []byte) map[string]string {
+	m := map[string]string{}
+	for _, line := range strings.Split(string(data), "\n") {
+		pre, post, ok := strings.Cut(line, " - ")
+		f, g := strings.Fields(pre), strings.Fields(post)
+		if !ok || len(f) < 5 || len(g) < 2 {
+			continue
+		}
+		m[unescapeOctal(f[4])] = unescapeOctal(g[1])
+	}
+	return m
+}
+
+// unescapeOctal undoes the kernel's and fstab's \ooo escapes (\040 = space).
+func unescapeOctal(s string) string {
+	if !strings.Contains(s, `\`) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+3 < len(s) {
+			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
+				b.WriteByte(byte(n))
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
+}
+
+// readOptional returns an in-appliance file's content, or nil.
+func (a *Agent) readOptional(p string) []byte {
+	data, _ := a.Host.ReadFile(p)
+	return data
+}
+
+// dirNames lists a directory's entries except lost+found.
+func dirNames(dir string) []string {
+	entries, _ := os.ReadDir(dir)
+	var names []string
+	for _, e := range entries {
+		if e.Name() != "lost+found" {
+			names = append(names, e.Name())
+		}
+	}
+	return names
+}

@@ -1,0 +1,213 @@
+package prepare
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"os"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/ecs-image/ecs-image/agent/host"
+	"github.com/ecs-image/ecs-image/agent/status"
+)
+
+const storageEnv = `#cloud-config
+appliance:
+  domain: ecs.example.org
+  storage:
+    ignore:
+      data: false
+      volatile: %s
+`
+
+func storageEnvText(volatile string) string {
+	return strings.Replace(storageEnv, "%s", volatile, 1)
+}
+
+// labelDevice makes /dev/<dev> (a plain file under the test root) and
+// udev's relative /dev/disk/by-label/<label> link to it.
+func labelDevice(t *testing.T, a *Agent, label, dev string) {
+	t.Helper()
+	put(t, a, "/dev/"+dev, nil, 0o600)
+	if err := os.MkdirAll(a.Host.Path(ByLabel), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("../../"+dev, a.Host.Path(ByLabel+"/"+label)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+const baseFstab = "# <file system> <mount point> <type> <options> <dump> <pass>\nUUID=1234 / ext4 rw,discard,errors=remount-ro,x-systemd.growfs 0 1\n"
+
+func TestStorageMountsDataBeforeLayout(t *testing.T) {
+	a, rec := testAgent(t)
+	fakeSystem(t, a)
+	put(t, a, Fstab, []byte(baseFstab), 0o644)
+	labelDevice(t, a, "ecs-data", "vdb")
+	activate(t, a, storageEnvText("true"))
+	if err := a.PrepareAppliance(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	fstab := read(t, a, Fstab)
+	want := baseFstab + "# BEGIN ecs-agent storage\nLABEL=ecs-data\t/data\tauto\t" + fstabOptions + "\t0\t2\n# END ecs-agent storage\n"
+	if fstab != want {
+		t.Errorf("fstab:\n%s\nwant:\n%s", fstab, want)
+	}
+	cmds := rec.Recorded()
+	reload, mount := slices.Index(cmds, "systemctl daemon-reload"), slices.Index(cmds, "mount /data")
+	if reload < 0 || mount < reload || slices.Contains(cmds, "mount /volatile") {
+		t.Errorf("commands:\n%s", strings.Join(cmds, "\n"))
+	}
+	log := a.Log.(*bytes.Buffer).String()
+	mounted := strings.Index(log, "mounted /dev/vdb (label ecs-data) on /data")
+	layout := strings.Index(log, "prepare-appliance/layout: running")
+	if mounted < 0 || layout < mounted {
+		t.Errorf("mount not before layout:\n%s", log)
+	}
+
+	// Second run, /data now mounted: nothing rewritten, nothing mounted.
+	put(t, a, MountInfo, []byte("22 1 254:1 / / rw,relatime shared:1 - ext4 /dev/vda1 rw\n"+
+		"95 22 254:16 / /data rw,relatime shared:50 - ext4 /dev/vdb rw\n"), 0o444)
+	rec.Commands = nil
+	if err := a.PrepareAppliance(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if got := read(t, a, Fstab); got != want {
+		t.Errorf("fstab changed on the second run:\n%s", got)
+	}
+	for _, c := range rec.Recorded() {
+		if c == "systemctl daemon-reload" || strings.HasPrefix(c, "mount ") {
+			t.Errorf("second run: %q", c)
+		}
+	}
+
+	// ignore.data back to true: the entry goes (the mount stays).
+	activate(t, a, "#cloud-config\nappliance:\n  domain: ecs.example.org\n")
+	rec.Commands = nil
+	if err := a.PrepareAppliance(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if got := read(t, a, Fstab); got != baseFstab {
+		t.Errorf("fstab after ignoring again:\n%s", got)
+	}
+	if !slices.Contains(rec.Recorded(), "systemctl daemon-reload") {
+		t.Error("no daemon-reload after removing the entry")
+	}
+}
+
+func TestStorageIgnoredByDefault(t *testing.T) {
+	for _, envText := range []string{
+		"#cloud-config\nappliance:\n  domain: ecs.example.org\n",
+		"#cloud-config\nappliance:\n  domain: ecs.example.org\n  storage:\n    ignore:\n      data: true\n      volatile: yes\n",
+	} {
+		a, rec := testAgent(t)
+		fakeSystem(t, a)
+		activate(t, a, envText)
+		if err := a.PrepareAppliance(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		if a.Host.Exists(Fstab) {
+			t.Errorf("fstab written:\n%s", read(t, a, Fstab))
+		}
+		for _, c := range rec.Recorded() {
+			if strings.HasPrefix(c, "blkid") || strings.HasPrefix(c, "mount") || c == "systemctl daemon-reload" {
+				t.Errorf("%q with storage ignored", c)
+			}
+		}
+		if !a.Host.Exists("/data/etc/server.cert.pem") {
+			t.Error("layout not on the root filesystem")
+		}
+	}
+}
+
+func TestStorageMissingVolumeFailsNamingLabel(t *testing.T) {
+	a, rec := testAgent(t)
+	fakeSystem(t, a)
+	labelDevice(t, a, "ecs-data", "vdb")
+	rec.Responses["blkid -L ecs-volatile"] = host.Response{Err: errors.New("blkid: exit status 2")}
+	activate(t, a, storageEnvText("false"))
+	err := a.PrepareAppliance(context.Background())
+	if err == nil || !strings.Contains(err.Error(), "no filesystem labelled ecs-volatile") {
+		t.Fatalf("err = %v", err)
+	}
+	reason, ok := status.FailedReason(a.Host)
+	if !ok || !strings.HasPrefix(reason, "prepare-appliance/storage: appliance.storage.ignore.volatile is false, but no filesystem labelled ecs-volatile was found") {
+		t.Errorf("flag %q", reason)
+	}
+	if c := read(t, a, "/dev/ttyS0"); !strings.Contains(c, status.FailedMarker+": prepare-appliance/storage:") || !strings.Contains(c, "ecs-volatile") {
+		t.Errorf("console %q", c)
+	}
+	if page := read(t, a, status.StatusPage); !strings.Contains(page, "labelled ecs-volatile") {
+		t.Errorf("status page lacks the reason:\n%s", page)
+	}
+	// Nothing half-done: the data volume that exists was not set up either.
+	if a.Host.Exists(Fstab) || slices.ContainsFunc(rec.Recorded(), func(c string) bool { return strings.HasPrefix(c, "mount") }) {
+		t.Errorf("partial setup: fstab %v, commands %q", a.Host.Exists(Fstab), rec.Recorded())
+	}
+	if a.Host.Exists("/data/etc") {
+		t.Error("layout ran after the storage step failed")
+	}
+}
+
+func TestStorageBlkidFallbackAndSetupWarning(t *testing.T) {
+	a, rec := testAgent(t)
+	fakeSystem(t, a)
+	rec.Responses["blkid -L ecs-volatile"] = host.Response{Stdout: "/dev/sdc\n"}
+	activate(t, a, "#cloud-config\nappliance:\n  domain: ecs.example.org\n  storage:\n    setup: |\n      proxy_cache: true\n    ignore:\n      volatile: false\n")
+	if err := a.PrepareAppliance(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if f := read(t, a, Fstab); !strings.Contains(f, "LABEL=ecs-volatile\t/volatile\tauto\t") || strings.Contains(f, "/data") {
+		t.Errorf("fstab:\n%s", f)
+	}
+	if !slices.Contains(rec.Recorded(), "mount /volatile") {
+		t.Errorf("commands %q", rec.Recorded())
+	}
+	if log := a.Log.(*bytes.Buffer).String(); !strings.Contains(log, "warning: appliance.storage.setup is not supported by ecs-agent and is ignored") {
+		t.Errorf("no warning:\n%s", log)
+	}
+	st, _ := status.Read(a.Host)
+	if !strings.Contains(st.Warnings["storage"], "appliance.storage.setup is not supported") {
+		t.Errorf("warnings %v", st.Warnings)
+	}
+	if page := read(t, a, status.StatusPage); !strings.Contains(page, "appliance.storage.setup is not supported") {
+		t.Errorf("status page lacks the warning:\n%s", page)
+	}
+}
+
+func TestStorageMountedElsewhereOrOwnFstabEntry(t *testing.T) {
+	a, rec := testAgent(t)
+	labelDevice(t, a, "ecs-data", "vdb")
+	activate(t, a, storageEnvText("true"))
+	e, err := a.loadActive()
+	if err != nil {
+		t.Fatal(err)
+	}
+	put(t, a, MountInfo, []byte("95 22 8:33 / /data rw - xfs /dev/sdc1 rw\n"), 0o444)
+	if err := a.stepStorage(context.Background(), e); err == nil || !strings.Contains(err.Error(), "/data is mounted from /dev/sdc1, not from the filesystem labelled ecs-data (/dev/vdb)") {
+		t.Fatalf("err = %v", err)
+	}
+	// The operator's own fstab entry for /data is used, not duplicated.
+	os.Remove(a.Host.Path(MountInfo))
+	own := baseFstab + "LABEL=ecs-data /data ext4 noatime,nofail 0 2\n"
+	put(t, a, Fstab, []byte(own), 0o644)
+	if err := a.stepStorage(context.Background(), e); err != nil {
+		t.Fatal(err)
+	}
+	if got := read(t, a, Fstab); got != own {
+		t.Errorf("fstab:\n%s", got)
+	}
+	if !slices.Contains(rec.Recorded(), "mount /data") {
+		t.Errorf("commands %q", rec.Recorded())
+	}
+}
+
+func TestParseMountInfo(t *testing.T) {
+	m := parseMountInfo([]byte("36 35 98:0 /mnt1 /mnt/my\\040disk rw,noatime master:1 - ext3 /dev/root rw,errors=continue\n" +
+		"95 22 254:16 / /data rw - ext4 /dev/vdb rw\n96 22 254:32 / /data rw - ext4 /dev/vdc rw\ngarbage\n"))
+	if m["/mnt/my disk"] != "/dev/root" || m["/data"] != "/dev/vdc" || len(m) != 2 {
+		t.Errorf("%v", m)
+	}
+}

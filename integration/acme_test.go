@@ -1,0 +1,270 @@
+//go:build integration
+
+package integration
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"encoding/pem"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ecs-image/ecs-image/agent/prepare"
+	"github.com/ecs-image/ecs-image/communicator"
+)
+
+// TestACMEInGuest obtains the appliance certificate from Pebble (Let's
+// Encrypt's ACME test server, on the host) with the real units in the
+// local Debian base: prepare-appliance serves the self-signed certificate,
+// starts ecs-agent-acme.service without waiting for it, the service answers
+// HTTP-01 through the guest's real nginx on port 80 (forwarded to the port
+// Pebble validates), installs the chain and reloads nginx, whose port 443
+// then presents it. Pebble's CA reaches the agent the documented way
+// (SSL_CERT_FILE in a drop-in). About 10 min under TCG (nginx, postfix and
+// stunnel4 are installed from the mirror), so only with ECS_IT_ACME=1.
+func TestACMEInGuest(t *testing.T) {
+	if os.Getenv("ECS_IT_ACME") != "1" {
+		t.Skip("set ECS_IT_ACME=1 to run the agent's ACME client against Pebble in a guest")
+	}
+	pebbleBin, challBin := itTool(t, "pebble"), itTool(t, "pebble-challtestsrv")
+	g := bootBase(t, bootOptions{Name: "acme-it", Forwards: []int{80, 443}, Timeout: 40 * time.Minute})
+	ctx, c := g.Ctx, g.C
+	root := func(cmd string) string {
+		t.Helper()
+		out, err := c.Output(ctx, cmd, true)
+		if err != nil {
+			t.Fatalf("%s: %v\n%s", cmd, err, out)
+		}
+		return out
+	}
+	put := func(remote, content string, mode os.FileMode) {
+		t.Helper()
+		local := filepath.Join(g.Dir, "put-"+filepath.Base(remote))
+		if err := os.WriteFile(local, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.Upload(ctx, local, remote, communicator.UploadOptions{Mode: mode, Sudo: true}); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	// Pebble on the host: the guest reaches it as pebble.test (10.0.2.2,
+	// QEMU's alias of the host's loopback); it validates every name at
+	// 127.0.0.1:<host port of the guest's port 80>.
+	pb := itStartPebble(t, pebbleBin, challBin, g.M.HostPort(80))
+
+	root("DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null && " +
+		"DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends nginx postfix stunnel4 >/dev/null 2>&1")
+	if err := c.Upload(ctx, ecsAgentPath(), "/usr/local/bin/ecs-agent", communicator.UploadOptions{Mode: 0o755, Sudo: true}); err != nil {
+		t.Fatal(err)
+	}
+	root("ecs-agent install-units")
+	put("/etc/ecs-it/pebble.pem", string(pb.certPEM), 0o644)
+	put("/etc/systemd/system/ecs-agent-acme.service.d/pebble.conf", "[Service]\nEnvironment=SSL_CERT_FILE=/etc/ecs-it/pebble.pem\n", 0o644)
+	root("echo '10.0.2.2 pebble.test' >> /etc/hosts && systemctl daemon-reload")
+	const domain = "acme-it.example.org"
+	put("/app/env.yml", "#cloud-config\nappliance:\n  domain: "+domain+"\n  allowed_hosts: "+domain+" www."+domain+
+		"\n  ssl:\n    letsencrypt:\n      enabled: true\n      directory: "+pb.guestDirectory+"\necs:\n  settings: |\n    DEBUG = False\n", 0o600)
+
+	// The chain does not wait for the ACME server.
+	start := time.Now()
+	root("systemctl start prepare-appliance.service")
+	t.Logf("prepare-appliance took %s", time.Since(start).Round(time.Second))
+	if out := root("systemctl is-active ecs-agent-acme.timer"); strings.TrimSpace(out) != "active" {
+		t.Errorf("timer: %q", out)
+	}
+
+	// The service issues the certificate; nginx presents it on 443.
+	names := []string{domain, "www." + domain}
+	deadline := time.Now().Add(5 * time.Minute)
+	var leaf *x509.Certificate
+	var issued string
+	for {
+		out, _ := c.Output(ctx, "cat /app/etc/server.cert.pem", true)
+		if b, _ := pem.Decode([]byte(out)); b != nil {
+			if cert, err := x509.ParseCertificate(b.Bytes); err == nil && !strings.Contains(cert.Issuer.String(), "self-signed") {
+				leaf, issued = cert, out
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			j, _ := c.Output(ctx, "journalctl --no-pager -u prepare-appliance -u ecs-agent-acme | tail -40", true)
+			t.Fatalf("no certificate from Pebble within 5 min; journal:\n%s", j)
+		}
+		time.Sleep(3 * time.Second)
+	}
+	roots := x509.NewCertPool()
+	roots.AddCert(pb.root(t))
+	// The handshake verifies the chain nginx presents against Pebble's root.
+	var presented *x509.Certificate
+	for i := 0; ; i++ {
+		conn, err := tls.Dial("tcp", "127.0.0.1:"+strconv.Itoa(g.M.HostPort(443)), &tls.Config{ServerName: domain, RootCAs: roots})
+		if err == nil {
+			presented = conn.ConnectionState().PeerCertificates[0]
+			conn.Close()
+			if presented.SerialNumber.Cmp(leaf.SerialNumber) == 0 {
+				break
+			}
+		}
+		if i > 30 {
+			t.Fatalf("nginx does not present the issued certificate with a chain to Pebble's root: %v", err)
+		}
+		time.Sleep(2 * time.Second)
+	}
+	for _, n := range names {
+		if err := presented.VerifyHostname(n); err != nil {
+			t.Error(err)
+		}
+	}
+	if out := root("stat -c %a /app/etc/acme/account.key /app/etc/server.key.pem"); out != "600\n600\n" {
+		t.Errorf("key modes: %q", out)
+	}
+	if out := root("ecs-agent status"); strings.Contains(out, `"tls"`) {
+		t.Errorf("warning after issuance:\n%s", out)
+	}
+
+	// Not due: the next run leaves it alone.
+	root("systemctl start ecs-agent-acme.service")
+	if j := root("journalctl --no-pager -u ecs-agent-acme"); !strings.Contains(j, "acme: not due") {
+		t.Errorf("second run:\n%s", j)
+	}
+	// An unreachable CA: exit 1, certificate kept, warning shown.
+	if out, err := c.Output(ctx, "SSL_CERT_FILE=/etc/ecs-it/pebble.pem ecs-agent acme --force --timeout 30s --directory https://pebble.test:1/dir 2>&1", true); err == nil {
+		t.Errorf("acme with an unreachable directory succeeded:\n%s", out)
+	}
+	if out := root("ecs-agent status"); !strings.Contains(out, "serving the installed certificate") {
+		t.Errorf("status after a failed renewal:\n%s", out)
+	}
+	if root("cat /app/etc/server.cert.pem") != issued {
+		t.Error("certificate replaced after a failed renewal")
+	}
+}
+
+// itTool finds a Go-installed test tool (PATH or $HOME/go/bin).
+func itTool(t *testing.T, name string) string {
+	t.Helper()
+	if p, err := exec.LookPath(name); err == nil {
+		return p
+	}
+	home, _ := os.UserHomeDir()
+	p := filepath.Join(home, "go", "bin", name)
+	if _, err := os.Stat(p); err != nil {
+		t.Fatalf("%s not installed: run `make deps`", name)
+	}
+	return p
+}
+
+type itPebble struct {
+	certPEM        []byte
+	guestDirectory string
+	client         *http.Client
+	mgmt           string
+}
+
+func itFreePort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+func itStartPebble(t *testing.T, pebbleBin, challBin string, httpPort int) *itPebble {
+	t.Helper()
+	dir := t.TempDir()
+	certPEM, keyPEM, err := prepare.SelfSigned([]string{"pebble.test", "localhost"}, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	certFile, keyFile := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	_ = os.WriteFile(certFile, certPEM, 0o644)
+	_ = os.WriteFile(keyFile, keyPEM, 0o600)
+	listen, mgmt, dnsPort := itFreePort(t), itFreePort(t), itFreePort(t)
+	cfg, _ := json.Marshal(map[string]any{"pebble": map[string]any{
+		"listenAddress": fmt.Sprintf("127.0.0.1:%d", listen), "managementListenAddress": fmt.Sprintf("127.0.0.1:%d", mgmt),
+		"certificate": certFile, "privateKey": keyFile, "httpPort": httpPort, "tlsPort": itFreePort(t),
+		"profiles": map[string]any{"default": map[string]any{"description": "ecs-image it", "validityPeriod": 40 * 24 * 3600}},
+	}})
+	cfgFile := filepath.Join(dir, "pebble.json")
+	if err := os.WriteFile(cfgFile, cfg, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	dnsAddr := fmt.Sprintf("127.0.0.1:%d", dnsPort)
+	for _, cmd := range []*exec.Cmd{
+		exec.Command(challBin, "-dnsserver", dnsAddr, "-defaultIPv4", "127.0.0.1", "-defaultIPv6", "",
+			"-management", fmt.Sprintf("127.0.0.1:%d", itFreePort(t)), "-http01", "", "-https01", "", "-tlsalpn01", "", "-doh", ""),
+		exec.Command(pebbleBin, "-config", cfgFile, "-dnsserver", dnsAddr),
+	} {
+		cmd.Env = append(os.Environ(), "PEBBLE_VA_NOSLEEP=1", "PEBBLE_WFE_NONCEREJECT=0", "PEBBLE_AUTHZREUSE=0")
+		log := filepath.Join(dir, filepath.Base(cmd.Path)+".log")
+		f, err := os.Create(log)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cmd.Stdout, cmd.Stderr = f, f
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			_ = cmd.Process.Kill()
+			_ = cmd.Wait()
+			f.Close()
+			if t.Failed() {
+				data, _ := os.ReadFile(log)
+				t.Logf("%s:\n%s", filepath.Base(log), data)
+			}
+		})
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(certPEM)
+	p := &itPebble{
+		certPEM:        certPEM,
+		guestDirectory: fmt.Sprintf("https://pebble.test:%d/dir", listen),
+		client:         &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}},
+		mgmt:           fmt.Sprintf("https://localhost:%d", mgmt),
+	}
+	for i := 0; ; i++ {
+		res, err := p.client.Get(fmt.Sprintf("https://localhost:%d/dir", listen))
+		if err == nil {
+			res.Body.Close()
+			if res.StatusCode == 200 {
+				return p
+			}
+		}
+		if i > 100 {
+			t.Fatalf("pebble not ready: %v", err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+func (p *itPebble) root(t *testing.T) *x509.Certificate {
+	t.Helper()
+	res, err := p.client.Get(p.mgmt + "/roots/0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	data, _ := io.ReadAll(res.Body)
+	b, _ := pem.Decode(data)
+	if b == nil {
+		t.Fatalf("pebble root: %q", data)
+	}
+	c, err := x509.ParseCertificate(b.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
