@@ -50,12 +50,6 @@ func TestSafeRemoveAllUnmountsFirst(t *testing.T) {
 	}
 }
 
-func TestUnescapeMount(t *testing.T) {
-	if got := unescapeMount(`/a\040b\011c`); got != "/a b\tc" {
-		t.Errorf("got %q", got)
-	}
-}
-
 func TestExport(t *testing.T) {
 	dir := t.TempDir()
 	src := filepath.Join(dir, "src.qcow2")

@@ -6,10 +6,10 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 
 	"github.com/ecs-image/ecs-image/agent/status"
+	"github.com/ecs-image/ecs-image/mountinfo"
 )
 
 // Storage volumes (manual §2.3): a filesystem labelled ecs-data mounted on
@@ -208,7 +208,7 @@ func fstabMountPoints(text string) map[string]bool {
 	for _, line := range strings.Split(text, "\n") {
 		f := strings.Fields(line)
 		if len(f) >= 2 && !strings.HasPrefix(f[0], "#") {
-			m[filepath.Clean(unescapeOctal(f[1]))] = true
+			m[filepath.Clean(mountinfo.Unescape(f[1]))] = true
 		}
 	}
 	return m
@@ -218,34 +218,10 @@ func fstabMountPoints(text string) map[string]bool {
 // source device; the last (topmost) mount of a point wins.
 func parseMountInfo(data []byte) map[string]string {
 	m := map[string]string{}
-	for _, line := range strings.Split(string(data), "\n") {
-		pre, post, ok := strings.Cut(line, " - ")
-		f, g := strings.Fields(pre), strings.Fields(post)
-		if !ok || len(f) < 5 || len(g) < 2 {
-			continue
-		}
-		m[unescapeOctal(f[4])] = unescapeOctal(g[1])
+	for _, mt := range mountinfo.Parse(data) {
+		m[mt.Point] = mt.Source
 	}
 	return m
-}
-
-// unescapeOctal undoes the kernel's and fstab's \ooo escapes (\040 = space).
-func unescapeOctal(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(n))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
 }
 
 // readOptional returns an in-appliance file's content, or nil.
