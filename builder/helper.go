@@ -19,11 +19,14 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
 	"time"
 	"unsafe"
+
+	"golang.org/x/sys/unix"
 )
 
 // HelperName is the helper's file name in the initramfs; ecs-image runs as
@@ -66,6 +69,16 @@ func HelperMain() int {
 		up, _ := os.ReadFile("/proc/uptime")
 		fmt.Fprintf(con, markerLog+"[%s s] "+format+"\n", append([]any{strings.Fields(string(up) + " ?")[0]}, args...)...)
 	}
+	if slices.Contains(kernelArgs(), "ecs.boot=switch") {
+		// The slim initrd of a directly booted build VM: mount the root
+		// file system and hand over to its init. Returns only on failure.
+		err := switchBoot(logf)
+		fmt.Fprintf(con, "ecs-image early boot failed: %v\n", err)
+		syscall.Sync()
+		time.Sleep(time.Second)
+		syscall.Reboot(syscall.LINUX_REBOOT_CMD_POWER_OFF)
+		return 1
+	}
 	fmt.Fprintln(con, markerStart)
 	err := helperRun(con, logf)
 	if err != nil {
@@ -86,7 +99,8 @@ func HelperMain() int {
 
 const helperRoot = "/root"
 
-func helperRun(con io.Writer, logf func(string, ...any)) error {
+// mountAPI mounts /proc, /sys and /dev in the initramfs.
+func mountAPI() error {
 	for _, m := range []struct{ src, dst, typ string }{
 		{"proc", "/proc", "proc"}, {"sysfs", "/sys", "sysfs"}, {"devtmpfs", "/dev", "devtmpfs"},
 	} {
@@ -94,6 +108,90 @@ func helperRun(con io.Writer, logf func(string, ...any)) error {
 		if err := syscall.Mount(m.src, m.dst, m.typ, 0, ""); err != nil && !errors.Is(err, syscall.EBUSY) {
 			return fmt.Errorf("mount %s: %v", m.dst, err)
 		}
+	}
+	return nil
+}
+
+// kernelArgs are the kernel's command line arguments (mounting /proc if
+// needed).
+func kernelArgs() []string {
+	data, err := os.ReadFile("/proc/cmdline")
+	if err != nil {
+		os.MkdirAll("/proc", 0o755)
+		syscall.Mount("proc", "/proc", "proc", 0, "")
+		data, _ = os.ReadFile("/proc/cmdline")
+	}
+	return strings.Fields(string(data))
+}
+
+// switchBoot does what an initramfs does for a directly booted build VM:
+// loads the virtio and ext4 drivers, mounts the root= file system (read-only
+// unless rw is given, as the image's own initramfs would), moves /dev,
+// /proc and /sys into it, makes it the root and executes its init (init=,
+// default /sbin/init). It returns only on failure.
+func switchBoot(logf func(string, ...any)) error {
+	if err := mountAPI(); err != nil {
+		return err
+	}
+	spec, init, flags := "", "/sbin/init", uintptr(syscall.MS_RDONLY)
+	for _, f := range kernelArgs() {
+		switch {
+		case strings.HasPrefix(f, "root="):
+			spec = strings.TrimPrefix(f, "root=")
+		case strings.HasPrefix(f, "init="):
+			init = strings.TrimPrefix(f, "init=")
+		case f == "rw":
+			flags = 0
+		case f == "ro":
+			flags = syscall.MS_RDONLY
+		}
+	}
+	loadModules(logf)
+	dev, err := waitRoot(spec, 60*time.Second)
+	if err != nil {
+		return err
+	}
+	os.MkdirAll(helperRoot, 0o755)
+	if err := mountRoot(dev, flags); err != nil {
+		return err
+	}
+	for _, d := range []string{"/dev", "/proc", "/sys"} {
+		if err := syscall.Mount(d, helperRoot+d, "", syscall.MS_MOVE, ""); err != nil {
+			return fmt.Errorf("move %s: %v", d, err)
+		}
+	}
+	if err := os.Chdir(helperRoot); err != nil {
+		return err
+	}
+	if err := syscall.Mount(".", "/", "", syscall.MS_MOVE, ""); err != nil {
+		return fmt.Errorf("move the root: %v", err)
+	}
+	if err := syscall.Chroot("."); err != nil {
+		return fmt.Errorf("chroot: %v", err)
+	}
+	if err := os.Chdir("/"); err != nil {
+		return err
+	}
+	return syscall.Exec(init, []string{init}, []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "TERM=linux"})
+}
+
+// mountRoot mounts dev on helperRoot as ext4, else xfs or btrfs.
+func mountRoot(dev string, flags uintptr) error {
+	var mountErr error
+	for _, fs := range []string{"ext4", "xfs", "btrfs"} {
+		if fs != "ext4" && helperModprobe != "" {
+			exec.Command(helperModprobe, "-q", fs).Run()
+		}
+		if mountErr = syscall.Mount(dev, helperRoot, fs, flags, ""); mountErr == nil {
+			return nil
+		}
+	}
+	return fmt.Errorf("mount root %s: %v", dev, mountErr)
+}
+
+func helperRun(con io.Writer, logf func(string, ...any)) error {
+	if err := mountAPI(); err != nil {
+		return err
 	}
 	cmdline, _ := os.ReadFile("/proc/cmdline")
 	rootSpec := ""
@@ -109,17 +207,8 @@ func helperRun(con io.Writer, logf func(string, ...any)) error {
 		return err
 	}
 	os.MkdirAll(helperRoot, 0o755)
-	var mountErr error
-	for _, fs := range []string{"ext4", "xfs", "btrfs"} {
-		if fs != "ext4" && helperModprobe != "" {
-			exec.Command(helperModprobe, "-q", fs).Run()
-		}
-		if mountErr = syscall.Mount(dev, helperRoot, fs, 0, ""); mountErr == nil {
-			break
-		}
-	}
-	if mountErr != nil {
-		return fmt.Errorf("mount root %s: %v", dev, mountErr)
+	if err := mountRoot(dev, 0); err != nil {
+		return err
 	}
 	logf("mounted %s", dev)
 	job, tr, jobDev, err := openJob()
@@ -168,8 +257,17 @@ func helperRun(con io.Writer, logf func(string, ...any)) error {
 }
 
 // loadModules loads the drivers for virtio disks and common root file
-// systems with the initrd's modprobe (built-in drivers need nothing).
+// systems: those a slim initrd lists (see initrd.go), else with the
+// initrd's modprobe (built-in drivers need nothing).
 func loadModules(logf func(string, ...any)) {
+	if list, err := os.ReadFile(modulesList); err == nil {
+		for _, m := range strings.Fields(string(list)) {
+			if err := finitModule(m); err != nil && !errors.Is(err, syscall.EEXIST) {
+				logf("load %s: %v", m, err)
+			}
+		}
+		return
+	}
 	var modprobe string
 	for _, p := range []string{"/sbin/modprobe", "/usr/sbin/modprobe", "/bin/modprobe", "/usr/bin/modprobe"} {
 		if _, err := os.Stat(p); err == nil {
@@ -185,6 +283,16 @@ func loadModules(logf func(string, ...any)) {
 		exec.Command(modprobe, "-q", m).Run()
 	}
 	helperModprobe = modprobe
+}
+
+// finitModule loads the kernel module file p.
+func finitModule(p string) error {
+	f, err := os.Open(p)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return unix.FinitModule(int(f.Fd()), "", 0)
 }
 
 // helperModprobe is the initrd's modprobe (found by loadModules): xfs and

@@ -84,7 +84,8 @@ step "identity, keys, caches"
 rm -f /var/lib/dbus/machine-id /var/lib/systemd/random-seed /var/lib/systemd/credential.secret
 rm -f /etc/ssh/ssh_host_*
 rm -f /root/.ssh/authorized_keys /root/.bash_history
-rm -rf /var/cache/apt/archives/*.deb /var/cache/apt/archives/partial/* /var/lib/apt/lists/* /var/cache/apt/*.bin /var/cache/debconf/*-old /var/lib/dpkg/*-old
+rm -rf /var/cache/apt/archives/*.deb /var/cache/apt/archives/partial/*
+rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /var/cache/debconf/*-old /var/lib/dpkg/*-old
 rm -rf /tmp/* /tmp/.[!.]* /var/tmp/* 2>/dev/null
 `, BuildUser)
 	if !g.KeepLogs {
@@ -153,8 +154,14 @@ func (r *offlineRun) run(ctx context.Context) error {
 		return err
 	}
 	initrd := filepath.Join(r.WorkDir, "helper-initrd.img")
-	if err := writeHelperInitrd(initrd, r.Boot.initrd(), exe); err != nil {
-		return err
+	if err := writeSlimInitrd(initrd, r.Boot.initrd(), exe); err != nil {
+		if !errors.Is(err, errUnsupportedInitrd) {
+			return err
+		}
+		r.Log.Debugf("no slim initrd (%v): the image's whole initrd boots the helper", err)
+		if err := writeHelperInitrd(initrd, r.Boot.initrd(), exe); err != nil {
+			return err
+		}
 	}
 	defer os.Remove(initrd)
 	jobDisk := filepath.Join(r.WorkDir, "job.tar")
@@ -165,7 +172,7 @@ func (r *offlineRun) run(ctx context.Context) error {
 	if r.SerialLog == "" {
 		r.SerialLog = filepath.Join(r.WorkDir, "helper-serial.log")
 	}
-	appendArgs := "rdinit=/" + HelperName + " console=ttyS0,115200 loglevel=4 panic=-1"
+	appendArgs := "rdinit=/" + HelperName + " console=ttyS0,115200 loglevel=4 panic=-1 mitigations=off"
 	if root := r.Boot.root(); root != "" {
 		appendArgs += " ecs.root=" + root
 	}
@@ -322,9 +329,18 @@ func (c *cpioWriter) pad() {
 }
 
 func (c *cpioWriter) entry(name string, mode uint32, data []byte) {
+	c.node(name, mode, data, 0, 0)
+}
+
+// device writes a device node (mode with its type bits).
+func (c *cpioWriter) device(name string, mode, major, minor uint32) {
+	c.node(name, mode, nil, major, minor)
+}
+
+func (c *cpioWriter) node(name string, mode uint32, data []byte, major, minor uint32) {
 	c.ino++
 	hdr := fmt.Sprintf("070701%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X",
-		c.ino, mode, 0, 0, 1, 0, len(data), 0, 0, 0, 0, len(name)+1, 0)
+		c.ino, mode, 0, 0, 1, 0, len(data), 0, 0, major, minor, len(name)+1, 0)
 	c.write([]byte(hdr))
 	c.write(append([]byte(name), 0))
 	c.pad()

@@ -40,10 +40,21 @@ func (s *stepStartQEMU) Run(ctx context.Context, state multistep.StateBag) multi
 		SerialLog: filepath.Join(sr.dir, "serial.log"),
 	}
 	if sr.kernel != nil {
-		// No firmware boot loader, no VGA: the serial console only.
+		// No firmware boot loader, no VGA: the serial console only. The
+		// slim initrd (ecs-image as the initramfs's init: three drivers,
+		// mount, switch to the root's init) instead of the image's own
+		// when it can be made.
 		cfg.Kernel, cfg.Initrd = sr.kernel.kernel(), sr.kernel.initrd()
 		cfg.Append = buildAppend(sr.kernel.cmdline(), sr.kernel.root())
 		cfg.ExtraArgs = []string{"-vga", "none"}
+		if exe, err := helperBinary(); err != nil {
+			b.log.Debugf("the image's own initrd: %v", err)
+		} else if err := writeSlimInitrd(filepath.Join(sr.dir, "boot-initrd.img"), sr.kernel.initrd(), exe); err != nil {
+			b.log.Debugf("the image's own initrd: %v", err)
+		} else {
+			cfg.Initrd = filepath.Join(sr.dir, "boot-initrd.img")
+			cfg.Append = "rdinit=/" + HelperName + " ecs.boot=switch " + cfg.Append
+		}
 	}
 	m, err := qemu.Start(ctx, cfg)
 	if err != nil {

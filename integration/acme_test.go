@@ -80,6 +80,7 @@ func TestACMEInGuest(t *testing.T) {
 	start := time.Now()
 	root("systemctl start prepare-appliance.service")
 	t.Logf("prepare-appliance took %s", time.Since(start).Round(time.Second))
+	start = time.Now()
 	if out := root("systemctl is-active ecs-agent-acme.timer"); strings.TrimSpace(out) != "active" {
 		t.Errorf("timer: %q", out)
 	}
@@ -103,6 +104,7 @@ func TestACMEInGuest(t *testing.T) {
 		}
 		time.Sleep(3 * time.Second)
 	}
+	t.Logf("certificate from Pebble installed %s after prepare-appliance finished", time.Since(start).Round(time.Second))
 	roots := x509.NewCertPool()
 	roots.AddCert(pb.root(t))
 	// The handshake verifies the chain nginx presents against Pebble's root.
@@ -148,6 +150,7 @@ func TestACMEInGuest(t *testing.T) {
 	if root("cat /app/etc/server.cert.pem") != issued {
 		t.Error("certificate replaced after a failed renewal")
 	}
+	t.Logf("journal of ecs-agent-acme:\n%s", root("journalctl --no-pager -o cat -u ecs-agent-acme | grep -e 'acme:' -e ecs-agent-acme"))
 }
 
 // itTool finds a Go-installed test tool (PATH or $HOME/go/bin).

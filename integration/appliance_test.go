@@ -158,8 +158,21 @@ func TestAppliance(t *testing.T) {
 		if got != string(want) {
 			t.Errorf("cloud-init's user-data is not our env.yml (%d vs %d bytes)", len(got), len(want))
 		}
-		if ds := run(t, "cat /run/cloud-init/result.json"); !strings.Contains(ds, "NoCloud") {
-			t.Errorf("datasource: %s", ds)
+		// The agent does not wait for cloud-init, so the appliance can be
+		// ready before cloud-init's final stage has written its result.
+		run(t, "timeout 600 cloud-init status --wait >/dev/null || true")
+		ds := run(t, "cat /run/cloud-init/result.json")
+		var res struct {
+			V1 struct {
+				Datasource string   `json:"datasource"`
+				Errors     []string `json:"errors"`
+			} `json:"v1"`
+		}
+		if err := json.Unmarshal([]byte(ds), &res); err != nil {
+			t.Fatalf("/run/cloud-init/result.json: %v\n%s", err, ds)
+		}
+		if !strings.Contains(res.V1.Datasource, "NoCloud") || len(res.V1.Errors) != 0 {
+			t.Errorf("cloud-init result: datasource %q, errors %q", res.V1.Datasource, res.V1.Errors)
 		}
 		if h := strings.TrimSpace(run(t, "cat /etc/hostname")); h != "a.ecs.test" {
 			t.Errorf("hostname %q", h)

@@ -119,11 +119,19 @@ func validFor(c *x509.Certificate, names []string) bool {
 	return true
 }
 
+// clockSkew is how far a certificate's NotBefore may lie in the future:
+// the CA's clock and the appliance's differ (Pebble does not backdate).
+const clockSkew = time.Hour
+
+// validAt reports whether c is valid at now, allowing clockSkew.
+func validAt(c *x509.Certificate, now time.Time) bool {
+	return !now.Add(clockSkew).Before(c.NotBefore) && now.Before(c.NotAfter)
+}
+
 // acmeCertUsable reports whether c is a CA-issued certificate for names
 // that is valid now (the tls step keeps it; renewal is the ACME unit's job).
 func acmeCertUsable(c *x509.Certificate, names []string, now time.Time) bool {
-	return c != nil && !selfSigned(c) && validFor(c, names) &&
-		!now.Before(c.NotBefore) && now.Before(c.NotAfter)
+	return c != nil && !selfSigned(c) && validFor(c, names) && validAt(c, now)
 }
 
 // ACMERenewalDue reports whether a certificate must be requested from the
@@ -164,8 +172,13 @@ func (a *Agent) startACME(ctx context.Context) error {
 // ACMEChallengeDir, served by nginx), installs it and reloads nginx,
 // stunnel and the push-deploy API. A failure leaves the installed
 // (self-signed or older) certificate in place, logs the reason and shows
-// it as a status warning; the error is returned.
+// it as a status warning; the error is returned. In standby it does
+// nothing.
 func (a *Agent) RenewCertificate(ctx context.Context, opt ACMEOptions) error {
+	if a.Host.Exists(status.StandbyFlag) {
+		a.logf("acme: skipped: %v", ErrStandby)
+		return nil
+	}
 	e, err := a.loadActive()
 	if err != nil {
 		return err
@@ -375,8 +388,8 @@ func (a *Agent) obtainCertificate(ctx context.Context, dir string, hc *http.Clie
 }
 
 // checkIssued checks the issued chain before it replaces a working
-// certificate: the leaf carries our key, covers names, is valid now and is
-// signed by the next certificate of the chain.
+// certificate: the leaf carries our key, covers names, is valid now (up to
+// clockSkew early) and is signed by the next certificate of the chain.
 func checkIssued(ders [][]byte, pub crypto.PublicKey, names []string, now time.Time) (*x509.Certificate, error) {
 	if len(ders) == 0 {
 		return nil, errors.New("the ACME server returned no certificate")
@@ -391,8 +404,9 @@ func checkIssued(ders [][]byte, pub crypto.PublicKey, names []string, now time.T
 	if !validFor(leaf, names) {
 		return nil, fmt.Errorf("the issued certificate does not cover %s", strings.Join(names, ", "))
 	}
-	if now.Before(leaf.NotBefore) || !now.Before(leaf.NotAfter) {
-		return nil, fmt.Errorf("the issued certificate is not valid now (%s to %s)", leaf.NotBefore, leaf.NotAfter)
+	if !validAt(leaf, now) {
+		return nil, fmt.Errorf("the issued certificate is not valid now, %s (%s to %s; is the clock right?)",
+			now.UTC().Format(time.RFC3339), leaf.NotBefore.UTC().Format(time.RFC3339), leaf.NotAfter.UTC().Format(time.RFC3339))
 	}
 	if len(ders) > 1 {
 		issuer, err := x509.ParseCertificate(ders[1])

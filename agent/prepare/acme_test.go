@@ -525,7 +525,8 @@ func TestACMEUnreachableKeepsSelfSigned(t *testing.T) {
 	}
 }
 
-// The compat env has Let's Encrypt off: no ACME unit, no account, no request.
+// The compat env has Let's Encrypt off: no ACME unit, no account, no
+// request; in standby neither.
 func TestACMEOffByDefault(t *testing.T) {
 	a, rec := testAgent(t)
 	fakeSystem(t, a)
@@ -541,6 +542,12 @@ func TestACMEOffByDefault(t *testing.T) {
 	}
 	cert := read(t, a, ServerCert)
 	if err := a.RenewCertificate(ctx, ACMEOptions{Directory: "https://127.0.0.1:1/unused"}); err != nil {
+		t.Fatal(err)
+	}
+	// Standby: nothing either, even with Let's Encrypt on.
+	activate(t, a, acmeEnv("https://127.0.0.1:1/unused"))
+	put(t, a, status.StandbyFlag, nil, 0o644)
+	if err := a.RenewCertificate(ctx, ACMEOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	if read(t, a, ServerCert) != cert || a.Host.Exists(ACMEAccountKey) {
@@ -621,6 +628,18 @@ func TestACMERenewalDue(t *testing.T) {
 		if due != tc.due || !strings.Contains(why, tc.why) {
 			t.Errorf("%s: due %v (%s), want %v (%s)", tc.name, due, why, tc.due, tc.why)
 		}
+	}
+	// A CA whose clock is a little ahead: its fresh certificate is usable
+	// (found in a guest whose clock was a second behind Pebble's host).
+	ahead := ca.issue(t, acmeNames, now.Add(90*24*time.Hour+time.Second)) // NotBefore = now+1s
+	if !acmeCertUsable(ahead, acmeNames, now) {
+		t.Error("a certificate valid from a second ahead is not usable")
+	}
+	if _, err := checkIssued([][]byte{ahead.Raw, ca.cert.Raw}, ahead.PublicKey, acmeNames, now); err != nil {
+		t.Errorf("checkIssued, clock a second behind: %v", err)
+	}
+	if _, err := checkIssued([][]byte{ahead.Raw, ca.cert.Raw}, ahead.PublicKey, acmeNames, now.Add(-2*time.Hour)); err == nil {
+		t.Error("checkIssued accepts a certificate valid only in 2 hours")
 	}
 	// The chain keeps a CA-issued certificate until it expires, even when
 	// it is due; a self-signed one is never "usable" as an ACME certificate.

@@ -7,6 +7,8 @@
 #
 #   bench/build/run.sh            # uses bin/ecs-image (make build)
 #   ECS_IMAGE=/path/to/ecs-image bench/build/run.sh
+#   BENCH_LOGS=DIR                # keep each build's log
+#   BENCH_KV=FILE                 # also write cold=… warm_qcow2=… lines
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 bin=${ECS_IMAGE:-$root/bin/ecs-image}
@@ -69,3 +71,6 @@ printf 'warm, last stage changed:\n'
 printf '  qcow2 only                %8.1f s\n' "$warm_qcow2"
 printf '  qcow2 + vmdk + vhdx       %8.1f s\n' "$warm_all"
 printf 'qcow2 size                  %8.1f MiB\n' "$(awk -v s="$size" 'BEGIN { print s / 1048576 }')"
+if [ -n "${BENCH_KV:-}" ]; then
+  printf 'cold=%s\nwarm_qcow2=%s\nwarm_all=%s\nsize=%s\n' "$cold" "$warm_qcow2" "$warm_all" "$size" >"$BENCH_KV"
+fi

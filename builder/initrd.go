@@ -1,0 +1,312 @@
+package builder
+
+// A slim initrd for the offline helper and for directly booted build VMs.
+// A distribution initrd is made for any machine: Debian's (MODULES=most)
+// is 36 MiB of gzip holding 130 MiB, which the kernel decompresses and
+// unpacks under emulation before it runs anything, and its init then
+// starts udev. The VMs here need three drivers (virtio PCI, virtio block,
+// ext4 with its checksum modules): the slim initrd holds only those
+// modules, taken from the image's own initrd, a list of them in load order
+// (/ecs-modules), /dev/console, and ecs-image as /ecs-offline-helper. The
+// helper loads the modules itself (finit_module), so no modprobe, libc or
+// udev is needed. When the initrd cannot be read (an unknown compression,
+// compressed modules, a module missing) the caller falls back to the whole
+// initrd with ecs-image appended.
+
+import (
+	"bufio"
+	"bytes"
+	"compress/gzip"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path"
+	"strconv"
+	"strings"
+
+	"github.com/klauspost/compress/zstd"
+)
+
+// slimModules are the drivers the VMs need, by module name (dependencies
+// are added from modules.dep; built-in ones need nothing). crc32c is ext4's
+// checksum, requested through the crypto API (a soft dependency).
+var slimModules = []string{"virtio_pci", "virtio_blk", "ext4", "crc32c_intel", "crc32c_generic"}
+
+// modulesList is the slim initrd's list of modules to load, in order.
+const modulesList = "/ecs-modules"
+
+// errUnsupportedInitrd marks an initrd the slim one cannot be made from.
+var errUnsupportedInitrd = errors.New("unsupported initrd")
+
+// writeSlimInitrd writes the slim initrd for baseInitrd with exe as the
+// helper. It returns errUnsupportedInitrd (wrapped) when the caller should
+// use the whole initrd instead.
+func writeSlimInitrd(out, baseInitrd, exe string) error {
+	files, err := readInitrd(baseInitrd)
+	if err != nil {
+		return err
+	}
+	order, err := moduleOrder(files)
+	if err != nil {
+		return err
+	}
+	bin, err := os.ReadFile(exe)
+	if err != nil {
+		return err
+	}
+	var buf bytes.Buffer
+	w := newCpio(&buf)
+	dirs := map[string]bool{}
+	mkdirs := func(p string) {
+		var parents []string
+		for d := path.Dir(p); d != "." && d != "/" && !dirs[d]; d = path.Dir(d) {
+			parents = append(parents, d)
+			dirs[d] = true
+		}
+		for i := len(parents) - 1; i >= 0; i-- {
+			w.entry(parents[i], 0o040755, nil)
+		}
+	}
+	mkdirs("dev/console")
+	w.device("dev/console", 0o020600, 5, 1)
+	for _, m := range order {
+		mkdirs(m)
+		w.file(m, 0o644, files[m])
+	}
+	var list strings.Builder
+	for _, m := range order {
+		list.WriteString("/" + m + "\n")
+	}
+	w.file(strings.TrimPrefix(modulesList, "/"), 0o644, []byte(list.String()))
+	w.file(HelperName, 0o755, bin)
+	w.trailer()
+	if w.err != nil {
+		return w.err
+	}
+	return os.WriteFile(out, buf.Bytes(), 0o600)
+}
+
+// moduleOrder resolves slimModules with their dependencies from the
+// initrd's modules.dep, dependencies first.
+func moduleOrder(files map[string][]byte) ([]string, error) {
+	var depFile, dir string
+	for name := range files {
+		if path.Base(name) == "modules.dep" {
+			depFile, dir = name, path.Dir(name)
+		}
+	}
+	if depFile == "" {
+		return nil, fmt.Errorf("%w: no modules.dep", errUnsupportedInitrd)
+	}
+	deps := map[string][]string{} // module path (relative to dir) → its dependencies
+	byName := map[string]string{}
+	for _, l := range strings.Split(string(files[depFile]), "\n") {
+		mod, rest, ok := strings.Cut(l, ":")
+		if !ok {
+			continue
+		}
+		deps[mod] = strings.Fields(rest)
+		byName[moduleName(mod)] = mod
+	}
+	builtin := map[string]bool{}
+	for _, l := range strings.Split(string(files[path.Join(dir, "modules.builtin")]), "\n") {
+		if l != "" {
+			builtin[moduleName(l)] = true
+		}
+	}
+	var order []string
+	seen := map[string]bool{}
+	var visit func(mod string) error
+	visit = func(mod string) error {
+		if seen[mod] {
+			return nil
+		}
+		seen[mod] = true
+		for _, d := range deps[mod] {
+			if err := visit(d); err != nil {
+				return err
+			}
+		}
+		full := path.Join(dir, mod)
+		if !strings.HasSuffix(mod, ".ko") {
+			return fmt.Errorf("%w: compressed module %s", errUnsupportedInitrd, mod)
+		}
+		if _, ok := files[full]; !ok {
+			return fmt.Errorf("%w: %s is not in the initrd", errUnsupportedInitrd, mod)
+		}
+		order = append(order, full)
+		return nil
+	}
+	for i, name := range slimModules {
+		mod, ok := byName[name]
+		switch {
+		case ok:
+			if err := visit(mod); err != nil {
+				return nil, err
+			}
+		case builtin[name]:
+		case i < 3: // the drivers themselves are required; crc32c variants are not
+			return nil, fmt.Errorf("%w: no %s module", errUnsupportedInitrd, name)
+		}
+	}
+	return order, nil
+}
+
+// moduleName is a module's name as modprobe knows it: "kernel/fs/ext4/
+// ext4.ko" → "ext4", dashes as underscores.
+func moduleName(p string) string {
+	n := path.Base(p)
+	if i := strings.Index(n, ".ko"); i >= 0 {
+		n = n[:i]
+	}
+	return strings.ReplaceAll(n, "-", "_")
+}
+
+// readInitrd reads the kernel modules (*.ko) and module indexes of an
+// initrd: concatenated newc cpio archives, uncompressed (early microcode)
+// or compressed with gzip or zstd. Paths are without a leading slash.
+func readInitrd(p string) (map[string][]byte, error) {
+	data, err := os.ReadFile(p)
+	if err != nil {
+		return nil, err
+	}
+	files := map[string][]byte{}
+	keep := func(name string) bool {
+		b := path.Base(name)
+		return strings.Contains(name, "lib/modules/") &&
+			(strings.Contains(b, ".ko") || b == "modules.dep" || b == "modules.builtin")
+	}
+	for off := 0; off < len(data); {
+		for off < len(data) && data[off] == 0 {
+			off++
+		}
+		rest := data[off:]
+		switch {
+		case len(rest) == 0:
+			return files, nil
+		case bytes.HasPrefix(rest, []byte("0707")):
+			r := &countReader{r: bytes.NewReader(rest)}
+			if err := readCpio(r, files, keep); err != nil {
+				return nil, err
+			}
+			off += int(r.n)
+		case bytes.HasPrefix(rest, []byte{0x1f, 0x8b}):
+			zr, err := gzip.NewReader(bytes.NewReader(rest))
+			if err != nil {
+				return nil, err
+			}
+			return files, readCpioStream(bufio.NewReaderSize(zr, 1<<20), files, keep)
+		case bytes.HasPrefix(rest, []byte{0x28, 0xb5, 0x2f, 0xfd}):
+			zr, err := zstd.NewReader(bytes.NewReader(rest))
+			if err != nil {
+				return nil, err
+			}
+			defer zr.Close()
+			return files, readCpioStream(bufio.NewReaderSize(zr, 1<<20), files, keep)
+		default:
+			return nil, fmt.Errorf("%w: unknown compression at offset %d", errUnsupportedInitrd, off)
+		}
+	}
+	return files, nil
+}
+
+// readCpioStream reads the archives of a decompressed stream (one or more
+// concatenated, each ending with its trailer).
+func readCpioStream(r io.Reader, files map[string][]byte, keep func(string) bool) error {
+	cr := &countReader{r: r}
+	for {
+		if err := readCpio(cr, files, keep); err != nil {
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			return err
+		}
+		// Padding between archives: NULs up to the next header.
+		for {
+			var b [1]byte
+			if _, err := io.ReadFull(cr, b[:]); err != nil {
+				return nil
+			}
+			if b[0] != 0 {
+				cr.unread = b[:]
+				break
+			}
+		}
+	}
+}
+
+// readCpio reads one newc archive up to its trailer, keeping the contents
+// of the regular files keep selects.
+func readCpio(r *countReader, files map[string][]byte, keep func(string) bool) error {
+	hdr := make([]byte, 110)
+	for {
+		if _, err := io.ReadFull(r, hdr); err != nil {
+			if errors.Is(err, io.EOF) && r.n == 0 {
+				return io.EOF
+			}
+			return fmt.Errorf("initrd: cpio header: %w", err)
+		}
+		if string(hdr[:5]) != "07070" {
+			return fmt.Errorf("%w: not a newc cpio archive", errUnsupportedInitrd)
+		}
+		field := func(i int) int64 {
+			v, _ := strconv.ParseUint(string(hdr[6+8*i:14+8*i]), 16, 32)
+			return int64(v)
+		}
+		mode, size, nameSize := field(1), field(6), field(11)
+		name := make([]byte, nameSize)
+		if _, err := io.ReadFull(r, name); err != nil {
+			return fmt.Errorf("initrd: cpio name: %w", err)
+		}
+		r.skip(pad4(110 + nameSize))
+		n := strings.TrimPrefix(strings.TrimRight(string(name), "\x00"), "./")
+		if n == "TRAILER!!!" {
+			return r.err
+		}
+		if mode&0o170000 == 0o100000 && keep(n) {
+			data := make([]byte, size)
+			if _, err := io.ReadFull(r, data); err != nil {
+				return fmt.Errorf("initrd: %s: %w", n, err)
+			}
+			files[strings.TrimPrefix(n, "/")] = data
+		} else {
+			r.skip(size)
+		}
+		r.skip(pad4(size))
+		if r.err != nil {
+			return fmt.Errorf("initrd: %w", r.err)
+		}
+	}
+}
+
+func pad4(n int64) int64 { return (4 - n%4) % 4 }
+
+// countReader counts what was read and can skip and push back bytes.
+type countReader struct {
+	r      io.Reader
+	n      int64
+	unread []byte
+	err    error
+}
+
+func (c *countReader) Read(p []byte) (int, error) {
+	if len(c.unread) > 0 {
+		n := copy(p, c.unread)
+		c.unread = c.unread[n:]
+		c.n += int64(n)
+		return n, nil
+	}
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	return n, err
+}
+
+func (c *countReader) skip(n int64) {
+	if n <= 0 || c.err != nil {
+		return
+	}
+	if _, err := io.CopyN(io.Discard, c, n); err != nil {
+		c.err = err
+	}
+}

@@ -1,0 +1,130 @@
+package builder
+
+import (
+	"bytes"
+	"compress/gzip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// testInitrd writes an initrd like initramfs-tools makes: an uncompressed
+// early archive, then a gzip-compressed main archive with modules.
+func testInitrd(t *testing.T, dep string, mods map[string]string) string {
+	t.Helper()
+	var early bytes.Buffer
+	w := newCpio(&early)
+	w.entry("kernel", 0o040755, nil)
+	w.file("kernel/x86/microcode/AuthenticAMD.bin", 0o644, []byte("ucode"))
+	w.trailer()
+	var main bytes.Buffer
+	w = newCpio(&main)
+	dir := "usr/lib/modules/6.1.0-9-amd64"
+	w.file("init", 0o755, []byte("#!/bin/sh\n"))
+	for name, content := range mods {
+		w.file(dir+"/"+name, 0o644, []byte(content))
+	}
+	w.file(dir+"/modules.dep", 0o644, []byte(dep))
+	w.file(dir+"/modules.builtin", 0o644, []byte("kernel/lib/crc16.ko\n"))
+	w.trailer()
+	var out bytes.Buffer
+	out.Write(early.Bytes())
+	out.Write(make([]byte, 512)) // padding between the archives
+	zw := gzip.NewWriter(&out)
+	zw.Write(main.Bytes())
+	zw.Close()
+	p := filepath.Join(t.TempDir(), "initrd.img")
+	if err := os.WriteFile(p, out.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestSlimInitrd(t *testing.T) {
+	dep := "kernel/fs/ext4/ext4.ko: kernel/fs/mbcache.ko kernel/fs/jbd2/jbd2.ko\n" +
+		"kernel/fs/mbcache.ko:\nkernel/fs/jbd2/jbd2.ko:\n" +
+		"kernel/drivers/block/virtio_blk.ko: kernel/drivers/virtio/virtio.ko kernel/drivers/virtio/virtio_ring.ko\n" +
+		"kernel/drivers/virtio/virtio_pci.ko: kernel/drivers/virtio/virtio_ring.ko kernel/drivers/virtio/virtio.ko\n" +
+		"kernel/drivers/virtio/virtio.ko:\nkernel/drivers/virtio/virtio_ring.ko:\n" +
+		"kernel/arch/x86/crypto/crc32c-intel.ko:\nkernel/drivers/net/virtio_net.ko: kernel/drivers/virtio/virtio.ko\n"
+	mods := map[string]string{}
+	for _, l := range strings.Split(dep, "\n") {
+		if m, _, ok := strings.Cut(l, ":"); ok {
+			mods[m] = "ELF " + m
+		}
+	}
+	base := testInitrd(t, dep, mods)
+	exe := filepath.Join(t.TempDir(), "helper")
+	os.WriteFile(exe, []byte("helper binary"), 0o755)
+	out := filepath.Join(t.TempDir(), "slim.img")
+	if err := writeSlimInitrd(out, base, exe); err != nil {
+		t.Fatal(err)
+	}
+	files, err := readInitrd(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := "usr/lib/modules/6.1.0-9-amd64/"
+	if _, ok := files[d+"kernel/drivers/net/virtio_net.ko"]; ok {
+		t.Error("virtio_net is not needed but was copied")
+	}
+	if got := string(files[d+"kernel/fs/ext4/ext4.ko"]); got != "ELF kernel/fs/ext4/ext4.ko" {
+		t.Errorf("ext4.ko: %q", got)
+	}
+	// The list and the helper are not modules: read the archive raw.
+	data, _ := os.ReadFile(out)
+	list := ""
+	if i := bytes.Index(data, []byte("ecs-modules\x00")); i >= 0 {
+		rest := data[i+len("ecs-modules\x00"):]
+		rest = bytes.TrimLeft(rest, "\x00")
+		list = string(rest[:bytes.IndexByte(rest, 0)])
+	}
+	order := strings.Fields(list)
+	want := []string{"kernel/drivers/virtio/virtio_ring.ko", "kernel/drivers/virtio/virtio.ko", "kernel/drivers/virtio/virtio_pci.ko",
+		"kernel/drivers/block/virtio_blk.ko", "kernel/fs/mbcache.ko", "kernel/fs/jbd2/jbd2.ko", "kernel/fs/ext4/ext4.ko", "kernel/arch/x86/crypto/crc32c-intel.ko"}
+	if len(order) != len(want) {
+		t.Fatalf("load order %q, want %q", order, want)
+	}
+	for i := range want {
+		if order[i] != "/"+d+want[i] {
+			t.Errorf("load order[%d] = %s, want %s", i, order[i], want[i])
+		}
+	}
+	if !bytes.Contains(data, []byte("ecs-offline-helper\x00")) || !bytes.Contains(data, []byte("helper binary")) || !bytes.Contains(data, []byte("dev/console\x00")) {
+		t.Error("helper or /dev/console missing")
+	}
+
+	// A module the VMs need is missing: the caller must fall back.
+	delete(mods, "kernel/fs/ext4/ext4.ko")
+	if err := writeSlimInitrd(out, testInitrd(t, dep, mods), exe); err == nil || !strings.Contains(err.Error(), "ext4.ko is not in the initrd") {
+		t.Errorf("missing module: %v", err)
+	}
+}
+
+// TestSlimInitrdReal reads a real initrd (ECS_IMAGE_TEST_INITRD, e.g. a
+// cached stage's boot/initrd.img) and checks the drivers are found.
+func TestSlimInitrdReal(t *testing.T) {
+	p := os.Getenv("ECS_IMAGE_TEST_INITRD")
+	if p == "" {
+		t.Skip("ECS_IMAGE_TEST_INITRD not set")
+	}
+	files, err := readInitrd(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	order, err := moduleOrder(files)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%d files read, load order %v", len(files), order)
+	for _, m := range []string{"/virtio_blk.ko", "/ext4.ko"} {
+		found := false
+		for _, o := range order {
+			found = found || strings.HasSuffix(o, m)
+		}
+		if !found {
+			t.Errorf("%s not in the load order", m)
+		}
+	}
+}
