@@ -13,6 +13,7 @@ import (
 	"regexp"
 	"strings"
 
+	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
@@ -247,7 +248,9 @@ func pull(ctx context.Context, ref, dir string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	img, err := remote.Image(r, remote.WithContext(ctx))
+	// Credentials come from the Docker config (~/.docker/config.json,
+	// $DOCKER_CONFIG) and credential helpers, as `docker pull` finds them.
+	img, err := remote.Image(r, remote.WithContext(ctx), remote.WithAuthFromKeychain(authn.DefaultKeychain))
 	if err != nil {
 		return "", fmt.Errorf("pull %s: %w", ref, err)
 	}
