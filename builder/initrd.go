@@ -22,16 +22,24 @@ import (
 	"io"
 	"os"
 	"path"
+	"slices"
 	"strconv"
 	"strings"
 
 	"github.com/klauspost/compress/zstd"
 )
 
-// slimModules are the drivers the VMs need, by module name (dependencies
-// are added from modules.dep; built-in ones need nothing). crc32c is ext4's
-// checksum, requested through the crypto API (a soft dependency).
+// slimModules are the drivers the helper needs, by module name
+// (dependencies are added from modules.dep; built-in ones need nothing);
+// the first three are required. crc32c is ext4's checksum, requested
+// through the crypto API (a soft dependency).
 var slimModules = []string{"virtio_pci", "virtio_blk", "ext4", "crc32c_intel", "crc32c_generic"}
+
+// bootModules are loaded too when a build VM boots through the slim initrd:
+// the seed's CD-ROM (AHCI) and the network card must exist when systemd's
+// generators run (cloud-init's ds-identify looks for the cidata label), as
+// they would after the image's own initramfs.
+var bootModules = []string{"ahci", "sr_mod", "virtio_net"}
 
 // modulesList is the slim initrd's list of modules to load, in order.
 const modulesList = "/ecs-modules"
@@ -42,12 +50,12 @@ var errUnsupportedInitrd = errors.New("unsupported initrd")
 // writeSlimInitrd writes the slim initrd for baseInitrd with exe as the
 // helper. It returns errUnsupportedInitrd (wrapped) when the caller should
 // use the whole initrd instead.
-func writeSlimInitrd(out, baseInitrd, exe string) error {
+func writeSlimInitrd(out, baseInitrd, exe string, extra ...string) error {
 	files, err := readInitrd(baseInitrd)
 	if err != nil {
 		return err
 	}
-	order, err := moduleOrder(files)
+	order, err := moduleOrder(files, extra...)
 	if err != nil {
 		return err
 	}
@@ -87,9 +95,9 @@ func writeSlimInitrd(out, baseInitrd, exe string) error {
 	return os.WriteFile(out, buf.Bytes(), 0o600)
 }
 
-// moduleOrder resolves slimModules with their dependencies from the
-// initrd's modules.dep, dependencies first.
-func moduleOrder(files map[string][]byte) ([]string, error) {
+// moduleOrder resolves slimModules and the extra modules with their
+// dependencies from the initrd's modules.dep, dependencies first.
+func moduleOrder(files map[string][]byte, extra ...string) ([]string, error) {
 	var depFile, dir string
 	for name := range files {
 		if path.Base(name) == "modules.dep" {
@@ -138,7 +146,7 @@ func moduleOrder(files map[string][]byte) ([]string, error) {
 		order = append(order, full)
 		return nil
 	}
-	for i, name := range slimModules {
+	for i, name := range append(slices.Clone(slimModules), extra...) {
 		mod, ok := byName[name]
 		switch {
 		case ok:
@@ -146,7 +154,7 @@ func moduleOrder(files map[string][]byte) ([]string, error) {
 				return nil, err
 			}
 		case builtin[name]:
-		case i < 3: // the drivers themselves are required; crc32c variants are not
+		case i < 3 || i >= len(slimModules): // crc32c variants are optional
 			return nil, fmt.Errorf("%w: no %s module", errUnsupportedInitrd, name)
 		}
 	}

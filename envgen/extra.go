@@ -55,7 +55,7 @@ var extraSchema = mapOf(map[string]*field{
 		"domain":        fixed("set by the DOMAIN argument"),
 		"allowed_hosts": checked(str(), checkHosts),
 		"ssl": mapOf(map[string]*field{
-			"letsencrypt":            mapOf(map[string]*field{"enabled": boolean()}),
+			"letsencrypt":            mapOf(map[string]*field{"enabled": boolean(), "directory": str()}),
 			"client_certs_mandatory": boolean(),
 			"key":                    str(),
 			"cert":                   str(),

@@ -95,7 +95,7 @@ func TestExtraEveryKey(t *testing.T) {
 			case kBool:
 				b.WriteString(indent + name + ": true\n")
 			case kString:
-				v := map[string]string{"allowed_hosts": "a.example.org", "dsn": "https://x@s.example.org/1", "url": "file:///x", "path": "/x", "permissions": `"0600"`, "target": "/mnt/x", "owner": "root:root"}[name]
+				v := map[string]string{"allowed_hosts": "a.example.org", "dsn": "https://x@s.example.org/1", "url": "file:///x", "directory": "https://acme.example.org/dir", "path": "/x", "permissions": `"0600"`, "target": "/mnt/x", "owner": "root:root"}[name]
 				if v == "" {
 					v = "s-" + name
 				}

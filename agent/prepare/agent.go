@@ -7,6 +7,8 @@ import (
 	"io"
 	"os"
 	"strings"
+	"sync"
+	"time"
 
 	"github.com/ecs-image/ecs-image/agent/discover"
 	"github.com/ecs-image/ecs-image/agent/host"
@@ -32,6 +34,7 @@ type Agent struct {
 	Cores    int
 
 	tlsChanged bool // set by the tls step: nginx and stunnel must restart
+	logMu      sync.Mutex
 }
 
 func (a *Agent) logf(format string, args ...any) {
@@ -39,6 +42,8 @@ func (a *Agent) logf(format string, args ...any) {
 	if w == nil {
 		w = os.Stderr
 	}
+	a.logMu.Lock() // steps of concurrent branches log at the same time
+	defer a.logMu.Unlock()
 	fmt.Fprintf(w, format+"\n", args...)
 }
 
@@ -54,7 +59,22 @@ func (a *Agent) checkBlocked() error {
 type Step struct {
 	Name string
 	Run  func(ctx context.Context, e *Env) error
+	// Branches, when set, replaces Run: each branch (a list of steps run
+	// in order) runs concurrently with the others, and the step ends when
+	// all have ended. A failing branch stops at its failing step; the first
+	// failure is the step's. Independent steps overlap this way (e.g.
+	// PostgreSQL starting while postfix starts).
+	Branches [][]Step
 }
+
+// stepError is the failure of the named step of a chain.
+type stepError struct {
+	step string
+	err  error
+}
+
+func (e *stepError) Error() string { return e.step + ": " + e.err.Error() }
+func (e *stepError) Unwrap() error { return e.err }
 
 // Env is the active env.yml of a running chain.
 type Env struct {
@@ -127,24 +147,70 @@ func (a *Agent) runChain(ctx context.Context, name string, steps []Step) error {
 	if err != nil {
 		return a.fail(name, err)
 	}
+	if err := a.runSteps(ctx, name, e, steps); err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		var se *stepError
+		if errors.As(err, &se) {
+			return a.fail(se.step, se.err)
+		}
+		return a.fail(name, err)
+	}
+	a.logf("%s: done", name)
+	return nil
+}
+
+// runSteps runs steps in order (a step with Branches runs them
+// concurrently); the first failure ends it as a *stepError.
+func (a *Agent) runSteps(ctx context.Context, name string, e *Env, steps []Step) error {
 	for _, s := range steps {
 		if err := ctx.Err(); err != nil {
 			return err
+		}
+		if len(s.Branches) > 0 {
+			if err := a.runBranches(ctx, name, e, s.Branches); err != nil {
+				return err
+			}
+			continue
 		}
 		step := name + "/" + s.Name
 		a.logf("%s: running", step)
 		if err := status.Update(a.Host, status.State{State: status.Preparing, Step: step, Domain: e.Doc.Domain()}); err != nil {
 			a.logf("%s: status: %v", step, err)
 		}
+		start := time.Now()
 		if err := s.Run(ctx, e); err != nil {
-			if ctx.Err() != nil {
-				return ctx.Err()
-			}
-			return a.fail(step, err)
+			return &stepError{step, err}
+		}
+		a.logf("%s: done in %.1fs", step, time.Since(start).Seconds())
+	}
+	return nil
+}
+
+// runBranches runs each branch concurrently and waits for all of them; it
+// returns the first failure.
+func (a *Agent) runBranches(ctx context.Context, name string, e *Env, branches [][]Step) error {
+	var desc []string
+	for _, b := range branches {
+		var names []string
+		for _, s := range b {
+			names = append(names, s.Name)
+		}
+		desc = append(desc, strings.Join(names, ", "))
+	}
+	a.logf("%s: concurrently: %s", name, strings.Join(desc, " | "))
+	errs := make(chan error, len(branches))
+	for _, b := range branches {
+		go func() { errs <- a.runSteps(ctx, name, e, b) }()
+	}
+	var first error
+	for range branches {
+		if err := <-errs; err != nil && first == nil {
+			first = err
 		}
 	}
-	a.logf("%s: done", name)
-	return nil
+	return first
 }
 
 // fail records a failure (flag, status page, console) and returns err.

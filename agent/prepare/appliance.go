@@ -19,20 +19,27 @@ import (
 )
 
 // PrepareAppliance configures the host services from the active env.yml.
+// The steps up to nginx (the status page) and the extra files and packages
+// run in order; then PostgreSQL, mail (postfix, opendkim, then stunnel,
+// which must not take port 25 first), the deploy API and the preloading of
+// the container images run concurrently: each waits mostly for its own
+// service to start, which under emulation takes seconds to tens of seconds.
 func (a *Agent) PrepareAppliance(ctx context.Context) error {
 	a.tlsChanged = false
 	return a.runChain(ctx, "prepare-appliance", []Step{
-		{"storage", a.stepStorage},
-		{"layout", a.stepLayout},
-		{"hostname", a.stepHostname},
-		{"tls", a.stepTLS},
-		{"nginx", a.stepNginx},
-		{"extra-files", a.stepExtraFiles},
-		{"extra-packages", a.stepExtraPackages},
-		{"postgresql", a.stepPostgres},
-		{"mail", a.stepMail},
-		{"stunnel", a.stepStunnel},
-		{"deploy-api", a.stepDeployAPI},
+		{Name: "storage", Run: a.stepStorage},
+		{Name: "layout", Run: a.stepLayout},
+		{Name: "hostname", Run: a.stepHostname},
+		{Name: "tls", Run: a.stepTLS},
+		{Name: "nginx", Run: a.stepNginx},
+		{Name: "extra-files", Run: a.stepExtraFiles},
+		{Name: "extra-packages", Run: a.stepExtraPackages},
+		{Name: "services", Branches: [][]Step{
+			{{Name: "postgresql", Run: a.stepPostgres}},
+			{{Name: "mail", Run: a.stepMail}, {Name: "stunnel", Run: a.stepStunnel}},
+			{{Name: "deploy-api", Run: a.stepDeployAPI}},
+			{{Name: "images", Run: a.stepPreloadImages}},
+		}},
 	})
 }
 
@@ -84,7 +91,7 @@ func (a *Agent) stepLayout(ctx context.Context, e *Env) error {
 }
 
 // stepHostname sets the hostname to appliance.domain: /etc/hostname,
-// a managed /etc/hosts line, and hostnamectl when it changed.
+// a managed /etc/hosts line, and the running hostname when it changed.
 func (a *Agent) stepHostname(ctx context.Context, e *Env) error {
 	fqdn := e.Doc.Domain()
 	if !validHostname(fqdn) {
@@ -105,7 +112,10 @@ func (a *Agent) stepHostname(ctx context.Context, e *Env) error {
 		return err
 	}
 	if changed {
-		if _, err := a.Host.Run(ctx, "hostnamectl", "set-hostname", fqdn); err != nil {
+		// /etc/hostname is the static name; hostname(1) sets the running
+		// kernel's. hostnamectl would do the same through D-Bus activation
+		// of systemd-hostnamed, seconds slower under emulation.
+		if _, err := a.Host.Run(ctx, "hostname", fqdn); err != nil {
 			return err
 		}
 	}

@@ -17,9 +17,9 @@ import (
 // and runs the migrations hook.
 func (a *Agent) PrepareECS(ctx context.Context) error {
 	return a.runChain(ctx, "prepare-ecs", []Step{
-		{"images", a.stepImages},
-		{"compose", a.stepCompose},
-		{"migrate", a.stepMigrate},
+		{Name: "images", Run: a.stepImages},
+		{Name: "compose", Run: a.stepCompose},
+		{Name: "migrate", Run: a.stepMigrate},
 	})
 }
 
@@ -82,6 +82,25 @@ func (a *Agent) stepImages(ctx context.Context, e *Env) error {
 	}
 	if force {
 		return a.Host.Remove(ForceLoadFlag)
+	}
+	return nil
+}
+
+// stepPreloadImages is prepare-appliance's head start on prepare-ecs's
+// images step: it starts Docker and loads the baked images while the host
+// services start, so that prepare-ecs finds them loaded. It is best effort:
+// a problem is logged and left to prepare-ecs, which reports it.
+func (a *Agent) stepPreloadImages(ctx context.Context, e *Env) error {
+	list, err := a.ReadImageIndex()
+	if err != nil || len(list) == 0 {
+		return nil // no images, or a bad index that prepare-ecs reports
+	}
+	if err := a.systemctl(ctx, "start", "docker.service"); err != nil {
+		a.logf("prepare-appliance/images: %v; left to prepare-ecs", err)
+		return nil
+	}
+	if err := a.stepImages(ctx, e); err != nil {
+		a.logf("prepare-appliance/images: %v; left to prepare-ecs", err)
 	}
 	return nil
 }

@@ -145,8 +145,11 @@ func (a *Agent) stepStunnel(ctx context.Context, e *Env) error {
 	if err != nil {
 		return err
 	}
-	if err := a.systemctl(ctx, "enable", "stunnel@ecs.service"); err != nil {
-		return err
+	// Enabled like `systemctl enable` would, without its daemon-reload
+	// (seconds under emulation): the link only matters at the next boot,
+	// and this boot starts the unit below.
+	if _, err := a.Host.Symlink(StunnelUnitFile, StunnelWantsLink); err != nil {
+		return fmt.Errorf("enabling stunnel@ecs.service: %w", err)
 	}
 	if changed || a.tlsChanged {
 		return a.systemctl(ctx, "restart", "stunnel@ecs.service")

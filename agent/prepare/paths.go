@@ -30,8 +30,12 @@ const (
 	NginxSite    = "/etc/nginx/sites-available/ecs-appliance"
 	NginxEnabled = "/etc/nginx/sites-enabled/ecs-appliance"
 	StunnelConf  = "/etc/stunnel/ecs.conf"
-	OpenDKIMConf = "/etc/opendkim.conf"
-	DeployConfig = "/etc/ecs-agent/config.json"
+	// StunnelUnitFile is Debian's stunnel4 template unit; StunnelWantsLink
+	// enables its instance stunnel@ecs.service.
+	StunnelUnitFile  = "/lib/systemd/system/stunnel@.service"
+	StunnelWantsLink = "/etc/systemd/system/multi-user.target.wants/stunnel@ecs.service"
+	OpenDKIMConf     = "/etc/opendkim.conf"
+	DeployConfig     = "/etc/ecs-agent/config.json"
 
 	// MigrateHook is run by prepare-ecs (when ecs.migrate.auto is not false)
 	// with the active environment, after the images are loaded.

@@ -88,7 +88,7 @@ func TestChainUnderRoot(t *testing.T) {
 		t.Fatalf("prepare-appliance: exit %d\n%s", code, stderr)
 	}
 	log, _ := os.ReadFile(filepath.Join(root, "var/log/ecs-agent/commands.log"))
-	if !strings.Contains(string(log), "hostnamectl set-hostname cli.example.org") {
+	if !strings.Contains(string(log), "hostname cli.example.org") {
 		t.Errorf("commands.log:\n%s", log)
 	}
 	// Failure handler, then everything is blocked with exit 3.
