@@ -28,6 +28,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/ecs-image/ecs-image/agent/prepare"
 	"github.com/ecs-image/ecs-image/cidata"
 	"github.com/ecs-image/ecs-image/communicator"
 	"github.com/ecs-image/ecs-image/env"
@@ -244,6 +245,37 @@ func TestAppliance(t *testing.T) {
 		out := run(t, `runuser -u postgres -- psql -tAc "SELECT rolname FROM pg_roles WHERE rolname='ecs'" && runuser -u postgres -- psql -tAc "SELECT datname, pg_get_userbyid(datdba) FROM pg_database WHERE datname='ecs'"`)
 		if strings.TrimSpace(out) != "ecs\necs|ecs" {
 			t.Errorf("psql: %q, want role ecs and database ecs owned by ecs", out)
+		}
+	})
+
+	t.Run("mail-stunnel-dkim", func(t *testing.T) {
+		out, _ := ssh.Output(context.Background(), "systemctl is-active nginx postgresql stunnel@ecs postfix opendkim 2>&1", false)
+		if strings.Count(out, "active\n") != 5 || strings.Contains(out, "inactive") || strings.Contains(out, "failed") {
+			t.Errorf("host services: %q", out)
+		}
+		// SMTPS on 465: stunnel's TLS in front of postfix's smtpd, whose
+		// banner names the appliance.
+		banner := run(t, "timeout 30 openssl s_client -connect 127.0.0.1:465 -quiet </dev/null 2>/dev/null | head -1; true")
+		if !strings.HasPrefix(banner, "220 ") || !strings.Contains(banner, "a.ecs.test") {
+			t.Errorf("SMTPS banner through stunnel on 465: %q", banner)
+		}
+		if socks := run(t, "ss -ltnH | awk '{print $4}'"); !strings.Contains(socks, ":25\n") || !strings.Contains(socks, ":10025\n") || !strings.Contains(socks, ":8891\n") {
+			t.Errorf("listening sockets (want 25 stunnel, 10025 smtpd, 8891 opendkim):\n%s", socks)
+		}
+		// Mail from the domain is DKIM-signed with the env's key (selector
+		// prepare.DKIMSelector), here delivered to a local mailbox.
+		run(t, "printf 'From: ecs-test@a.ecs.test\\nTo: postgres@localhost\\nSubject: dkim check\\n\\nhello\\n' | /usr/sbin/sendmail -t -f ecs-test@a.ecs.test")
+		var mail string
+		for deadline := time.Now().Add(2 * time.Minute); time.Now().Before(deadline); time.Sleep(3 * time.Second) {
+			mail = run(t, "cat /var/mail/postgres 2>/dev/null; true")
+			if strings.Contains(mail, "Subject: dkim check") {
+				break
+			}
+		}
+		sig := regexp.MustCompile(`(?m)^DKIM-Signature: .*`).FindString(mail)
+		if sig == "" || !strings.Contains(mail, "d=a.ecs.test") || !strings.Contains(mail, "s="+prepare.DKIMSelector) {
+			t.Errorf("no DKIM signature for d=a.ecs.test s=%s in the delivered mail:\n%s\n%s", prepare.DKIMSelector, mail,
+				run(t, "journalctl -b --no-pager -q -t opendkim -t postfix/local -t postfix/cleanup | tail -20; true"))
 		}
 	})
 

@@ -1,0 +1,137 @@
+package prepare
+
+import (
+	"context"
+	"errors"
+	"os"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/ecs-image/ecs-image/agent/host"
+	"github.com/ecs-image/ecs-image/agent/status"
+)
+
+// Branches run at the same time: each of these two waits for the other.
+func TestChainBranchesRunConcurrently(t *testing.T) {
+	a, _ := testAgent(t)
+	activate(t, a, siteEnv)
+	aStarted, bStarted := make(chan struct{}), make(chan struct{})
+	wait := func(mine, other chan struct{}) func(context.Context, *Env) error {
+		return func(context.Context, *Env) error {
+			close(mine)
+			select {
+			case <-other:
+				return nil
+			case <-time.After(10 * time.Second):
+				return errors.New("the other branch never started: branches ran one after the other")
+			}
+		}
+	}
+	var after atomic.Bool
+	err := a.runChain(context.Background(), "chain", []Step{
+		{Name: "both", Branches: [][]Step{
+			{{Name: "a", Run: wait(aStarted, bStarted)}},
+			{{Name: "b", Run: wait(bStarted, aStarted)}},
+		}},
+		{Name: "after", Run: func(context.Context, *Env) error { after.Store(true); return nil }},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !after.Load() {
+		t.Error("the step after the branches did not run")
+	}
+}
+
+// A failing branch stops at its failing step and fails the chain under that
+// step's name; the other branches run to their end; later steps do not run.
+func TestChainBranchFailureNamesTheStep(t *testing.T) {
+	a, _ := testAgent(t)
+	activate(t, a, siteEnv)
+	var ran []string
+	var mu sync.Mutex
+	mark := func(name string, err error) func(context.Context, *Env) error {
+		return func(context.Context, *Env) error {
+			mu.Lock()
+			defer mu.Unlock()
+			ran = append(ran, name)
+			return err
+		}
+	}
+	err := a.runChain(context.Background(), "chain", []Step{
+		{Name: "group", Branches: [][]Step{
+			{{Name: "db", Run: mark("db", errors.New("no socket"))}, {Name: "db2", Run: mark("db2", nil)}},
+			{{Name: "mail", Run: mark("mail", nil)}, {Name: "stunnel", Run: mark("stunnel", nil)}},
+		}},
+		{Name: "later", Run: mark("later", nil)},
+	})
+	if err == nil || err.Error() != "no socket" {
+		t.Fatalf("err = %v, want the step's own error", err)
+	}
+	slices.Sort(ran)
+	if strings.Join(ran, " ") != "db mail stunnel" {
+		t.Errorf("ran %v, want db, mail and stunnel only", ran)
+	}
+	reason, ok := status.FailedReason(a.Host)
+	if !ok || reason != "chain/db: no socket" {
+		t.Errorf("failed flag %q %v, want the failing step's name and error", reason, ok)
+	}
+}
+
+// prepare-appliance loads the images while the services start, enables
+// stunnel without a daemon-reload, and prepare-ecs then finds the images
+// loaded. A preload that fails is left to prepare-ecs, which reports it.
+func TestPrepareAppliancePreloadsImages(t *testing.T) {
+	a, rec := testAgent(t)
+	fakeSystem(t, a)
+	activate(t, a, "#cloud-config\nappliance:\n  domain: pre.example.org\n")
+	put(t, a, "/app/images/web.tar", dockerArchive(t, "ecs/web:latest", "8080/tcp"), 0o644)
+	put(t, a, ImagesIndex, []byte(`[{"file":"web.tar","tags":["ecs/web:latest"]}]`), 0o644)
+	load := "docker load -i " + a.Host.Path("/app/images/web.tar")
+	rec.Responses[load] = host.Response{Stdout: "Loaded image: ecs/web:latest\n"}
+	if err := a.PrepareAppliance(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	cmds := rec.Recorded()
+	for _, want := range []string{"systemctl start docker.service", load, "systemctl restart stunnel@ecs.service"} {
+		if !slices.Contains(cmds, want) {
+			t.Errorf("prepare-appliance: missing %q in\n%s", want, strings.Join(cmds, "\n"))
+		}
+	}
+	for _, c := range cmds {
+		if strings.Contains(c, "daemon-reload") || strings.HasPrefix(c, "systemctl enable") {
+			t.Errorf("prepare-appliance ran %q", c)
+		}
+	}
+	if l, err := os.Readlink(a.Host.Path(StunnelWantsLink)); err != nil || !strings.HasSuffix(l, "lib/systemd/system/stunnel@.service") {
+		t.Errorf("%s -> %q, %v", StunnelWantsLink, l, err)
+	}
+	rec.Commands = nil
+	if err := a.PrepareECS(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if n := countPrefix(rec.Recorded(), "docker load"); n != 0 {
+		t.Errorf("prepare-ecs loaded %d images again", n)
+	}
+
+	// A load that fails in prepare-appliance does not fail it.
+	b, rec2 := testAgent(t)
+	fakeSystem(t, b)
+	activate(t, b, "#cloud-config\nappliance:\n  domain: pre.example.org\n")
+	put(t, b, "/app/images/web.tar", dockerArchive(t, "ecs/web:latest", "8080/tcp"), 0o644)
+	put(t, b, ImagesIndex, []byte(`[{"file":"web.tar","tags":["ecs/web:latest"]}]`), 0o644)
+	rec2.Responses["docker load -i "+b.Host.Path("/app/images/web.tar")] = host.Response{Err: errors.New("no space left on device")}
+	if err := b.PrepareAppliance(context.Background()); err != nil {
+		t.Fatalf("prepare-appliance failed on the preload: %v", err)
+	}
+	if err := b.PrepareECS(context.Background()); err == nil || !strings.Contains(err.Error(), "no space left") {
+		t.Errorf("prepare-ecs: %v, want the load error", err)
+	}
+	if r, _ := status.FailedReason(b.Host); !strings.HasPrefix(r, "prepare-ecs/images: ") {
+		t.Errorf("failed flag %q, want prepare-ecs/images", r)
+	}
+}
