@@ -19,16 +19,11 @@ work=$(mktemp -d /tmp/ecs-compare.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 load() { cut -d' ' -f1-3 /proc/loadavg; }
 
-echo "ecs-image: bench/build/run.sh (load $(load))" >&2
-l0=$(load)
-BENCH_KV=$work/ecs.kv "$root/bench/build/run.sh" >&2
-l1=$(load)
-# shellcheck disable=SC1090
-. "$work/ecs.kv"
-
+# Packer first: a missing or broken Packer fails before the long part.
 echo "Packer 1.6.6: bench/packer/run.sh (load $(load))" >&2
 l2=$(load)
 read -r p_cold p_size < <("$root/bench/packer/run.sh")
+[ -n "${p_size:-}" ] || { echo "bench/packer/run.sh failed" >&2; exit 1; }
 p_warm=$p_cold
 p_warm_note="(no cache: = cold)"
 if [ "${COMPARE_PACKER_WARM:-0}" = 1 ]; then
@@ -36,6 +31,13 @@ if [ "${COMPARE_PACKER_WARM:-0}" = 1 ]; then
   p_warm_note="(full rebuild)"
 fi
 l3=$(load)
+
+echo "ecs-image: bench/build/run.sh (load $(load))" >&2
+l0=$(load)
+BENCH_KV=$work/ecs.kv "$root/bench/build/run.sh" >&2
+l1=$(load)
+# shellcheck disable=SC1090
+. "$work/ecs.kv"
 
 awk -v c="$cold" -v wq="$warm_qcow2" -v wa="$warm_all" -v s="$size" \
     -v pc="$p_cold" -v pw="$p_warm" -v ps="$p_size" -v note="$p_warm_note" \

@@ -96,9 +96,10 @@ type stageRun struct {
 	kernel *bootFiles
 }
 
-// StepTiming is how long a step took.
+// StepTiming is how long a step took (Stage: the stage it ran for).
 type StepTiming struct {
 	Step    string  `json:"step"`
+	Stage   string  `json:"stage,omitempty"`
 	Seconds float64 `json:"seconds"`
 }
 
@@ -164,15 +165,16 @@ func timedSteps(steps []multistep.Step) []multistep.Step {
 
 func (t *timed) Run(ctx context.Context, state multistep.StateBag) multistep.StepAction {
 	b := getBuild(state)
-	log := b.log
+	log, stage := b.log, ""
 	if sr, ok := state.GetOk("stage"); ok && sr != nil {
-		log = log.WithField("stage", sr.(*stageRun).stage.Name)
+		stage = sr.(*stageRun).stage.Name
+		log = log.WithField("stage", stage)
 	}
 	log.Debugf("%s: start", t.name)
 	start := time.Now()
 	action := t.step.Run(ctx, state)
 	d := time.Since(start)
-	b.timings = append(b.timings, StepTiming{Step: t.name, Seconds: d.Seconds()})
+	b.timings = append(b.timings, StepTiming{Step: t.name, Stage: stage, Seconds: d.Seconds()})
 	if action == multistep.ActionContinue {
 		if d >= 100*time.Millisecond {
 			log.Infof("%s: done in %.1fs", t.name, d.Seconds())

@@ -40,7 +40,10 @@ func (b bootFiles) cmdline() string {
 // the image's own arguments without its consoles (the serial console only:
 // no VGA frame buffer to draw under emulation), with root= as recorded and
 // without CPU vulnerability mitigations (a throw-away VM running the
-// template's own commands; retpolines and barriers cost under emulation).
+// template's own commands; retpolines and barriers cost under emulation),
+// and with the root file system read-write from the start: the disk is a
+// fresh overlay of a cleanly shut down one, so systemd skips the root fsck
+// and with it the wait for udev to announce the root device.
 // cloud-init's config and final stages are masked for the build boot only
 // (they would set locales, apt sources, NTP, … of a throw-away boot, and
 // each costs a Python start under TCG): the init stages create the build
@@ -53,7 +56,8 @@ func buildAppend(cmdline, root string) string {
 		case strings.HasPrefix(f, "BOOT_IMAGE="), strings.HasPrefix(f, "initrd="),
 			strings.HasPrefix(f, "console="), f == "quiet", f == "splash",
 			strings.HasPrefix(f, "systemd.mask="), strings.HasPrefix(f, "mitigations="),
-			strings.HasPrefix(f, "rdinit="), strings.HasPrefix(f, "ecs."), strings.Contains(f, "$"):
+			strings.HasPrefix(f, "rdinit="), strings.HasPrefix(f, "ecs."), strings.Contains(f, "$"),
+			f == "ro", f == "rw":
 			continue
 		case strings.HasPrefix(f, "root="):
 			haveRoot = true
@@ -61,9 +65,9 @@ func buildAppend(cmdline, root string) string {
 		out = append(out, f)
 	}
 	if !haveRoot && root != "" {
-		out = append([]string{"root=" + root, "ro"}, out...)
+		out = append([]string{"root=" + root}, out...)
 	}
-	out = append(out, "console=ttyS0,115200n8", "mitigations=off", "systemd.mask=cloud-config.service", "systemd.mask=cloud-final.service")
+	out = append(out, "rw", "console=ttyS0,115200n8", "mitigations=off", "systemd.mask=cloud-config.service", "systemd.mask=cloud-final.service")
 	return strings.Join(out, " ")
 }
 

@@ -13,14 +13,14 @@ import (
 func TestBuildAppend(t *testing.T) {
 	for _, c := range []struct{ cmdline, root, want string }{
 		{"BOOT_IMAGE=/vmlinuz root=UUID=abc ro console=tty0 console=ttyS0,115200n8 net.ifnames=0", "UUID=abc",
-			"root=UUID=abc ro net.ifnames=0 console=ttyS0,115200n8 mitigations=off systemd.mask=cloud-config.service systemd.mask=cloud-final.service"},
+			"root=UUID=abc net.ifnames=0 rw console=ttyS0,115200n8 mitigations=off systemd.mask=cloud-config.service systemd.mask=cloud-final.service"},
 		// Idempotent: a recorded direct-boot command line gives itself.
-		{"rdinit=/ecs-offline-helper ecs.boot=switch root=UUID=abc ro net.ifnames=0 console=ttyS0,115200n8 mitigations=off systemd.mask=cloud-config.service systemd.mask=cloud-final.service", "",
-			"root=UUID=abc ro net.ifnames=0 console=ttyS0,115200n8 mitigations=off systemd.mask=cloud-config.service systemd.mask=cloud-final.service"},
+		{"rdinit=/ecs-offline-helper ecs.boot=switch root=UUID=abc net.ifnames=0 rw console=ttyS0,115200n8 mitigations=off systemd.mask=cloud-config.service systemd.mask=cloud-final.service", "",
+			"root=UUID=abc net.ifnames=0 rw console=ttyS0,115200n8 mitigations=off systemd.mask=cloud-config.service systemd.mask=cloud-final.service"},
 		// Unknown command line: root= and ro from the recorded root.
-		{"", "/dev/vda1", "root=/dev/vda1 ro console=ttyS0,115200n8 mitigations=off systemd.mask=cloud-config.service systemd.mask=cloud-final.service"},
+		{"", "/dev/vda1", "root=/dev/vda1 rw console=ttyS0,115200n8 mitigations=off systemd.mask=cloud-config.service systemd.mask=cloud-final.service"},
 		// GRUB variables cannot be expanded: dropped.
-		{"root=PARTUUID=x ro $vt_handoff quiet splash", "", "root=PARTUUID=x ro console=ttyS0,115200n8 mitigations=off systemd.mask=cloud-config.service systemd.mask=cloud-final.service"},
+		{"root=PARTUUID=x ro $vt_handoff quiet splash", "", "root=PARTUUID=x rw console=ttyS0,115200n8 mitigations=off systemd.mask=cloud-config.service systemd.mask=cloud-final.service"},
 	} {
 		if got := buildAppend(c.cmdline, c.root); got != c.want {
 			t.Errorf("buildAppend(%q, %q)\n got %q\nwant %q", c.cmdline, c.root, got, c.want)

@@ -32,7 +32,7 @@ func (s *stepBootFiles) Run(ctx context.Context, state multistep.StateBag) multi
 	head, cmdline, _ := strings.Cut(out, "--\n")
 	lines := strings.SplitN(strings.TrimSpace(head), "\n", 2)
 	f := strings.Fields(lines[0])
-	if len(f) < 2 || f[0] == "" {
+	if len(f) < 2 || !strings.HasPrefix(f[0], "/boot/vmlinuz-") {
 		b.log.Warnf("no kernel found in /boot; later file-only stages of this chain cannot run offline")
 		return multistep.ActionContinue
 	}

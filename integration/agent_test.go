@@ -5,7 +5,6 @@ package integration
 import (
 	"archive/tar"
 	"bytes"
-	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -23,10 +22,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ecs-image/ecs-image/cidata"
 	"github.com/ecs-image/ecs-image/communicator"
 	"github.com/ecs-image/ecs-image/integration/testimage"
-	"github.com/ecs-image/ecs-image/qemu"
 )
 
 // TestAgentInGuest runs the real ecs-agent inside the local Debian base
@@ -37,46 +34,19 @@ import (
 // push-deploy API answers the host's `ecs-image deploy` over mutual TLS.
 // The full appliance (nginx, PostgreSQL, Docker) is the end-to-end suite's.
 func TestAgentInGuest(t *testing.T) {
-	base := baseImage(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 25*time.Minute)
-	defer cancel()
-	dir := t.TempDir()
-	disk := filepath.Join(dir, "disk.qcow2")
-	if err := qemu.Overlay(ctx, base, disk, 6<<30); err != nil {
-		t.Fatal(err)
-	}
-	key, err := communicator.GenerateKey()
-	if err != nil {
-		t.Fatal(err)
-	}
 	const domain = "agent-it.example.org"
-	userData := "#cloud-config\nusers:\n  - name: builder\n    sudo: \"ALL=(ALL) NOPASSWD:ALL\"\n    shell: /bin/bash\n    lock_passwd: true\n    ssh_authorized_keys:\n      - \"" + key.AuthorizedKey + "\"\n" +
-		"appliance:\n  domain: " + domain + "\necs:\n  settings: |\n    SECRET_KEY = 'a$b\"c'\n    DEBUG = False\n"
-	seed := filepath.Join(dir, "seed.iso")
-	if err := cidata.Write(seed, cidata.Options{UserData: []byte(userData)}); err != nil {
-		t.Fatal(err)
-	}
 	// The data volume of the manual §2.3: an ext4 filesystem labelled
 	// ecs-data, made on the host without loop devices, attached as vdb.
-	dataDisk := filepath.Join(dir, "ecs-data.raw")
-	if out, err := exec.CommandContext(ctx, "mke2fs", "-q", "-t", "ext4", "-L", "ecs-data", "-F", dataDisk, "64M").CombinedOutput(); err != nil {
+	dataDisk := filepath.Join(t.TempDir(), "ecs-data.raw")
+	if out, err := exec.CommandContext(t.Context(), "mke2fs", "-q", "-t", "ext4", "-L", "ecs-data", "-F", dataDisk, "64M").CombinedOutput(); err != nil {
 		t.Fatalf("mke2fs: %v\n%s", err, out)
 	}
-	serial := filepath.Join(dir, "serial.log")
-	m, err := qemu.Start(ctx, qemu.Config{
-		Name: "agent-it", Disk: disk, CDROMs: []string{seed}, Memory: 1024, CPUs: 2,
-		Forwards: []qemu.Forward{{Guest: 22}, {Guest: 8866}}, SerialLog: serial,
+	g := bootBase(t, bootOptions{
+		Name: "agent-it", Size: 6 << 30, Timeout: 25 * time.Minute, Forwards: []int{8866},
+		Env: true, UserData: "appliance:\n  domain: " + domain + "\necs:\n  settings: |\n    SECRET_KEY = 'a$b\"c'\n    DEBUG = False\n",
 		ExtraArgs: []string{"-drive", "file=" + dataDisk + ",format=raw,if=virtio"},
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { m.Kill(); <-m.Done() }()
-	c, err := communicator.Dial(ctx, "127.0.0.1:"+strconv.Itoa(m.HostPort(22)), "builder", key.Signer, 12*time.Minute, m.Done())
-	if err != nil {
-		t.Fatalf("%v\nserial:\n%s", err, m.SerialTail(40))
-	}
-	defer c.Close()
+	ctx, c, m, dir, serial := g.Ctx, g.C, g.M, g.Dir, g.Serial
 	root := func(cmd string) string {
 		t.Helper()
 		out, err := c.Output(ctx, cmd, true)
@@ -138,7 +108,7 @@ func TestAgentInGuest(t *testing.T) {
 	if out := root("stat -c %a /run/active-env.yml /run/active-env.env"); out != "600\n600\n" {
 		t.Errorf("modes %q", out)
 	}
-	if got := root("cat /run/active-env.yml"); got != userData {
+	if got := root("cat /run/active-env.yml"); got != g.UserData {
 		t.Errorf("active env differs from the seed's user-data:\n%s", got)
 	}
 	if out := root("grep -c ' /media\\| /mnt' /proc/mounts || true"); strings.TrimSpace(out) != "0" {
@@ -358,49 +328,23 @@ func TestAgentFullChain(t *testing.T) {
 	if os.Getenv("ECS_IT_AGENT_FULL") != "1" {
 		t.Skip("set ECS_IT_AGENT_FULL=1 to install the appliance package set into the base and run the whole chain")
 	}
-	base := baseImage(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Minute)
-	defer cancel()
-	dir := t.TempDir()
-	disk := filepath.Join(dir, "disk.qcow2")
-	if err := qemu.Overlay(ctx, base, disk, 8<<30); err != nil {
-		t.Fatal(err)
-	}
-	key, err := communicator.GenerateKey()
-	if err != nil {
-		t.Fatal(err)
-	}
 	const domain = "chain-it.example.org"
 	clientCA, clientCAKey := itCA(t, "deploy clients")
 	cliCert, cliKey := itIssue(t, clientCA, clientCAKey, "operator", false)
 	rk, _ := rsa.GenerateKey(rand.Reader, 2048)
 	dkim := pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(rk)})
 	settings := "DOMAIN = '" + domain + "'\nSECRET_KEY = 'x$y\\'z\"w'\n"
-	userData := "#cloud-config\nusers:\n  - name: builder\n    sudo: \"ALL=(ALL) NOPASSWD:ALL\"\n    shell: /bin/bash\n    lock_passwd: true\n    ssh_authorized_keys:\n      - \"" + key.AuthorizedKey + "\"\n" +
-		"appliance:\n  domain: " + domain + "\n  allowed_hosts: " + domain + " localhost\n" +
+	userData := "appliance:\n  domain: " + domain + "\n  allowed_hosts: " + domain + " localhost\n" +
 		"  extra:\n    files:\n      - path: /etc/ecs-extra.conf\n        contents: |\n          hello\n        permissions: \"0640\"\n" +
 		"  dkim:\n    key: |\n" + itIndent(string(dkim), 6) +
 		"  deploy:\n    client_ca: |\n" + itIndent(string(itPEM(clientCA)), 6) +
 		"    deployments:\n      - name: website\n        args: [\"-p\", \"8081:8080\"]\n" +
 		"ecs:\n  settings: |\n" + itIndent(settings, 4)
-	seed := filepath.Join(dir, "seed.iso")
-	if err := cidata.Write(seed, cidata.Options{UserData: []byte(userData)}); err != nil {
-		t.Fatal(err)
-	}
-	serial := filepath.Join(dir, "serial.log")
-	m, err := qemu.Start(ctx, qemu.Config{
-		Name: "chain-it", Disk: disk, CDROMs: []string{seed}, Memory: 2048, CPUs: 2,
-		Forwards: []qemu.Forward{{Guest: 22}, {Guest: 443}, {Guest: 8866}}, SerialLog: serial,
+	g := bootBase(t, bootOptions{
+		Name: "chain-it", Size: 8 << 30, Timeout: 90 * time.Minute, Memory: 2048, Forwards: []int{443, 8866},
+		Env: true, UserData: userData, SSHTimeout: 15 * time.Minute,
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { m.Kill(); <-m.Done() }()
-	c, err := communicator.Dial(ctx, "127.0.0.1:"+strconv.Itoa(m.HostPort(22)), "builder", key.Signer, 15*time.Minute, m.Done())
-	if err != nil {
-		t.Fatalf("%v\nserial:\n%s", err, m.SerialTail(40))
-	}
-	defer c.Close()
+	ctx, c, m, dir, serial := g.Ctx, g.C, g.M, g.Dir, g.Serial
 	root := func(cmd string) string {
 		t.Helper()
 		out, err := c.Output(ctx, cmd, true)

@@ -109,9 +109,10 @@ type bootOptions struct {
 
 	// Seed is a ready seed ISO attached as a CD-ROM; bootBase then makes no
 	// key and does not wait for SSH. Without it bootBase writes a seed that
-	// creates the user "builder" (password-less sudo, a fresh ed25519 key),
-	// boots and waits for SSH as that user.
+	// creates User (password-less sudo, a fresh ed25519 key), boots and
+	// waits for SSH as that user.
 	Seed string
+	User string // of the written seed; default "builder"
 	// UserData is appended to the written seed's cloud-config (after its
 	// users: list), e.g. an env.yml's appliance: and ecs: keys.
 	UserData string
@@ -134,7 +135,7 @@ type bootedGuest struct {
 	Key      *communicator.Key    // nil with a ready Seed
 	UserData string               // the written seed's user-data
 	Seed     *cidata.Seed         // the written seed (instance-id, ...); nil with a ready Seed
-	C        *communicator.Client // SSH as "builder"; nil with a ready Seed
+	C        *communicator.Client // SSH as User; nil with a ready Seed
 }
 
 // bootBase boots an overlay of the local Debian base (or opts.Image) under
@@ -149,6 +150,9 @@ func bootBase(t *testing.T, opts bootOptions) *bootedGuest {
 	}
 	if opts.Memory == 0 {
 		opts.Memory = 1024
+	}
+	if opts.User == "" {
+		opts.User = "builder"
 	}
 	if opts.SSHTimeout == 0 {
 		opts.SSHTimeout = 12 * time.Minute
@@ -176,7 +180,7 @@ func bootBase(t *testing.T, opts bootOptions) *bootedGuest {
 			t.Fatal(err)
 		}
 		g.Key = key
-		g.UserData = "#cloud-config\nusers:\n  - name: builder\n    sudo: \"ALL=(ALL) NOPASSWD:ALL\"\n    shell: /bin/bash\n    lock_passwd: true\n    ssh_authorized_keys:\n      - \"" + key.AuthorizedKey + "\"\n" + opts.UserData
+		g.UserData = "#cloud-config\nusers:\n  - name: " + opts.User + "\n    sudo: \"ALL=(ALL) NOPASSWD:ALL\"\n    shell: /bin/bash\n    lock_passwd: true\n    ssh_authorized_keys:\n      - \"" + key.AuthorizedKey + "\"\n" + opts.UserData
 		o := cidata.Options{Format: opts.SeedFormat, UserData: []byte(g.UserData), Raw: !opts.Env}
 		if !opts.Env {
 			o.Hostname = opts.Name
@@ -218,7 +222,7 @@ func bootBase(t *testing.T, opts bootOptions) *bootedGuest {
 		return g
 	}
 	addr := "127.0.0.1:" + strconv.Itoa(m.HostPort(22))
-	c, err := communicator.Dial(ctx, addr, "builder", g.Key.Signer, opts.SSHTimeout, m.Done())
+	c, err := communicator.Dial(ctx, addr, opts.User, g.Key.Signer, opts.SSHTimeout, m.Done())
 	if err != nil {
 		t.Fatalf("SSH to %s: %v (QEMU: %v)", opts.Name, err, m.Err())
 	}

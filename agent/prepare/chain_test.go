@@ -83,14 +83,17 @@ func TestChainBranchFailureNamesTheStep(t *testing.T) {
 }
 
 // prepare-appliance loads the images while the services start, enables
-// stunnel without a daemon-reload, and prepare-ecs then finds the images
-// loaded. A preload that fails is left to prepare-ecs, which reports it.
+// stunnel without a daemon-reload, starts postfix through its quick-start
+// file, and prepare-ecs then finds the images loaded. A preload that fails is left to prepare-ecs, which reports it.
 func TestPrepareAppliancePreloadsImages(t *testing.T) {
 	a, rec := testAgent(t)
 	fakeSystem(t, a)
 	activate(t, a, "#cloud-config\nappliance:\n  domain: pre.example.org\n")
 	put(t, a, "/app/images/web.tar", dockerArchive(t, "ecs/web:latest", "8080/tcp"), 0o644)
 	put(t, a, ImagesIndex, []byte(`[{"file":"web.tar","tags":["ecs/web:latest"]}]`), 0o644)
+	if err := os.MkdirAll(a.Host.Path(PostfixQueueDir), 0o755); err != nil {
+		t.Fatal(err)
+	}
 	load := "docker load -i " + a.Host.Path("/app/images/web.tar")
 	rec.Responses[load] = host.Response{Stdout: "Loaded image: ecs/web:latest\n"}
 	if err := a.PrepareAppliance(context.Background()); err != nil {
@@ -102,7 +105,13 @@ func TestPrepareAppliancePreloadsImages(t *testing.T) {
 			t.Errorf("prepare-appliance: missing %q in\n%s", want, strings.Join(cmds, "\n"))
 		}
 	}
+	if !a.Host.Exists(PostfixQueueDir+"/quick-start") || !slices.Contains(cmds, "systemctl start postfix.service") {
+		t.Error("postfix started without its quick-start file")
+	}
 	for _, c := range cmds {
+		if strings.HasPrefix(c, "postconf -n") || c == "postconf -M" {
+			t.Errorf("prepare-appliance ran %q (reads main.cf and master.cf instead)", c)
+		}
 		if strings.Contains(c, "daemon-reload") || strings.HasPrefix(c, "systemctl enable") {
 			t.Errorf("prepare-appliance ran %q", c)
 		}

@@ -30,6 +30,10 @@ const (
 	NginxSite    = "/etc/nginx/sites-available/ecs-appliance"
 	NginxEnabled = "/etc/nginx/sites-enabled/ecs-appliance"
 	StunnelConf  = "/etc/stunnel/ecs.conf"
+	// Postfix's configuration files and queue directory.
+	PostfixMainCf   = "/etc/postfix/main.cf"
+	PostfixMasterCf = "/etc/postfix/master.cf"
+	PostfixQueueDir = "/var/spool/postfix"
 	// StunnelUnitFile is Debian's stunnel4 template unit; StunnelWantsLink
 	// enables its instance stunnel@ecs.service.
 	StunnelUnitFile  = "/lib/systemd/system/stunnel@.service"
