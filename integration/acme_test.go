@@ -39,24 +39,8 @@ func TestACMEInGuest(t *testing.T) {
 	pebbleBin, challBin := itTool(t, "pebble"), itTool(t, "pebble-challtestsrv")
 	g := bootBase(t, bootOptions{Name: "acme-it", Forwards: []int{80, 443}, Timeout: 40 * time.Minute})
 	ctx, c := g.Ctx, g.C
-	root := func(cmd string) string {
-		t.Helper()
-		out, err := c.Output(ctx, cmd, true)
-		if err != nil {
-			t.Fatalf("%s: %v\n%s", cmd, err, out)
-		}
-		return out
-	}
-	put := func(remote, content string, mode os.FileMode) {
-		t.Helper()
-		local := filepath.Join(g.Dir, "put-"+filepath.Base(remote))
-		if err := os.WriteFile(local, []byte(content), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		if err := c.Upload(ctx, local, remote, communicator.UploadOptions{Mode: mode, Sudo: true}); err != nil {
-			t.Fatal(err)
-		}
-	}
+	root := func(cmd string) string { t.Helper(); return g.Root(t, cmd) }
+	put := func(remote, content string, mode os.FileMode) { t.Helper(); g.Put(t, remote, content, mode) }
 
 	// Pebble on the host: the guest reaches it as pebble.test (10.0.2.2,
 	// QEMU's alias of the host's loopback); it validates every name at

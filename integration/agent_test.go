@@ -47,24 +47,8 @@ func TestAgentInGuest(t *testing.T) {
 		ExtraArgs: []string{"-drive", "file=" + dataDisk + ",format=raw,if=virtio"},
 	})
 	ctx, c, m, dir, serial := g.Ctx, g.C, g.M, g.Dir, g.Serial
-	root := func(cmd string) string {
-		t.Helper()
-		out, err := c.Output(ctx, cmd, true)
-		if err != nil {
-			t.Fatalf("%s: %v\n%s", cmd, err, out)
-		}
-		return out
-	}
-	put := func(remote, content string, mode os.FileMode) {
-		t.Helper()
-		local := filepath.Join(dir, "put-"+filepath.Base(remote))
-		if err := os.WriteFile(local, []byte(content), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		if err := c.Upload(ctx, local, remote, communicator.UploadOptions{Mode: mode, Sudo: true}); err != nil {
-			t.Fatal(err)
-		}
-	}
+	root := func(cmd string) string { t.Helper(); return g.Root(t, cmd) }
+	put := func(remote, content string, mode os.FileMode) { t.Helper(); g.Put(t, remote, content, mode) }
 	waitSerial := func(marker string) {
 		t.Helper()
 		deadline := time.Now().Add(2 * time.Minute)
@@ -345,14 +329,7 @@ func TestAgentFullChain(t *testing.T) {
 		Env: true, UserData: userData, SSHTimeout: 15 * time.Minute,
 	})
 	ctx, c, m, dir, serial := g.Ctx, g.C, g.M, g.Dir, g.Serial
-	root := func(cmd string) string {
-		t.Helper()
-		out, err := c.Output(ctx, cmd, true)
-		if err != nil {
-			t.Fatalf("%s: %v\n%s", cmd, err, out)
-		}
-		return out
-	}
+	root := func(cmd string) string { t.Helper(); return g.Root(t, cmd) }
 	journal := func() string {
 		out, _ := c.Output(ctx, "journalctl -b --no-pager -u prepare-env -u prepare-appliance -u prepare-ecs -u appliance -u ecs-agent-deploy | tail -60", true)
 		return out

@@ -231,3 +231,25 @@ func bootBase(t *testing.T, opts bootOptions) *bootedGuest {
 	t.Logf("%s: boot to SSH %s (accel %s)", opts.Name, time.Since(m.Started).Round(100*time.Millisecond), m.Config.Accel)
 	return g
 }
+
+// Root runs cmd in the guest with sudo and fails the test when it fails.
+func (g *bootedGuest) Root(t *testing.T, cmd string) string {
+	t.Helper()
+	out, err := g.C.Output(g.Ctx, cmd, true)
+	if err != nil {
+		t.Fatalf("%s: %v\n%s", cmd, err, out)
+	}
+	return out
+}
+
+// Put writes content to the guest path remote (as root) with mode.
+func (g *bootedGuest) Put(t *testing.T, remote, content string, mode os.FileMode) {
+	t.Helper()
+	local := filepath.Join(g.Dir, "put-"+filepath.Base(remote))
+	if err := os.WriteFile(local, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := g.C.Upload(g.Ctx, local, remote, communicator.UploadOptions{Mode: mode, Sudo: true}); err != nil {
+		t.Fatal(err)
+	}
+}
