@@ -169,7 +169,7 @@ func (a *Agent) runSteps(ctx context.Context, name string, e *Env, steps []Step)
 			return err
 		}
 		if len(s.Branches) > 0 {
-			if err := a.runBranches(ctx, name, e, s.Branches); err != nil {
+			if err := a.runBranches(ctx, name, s.Name, e, s.Branches); err != nil {
 				return err
 			}
 			continue
@@ -190,7 +190,7 @@ func (a *Agent) runSteps(ctx context.Context, name string, e *Env, steps []Step)
 
 // runBranches runs each branch concurrently and waits for all of them; it
 // returns the first failure.
-func (a *Agent) runBranches(ctx context.Context, name string, e *Env, branches [][]Step) error {
+func (a *Agent) runBranches(ctx context.Context, name, group string, e *Env, branches [][]Step) error {
 	var desc []string
 	for _, b := range branches {
 		var names []string
@@ -199,7 +199,7 @@ func (a *Agent) runBranches(ctx context.Context, name string, e *Env, branches [
 		}
 		desc = append(desc, strings.Join(names, ", "))
 	}
-	a.logf("%s: concurrently: %s", name, strings.Join(desc, " | "))
+	a.logf("%s/%s: concurrently: %s", name, group, strings.Join(desc, " | "))
 	errs := make(chan error, len(branches))
 	for _, b := range branches {
 		go func() { errs <- a.runSteps(ctx, name, e, b) }()
