@@ -52,5 +52,5 @@ awk -v c="$cold" -v wq="$warm_qcow2" -v wa="$warm_all" -v s="$size" \
 }
 function row(name, a, b, target, note) {
   r = a / b
-  printf "%-26s %10.1f %12.1f %7.3f %8s  %s %s\n", name, a, b, r, "≤ " target, (r <= target ? "met" : "MISSED"), note
+  printf "%-26s %10.1f %12.1f %7.3f %8s  %s %s\n", name, a, b, r, "<= " target, (r <= target ? "met" : "MISSED"), note
 }'
