@@ -109,17 +109,8 @@ func (a *Agent) writeKeyPair(certPEM, keyPEM []byte) error {
 // selfSignedOK reports whether the installed pair is valid for names for
 // at least SelfSignedRenew.
 func (a *Agent) selfSignedOK(names []string) bool {
-	certPEM, err1 := a.Host.ReadFile(ServerCert)
-	keyPEM, err2 := a.Host.ReadFile(ServerKey)
-	if err1 != nil || err2 != nil {
-		return false
-	}
-	pair, err := tls.X509KeyPair(certPEM, keyPEM)
-	if err != nil {
-		return false
-	}
-	cert, err := x509.ParseCertificate(pair.Certificate[0])
-	if err != nil || time.Until(cert.NotAfter) < SelfSignedRenew {
+	cert := a.installedLeaf()
+	if cert == nil || time.Until(cert.NotAfter) < SelfSignedRenew {
 		return false
 	}
 	for _, n := range names {
