@@ -17,8 +17,7 @@ DEB_PACKAGES := \
 DEB_VAGRANT := vagrant vagrant-libvirt libvirt-daemon libvirt-daemon-driver-qemu \
 	libvirt-clients libvirt-daemon-system dnsmasq-base ebtables iptables iproute2
 
-# Let's Encrypt's ACME test server for the agent's ACME test
-# (agent/prepare/acme_test.go, PebbleVersion).
+# Let's Encrypt's ACME test server for the ACME tests (pebbletest.Version).
 PEBBLE_VERSION := v2.10.1
 
 .PHONY: all deps deps-vagrant deps-bench build test integration e2e lint bench appliance clean

@@ -5,22 +5,16 @@ package integration
 import (
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/json"
 	"encoding/pem"
 	"fmt"
-	"io"
-	"net"
-	"net/http"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/ecs-image/ecs-image/agent/prepare"
 	"github.com/ecs-image/ecs-image/communicator"
+	"github.com/ecs-image/ecs-image/pebbletest"
 )
 
 // TestACMEInGuest obtains the appliance certificate from Pebble (Let's
@@ -36,7 +30,9 @@ func TestACMEInGuest(t *testing.T) {
 	if os.Getenv("ECS_IT_ACME") != "1" {
 		t.Skip("set ECS_IT_ACME=1 to run the agent's ACME client against Pebble in a guest")
 	}
-	pebbleBin, challBin := itTool(t, "pebble"), itTool(t, "pebble-challtestsrv")
+	// Fail (or skip) before the boot when Pebble is missing.
+	pebbletest.Tool(t, "pebble")
+	pebbletest.Tool(t, "pebble-challtestsrv")
 	g := bootBase(t, bootOptions{Name: "acme-it", Forwards: []int{80, 443}, Timeout: 40 * time.Minute})
 	ctx, c := g.Ctx, g.C
 	root := func(cmd string) string { t.Helper(); return g.Root(t, cmd) }
@@ -45,7 +41,8 @@ func TestACMEInGuest(t *testing.T) {
 	// Pebble on the host: the guest reaches it as pebble.test (10.0.2.2,
 	// QEMU's alias of the host's loopback); it validates every name at
 	// 127.0.0.1:<host port of the guest's port 80>.
-	pb := itStartPebble(t, pebbleBin, challBin, g.M.HostPort(80))
+	pb := pebbletest.Start(t, pebbletest.Options{HTTPPort: g.M.HostPort(80), Names: []string{"pebble.test"}})
+	guestDirectory := fmt.Sprintf("https://pebble.test:%d/dir", pb.Port)
 
 	root("DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null && " +
 		"DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends nginx postfix stunnel4 >/dev/null 2>&1")
@@ -53,12 +50,12 @@ func TestACMEInGuest(t *testing.T) {
 		t.Fatal(err)
 	}
 	root("ecs-agent install-units")
-	put("/etc/ecs-it/pebble.pem", string(pb.certPEM), 0o644)
+	put("/etc/ecs-it/pebble.pem", string(pb.CertPEM), 0o644)
 	put("/etc/systemd/system/ecs-agent-acme.service.d/pebble.conf", "[Service]\nEnvironment=SSL_CERT_FILE=/etc/ecs-it/pebble.pem\n", 0o644)
 	root("echo '10.0.2.2 pebble.test' >> /etc/hosts && systemctl daemon-reload")
 	const domain = "acme-it.example.org"
 	put("/app/env.yml", "#cloud-config\nappliance:\n  domain: "+domain+"\n  allowed_hosts: "+domain+" www."+domain+
-		"\n  ssl:\n    letsencrypt:\n      enabled: true\n      directory: "+pb.guestDirectory+"\necs:\n  settings: |\n    DEBUG = False\n", 0o600)
+		"\n  ssl:\n    letsencrypt:\n      enabled: true\n      directory: "+guestDirectory+"\necs:\n  settings: |\n    DEBUG = False\n", 0o600)
 
 	// The chain does not wait for the ACME server.
 	start := time.Now()
@@ -90,7 +87,7 @@ func TestACMEInGuest(t *testing.T) {
 	}
 	t.Logf("certificate from Pebble installed %s after prepare-appliance finished", time.Since(start).Round(time.Second))
 	roots := x509.NewCertPool()
-	roots.AddCert(pb.root(t))
+	roots.AddCert(pb.Root(t))
 	// The handshake verifies the chain nginx presents against Pebble's root.
 	var presented *x509.Certificate
 	for i := 0; ; i++ {
@@ -135,123 +132,4 @@ func TestACMEInGuest(t *testing.T) {
 		t.Error("certificate replaced after a failed renewal")
 	}
 	t.Logf("journal of ecs-agent-acme:\n%s", root("journalctl --no-pager -o cat -u ecs-agent-acme | grep -e 'acme:' -e ecs-agent-acme"))
-}
-
-// itTool finds a Go-installed test tool (PATH or $HOME/go/bin).
-func itTool(t *testing.T, name string) string {
-	t.Helper()
-	if p, err := exec.LookPath(name); err == nil {
-		return p
-	}
-	home, _ := os.UserHomeDir()
-	p := filepath.Join(home, "go", "bin", name)
-	if _, err := os.Stat(p); err != nil {
-		t.Fatalf("%s not installed: run `make deps`", name)
-	}
-	return p
-}
-
-type itPebble struct {
-	certPEM        []byte
-	guestDirectory string
-	client         *http.Client
-	mgmt           string
-}
-
-func itFreePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
-func itStartPebble(t *testing.T, pebbleBin, challBin string, httpPort int) *itPebble {
-	t.Helper()
-	dir := t.TempDir()
-	certPEM, keyPEM, err := prepare.SelfSigned([]string{"pebble.test", "localhost"}, time.Now())
-	if err != nil {
-		t.Fatal(err)
-	}
-	certFile, keyFile := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
-	_ = os.WriteFile(certFile, certPEM, 0o644)
-	_ = os.WriteFile(keyFile, keyPEM, 0o600)
-	listen, mgmt, dnsPort := itFreePort(t), itFreePort(t), itFreePort(t)
-	cfg, _ := json.Marshal(map[string]any{"pebble": map[string]any{
-		"listenAddress": fmt.Sprintf("127.0.0.1:%d", listen), "managementListenAddress": fmt.Sprintf("127.0.0.1:%d", mgmt),
-		"certificate": certFile, "privateKey": keyFile, "httpPort": httpPort, "tlsPort": itFreePort(t),
-		"profiles": map[string]any{"default": map[string]any{"description": "ecs-image it", "validityPeriod": 40 * 24 * 3600}},
-	}})
-	cfgFile := filepath.Join(dir, "pebble.json")
-	if err := os.WriteFile(cfgFile, cfg, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	dnsAddr := fmt.Sprintf("127.0.0.1:%d", dnsPort)
-	for _, cmd := range []*exec.Cmd{
-		exec.Command(challBin, "-dnsserver", dnsAddr, "-defaultIPv4", "127.0.0.1", "-defaultIPv6", "",
-			"-management", fmt.Sprintf("127.0.0.1:%d", itFreePort(t)), "-http01", "", "-https01", "", "-tlsalpn01", "", "-doh", ""),
-		exec.Command(pebbleBin, "-config", cfgFile, "-dnsserver", dnsAddr),
-	} {
-		cmd.Env = append(os.Environ(), "PEBBLE_VA_NOSLEEP=1", "PEBBLE_WFE_NONCEREJECT=0", "PEBBLE_AUTHZREUSE=0")
-		log := filepath.Join(dir, filepath.Base(cmd.Path)+".log")
-		f, err := os.Create(log)
-		if err != nil {
-			t.Fatal(err)
-		}
-		cmd.Stdout, cmd.Stderr = f, f
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() {
-			_ = cmd.Process.Kill()
-			_ = cmd.Wait()
-			f.Close()
-			if t.Failed() {
-				data, _ := os.ReadFile(log)
-				t.Logf("%s:\n%s", filepath.Base(log), data)
-			}
-		})
-	}
-	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(certPEM)
-	p := &itPebble{
-		certPEM:        certPEM,
-		guestDirectory: fmt.Sprintf("https://pebble.test:%d/dir", listen),
-		client:         &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}},
-		mgmt:           fmt.Sprintf("https://localhost:%d", mgmt),
-	}
-	for i := 0; ; i++ {
-		res, err := p.client.Get(fmt.Sprintf("https://localhost:%d/dir", listen))
-		if err == nil {
-			res.Body.Close()
-			if res.StatusCode == 200 {
-				return p
-			}
-		}
-		if i > 100 {
-			t.Fatalf("pebble not ready: %v", err)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
-}
-
-func (p *itPebble) root(t *testing.T) *x509.Certificate {
-	t.Helper()
-	res, err := p.client.Get(p.mgmt + "/roots/0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer res.Body.Close()
-	data, _ := io.ReadAll(res.Body)
-	b, _ := pem.Decode(data)
-	if b == nil {
-		t.Fatalf("pebble root: %q", data)
-	}
-	c, err := x509.ParseCertificate(b.Bytes)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c
 }

@@ -9,7 +9,6 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
-	"encoding/json"
 	"encoding/pem"
 	"fmt"
 	"io"
@@ -21,229 +20,13 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/ecs-image/ecs-image/agent/status"
+	"github.com/ecs-image/ecs-image/pebbletest"
 )
-
-// PebbleVersion is the Pebble release (Let's Encrypt's ACME test server)
-// that `make deps` installs for TestACMEWithPebble.
-const PebbleVersion = "v2.10.1"
-
-// inCI reports whether the tests run in CI, where a missing tool fails
-// instead of skipping.
-func inCI() bool {
-	v := os.Getenv("CI")
-	return v != "" && v != "0" && v != "false"
-}
-
-// pebbleTool finds a Pebble binary in PATH or in $GOPATH/bin (where `go
-// install` puts it); without it the test is skipped, in CI it fails.
-func pebbleTool(t *testing.T, name string) string {
-	t.Helper()
-	if p, err := exec.LookPath(name); err == nil {
-		return p
-	}
-	gopath := os.Getenv("GOPATH")
-	if gopath == "" {
-		home, _ := os.UserHomeDir()
-		gopath = filepath.Join(home, "go")
-	}
-	p := filepath.Join(gopath, "bin", name)
-	if _, err := os.Stat(p); err == nil {
-		return p
-	}
-	msg := fmt.Sprintf("%s is not installed: run `make deps` (go install github.com/letsencrypt/pebble/v2/cmd/%s@%s)", name, name, PebbleVersion)
-	if inCI() {
-		t.Fatal(msg + "; CI must run the ACME test against Pebble")
-	}
-	t.Skip(msg)
-	return ""
-}
-
-// freePort returns a loopback TCP port that was free a moment ago.
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
-// process runs a server for the test; its output is logged if the test fails.
-type process struct {
-	name string
-	out  lockedBuffer
-	done chan error
-}
-
-func startProcess(t *testing.T, env []string, path string, args ...string) *process {
-	t.Helper()
-	p := &process{name: filepath.Base(path), done: make(chan error, 1)}
-	cmd := exec.Command(path, args...)
-	cmd.Env = append(os.Environ(), env...)
-	cmd.Stdout, cmd.Stderr = &p.out, &p.out
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { p.done <- cmd.Wait() }()
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		<-p.done
-		if t.Failed() {
-			t.Logf("%s output:\n%s", p.name, p.out.String())
-		}
-	})
-	return p
-}
-
-// exited fails the test if the process has ended.
-func (p *process) exited(t *testing.T) {
-	t.Helper()
-	select {
-	case err := <-p.done:
-		p.done <- err
-		t.Fatalf("%s exited: %v\n%s", p.name, err, p.out.String())
-	default:
-	}
-}
-
-// pebble is a running Pebble ACME server whose HTTP-01 validations go to
-// 127.0.0.1:httpPort for every name (pebble-challtestsrv answers its DNS
-// queries with 127.0.0.1).
-type pebble struct {
-	Directory string
-	Client    *http.Client // trusts Pebble's HTTPS certificate
-	mgmt      string
-}
-
-func startPebble(t *testing.T, httpPort int, validity time.Duration) *pebble {
-	t.Helper()
-	pebbleBin := pebbleTool(t, "pebble")
-	challBin := pebbleTool(t, "pebble-challtestsrv")
-	dir := t.TempDir()
-	// Pebble's own HTTPS certificate, trusted by the agent's client below.
-	certPEM, keyPEM, err := SelfSigned([]string{"localhost"}, time.Now())
-	if err != nil {
-		t.Fatal(err)
-	}
-	certFile, keyFile := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
-	if err := os.WriteFile(certFile, certPEM, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(keyFile, keyPEM, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	listen, mgmt, dnsPort := freePort(t), freePort(t), freePort(t)
-	cfg := map[string]any{"pebble": map[string]any{
-		"listenAddress":                  fmt.Sprintf("127.0.0.1:%d", listen),
-		"managementListenAddress":        fmt.Sprintf("127.0.0.1:%d", mgmt),
-		"certificate":                    certFile,
-		"privateKey":                     keyFile,
-		"httpPort":                       httpPort,
-		"tlsPort":                        freePort(t),
-		"ocspResponderURL":               "",
-		"externalAccountBindingRequired": false,
-		"profiles": map[string]any{"default": map[string]any{
-			"description": "ecs-agent test", "validityPeriod": int(validity.Seconds()),
-		}},
-	}}
-	cfgData, _ := json.Marshal(cfg)
-	cfgFile := filepath.Join(dir, "pebble.json")
-	if err := os.WriteFile(cfgFile, cfgData, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	dnsAddr := fmt.Sprintf("127.0.0.1:%d", dnsPort)
-	chall := startProcess(t, nil, challBin,
-		"-dnsserver", dnsAddr, "-defaultIPv4", "127.0.0.1", "-defaultIPv6", "",
-		"-management", fmt.Sprintf("127.0.0.1:%d", freePort(t)),
-		"-http01", "", "-https01", "", "-tlsalpn01", "", "-doh", "")
-	// No random validation delays, no deliberately rejected nonces: the
-	// test is about the agent, not about retries. No reuse of valid
-	// authorizations: every order is validated over HTTP-01 again.
-	pb := startProcess(t, []string{"PEBBLE_VA_NOSLEEP=1", "PEBBLE_WFE_NONCEREJECT=0", "PEBBLE_AUTHZREUSE=0"}, pebbleBin,
-		"-config", cfgFile, "-dnsserver", dnsAddr)
-
-	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(certPEM)
-	p := &pebble{
-		Directory: fmt.Sprintf("https://localhost:%d/dir", listen),
-		Client: &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
-			TLSClientConfig: &tls.Config{RootCAs: pool},
-		}},
-		mgmt: fmt.Sprintf("https://localhost:%d", mgmt),
-	}
-	resolver := &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, _, _ string) (net.Conn, error) {
-		var d net.Dialer
-		return d.DialContext(ctx, "udp", dnsAddr)
-	}}
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		chall.exited(t)
-		pb.exited(t)
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		addrs, derr := resolver.LookupHost(ctx, "probe.example.org")
-		cancel()
-		var herr error
-		if res, err := p.Client.Get(p.Directory); err != nil {
-			herr = err
-		} else {
-			res.Body.Close()
-			if res.StatusCode != 200 {
-				herr = fmt.Errorf("directory: %s", res.Status)
-			}
-		}
-		if derr == nil && slices.Contains(addrs, "127.0.0.1") && herr == nil {
-			return p
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("pebble not ready: dns %v %v, directory %v", addrs, derr, herr)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
-}
-
-// root returns Pebble's (per-run) root CA.
-func (p *pebble) root(t *testing.T) *x509.Certificate {
-	t.Helper()
-	res, err := p.Client.Get(p.mgmt + "/roots/0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer res.Body.Close()
-	data, _ := io.ReadAll(res.Body)
-	b, _ := pem.Decode(data)
-	if b == nil {
-		t.Fatalf("pebble root: %s %q", res.Status, data)
-	}
-	c, err := x509.ParseCertificate(b.Bytes)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c
-}
 
 // challengeServer is the test's stand-in for nginx's port 80: a real HTTP
 // server serving the agent's ACME webroot (as the rendered nginx site
@@ -356,7 +139,7 @@ func TestACMEWithPebble(t *testing.T) {
 	a, rec := testAgent(t)
 	fakeSystem(t, a)
 	cs := startChallengeServer(t, a)
-	pb := startPebble(t, cs.port, 40*24*time.Hour)
+	pb := pebbletest.Start(t, pebbletest.Options{HTTPPort: cs.port})
 	activate(t, a, acmeEnv(pb.Directory))
 	ctx := context.Background()
 
@@ -384,7 +167,7 @@ func TestACMEWithPebble(t *testing.T) {
 	chain := installed(t, a)
 	leaf := chain[0]
 	roots := x509.NewCertPool()
-	roots.AddCert(pb.root(t))
+	roots.AddCert(pb.Root(t))
 	inter := x509.NewCertPool()
 	for _, c := range chain[1:] {
 		inter.AddCert(c)
@@ -491,7 +274,7 @@ func TestACMEWithPebble(t *testing.T) {
 func TestACMEUnreachableKeepsSelfSigned(t *testing.T) {
 	a, _ := testAgent(t)
 	fakeSystem(t, a)
-	dir := fmt.Sprintf("https://127.0.0.1:%d/directory", freePort(t))
+	dir := fmt.Sprintf("https://127.0.0.1:%d/directory", pebbletest.FreePort(t))
 	activate(t, a, acmeEnv(dir))
 	ctx := context.Background()
 	if err := a.PrepareAppliance(ctx); err != nil {
@@ -668,7 +451,7 @@ func TestNginxServesACMEChallenge(t *testing.T) {
 	if err := a.PrepareAppliance(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	httpPort, httpsPort := freePort(t), freePort(t)
+	httpPort, httpsPort := pebbletest.FreePort(t), pebbletest.FreePort(t)
 	var kept []string
 	for _, l := range strings.Split(read(t, a, NginxSite), "\n") {
 		if !strings.Contains(l, "listen [::]") {
@@ -709,7 +492,7 @@ http {
 	if err := os.WriteFile(confFile, []byte(conf), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	ngx := startProcess(t, nil, bin, "-p", dir, "-c", confFile, "-e", "stderr")
+	ngx := pebbletest.StartProcess(t, nil, bin, "-p", dir, "-c", confFile, "-e", "stderr")
 	token := "Xm1lq2Zf0Tt4-_abcdefgh"
 	if _, err := a.Host.WriteFile(ACMEChallengeDir+"/"+token, []byte(token+".keyauth"), 0o644); err != nil {
 		t.Fatal(err)
@@ -721,7 +504,7 @@ http {
 		for i := 0; ; i++ {
 			res, err := noRedirect.Get(base + p)
 			if err != nil {
-				ngx.exited(t)
+				ngx.Exited(t)
 				if i > 50 {
 					t.Fatal(err)
 				}
