@@ -59,6 +59,8 @@ type StageRecord struct {
 	Key     string `json:"key"`
 	Cached  bool   `json:"cached"`
 	Offline bool   `json:"offline"`
+	// Chroot: its provisioners ran in a chroot on the build host.
+	Chroot bool `json:"chroot,omitempty"`
 	// Merged: applied in the generalisation's helper boot.
 	Merged bool `json:"merged,omitempty"`
 }

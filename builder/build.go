@@ -11,6 +11,7 @@ import (
 
 	"github.com/ecs-image/ecs-image/communicator"
 	"github.com/ecs-image/ecs-image/images"
+	"github.com/ecs-image/ecs-image/provisioners"
 	"github.com/ecs-image/ecs-image/qemu"
 )
 
@@ -29,6 +30,9 @@ type Options struct {
 	KeepOnError bool
 	// Cache is the stage cache (nil: DefaultStageCache()).
 	Cache *StageCache
+	// NoChroot builds every stage that would run in a chroot on the build
+	// host in the booted image instead.
+	NoChroot bool
 	// Accel overrides the template's accelerator ("" keeps it).
 	Accel string
 	// Log receives progress (nil: logrus's standard logger).
@@ -79,17 +83,23 @@ type stageRun struct {
 	key     string
 	parent  string
 	offline bool
-	vars    map[string]string
-	cached  bool
+	// chrootMode: the provisioners run in a chroot on the build host.
+	chrootMode bool
+	vars       map[string]string
+	cached     bool
 	// merged: applied in the generalise helper run (see buildState.deferred).
 	merged bool
 
-	dir      string // work directory of this stage
-	disk     string
-	seed     string
-	sshKey   *communicator.Key
-	machine  *qemu.Machine
-	client   *communicator.Client
+	dir     string // work directory of this stage
+	disk    string
+	seed    string
+	sshKey  *communicator.Key
+	machine *qemu.Machine
+	client  *communicator.Client
+	chroot  *chrootSession
+	// guest runs the provisioners' commands: the SSH client of the booted
+	// VM or the chroot session.
+	guest    provisioners.Guest
 	bootFrom string
 	started  time.Time
 	// kernel boots the build VM directly (nil: from the disk).

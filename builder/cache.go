@@ -296,8 +296,9 @@ func RootKey(baseDigest string, diskSize int64) string {
 }
 
 // StageKey is hash(parent key, stage definition, content of every file the
-// stage uploads, variables its shell provisioners see, offline or booted).
-func StageKey(parent string, s *Stage, vars map[string]string, offline bool) (string, error) {
+// stage uploads, variables its shell provisioners see, and how it is built:
+// mode is ModeBoot, ModeChroot or modeOffline).
+func StageKey(parent string, s *Stage, vars map[string]string, mode string) (string, error) {
 	var provs []string
 	var inputs []string
 	for _, p := range s.Provisioners {
@@ -316,10 +317,14 @@ func StageKey(parent string, s *Stage, vars map[string]string, offline bool) (st
 	if !s.NeedsBoot() {
 		vars = nil // placing files does not see variables
 	}
-	return hashJSON(map[string]any{
+	k := map[string]any{
 		"v": Version, "parent": parent, "name": s.Name, "provisioners": provs,
-		"inputs": inputs, "vars": vars, "offline": offline,
-	}), nil
+		"inputs": inputs, "vars": vars, "offline": mode == modeOffline,
+	}
+	if mode == ModeChroot {
+		k["chroot"] = true // services enabled but never started: not the booted result
+	}
+	return hashJSON(k), nil
 }
 
 // GeneraliseKey is the key of the generalised disk built on parent.

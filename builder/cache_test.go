@@ -55,7 +55,11 @@ func planKeys(t *testing.T, dir, text, variant string) []string {
 	parent := "base:" + RootKey("sha256:base", tp.DiskSizeBytes())
 	var keys []string
 	for i := range p.Stages {
-		k, err := StageKey(parent, &p.Stages[i], p.VarsFor(i), !p.Stages[i].NeedsBoot())
+		mode := ModeBoot
+		if !p.Stages[i].NeedsBoot() {
+			mode = modeOffline
+		}
+		k, err := StageKey(parent, &p.Stages[i], p.VarsFor(i), mode)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -133,12 +137,13 @@ func TestStageKeysBaseAndOffline(t *testing.T) {
 		t.Fatal(err)
 	}
 	s := &tp.Stages[1]
-	k1, _ := StageKey("base:"+RootKey("sha256:a", 0), s, nil, true)
-	k2, _ := StageKey("base:"+RootKey("sha256:b", 0), s, nil, true)
-	k3, _ := StageKey("base:"+RootKey("sha256:a", 8<<30), s, nil, true)
-	k4, _ := StageKey("base:"+RootKey("sha256:a", 0), s, nil, false)
-	if k1 == k2 || k1 == k3 || k1 == k4 {
-		t.Errorf("keys must depend on the base digest, disk size and offline mode: %s %s %s %s", k1, k2, k3, k4)
+	k1, _ := StageKey("base:"+RootKey("sha256:a", 0), s, nil, modeOffline)
+	k2, _ := StageKey("base:"+RootKey("sha256:b", 0), s, nil, modeOffline)
+	k3, _ := StageKey("base:"+RootKey("sha256:a", 8<<30), s, nil, modeOffline)
+	k4, _ := StageKey("base:"+RootKey("sha256:a", 0), s, nil, ModeBoot)
+	k5, _ := StageKey("base:"+RootKey("sha256:a", 0), s, nil, ModeChroot)
+	if k1 == k2 || k1 == k3 || k1 == k4 || k1 == k5 || k4 == k5 {
+		t.Errorf("keys must depend on the base digest, disk size and mode: %s %s %s %s %s", k1, k2, k3, k4, k5)
 	}
 	if GeneraliseKey(k1, Generalise{}) == GeneraliseKey(k1, Generalise{KeepLogs: true}) {
 		t.Error("generalise key ignores its options")

@@ -92,7 +92,7 @@ func (b *buildState) manifest(files []ArtifactFile) *Manifest {
 		m.Packages = []string{}
 	}
 	for _, sr := range b.stages {
-		m.Stages = append(m.Stages, StageRecord{Name: sr.stage.Name, Key: sr.key, Cached: sr.cached, Offline: sr.offline, Merged: sr.merged})
+		m.Stages = append(m.Stages, StageRecord{Name: sr.stage.Name, Key: sr.key, Cached: sr.cached, Offline: sr.offline, Chroot: sr.chrootMode, Merged: sr.merged})
 	}
 	m.Generalise = StageRecord{Name: "generalise", Key: b.genKey, Cached: b.genCached, Offline: true}
 	m.Seconds = timeNow().Sub(b.started).Seconds()

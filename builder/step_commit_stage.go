@@ -15,7 +15,7 @@ type stepCommitStage struct{}
 
 func (s *stepCommitStage) Run(ctx context.Context, state multistep.StateBag) multistep.StepAction {
 	b, sr := getBuild(state), getStage(state)
-	for _, f := range []string{"seed.iso", "serial.log", "helper-serial.log", "base-boot", "boot-initrd.img"} {
+	for _, f := range []string{"seed.iso", "serial.log", "helper-serial.log", "base-boot", "boot-initrd.img", "export.raw", "root"} {
 		os.RemoveAll(filepath.Join(sr.dir, f))
 	}
 	if sr.bootFrom == "" {
@@ -30,7 +30,7 @@ func (s *stepCommitStage) Run(ctx context.Context, state multistep.StateBag) mul
 	}
 	e := &StageEntry{
 		Key: sr.key, Parent: sr.parent, Name: sr.stage.Name, Template: b.tmpl.Name,
-		Booted: !sr.offline, BootFrom: sr.bootFrom, Backing: b.parentDisk, Created: timeNow().UTC(),
+		Booted: !sr.offline && !sr.chrootMode, BootFrom: sr.bootFrom, Backing: b.parentDisk, Created: timeNow().UTC(),
 		Seconds: timeNow().Sub(sr.started).Seconds(),
 	}
 	if err := b.cache.Commit(sr.dir, e); err != nil {

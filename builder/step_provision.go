@@ -13,14 +13,14 @@ import (
 )
 
 // stepProvision runs the stage's provisioners in order in the booted
-// guest; file placers stream their archive to `sudo tar -x`.
+// guest or the chroot; file placers stream their archive to `sudo tar -x`.
 type stepProvision struct{}
 
 func (s *stepProvision) Run(ctx context.Context, state multistep.StateBag) multistep.StepAction {
 	b, sr := getBuild(state), getStage(state)
 	for i, ps := range sr.stage.Provisioners {
 		log := b.log.WithField("stage", sr.stage.Name).WithField("provisioner", fmt.Sprintf("%d:%s", i, ps.Type))
-		env := &provisioners.Env{Guest: guest{sr.client}, Log: log, Vars: sr.vars}
+		env := &provisioners.Env{Guest: sr.guest, Log: log, Vars: sr.vars}
 		start := time.Now()
 		var err error
 		if r, ok := ps.P.(provisioners.Runner); ok && provisioners.NeedsBoot(ps.P) {

@@ -8,42 +8,38 @@ import (
 	"github.com/hashicorp/packer-plugin-sdk/multistep"
 )
 
-// stepStageKeys computes every stage's cache key and decides which stages
-// run offline: a stage that only places files runs in the helper VM when a
-// kernel and initrd of its parent disk are known (an earlier booted stage
-// recorded them) and this ecs-image can serve as the helper.
+// modeOffline is a stage applied by the offline helper VM.
+const modeOffline = "offline"
+
+// stepStageKeys computes every stage's cache key and decides how each
+// stage is built (chooseMode).
 type stepStageKeys struct{}
 
 func (s *stepStageKeys) Run(ctx context.Context, state multistep.StateBag) multistep.StepAction {
 	b := getBuild(state)
-	helperErr := helperUsable()
+	env := modeEnv{helperErr: helperUsable(), chrootErr: chrootUsable()}
+	if b.opts.NoChroot {
+		env.chrootErr = fmt.Errorf("--no-chroot")
+	}
 	parent := "base:" + RootKey(b.base.Digest, b.tmpl.DiskSizeBytes())
-	haveBoot := false
 	var lines []string
 	for i := range b.plan.Stages {
 		st := &b.plan.Stages[i]
-		offline := !st.NeedsBoot() && haveBoot && helperErr == nil
-		if !st.NeedsBoot() && !offline {
-			why := "no earlier booted stage recorded a kernel"
-			if helperErr != nil {
-				why = helperErr.Error()
-			}
-			b.log.Infof("stage %s only places files but boots: %s", st.Name, why)
+		mode, note := chooseMode(st, env)
+		if note != "" {
+			b.log.Infof("stage %s: %s", st.Name, note)
 		}
 		vars := b.plan.VarsFor(i)
-		key, err := StageKey(parent, st, vars, offline)
+		key, err := StageKey(parent, st, vars, mode)
 		if err != nil {
 			return halt(state, err)
 		}
-		b.stages = append(b.stages, &stageRun{stage: st, index: i, shared: i < b.plan.Shared, key: key, parent: parent, offline: offline, vars: vars})
-		mode := "booted"
-		if offline {
-			mode = "offline"
-		}
+		b.stages = append(b.stages, &stageRun{stage: st, index: i, shared: i < b.plan.Shared, key: key, parent: parent,
+			offline: mode == modeOffline, chrootMode: mode == ModeChroot, vars: vars})
 		lines = append(lines, fmt.Sprintf("%s=%s(%s)", st.Name, key[:12], mode))
 		parent = key
-		if !offline {
-			haveBoot = true
+		if mode != modeOffline {
+			env.haveBoot = true // booted and chroot stages record a kernel
 		}
 	}
 	b.log.Infof("stages: %s", strings.Join(lines, " "))
@@ -51,3 +47,39 @@ func (s *stepStageKeys) Run(ctx context.Context, state multistep.StateBag) multi
 }
 
 func (s *stepStageKeys) Cleanup(multistep.StateBag) {}
+
+// modeEnv is what chooseMode knows about the host and the earlier stages.
+type modeEnv struct {
+	haveBoot  bool  // an earlier stage recorded a kernel for the helper
+	helperErr error // why the offline helper cannot run (nil: it can)
+	chrootErr error // why chroot stages cannot run (nil: they can)
+}
+
+// chooseMode decides how a stage is built — ModeBoot, ModeChroot or
+// modeOffline — and returns a note when it falls back from what the
+// stage asked for or would get by default.
+func chooseMode(st *Stage, env modeEnv) (mode, note string) {
+	if st.Mode == ModeBoot {
+		return ModeBoot, ""
+	}
+	if !st.NeedsBoot() && st.Mode != ModeChroot {
+		if env.haveBoot && env.helperErr == nil {
+			return modeOffline, ""
+		}
+		why := "no earlier stage recorded a kernel"
+		if env.helperErr != nil {
+			why = env.helperErr.Error()
+		}
+		if env.chrootErr == nil {
+			return ModeChroot, "only places files; offline helper unavailable (" + why + "): chroot"
+		}
+		return ModeBoot, "only places files but boots: " + why + "; chroot unavailable: " + env.chrootErr.Error()
+	}
+	if st.Mode == ModeChroot || st.ChrootDefault() {
+		if env.chrootErr == nil {
+			return ModeChroot, ""
+		}
+		return ModeBoot, "boots: chroot unavailable: " + env.chrootErr.Error()
+	}
+	return ModeBoot, ""
+}

@@ -9,7 +9,7 @@ import (
 
 // stepStages builds the plan's stages in order. A stage whose key is in
 // the cache is not run at all (unless --no-cache); the others run their
-// own step list (bootedStageSteps or offlineStageSteps) with a nested
+// own step list (bootedStageSteps, chrootStageSteps or offlineStageSteps) with a nested
 // runner, and are committed to the cache.
 type stepStages struct{}
 
@@ -43,9 +43,13 @@ func (s *stepStages) Run(ctx context.Context, state multistep.StateBag) multiste
 		}
 		how := "booted VM"
 		steps := bootedStageSteps()
-		if sr.offline {
+		switch {
+		case sr.offline:
 			how = "offline helper"
 			steps = offlineStageSteps()
+		case sr.chrootMode:
+			how = "chroot on the build host"
+			steps = chrootStageSteps()
 		}
 		b.log.Infof("stage %s: building (%s, key %s)", sr.stage.Name, how, sr.key[:12])
 		state.Put("stage", sr)

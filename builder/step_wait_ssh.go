@@ -30,6 +30,7 @@ func (s *stepWaitSSH) Run(ctx context.Context, state multistep.StateBag) multist
 		return halt(state, fmt.Errorf("%w\n%s", err, sr.machine.SerialTail(30)))
 	}
 	sr.client = c
+	sr.guest = guest{c}
 	wctx, cancel := context.WithTimeout(ctx, b.tmpl.SSHTimeout)
 	defer cancel()
 	if sr.kernel != nil {

@@ -8,7 +8,7 @@ import (
 )
 
 // buildSteps is the whole pipeline, in order. Each stage runs its own step
-// list (bootedStageSteps or offlineStageSteps) inside stepStages.
+// list (bootedStageSteps, chrootStageSteps or offlineStageSteps) inside stepStages.
 func buildSteps() []multistep.Step {
 	return []multistep.Step{
 		&stepValidate{},   // load and validate the template, resolve the variant
@@ -34,6 +34,19 @@ func bootedStageSteps() []multistep.Step {
 		&stepBootFiles{},   // keep kernel + initrd for offline stages
 		&stepShutdown{},    // ACPI power off, time-out, kill
 		&stepCommitStage{}, // into the stage cache
+	}
+}
+
+// chrootStageSteps build a stage whose provisioners run natively on the
+// build host, chrooted into the stage's disk (no VM).
+func chrootStageSteps() []multistep.Step {
+	return []multistep.Step{
+		&stepOverlayDisk{},
+		&stepChrootMount{},     // FUSE export, loop mount in a private namespace
+		&stepProvision{},       // the stage's provisioners, in order
+		&stepChrootBootFiles{}, // keep kernel + initrd for later stages
+		&stepChrootFinish{},    // unmount, stop the export
+		&stepCommitStage{},
 	}
 }
 

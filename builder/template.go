@@ -112,8 +112,32 @@ type Base struct {
 // Stage is a named, ordered list of provisioners; each stage is cached as a
 // qcow2 overlay on the previous one.
 type Stage struct {
-	Name         string            `yaml:"name"`
+	Name string `yaml:"name"`
+	// Mode is where the provisioners run: "auto" (the default: file-only
+	// stages in the offline helper, packages and files in a chroot on the
+	// build host when it can, anything else in the booted image), "boot"
+	// (always the booted image) or "chroot" (the build host, chrooted
+	// into the disk; booted when the host cannot).
+	Mode         string            `yaml:"mode"`
 	Provisioners []ProvisionerSpec `yaml:"provisioners"`
+}
+
+// Stage modes.
+const (
+	ModeAuto   = "auto"
+	ModeBoot   = "boot"
+	ModeChroot = "chroot"
+)
+
+// ChrootDefault reports whether the stage runs in a chroot when its mode
+// is auto: every provisioner does the same there as in the booted image.
+func (s *Stage) ChrootDefault() bool {
+	for _, p := range s.Provisioners {
+		if p.P == nil || !provisioners.ChrootSafe(p.P) {
+			return false
+		}
+	}
+	return true
 }
 
 // NeedsBoot reports whether any provisioner of the stage needs a booted
@@ -419,11 +443,21 @@ func (t *Template) checkStages(d *decoder, path string, stages []Stage, names ma
 		if len(s.Provisioners) == 0 {
 			d.at(p+".provisioners", "required: at least one provisioner")
 		}
+		switch s.Mode {
+		case "", ModeAuto, ModeBoot, ModeChroot:
+		default:
+			d.at(p+".mode", "%q: want auto, boot or chroot", s.Mode)
+		}
 		for j := range s.Provisioners {
 			ps := &s.Provisioners[j]
 			pp := fmt.Sprintf("%s.provisioners[%d]", p, j)
 			if ps.P == nil {
 				continue
+			}
+			if s.Mode == ModeChroot {
+				if why := provisioners.NeedsRunningSystem(ps.P); why != "" {
+					d.at(pp, "cannot run in a chroot (stage mode chroot): %s", why)
+				}
 			}
 			for _, fe := range ps.P.Check(t.Dir) {
 				fp := pp

@@ -100,6 +100,14 @@ func (*Containers) Type() string { return "containers" }
 // NeedsBoot reports whether docker load runs at build time.
 func (c *Containers) NeedsBoot() bool { return c.Load }
 
+// NeedsRunningSystem: `docker load` needs the image's dockerd running.
+func (c *Containers) NeedsRunningSystem() string {
+	if c.Load {
+		return "load: true runs docker load, which needs the image's dockerd running"
+	}
+	return ""
+}
+
 // Check implements Provisioner.
 func (c *Containers) Check(dir string) []FieldError {
 	var errs []FieldError

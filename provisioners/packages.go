@@ -94,6 +94,10 @@ EOT
 	return b.String()
 }
 
+// ChrootSafe: apt installs the same in a chroot (services are enabled, not
+// started).
+func (p *Packages) ChrootSafe() bool { return true }
+
 // Run implements Runner.
 func (p *Packages) Run(ctx context.Context, e *Env) error {
 	sh := &Shell{Inline: []string{p.Script()}}

@@ -54,7 +54,29 @@ func NeedsBoot(p Provisioner) bool {
 	return !placer
 }
 
-// Guest is a running build VM.
+// ChrootSafe reports whether p does the same in a chroot on the build host
+// as in the booted image, so that a stage made only of such provisioners
+// runs in a chroot by default: placing files and installing packages
+// (services are enabled but not started, which the generalised image does
+// not keep anyway). Shell commands may need the running system and run in
+// a chroot only when the stage asks for it.
+func ChrootSafe(p Provisioner) bool {
+	if cs, ok := p.(interface{ ChrootSafe() bool }); ok {
+		return cs.ChrootSafe()
+	}
+	_, placer := p.(Placer)
+	return placer && NeedsRunningSystem(p) == ""
+}
+
+// NeedsRunningSystem says why p cannot run in a chroot ("" if it can).
+func NeedsRunningSystem(p Provisioner) string {
+	if rs, ok := p.(interface{ NeedsRunningSystem() string }); ok {
+		return rs.NeedsRunningSystem()
+	}
+	return ""
+}
+
+// Guest is a running build VM (or a chroot into its disk).
 type Guest interface {
 	// Run runs a shell command line in the guest as the build user. stdin
 	// may be nil. Every line of output (stdout and stderr) is passed to out

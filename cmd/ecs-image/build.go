@@ -39,6 +39,7 @@ Exit code 2 when the template has problems.`,
 var buildFlags struct {
 	output, variant, accel string
 	noCache, keepOnError   bool
+	noChroot               bool
 }
 
 var buildCmd = &cobra.Command{
@@ -55,7 +56,10 @@ Every stage is cached as a qcow2 overlay on the previous one, keyed by its
 parent, its definition and the content of the files it uploads: unchanged
 stages are not run again, variants share the common stages, and a stage
 that only places files (file, agent, containers provisioners) is applied
-offline by a small helper VM instead of a full boot. The cache lives under
+offline by a small helper VM instead of a full boot. Stages of packages
+and files (and stages with 'mode: chroot') run natively on the build host,
+chrooted into the disk, when ecs-image runs as root with FUSE and loop
+devices: no emulated boot, no emulated dpkg. The cache lives under
 $ECS_IMAGE_CACHE/stages (default ~/.cache/ecs-image/stages); see
 'ecs-image cache'.
 
@@ -79,7 +83,7 @@ output paths.`,
 		}
 		a, err := builder.Build(cmd.Context(), builder.Options{
 			Template: args[0], OutputDir: buildFlags.output, Variant: buildFlags.variant,
-			NoCache: buildFlags.noCache, KeepOnError: buildFlags.keepOnError, Accel: accel,
+			NoCache: buildFlags.noCache, NoChroot: buildFlags.noChroot, KeepOnError: buildFlags.keepOnError, Accel: accel,
 		})
 		if err != nil {
 			return err
@@ -172,6 +176,7 @@ func init() {
 	buildCmd.Flags().StringVarP(&buildFlags.output, "output", "o", "output", "output directory")
 	buildCmd.Flags().StringVar(&buildFlags.variant, "variant", "", "variant to build (default: the template's default_variant)")
 	buildCmd.Flags().BoolVar(&buildFlags.noCache, "no-cache", false, "rebuild every stage instead of using cached ones")
+	buildCmd.Flags().BoolVar(&buildFlags.noChroot, "no-chroot", false, "build every stage that would run in a chroot on the build host in the booted image")
 	buildCmd.Flags().BoolVar(&buildFlags.keepOnError, "keep-on-error", false, "keep the work directory (disks, serial logs) of a failed build")
 	buildCmd.Flags().StringVar(&buildFlags.accel, "accel", "", "accelerator: auto, kvm or tcg (default: the template's)")
 	cachePruneCmd.Flags().BoolVar(&cachePruneFlags.all, "all", false, "remove every cached stage")

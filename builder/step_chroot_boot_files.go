@@ -1,0 +1,65 @@
+package builder
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/hashicorp/packer-plugin-sdk/multistep"
+
+	"github.com/ecs-image/ecs-image/atomicfile"
+)
+
+// stepChrootBootFiles records the chroot's newest kernel and its initrd,
+// with root= and the boot loader's arguments from grub.cfg (or fstab),
+// in the stage's boot/ directory — what stepBootFiles reads from a booted
+// guest — so later file-only stages, booted stages and the generalisation
+// boot that kernel directly.
+type stepChrootBootFiles struct{}
+
+func (s *stepChrootBootFiles) Run(ctx context.Context, state multistep.StateBag) multistep.StepAction {
+	b, sr := getBuild(state), getStage(state)
+	out, err := sr.chroot.Output(ctx, `k=$(ls -1 /boot/vmlinuz-* 2>/dev/null | sort -V | tail -n 1); [ -n "$k" ] || exit 0; `+
+		`i=/boot/initrd.img-${k#/boot/vmlinuz-}; [ -f "$i" ] && stat -c '%n %s %Y' "$k" "$i"`)
+	if err != nil {
+		return halt(state, fmt.Errorf("find kernel: %w", err))
+	}
+	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+	if len(lines) != 2 {
+		b.log.Warnf("no kernel with an initrd in /boot; later stages boot from the disk")
+		return multistep.ActionContinue
+	}
+	dir := filepath.Join(sr.dir, "boot")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return halt(state, err)
+	}
+	for i, dst := range []string{"vmlinuz", "initrd.img"} {
+		src := strings.Fields(lines[i])[0]
+		if err := atomicfile.Copy(sr.chroot.hostPath(src), filepath.Join(dir, dst), 0o644); err != nil {
+			return halt(state, fmt.Errorf("copy %s: %w", src, err))
+		}
+	}
+	grub, _ := os.ReadFile(sr.chroot.hostPath("/boot/grub/grub.cfg"))
+	args := grubArgs(string(grub))
+	root := argValue(args, "root")
+	if root == "" {
+		fstab, _ := os.ReadFile(sr.chroot.hostPath("/etc/fstab"))
+		root = fstabRoot(string(fstab))
+	}
+	if root == "" {
+		b.log.Warnf("no root= in /boot/grub/grub.cfg nor a / entry in /etc/fstab; later stages boot from the disk")
+		os.RemoveAll(dir)
+		return multistep.ActionContinue
+	}
+	for name, content := range map[string]string{"root": root, "source": strings.Join(lines, "\n"), "cmdline": args} {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(content+"\n"), 0o644); err != nil {
+			return halt(state, err)
+		}
+	}
+	sr.bootFrom = sr.key
+	return multistep.ActionContinue
+}
+
+func (s *stepChrootBootFiles) Cleanup(multistep.StateBag) {}

@@ -1,0 +1,178 @@
+//go:build integration
+
+package integration
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// chrootTemplate installs nginx in a packages-only stage (a chroot on the
+// build host by default) and runs shell commands in a stage that asks for
+// a chroot; the disk grows from the base's 4 GiB to 6 GiB.
+func chrootTemplate(base, marker string) string {
+	return `name: it-chroot
+base:
+  file: ` + base + `
+disk_size: 6G
+memory: 1024
+ssh_timeout: 20m
+stages:
+  - name: web
+    provisioners:
+      - type: packages
+        packages: [nginx]
+      - type: file
+        content: "<h1>` + marker + `</h1>\n"
+        destination: /var/www/html/index.html
+  - name: configure
+    mode: chroot
+    provisioners:
+      - type: shell
+        inline:
+          - echo "` + marker + `" > /etc/ecs-build-marker
+          - hostname > /etc/ecs-build-hostname
+          - test -x /usr/sbin/policy-rc.d && echo "policy-rc.d in place"
+          - id -u > /etc/ecs-build-uid
+`
+}
+
+// TestBuildChroot builds stages in a chroot on the build host (no build
+// VM at all: the packages, the file and the shell commands), then boots
+// the image: nginx (installed but never started during the build) serves
+// the page, the root file system was grown, and the chroot's policy-rc.d
+// and resolv.conf are gone.
+func TestBuildChroot(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("chroot stages need root")
+	}
+	base := baseImage(t)
+	dir := t.TempDir()
+	rnd := make([]byte, 6)
+	rand.Read(rnd)
+	marker := "chroot-" + hex.EncodeToString(rnd)
+	tmpl := filepath.Join(dir, "it-chroot.yml")
+	os.WriteFile(tmpl, []byte(chrootTemplate(base, marker)), 0o644)
+	out := filepath.Join(dir, "out")
+
+	start := time.Now()
+	ecsImage(t, "build", tmpl, "-o", out)
+	t.Logf("cold build, chroot stages: %s", time.Since(start).Round(time.Second))
+	img := filepath.Join(out, "it-chroot.qcow2")
+	m := readManifest(t, filepath.Join(out, "it-chroot.build.json"))
+	if len(m.Stages) != 2 || !m.Stages[0].Chroot || !m.Stages[1].Chroot {
+		t.Errorf("manifest stages: %+v (want both in a chroot)", m.Stages)
+	}
+	for _, s := range m.Steps {
+		if strings.Contains(s.Step, "start qemu") || strings.Contains(s.Step, "wait ssh") {
+			t.Errorf("a chroot build booted the image: step %q ran", s.Step)
+		}
+	}
+	checkImageOffline(t, img)
+	if mounts, _ := os.ReadFile("/proc/self/mountinfo"); strings.Contains(string(mounts), "stage-") {
+		t.Errorf("a stage mount is left on the host:\n%s", mounts)
+	}
+
+	g := bootBase(t, bootOptions{Name: "chroot-it", Image: img, Timeout: 20 * time.Minute, User: "tester", SSHTimeout: 15 * time.Minute})
+	ctx, c := g.Ctx, g.C
+	check := func(cmd, want string) {
+		t.Helper()
+		out, err := c.Output(ctx, cmd, true)
+		if err != nil || strings.TrimSpace(out) != want {
+			t.Errorf("%s: got %q (%v), want %q", cmd, strings.TrimSpace(out), err, want)
+		}
+	}
+	check("cat /etc/ecs-build-marker", marker)
+	check("cat /etc/ecs-build-uid", "0")
+	// The chroot saw the image's own hostname, not the build host's.
+	if host, _ := os.Hostname(); host != "" {
+		check("grep -cxF '"+host+"' /etc/ecs-build-hostname || true", "0")
+	}
+	check("test -e /usr/sbin/policy-rc.d && echo left || echo gone", "gone")
+	check("systemctl is-active nginx", "active")
+	check(`bash -c 'exec 3<>/dev/tcp/127.0.0.1/80; printf "GET / HTTP/1.0\r\n\r\n" >&3; tail -n 1 <&3'`, "<h1>"+marker+"</h1>")
+	// Grown from the base's 4 GiB: more than 5 GiB of root file system.
+	check("test $(df --output=size -k / | tail -n 1) -gt 5242880 && echo grown", "grown")
+	check("test -s /etc/machine-id && echo regenerated", "regenerated")
+}
+
+// TestBuildChrootInterrupt interrupts a build while apt runs in the chroot:
+// non-zero exit, nothing in the output directory, no mount, loop device or
+// qemu-storage-daemon left behind, the work directory removed.
+func TestBuildChrootInterrupt(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("chroot stages need root")
+	}
+	base := baseImage(t)
+	dir := t.TempDir()
+	rnd := make([]byte, 6)
+	rand.Read(rnd)
+	tmpl := filepath.Join(dir, "it-chroot.yml")
+	os.WriteFile(tmpl, []byte(chrootTemplate(base, "interrupt-"+hex.EncodeToString(rnd))), 0o644)
+	out := filepath.Join(dir, "out")
+	cmd := exec.Command(ecsImagePath(), "build", tmpl, "-o", out, "--no-cache")
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var log strings.Builder
+	buf := make([]byte, 4096)
+	deadline := time.Now().Add(5 * time.Minute)
+	// "Unpacking" is dpkg at work inside the chroot.
+	for !strings.Contains(log.String(), "Unpacking ") && time.Now().Before(deadline) {
+		n, err := stderr.Read(buf)
+		log.Write(buf[:n])
+		if err != nil {
+			break
+		}
+	}
+	if !strings.Contains(log.String(), "chroot on the build host") {
+		cmd.Process.Kill()
+		t.Fatalf("the build did not run a chroot stage:\n%s", log.String())
+	}
+	cmd.Process.Signal(os.Interrupt)
+	go func() {
+		for {
+			n, err := stderr.Read(buf)
+			log.Write(buf[:n])
+			if err != nil {
+				return
+			}
+		}
+	}()
+	if err := cmd.Wait(); err == nil {
+		t.Fatal("an interrupted build exited 0")
+	}
+	time.Sleep(time.Second)
+	if ents, _ := os.ReadDir(out); len(ents) != 0 {
+		t.Errorf("output directory not empty after the interrupt: %v", ents)
+	}
+	if mounts, _ := os.ReadFile("/proc/self/mountinfo"); strings.Contains(string(mounts), "export.raw") || strings.Contains(string(mounts), "stage-web") {
+		t.Errorf("a stage mount is left on the host:\n%s", mounts)
+	}
+	if data, _ := exec.Command("losetup", "-a").Output(); strings.Contains(string(data), "export.raw") {
+		t.Errorf("loop device left: %s", data)
+	}
+	if data, _ := exec.Command("pgrep", "-af", "qemu-storage-daemon.*stage-web").Output(); len(data) > 0 {
+		t.Errorf("qemu-storage-daemon still running: %s", data)
+	}
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		if r, err := os.Readlink(filepath.Join("/proc", e.Name(), "root")); err == nil && strings.Contains(r, "stage-web") {
+			cmdline, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+			t.Errorf("process %s still runs in the chroot: %q", e.Name(), cmdline)
+		}
+	}
+	if t.Failed() {
+		t.Logf("build log:\n%s", log.String())
+	}
+}
