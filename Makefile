@@ -8,7 +8,7 @@ export PATH := $(PATH):/usr/local/go/bin:$(HOME)/go/bin
 
 # Debian packages ecs-image needs at build and test time.
 DEB_PACKAGES := \
-	qemu-system-x86 qemu-utils ovmf \
+	qemu-system-x86 qemu-system-common qemu-utils ovmf \
 	mmdebstrap debootstrap fdisk e2fsprogs dosfstools mtools grub-pc-bin \
 	xorriso genisoimage cloud-image-utils xz-utils bzip2 \
 	zbar-tools poppler-utils gnupg duplicity openssh-client sudo \

@@ -1,0 +1,45 @@
+package builder
+
+import (
+	"errors"
+	"testing"
+
+	"github.com/ecs-image/ecs-image/provisioners"
+)
+
+func TestChooseMode(t *testing.T) {
+	spec := func(p provisioners.Provisioner) ProvisionerSpec { return ProvisionerSpec{Type: p.Type(), P: p} }
+	files := Stage{Name: "files", Provisioners: []ProvisionerSpec{spec(&provisioners.File{})}}
+	pkgs := Stage{Name: "pkgs", Provisioners: []ProvisionerSpec{spec(&provisioners.Packages{}), spec(&provisioners.File{})}}
+	shell := Stage{Name: "shell", Provisioners: []ProvisionerSpec{spec(&provisioners.Packages{}), spec(&provisioners.Shell{})}}
+	shellChroot := shell
+	shellChroot.Mode = ModeChroot
+	pkgsBoot := pkgs
+	pkgsBoot.Mode = ModeBoot
+	load := Stage{Name: "load", Provisioners: []ProvisionerSpec{spec(&provisioners.Containers{Load: true})}}
+	no := errors.New("no")
+	for _, c := range []struct {
+		name  string
+		st    Stage
+		env   modeEnv
+		want  string
+		noted bool
+	}{
+		{"files after a boot: helper", files, modeEnv{haveBoot: true}, modeOffline, false},
+		{"files first: chroot", files, modeEnv{}, ModeChroot, true},
+		{"files first, no chroot: boot", files, modeEnv{chrootErr: no}, ModeBoot, true},
+		{"files, no helper: chroot", files, modeEnv{haveBoot: true, helperErr: no}, ModeChroot, true},
+		{"packages: chroot", pkgs, modeEnv{}, ModeChroot, false},
+		{"packages, no chroot: boot", pkgs, modeEnv{chrootErr: no}, ModeBoot, true},
+		{"packages, mode boot", pkgsBoot, modeEnv{}, ModeBoot, false},
+		{"shell: boot", shell, modeEnv{}, ModeBoot, false},
+		{"shell, mode chroot", shellChroot, modeEnv{}, ModeChroot, false},
+		{"shell, mode chroot, no chroot: boot", shellChroot, modeEnv{chrootErr: no}, ModeBoot, true},
+		{"docker load: boot", load, modeEnv{haveBoot: true}, ModeBoot, false},
+	} {
+		got, note := chooseMode(&c.st, c.env)
+		if got != c.want || (note != "") != c.noted {
+			t.Errorf("%s: got %s (note %q), want %s (note %v)", c.name, got, note, c.want, c.noted)
+		}
+	}
+}
