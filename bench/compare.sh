@@ -5,7 +5,7 @@
 # and workload (64 MiB upload + apt install nginx postgresql stunnel4 +
 # clean-up + vmdk + vhdx). Prints seconds, qcow2 sizes and the ratios
 # against the targets, with the load average around each run (the
-# machine may be shared). Takes 10–15 minutes on an idle 2-core machine
+# machine may be shared). Takes 6–8 minutes (Packer ≈5 of them) on a 2-core machine
 # under TCG.
 #
 #   bench/compare.sh                 # needs packer: make deps-bench

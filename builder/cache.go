@@ -49,8 +49,11 @@ type StageEntry struct {
 	Name   string `json:"name"`
 	// Template is the template's name (for humans).
 	Template string `json:"template"`
-	// Booted tells whether the stage ran in a booted VM (false: offline).
+	// Booted tells whether the stage ran in a booted VM (false: offline
+	// or in a chroot).
 	Booted bool `json:"booted"`
+	// Chroot tells whether it ran in a chroot on the build host.
+	Chroot bool `json:"chroot,omitempty"`
 	// BootFrom is the key of the entry whose boot/ directory holds the
 	// kernel and initrd for this disk.
 	BootFrom string `json:"boot_from,omitempty"`

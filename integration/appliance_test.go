@@ -22,6 +22,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -238,6 +239,52 @@ func TestAppliance(t *testing.T) {
 		ps := run(t, "docker ps --format '{{.Names}} {{.Image}}'")
 		if !regexp.MustCompile(`(?m)^ecs[_-]testapp[_-]1 ` + regexp.QuoteMeta(testimage.DefaultTag) + `$`).MatchString(ps) {
 			t.Errorf("docker ps: %q", ps)
+		}
+	})
+
+	t.Run("start-up-off-the-critical-path", func(t *testing.T) {
+		// docs/e2e.md, First-boot overhead: apparmor.service loaded the
+		// image's docker-default profile before dockerd started (so
+		// dockerd compiled none: one load in the boot, the installed
+		// file's policy); containerd started before basic.target, while
+		// cloud-init ran; the modules-load.d list loaded.
+		out := run(t, `mono() { systemctl show -p "$2" --value "$1"; }
+echo "dockerd $(mono docker.service ExecMainStartTimestampMonotonic)"
+echo "containerd $(mono containerd.service InactiveExitTimestampMonotonic)"
+echo "basic $(mono basic.target ActiveEnterTimestampMonotonic)"
+echo "modules $(systemctl is-active systemd-modules-load.service)"
+journalctl -b -k -o short-monotonic --no-pager | grep -F 'name="docker-default"' | sed -n 's/^\[ *\([0-9.]*\)\].*operation="\([a-z_]*\)".*/aa \1 \2/p'
+apparmor_parser -S /etc/apparmor.d/docker-default | cmp -s - /sys/kernel/security/apparmor/policy/profiles/docker-default.*/raw_data && echo "policy same" || echo "policy differs"
+`)
+		usec := map[string]int64{}
+		var loads []string
+		var loadUsec []int64
+		for _, l := range strings.Split(strings.TrimSpace(out), "\n") {
+			f := strings.Fields(l)
+			switch {
+			case len(f) == 3 && f[0] == "aa":
+				s, _ := strconv.ParseFloat(f[1], 64)
+				loads = append(loads, f[2]+"@"+f[1])
+				loadUsec = append(loadUsec, int64(s*1e6))
+			case len(f) == 2:
+				if n, err := strconv.ParseInt(f[1], 10, 64); err == nil {
+					usec[f[0]] = n
+				}
+			}
+		}
+		if len(loads) != 1 || !strings.HasPrefix(loads[0], "profile_load@") {
+			t.Errorf("docker-default loaded %v in this boot, want once (by apparmor.service)\n%s", loads, out)
+		} else if usec["dockerd"] == 0 || loadUsec[0] >= usec["dockerd"] {
+			t.Errorf("docker-default loaded at %d µs, dockerd started at %d µs: dockerd compiled it\n%s", loadUsec[0], usec["dockerd"], out)
+		}
+		if !strings.Contains(out, "policy same\n") {
+			t.Errorf("the loaded docker-default is not /etc/apparmor.d/docker-default's policy\n%s", out)
+		}
+		if usec["containerd"] == 0 || usec["basic"] == 0 || usec["containerd"] >= usec["basic"] {
+			t.Errorf("containerd started at %d µs, basic.target at %d µs: want containerd first\n%s", usec["containerd"], usec["basic"], out)
+		}
+		if !strings.Contains(out, "modules active\n") {
+			t.Errorf("systemd-modules-load.service is not active (/etc/modules-load.d/ecs-docker.conf)\n%s", out)
 		}
 	})
 

@@ -414,6 +414,8 @@ func isHex(s string) bool {
 }
 
 // waitPostgres polls pg_isready until the local server accepts connections.
+// The poll is short: the first check often comes just before the server
+// accepts connections, and the step is on the first boot's critical path.
 func (a *Agent) waitPostgres(ctx context.Context, limit time.Duration) error {
 	deadline := time.Now().Add(limit)
 	for {
@@ -427,7 +429,7 @@ func (a *Agent) waitPostgres(ctx context.Context, limit time.Duration) error {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-time.After(time.Second):
+		case <-time.After(250 * time.Millisecond):
 		}
 	}
 }

@@ -119,8 +119,11 @@ var cacheLsCmd = &cobra.Command{
 		fmt.Fprintln(w, "KEY\tTEMPLATE\tSTAGE\tKIND\tSIZE\tCREATED\tLAST USED\tPARENT")
 		for _, e := range ents {
 			kind := "offline"
-			if e.Booted {
+			switch {
+			case e.Booted:
 				kind = "booted"
+			case e.Chroot:
+				kind = "chroot"
 			}
 			parent := e.Parent
 			if len(parent) > 17 {
