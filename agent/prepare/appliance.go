@@ -10,6 +10,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -326,6 +327,29 @@ func (a *Agent) pgConfDir() string {
 	return "/etc/postgresql/" + best + "/main"
 }
 
+// pgTool returns how to run the PostgreSQL client program name for the
+// cluster configured in confDir (/etc/postgresql/<version>/main): the
+// version's own binary, when installed, and the cluster's port. Debian's
+// /usr/bin/psql and pg_isready are pg_wrapper, a Perl script that finds the
+// cluster first: about a second per call under emulation, on the first
+// boot's critical path. Without the versioned binary, the wrapper.
+func (a *Agent) pgTool(confDir, name string) (string, []string) {
+	version := path.Base(path.Dir(confDir))
+	bin := path.Join("/usr/lib/postgresql", version, "bin", name)
+	if fi, err := os.Stat(a.Host.Path(bin)); err != nil || fi.IsDir() {
+		return name, nil
+	}
+	port := "5432"
+	if conf, err := a.Host.ReadFile(confDir + "/postgresql.conf"); err == nil {
+		if m := pgPortRE.FindSubmatch(conf); m != nil {
+			port = string(m[1])
+		}
+	}
+	return bin, []string{"-p", port}
+}
+
+var pgPortRE = regexp.MustCompile(`(?m)^[ \t]*port[ \t]*=[ \t]*'?([0-9]+)'?`)
+
 // Database names.
 const (
 	DBName = "ecs"
@@ -368,7 +392,7 @@ func (a *Agent) stepPostgres(ctx context.Context, e *Env) error {
 	}
 	// postgresql.service only fronts the cluster units: wait for the
 	// server to accept connections (found by the VM test).
-	if err := a.waitPostgres(ctx, 2*time.Minute); err != nil {
+	if err := a.waitPostgres(ctx, dir, 2*time.Minute); err != nil {
 		return err
 	}
 	pw, err := a.databasePassword()
@@ -380,8 +404,9 @@ func (a *Agent) stepPostgres(ctx context.Context, e *Env) error {
 ALTER ROLE %[1]s WITH LOGIN PASSWORD '%[3]s';
 SELECT 'CREATE DATABASE %[2]s OWNER %[1]s TEMPLATE template0 ENCODING ''UTF8''' WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = '%[2]s')\gexec
 `, DBRole, DBName, pw)
-	if _, err := a.Host.RunCmd(ctx, host.Cmd{Name: "runuser", Args: []string{"-u", "postgres", "--", "psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", "postgres"},
-		Stdin: strings.NewReader(sql)}); err != nil {
+	psql, conn := a.pgTool(dir, "psql")
+	args := append(append([]string{"-u", "postgres", "--", psql}, conn...), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", "postgres")
+	if _, err := a.Host.RunCmd(ctx, host.Cmd{Name: "runuser", Args: args, Stdin: strings.NewReader(sql)}); err != nil {
 		return fmt.Errorf("creating role and database %s: %w", DBName, err)
 	}
 	url := fmt.Sprintf("DATABASE_URL=postgres://%s:%s@host.docker.internal:5432/%s\n", DBRole, pw, DBName)
@@ -416,10 +441,12 @@ func isHex(s string) bool {
 // waitPostgres polls pg_isready until the local server accepts connections.
 // The poll is short: the first check often comes just before the server
 // accepts connections, and the step is on the first boot's critical path.
-func (a *Agent) waitPostgres(ctx context.Context, limit time.Duration) error {
+func (a *Agent) waitPostgres(ctx context.Context, confDir string, limit time.Duration) error {
+	isready, conn := a.pgTool(confDir, "pg_isready")
+	args := append(conn, "-q")
 	deadline := time.Now().Add(limit)
 	for {
-		_, err := a.Host.Run(ctx, "pg_isready", "-q")
+		_, err := a.Host.Run(ctx, isready, args...)
 		if err == nil {
 			return nil
 		}

@@ -479,3 +479,51 @@ func TestApplianceComposeExitsBeforeReady(t *testing.T) {
 		t.Fatalf("err = %v", err)
 	}
 }
+
+// With the cluster version's own client binaries installed, the postgresql
+// step runs them directly (with the cluster's port), not Debian's Perl
+// pg_wrapper; without them, the wrapper.
+func TestPostgresClientsSkipPgWrapper(t *testing.T) {
+	a, rec := testAgent(t)
+	fakeSystem(t, a)
+	put(t, a, "/etc/postgresql/15/main/postgresql.conf", []byte("# port = 1\nport = 5433\t\t# (change requires restart)\n"), 0o644)
+	for _, b := range []string{"psql", "pg_isready"} {
+		put(t, a, "/usr/lib/postgresql/15/bin/"+b, []byte("#!/bin/sh\n"), 0o755)
+	}
+	activate(t, a, siteEnv)
+	if err := a.stepPostgres(context.Background(), mustEnv(t, a)); err != nil {
+		t.Fatal(err)
+	}
+	cmds := rec.Recorded()
+	for _, want := range []string{
+		"/usr/lib/postgresql/15/bin/pg_isready -p 5433 -q",
+		"runuser -u postgres -- /usr/lib/postgresql/15/bin/psql -p 5433 -X -q -v ON_ERROR_STOP=1 -d postgres",
+	} {
+		if !slices.Contains(cmds, want) {
+			t.Errorf("missing command %q in\n%s", want, strings.Join(cmds, "\n"))
+		}
+	}
+
+	// No versioned binaries (and no port setting): the wrapper, as before.
+	a2, rec2 := testAgent(t)
+	fakeSystem(t, a2)
+	activate(t, a2, siteEnv)
+	if err := a2.stepPostgres(context.Background(), mustEnv(t, a2)); err != nil {
+		t.Fatal(err)
+	}
+	cmds = rec2.Recorded()
+	for _, want := range []string{"pg_isready -q", "runuser -u postgres -- psql -X -q -v ON_ERROR_STOP=1 -d postgres"} {
+		if !slices.Contains(cmds, want) {
+			t.Errorf("missing command %q in\n%s", want, strings.Join(cmds, "\n"))
+		}
+	}
+}
+
+func mustEnv(t *testing.T, a *Agent) *Env {
+	t.Helper()
+	e, err := a.loadActive()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return e
+}
