@@ -471,6 +471,11 @@ func (s *chrootSession) close() error {
 		}
 		// A lazily detached FUSE mount may linger on the export file.
 		syscall.Unmount(s.export, syscall.MNT_DETACH)
+		// It flushes the overlay when it quits on SIGTERM: anything but a
+		// clean exit may have lost qcow2 metadata.
+		if st := s.qsd.ProcessState; st != nil && !st.Success() {
+			return fmt.Errorf("qemu-storage-daemon: %v: %s", st, strings.TrimSpace(s.qsdErr.String()))
+		}
 	}
 	return nil
 }

@@ -4,14 +4,16 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strings"
 
 	"github.com/hashicorp/packer-plugin-sdk/multistep"
 )
 
 // stepChrootFinish restores the chroot's policy-rc.d and resolv.conf,
 // unmounts the disk and stops its export, so that the stage's overlay
-// holds every write before it is committed.
+// holds every write, and checks the overlay before it is committed.
 type stepChrootFinish struct{}
 
 func (s *stepChrootFinish) Run(ctx context.Context, state multistep.StateBag) multistep.StepAction {
@@ -25,7 +27,11 @@ func (s *stepChrootFinish) Run(ctx context.Context, state multistep.StateBag) mu
 		}
 	}
 	sr.chroot = nil
-	os.Remove(filepath.Join(sr.dir, "export.raw"))
+	// The overlay was written by another process: check its metadata
+	// before it becomes a cache entry that later stages build on.
+	if out, err := exec.CommandContext(ctx, "qemu-img", "check", "-q", sr.disk).CombinedOutput(); err != nil {
+		return halt(state, fmt.Errorf("chroot: qemu-img check %s: %v: %s", filepath.Base(sr.disk), err, strings.TrimSpace(string(out))))
+	}
 	return multistep.ActionContinue
 }
 
