@@ -35,7 +35,7 @@ const HelperName = "ecs-offline-helper"
 
 // helperVersion is part of the generalise key; bump it when the helper's
 // output changes.
-const helperVersion = 2
+const helperVersion = 3
 
 // Serial console markers of the helper protocol.
 const (

@@ -102,6 +102,20 @@ rm -rf /tmp/* /tmp/.[!.]* /var/tmp/* 2>/dev/null
   fi
 fi
 `)
+	// What systemd's ConditionNeedsUpdate units would do at the first boot
+	// because /usr changed (ldconfig, the journal's message catalog), done
+	// now and marked done as systemd-update-done.service marks it.
+	b.WriteString(`if [ -d /usr ] && [ -d /lib/systemd ]; then
+  step "first-boot updates"
+  ldconfig 2>/dev/null || true
+  journalctl --update-catalog 2>/dev/null || true
+  ns=$(stat -c %.9Y /usr | tr -d .)
+  for d in /etc /var; do
+    printf '# This file was created by systemd-update-done. Its only\n# purpose is to hold a timestamp of the time this directory\n# was updated. See man:systemd-update-done.service(8).\nTIMESTAMP_NSEC=%s\n' "$ns" >"$d/.updated"
+    touch -r /usr "$d/.updated"
+  done
+fi
+`)
 	if !g.KeepLogs {
 		b.WriteString(`step logs
 rm -rf /var/log/journal/* /var/log/installer
