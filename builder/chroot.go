@@ -71,7 +71,7 @@ type chrootSession struct {
 // openChroot exports disk (a qcow2) and mounts its root file system in a
 // new mount namespace; the root partition and its file system are grown to
 // the end of the disk first (as cloud-init's growpart does at a booted
-// build's first boot). hostname is the UTS name commands see.
+// build's first boot). dir is the stage's work directory.
 func openChroot(ctx context.Context, disk, dir string, log logrus.FieldLogger) (*chrootSession, error) {
 	s := &chrootSession{dir: dir, export: filepath.Join(dir, "export.raw"), root: filepath.Join(dir, "root"), log: log}
 	if err := os.MkdirAll(s.root, 0o755); err != nil {
@@ -102,7 +102,7 @@ func openChroot(ctx context.Context, disk, dir string, log logrus.FieldLogger) (
 }
 
 // startExport runs qemu-storage-daemon with a writable FUSE export of disk
-// on s.export and waits until the export has the disk's size.
+// on s.export and waits until the FUSE mount is there.
 func (s *chrootSession) startExport(ctx context.Context, disk string) error {
 	s.qsd = exec.Command("qemu-storage-daemon",
 		"--blockdev", "driver=file,filename="+qemuOptEscape(disk)+",node-name=file,cache.direct=off",
