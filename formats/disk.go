@@ -33,8 +33,12 @@ func writeVMDK(ctx context.Context, j *job) error {
 	return j.place(p)
 }
 
+// writeVHDX writes a dynamic VHDX with 1 MiB blocks, as Microsoft advises
+// for Linux guests: with qemu-img's default of 16 MiB, every block that
+// holds any ext4 metadata is allocated whole (the reference appliance's
+// VHDX: 2.39 GB instead of 1.89 GB).
 func writeVHDX(ctx context.Context, j *job) error {
-	return j.convert(ctx, j.in.Path, j.in.Format, j.in.VirtualSize, j.out, "-O", "vhdx", "-o", "subformat=dynamic")
+	return j.convert(ctx, j.in.Path, j.in.Format, j.in.VirtualSize, j.out, "-O", "vhdx", "-o", "subformat=dynamic,block_size=1M")
 }
 
 // writeVHD writes a fixed VHD whose virtual size is a whole number of MiB,

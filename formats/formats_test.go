@@ -75,6 +75,7 @@ func run(t testing.TB, name string, args ...string) string {
 type qinfo struct {
 	Format         string `json:"format"`
 	VirtualSize    int64  `json:"virtual-size"`
+	ClusterSize    int64  `json:"cluster-size"`
 	FormatSpecific struct {
 		Type string          `json:"type"`
 		Data json.RawMessage `json:"data"`
@@ -234,8 +235,8 @@ func TestEmitAll(t *testing.T) {
 	})
 	t.Run("vhdx", func(t *testing.T) {
 		p := path("vhdx")
-		if qi := info(t, p, "vhdx"); qi.VirtualSize != size {
-			t.Fatalf("vhdx size %d", qi.VirtualSize)
+		if qi := info(t, p, "vhdx"); qi.VirtualSize != size || qi.ClusterSize != 1<<20 {
+			t.Fatalf("vhdx size %d, block size %d (want 1 MiB)", qi.VirtualSize, qi.ClusterSize)
 		}
 		check(t, p, "vhdx")
 		same(t, in, p, "vhdx")
