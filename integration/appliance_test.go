@@ -247,7 +247,7 @@ func TestAppliance(t *testing.T) {
 		// image's docker-default profile before dockerd started (so
 		// dockerd compiled none: one load in the boot, the installed
 		// file's policy); containerd started before basic.target, while
-		// cloud-init ran; the modules-load.d list loaded.
+		// cloud-init ran, and so did dockerd; the modules-load.d list loaded.
 		out := run(t, `mono() { systemctl show -p "$2" --value "$1"; }
 echo "dockerd $(mono docker.service ExecMainStartTimestampMonotonic)"
 echo "containerd $(mono containerd.service InactiveExitTimestampMonotonic)"
@@ -282,6 +282,11 @@ apparmor_parser -S /etc/apparmor.d/docker-default | cmp -s - /sys/kernel/securit
 		}
 		if usec["containerd"] == 0 || usec["basic"] == 0 || usec["containerd"] >= usec["basic"] {
 			t.Errorf("containerd started at %d µs, basic.target at %d µs: want containerd first\n%s", usec["containerd"], usec["basic"], out)
+		}
+		// dockerd too (the image's docker.service), not after
+		// network-online.target.
+		if usec["dockerd"] == 0 || usec["dockerd"] >= usec["basic"] {
+			t.Errorf("dockerd started at %d µs, basic.target at %d µs: want dockerd first\n%s", usec["dockerd"], usec["basic"], out)
 		}
 		if !strings.Contains(out, "modules active\n") {
 			t.Errorf("systemd-modules-load.service is not active (/etc/modules-load.d/ecs-docker.conf)\n%s", out)

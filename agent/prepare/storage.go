@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/ecs-image/ecs-image/agent/status"
@@ -95,6 +96,21 @@ func (a *Agent) stepStorage(ctx context.Context, e *Env) error {
 		if err := a.systemctl(ctx, "daemon-reload"); err != nil {
 			return err
 		}
+	}
+	// dockerd keeps its data under /volatile (daemon.json's data-root) and
+	// starts early in the boot, before this step: stop it while volumes are
+	// mounted, so that it does not go on using the root file system below
+	// a mount. Its socket is back afterwards; the first docker command (the
+	// image preload, prepare-ecs) starts it again.
+	if slices.ContainsFunc(vols, func(v storageVolume) bool { _, ok := mounts[v.Mount]; return !ok }) {
+		if err := a.systemctl(ctx, "stop", "docker.socket", "docker.service"); err != nil {
+			return fmt.Errorf("stopping dockerd before mounting: %w", err)
+		}
+		defer func() {
+			if err := a.systemctl(ctx, "start", "docker.socket"); err != nil {
+				a.logf("%s: starting docker.socket: %v", step, err)
+			}
+		}()
 	}
 	for _, v := range vols {
 		if _, ok := mounts[v.Mount]; ok {
