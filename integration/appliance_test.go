@@ -253,6 +253,7 @@ echo "dockerd $(mono docker.service ExecMainStartTimestampMonotonic)"
 echo "containerd $(mono containerd.service InactiveExitTimestampMonotonic)"
 echo "basic $(mono basic.target ActiveEnterTimestampMonotonic)"
 echo "modules $(systemctl is-active systemd-modules-load.service)"
+echo "cycles $(journalctl -b --no-pager | grep -c 'ordering cycle')"
 journalctl -b -k -o short-monotonic --no-pager | grep -F 'name="docker-default"' | sed -n 's/^\[ *\([0-9.]*\)\].*operation="\([a-z_]*\)".*/aa \1 \2/p'
 apparmor_parser -S /etc/apparmor.d/docker-default | cmp -s - /sys/kernel/security/apparmor/policy/profiles/docker-default.*/raw_data && echo "policy same" || echo "policy differs"
 `)
@@ -287,6 +288,9 @@ apparmor_parser -S /etc/apparmor.d/docker-default | cmp -s - /sys/kernel/securit
 		// network-online.target.
 		if usec["dockerd"] == 0 || usec["dockerd"] >= usec["basic"] {
 			t.Errorf("dockerd started at %d µs, basic.target at %d µs: want dockerd first\n%s", usec["dockerd"], usec["basic"], out)
+		}
+		if !strings.Contains(out, "cycles 0\n") {
+			t.Errorf("systemd found an ordering cycle in this boot (the early units)\n%s", out)
 		}
 		if !strings.Contains(out, "modules active\n") {
 			t.Errorf("systemd-modules-load.service is not active (/etc/modules-load.d/ecs-docker.conf)\n%s", out)
