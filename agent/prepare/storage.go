@@ -102,7 +102,7 @@ func (a *Agent) stepStorage(ctx context.Context, e *Env) error {
 	// mounted, so that it does not go on using the root file system below
 	// a mount. Its socket is back afterwards; the first docker command (the
 	// image preload, prepare-ecs) starts it again.
-	if slices.ContainsFunc(vols, func(v storageVolume) bool { _, ok := mounts[v.Mount]; return !ok }) {
+	if slices.ContainsFunc(vols, func(v storageVolume) bool { _, ok := mounts[v.Mount]; return !ok }) && a.dockerActive(ctx) {
 		if err := a.systemctl(ctx, "stop", "docker.socket", "docker.service"); err != nil {
 			return fmt.Errorf("stopping dockerd before mounting: %w", err)
 		}
@@ -139,6 +139,13 @@ func (a *Agent) stepStorage(ctx context.Context, e *Env) error {
 		a.logf("%s: mounted %s (label %s) on %s", step, v.Device, v.Label, v.Mount)
 	}
 	return nil
+}
+
+// dockerActive tells whether docker.socket or docker.service is active
+// (false where docker is not installed).
+func (a *Agent) dockerActive(ctx context.Context) bool {
+	out, _ := a.Host.Run(ctx, "systemctl", "is-active", "docker.socket", "docker.service")
+	return slices.Contains(strings.Fields(string(out)), "active")
 }
 
 // findLabel returns the device holding the filesystem labelled label:

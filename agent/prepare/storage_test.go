@@ -46,6 +46,7 @@ func TestStorageMountsDataBeforeLayout(t *testing.T) {
 	fakeSystem(t, a)
 	put(t, a, Fstab, []byte(baseFstab), 0o644)
 	labelDevice(t, a, "ecs-data", "vdb")
+	rec.Responses["systemctl is-active docker.socket docker.service"] = host.Response{Stdout: "active\nactive\n"}
 	activate(t, a, storageEnvText("true"))
 	if err := a.PrepareAppliance(context.Background()); err != nil {
 		t.Fatal(err)
@@ -214,5 +215,23 @@ func TestParseMountInfo(t *testing.T) {
 		"95 22 254:16 / /data rw - ext4 /dev/vdb rw\n96 22 254:32 / /data rw - ext4 /dev/vdc rw\ngarbage\n"))
 	if m["/mnt/my disk"] != "/dev/root" || m["/data"] != "/dev/vdc" || len(m) != 2 {
 		t.Errorf("%v", m)
+	}
+}
+
+// Without docker (not installed or not running) the storage step stops
+// nothing.
+func TestStorageWithoutDocker(t *testing.T) {
+	a, rec := testAgent(t)
+	fakeSystem(t, a)
+	put(t, a, Fstab, []byte(baseFstab), 0o644)
+	labelDevice(t, a, "ecs-data", "vdb")
+	rec.Responses["systemctl is-active docker.socket docker.service"] = host.Response{Stdout: "inactive\ninactive\n", Err: errors.New("exit status 3")}
+	activate(t, a, storageEnvText("true"))
+	if err := a.PrepareAppliance(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	cmds := rec.Recorded()
+	if !slices.Contains(cmds, "mount /data") || slices.ContainsFunc(cmds, func(c string) bool { return strings.HasPrefix(c, "systemctl stop docker") }) {
+		t.Errorf("commands:\n%s", strings.Join(cmds, "\n"))
 	}
 }
