@@ -254,6 +254,7 @@ echo "containerd $(mono containerd.service InactiveExitTimestampMonotonic)"
 echo "basic $(mono basic.target ActiveEnterTimestampMonotonic)"
 echo "modules $(systemctl is-active systemd-modules-load.service)"
 echo "cycles $(journalctl -b --no-pager | grep -c 'ordering cycle')"
+echo "weight $(mono cloud-config.service CPUWeight) $(mono cloud-final.service CPUWeight)"
 journalctl -b -k -o short-monotonic --no-pager | grep -F 'name="docker-default"' | sed -n 's/^\[ *\([0-9.]*\)\].*operation="\([a-z_]*\)".*/aa \1 \2/p'
 apparmor_parser -S /etc/apparmor.d/docker-default | cmp -s - /sys/kernel/security/apparmor/policy/profiles/docker-default.*/raw_data && echo "policy same" || echo "policy differs"
 `)
@@ -288,6 +289,9 @@ apparmor_parser -S /etc/apparmor.d/docker-default | cmp -s - /sys/kernel/securit
 		// network-online.target.
 		if usec["dockerd"] == 0 || usec["dockerd"] >= usec["basic"] {
 			t.Errorf("dockerd started at %d µs, basic.target at %d µs: want dockerd first\n%s", usec["dockerd"], usec["basic"], out)
+		}
+		if !strings.Contains(out, "weight 20 20\n") {
+			t.Errorf("cloud-init's config and final stages do not run with CPUWeight=20\n%s", out)
 		}
 		if !strings.Contains(out, "cycles 0\n") {
 			t.Errorf("systemd found an ordering cycle in this boot (the early units)\n%s", out)
