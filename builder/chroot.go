@@ -28,6 +28,8 @@ import (
 	"time"
 
 	"github.com/sirupsen/logrus"
+
+	"github.com/ecs-image/ecs-image/communicator"
 )
 
 // chrootTools are the host programs a chroot stage needs.
@@ -54,7 +56,6 @@ func chrootUsable() error {
 
 // chrootSession is a stage disk mounted for chroot commands.
 type chrootSession struct {
-	dir    string // work directory: export file and mount point
 	export string // the disk as a raw file (FUSE export)
 	root   string // mount point of the root file system
 	log    logrus.FieldLogger
@@ -73,7 +74,7 @@ type chrootSession struct {
 // the end of the disk first (as cloud-init's growpart does at a booted
 // build's first boot). dir is the stage's work directory.
 func openChroot(ctx context.Context, disk, dir string, log logrus.FieldLogger) (*chrootSession, error) {
-	s := &chrootSession{dir: dir, export: filepath.Join(dir, "export.raw"), root: filepath.Join(dir, "root"), log: log}
+	s := &chrootSession{export: filepath.Join(dir, "export.raw"), root: filepath.Join(dir, "root"), log: log}
 	if err := os.MkdirAll(s.root, 0o755); err != nil {
 		return nil, err
 	}
@@ -354,23 +355,10 @@ const chrootPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 func (s *chrootSession) Run(ctx context.Context, command string, stdin io.Reader, out func(string)) error {
 	cmd := s.command(ctx, command)
 	cmd.Stdin = stdin
-	pr, pw := io.Pipe()
-	cmd.Stdout, cmd.Stderr = pw, pw
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		sc := bufio.NewScanner(pr)
-		sc.Buffer(make([]byte, 64<<10), 1<<20)
-		for sc.Scan() {
-			if out != nil {
-				out(sc.Text())
-			}
-		}
-		io.Copy(io.Discard, pr)
-	}()
+	lines := communicator.NewLineWriter(out)
+	cmd.Stdout, cmd.Stderr = lines, lines
 	err := cmd.Run()
-	pw.Close()
-	<-done
+	lines.Flush()
 	if err != nil {
 		if ctx.Err() != nil {
 			return ctx.Err()

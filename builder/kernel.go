@@ -120,25 +120,43 @@ func extractBaseBootFiles(ctx context.Context, image, format, work, dir string) 
 			}
 			src = append(src, fmt.Sprintf("%s %d %d", f, statField(st, "Size:"), statField(st, "mtime:")))
 		}
-		if err := os.WriteFile(filepath.Join(dir, "source"), []byte(strings.Join(src, "\n")+"\n"), 0o644); err != nil {
-			return err
-		}
 		grub, _ := debugfs(ctx, dev, "cat /boot/grub/grub.cfg")
-		args := grubArgs(grub)
-		root := argValue(args, "root")
-		if root == "" {
+		args, root := bootConfig(grub, func() string {
 			fstab, _ := debugfs(ctx, dev, "cat /etc/fstab")
-			root = fstabRoot(fstab)
-		}
+			return fstab
+		})
 		if root == "" {
-			return errors.New("no root= in /boot/grub/grub.cfg nor a / entry in /etc/fstab")
+			return errNoRoot
 		}
-		if err := os.WriteFile(filepath.Join(dir, "root"), []byte(root+"\n"), 0o644); err != nil {
-			return err
-		}
-		return os.WriteFile(filepath.Join(dir, "cmdline"), []byte(args+"\n"), 0o644)
+		return bootFiles{Dir: dir}.writeMeta(root, strings.Join(src, "\n"), args)
 	}
 	return fmt.Errorf("no partition holds /boot/vmlinuz-VERSION with its initrd.img-VERSION (%v)", lastErr)
+}
+
+// errNoRoot: neither the boot loader nor fstab names the root file system.
+var errNoRoot = errors.New("no root= in /boot/grub/grub.cfg nor a / entry in /etc/fstab")
+
+// bootConfig returns the kernel arguments of GRUB's first linux line and
+// the root= among them, else the device of fstab's / entry (fstab is read
+// only then).
+func bootConfig(grub string, fstab func() string) (args, root string) {
+	args = grubArgs(grub)
+	if root = argValue(args, "root"); root == "" {
+		root = fstabRoot(fstab())
+	}
+	return args, root
+}
+
+// writeMeta writes the root= argument, the kernel's and initrd's source
+// ("path size mtime" lines) and the kernel command line into the boot/
+// directory, next to vmlinuz and initrd.img.
+func (b bootFiles) writeMeta(root, source, cmdline string) error {
+	for name, content := range map[string]string{"root": root, "source": source, "cmdline": cmdline} {
+		if err := os.WriteFile(filepath.Join(b.Dir, name), []byte(content+"\n"), 0o644); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // statField is a number of debugfs's stat output: "Size: 123" or

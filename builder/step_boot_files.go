@@ -59,10 +59,8 @@ func (s *stepBootFiles) Run(ctx context.Context, state multistep.StateBag) multi
 	if len(f) > 2 {
 		root = f[2]
 	}
-	for name, content := range map[string]string{"root": root, "source": source, "cmdline": strings.TrimSpace(cmdline)} {
-		if err := os.WriteFile(filepath.Join(dir, name), []byte(content+"\n"), 0o644); err != nil {
-			return halt(state, err)
-		}
+	if err := (bootFiles{Dir: dir}).writeMeta(root, source, strings.TrimSpace(cmdline)); err != nil {
+		return halt(state, err)
 	}
 	sr.bootFrom = sr.key
 	b.log.Debugf("kept %s and %s (root=%s, reused %v)", f[0], f[1], root, reuse)

@@ -42,21 +42,17 @@ func (s *stepChrootBootFiles) Run(ctx context.Context, state multistep.StateBag)
 		}
 	}
 	grub, _ := os.ReadFile(sr.chroot.hostPath("/boot/grub/grub.cfg"))
-	args := grubArgs(string(grub))
-	root := argValue(args, "root")
-	if root == "" {
+	args, root := bootConfig(string(grub), func() string {
 		fstab, _ := os.ReadFile(sr.chroot.hostPath("/etc/fstab"))
-		root = fstabRoot(string(fstab))
-	}
+		return string(fstab)
+	})
 	if root == "" {
-		b.log.Warnf("no root= in /boot/grub/grub.cfg nor a / entry in /etc/fstab; later stages boot from the disk")
+		b.log.Warnf("%v; later stages boot from the disk", errNoRoot)
 		os.RemoveAll(dir)
 		return multistep.ActionContinue
 	}
-	for name, content := range map[string]string{"root": root, "source": strings.Join(lines, "\n"), "cmdline": args} {
-		if err := os.WriteFile(filepath.Join(dir, name), []byte(content+"\n"), 0o644); err != nil {
-			return halt(state, err)
-		}
+	if err := (bootFiles{Dir: dir}).writeMeta(root, strings.Join(lines, "\n"), args); err != nil {
+		return halt(state, err)
 	}
 	sr.bootFrom = sr.key
 	return multistep.ActionContinue

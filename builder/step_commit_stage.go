@@ -15,7 +15,7 @@ type stepCommitStage struct{}
 
 func (s *stepCommitStage) Run(ctx context.Context, state multistep.StateBag) multistep.StepAction {
 	b, sr := getBuild(state), getStage(state)
-	for _, f := range []string{"seed.iso", "serial.log", "helper-serial.log", "base-boot", "boot-initrd.img", "export.raw", "root"} {
+	for _, f := range []string{"seed.iso", "serial.log", "helper-serial.log", "base-boot", "boot-initrd.img"} {
 		os.RemoveAll(filepath.Join(sr.dir, f))
 	}
 	if sr.bootFrom == "" {

@@ -2,6 +2,7 @@ package builder
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 
@@ -19,7 +20,7 @@ func (s *stepStageKeys) Run(ctx context.Context, state multistep.StateBag) multi
 	b := getBuild(state)
 	env := modeEnv{helperErr: helperUsable(), chrootErr: chrootUsable()}
 	if b.opts.NoChroot {
-		env.chrootErr = fmt.Errorf("--no-chroot")
+		env.chrootErr = errors.New("--no-chroot")
 	}
 	parent := "base:" + RootKey(b.base.Digest, b.tmpl.DiskSizeBytes())
 	var lines []string

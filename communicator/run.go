@@ -56,8 +56,8 @@ func short(s string) string {
 // other codes, else the reason the command could not run or complete.
 // Cancelling ctx sends the command SIGKILL and closes its session.
 func (c *Client) Run(ctx context.Context, cmd string, opts RunOptions) (int, error) {
-	outW := newLineWriter(opts.Stdout)
-	errW := newLineWriter(opts.Stderr)
+	outW := NewLineWriter(opts.Stdout)
+	errW := NewLineWriter(opts.Stderr)
 	defer outW.Flush()
 	defer errW.Flush()
 	return c.run(ctx, cmd, opts, outW, errW)
@@ -146,16 +146,18 @@ func Quote(s string) string {
 	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }
 
-// lineWriter calls fn for each complete line written to it.
-type lineWriter struct {
+// LineWriter calls fn for each complete line written to it (a trailing
+// "\r" dropped); safe for concurrent writers.
+type LineWriter struct {
 	mu  sync.Mutex
 	fn  func(string)
 	buf []byte
 }
 
-func newLineWriter(fn func(string)) *lineWriter { return &lineWriter{fn: fn} }
+// NewLineWriter returns a LineWriter calling fn (nil: discard).
+func NewLineWriter(fn func(string)) *LineWriter { return &LineWriter{fn: fn} }
 
-func (w *lineWriter) Write(b []byte) (int, error) {
+func (w *LineWriter) Write(b []byte) (int, error) {
 	if w.fn == nil {
 		return len(b), nil
 	}
@@ -174,7 +176,7 @@ func (w *lineWriter) Write(b []byte) (int, error) {
 }
 
 // Flush passes on a last line that had no newline.
-func (w *lineWriter) Flush() {
+func (w *LineWriter) Flush() {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if w.fn != nil && len(w.buf) > 0 {

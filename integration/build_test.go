@@ -209,47 +209,14 @@ func TestBuildInterrupt(t *testing.T) {
 	tmpl := filepath.Join(dir, "it-small.yml")
 	os.WriteFile(tmpl, []byte(buildTemplate(base, "interrupt-"+hex.EncodeToString(rnd), "x")), 0o644)
 	out := filepath.Join(dir, "out")
-	cmd := exec.Command(ecsImagePath(), "build", tmpl, "-o", out)
-	stderr, err := cmd.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	var log strings.Builder
+	log, _ := interruptBuild(t, "qemu started", 3*time.Second, tmpl, "-o", out)
 	workDir := ""
-	buf := make([]byte, 4096)
-	deadline := time.Now().Add(5 * time.Minute)
-	for !strings.Contains(log.String(), "qemu started") && time.Now().Before(deadline) {
-		n, err := stderr.Read(buf)
-		log.Write(buf[:n])
-		if err != nil {
-			break
-		}
-	}
-	if i := strings.Index(log.String(), "serial log "); i >= 0 {
-		p := strings.Fields(log.String()[i+len("serial log "):])[0]
+	if i := strings.Index(log, "serial log "); i >= 0 {
+		p := strings.Fields(log[i+len("serial log "):])[0]
 		workDir = filepath.Dir(filepath.Dir(strings.Trim(p, `"`)))
 	}
 	if workDir == "" {
-		cmd.Process.Kill()
-		t.Fatalf("the build did not start QEMU:\n%s", log.String())
-	}
-	time.Sleep(3 * time.Second)
-	cmd.Process.Signal(os.Interrupt)
-	go func() {
-		for {
-			n, err := stderr.Read(buf)
-			log.Write(buf[:n])
-			if err != nil {
-				return
-			}
-		}
-	}()
-	err = cmd.Wait()
-	if err == nil {
-		t.Fatal("an interrupted build exited 0")
+		t.Fatalf("no serial log named before the interrupt:\n%s", log)
 	}
 	if ents, _ := os.ReadDir(out); len(ents) != 0 {
 		t.Errorf("output directory not empty after the interrupt: %v", ents)
@@ -260,4 +227,41 @@ func TestBuildInterrupt(t *testing.T) {
 	if data, _ := exec.Command("pgrep", "-f", workDir).Output(); len(data) > 0 {
 		t.Errorf("QEMU still running: %s", data)
 	}
+}
+
+// interruptBuild runs `ecs-image build ARGS…`, waits until its log holds
+// until (5 minutes at most), lets it run delay longer, sends SIGINT and
+// waits for it to exit. It returns the log up to the interrupt and the
+// whole log. A log that never holds until, or a build that exits 0,
+// fails the test.
+func interruptBuild(t *testing.T, until string, delay time.Duration, args ...string) (before, all string) {
+	t.Helper()
+	cmd := exec.Command(ecsImagePath(), append([]string{"build"}, args...)...)
+	var log syncBuffer
+	cmd.Stderr = &log
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	deadline := time.Now().Add(5 * time.Minute)
+	for !strings.Contains(log.String(), until) {
+		select {
+		case err := <-done:
+			t.Fatalf("the build exited (%v) before its log held %q:\n%s", err, until, log.String())
+		case <-time.After(100 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			cmd.Process.Kill()
+			<-done
+			t.Fatalf("no %q in the build's log after 5 minutes:\n%s", until, log.String())
+		}
+	}
+	time.Sleep(delay)
+	before = log.String()
+	cmd.Process.Signal(os.Interrupt)
+	if err := <-done; err == nil {
+		t.Fatalf("an interrupted build exited 0:\n%s", log.String())
+	}
+	return before, log.String()
 }

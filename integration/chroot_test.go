@@ -129,41 +129,10 @@ func TestBuildChrootInterrupt(t *testing.T) {
 	tmpl := filepath.Join(dir, "it-chroot.yml")
 	os.WriteFile(tmpl, []byte(chrootTemplate(base, "interrupt-"+hex.EncodeToString(rnd))), 0o644)
 	out := filepath.Join(dir, "out")
-	cmd := exec.Command(ecsImagePath(), "build", tmpl, "-o", out, "--no-cache")
-	stderr, err := cmd.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	var log strings.Builder
-	buf := make([]byte, 4096)
-	deadline := time.Now().Add(5 * time.Minute)
 	// "Unpacking" is dpkg at work inside the chroot.
-	for !strings.Contains(log.String(), "Unpacking ") && time.Now().Before(deadline) {
-		n, err := stderr.Read(buf)
-		log.Write(buf[:n])
-		if err != nil {
-			break
-		}
-	}
-	if !strings.Contains(log.String(), "chroot on the build host") {
-		cmd.Process.Kill()
-		t.Fatalf("the build did not run a chroot stage:\n%s", log.String())
-	}
-	cmd.Process.Signal(os.Interrupt)
-	go func() {
-		for {
-			n, err := stderr.Read(buf)
-			log.Write(buf[:n])
-			if err != nil {
-				return
-			}
-		}
-	}()
-	if err := cmd.Wait(); err == nil {
-		t.Fatal("an interrupted build exited 0")
+	before, log := interruptBuild(t, "Unpacking ", 0, tmpl, "-o", out, "--no-cache")
+	if !strings.Contains(before, "chroot on the build host") {
+		t.Fatalf("the build did not run a chroot stage:\n%s", log)
 	}
 	time.Sleep(time.Second)
 	if ents, _ := os.ReadDir(out); len(ents) != 0 {
@@ -186,6 +155,6 @@ func TestBuildChrootInterrupt(t *testing.T) {
 		}
 	}
 	if t.Failed() {
-		t.Logf("build log:\n%s", log.String())
+		t.Logf("build log:\n%s", log)
 	}
 }
