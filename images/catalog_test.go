@@ -14,7 +14,7 @@ func TestBuiltinCatalog(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, name := range []string{"ubuntu-xenial", "ubuntu-bionic", "ubuntu-focal", "ubuntu-jammy", "ubuntu-noble", "debian-12"} {
+	for _, name := range []string{"ubuntu-xenial", "ubuntu-bionic", "ubuntu-focal", "ubuntu-jammy", "ubuntu-noble", "debian-12", "debian-13"} {
 		e := c.Lookup(name)
 		if e == nil {
 			t.Errorf("%s missing", name)
