@@ -158,3 +158,69 @@ func (d *Doc) Standby() bool {
 	v, _ := d.Bool("appliance.standby")
 	return v
 }
+
+// Walk calls fn for every string key of the document's mappings, depth
+// first in document order, with its dotted path and value (aliases and
+// merge keys resolved); fn returns whether to descend into the value when
+// it is a mapping.
+func (d *Doc) Walk(fn func(path string, value *yaml.Node) bool) {
+	if d == nil {
+		return
+	}
+	var f flattener
+	var walk func(n *yaml.Node, parent string)
+	walk = func(n *yaml.Node, parent string) {
+		n = deref(n)
+		if n == nil || n.Kind != yaml.MappingNode {
+			return
+		}
+		for _, e := range f.entries(n) {
+			if e.key.kind != kStr {
+				continue
+			}
+			p := joinPath(parent, e.key.text)
+			v := deref(e.value)
+			if fn(p, v) && v != nil && v.Kind == yaml.MappingNode {
+				walk(v, p)
+			}
+		}
+	}
+	walk(d.Root, "")
+}
+
+// IsSet reports whether a value asks for something: not null, not an
+// empty string, not false (YAML 1.1), not an empty list, and for a
+// mapping, any of its values set.
+func IsSet(n *yaml.Node) bool {
+	n = deref(n)
+	if n == nil {
+		return false
+	}
+	switch n.Kind {
+	case yaml.ScalarNode:
+		s, err := resolve(n, false)
+		if err != nil {
+			return true
+		}
+		switch s.kind {
+		case kNull:
+			return false
+		case kBool:
+			return s.text == "true"
+		case kStr:
+			return strings.TrimSpace(s.text) != ""
+		}
+		return true
+	case yaml.SequenceNode:
+		return len(n.Content) > 0
+	case yaml.MappingNode:
+		var f flattener
+		for _, e := range f.entries(n) {
+			if IsSet(e.value) {
+				return true
+			}
+		}
+		return false
+	}
+	return true
+}

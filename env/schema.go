@@ -393,3 +393,33 @@ func isASCII(s string) bool {
 	}
 	return true
 }
+
+// SchemaKey is one key the env.yml schema knows.
+type SchemaKey struct {
+	// Path is the dotted path (appliance.ssl.key). Mappings with declared
+	// fields are not keys themselves: their fields are. Lists, open
+	// mappings and cloud-init's own keys are keys, not descended into.
+	Path string
+	// CloudInit marks a top-level key of cloud-init's cloud-config that
+	// the schema accepts without knowing its shape.
+	CloudInit bool
+}
+
+// SchemaKeys returns every key the schema knows, sorted by path, for
+// tables that must classify each of them (the agent's key table).
+func SchemaKeys() []SchemaKey {
+	var out []SchemaKey
+	var walk func(sp *spec, path string)
+	walk = func(sp *spec, path string) {
+		if sp.kind != kMap || sp.open || len(sp.fields) == 0 {
+			out = append(out, SchemaKey{Path: path, CloudInit: sp.kind == kNull && !strings.Contains(path, ".")})
+			return
+		}
+		for name, f := range sp.fields {
+			walk(f, joinPath(path, name))
+		}
+	}
+	walk(schema, "")
+	sort.Slice(out, func(i, j int) bool { return out[i].Path < out[j].Path })
+	return out
+}

@@ -39,6 +39,7 @@ func (a *Agent) PrepareAppliance(ctx context.Context) error {
 			{{Name: "postgresql", Run: a.stepPostgres}},
 			{{Name: "mail", Run: a.stepMail}, {Name: "stunnel", Run: a.stepStunnel}},
 			{{Name: "deploy-api", Run: a.stepDeployAPI}},
+			{{Name: "vault-keys", Run: a.stepVaultKeys}},
 			{{Name: "images", Run: a.stepPreloadImages}},
 		}},
 	})
@@ -350,17 +351,36 @@ func (a *Agent) pgTool(confDir, name string) (string, []string) {
 
 var pgPortRE = regexp.MustCompile(`(?m)^[ \t]*port[ \t]*=[ \t]*'?([0-9]+)'?`)
 
-// Database names.
+// Database names: the role is fixed, the database is ecs.database
+// (default DBName), as in the original appliance.
 const (
 	DBName = "ecs"
 	DBRole = "ecs"
 )
+
+var dbNameRE = regexp.MustCompile(`^[a-z_][a-z0-9_]{0,62}$`)
+
+// dbName returns the database name of ecs.database, default DBName.
+func dbName(e *Env) (string, error) {
+	n := e.Str("ecs.database")
+	if n == "" {
+		return DBName, nil
+	}
+	if !dbNameRE.MatchString(n) {
+		return "", fmt.Errorf("ecs.database: %q is not a database name (lower-case letters, digits, _)", n)
+	}
+	return n, nil
+}
 
 func (a *Agent) stepPostgres(ctx context.Context, e *Env) error {
 	dir := a.pgConfDir()
 	if dir == "" {
 		a.logf("prepare-appliance/postgresql: PostgreSQL is not installed (no /etc/postgresql/*/main); skipped")
 		return nil
+	}
+	db, err := dbName(e)
+	if err != nil {
+		return err
 	}
 	t := TunePostgres(a.memBytes(), a.cores())
 	conf, err := render("postgresql.conf.tmpl", t)
@@ -371,7 +391,7 @@ func (a *Agent) stepPostgres(ctx context.Context, e *Env) error {
 	if err != nil {
 		return err
 	}
-	block, err := render("pg_hba.block.tmpl", map[string]string{"Database": DBName, "Role": DBRole})
+	block, err := render("pg_hba.block.tmpl", map[string]string{"Database": db, "Role": DBRole})
 	if err != nil {
 		return err
 	}
@@ -403,13 +423,13 @@ func (a *Agent) stepPostgres(ctx context.Context, e *Env) error {
 	sql := fmt.Sprintf(`SELECT 'CREATE ROLE %[1]s LOGIN' WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '%[1]s')\gexec
 ALTER ROLE %[1]s WITH LOGIN PASSWORD '%[3]s';
 SELECT 'CREATE DATABASE %[2]s OWNER %[1]s TEMPLATE template0 ENCODING ''UTF8''' WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = '%[2]s')\gexec
-`, DBRole, DBName, pw)
+`, DBRole, db, pw)
 	psql, conn := a.pgTool(dir, "psql")
 	args := append(append([]string{"-u", "postgres", "--", psql}, conn...), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", "postgres")
 	if _, err := a.Host.RunCmd(ctx, host.Cmd{Name: "runuser", Args: args, Stdin: strings.NewReader(sql)}); err != nil {
-		return fmt.Errorf("creating role and database %s: %w", DBName, err)
+		return fmt.Errorf("creating role and database %s: %w", db, err)
 	}
-	url := fmt.Sprintf("DATABASE_URL=postgres://%s:%s@host.docker.internal:5432/%s\n", DBRole, pw, DBName)
+	url := fmt.Sprintf("DATABASE_URL=postgres://%s:%s@host.docker.internal:5432/%s\n", DBRole, pw, db)
 	_, err = a.Host.WriteFile(DatabaseEnv, []byte(url), 0o600)
 	return err
 }

@@ -9,7 +9,6 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/ecs-image/ecs-image/agent/status"
 	"github.com/ecs-image/ecs-image/mountinfo"
 )
 
@@ -48,21 +47,8 @@ type storageVolume struct {
 // not unmounted).
 func (a *Agent) stepStorage(ctx context.Context, e *Env) error {
 	const step = "prepare-appliance/storage"
-	var unsupported []string
-	for _, key := range []string{"setup", "proxy_cache", "grow_root"} {
-		if n := e.Doc.Lookup("appliance.storage." + key); n != nil && n.Tag != "!!null" && n.Value != "false" && n.Value != "" {
-			unsupported = append(unsupported, "appliance.storage."+key)
-		}
-	}
-	warning := ""
-	if len(unsupported) > 0 {
-		warning = strings.Join(unsupported, ", ") + " is not supported by ecs-agent and is ignored " +
-			"(prepare the volumes labelled ecs-data / ecs-volatile before the appliance starts)"
-		a.logf("%s: warning: %s", step, warning)
-	}
-	if err := status.Warn(a.Host, "storage", warning); err != nil {
-		a.logf("%s: status: %v", step, err)
-	}
+	// appliance.storage.setup, .proxy_cache and .grow_root are reported
+	// by prepare-env (KeyTable).
 	var vols []storageVolume
 	var missing []error
 	for _, v := range storageVolumes {

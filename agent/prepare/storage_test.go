@@ -171,14 +171,15 @@ func TestStorageBlkidFallbackAndSetupWarning(t *testing.T) {
 	if !slices.Contains(rec.Recorded(), "mount /volatile") {
 		t.Errorf("commands %q", rec.Recorded())
 	}
-	if log := a.Log.(*bytes.Buffer).String(); !strings.Contains(log, "warning: appliance.storage.setup is not supported by ecs-agent and is ignored") {
+	// Reported by prepare-env from the key table.
+	if log := a.Log.(*bytes.Buffer).String(); !strings.Contains(log, "prepare-env: appliance.storage.setup: not supported by this image") {
 		t.Errorf("no warning:\n%s", log)
 	}
 	st, _ := status.Read(a.Host)
-	if !strings.Contains(st.Warnings["storage"], "appliance.storage.setup is not supported") {
+	if !strings.Contains(st.Warnings[KeysWarning], "appliance.storage.setup: not supported") {
 		t.Errorf("warnings %v", st.Warnings)
 	}
-	if page := read(t, a, status.StatusPage); !strings.Contains(page, "appliance.storage.setup is not supported") {
+	if page := read(t, a, status.StatusPage); !strings.Contains(page, "appliance.storage.setup: not supported") {
 		t.Errorf("status page lacks the warning:\n%s", page)
 	}
 }

@@ -202,3 +202,21 @@ func standbyOK(err error) error {
 	}
 	return err
 }
+
+func init() {
+	rootCmd.AddCommand(&cobra.Command{
+		Use:   "keys",
+		Short: "Print how the image handles each env.yml key",
+		Long: `Prints the agent's key table: for every key of the original env.yml, the
+step that implements it, or UNSUPPORTED with the reason. prepare-env
+reports every set key the image ignores (unsupported or unknown) in the
+journal and as the "env.yml" warning of the status page.`,
+		Example: `  ecs-agent keys
+  ecs-agent keys | grep UNSUPPORTED`,
+		Args: noArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			_, err := fmt.Fprint(cmd.OutOrStdout(), prepare.FormatKeyTable())
+			return err
+		},
+	})
+}
