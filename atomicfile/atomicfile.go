@@ -254,3 +254,48 @@ func syncDir(dir string) {
 		d.Close()
 	}
 }
+
+// MkdirAllUndo creates dir and any missing parents with perm (exactly: the
+// umask does not apply to the directories it creates) and returns a function
+// that removes again, deepest first, the directories it created, as long as
+// they are empty; call it when the outputs meant for dir could not be
+// written, so that a failure leaves nothing behind. An existing dir is
+// accepted as it is (undo then does nothing); an existing non-directory is
+// an error.
+func MkdirAllUndo(dir string, perm fs.FileMode) (undo func(), err error) {
+	var created []string
+	for p := filepath.Clean(dir); ; {
+		st, err := os.Stat(p)
+		if err == nil {
+			if !st.IsDir() {
+				return func() {}, &fs.PathError{Op: "mkdir", Path: p, Err: syscall.ENOTDIR}
+			}
+			break
+		}
+		if !errors.Is(err, fs.ErrNotExist) {
+			return func() {}, err
+		}
+		created = append(created, p)
+		parent := filepath.Dir(p)
+		if parent == p {
+			break
+		}
+		p = parent
+	}
+	undo = func() {
+		for _, p := range created {
+			os.Remove(p) // fails, as it should, when not empty
+		}
+	}
+	for i := len(created) - 1; i >= 0; i-- {
+		if err := os.Mkdir(created[i], perm); err != nil && !errors.Is(err, fs.ErrExist) {
+			undo()
+			return func() {}, err
+		}
+		if err := os.Chmod(created[i], perm); err != nil {
+			undo()
+			return func() {}, err
+		}
+	}
+	return undo, nil
+}

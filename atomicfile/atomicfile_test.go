@@ -337,3 +337,55 @@ func TestImportsNothingFromTheModule(t *testing.T) {
 		}
 	}
 }
+
+func TestMkdirAllUndo(t *testing.T) {
+	root := t.TempDir()
+	dir := filepath.Join(root, "a", "b", "c")
+	undo, err := MkdirAllUndo(dir, 0o700)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{filepath.Join(root, "a"), filepath.Join(root, "a", "b"), dir} {
+		st, err := os.Stat(p)
+		if err != nil || !st.IsDir() || st.Mode().Perm() != 0o700 {
+			t.Fatalf("%s: %v %v", p, st, err)
+		}
+	}
+	undo()
+	if _, err := os.Stat(filepath.Join(root, "a")); !os.IsNotExist(err) {
+		t.Fatalf("undo left %s: %v", filepath.Join(root, "a"), err)
+	}
+
+	// An existing directory is kept by undo, as is one that got content.
+	undo, err = MkdirAllUndo(filepath.Join(root, "x", "y"), 0o755)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(root, "x", "keep"), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	undo()
+	if _, err := os.Stat(filepath.Join(root, "x", "y")); !os.IsNotExist(err) {
+		t.Fatalf("empty y kept: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(root, "x", "keep")); err != nil {
+		t.Fatalf("non-empty x removed: %v", err)
+	}
+	undo, err = MkdirAllUndo(root, 0o700)
+	if err != nil {
+		t.Fatal(err)
+	}
+	undo()
+	if _, err := os.Stat(root); err != nil {
+		t.Fatal(err)
+	}
+
+	// A file in the way is an error.
+	f := filepath.Join(root, "file")
+	if err := os.WriteFile(f, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := MkdirAllUndo(filepath.Join(f, "sub"), 0o700); err == nil || !errors.Is(err, syscall.ENOTDIR) {
+		t.Fatalf("file in the way: %v", err)
+	}
+}

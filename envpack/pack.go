@@ -14,6 +14,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -21,6 +22,7 @@ import (
 
 	"github.com/ProtonMail/go-crypto/openpgp"
 	"github.com/ProtonMail/go-crypto/openpgp/packet"
+	"github.com/ecs-image/ecs-image/atomicfile"
 	"github.com/ecs-image/ecs-image/cidata"
 	"github.com/ecs-image/ecs-image/env"
 )
@@ -98,9 +100,11 @@ func Package(ctx context.Context, o Options) ([]string, error) {
 	if outDir == "" {
 		outDir = filepath.Dir(o.EnvFile)
 	}
-	if st, err := os.Stat(outDir); err != nil {
+	// A missing OutDir is created (0700: it holds secrets) only when the
+	// outputs are ready to be written.
+	if st, err := os.Stat(outDir); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return nil, err
-	} else if !st.IsDir() {
+	} else if err == nil && !st.IsDir() {
 		return nil, &InputError{outDir, "not a directory"}
 	}
 
@@ -143,12 +147,18 @@ type output struct {
 }
 
 // writeAll writes every output to a temporary file, then renames them all.
+// It creates dir (0700) if missing, and removes it again on failure.
 func writeAll(ctx context.Context, dir string, outs []output) ([]string, error) {
+	undo, err := atomicfile.MkdirAllUndo(dir, 0o700)
+	if err != nil {
+		return nil, err
+	}
 	tmps := make([]string, 0, len(outs))
 	cleanup := func() {
 		for _, t := range tmps {
 			os.Remove(t)
 		}
+		undo()
 	}
 	for _, o := range outs {
 		f, err := os.CreateTemp(dir, "."+o.name+".tmp-*")

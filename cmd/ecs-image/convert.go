@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/ecs-image/ecs-image/atomicfile"
 	"github.com/ecs-image/ecs-image/formats"
 	"github.com/spf13/cobra"
 )
@@ -31,7 +32,8 @@ With one format, -o names the output file. With several formats (or -d),
 the outputs are written into DIR as BASE+extension, in parallel (at most one
 per CPU); BASE defaults to the input's name without .qcow2. Outputs are
 written under temporary names and renamed only when all succeeded, so an
-error or Ctrl-C leaves nothing half-written.
+error or Ctrl-C leaves nothing half-written. A missing output directory
+(DIR, or OUT's) is created, and removed again if the conversion fails.
 
 Formats:
 ` + formatList() + `
@@ -65,21 +67,25 @@ Vagrant boxes carry Vagrant's public insecure key and are refused with
 				return err
 			}
 			if out != "" {
-				if err := checkDir(filepath.Dir(out)); err != nil {
+				undo, err := makeDir(filepath.Dir(out))
+				if err != nil {
 					return err
 				}
 				if err := formats.Write(cmd.Context(), img, names[0], out, opts); err != nil {
+					undo()
 					return err
 				}
 				fmt.Fprintln(cmd.OutOrStdout(), out)
 				return nil
 			}
-			if err := checkDir(outDir); err != nil {
+			undo, err := makeDir(outDir)
+			if err != nil {
 				return err
 			}
 			base := strings.TrimSuffix(filepath.Base(in), ".qcow2")
 			arts, err := formats.Emit(cmd.Context(), img, outDir, base, names, opts)
 			if err != nil {
+				undo()
 				return err
 			}
 			for _, a := range arts {
@@ -110,13 +116,24 @@ func formatList() string {
 	return b.String()
 }
 
+// makeDir creates the output directory dir (0755) and its missing parents;
+// undo removes what it created if still empty (for a failed conversion).
+func makeDir(dir string) (undo func(), err error) {
+	undo, err = atomicfile.MkdirAllUndo(dir, 0o755)
+	if err != nil {
+		return nil, badInputf("output directory %s: %v", dir, err)
+	}
+	return undo, nil
+}
+
+// checkDir accepts an existing directory (an input such as a release's).
 func checkDir(dir string) error {
 	st, err := os.Stat(dir)
 	if err != nil {
-		return badInputf("output directory %s: %v", dir, err)
+		return badInputf("directory %s: %v", dir, err)
 	}
 	if !st.IsDir() {
-		return badInputf("output directory %s: not a directory", dir)
+		return badInputf("directory %s: not a directory", dir)
 	}
 	return nil
 }

@@ -82,6 +82,19 @@ func TestEnvCreateAndPackageCLI(t *testing.T) {
 			t.Errorf("%s mode %v", n, st.Mode().Perm())
 		}
 	}
+	// A missing -o directory is created, 0700 (it holds secrets).
+	pkgDir := filepath.Join(dir, "new", "package")
+	if code := runCLI([]string{"env", "package", envFile, "-o", pkgDir, "--recipients", "", "--meta-data", ""}); code != exitOK {
+		t.Fatalf("env package -o missing dir: exit %d", code)
+	}
+	for _, p := range []string{filepath.Join(dir, "new"), pkgDir} {
+		if st, err := os.Stat(p); err != nil || !st.IsDir() || st.Mode().Perm() != 0o700 {
+			t.Fatalf("%s: %v, %v; want a 0700 directory", p, st, err)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(pkgDir, "env.yml.pdf")); err != nil {
+		t.Fatal(err)
+	}
 	// Invalid env or recipients: exit 2.
 	bad := filepath.Join(dir, "bad.yml")
 	os.WriteFile(bad, []byte("#cloud-config\nappliance: {}\n"), 0o600)
@@ -95,6 +108,16 @@ func TestEnvCreateAndPackageCLI(t *testing.T) {
 	}
 	if code := runCLI([]string{"env", "package", filepath.Join(dir, "missing.yml"), "-o", "", "--recipients", "", "--meta-data", ""}); code != exitUsage {
 		t.Errorf("missing env: exit %d, want 2", code)
+	}
+	// A failure leaves no directory it created behind.
+	if code := runCLI([]string{"env", "package", envFile, "-o", filepath.Join(dir, "never"), "--recipients", keys, "--meta-data", ""}); code != exitUsage {
+		t.Errorf("bad recipients, new dir: exit %d, want 2", code)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "never")); !os.IsNotExist(err) {
+		t.Errorf("failed package left its directory: %v", err)
+	}
+	if code := runCLI([]string{"env", "package", envFile, "-o", keys, "--recipients", "", "--meta-data", ""}); code != exitUsage {
+		t.Errorf("-o names a file: exit %d, want 2", code)
 	}
 	ents, _ := os.ReadDir(dir)
 	for _, e := range ents {

@@ -1,7 +1,9 @@
 package main
 
 import (
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 
 	"github.com/ecs-image/ecs-image/envpack"
@@ -29,7 +31,8 @@ appliance's env-package.sh, without external tools:
                   with --recipients only: a tar.gz of env.yml, env.yml.pdf and
                   env-cidata.iso, OpenPGP-encrypted to every key in the file
 
-Outputs go to the env file's directory unless -o is given, mode 0600; an
+Outputs go to the env file's directory unless -o is given (created, mode
+0700, if missing), mode 0600; an
 existing env.yml.pdf or env-cidata.iso there is replaced. Nothing is written
 unless every output could be made. The paths written are printed on stdout.`,
 		Example: `  ecs-image env package ecs.example.org/env.yml
@@ -47,9 +50,10 @@ unless every output could be made. The paths written are printed on stdout.`,
 				return badInput(err)
 			}
 			if outDir != "" {
-				if st, err := os.Stat(outDir); err != nil {
+				// A missing directory is created (0700) once the outputs are ready.
+				if st, err := os.Stat(outDir); err != nil && !errors.Is(err, fs.ErrNotExist) {
 					return badInput(err)
-				} else if !st.IsDir() {
+				} else if err == nil && !st.IsDir() {
 					return badInputf("%s: not a directory", outDir)
 				}
 			}
