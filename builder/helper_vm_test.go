@@ -37,7 +37,7 @@ func TestOfflineHelperVM(t *testing.T) {
 	dir := t.TempDir()
 	disk := filepath.Join(dir, "disk.qcow2")
 	ctx := context.Background()
-	if err := qemu.Overlay(ctx, filepath.Join(stage, "disk.qcow2"), disk, 0); err != nil {
+	if err := qemu.Overlay(ctx, filepath.Join(stage, "disk.qcow2"), "qcow2", disk, 0); err != nil {
 		t.Fatal(err)
 	}
 	content := "offline\n"

@@ -4,11 +4,11 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"strings"
 
 	"github.com/hashicorp/packer-plugin-sdk/multistep"
+
+	"github.com/ecs-image/ecs-image/qemuimg"
 )
 
 // stepChrootFinish restores the chroot's policy-rc.d and resolv.conf,
@@ -29,8 +29,8 @@ func (s *stepChrootFinish) Run(ctx context.Context, state multistep.StateBag) mu
 	sr.chroot = nil
 	// The overlay was written by another process: check its metadata
 	// before it becomes a cache entry that later stages build on.
-	if out, err := exec.CommandContext(ctx, "qemu-img", "check", "-q", sr.disk).CombinedOutput(); err != nil {
-		return halt(state, fmt.Errorf("chroot: qemu-img check %s: %v: %s", filepath.Base(sr.disk), err, strings.TrimSpace(string(out))))
+	if _, err := qemuimg.Run(ctx, "check", "-q", "-f", "qcow2", sr.disk); err != nil {
+		return halt(state, fmt.Errorf("chroot: %s: %w", filepath.Base(sr.disk), err))
 	}
 	return multistep.ActionContinue
 }

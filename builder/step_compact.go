@@ -1,11 +1,9 @@
 package builder
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -14,7 +12,7 @@ import (
 
 	"github.com/ecs-image/ecs-image/atomicfile"
 	"github.com/ecs-image/ecs-image/formats"
-	"github.com/ecs-image/ecs-image/qemu"
+	"github.com/ecs-image/ecs-image/qemuimg"
 )
 
 // compactOptions are the compacted qcow2's creation options. zstd
@@ -48,14 +46,14 @@ type emission struct {
 func (s *stepCompact) Run(ctx context.Context, state multistep.StateBag) multistep.StepAction {
 	b := getBuild(state)
 	if others := b.otherOutputs(); len(others) > 0 {
-		info, err := qemu.Info(ctx, b.genDisk)
+		info, err := qemuimg.ReadInfo(ctx, b.genDisk, "qcow2")
 		if err != nil {
 			return halt(state, err)
 		}
 		ectx, cancel := context.WithCancel(ctx)
 		e := &emission{cancel: cancel, done: make(chan struct{})}
 		b.emit = e
-		img := &formats.Image{Path: b.genDisk, Format: "qcow2", VirtualSize: info.VirtualSize}
+		img := &qemuimg.Info{Path: b.genDisk, Format: "qcow2", VirtualSize: info.VirtualSize}
 		go func() {
 			defer close(e.done)
 			e.arts, e.err = formats.Emit(ectx, img, b.opts.OutputDir, b.baseName(), others, formats.Options{})
@@ -67,15 +65,9 @@ func (s *stepCompact) Run(ctx context.Context, state multistep.StateBag) multist
 	}
 	f.Close()
 	b.compacted = f.Name()
-	cmd := exec.CommandContext(ctx, "qemu-img", "convert", "-c", "-O", "qcow2", "-o", compactOptions,
-		"-m", "8", "-W", b.genDisk, b.compacted)
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	if err := cmd.Run(); err != nil {
-		if ctx.Err() != nil {
-			return halt(state, ctx.Err())
-		}
-		return halt(state, fmt.Errorf("qemu-img convert: %v: %s", err, strings.TrimSpace(stderr.String())))
+	if _, err := qemuimg.Run(ctx, "convert", "-f", "qcow2", "-c", "-O", "qcow2", "-o", compactOptions,
+		"-m", "8", "-W", b.genDisk, b.compacted); err != nil {
+		return halt(state, err)
 	}
 	b.compactSum, b.compactSize, err = atomicfile.SHA256File(ctx, b.compacted)
 	if err != nil {

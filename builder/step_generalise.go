@@ -47,7 +47,7 @@ func (s *stepGeneralise) Run(ctx context.Context, state multistep.StateBag) mult
 		return halt(state, err)
 	}
 	disk := filepath.Join(dir, "disk.qcow2")
-	if err := qemu.Overlay(ctx, b.parentDisk, disk, 0); err != nil {
+	if err := qemu.Overlay(ctx, b.parentDisk, b.parentFormat(), disk, 0); err != nil {
 		return halt(state, err)
 	}
 	var placers []provisioners.Placer

@@ -28,7 +28,7 @@ func (s *stepOverlayDisk) Run(ctx context.Context, state multistep.StateBag) mul
 	if b.parentDisk == b.base.Path {
 		size = b.tmpl.DiskSizeBytes()
 	}
-	if err := qemu.Overlay(ctx, b.parentDisk, sr.disk, size); err != nil {
+	if err := qemu.Overlay(ctx, b.parentDisk, b.parentFormat(), sr.disk, size); err != nil {
 		return halt(state, err)
 	}
 	return multistep.ActionContinue
@@ -44,4 +44,13 @@ func (s *stepOverlayDisk) Cleanup(state multistep.StateBag) {
 			}
 		}
 	}
+}
+
+// parentFormat is the format of parentDisk: the base's for the base, qcow2
+// for a stage disk.
+func (b *buildState) parentFormat() string {
+	if b.parentDisk == b.base.Path && b.base.Format != "" {
+		return b.base.Format
+	}
+	return "qcow2"
 }

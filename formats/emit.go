@@ -11,12 +11,13 @@ import (
 	"time"
 
 	"github.com/ecs-image/ecs-image/progress"
+	"github.com/ecs-image/ecs-image/qemuimg"
 	"github.com/sirupsen/logrus"
 )
 
 // job is one format being written.
 type job struct {
-	in      *Image
+	in      *qemuimg.Info
 	out     string // where the writer puts its result (inside scratch)
 	scratch string // private scratch directory, removed afterwards
 	base    string // output base name, e.g. "ecs-1.2" (for names inside archives)
@@ -37,9 +38,16 @@ func (j *job) tracker(phase string, total int64) *progress.Tracker {
 func (j *job) convert(ctx context.Context, src, srcFmt string, total int64, dst string, outArgs ...string) error {
 	tr := j.tracker("convert", total)
 	defer tr.Done()
+	src, err := filepath.Abs(src)
+	if err != nil {
+		return err
+	}
+	if dst, err = filepath.Abs(dst); err != nil {
+		return err
+	}
 	args := append([]string{"convert", "-f", srcFmt}, outArgs...)
-	args = append(args, "--", src, dst)
-	return qemuImg(ctx, tr, total, args...)
+	args = append(args, src, dst)
+	return qemuimg.RunProgress(ctx, tr, total, args...)
 }
 
 // Artifact is one file Emit wrote.
@@ -54,7 +62,7 @@ type Artifact struct {
 // Outputs are written under temporary names in dir and renamed only when
 // every format succeeded; on error or cancellation nothing is left behind.
 // Existing outputs of the same names are replaced.
-func Emit(ctx context.Context, in *Image, dir, base string, names []string, opts Options) ([]Artifact, error) {
+func Emit(ctx context.Context, in *qemuimg.Info, dir, base string, names []string, opts Options) ([]Artifact, error) {
 	fs, err := resolve(names)
 	if err != nil {
 		return nil, err
@@ -155,7 +163,7 @@ func resolve(names []string) ([]Format, error) {
 }
 
 // Write writes in as the single format name to the file out (atomically).
-func Write(ctx context.Context, in *Image, name, out string, opts Options) error {
+func Write(ctx context.Context, in *qemuimg.Info, name, out string, opts Options) error {
 	f, err := Lookup(name)
 	if err != nil {
 		return err

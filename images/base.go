@@ -1,5 +1,7 @@
 package images
 
+import "github.com/ecs-image/ecs-image/qemuimg"
+
 // Base is a base image ready for the builder: a local, inspected file.
 type Base struct {
 	// Name is the catalog name, or "" for a URL, a local file or a build.
@@ -18,5 +20,5 @@ type Base struct {
 	// Arch is the CPU architecture (amd64).
 	Arch string `json:"arch"`
 	// Info is the image's inspection result.
-	Info *Info `json:"info,omitempty"`
+	Info *qemuimg.Info `json:"info,omitempty"`
 }

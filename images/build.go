@@ -21,6 +21,7 @@ import (
 
 	"github.com/ecs-image/ecs-image/atomicfile"
 	"github.com/ecs-image/ecs-image/mountinfo"
+	"github.com/ecs-image/ecs-image/qemuimg"
 )
 
 // BuildVersion is the version of the base build recipe. It is part of the
@@ -361,7 +362,7 @@ func (b *builder) run(ctx context.Context) (string, error) {
 	t := time.Now()
 	logrus.Infof("base build [%d/%d] convert to compressed qcow2", len(phases)+1, len(phases)+1)
 	out := filepath.Join(b.tmp, "disk.qcow2")
-	if err := runCmd(ctx, "qemu-img", "convert", "-f", "raw", "-O", "qcow2", "-c", "-m", "4", "-W",
+	if _, err := qemuimg.Run(ctx, "convert", "-f", "raw", "-O", "qcow2", "-c", "-m", "4", "-W",
 		filepath.Join(b.tmp, "disk.raw"), out); err != nil {
 		return "", fmt.Errorf("base build: convert: %w", err)
 	}

@@ -6,6 +6,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+
+	"github.com/ecs-image/ecs-image/qemuimg"
 )
 
 // Export writes a copy of base b to path: raw when path ends in .raw or
@@ -40,7 +42,7 @@ func Export(ctx context.Context, b *Base, path string) (string, error) {
 	if format == "qcow2" {
 		args = append(args, "-c")
 	}
-	if err := runCmd(ctx, "qemu-img", append(args, b.Path, tmp.Name())...); err != nil {
+	if _, err := qemuimg.Run(ctx, append(args, b.Path, tmp.Name())...); err != nil {
 		return "", err
 	}
 	if err := os.Chmod(tmp.Name(), 0o644); err != nil {

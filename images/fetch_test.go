@@ -15,6 +15,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/ecs-image/ecs-image/qemuimg"
 )
 
 // testImage makes a small real qcow2 image with qemu-img and returns its bytes.
@@ -333,7 +335,7 @@ func TestFetchRefusesNonImage(t *testing.T) {
 	s := newServer(t, map[string][]byte{"/base.qcow2": page})
 	c := testCache(t)
 	_, err := Fetch(context.Background(), c, FetchRequest{URL: s.URL + "/base.qcow2", Checksum: "sha256:" + sha256hex(page), Format: "qcow2"})
-	var ie *ImageError
+	var ie *qemuimg.ImageError
 	if !errors.As(err, &ie) {
 		t.Fatalf("want ImageError, got %v", err)
 	}

@@ -7,11 +7,13 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/ecs-image/ecs-image/qemuimg"
 )
 
 func wantImageError(t *testing.T, err error, substr string) {
 	t.Helper()
-	var ie *ImageError
+	var ie *qemuimg.ImageError
 	if !errors.As(err, &ie) {
 		t.Fatalf("want ImageError containing %q, got %v", substr, err)
 	}
@@ -57,9 +59,6 @@ func TestInspectBackingFile(t *testing.T) {
 	run(t, "qemu-img", "create", "-q", "-f", "qcow2", "-u", "-F", "raw", "-b", "/etc/passwd", ov2, "1G")
 	_, err = Inspect(context.Background(), ov2, "")
 	wantImageError(t, err, "backing file")
-	// The second line of defence: qemu-img's own report.
-	_, err = qemuInfo(context.Background(), ov, "qcow2")
-	wantImageError(t, err, "backing file")
 }
 
 func TestInspectDataFile(t *testing.T) {
@@ -67,8 +66,6 @@ func TestInspectDataFile(t *testing.T) {
 	q := filepath.Join(dir, "data.qcow2")
 	run(t, "qemu-img", "create", "-q", "-f", "qcow2", "-o", "data_file="+filepath.Join(dir, "data.raw"), q, "1G")
 	_, err := Inspect(context.Background(), q, "qcow2")
-	wantImageError(t, err, "external data file")
-	_, err = qemuInfo(context.Background(), q, "qcow2")
 	wantImageError(t, err, "external data file")
 }
 

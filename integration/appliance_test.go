@@ -672,7 +672,7 @@ func (v *applianceVM) addr(guest int) string {
 func bootAppliance(t *testing.T, dir, name, artifact, seed string) *applianceVM {
 	t.Helper()
 	overlay := filepath.Join(dir, name+"-overlay.qcow2")
-	if err := qemu.Overlay(context.Background(), artifact, overlay, 0); err != nil {
+	if err := qemu.Overlay(context.Background(), artifact, "qcow2", overlay, 0); err != nil {
 		t.Fatal(err)
 	}
 	cfg := qemu.Config{

@@ -15,7 +15,7 @@ import (
 	"time"
 
 	"github.com/ecs-image/ecs-image/builder"
-	"github.com/ecs-image/ecs-image/qemu"
+	"github.com/ecs-image/ecs-image/qemuimg"
 )
 
 // buildTemplate is templates/test-small.yml on the local base, with a
@@ -100,7 +100,7 @@ func TestBuildSmall(t *testing.T) {
 	if ents, _ := os.ReadDir(out); len(ents) != 2 {
 		t.Errorf("output directory holds %d entries, want the image and its manifest", len(ents))
 	}
-	info, err := qemu.Info(context.Background(), img)
+	info, err := qemuimg.ReadInfo(context.Background(), img, "qcow2")
 	if err != nil || info.Format != "qcow2" || info.BackingFile != "" {
 		t.Fatalf("image: %+v %v", info, err)
 	}

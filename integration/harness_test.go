@@ -162,7 +162,7 @@ func bootBase(t *testing.T, opts bootOptions) *bootedGuest {
 	g := &bootedGuest{Ctx: ctx, Dir: t.TempDir()}
 	g.Serial = filepath.Join(g.Dir, "serial.log")
 	disk := filepath.Join(g.Dir, "disk.qcow2")
-	if err := qemu.Overlay(ctx, opts.Image, disk, opts.Size); err != nil {
+	if err := qemu.Overlay(ctx, opts.Image, "qcow2", disk, opts.Size); err != nil {
 		t.Fatal(err)
 	}
 	cfg := qemu.Config{

@@ -3,6 +3,7 @@ package qemu
 import (
 	"context"
 	"errors"
+	"github.com/ecs-image/ecs-image/qemuimg"
 	"net"
 	"os"
 	"os/exec"
@@ -19,7 +20,7 @@ import (
 
 func needQEMU(t *testing.T) {
 	t.Helper()
-	for _, b := range []string{DefaultBinary, QemuImg} {
+	for _, b := range []string{DefaultBinary, qemuimg.Binary} {
 		if _, err := exec.LookPath(b); err != nil {
 			t.Skipf("%s not installed (make deps)", b)
 		}
@@ -263,13 +264,13 @@ func TestOverlay(t *testing.T) {
 	before, _ := os.ReadFile(base)
 
 	out := filepath.Join(dir, "over.qcow2")
-	if err := Overlay(ctx, "base.raw", out, 0); err == nil {
+	if err := Overlay(ctx, "base.raw", "raw", out, 0); err == nil {
 		t.Error("relative base from another directory accepted")
 	}
-	if err := Overlay(ctx, base, out, 16<<20); err != nil {
+	if err := Overlay(ctx, base, "raw", out, 16<<20); err != nil {
 		t.Fatal(err)
 	}
-	info, err := Info(ctx, out)
+	info, err := qemuimg.ReadInfo(ctx, out, "qcow2")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -278,14 +279,14 @@ func TestOverlay(t *testing.T) {
 	}
 	// Reading the overlay shows the base's data; writing it leaves the base alone.
 	raw := filepath.Join(dir, "flat.raw")
-	if _, err := qemuImg(ctx, "convert", "-O", "raw", out, raw); err != nil {
+	if _, err := qemuimg.Run(ctx, "convert", "-f", "qcow2", "-O", "raw", out, raw); err != nil {
 		t.Fatal(err)
 	}
 	flat, _ := os.ReadFile(raw)
 	if !strings.HasPrefix(string(flat), string(data)) || len(flat) != 16<<20 {
 		t.Errorf("overlay content: %d bytes, prefix ok=%v", len(flat), strings.HasPrefix(string(flat), string(data)))
 	}
-	if _, err := qemuImg(ctx, "resize", out, "32M"); err != nil {
+	if _, err := qemuimg.Run(ctx, "resize", "-f", "qcow2", out, "32M"); err != nil {
 		t.Fatal(err)
 	}
 	after, _ := os.ReadFile(base)
@@ -295,17 +296,17 @@ func TestOverlay(t *testing.T) {
 
 	// An overlay on an overlay (stage chains) detects the qcow2 parent.
 	out2 := filepath.Join(dir, "over2.qcow2")
-	if err := Overlay(ctx, out, out2, 0); err != nil {
+	if err := Overlay(ctx, out, "qcow2", out2, 0); err != nil {
 		t.Fatal(err)
 	}
-	if info, _ := Info(ctx, out2); info.BackingFormat != "qcow2" || info.VirtualSize != 32<<20 {
+	if info, _ := qemuimg.ReadInfo(ctx, out2, "qcow2"); info.BackingFormat != "qcow2" || info.VirtualSize != 32<<20 {
 		t.Errorf("second overlay = %+v", info)
 	}
 
-	if err := Overlay(ctx, base, filepath.Join(dir, "small.qcow2"), 1<<20); err == nil || !strings.Contains(err.Error(), "shrink") {
+	if err := Overlay(ctx, base, "raw", filepath.Join(dir, "small.qcow2"), 1<<20); err == nil || !strings.Contains(err.Error(), "shrink") {
 		t.Errorf("shrinking overlay: err = %v", err)
 	}
-	if err := Overlay(ctx, filepath.Join(dir, "missing"), filepath.Join(dir, "x.qcow2"), 0); err == nil {
+	if err := Overlay(ctx, filepath.Join(dir, "missing"), "qcow2", filepath.Join(dir, "x.qcow2"), 0); err == nil {
 		t.Error("missing base accepted")
 	}
 	// Nothing half-written is left behind.

@@ -21,9 +21,11 @@ import (
 	"strings"
 	"time"
 
+	"github.com/sirupsen/logrus"
+
 	"github.com/ecs-image/ecs-image/formats"
 	"github.com/ecs-image/ecs-image/progress"
-	"github.com/sirupsen/logrus"
+	"github.com/ecs-image/ecs-image/qemuimg"
 )
 
 func main() {
@@ -107,7 +109,7 @@ func run(ctx context.Context, image string, names []string, dir string, skipSing
 	return nil
 }
 
-func emit(ctx context.Context, img *formats.Image, dir string, names []string) (time.Duration, []formats.Artifact, error) {
+func emit(ctx context.Context, img *qemuimg.Info, dir string, names []string) (time.Duration, []formats.Artifact, error) {
 	out, err := os.MkdirTemp(dir, "run-")
 	if err != nil {
 		return 0, nil, err

@@ -9,8 +9,10 @@ import (
 	"strings"
 	"text/tabwriter"
 
-	"github.com/ecs-image/ecs-image/images"
 	"github.com/spf13/cobra"
+
+	"github.com/ecs-image/ecs-image/images"
+	"github.com/ecs-image/ecs-image/qemuimg"
 )
 
 var baseCmd = &cobra.Command{
@@ -114,7 +116,7 @@ func init() {
 	rootCmd.AddCommand(baseCmd)
 	badInputCheckers = append(badInputCheckers, func(err error) bool {
 		var ie *images.InputError
-		var me *images.ImageError
+		var me *qemuimg.ImageError
 		var ce *images.CatalogError
 		return errors.As(err, &ie) || errors.As(err, &me) || errors.As(err, &ce)
 	})

@@ -144,7 +144,7 @@ func run(args []string) int {
 	if err == nil {
 		return exitOK
 	}
-	fmt.Fprintf(os.Stderr, "ecs-image: %v\n", err)
+	fmt.Fprintf(rootCmd.ErrOrStderr(), "ecs-image: %v\n", err)
 	if isBadInput(err) {
 		return exitUsage
 	}

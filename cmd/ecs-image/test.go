@@ -16,12 +16,14 @@ import (
 	"sync"
 	"time"
 
+	"github.com/sirupsen/logrus"
+	"github.com/spf13/cobra"
+
 	"github.com/ecs-image/ecs-image/cidata"
 	"github.com/ecs-image/ecs-image/communicator"
 	"github.com/ecs-image/ecs-image/env"
 	"github.com/ecs-image/ecs-image/qemu"
-	"github.com/sirupsen/logrus"
-	"github.com/spf13/cobra"
+	"github.com/ecs-image/ecs-image/qemuimg"
 )
 
 var vmtestFlags struct {
@@ -43,7 +45,8 @@ var vmtestCmd = &cobra.Command{
 	Short: "Boot an appliance image under QEMU with a seed from env.yml and check that it comes up",
 	Long: `Boot ARTIFACT under QEMU (KVM when it works, else TCG) without modifying it:
 the VM writes to a qcow2 overlay in a temporary directory. ARTIFACT may be
-qcow2, raw, vmdk, vhdx or vhd (the format is detected with qemu-img info), or
+qcow2, raw, vmdk, vhdx or vhd (the format is probed from its header, and the image
+inspected like a base: no backing, data or extent files), or
 an OVA (its first disk is used).
 
 With --env, a NoCloud seed ISO is made from the env.yml (validated first) and
@@ -256,12 +259,12 @@ func runVMTest(cmd *cobra.Command, args []string) error {
 	}
 
 	// The disk: an overlay on the artifact, which stays untouched.
-	disk, format, err := vmtestDisk(ctx, artifact, work)
+	disk, diskFormat, format, err := vmtestDisk(ctx, artifact, work)
 	if err != nil {
 		return err
 	}
 	overlay := filepath.Join(work, "overlay.qcow2")
-	if err := qemu.Overlay(ctx, disk, overlay, 0); err != nil {
+	if err := qemu.Overlay(ctx, disk, diskFormat, overlay, 0); err != nil {
 		return err
 	}
 
@@ -465,30 +468,33 @@ users:
 `)
 }
 
-// vmtestDisk returns the disk to put the overlay on and its format: the
-// artifact itself, or the first disk of an OVA extracted into work.
-func vmtestDisk(ctx context.Context, artifact, work string) (string, string, error) {
+// vmtestPolicy: the artifacts `ecs-image test` boots, inspected like every
+// image a user hands in (no backing, data or extent files).
+var vmtestPolicy = qemuimg.Policy{
+	Formats: []string{"qcow2", "raw", "vmdk", "vhdx", "vpc"},
+	Hint:    "(want qcow2, raw, vmdk, vhdx, vhd or an OVA)",
+}
+
+// vmtestDisk returns the disk to put the overlay on, its format and the
+// format's label for reports: the artifact itself, or the first disk of an
+// OVA extracted into work.
+func vmtestDisk(ctx context.Context, artifact, work string) (disk, format, label string, err error) {
 	if vmtestIsTar(artifact) {
 		disk, err := vmtestExtractOVA(artifact, work)
 		if err != nil {
-			return "", "", badInput(err)
+			return "", "", "", badInput(err)
 		}
-		info, err := qemu.Info(ctx, disk)
+		info, err := qemuimg.Inspect(ctx, disk, vmtestPolicy)
 		if err != nil {
-			return "", "", err
+			return "", "", "", badInput(fmt.Errorf("%s: %w", artifact, err))
 		}
-		return disk, "ova/" + info.Format, nil
+		return disk, info.Format, "ova/" + info.Format, nil
 	}
-	info, err := qemu.Info(ctx, artifact)
+	info, err := qemuimg.Inspect(ctx, artifact, vmtestPolicy)
 	if err != nil {
-		return "", "", badInput(err)
+		return "", "", "", badInput(err)
 	}
-	switch info.Format {
-	case "qcow2", "raw", "vmdk", "vhdx", "vpc":
-	default:
-		return "", "", badInputf("%s: unsupported image format %q (want qcow2, raw, vmdk, vhdx, vhd or an OVA)", artifact, info.Format)
-	}
-	return artifact, info.Format, nil
+	return artifact, info.Format, info.Format, nil
 }
 
 // vmtestIsTar reports whether path is a tar archive (an OVA).
