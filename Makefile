@@ -12,10 +12,13 @@ DEB_PACKAGES := \
 	mmdebstrap debootstrap fdisk e2fsprogs dosfstools mtools grub-pc-bin \
 	xorriso genisoimage cloud-image-utils xz-utils bzip2 \
 	zbar-tools poppler-utils gnupg duplicity openssh-client sudo \
-	ca-certificates curl git make python3-dotenv python3-yaml
+	ca-certificates curl git make python3-dotenv python3-yaml nginx systemd
 # Vagrant and libvirt for the box tests (slow; CI installs them too).
 DEB_VAGRANT := vagrant vagrant-libvirt libvirt-daemon libvirt-daemon-driver-qemu \
 	libvirt-clients libvirt-daemon-system dnsmasq-base ebtables iptables iproute2
+
+# The demo web image (a container tarball) the appliance template bakes in.
+DEMO_IMAGE := templates/files/images/testapp.tar
 
 # Let's Encrypt's ACME test server for the ACME tests (pebbletest.Version).
 PEBBLE_VERSION := v2.10.1
@@ -27,6 +30,10 @@ all: build
 deps:
 	apt-get update
 	DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(DEB_PACKAGES)
+	@# nginx is only for TestNginxServesACMEChallenge, which runs its own
+	@# unprivileged server on loopback ports: stop and disable the system
+	@# server the package may have started, so nothing listens on :80/:443.
+	systemctl disable --now nginx >/dev/null 2>&1 || service nginx stop >/dev/null 2>&1 || true
 	$(GO) install honnef.co/go/tools/cmd/staticcheck@v0.8.2
 	$(GO) install github.com/letsencrypt/pebble/v2/cmd/pebble@$(PEBBLE_VERSION) github.com/letsencrypt/pebble/v2/cmd/pebble-challtestsrv@$(PEBBLE_VERSION)
 	$(GO) mod download
@@ -43,8 +50,9 @@ build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN)/ecs-image ./cmd/ecs-image
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN)/ecs-agent ./cmd/ecs-agent
 
-# Unit tests: fast, no VM.
-test:
+# Unit tests: fast, no VM. TestRepoTemplates validates
+# templates/ecs-appliance.yml, which needs bin/ecs-agent and the demo image.
+test: build $(DEMO_IMAGE)
 	$(GO) test -count=1 ./...
 
 # VM tests: real QEMU boots (TCG here), real cloud-init, real qemu-img.
@@ -71,9 +79,9 @@ bench:
 APPLIANCE_OUT     ?= out
 APPLIANCE_VARIANT ?= prod
 DEMO_DOMAIN       ?= demo.ecs.test
-DEMO_IMAGE        := templates/files/images/testapp.tar
 
 $(DEMO_IMAGE): $(wildcard integration/testimage/*.go integration/testimage/server/*.go integration/testimage/cmd/testimage/*.go)
+	@mkdir -p $(dir $@)
 	$(GO) run ./integration/testimage/cmd/testimage -o $@
 
 appliance: build $(DEMO_IMAGE)

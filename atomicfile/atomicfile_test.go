@@ -14,6 +14,8 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+
+	"github.com/ecs-image/ecs-image/testenv"
 )
 
 // entries lists the names in dir, so a test can see leftovers.
@@ -171,9 +173,7 @@ func TestNoClobber(t *testing.T) {
 }
 
 func TestKeepOwner(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("changing a file's owner needs root")
-	}
+	testenv.Root(t, "changing a file's owner")
 	dir := t.TempDir()
 	p := filepath.Join(dir, "pg_hba.conf")
 	if err := os.WriteFile(p, []byte("old"), 0o640); err != nil {

@@ -35,9 +35,9 @@ import (
 // chrootTools are the host programs a chroot stage needs.
 var chrootTools = []string{"qemu-storage-daemon", "unshare", "nsenter", "chroot", "mount", "umount", "losetup", "sfdisk", "e2fsck", "resize2fs", "debugfs"}
 
-// chrootUsable tells whether chroot stages can run on this host: as root,
+// ChrootUsable tells whether chroot stages can run on this host: as root,
 // with FUSE and loop devices, on x86-64 (the helper's architecture too).
-func chrootUsable() error {
+func ChrootUsable() error {
 	if os.Geteuid() != 0 {
 		return errors.New("not running as root (mounting the disk needs root)")
 	}

@@ -8,15 +8,14 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/ecs-image/ecs-image/testenv"
 	"github.com/sirupsen/logrus"
 )
 
 // TestChrootGrow grows the last partition of real MBR and GPT disks with
 // sfdisk, as a chroot stage does before mounting.
 func TestChrootGrow(t *testing.T) {
-	if _, err := exec.LookPath("sfdisk"); err != nil {
-		t.Skip("sfdisk not installed")
-	}
+	testenv.Tools(t, "sfdisk")
 	for _, label := range []string{"dos", "gpt"} {
 		t.Run(label, func(t *testing.T) {
 			dir := t.TempDir()
@@ -61,9 +60,7 @@ func TestChrootGrow(t *testing.T) {
 // TestChrootNoRoot: a disk without an ext4 root is refused with
 // a message naming what chroot stages need.
 func TestChrootNoRoot(t *testing.T) {
-	if _, err := exec.LookPath("debugfs"); err != nil {
-		t.Skip("debugfs not installed")
-	}
+	testenv.Tools(t, "debugfs")
 	disk := filepath.Join(t.TempDir(), "export.raw")
 	os.WriteFile(disk, make([]byte, 1<<20), 0o600)
 	s := &chrootSession{export: disk, log: logrus.New()}

@@ -14,14 +14,13 @@ import (
 	"testing"
 
 	"github.com/ecs-image/ecs-image/provisioners"
+	"github.com/ecs-image/ecs-image/testenv"
 )
 
 // TestJobArchiveUnpack writes a job disk the way the host does and unpacks
 // it the way the helper does, into a fake image root with its own passwd.
 func TestJobArchiveUnpack(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("chown needs root")
-	}
+	testenv.Root(t, "chown")
 	src := t.TempDir()
 	os.WriteFile(filepath.Join(src, "motd"), []byte("hello\n"), 0o600)
 	content := "x=1\n"

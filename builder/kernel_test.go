@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/ecs-image/ecs-image/testenv"
 )
 
 func TestBuildAppend(t *testing.T) {
@@ -79,11 +81,7 @@ func TestPartitionsGPT(t *testing.T) {
 // TestExtractBaseBootFiles builds a real partitioned qcow2 disk with an
 // ext4 root (mkfs.ext4 -d, sfdisk, qemu-img) and reads its kernel back.
 func TestExtractBaseBootFiles(t *testing.T) {
-	for _, tool := range []string{"mkfs.ext4", "sfdisk", "qemu-img", "debugfs"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("%s not installed", tool)
-		}
-	}
+	testenv.Tools(t, "mkfs.ext4", "sfdisk", "qemu-img", "debugfs")
 	dir := t.TempDir()
 	root := filepath.Join(dir, "root")
 	files := map[string]string{

@@ -18,7 +18,7 @@ type stepStageKeys struct{}
 
 func (s *stepStageKeys) Run(ctx context.Context, state multistep.StateBag) multistep.StepAction {
 	b := getBuild(state)
-	env := modeEnv{helperErr: helperUsable(), chrootErr: chrootUsable()}
+	env := modeEnv{helperErr: helperUsable(), chrootErr: ChrootUsable()}
 	if b.opts.NoChroot {
 		env.chrootErr = errors.New("--no-chroot")
 	}

@@ -8,6 +8,7 @@ import (
 
 	"github.com/ecs-image/ecs-image/formats"
 	"github.com/ecs-image/ecs-image/provisioners"
+	"github.com/ecs-image/ecs-image/testenv"
 )
 
 // TestBadTemplates checks every template in testdata/bad: it must be
@@ -194,12 +195,9 @@ func TestRepoTemplates(t *testing.T) {
 	if len(tp.Stages) != 2 || !tp.Stages[0].NeedsBoot() || tp.Stages[1].NeedsBoot() {
 		t.Errorf("test-small: want a booted then a file-only stage")
 	}
-	if _, err := os.Stat("../bin/ecs-agent"); err != nil {
-		t.Skip("ecs-appliance.yml needs bin/ecs-agent (make build)")
-	}
-	if _, err := os.Stat("../templates/files/images/testapp.tar"); err != nil {
-		t.Skip("ecs-appliance.yml needs the demo image templates/files/images/testapp.tar (make appliance)")
-	}
+	// `make test` builds both; a bare `go test` outside CI skips the rest.
+	testenv.File(t, "../bin/ecs-agent", "ecs-appliance.yml needs it: make build")
+	testenv.File(t, "../templates/files/images/testapp.tar", "ecs-appliance.yml needs the demo image: make templates/files/images/testapp.tar")
 	tp, err = LoadTemplate("../templates/ecs-appliance.yml")
 	if err != nil {
 		t.Fatal(err)

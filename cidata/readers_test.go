@@ -14,6 +14,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/ecs-image/ecs-image/testenv"
 )
 
 // runTool runs an independent reader (genisoimage's isoinfo, xorriso,
@@ -22,7 +24,7 @@ import (
 func runTool(t *testing.T, name string, args ...string) (string, bool) {
 	t.Helper()
 	if _, err := exec.LookPath(name); err != nil {
-		if os.Getenv("CI") != "" {
+		if testenv.CI() {
 			t.Errorf("%s not installed (make deps)", name)
 		} else {
 			t.Logf("%s not installed; skipping its check", name)

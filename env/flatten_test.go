@@ -10,6 +10,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/ecs-image/ecs-image/testenv"
 	"gopkg.in/yaml.v3"
 )
 
@@ -158,9 +159,9 @@ func TestFlattenCases(t *testing.T) {
 // per document, "ERROR: ..." where PyYAML or the flattening fails.
 func pyFlatten(t *testing.T, docs []string, keys string) []string {
 	t.Helper()
-	py, err := exec.LookPath("python3")
-	if err != nil || exec.Command(py, "-c", "import yaml").Run() != nil {
-		t.Skip("python3 with PyYAML (Debian python3-yaml) not available")
+	py := testenv.Tool(t, "python3", "make deps")
+	if out, err := exec.Command(py, "-c", "import yaml").CombinedOutput(); err != nil {
+		testenv.Missing(t, "%s has no PyYAML (Debian python3-yaml, make deps): %v: %s", py, err, out)
 	}
 	dir := t.TempDir()
 	for i, d := range docs {

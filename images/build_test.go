@@ -7,14 +7,14 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/ecs-image/ecs-image/testenv"
 )
 
 // A bootstrap interrupted mid-way can leave bind mounts in the chroot;
 // removing the build directory must never delete through them.
 func TestSafeRemoveAllUnmountsFirst(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to mount")
-	}
+	testenv.Root(t, "mounting")
 	hostDir := t.TempDir()
 	sentinel := filepath.Join(hostDir, "precious")
 	if err := os.WriteFile(sentinel, []byte("keep me"), 0o644); err != nil {
@@ -29,11 +29,11 @@ func TestSafeRemoveAllUnmountsFirst(t *testing.T) {
 		}
 	}
 	if out, err := exec.Command("mount", "--bind", hostDir, dev).CombinedOutput(); err != nil {
-		t.Skipf("bind mount not possible here: %v %s", err, out)
+		t.Fatalf("bind mount: %v %s", err, out)
 	}
 	defer exec.Command("umount", "-l", dev).Run()
 	if out, err := exec.Command("mount", "-t", "tmpfs", "tmpfs", proc).CombinedOutput(); err != nil {
-		t.Skipf("tmpfs mount not possible here: %v %s", err, out)
+		t.Fatalf("tmpfs mount: %v %s", err, out)
 	}
 	defer exec.Command("umount", "-l", proc).Run()
 	if m, _ := mountsUnder(build); len(m) != 2 {

@@ -30,11 +30,13 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/ecs-image/ecs-image/agent/prepare"
+	"github.com/ecs-image/ecs-image/builder"
 	"github.com/ecs-image/ecs-image/cidata"
 	"github.com/ecs-image/ecs-image/communicator"
 	"github.com/ecs-image/ecs-image/env"
 	"github.com/ecs-image/ecs-image/integration/testimage"
 	"github.com/ecs-image/ecs-image/qemu"
+	"github.com/ecs-image/ecs-image/testenv"
 )
 
 // The end-to-end test of issue 5: the reference appliance template, built
@@ -93,6 +95,18 @@ func TestAppliance(t *testing.T) {
 		fmt.Println(summary)
 	}()
 
+	// The template's `mode: chroot` stages run in a chroot on the build
+	// host; where the host cannot (not root, no FUSE or loop devices) the
+	// builder boots them instead: allowed on a developer's machine (and
+	// said so), a failure in CI, which must test what users get.
+	chrootErr := builder.ChrootUsable()
+	if chrootErr != nil {
+		if testenv.CI() {
+			t.Fatalf("chroot stages cannot run on this host: %v (CI must build them in a chroot)", chrootErr)
+		}
+		t.Logf("chroot stages cannot run on this host (%v): the builder boots them instead", chrootErr)
+	}
+
 	base := baseImage(t)
 	work := t.TempDir()
 
@@ -122,6 +136,9 @@ func TestAppliance(t *testing.T) {
 		t.Fatalf("build output: %v", err)
 	}
 	t.Logf("built %s in %s", artifact, sec(tm.build))
+	if chrootErr == nil {
+		checkChrootStages(t, tmplPath, filepath.Join(outDir, "ecs-appliance-"+ciVariant+".build.json"))
+	}
 
 	key, err := communicator.GenerateKey()
 	if err != nil {
@@ -492,6 +509,37 @@ apparmor_parser -S /etc/apparmor.d/docker-default | cmp -s - /sys/kernel/securit
 			time.Sleep(5 * time.Second)
 		}
 	})
+}
+
+// checkChrootStages: every stage of the ci variant that asks for a chroot
+// (mode: chroot) ran in one, by the build manifest.
+func checkChrootStages(t *testing.T, tmplPath, manifest string) {
+	t.Helper()
+	tp, err := builder.LoadTemplate(tmplPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	plan, err := tp.Plan(ciVariant)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ran := map[string]bool{}
+	for _, s := range readManifest(t, manifest).Stages {
+		ran[s.Name] = s.Chroot
+	}
+	n := 0
+	for _, s := range plan.Stages {
+		if s.Mode != builder.ModeChroot {
+			continue
+		}
+		n++
+		if !ran[s.Name] {
+			t.Errorf("stage %s (mode: chroot) did not run in a chroot on the build host (manifest %s)", s.Name, manifest)
+		}
+	}
+	if n == 0 {
+		t.Errorf("the ci variant has no mode: chroot stage; the template changed?")
+	}
 }
 
 func sec(d time.Duration) string {

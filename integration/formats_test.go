@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/ecs-image/ecs-image/formats"
+	"github.com/ecs-image/ecs-image/testenv"
 )
 
 // Formats tests: real qemu-img, real QEMU boots of converted disks, real
@@ -136,14 +137,7 @@ func TestFormatsReleasePublish(t *testing.T) {
 // credentials in the environment; returns the endpoint and the backend dir.
 func startVersityGW(t *testing.T) (string, string) {
 	t.Helper()
-	bin, err := exec.LookPath("versitygw")
-	if err != nil {
-		home, _ := os.UserHomeDir()
-		bin = filepath.Join(home, "go", "bin", "versitygw")
-		if _, err := os.Stat(bin); err != nil {
-			t.Fatal("versitygw not installed: go install github.com/versity/versitygw/cmd/versitygw@v1.8.0")
-		}
-	}
+	bin := testenv.Tool(t, "versitygw", "go install github.com/versity/versitygw/cmd/versitygw@v1.8.0")
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

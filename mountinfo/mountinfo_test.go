@@ -1,8 +1,9 @@
 package mountinfo
 
 import (
-	"os"
 	"testing"
+
+	"github.com/ecs-image/ecs-image/testenv"
 )
 
 func TestParse(t *testing.T) {
@@ -41,9 +42,7 @@ func TestUnescape(t *testing.T) {
 }
 
 func TestReadHasRoot(t *testing.T) {
-	if _, err := os.Stat(Path); err != nil {
-		t.Skip("no /proc/self/mountinfo on this system")
-	}
+	testenv.File(t, Path, "Linux with /proc mounted")
 	ms, err := Read()
 	if err != nil {
 		t.Fatal(err)

@@ -26,6 +26,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/ecs-image/ecs-image/testenv"
 )
 
 // Version is the Pebble release `make deps` installs.
@@ -54,35 +56,11 @@ type Server struct {
 	mgmt    string
 }
 
-// inCI reports whether the tests run in CI, where a missing tool fails
-// instead of skipping.
-func inCI() bool {
-	v := os.Getenv("CI")
-	return v != "" && v != "0" && v != "false"
-}
-
 // Tool finds a Pebble binary in PATH or in $GOPATH/bin (where `go install`
 // puts it); without it the test is skipped, in CI it fails.
 func Tool(t testing.TB, name string) string {
 	t.Helper()
-	if p, err := exec.LookPath(name); err == nil {
-		return p
-	}
-	gopath := os.Getenv("GOPATH")
-	if gopath == "" {
-		home, _ := os.UserHomeDir()
-		gopath = filepath.Join(home, "go")
-	}
-	p := filepath.Join(gopath, "bin", name)
-	if _, err := os.Stat(p); err == nil {
-		return p
-	}
-	msg := fmt.Sprintf("%s is not installed: run `make deps` (go install github.com/letsencrypt/pebble/v2/cmd/%s@%s)", name, name, Version)
-	if inCI() {
-		t.Fatal(msg + "; CI must run the ACME tests against Pebble")
-	}
-	t.Skip(msg)
-	return ""
+	return testenv.Tool(t, name, fmt.Sprintf("run `make deps`: go install github.com/letsencrypt/pebble/v2/cmd/%s@%s", name, Version))
 }
 
 // FreePort returns a loopback TCP port that was free a moment ago.

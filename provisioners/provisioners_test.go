@@ -15,6 +15,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/ecs-image/ecs-image/testenv"
 	"github.com/sirupsen/logrus/hooks/test"
 )
 
@@ -157,9 +158,7 @@ func TestPackagesRetry(t *testing.T) {
 }
 
 func TestFilePlacerWithTar(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("extracting with owners needs root")
-	}
+	testenv.Root(t, "extracting with owners")
 	src := t.TempDir()
 	os.MkdirAll(filepath.Join(src, "tree", "sub"), 0o755)
 	os.WriteFile(filepath.Join(src, "tree", "a.txt"), []byte("a"), 0o600)

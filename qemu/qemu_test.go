@@ -3,7 +3,6 @@ package qemu
 import (
 	"context"
 	"errors"
-	"github.com/ecs-image/ecs-image/qemuimg"
 	"net"
 	"os"
 	"os/exec"
@@ -15,16 +14,15 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ecs-image/ecs-image/qemuimg"
+
 	"github.com/ecs-image/ecs-image/qemu/qemutest"
+	"github.com/ecs-image/ecs-image/testenv"
 )
 
 func needQEMU(t *testing.T) {
 	t.Helper()
-	for _, b := range []string{DefaultBinary, qemuimg.Binary} {
-		if _, err := exec.LookPath(b); err != nil {
-			t.Skipf("%s not installed (make deps)", b)
-		}
-	}
+	testenv.Tools(t, DefaultBinary, qemuimg.Binary)
 }
 
 // argValue returns the value after flag (the n-th occurrence).
@@ -509,9 +507,7 @@ func TestShutdownTimesOutOnDeafGuest(t *testing.T) {
 }
 
 func TestStartUEFI(t *testing.T) {
-	if _, err := os.Stat(DefaultUEFIVars); err != nil {
-		t.Skip("ovmf not installed")
-	}
+	testenv.File(t, DefaultUEFIVars, "ovmf: make deps")
 	m := startTest(t, Config{Disk: bootDisk(t, "x"), DiskFormat: "raw", Firmware: FirmwareUEFI, Memory: 256})
 	if _, err := os.Stat(m.Config.UEFIVars); err != nil || !strings.HasPrefix(m.Config.UEFIVars, m.runDir) {
 		t.Errorf("vars %s: %v", m.Config.UEFIVars, err)

@@ -15,6 +15,7 @@ import (
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
+	"github.com/ecs-image/ecs-image/testenv"
 )
 
 // versityGW starts a real versitygw (S3 gateway, posix backend in a temp
@@ -22,22 +23,7 @@ import (
 // set in the environment. Install: go install github.com/versity/versitygw/cmd/versitygw@v1.8.0
 func versityGW(t *testing.T) string {
 	t.Helper()
-	bin, err := exec.LookPath("versitygw")
-	if err != nil {
-		home, _ := os.UserHomeDir()
-		for _, c := range []string{os.Getenv("GOBIN"), filepath.Join(os.Getenv("GOPATH"), "bin"), filepath.Join(home, "go", "bin")} {
-			if p := filepath.Join(c, "versitygw"); c != "" && fileExists(p) {
-				bin = p
-				break
-			}
-		}
-	}
-	if bin == "" {
-		if os.Getenv("CI") != "" {
-			t.Fatal("versitygw not installed: go install github.com/versity/versitygw/cmd/versitygw@v1.8.0")
-		}
-		t.Skip("versitygw not installed: go install github.com/versity/versitygw/cmd/versitygw@v1.8.0")
-	}
+	bin := testenv.Tool(t, "versitygw", "go install github.com/versity/versitygw/cmd/versitygw@v1.8.0")
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -80,11 +66,6 @@ func versityGW(t *testing.T) string {
 	t.Setenv("AWS_CONFIG_FILE", filepath.Join(root, "none"))
 	t.Setenv("AWS_SHARED_CREDENTIALS_FILE", filepath.Join(root, "none"))
 	return "http://" + addr
-}
-
-func fileExists(p string) bool {
-	st, err := os.Stat(p)
-	return err == nil && st.Mode().IsRegular()
 }
 
 func listKeys(t *testing.T, c *s3.Client, prefix string) []string {

@@ -16,6 +16,7 @@ import (
 
 	"github.com/ecs-image/ecs-image/agent/host"
 	"github.com/ecs-image/ecs-image/cidata"
+	"github.com/ecs-image/ecs-image/testenv"
 	"github.com/kdomanski/iso9660"
 )
 
@@ -163,9 +164,7 @@ func TestCidataVFAT(t *testing.T) {
 
 // A seed made by cloud-init's own tool (genisoimage, and mkfs.vfat+mcopy).
 func TestCloudLocaldsSeeds(t *testing.T) {
-	if _, err := exec.LookPath("cloud-localds"); err != nil {
-		t.Skip("cloud-localds not installed")
-	}
+	testenv.Tools(t, "cloud-localds")
 	for _, fs := range []string{"iso9660", "vfat"} {
 		t.Run(fs, func(t *testing.T) {
 			dir := t.TempDir()
@@ -173,7 +172,7 @@ func TestCloudLocaldsSeeds(t *testing.T) {
 			write(t, ud, envFor("localds.example.org"))
 			img := filepath.Join(dir, "seed.img")
 			if out, err := exec.Command("cloud-localds", "-f", fs, img, ud).CombinedOutput(); err != nil {
-				t.Skipf("cloud-localds -f %s: %v: %s", fs, err, out)
+				t.Fatalf("cloud-localds -f %s: %v: %s", fs, err, out)
 			}
 			_, cfg := newRoot(t)
 			cfg.Devices = []string{img}

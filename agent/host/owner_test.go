@@ -5,13 +5,13 @@ import (
 	"path/filepath"
 	"syscall"
 	"testing"
+
+	"github.com/ecs-image/ecs-image/testenv"
 )
 
 // A file replaced by WriteFile keeps its owner and group.
 func TestWriteFileKeepsOwner(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to chown")
-	}
+	testenv.Root(t, "chown")
 	h := New(t.TempDir(), nil)
 	p := "/etc/postgresql/15/main/pg_hba.conf"
 	if _, err := h.WriteFile(p, []byte("local all postgres peer\n"), 0o640); err != nil {

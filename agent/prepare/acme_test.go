@@ -16,7 +16,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -26,6 +25,7 @@ import (
 
 	"github.com/ecs-image/ecs-image/agent/status"
 	"github.com/ecs-image/ecs-image/pebbletest"
+	"github.com/ecs-image/ecs-image/testenv"
 )
 
 // challengeServer is the test's stand-in for nginx's port 80: a real HTTP
@@ -440,10 +440,7 @@ func TestACMERenewalDue(t *testing.T) {
 func TestNginxServesACMEChallenge(t *testing.T) {
 	bin := os.Getenv("ECS_TEST_NGINX")
 	if bin == "" {
-		var err error
-		if bin, err = exec.LookPath("nginx"); err != nil {
-			t.Skip("nginx not installed (set ECS_TEST_NGINX to an nginx binary)")
-		}
+		bin = testenv.Tool(t, "nginx", "make deps, or set ECS_TEST_NGINX to an nginx binary")
 	}
 	a, _ := testAgent(t)
 	fakeSystem(t, a)

@@ -15,6 +15,7 @@ import (
 	"github.com/ecs-image/ecs-image/agent/host"
 	"github.com/ecs-image/ecs-image/agent/status"
 	"github.com/ecs-image/ecs-image/env"
+	"github.com/ecs-image/ecs-image/testenv"
 )
 
 const defaultEnv = "../../env/testdata/default-env.yml" // a byte-identical copy of shared/compat/default-env.yml
@@ -66,7 +67,7 @@ func defaultEnvData(t *testing.T) []byte {
 	t.Helper()
 	data, err := os.ReadFile(defaultEnv)
 	if err != nil {
-		t.Skipf("compat env: %v", err)
+		t.Fatalf("the repository's compat env: %v", err)
 	}
 	return data
 }
@@ -131,24 +132,21 @@ func TestEnvFilesAgreeWithBashAndDotenv(t *testing.T) {
 	if !strings.Contains(ours["ECS_EXTRA_FILES_0_CONTENTS"], "it's a \"test\" with $HOME") {
 		t.Fatalf("ECS_EXTRA_FILES_0_CONTENTS = %q", ours["ECS_EXTRA_FILES_0_CONTENTS"])
 	}
-	if _, err := exec.LookPath("bash"); err == nil {
-		out, err := exec.Command("bash", "-c", `set -a; . "$1"; for v in $(compgen -e | grep -E '^(ECS|APPLIANCE)_'); do printf '%s\0%s\0' "$v" "${!v}"; done`, "x", a.Host.Path(ActiveEnvShell)).Output()
-		if err != nil {
-			t.Fatal(err)
-		}
-		fromBash := pairs(out)
-		compare(t, "bash", fromBash, ours)
+	bash := testenv.Tool(t, "bash", "make deps")
+	out, err := exec.Command(bash, "-c", `set -a; . "$1"; for v in $(compgen -e | grep -E '^(ECS|APPLIANCE)_'); do printf '%s\0%s\0' "$v" "${!v}"; done`, "x", a.Host.Path(ActiveEnvShell)).Output()
+	if err != nil {
+		t.Fatal(err)
 	}
+	compare(t, "bash", pairs(out), ours)
 	// Debian's python3-dotenv is what Debian's docker-compose 1.29 uses.
 	py := "/usr/bin/python3"
 	if err := exec.Command(py, "-c", "import dotenv").Run(); err != nil {
 		py = "python3"
 		if err := exec.Command(py, "-c", "import dotenv").Run(); err != nil {
-			t.Log("python3-dotenv not available; compose env file not cross-checked")
-			return
+			testenv.Missing(t, "python3-dotenv not available (make deps): the compose env file is not cross-checked")
 		}
 	}
-	out, err := exec.Command(py, "-c", `import sys, dotenv
+	out, err = exec.Command(py, "-c", `import sys, dotenv
 for k, v in dotenv.dotenv_values(sys.argv[1]).items():
     sys.stdout.write(k + "\0" + v + "\0")`, a.Host.Path(ActiveEnvCompose)).Output()
 	if err != nil {

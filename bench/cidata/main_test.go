@@ -3,22 +3,18 @@ package main
 import (
 	"bytes"
 	"os"
-	"os/exec"
 	"strconv"
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/ecs-image/ecs-image/testenv"
 )
 
 // TestCompareSmall runs the comparison on a few seeds so that the
 // benchmark program itself stays working (it needs cloud-localds).
 func TestCompareSmall(t *testing.T) {
-	if _, err := exec.LookPath("cloud-localds"); err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatal("cloud-localds not installed (make deps)")
-		}
-		t.Skip("cloud-localds not installed")
-	}
+	testenv.Tools(t, "cloud-localds")
 	var out bytes.Buffer
 	res, err := Run(Config{N: 4, Runs: 1, ECSImage: "-", Out: &out})
 	if err != nil {

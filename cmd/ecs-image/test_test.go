@@ -17,16 +17,13 @@ import (
 	"time"
 
 	"github.com/ecs-image/ecs-image/qemu/qemutest"
+	"github.com/ecs-image/ecs-image/testenv"
 	"github.com/spf13/pflag"
 )
 
 func vmtestNeedVM(t *testing.T) {
 	t.Helper()
-	for _, b := range []string{"qemu-system-x86_64", "qemu-img"} {
-		if _, err := exec.LookPath(b); err != nil {
-			t.Skipf("%s not installed (make deps)", b)
-		}
-	}
+	testenv.Tools(t, "qemu-system-x86_64", "qemu-img")
 }
 
 // runVMTestCLI runs `ecs-image test args...` in-process with fresh flags and

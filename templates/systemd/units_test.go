@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/ecs-image/ecs-image/testenv"
 )
 
 func TestInstallWritesAndEnables(t *testing.T) {
@@ -44,12 +46,8 @@ func TestInstallWritesAndEnables(t *testing.T) {
 
 // systemd itself checks the units (syntax, keys, dependencies, ExecStart).
 func TestUnitsVerifyWithSystemd(t *testing.T) {
-	if _, err := exec.LookPath("systemd-analyze"); err != nil {
-		t.Skip("systemd-analyze not installed")
-	}
-	if _, err := os.Stat("/lib/systemd/system/multi-user.target"); err != nil {
-		t.Skip("no system units to verify against")
-	}
+	testenv.Tools(t, "systemd-analyze")
+	testenv.File(t, "/lib/systemd/system/multi-user.target", "systemd's units to verify against: make deps")
 	root := t.TempDir()
 	if _, err := Install(root); err != nil {
 		t.Fatal(err)

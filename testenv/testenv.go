@@ -1,0 +1,94 @@
+// Package testenv decides what a test does when a part it needs is missing:
+// a tool, a file, a device or a privilege. Outside CI the test is skipped
+// (a developer machine need not have everything); in CI (CI set to anything
+// but "", "0" or "false", as .ci/run does) it fails, because `make deps` and
+// the CI host provide every part, so a missing one is a broken CI, not a
+// reason to pass silently.
+package testenv
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+)
+
+// CI reports whether the tests run in CI.
+func CI() bool {
+	v := os.Getenv("CI")
+	return v != "" && v != "0" && v != "false"
+}
+
+// Missing reports a part the test needs and does not have: it fails the
+// test in CI and skips it elsewhere. It does not return.
+func Missing(t testing.TB, format string, args ...any) {
+	t.Helper()
+	msg := fmt.Sprintf(format, args...)
+	if CI() {
+		t.Fatal(msg + " (CI must provide it: a missing part fails in CI)")
+	}
+	t.Skip(msg)
+}
+
+// Tool returns the path of the program name, looked up in PATH and then in
+// the directories `go install` writes to ($GOBIN, $GOPATH/bin, ~/go/bin).
+// Without it the test is skipped, in CI it fails; hint says how to install
+// it (e.g. "make deps").
+func Tool(t testing.TB, name, hint string) string {
+	t.Helper()
+	if p, err := lookTool(name); err == nil {
+		return p
+	}
+	Missing(t, "%s is not installed (%s)", name, hint)
+	return ""
+}
+
+// Tools is Tool for several programs that make deps installs.
+func Tools(t testing.TB, names ...string) {
+	t.Helper()
+	for _, n := range names {
+		Tool(t, n, "make deps")
+	}
+}
+
+// File returns path when it exists, and otherwise reports it as missing.
+func File(t testing.TB, path, hint string) string {
+	t.Helper()
+	if _, err := os.Stat(path); err != nil {
+		Missing(t, "%v (%s)", err, hint)
+	}
+	return path
+}
+
+// Root reports a test that needs root as missing when it is not root.
+func Root(t testing.TB, why string) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		Missing(t, "%s needs root", why)
+	}
+}
+
+func lookTool(name string) (string, error) {
+	p, err := exec.LookPath(name)
+	if err == nil {
+		return p, nil
+	}
+	var dirs []string
+	if d := os.Getenv("GOBIN"); d != "" {
+		dirs = append(dirs, d)
+	}
+	if d := os.Getenv("GOPATH"); d != "" {
+		dirs = append(dirs, filepath.Join(filepath.SplitList(d)[0], "bin"))
+	}
+	if home, herr := os.UserHomeDir(); herr == nil {
+		dirs = append(dirs, filepath.Join(home, "go", "bin"))
+	}
+	for _, d := range dirs {
+		c := filepath.Join(d, name)
+		if fi, serr := os.Stat(c); serr == nil && !fi.IsDir() && fi.Mode()&0o111 != 0 {
+			return c, nil
+		}
+	}
+	return "", err
+}
