@@ -28,6 +28,7 @@ type ArtifactFile struct {
 // image. The release manifest is written from it by `ecs-image release`.
 type Manifest struct {
 	Template       string         `json:"template"`
+	Version        string         `json:"version"` // the template's (or --set) product version
 	TemplateFile   string         `json:"template_file"`
 	TemplateDigest string         `json:"template_digest"`
 	Variant        string         `json:"variant,omitempty"`

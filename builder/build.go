@@ -35,6 +35,8 @@ type Options struct {
 	NoChroot bool
 	// Accel overrides the template's accelerator ("" keeps it).
 	Accel string
+	// Version overrides the template's version ("" keeps it).
+	Version string
 	// Log receives progress (nil: logrus's standard logger).
 	Log logrus.FieldLogger
 }

@@ -82,7 +82,7 @@ func (s *stepArtifact) Cleanup(state multistep.StateBag) {
 
 func (b *buildState) manifest(files []ArtifactFile) *Manifest {
 	m := &Manifest{
-		Template: b.tmpl.Name, TemplateFile: absOrSelf(b.tmpl.File), TemplateDigest: "sha256:" + sha256Hex(b.tmpl.Raw),
+		Template: b.tmpl.Name, Version: b.tmpl.Version, TemplateFile: absOrSelf(b.tmpl.File), TemplateDigest: "sha256:" + sha256Hex(b.tmpl.Raw),
 		Variant: b.plan.Variant, Production: b.plan.Production,
 		Base:     ManifestBase{Name: b.base.Name, Path: b.base.Path, Digest: b.base.Digest, Format: b.base.Format, Firmware: b.base.Firmware},
 		Packages: b.packages, Files: files, Accel: string(b.accel), Builder: fmt.Sprintf("ecs-image builder v%d", Version),

@@ -43,6 +43,11 @@ type emission struct {
 	err    error
 }
 
+// formatOptions are the metadata written into the OVF descriptors and boxes.
+func (b *buildState) formatOptions() formats.Options {
+	return formats.Options{Version: b.tmpl.Version}
+}
+
 func (s *stepCompact) Run(ctx context.Context, state multistep.StateBag) multistep.StepAction {
 	b := getBuild(state)
 	if others := b.otherOutputs(); len(others) > 0 {
@@ -56,7 +61,7 @@ func (s *stepCompact) Run(ctx context.Context, state multistep.StateBag) multist
 		img := &qemuimg.Info{Path: b.genDisk, Format: "qcow2", VirtualSize: info.VirtualSize}
 		go func() {
 			defer close(e.done)
-			e.arts, e.err = formats.Emit(ectx, img, b.opts.OutputDir, b.baseName(), others, formats.Options{})
+			e.arts, e.err = formats.Emit(ectx, img, b.opts.OutputDir, b.baseName(), others, b.formatOptions())
 		}()
 	}
 	f, err := os.CreateTemp(b.opts.OutputDir, tempName(b.baseName()+".qcow2"))

@@ -16,12 +16,18 @@ func (s *stepValidate) Run(ctx context.Context, state multistep.StateBag) multis
 	if err != nil {
 		return halt(state, err)
 	}
+	if v := b.opts.Version; v != "" {
+		if err := CheckVersion(v); err != nil {
+			return halt(state, &TemplateError{[]Problem{{File: t.File, Path: "version", Msg: "--set version=" + v + ": " + err.Error()}}})
+		}
+		t.Version = v
+	}
 	p, err := t.Plan(b.opts.Variant)
 	if err != nil {
 		return halt(state, &TemplateError{[]Problem{{File: t.File, Path: "variants", Msg: err.Error()}}})
 	}
 	b.tmpl, b.plan = t, p
-	b.log.Infof("template %s: %d stages, variant %q, outputs %v", t.Name, len(p.Stages), p.Variant, p.Outputs)
+	b.log.Infof("template %s version %s: %d stages, variant %q, outputs %v", t.Name, t.Version, len(p.Stages), p.Variant, p.Outputs)
 	return multistep.ActionContinue
 }
 

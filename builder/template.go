@@ -66,6 +66,11 @@ type Template struct {
 	// Name names the artifacts (default: the file name without extension).
 	Name        string `yaml:"name"`
 	Description string `yaml:"description"`
+	// Version is the product version of the built image (e.g. 1.4.0): the
+	// OVF product version, the build manifest's and the release's
+	// "version". Default "0"; `ecs-image build --set version=...`
+	// overrides it.
+	Version string `yaml:"version"`
 	// Base is the image the build starts from.
 	Base Base `yaml:"base"`
 	// DiskSize is the virtual size of the built disk, e.g. "20G" (default:
@@ -220,9 +225,15 @@ func (g Generalise) Trim() bool { return g.Fstrim == nil || *g.Fstrim }
 // DiskSizeBytes is the parsed disk_size (0: the base's size).
 func (t *Template) DiskSizeBytes() int64 { return t.diskSize }
 
+// DefaultVersion is the product version of a template without one.
+const DefaultVersion = "0"
+
 var (
 	nameRe = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,62}$`)
-	sumRe  = regexp.MustCompile(`^(sha256:)?[0-9a-f]{64}$|^sha512:[0-9a-f]{128}$`)
+	// versionRe: a version as Debian, semver and OVF readers take it
+	// (1.4.0, 2026.12.1, 1.4.0-rc.1, 1.4.0+git.abc123, 1.4~beta1).
+	versionRe = regexp.MustCompile(`^[0-9A-Za-z][0-9A-Za-z.+~_-]{0,63}$`)
+	sumRe     = regexp.MustCompile(`^(sha256:)?[0-9a-f]{64}$|^sha512:[0-9a-f]{128}$`)
 )
 
 // LoadTemplate reads and validates the template at path.
@@ -285,6 +296,11 @@ func (t *Template) check(d *decoder) {
 		t.Name = strings.TrimSuffix(filepath.Base(t.File), filepath.Ext(t.File))
 	} else if !nameRe.MatchString(t.Name) {
 		d.at("name", "%q: want lower-case letters, digits and dashes", t.Name)
+	}
+	if _, ok := d.nodes["version"]; !ok {
+		t.Version = DefaultVersion
+	} else if err := CheckVersion(t.Version); err != nil {
+		d.at("version", "%v", err)
 	}
 	t.checkBase(d)
 	if t.DiskSize != "" {
@@ -374,6 +390,15 @@ func (t *Template) check(d *decoder) {
 			d.at(fmt.Sprintf("generalise.commands[%d]", i), "empty command")
 		}
 	}
+}
+
+// CheckVersion validates a product version (the template's version, or
+// its override on the command line).
+func CheckVersion(v string) error {
+	if !versionRe.MatchString(v) {
+		return fmt.Errorf("%q: want 1 to 64 letters, digits and . + ~ _ - starting with a letter or digit (e.g. 1.4.0)", v)
+	}
+	return nil
 }
 
 var envRe = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)

@@ -40,6 +40,30 @@ var buildFlags struct {
 	output, variant, accel string
 	noCache, keepOnError   bool
 	noChroot               bool
+	set                    []string
+}
+
+// settable are the template fields that --set KEY=VALUE overrides.
+var settable = []string{"version"}
+
+// parseSet reads --set KEY=VALUE overrides into the build options.
+func parseSet(sets []string, o *builder.Options) error {
+	for _, kv := range sets {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok {
+			return badInputf("--set %s: want KEY=VALUE (keys: %s)", kv, strings.Join(settable, ", "))
+		}
+		switch k {
+		case "version":
+			if err := builder.CheckVersion(v); err != nil {
+				return badInputf("--set version: %v", err)
+			}
+			o.Version = v
+		default:
+			return badInputf("--set %s: unknown key %q (keys: %s)", kv, k, strings.Join(settable, ", "))
+		}
+	}
+	return nil
 }
 
 var buildCmd = &cobra.Command{
@@ -51,6 +75,8 @@ each stage's provisioners run over SSH, and the result is generalised,
 compacted and written to the output directory as NAME[-VARIANT].qcow2 plus
 the template's other output formats and NAME[-VARIANT].build.json (the
 build manifest: base and template digests, stage keys, package list).
+The template's version (--set version=V overrides it) is the OVF product
+version and the manifest's "version".
 
 Every stage is cached as a qcow2 overlay on the previous one, keyed by its
 parent, its definition and the content of the files it uploads: unchanged
@@ -68,6 +94,9 @@ output paths.`,
 	Example: `  # The reference appliance, production variant, into ./output
   ecs-image build templates/ecs-appliance.yml --variant prod
 
+  # Release 1.4.0: the OVF product version, NAME.build.json and the release say 1.4.0
+  ecs-image build templates/ecs-appliance.yml --variant prod --set version=1.4.0
+
   # Rebuild every stage, keep the disks and serial logs if it fails
   ecs-image build templates/test-small.yml -o /tmp/out --no-cache --keep-on-error`,
 	Args: exactArgs(1),
@@ -81,10 +110,14 @@ output paths.`,
 		if accel == "auto" {
 			accel = ""
 		}
-		a, err := builder.Build(cmd.Context(), builder.Options{
+		opts := builder.Options{
 			Template: args[0], OutputDir: buildFlags.output, Variant: buildFlags.variant,
 			NoCache: buildFlags.noCache, NoChroot: buildFlags.noChroot, KeepOnError: buildFlags.keepOnError, Accel: accel,
-		})
+		}
+		if err := parseSet(buildFlags.set, &opts); err != nil {
+			return err
+		}
+		a, err := builder.Build(cmd.Context(), opts)
 		if err != nil {
 			return err
 		}
@@ -181,6 +214,7 @@ func init() {
 	buildCmd.Flags().BoolVar(&buildFlags.noCache, "no-cache", false, "rebuild every stage instead of using cached ones")
 	buildCmd.Flags().BoolVar(&buildFlags.noChroot, "no-chroot", false, "build every stage that would run in a chroot on the build host in the booted image")
 	buildCmd.Flags().BoolVar(&buildFlags.keepOnError, "keep-on-error", false, "keep the work directory (disks, serial logs) of a failed build")
+	buildCmd.Flags().StringArrayVar(&buildFlags.set, "set", nil, "override a template field, KEY=VALUE (repeatable; keys: "+strings.Join(settable, ", ")+")")
 	buildCmd.Flags().StringVar(&buildFlags.accel, "accel", "", "accelerator: auto, kvm or tcg (default: the template's)")
 	cachePruneCmd.Flags().BoolVar(&cachePruneFlags.all, "all", false, "remove every cached stage")
 	cachePruneCmd.Flags().DurationVar(&cachePruneFlags.olderThan, "older-than", 7*24*time.Hour, "remove stages not used for this long")
