@@ -12,6 +12,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/ecs-image/ecs-image/testenv"
+
 	"github.com/hashicorp/packer-plugin-sdk/multistep"
 	"github.com/sirupsen/logrus"
 
@@ -75,12 +77,7 @@ func TestTemplateVersion(t *testing.T) {
 // product version, the build manifest's version and the release
 // manifest's (ecs-image release reads the build manifest).
 func TestVersionReachesOutputs(t *testing.T) {
-	if _, err := exec.LookPath("qemu-img"); err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatal("qemu-img missing")
-		}
-		t.Skip("qemu-img missing")
-	}
+	testenv.Tool(t, "qemu-img", "make deps")
 	tp, err := LoadTemplate(versionTemplate(t, "1.4.0-rc.2"))
 	if err != nil {
 		t.Fatal(err)

@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/ecs-image/ecs-image/testenv"
+
 	"github.com/spf13/pflag"
 )
 
@@ -29,12 +31,7 @@ func runConvert(t *testing.T, args ...string) (int, string) {
 // TestConvertCreatesOutputDir: -d DIR and the parent of -o OUT are created
 // when missing (issue 12: they used to fail with exit 2).
 func TestConvertCreatesOutputDir(t *testing.T) {
-	if _, err := exec.LookPath("qemu-img"); err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatal("qemu-img missing")
-		}
-		t.Skip("qemu-img missing")
-	}
+	testenv.Tool(t, "qemu-img", "make deps")
 	dir := t.TempDir()
 	in := filepath.Join(dir, "small.qcow2")
 	if out, err := exec.Command("qemu-img", "create", "-q", "-f", "qcow2", in, "4M").CombinedOutput(); err != nil {
