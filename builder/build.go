@@ -52,6 +52,8 @@ type buildState struct {
 	work  string // work directory (tmp/build-*), removed at the end
 	base  *images.Base
 	accel qemu.Accel
+	// accelForced: the template or --accel asked for KVM (no TCG fallback).
+	accelForced bool
 
 	stages []*stageRun
 	// parentKey/parentDisk/bootFrom describe the disk the next stage

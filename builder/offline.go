@@ -129,15 +129,17 @@ find /var/log -type f -exec truncate -s 0 {} +
 
 // offlineRun is one run of the helper VM.
 type offlineRun struct {
-	Disk      string // the qcow2 to change
-	Boot      bootFiles
-	Job       helperJob
-	Placers   []provisioners.Placer
-	WorkDir   string
-	Accel     qemu.Accel
-	Timeout   time.Duration
-	Log       logrus.FieldLogger
-	SerialLog string
+	Disk    string // the qcow2 to change
+	Boot    bootFiles
+	Job     helperJob
+	Placers []provisioners.Placer
+	WorkDir string
+	Accel   qemu.Accel
+	// AccelForced keeps KVM even when the helper stalls under it.
+	AccelForced bool
+	Timeout     time.Duration
+	Log         logrus.FieldLogger
+	SerialLog   string
 	// Packages receives the package list when Job.Packages is set.
 	Packages []string
 }
@@ -206,7 +208,7 @@ func (r *offlineRun) run(ctx context.Context) error {
 	}
 	cfg := qemu.Config{
 		Name: "ecs-offline", Disk: r.Disk, DiskFormat: "qcow2", DiskCache: "unsafe",
-		Memory: 1024, CPUs: 1, Accel: r.Accel, SerialLog: r.SerialLog,
+		Memory: 1024, CPUs: 1, Accel: r.Accel, AccelForced: r.AccelForced, SerialLog: r.SerialLog,
 		ExtraArgs: []string{
 			"-kernel", r.Boot.kernel(), "-initrd", initrd, "-append", appendArgs,
 			"-drive", "file=" + strings.ReplaceAll(jobDisk, ",", ",,") + ",format=raw,if=virtio,readonly=on",
@@ -217,6 +219,7 @@ func (r *offlineRun) run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	defer m.Waiting(r.Log, "the offline helper to finish")()
 	timer := time.NewTimer(r.Timeout)
 	defer timer.Stop()
 	select {

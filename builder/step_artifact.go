@@ -9,6 +9,7 @@ import (
 	"github.com/hashicorp/packer-plugin-sdk/multistep"
 
 	"github.com/ecs-image/ecs-image/atomicfile"
+	"github.com/ecs-image/ecs-image/qemu"
 )
 
 // stepArtifact waits for the other output formats (started by stepCompact),
@@ -85,7 +86,7 @@ func (b *buildState) manifest(files []ArtifactFile) *Manifest {
 		Template: b.tmpl.Name, Version: b.tmpl.Version, TemplateFile: absOrSelf(b.tmpl.File), TemplateDigest: "sha256:" + sha256Hex(b.tmpl.Raw),
 		Variant: b.plan.Variant, Production: b.plan.Production,
 		Base:     ManifestBase{Name: b.base.Name, Path: b.base.Path, Digest: b.base.Digest, Format: b.base.Format, Firmware: b.base.Firmware},
-		Packages: b.packages, Files: files, Accel: string(b.accel), Builder: fmt.Sprintf("ecs-image builder v%d", Version),
+		Packages: b.packages, Files: files, Accel: string(qemu.Effective(b.accel)), Builder: fmt.Sprintf("ecs-image builder v%d", Version),
 		Created: timeNow().UTC(), Steps: b.timings,
 	}
 	if m.Packages == nil {

@@ -41,7 +41,7 @@ func (s *stepFetchBase) Run(ctx context.Context, state multistep.StateBag) multi
 	}
 	switch accel {
 	case "kvm":
-		b.accel = qemu.AccelKVM
+		b.accel, b.accelForced = qemu.AccelKVM, true
 	case "tcg":
 		b.accel = qemu.AccelTCG
 	default:

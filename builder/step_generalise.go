@@ -56,7 +56,7 @@ func (s *stepGeneralise) Run(ctx context.Context, state multistep.StateBag) mult
 			placers = append(placers, ps.P.(provisioners.Placer))
 		}
 	}
-	r := &offlineRun{Disk: disk, Boot: boot, WorkDir: dir, Accel: b.accel, Timeout: 10 * time.Minute, Placers: placers,
+	r := &offlineRun{Disk: disk, Boot: boot, WorkDir: dir, Accel: b.accel, AccelForced: b.accelForced, Timeout: 10 * time.Minute, Placers: placers,
 		Log: b.log.WithField("step", "generalise"),
 		Job: helperJob{Generalise: g.On(), GeneraliseScript: generaliseScript(g), Packages: true, Trim: g.Trim()}}
 	if err := r.run(ctx); err != nil {

@@ -29,7 +29,7 @@ func (s *stepOfflinePlace) Run(ctx context.Context, state multistep.StateBag) mu
 		placers = append(placers, p)
 	}
 	r := &offlineRun{Disk: sr.disk, Boot: boot, Placers: placers, WorkDir: sr.dir,
-		Accel: b.accel, Timeout: 10 * time.Minute, Log: b.log.WithField("stage", sr.stage.Name)}
+		Accel: b.accel, AccelForced: b.accelForced, Timeout: 10 * time.Minute, Log: b.log.WithField("stage", sr.stage.Name)}
 	if err := r.run(ctx); err != nil {
 		return halt(state, err)
 	}

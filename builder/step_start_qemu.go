@@ -30,14 +30,15 @@ func (s *stepStartQEMU) Run(ctx context.Context, state multistep.StateBag) multi
 		DiskFormat: "qcow2",
 		// The VM is thrown away unless it shuts down cleanly: guest
 		// flushes need not reach the host's disk.
-		DiskCache: "unsafe",
-		CDROMs:    []string{sr.seed},
-		Memory:    b.tmpl.Memory,
-		CPUs:      b.tmpl.CPUs,
-		Firmware:  fw,
-		Accel:     b.accel,
-		Forwards:  []qemu.Forward{{Guest: 22}},
-		SerialLog: filepath.Join(sr.dir, "serial.log"),
+		DiskCache:   "unsafe",
+		CDROMs:      []string{sr.seed},
+		Memory:      b.tmpl.Memory,
+		CPUs:        b.tmpl.CPUs,
+		Firmware:    fw,
+		Accel:       b.accel,
+		AccelForced: b.accelForced,
+		Forwards:    []qemu.Forward{{Guest: 22}},
+		SerialLog:   filepath.Join(sr.dir, "serial.log"),
 	}
 	if sr.kernel != nil {
 		// No firmware boot loader, no VGA: the serial console only. The
@@ -61,7 +62,7 @@ func (s *stepStartQEMU) Run(ctx context.Context, state multistep.StateBag) multi
 		return halt(state, err)
 	}
 	sr.machine = m
-	b.log.Infof("qemu started (%s, %d MiB, %d CPUs), ssh on 127.0.0.1:%d, serial log %s", b.accel, cfg.Memory, cfg.CPUs, m.HostPort(22), cfg.SerialLog)
+	b.log.Infof("qemu started (%s, %d MiB, %d CPUs), ssh on 127.0.0.1:%d, serial log %s", m.Accel(), cfg.Memory, cfg.CPUs, m.HostPort(22), cfg.SerialLog)
 	return multistep.ActionContinue
 }
 

@@ -18,6 +18,7 @@ type stepWaitSSH struct{}
 func (s *stepWaitSSH) Run(ctx context.Context, state multistep.StateBag) multistep.StepAction {
 	b, sr := getBuild(state), getStage(state)
 	addr := fmt.Sprintf("127.0.0.1:%d", sr.machine.HostPort(22))
+	defer sr.machine.Waiting(b.log, "SSH and the end of the boot")()
 	c, err := communicator.Dial(ctx, addr, BuildUser, sr.sshKey.Signer, b.tmpl.SSHTimeout, sr.machine.Done())
 	if err != nil {
 		if sr.machine.Exited() {

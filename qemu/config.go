@@ -8,6 +8,7 @@ package qemu
 import (
 	"errors"
 	"fmt"
+	"os"
 	"strconv"
 	"strings"
 )
@@ -86,9 +87,17 @@ type Config struct {
 
 	// Accel is the accelerator; Start calls DetectAccel when empty.
 	Accel Accel
+	// AccelForced keeps KVM even when the guest stalls (a template's
+	// `accel: kvm`); ECS_IMAGE_ACCEL=kvm does the same. Otherwise a guest
+	// that stays silent on its serial console under KVM is restarted under
+	// TCG (see Start).
+	AccelForced bool
 
 	// ExtraArgs are appended to QEMU's command line verbatim.
 	ExtraArgs []string
+
+	// serialAppend keeps the serial log of an earlier run (a restart).
+	serialAppend bool
 }
 
 // Defaults for Config.
@@ -101,6 +110,19 @@ const (
 func (c *Config) binary() string {
 	if c.Binary != "" {
 		return c.Binary
+	}
+	return SystemBinary()
+}
+
+// BinaryEnv names the QEMU system emulator to run instead of
+// DefaultBinary (a path or a name on $PATH), e.g. a wrapper script.
+const BinaryEnv = "ECS_IMAGE_QEMU"
+
+// SystemBinary is the QEMU system emulator: $ECS_IMAGE_QEMU, else
+// DefaultBinary.
+func SystemBinary() string {
+	if b := strings.TrimSpace(os.Getenv(BinaryEnv)); b != "" {
+		return b
 	}
 	return DefaultBinary
 }
@@ -249,7 +271,11 @@ func (c *Config) Args() ([]string, error) {
 		"-monitor", "none",
 	)
 	if c.SerialLog != "" {
-		a = append(a, "-chardev", "file,id=serial0,path="+esc(c.SerialLog), "-serial", "chardev:serial0")
+		chardev := "file,id=serial0,path=" + esc(c.SerialLog)
+		if c.serialAppend {
+			chardev += ",append=on"
+		}
+		a = append(a, "-chardev", chardev, "-serial", "chardev:serial0")
 	} else {
 		a = append(a, "-serial", "none")
 	}

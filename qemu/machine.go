@@ -39,6 +39,7 @@ type Machine struct {
 	mu         sync.Mutex
 	err        error
 	killReason error
+	restart    bool   // the KVM watchdog stopped QEMU: start it under TCG
 	saved      []byte // serial log content kept after exit
 	savedBase  int64  // file offset of saved[0]
 }
@@ -101,6 +102,11 @@ func Start(ctx context.Context, cfg Config) (*Machine, error) {
 	}
 	if cfg.Accel == "" {
 		cfg.Accel = DetectAccel(ctx)
+	}
+	if cfg.Accel == AccelKVM && cfg.fallbackAllowed() {
+		if reason := kvmStalled(); reason != "" {
+			cfg.Accel = AccelTCG
+		}
 	}
 	if cfg.Name == "" {
 		cfg.Name = strings.TrimSuffix(filepath.Base(cfg.Disk), filepath.Ext(cfg.Disk))
@@ -195,17 +201,131 @@ func Start(ctx context.Context, cfg Config) (*Machine, error) {
 		return fail(&ExitError{Name: cfg.Name, Err: p.err, Output: out, SerialTail: tailLines(readTail(run.SerialLog), 30)})
 	}
 	logrus.Infof("qemu %s: started (accel %s, %d MiB, %d CPUs%s)", m.Config.Name, m.Config.Accel, m.Config.memory(), m.Config.cpus(), m.describeForwards())
-	go m.monitor(ctx)
+	if m.Config.Accel == AccelKVM && m.Config.fallbackAllowed() {
+		go m.watchKVM(ctx, m.proc, KVMStallTimeout)
+	}
+	go m.monitor(ctx, bin)
 	return m, nil
+}
+
+// KVMStallTimeout is how long a guest under KVM may stay silent on its
+// serial console, before it shows a running kernel or user space, until
+// Start's watchdog stops it and restarts it under TCG. Some hosts pass
+// every KVM probe and then hang each kernel as it leaves real mode.
+var KVMStallTimeout = 30 * time.Second
+
+// alive matches console lines that only a running kernel or user space
+// prints: a printk timestamp, systemd, a login prompt, cloud-init, or a
+// marker of ecs-image's own guests.
+var alive = regexp.MustCompile(`^\[\s*[0-9]+\.[0-9]+\]|systemd|login:|cloud-init|Cloud-init|ECS-|ecs-offline|Run /init`)
+
+// fallbackAllowed tells whether a KVM guest that stalls may be restarted
+// under TCG: not when the template or ECS_IMAGE_ACCEL=kvm asked for KVM.
+func (c *Config) fallbackAllowed() bool {
+	return !c.AccelForced && !strings.EqualFold(strings.TrimSpace(os.Getenv(AccelEnv)), string(AccelKVM))
+}
+
+// errKVMStall stops a QEMU process that the watchdog restarts under TCG.
+var errKVMStall = errors.New("no serial console output under KVM")
+
+// watchKVM stops p when its serial console stays silent for stall before
+// it shows a running kernel (alive); monitor then restarts the machine
+// under TCG, and every later machine of this process starts under TCG.
+func (m *Machine) watchKVM(ctx context.Context, p *proc, stall time.Duration) {
+	t := time.NewTicker(stall / 30)
+	defer t.Stop()
+	var off int64
+	var partial []byte
+	last := time.Now()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-p.exited:
+			return
+		case <-t.C:
+		}
+		chunk := m.readSerialFrom(off)
+		if len(chunk) > 0 {
+			off += int64(len(chunk))
+			last = time.Now()
+			partial = append(partial, chunk...)
+			for {
+				i := bytes.IndexByte(partial, '\n')
+				if i < 0 {
+					break
+				}
+				line := cleanLine(partial[:i])
+				partial = partial[i+1:]
+				if alive.MatchString(line) {
+					return
+				}
+			}
+			continue
+		}
+		if time.Since(last) < stall {
+			continue
+		}
+		what := "nothing on its serial console"
+		if tail := tailLines(m.readSerialFrom(0), 1); tail != "" {
+			what = fmt.Sprintf("nothing after %q on its serial console", tail)
+		}
+		reason := fmt.Sprintf("a guest under KVM printed %s for %s (this host's KVM passes the probe but hangs guests)", what, stall)
+		markKVMStalled(reason)
+		m.mu.Lock()
+		m.restart = true
+		m.mu.Unlock()
+		p.kill()
+		return
+	}
+}
+
+// restartTCG starts the machine again under TCG after the watchdog
+// stopped it, with the same disks, ports, serial log (appended) and QMP
+// socket.
+func (m *Machine) restartTCG(ctx context.Context, bin string) error {
+	m.qmp.Close()
+	cfg := m.Config
+	cfg.Accel = AccelTCG
+	cfg.serialAppend = true
+	if f, err := os.OpenFile(cfg.SerialLog, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600); err == nil {
+		fmt.Fprintf(f, "\n--- ecs-image: %v for %s; restarting under TCG ---\n", errKVMStall, KVMStallTimeout)
+		f.Close()
+	}
+	args, err := cfg.Args()
+	if err != nil {
+		return err
+	}
+	os.Remove(cfg.QMPSocket)
+	p, err := launch(bin, args)
+	if err != nil {
+		return err
+	}
+	WriteOwner(m.runDir, p.cmd.Process.Pid)
+	m.mu.Lock()
+	m.proc, m.Config.Accel, m.restart = p, AccelTCG, false
+	m.mu.Unlock()
+	q, err := m.connect(ctx)
+	if err != nil {
+		p.kill()
+		<-p.exited
+		return err
+	}
+	m.mu.Lock()
+	m.qmp = q
+	m.mu.Unlock()
+	logrus.Infof("qemu %s: restarted under TCG", cfg.Name)
+	return nil
 }
 
 // connect waits for QMP to answer, or for QEMU to exit first.
 func (m *Machine) connect(ctx context.Context) (*qmp, error) {
 	cctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
+	p := m.current()
 	go func() {
 		select {
-		case <-m.proc.exited:
+		case <-p.exited:
 			cancel()
 		case <-cctx.Done():
 		}
@@ -213,7 +333,7 @@ func (m *Machine) connect(ctx context.Context) (*qmp, error) {
 	q, err := dialQMP(cctx, m.Config.QMPSocket)
 	if err != nil {
 		select {
-		case <-m.proc.exited:
+		case <-p.exited:
 			return nil, errors.New("qemu exited")
 		default:
 		}
@@ -235,12 +355,29 @@ func (m *Machine) describeForwards() string {
 
 // monitor waits for QEMU to exit (killing it when ctx ends), then keeps the
 // serial log in memory, removes the temporary files and closes Done.
-func (m *Machine) monitor(ctx context.Context) {
-	select {
-	case <-m.proc.exited:
-	case <-ctx.Done():
-		m.kill(ctx.Err())
-		<-m.proc.exited
+func (m *Machine) monitor(ctx context.Context, bin string) {
+	for {
+		p := m.current()
+		select {
+		case <-p.exited:
+		case <-ctx.Done():
+			m.kill(ctx.Err())
+			<-p.exited
+		}
+		m.mu.Lock()
+		restart := m.restart && m.killReason == nil
+		m.mu.Unlock()
+		if !restart {
+			break
+		}
+		if err := m.restartTCG(ctx, bin); err != nil {
+			m.mu.Lock()
+			if m.killReason == nil {
+				m.killReason = fmt.Errorf("qemu %s: restart under TCG: %w", m.Config.Name, err)
+			}
+			m.mu.Unlock()
+			break
+		}
 	}
 	data, base := readAllTail(m.Config.SerialLog, maxSaved)
 	m.qmp.Close()
@@ -315,15 +452,25 @@ func (m *Machine) kill(reason error) {
 		m.killReason = reason
 	}
 	m.mu.Unlock()
-	m.proc.kill()
+	m.current().kill()
+}
+
+// current is the running QEMU process (another after a restart).
+func (m *Machine) current() *proc {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.proc
 }
 
 // QMP runs a QMP command (e.g. "query-status") and returns its raw result.
 func (m *Machine) QMP(ctx context.Context, cmd string, args any) ([]byte, error) {
-	if m.qmp == nil {
+	m.mu.Lock()
+	q := m.qmp
+	m.mu.Unlock()
+	if q == nil {
 		return nil, errNoQMP
 	}
-	return m.qmp.Execute(ctx, cmd, args)
+	return q.Execute(ctx, cmd, args)
 }
 
 // powerdownRepeat is how often Shutdown repeats the ACPI power button press
@@ -527,4 +674,43 @@ func (t *tailBuffer) String() string {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	return string(t.buf)
+}
+
+// Accel is the accelerator QEMU runs under now (TCG after the KVM
+// watchdog restarted it).
+func (m *Machine) Accel() Accel {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.Config.Accel
+}
+
+// WaitingEvery is how often Waiting reports a wait that goes on.
+var WaitingEvery = 30 * time.Second
+
+// Waiting logs, every WaitingEvery until stop is called or the machine
+// exits, what the caller waits for, for how long, and the console's last
+// line, so that no long wait is silent.
+func (m *Machine) Waiting(log logrus.FieldLogger, what string) (stop func()) {
+	done := make(chan struct{})
+	start := time.Now()
+	go func() {
+		t := time.NewTicker(WaitingEvery)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-m.done:
+				return
+			case <-t.C:
+				last := m.SerialTail(1)
+				if last == "" {
+					last = "(nothing yet)"
+				}
+				log.Infof("qemu %s: still waiting for %s (%s, accel %s); console: %s", m.Config.Name, what, time.Since(start).Round(time.Second), m.Accel(), last)
+			}
+		}
+	}()
+	var once sync.Once
+	return func() { once.Do(func() { close(done) }) }
 }

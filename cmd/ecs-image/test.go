@@ -297,7 +297,10 @@ func runVMTest(cmd *cobra.Command, args []string) error {
 
 	deadline, cancel := context.WithTimeout(ctx, f.timeout)
 	defer cancel()
+	stopWaiting := m.Waiting(logrus.StandardLogger(), "the appliance to come up")
 	checkErr := vmtestCheck(deadline, m, markers, domain, f.expect, !f.noHTTPS, rep)
+	stopWaiting()
+	rep.Accel = string(m.Accel())
 	if ctx.Err() != nil {
 		return fmt.Errorf("interrupted: %w", ctx.Err())
 	}

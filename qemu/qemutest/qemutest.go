@@ -6,6 +6,7 @@ package qemutest
 import (
 	"errors"
 	"os"
+	"path/filepath"
 )
 
 // DebugExitArgs are the QEMU arguments under which a BootDisk guest makes
@@ -45,4 +46,31 @@ func BootDisk(path, msg string) error {
 	copy(disk[len(code):], msg)
 	disk[510], disk[511] = 0x55, 0xAA
 	return os.WriteFile(path, disk, 0o644)
+}
+
+// LyingKVMScript is a QEMU wrapper for a host whose KVM passes every probe
+// and then hangs every guest: the KVM probe (its firmware is a file named
+// probe.bin) "succeeds" at once, and a guest started with -accel kvm runs
+// under TCG with its CPU stopped (-S), so its serial console stays silent.
+// Guests under TCG run normally.
+const LyingKVMScript = `#!/bin/bash
+# QEMU wrapper: a host whose KVM lies (see qemutest.LyingKVMScript).
+real=${LYING_KVM_QEMU:-qemu-system-x86_64}
+kvm=0 probe=0 prev= args=()
+for a in "$@"; do
+	if [ "$prev" = -accel ] && [ "$a" = kvm ]; then a=tcg; kvm=1; fi
+	if [ "$prev" = -cpu ] && [ "$a" = host ]; then a=max; fi
+	case "$a" in */probe.bin) probe=1 ;; esac
+	args+=("$a")
+	prev=$a
+done
+if [ $kvm = 1 ] && [ $probe = 1 ]; then exit 85; fi
+if [ $kvm = 1 ]; then args+=(-S); fi
+exec "$real" "${args[@]}"
+`
+
+// LyingKVM writes LyingKVMScript into dir and returns its path.
+func LyingKVM(dir string) (string, error) {
+	p := filepath.Join(dir, "qemu-lying-kvm")
+	return p, os.WriteFile(p, []byte(LyingKVMScript), 0o755)
 }
