@@ -77,6 +77,9 @@ func Create(path string, mode fs.FileMode, opts ...Option) (*File, error) {
 			return nil, existsError(path)
 		}
 	}
+	if err := CheckTarget(path); err != nil {
+		return nil, err
+	}
 	pattern := o.pattern
 	if pattern == "" {
 		pattern = "." + filepath.Base(path) + ".tmp-*"
@@ -124,6 +127,9 @@ func (f *File) commit() error {
 		return err
 	}
 	tmp := f.Name()
+	if err := CheckTarget(f.path); err != nil {
+		return err
+	}
 	if f.o.noClobber {
 		err := os.Link(tmp, f.path)
 		switch {
@@ -240,6 +246,29 @@ func SHA256(ctx context.Context, r io.Reader) (string, int64, error) {
 			return "", 0, err
 		}
 	}
+}
+
+// ErrNotRegular is wrapped by the error for an output path that exists and
+// is not a regular file (a device node, a fifo, a socket, a directory):
+// writing "to" /dev/sdb must not replace the device node with a file.
+var ErrNotRegular = errors.New("exists and is not a regular file; refusing to replace it")
+
+// CheckTarget returns an error wrapping ErrNotRegular if path exists and is
+// not a regular file, following symlinks (a symlink to a regular file is
+// fine: it is replaced as before). A missing path, or a dangling symlink,
+// is fine too.
+func CheckTarget(path string) error {
+	st, err := os.Stat(path)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil
+		}
+		return err
+	}
+	if !st.Mode().IsRegular() {
+		return &fs.PathError{Op: "write", Path: path, Err: ErrNotRegular}
+	}
+	return nil
 }
 
 func existsError(path string) error {

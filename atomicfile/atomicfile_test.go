@@ -389,3 +389,64 @@ func TestMkdirAllUndo(t *testing.T) {
 		t.Fatalf("file in the way: %v", err)
 	}
 }
+
+// TestRefusesNonRegularTargets: an output that is a device node, a fifo, a
+// directory or a symlink to one of them is left alone (issue 13: `cidata -o
+// /dev/sdb` replaced the device node by a file of secrets).
+func TestRefusesNonRegularTargets(t *testing.T) {
+	dir := t.TempDir()
+	fifo := filepath.Join(dir, "fifo")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	sub := filepath.Join(dir, "sub")
+	os.Mkdir(sub, 0o755)
+	link := filepath.Join(dir, "link")
+	os.Symlink(fifo, link)
+	targets := []string{fifo, sub, link}
+	dev := filepath.Join(dir, "full")
+	if err := syscall.Mknod(dev, syscall.S_IFCHR|0o666, 1<<8|7); err == nil {
+		targets = append(targets, dev)
+	}
+	for _, p := range targets {
+		before, _ := os.Lstat(p)
+		if err := Write(p, []byte("secret"), 0o600); !errors.Is(err, ErrNotRegular) || !strings.Contains(err.Error(), p) {
+			t.Errorf("Write(%s) = %v, want ErrNotRegular naming it", p, err)
+		}
+		if err := CheckTarget(p); !errors.Is(err, ErrNotRegular) {
+			t.Errorf("CheckTarget(%s) = %v", p, err)
+		}
+		after, err := os.Lstat(p)
+		if err != nil || after.Mode() != before.Mode() {
+			t.Errorf("%s replaced: %v %v", p, after, err)
+		}
+	}
+	// Committing after the target became a fifo is refused too.
+	late := filepath.Join(dir, "late")
+	f, err := Create(late, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	syscall.Mkfifo(late, 0o600)
+	if err := f.Commit(); !errors.Is(err, ErrNotRegular) {
+		t.Errorf("Commit over a fifo = %v", err)
+	}
+	// A symlink to a regular file, a dangling one and a missing path are fine.
+	reg := filepath.Join(dir, "reg")
+	os.WriteFile(reg, nil, 0o600)
+	ok := filepath.Join(dir, "ok-link")
+	os.Symlink(reg, ok)
+	dangling := filepath.Join(dir, "dangling")
+	os.Symlink(filepath.Join(dir, "nowhere"), dangling)
+	for _, p := range []string{ok, dangling, filepath.Join(dir, "new")} {
+		if err := Write(p, []byte("x"), 0o600); err != nil {
+			t.Errorf("Write(%s) = %v", p, err)
+		}
+	}
+	ents, _ := os.ReadDir(dir)
+	for _, e := range ents {
+		if strings.Contains(e.Name(), ".tmp-") {
+			t.Errorf("leftover %s", e.Name())
+		}
+	}
+}

@@ -44,6 +44,9 @@ func (s *stepArtifact) Run(ctx context.Context, state multistep.StateBag) multis
 	}
 	qf := ArtifactFile{Format: "qcow2", Path: filepath.Base(qcow), Size: size, SHA256: sum}
 	files = append([]ArtifactFile{qf}, files...)
+	if err := atomicfile.CheckTarget(qcow); err != nil {
+		return halt(state, err)
+	}
 	if err := os.Rename(b.compacted, qcow); err != nil {
 		return halt(state, err)
 	}

@@ -22,8 +22,10 @@ import (
 	"time"
 	"unicode/utf8"
 
-	"github.com/ecs-image/ecs-image/env"
 	"gopkg.in/yaml.v3"
+
+	"github.com/ecs-image/ecs-image/atomicfile"
+	"github.com/ecs-image/ecs-image/env"
 )
 
 // Format is the kind of seed image.
@@ -293,6 +295,9 @@ func WriteImage(path string, data []byte) (err error) {
 	if dir == "" {
 		dir = "."
 	}
+	if err := atomicfile.CheckTarget(path); err != nil {
+		return err
+	}
 	f, err := os.CreateTemp(dir, "."+base+".tmp-*")
 	if err != nil {
 		return fmt.Errorf("writing %s: %w", path, err)
@@ -311,6 +316,9 @@ func WriteImage(path string, data []byte) (err error) {
 	}
 	if err = f.Close(); err != nil {
 		return fmt.Errorf("writing %s: %w", path, err)
+	}
+	if err = atomicfile.CheckTarget(path); err != nil {
+		return err
 	}
 	return os.Rename(f.Name(), path)
 }

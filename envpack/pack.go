@@ -146,8 +146,14 @@ type output struct {
 	data []byte
 }
 
-// writeAll writes every output to a temporary file, then renames them all.
-// It creates dir (0700) if missing, and removes it again on failure.
+// rename is os.Rename; tests make it fail half-way.
+var rename = os.Rename
+
+// writeAll writes every output to a temporary file, then renames them all:
+// all or nothing. Every target must be missing or a regular file (checked
+// before anything is renamed); a rename failing half-way puts back the
+// files already replaced. It creates dir (0700) if missing, and removes it
+// again on failure.
 func writeAll(ctx context.Context, dir string, outs []output) ([]string, error) {
 	undo, err := atomicfile.MkdirAllUndo(dir, 0o700)
 	if err != nil {
@@ -159,6 +165,12 @@ func writeAll(ctx context.Context, dir string, outs []output) ([]string, error) 
 			os.Remove(t)
 		}
 		undo()
+	}
+	for _, o := range outs {
+		if err := atomicfile.CheckTarget(filepath.Join(dir, o.name)); err != nil {
+			cleanup()
+			return nil, err
+		}
 	}
 	for _, o := range outs {
 		f, err := os.CreateTemp(dir, "."+o.name+".tmp-*")
@@ -185,15 +197,50 @@ func writeAll(ctx context.Context, dir string, outs []output) ([]string, error) 
 			return nil, err
 		}
 	}
+	// Keep the files about to be replaced (hard links), to put them back.
+	backups := make([]string, len(outs))
+	dropBackups := func() {
+		for _, b := range backups {
+			if b != "" {
+				os.Remove(b)
+			}
+		}
+	}
+	for i, o := range outs {
+		p := filepath.Join(dir, o.name)
+		if _, err := os.Lstat(p); err != nil {
+			continue
+		}
+		b := filepath.Join(dir, "."+o.name+".old-"+filepath.Base(tmps[i]))
+		if err := os.Link(p, b); err != nil {
+			dropBackups()
+			cleanup()
+			return nil, err
+		}
+		backups[i] = b
+	}
 	var done []string
 	for i, o := range outs {
 		p := filepath.Join(dir, o.name)
-		if err := os.Rename(tmps[i], p); err != nil {
+		err := atomicfile.CheckTarget(p)
+		if err == nil {
+			err = rename(tmps[i], p)
+		}
+		if err != nil {
+			for j := range done {
+				if backups[j] != "" {
+					os.Rename(backups[j], done[j])
+				} else {
+					os.Remove(done[j])
+				}
+			}
+			dropBackups()
 			cleanup()
-			return done, err
+			return nil, err
 		}
 		done = append(done, p)
 	}
+	dropBackups()
 	return done, nil
 }
 

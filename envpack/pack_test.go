@@ -13,11 +13,14 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
-	"github.com/ecs-image/ecs-image/env"
 	"github.com/skip2/go-qrcode"
+
+	"github.com/ecs-image/ecs-image/atomicfile"
+	"github.com/ecs-image/ecs-image/env"
 )
 
 var testNow = time.Date(2026, 3, 4, 5, 6, 7, 0, time.Local)
@@ -351,5 +354,69 @@ func TestDecodeQRChunks(t *testing.T) {
 	}
 	if _, err := DecodeQRChunks("hello world"); err == nil {
 		t.Error("garbage accepted")
+	}
+}
+
+// TestPackageAllOrNothing: with one target a directory (or a fifo), no
+// output is replaced, not even the ones before it (issue 13: the PDF was
+// replaced before the failure), and nothing temporary is left.
+func TestPackageAllOrNothing(t *testing.T) {
+	for _, kind := range []string{"dir", "fifo"} {
+		t.Run(kind, func(t *testing.T) {
+			dir, path := writeEnv(t, defaultEnv(t))
+			pdf := filepath.Join(dir, PDFName)
+			if err := os.WriteFile(pdf, []byte("old pdf"), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			iso := filepath.Join(dir, ISOName)
+			if kind == "dir" {
+				os.Mkdir(iso, 0o700)
+			} else if err := syscall.Mkfifo(iso, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			_, err := Package(context.Background(), Options{EnvFile: path, OutDir: dir, Now: testNow})
+			if !errors.Is(err, atomicfile.ErrNotRegular) || !strings.Contains(err.Error(), iso) {
+				t.Fatalf("err = %v, want ErrNotRegular naming %s", err, iso)
+			}
+			if b, _ := os.ReadFile(pdf); string(b) != "old pdf" {
+				t.Error("the PDF was replaced")
+			}
+			ents, _ := os.ReadDir(dir)
+			if len(ents) != 3 {
+				var names []string
+				for _, e := range ents {
+					names = append(names, e.Name())
+				}
+				t.Errorf("dir holds %v", names)
+			}
+		})
+	}
+}
+
+// TestWriteAllRollsBack: a rename failing half-way puts back the files
+// already replaced.
+func TestWriteAllRollsBack(t *testing.T) {
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "a"), []byte("old a"), 0o600)
+	defer func() { rename = os.Rename }()
+	rename = func(from, to string) error {
+		if filepath.Base(to) == "c" {
+			return errors.New("disk full")
+		}
+		return os.Rename(from, to)
+	}
+	_, err := writeAll(context.Background(), dir, []output{{"a", []byte("new a")}, {"b", []byte("new b")}, {"c", []byte("x")}})
+	if err == nil {
+		t.Fatal("writeAll succeeded")
+	}
+	if b, _ := os.ReadFile(filepath.Join(dir, "a")); string(b) != "old a" {
+		t.Errorf("a = %q, want it put back", b)
+	}
+	if _, err := os.Lstat(filepath.Join(dir, "b")); err == nil {
+		t.Error("b left behind")
+	}
+	ents, _ := os.ReadDir(dir)
+	if len(ents) != 1 {
+		t.Errorf("leftovers: %v", ents)
 	}
 }

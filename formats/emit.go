@@ -10,9 +10,11 @@ import (
 	"sync"
 	"time"
 
+	"github.com/sirupsen/logrus"
+
+	"github.com/ecs-image/ecs-image/atomicfile"
 	"github.com/ecs-image/ecs-image/progress"
 	"github.com/ecs-image/ecs-image/qemuimg"
-	"github.com/sirupsen/logrus"
 )
 
 // job is one format being written.
@@ -69,6 +71,11 @@ func Emit(ctx context.Context, in *qemuimg.Info, dir, base string, names []strin
 	}
 	if base == "" || base != filepath.Base(base) {
 		return nil, &InputError{Msg: fmt.Sprintf("output base name %q must be a plain file name", base)}
+	}
+	for _, f := range fs {
+		if err := atomicfile.CheckTarget(filepath.Join(dir, base+f.Ext)); err != nil {
+			return nil, &InputError{Msg: err.Error()}
+		}
 	}
 	tmp, err := os.MkdirTemp(dir, ".ecs-image-formats-")
 	if err != nil {
@@ -130,6 +137,9 @@ func Emit(ctx context.Context, in *qemuimg.Info, dir, base string, names []strin
 	arts := make([]Artifact, 0, len(jobs))
 	for i, j := range jobs {
 		final := filepath.Join(dir, base+fs[i].Ext)
+		if err := atomicfile.CheckTarget(final); err != nil {
+			return nil, &InputError{Msg: err.Error()}
+		}
 		if err := os.Rename(j.out, final); err != nil {
 			return nil, err
 		}
@@ -169,6 +179,9 @@ func Write(ctx context.Context, in *qemuimg.Info, name, out string, opts Options
 		return err
 	}
 	dir := filepath.Dir(out)
+	if err := atomicfile.CheckTarget(out); err != nil {
+		return &InputError{Msg: err.Error()}
+	}
 	tmp, err := os.MkdirTemp(dir, ".ecs-image-convert-")
 	if err != nil {
 		return fmt.Errorf("output directory: %w", err)
@@ -184,6 +197,9 @@ func Write(ctx context.Context, in *qemuimg.Info, name, out string, opts Options
 			return ctx.Err()
 		}
 		return fmt.Errorf("format %s: %w", name, err)
+	}
+	if err := atomicfile.CheckTarget(out); err != nil {
+		return &InputError{Msg: err.Error()}
 	}
 	return os.Rename(j.out, out)
 }

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/ecs-image/ecs-image/atomicfile"
 	"github.com/ecs-image/ecs-image/qemuimg"
 )
 
@@ -26,6 +27,9 @@ func Export(ctx context.Context, b *Base, path string) (string, error) {
 	dir := filepath.Dir(abs)
 	if fi, err := os.Stat(dir); err != nil || !fi.IsDir() {
 		return "", &InputError{Field: "-o", Msg: fmt.Sprintf("%s: directory %s does not exist", path, dir)}
+	}
+	if err := atomicfile.CheckTarget(abs); err != nil {
+		return "", &InputError{Field: "-o", Msg: err.Error()}
 	}
 	tmp, err := os.CreateTemp(dir, "."+filepath.Base(abs)+".tmp-*")
 	if err != nil {
@@ -47,6 +51,9 @@ func Export(ctx context.Context, b *Base, path string) (string, error) {
 	}
 	if err := os.Chmod(tmp.Name(), 0o644); err != nil {
 		return "", err
+	}
+	if err := atomicfile.CheckTarget(abs); err != nil {
+		return "", &InputError{Field: "-o", Msg: err.Error()}
 	}
 	if err := os.Rename(tmp.Name(), abs); err != nil {
 		return "", err

@@ -6,6 +6,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/spf13/pflag"
@@ -81,5 +82,64 @@ func requireTool(t *testing.T, tool string) {
 			t.Fatalf("%s not installed in CI: %v", tool, err)
 		}
 		t.Skipf("%s not installed (make deps)", tool)
+	}
+}
+
+// deviceNode makes a character device (like /dev/full) in dir, or a fifo
+// when mknod is not allowed.
+func deviceNode(t *testing.T, dir, name string) string {
+	t.Helper()
+	p := filepath.Join(dir, name)
+	if err := syscall.Mknod(p, syscall.S_IFCHR|0o666, 1<<8|7); err != nil {
+		if err := syscall.Mkfifo(p, 0o666); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return p
+}
+
+// TestDeviceOutputsRefused: an output that exists and is not a regular file
+// (a device node, a fifo, a directory) is refused with exit 2 and left as it
+// was (issue 13: `cidata -o /dev/sdb` replaced the node with the secrets).
+func TestDeviceOutputsRefused(t *testing.T) {
+	requireTool(t, "qemu-img")
+	dir := t.TempDir()
+	img := filepath.Join(dir, "in.qcow2")
+	if out, err := exec.Command("qemu-img", "create", "-q", "-f", "qcow2", img, "16M").CombinedOutput(); err != nil {
+		t.Fatalf("%v %s", err, out)
+	}
+	d := t.TempDir()
+	outDir := t.TempDir()
+	for _, c := range []struct {
+		name string
+		args func(dev string) []string
+	}{
+		{"cidata", func(dev string) []string { return []string{"cidata", "-e", defaultEnv, "-o", dev} }},
+		{"env create", func(dev string) []string { return []string{"env", "create", "ecs.example.org", "--force", "-o", dev} }},
+		{"convert -o", func(dev string) []string { return []string{"convert", img, "-f", "raw", "-o", dev} }},
+		{"convert -d", func(dev string) []string { return []string{"convert", img, "-f", "raw,vmdk", "-d", outDir} }},
+	} {
+		name := strings.ReplaceAll(c.name, " ", "-")
+		dev := deviceNode(t, d, name)
+		if c.name == "convert -d" {
+			dev = deviceNode(t, outDir, "in.vmdk")
+		}
+		before, _ := os.Lstat(dev)
+		code, stdout, stderr := runHostile(t, c.args(dev)...)
+		after, err := os.Lstat(dev)
+		if code != exitUsage || !strings.Contains(stderr, "not a regular file") || !strings.Contains(stderr, dev) || stdout != "" {
+			t.Errorf("%s: exit %d, stdout %q, stderr %q; want exit 2 naming %s", c.name, code, stdout, stderr, dev)
+		}
+		if err != nil || after.Mode() != before.Mode() {
+			t.Errorf("%s: %s replaced (%v, %v)", c.name, dev, after, err)
+		}
+	}
+	for _, dir := range []string{d, outDir} {
+		ents, _ := os.ReadDir(dir)
+		for _, e := range ents {
+			if e.Type().IsRegular() || e.IsDir() {
+				t.Errorf("left behind: %s", e.Name())
+			}
+		}
 	}
 }

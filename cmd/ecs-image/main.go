@@ -12,6 +12,8 @@ import (
 
 	"github.com/sirupsen/logrus"
 	"github.com/spf13/cobra"
+
+	"github.com/ecs-image/ecs-image/atomicfile"
 )
 
 // Set at link time: -ldflags "-X main.version=... -X main.commit=...".
@@ -52,7 +54,7 @@ var badInputCheckers []func(error) bool
 
 func isBadInput(err error) bool {
 	var u usageError
-	if errors.As(err, &u) {
+	if errors.As(err, &u) || errors.Is(err, atomicfile.ErrNotRegular) {
 		return true
 	}
 	for _, f := range badInputCheckers {
