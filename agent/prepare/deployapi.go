@@ -91,22 +91,25 @@ func (a *Agent) stepDeployAPI(ctx context.Context, e *Env) error {
 	return a.systemctl(ctx, "start", DeployUnit)
 }
 
+// checkCAPEM checks client_ca: one or more PEM certificates and no other
+// PEM block (it is written world-readable to ca.crt, so a CA's private key
+// pasted along must not get there). Text around the blocks is allowed.
 func checkCAPEM(s string) error {
 	rest := []byte(s)
 	n := 0
-	for {
+	for i := 1; ; i++ {
 		var b *pem.Block
 		b, rest = pem.Decode(rest)
 		if b == nil {
 			break
 		}
 		if b.Type != "CERTIFICATE" {
-			continue
-		}
-		if _, err := x509.ParseCertificate(b.Bytes); err != nil {
-			return err
+			return fmt.Errorf("block %d is %s, not CERTIFICATE (only certificates belong here: the file is world-readable)", i, b.Type)
 		}
 		n++
+		if _, err := x509.ParseCertificate(b.Bytes); err != nil {
+			return fmt.Errorf("certificate %d: %w", n, err)
+		}
 	}
 	if n == 0 {
 		return fmt.Errorf("no PEM certificate")
