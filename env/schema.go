@@ -1,12 +1,14 @@
 package env
 
 import (
+	"bytes"
 	"fmt"
 	"net/url"
 	"regexp"
 	"sort"
 	"strings"
 
+	"golang.org/x/crypto/ssh"
 	"gopkg.in/yaml.v3"
 )
 
@@ -85,6 +87,10 @@ var schema = func() *spec {
 					"options": str(),
 				}},
 				"encrypt": strCheck(checkPGP(usageEncrypt)),
+				// ssh_known_hosts: the sftp/scp backup server's host key(s),
+				// known_hosts lines (ecs-image's key; the original needed
+				// extra.states for /root/.ssh/known_hosts).
+				"ssh_known_hosts": strCheck(checkKnownHosts),
 			}),
 			// deploy enables ecs-agent's push-deploy API (docs/agent.md);
 			// its fields are checked by the agent.
@@ -344,6 +350,17 @@ func checkBackupURL(c *checker, n *yaml.Node, path, s string) {
 	scheme, rest, ok := strings.Cut(s, "://")
 	if !ok || scheme == "" || rest == "" || strings.ContainsAny(scheme, " /") {
 		c.errAt(n, path, "%q is not a duplicity target URL (scheme://..., e.g. file:///volatile/ecs-backup-test/ or sftp://user@host/path)", s)
+	}
+}
+
+func checkKnownHosts(c *checker, n *yaml.Node, path, s string) {
+	rest := []byte(s)
+	for len(bytes.TrimSpace(rest)) > 0 {
+		var err error
+		if _, _, _, _, rest, err = ssh.ParseKnownHosts(rest); err != nil {
+			c.errAt(n, path, "not known_hosts lines (e.g. \"[backup.example.org]:22 ssh-ed25519 AAAA...\", from ssh-keyscan): %v", err)
+			return
+		}
 	}
 }
 

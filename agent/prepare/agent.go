@@ -32,6 +32,8 @@ type Agent struct {
 	// Facts about the machine; zero values are read from the host.
 	MemBytes int64
 	Cores    int
+	// PG overrides how the local PostgreSQL server is reached (tests).
+	PG PGOptions
 
 	tlsChanged bool // set by the tls step: nginx and stunnel must restart
 	logMu      sync.Mutex

@@ -19,6 +19,7 @@ func (a *Agent) PrepareECS(ctx context.Context) error {
 	return a.runChain(ctx, "prepare-ecs", []Step{
 		{Name: "images", Run: a.stepImages},
 		{Name: "compose", Run: a.stepCompose},
+		{Name: "restore-check", Run: a.checkEmptyDatabase},
 		{Name: "migrate", Run: a.stepMigrate},
 	})
 }
@@ -253,6 +254,9 @@ func (a *Agent) stepMigrate(ctx context.Context, e *Env) error {
 		envv = append(envv, strings.TrimSpace(string(data)))
 	}
 	envv = append(envv, "COMPOSE_FILE="+ComposeFile, "COMPOSE_PROJECT_NAME="+ComposeProject)
+	if err := a.dumpBeforeMigration(ctx); err != nil {
+		return err
+	}
 	a.logf("prepare-ecs/migrate: running %s", MigrateHook)
 	_, err = a.Host.RunCmd(ctx, host.Cmd{Name: a.Host.Path(MigrateHook), Env: envv, Stdout: os.Stderr, Stderr: os.Stderr})
 	return err

@@ -60,6 +60,26 @@ type State struct {
 	// Warnings are problems that do not stop the appliance, by topic
 	// (e.g. "tls": the ACME certificate was not issued).
 	Warnings map[string]string `json:"warnings,omitempty"`
+	// Backup is the outcome of the last backup run (ecs-agent backup).
+	Backup *Backup `json:"backup,omitempty"`
+}
+
+// Backup summarises the backup for the state file and the status page.
+type Backup struct {
+	LastRun     time.Time `json:"last_run,omitzero"`
+	Result      string    `json:"result,omitempty"` // "success" or "failed"
+	Error       string    `json:"error,omitempty"`
+	LastSuccess time.Time `json:"last_success,omitzero"`
+	Type        string    `json:"type,omitempty"`       // "full" or "incremental"
+	SizeBytes   int64     `json:"size_bytes,omitempty"` // data backed up (vault + dump)
+	NextRun     string    `json:"next_run,omitempty"`
+	Target      string    `json:"target,omitempty"` // credentials removed
+}
+
+// SetBackup records the backup summary, leaving the rest of the state alone.
+func SetBackup(h *host.Host, b Backup) error {
+	defer lock(h)()
+	return update(h, State{Backup: &b})
 }
 
 // Read returns the recorded state; with no state file it reports
@@ -155,6 +175,9 @@ func update(h *host.Host, u State) error {
 			st.Warnings = map[string]string{}
 		}
 		st.Warnings[topic] = text
+	}
+	if u.Backup != nil {
+		st.Backup = u.Backup
 	}
 	st.Updated = time.Now().UTC().Truncate(time.Second)
 	_, st.FailedFlag = FailedReason(h)

@@ -25,6 +25,7 @@ const AgentBinary = "/usr/local/bin/ecs-agent"
 var Enabled = map[string]string{
 	"appliance.service":        "multi-user.target",
 	"ecs-agent-deploy.service": "multi-user.target",
+	"appliance-backup.timer":   "timers.target",
 }
 
 // Names returns the unit file names, sorted.
