@@ -460,13 +460,17 @@ func (a *Agent) Backup(ctx context.Context, o BackupOptions) (err error) {
 		return err
 	}
 	rec.Target = c.Shown
+	db, err := dbName(e)
+	if err != nil {
+		return err
+	}
 	// Safety first (manual §4.6): a database and at least one document.
-	ok, err := a.DatabaseExists(ctx, DBName)
+	ok, err := a.DatabaseExists(ctx, db)
 	if err != nil {
 		return fmt.Errorf("backup refused: %w", err)
 	}
 	if !ok {
-		return fmt.Errorf("backup refused: database %s does not exist", DBName)
+		return fmt.Errorf("backup refused: database %s does not exist", db)
 	}
 	files, _, err := countFiles(a.Host.Path(StorageVault), 1)
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
@@ -484,8 +488,8 @@ func (a *Agent) Backup(ctx context.Context, o BackupOptions) (err error) {
 		return err
 	}
 	defer unmount()
-	a.logf("backup: dumping database %s to %s", DBName, BackupDump)
-	if rec.DumpBytes, err = a.DumpDatabase(ctx, BackupDump); err != nil {
+	a.logf("backup: dumping database %s to %s", db, BackupDump)
+	if rec.DumpBytes, err = a.DumpDatabase(ctx, db, BackupDump); err != nil {
 		return err
 	}
 	if _, err := a.duplicity(ctx, c, fpr, "cleanup", "--force", c.Target); err != nil {

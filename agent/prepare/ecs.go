@@ -254,7 +254,7 @@ func (a *Agent) stepMigrate(ctx context.Context, e *Env) error {
 		envv = append(envv, strings.TrimSpace(string(data)))
 	}
 	envv = append(envv, "COMPOSE_FILE="+ComposeFile, "COMPOSE_PROJECT_NAME="+ComposeProject)
-	if err := a.dumpBeforeMigration(ctx); err != nil {
+	if err := a.dumpBeforeMigration(ctx, e); err != nil {
 		return err
 	}
 	a.logf("prepare-ecs/migrate: running %s", MigrateHook)

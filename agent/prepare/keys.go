@@ -43,7 +43,7 @@ const containersHandler = "ecs containers (flattened environment)"
 // implementation lands.
 var KeyTable = []KeyRule{
 	{Key: "appliance.allowed_hosts", Handler: "prepare-appliance/tls, nginx (server names)"},
-	{Key: "appliance.backup", Subtree: true, Unsupported: notSupported + " yet (no backup timer; back up /data yourself)"},
+	{Key: "appliance.backup", Subtree: true, Handler: "ecs-agent backup run (appliance-backup.timer), ecs-agent recover, prepare-ecs/restore-check"},
 	{Key: "appliance.deploy", Subtree: true, Handler: "prepare-appliance/deploy-api"},
 	{Key: "appliance.dkim.key", Handler: "prepare-appliance/mail (opendkim)"},
 	{Key: "appliance.domain", Handler: "prepare-appliance/hostname, tls, nginx, mail"},

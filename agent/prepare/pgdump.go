@@ -98,7 +98,7 @@ WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_s
 	return st, nil
 }
 
-// DumpDatabase writes `pg_dump --format=custom` of database ecs to dest (an
+// DumpDatabase writes `pg_dump --format=custom` of database db to dest (an
 // in-appliance path, e.g. BackupDump or MigrateDump): into a temp file in
 // the same directory, fsynced, then renamed, so dest is always a complete
 // dump (or the previous one). Uncompressed (-Z0): the backup encrypts and
@@ -106,16 +106,16 @@ WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_s
 // the nightly incrementals small (the original piped it through
 // gzip --rsyncable for the same reason). The file is 0600, owned by root.
 // It is the one dump helper: the backup and the pre-migration dump use it.
-func (a *Agent) DumpDatabase(ctx context.Context, dest string) (int64, error) {
+func (a *Agent) DumpDatabase(ctx context.Context, db, dest string) (int64, error) {
 	f, err := atomicfile.Create(a.Host.Path(dest), 0o600, atomicfile.MkdirAll(0o700))
 	if err != nil {
 		return 0, err
 	}
-	c := a.pgCommand("pg_dump", "--format=custom", "-Z0", "--encoding=UTF8", "-d", DBName)
+	c := a.pgCommand("pg_dump", "--format=custom", "-Z0", "--encoding=UTF8", "-d", db)
 	c.Stdout = f
 	if _, err := a.Host.RunCmd(ctx, c); err != nil {
 		f.Abort()
-		return 0, fmt.Errorf("pg_dump of database %s: %w", DBName, err)
+		return 0, fmt.Errorf("pg_dump of database %s: %w", db, err)
 	}
 	st, err := f.Stat()
 	if err != nil {
@@ -125,12 +125,12 @@ func (a *Agent) DumpDatabase(ctx context.Context, dest string) (int64, error) {
 	return st.Size(), f.Commit()
 }
 
-// RestoreDatabase replaces database ecs with the dump at src (an
+// RestoreDatabase replaces database db with the dump at src (an
 // in-appliance path): the database is dropped (connections terminated) and
 // created again, owned by role ecs, and pg_restore loads the dump in one
 // transaction as role ecs (so the application owns every object), stopping
 // at the first error.
-func (a *Agent) RestoreDatabase(ctx context.Context, src string) error {
+func (a *Agent) RestoreDatabase(ctx context.Context, db, src string) error {
 	f, err := os.Open(a.Host.Path(src))
 	if err != nil {
 		return err
@@ -139,14 +139,14 @@ func (a *Agent) RestoreDatabase(ctx context.Context, src string) error {
 	sql := fmt.Sprintf(`SELECT 'CREATE ROLE %[1]s LOGIN' WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '%[1]s')\gexec
 DROP DATABASE IF EXISTS %[2]s WITH (FORCE);
 CREATE DATABASE %[2]s OWNER %[1]s TEMPLATE template0 ENCODING 'UTF8';
-`, DBRole, DBName)
+`, DBRole, db)
 	if _, err := a.psqlQuery(ctx, "postgres", sql); err != nil {
-		return fmt.Errorf("creating an empty database %s: %w", DBName, err)
+		return fmt.Errorf("creating an empty database %s: %w", db, err)
 	}
-	c := a.pgCommand("pg_restore", "--no-owner", "--role="+DBRole, "--single-transaction", "--exit-on-error", "-d", DBName)
+	c := a.pgCommand("pg_restore", "--no-owner", "--role="+DBRole, "--single-transaction", "--exit-on-error", "-d", db)
 	c.Stdin = f
 	if _, err := a.Host.RunCmd(ctx, c); err != nil {
-		return fmt.Errorf("pg_restore of %s into database %s: %w", src, DBName, err)
+		return fmt.Errorf("pg_restore of %s into database %s: %w", src, db, err)
 	}
 	return nil
 }
@@ -154,18 +154,22 @@ CREATE DATABASE %[2]s OWNER %[1]s TEMPLATE template0 ENCODING 'UTF8';
 // dumpBeforeMigration takes MigrateDump before the migrations run, when
 // database ecs has tables (the original's "dump before migrating"); a
 // failed dump stops the migration.
-func (a *Agent) dumpBeforeMigration(ctx context.Context) error {
+func (a *Agent) dumpBeforeMigration(ctx context.Context, e *Env) error {
 	if a.PG.BinDir == "" && a.pgConfDir() == "" {
 		return nil
 	}
-	st, err := a.DatabaseTables(ctx, DBName)
+	db, err := dbName(e)
+	if err != nil {
+		return err
+	}
+	st, err := a.DatabaseTables(ctx, db)
 	if err != nil || st.Tables == 0 {
 		return nil // no database yet, or nothing in it to lose
 	}
-	n, err := a.DumpDatabase(ctx, MigrateDump)
+	n, err := a.DumpDatabase(ctx, db, MigrateDump)
 	if err != nil {
 		return fmt.Errorf("dump before the migration: %w", err)
 	}
-	a.logf("prepare-ecs/migrate: dumped database %s to %s (%d bytes) before migrating", DBName, MigrateDump, n)
+	a.logf("prepare-ecs/migrate: dumped database %s to %s (%d bytes) before migrating", db, MigrateDump, n)
 	return nil
 }

@@ -54,8 +54,12 @@ func (a *Agent) Recover(ctx context.Context, o RecoverOptions) error {
 	if err != nil {
 		return err
 	}
+	db, err := dbName(e)
+	if err != nil {
+		return err
+	}
 	resumed := a.Host.Exists(RecoverMarker)
-	what, err := a.localData(ctx)
+	what, err := a.localData(ctx, db)
 	if err != nil {
 		return err
 	}
@@ -115,15 +119,15 @@ func (a *Agent) Recover(ctx context.Context, o RecoverOptions) error {
 	if err := os.Remove(restore); err != nil {
 		a.logf("recover: %v", err)
 	}
-	a.logf("recover: loading %s into database %s", BackupDump, DBName)
-	if err := a.RestoreDatabase(ctx, BackupDump); err != nil {
+	a.logf("recover: loading %s into database %s", BackupDump, db)
+	if err := a.RestoreDatabase(ctx, db, BackupDump); err != nil {
 		return err
 	}
-	st, err := a.DatabaseTables(ctx, DBName)
+	st, err := a.DatabaseTables(ctx, db)
 	if err != nil {
 		return err
 	}
-	a.logf("recover: database %s has %d tables", DBName, st.Tables)
+	a.logf("recover: database %s has %d tables", db, st.Tables)
 	if err := a.Host.Remove(RecoverMarker); err != nil {
 		return err
 	}
@@ -167,19 +171,19 @@ func (a *Agent) swapDir(dir, restored, stamp string) error {
 }
 
 // localData describes the data a recover would overwrite (nothing: empty).
-func (a *Agent) localData(ctx context.Context) ([]string, error) {
+func (a *Agent) localData(ctx context.Context, db string) ([]string, error) {
 	var what []string
-	ok, err := a.DatabaseExists(ctx, DBName)
+	ok, err := a.DatabaseExists(ctx, db)
 	if err != nil {
 		return nil, err
 	}
 	if ok {
-		st, err := a.DatabaseTables(ctx, DBName)
+		st, err := a.DatabaseTables(ctx, db)
 		if err != nil {
 			return nil, err
 		}
 		if st.Tables > 0 {
-			what = append(what, fmt.Sprintf("database %s (%d tables, about %d rows)", DBName, st.Tables, st.Rows))
+			what = append(what, fmt.Sprintf("database %s (%d tables, about %d rows)", db, st.Tables, st.Rows))
 		}
 	}
 	n, size, err := countFiles(a.Host.Path(StorageVault), 0)
@@ -209,7 +213,11 @@ func (a *Agent) checkEmptyDatabase(ctx context.Context, e *Env) error {
 	if e.Str("appliance.backup.encrypt") == "" {
 		return nil
 	}
-	what, err := a.localData(ctx)
+	db, err := dbName(e)
+	if err != nil {
+		return err
+	}
+	what, err := a.localData(ctx, db)
 	if err != nil {
 		a.logf("prepare-ecs/restore-check: %v; skipped", err)
 		return nil
