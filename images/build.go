@@ -60,7 +60,17 @@ type BuildOptions struct {
 	// Bootstrap is "mmdebstrap", "debootstrap" or "" (mmdebstrap when
 	// installed, else debootstrap).
 	Bootstrap string
+	// Kernel is the kernel flavour: KernelGeneric ("" too) or KernelCloud
+	// (Debian's linux-image-cloud-amd64, the kernel of Debian's official
+	// cloud images: no AHCI, no VMware drivers).
+	Kernel string
 }
+
+// Kernel flavours of a base build.
+const (
+	KernelGeneric = "generic"
+	KernelCloud   = "cloud"
+)
 
 // Recipe is the normalised input of a build; its JSON is the cache key.
 type Recipe struct {
@@ -75,6 +85,9 @@ type Recipe struct {
 	// Bootstrap is set to "debootstrap" when that is used; mmdebstrap (the
 	// default) leaves it empty.
 	Bootstrap string `json:"bootstrap,omitempty"`
+	// Kernel is "cloud" for Debian's cloud kernel; the generic kernel (the
+	// default) leaves it empty, so that its key stays what it was.
+	Kernel string `json:"kernel,omitempty"`
 }
 
 // ubuntuSuites are the Ubuntu codenames the recipe knows.
@@ -101,6 +114,16 @@ func NewRecipe(opts BuildOptions) (*Recipe, error) {
 		return nil, &InputError{Field: "--suite", Msg: fmt.Sprintf("%q is not a suite codename (e.g. bookworm, jammy)", r.Suite)}
 	}
 	r.Distro = DistroOf(r.Suite)
+	switch opts.Kernel {
+	case "", KernelGeneric:
+	case KernelCloud:
+		if r.Distro != "debian" {
+			return nil, &InputError{Field: "--kernel", Msg: fmt.Sprintf("cloud: Debian suites only (%s bases get Ubuntu's linux-image-virtual)", r.Suite)}
+		}
+		r.Kernel = KernelCloud
+	default:
+		return nil, &InputError{Field: "--kernel", Msg: fmt.Sprintf("%q: want generic or cloud", opts.Kernel)}
+	}
 	if r.Mirror == "" {
 		r.Mirror = DefaultMirror
 		if r.Distro == "ubuntu" {
@@ -122,7 +145,7 @@ func NewRecipe(opts BuildOptions) (*Recipe, error) {
 		return nil, &InputError{Field: "--size", Msg: "must be a whole number of MiB"}
 	}
 	pk := map[string]bool{}
-	for _, p := range append(basePackages(r.Distro, r.Suite), opts.Packages...) {
+	for _, p := range append(basePackages(r.Distro, r.Suite, r.Kernel), opts.Packages...) {
 		if !validName(p) {
 			return nil, &InputError{Field: "--package", Msg: fmt.Sprintf("%q is not a package name", p)}
 		}
@@ -139,6 +162,13 @@ func NewRecipe(opts BuildOptions) (*Recipe, error) {
 	return r, nil
 }
 
+func (r *Recipe) kernelNote() string {
+	if r.Kernel == "" {
+		return ""
+	}
+	return ", " + r.Kernel + " kernel"
+}
+
 // Key is the cache index key of the recipe.
 func (r *Recipe) Key() string { return Key(r.Source()) }
 
@@ -148,21 +178,29 @@ func (r *Recipe) Source() string {
 	return "build:" + string(b)
 }
 
-func basePackages(distro, suite string) []string {
+// KernelPackage is the kernel package of a base build: Debian's generic
+// kernel (linux-image-amd64) or its cloud kernel (linux-image-cloud-amd64),
+// Ubuntu's linux-image-virtual.
+func KernelPackage(distro, kernel string) string {
+	switch {
+	case distro == "ubuntu":
+		return "linux-image-virtual"
+	case kernel == KernelCloud:
+		return "linux-image-cloud-amd64"
+	}
+	return "linux-image-amd64"
+}
+
+func basePackages(distro, suite, kernel string) []string {
 	p := []string{
 		"systemd-sysv", "udev", "dbus", "sudo", "locales", "openssh-server",
 		"cloud-init", "cloud-guest-utils", "e2fsprogs", "ca-certificates", "netbase",
 		"grub-pc-bin", "initramfs-tools", "iproute2", "ifupdown", "isc-dhcp-client",
 	}
-	switch distro {
-	case "ubuntu":
-		p = append(p, "linux-image-virtual")
-		if suite != "xenial" {
-			// Ubuntu's cloud-init renders network config for netplan.
-			p = append(p, "netplan.io")
-		}
-	default:
-		p = append(p, "linux-image-amd64")
+	p = append(p, KernelPackage(distro, kernel))
+	if distro == "ubuntu" && suite != "xenial" {
+		// Ubuntu's cloud-init renders network config for netplan.
+		p = append(p, "netplan.io")
 	}
 	return p
 }
@@ -251,7 +289,7 @@ func BuildBase(ctx context.Context, c *Cache, opts BuildOptions) (*Base, error) 
 	if e, err := c.Lookup(key); err != nil {
 		return nil, err
 	} else if e != nil {
-		logrus.Infof("base %s/%s (%s) from cache: %s", r.Distro, r.Suite, formatSize(r.Size), c.Path(e))
+		logrus.Infof("base %s/%s (%s%s) from cache: %s", r.Distro, r.Suite, formatSize(r.Size), r.kernelNote(), c.Path(e))
 		return baseFromEntry(c, e, "", r.Distro), nil
 	}
 	if geteuid() != 0 {
@@ -281,7 +319,7 @@ func BuildBase(ctx context.Context, c *Cache, opts BuildOptions) (*Base, error) 
 	if err != nil {
 		return nil, err
 	}
-	logrus.Infof("base %s/%s built in %s: %s", r.Distro, r.Suite, time.Since(start).Round(time.Second), c.Path(e))
+	logrus.Infof("base %s/%s%s built in %s: %s", r.Distro, r.Suite, r.kernelNote(), time.Since(start).Round(time.Second), c.Path(e))
 	return baseFromEntry(c, e, "", r.Distro), nil
 }
 
@@ -488,8 +526,8 @@ func (b *builder) configure(ctx context.Context) error {
 			"[Service]\nType=oneshot\nExecStart=/usr/bin/ssh-keygen -A\n\n[Install]\nWantedBy=ssh.service\n",
 		"etc/machine-id": "",
 		// Identify the build for `base inspect` and for humans.
-		"etc/ecs-image-base": fmt.Sprintf("distro=%s\nsuite=%s\nmirror=%s\nrecipe=%d\nbuilt=%s\n",
-			b.r.Distro, b.r.Suite, b.r.Mirror, b.r.Version, time.Now().UTC().Format(time.RFC3339)),
+		"etc/ecs-image-base": fmt.Sprintf("distro=%s\nsuite=%s\nmirror=%s\n%srecipe=%d\nbuilt=%s\n",
+			b.r.Distro, b.r.Suite, b.r.Mirror, kernelLine(b.r.Kernel), b.r.Version, time.Now().UTC().Format(time.RFC3339)),
 	}
 	for name, content := range files {
 		p := filepath.Join(b.root, name)
@@ -663,6 +701,15 @@ func (b *builder) disk(ctx context.Context) error {
 		return errors.New("MBR boot signature missing after sfdisk")
 	}
 	return f.Close()
+}
+
+// kernelLine is the kernel flavour's line of /etc/ecs-image-base (none for
+// the generic kernel, whose bases stay byte for byte what they were).
+func kernelLine(kernel string) string {
+	if kernel == "" {
+		return ""
+	}
+	return "kernel=" + kernel + "\n"
 }
 
 func newUUID() (string, error) {

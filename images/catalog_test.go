@@ -192,7 +192,20 @@ func TestRecipe(t *testing.T) {
 	if u.Distro != "ubuntu" || !has(u, "linux-image-virtual") || has(u, "linux-image-amd64") || strings.Join(u.Components, ",") != "main,universe" || u.Mirror != DefaultUbuntuMirror {
 		t.Errorf("ubuntu recipe: %+v", u)
 	}
-	for _, bad := range []BuildOptions{{Suite: "Bookworm;rm"}, {Mirror: "ftp://x"}, {Size: 1 << 30}, {Size: 4<<30 + 1}, {Packages: []string{"a b"}}} {
+	// The cloud kernel: its own key, linux-image-cloud-amd64 instead of
+	// linux-image-amd64; the generic kernel named explicitly is the default.
+	c, err := NewRecipe(BuildOptions{Kernel: KernelCloud})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !has(c, "linux-image-cloud-amd64") || has(c, "linux-image-amd64") || c.Key() == r.Key() || c.Kernel != "cloud" {
+		t.Errorf("cloud kernel recipe: %+v", c)
+	}
+	if g, _ := NewRecipe(BuildOptions{Kernel: KernelGeneric}); g.Key() != r.Key() || strings.Contains(g.Source(), "kernel") {
+		t.Errorf("--kernel generic must be the default recipe: %s", g.Source())
+	}
+	for _, bad := range []BuildOptions{{Suite: "Bookworm;rm"}, {Mirror: "ftp://x"}, {Size: 1 << 30}, {Size: 4<<30 + 1}, {Packages: []string{"a b"}},
+		{Kernel: "rt"}, {Suite: "jammy", Kernel: KernelCloud}} {
 		if _, err := NewRecipe(bad); err == nil {
 			t.Errorf("%+v accepted", bad)
 		}

@@ -27,7 +27,7 @@ Bases are cached under ` + "`$ECS_IMAGE_CACHE`" + ` (default $XDG_CACHE_HOME/ecs
 
 var baseBuildFlags struct {
 	suite, mirror, size, output, keyring string
-	bootstrap                            string
+	bootstrap, kernel                    string
 	packages                             []string
 }
 
@@ -50,6 +50,9 @@ image's absolute path is printed on stdout (logs go to stderr). Needs root.`,
   # From a site mirror, 8 GiB disk, copied to a file
   sudo ecs-image base build --mirror http://mirror.example.org/debian --size 8G -o base.qcow2
 
+  # With Debian's cloud kernel, as Debian's official genericcloud images
+  sudo ecs-image base build --kernel cloud
+
   # Ubuntu 22.04 from an Ubuntu mirror (untested on this project's CI)
   sudo ecs-image base build --suite jammy --mirror http://archive.ubuntu.com/ubuntu`,
 	Args: exactArgs(0),
@@ -67,7 +70,7 @@ image's absolute path is printed on stdout (logs go to stderr). Needs root.`,
 		}
 		b, err := images.BuildBase(cmd.Context(), images.DefaultCache(), images.BuildOptions{
 			Suite: f.suite, Mirror: f.mirror, Size: size, Packages: f.packages, Keyring: f.keyring,
-			Bootstrap: f.bootstrap,
+			Bootstrap: f.bootstrap, Kernel: f.kernel,
 		})
 		if err != nil {
 			return err
@@ -98,6 +101,7 @@ func init() {
 	fl.StringVarP(&baseBuildFlags.output, "output", "o", "", "also write the image to FILE (qcow2; raw if FILE ends in .raw or .img)")
 	fl.StringArrayVar(&baseBuildFlags.packages, "package", nil, "extra package to install (repeatable)")
 	fl.StringVar(&baseBuildFlags.bootstrap, "bootstrap", "", "mmdebstrap or debootstrap (default: mmdebstrap if installed, else debootstrap)")
+	fl.StringVar(&baseBuildFlags.kernel, "kernel", images.KernelGeneric, "kernel flavour: generic (linux-image-amd64) or cloud (linux-image-cloud-amd64, as in Debian's cloud images: no AHCI or VMware drivers; Debian only)")
 	fl.StringVar(&baseBuildFlags.keyring, "keyring", "", "keyring file for the mirror's Release signature (default: the host's keyrings)")
 	baseCmd.AddCommand(baseBuildCmd)
 
