@@ -36,10 +36,10 @@ import (
 var slimModules = []string{"virtio_pci", "virtio_blk", "ext4", "crc32c_intel", "crc32c_generic"}
 
 // bootModules are loaded too when a build VM boots through the slim initrd:
-// the seed's CD-ROM (AHCI) and the network card must exist when systemd's
-// generators run (cloud-init's ds-identify looks for the cidata label), as
-// they would after the image's own initramfs.
-var bootModules = []string{"ahci", "sr_mod", "virtio_net"}
+// the network card must exist when systemd's generators run, as it would
+// after the image's own initramfs. The seed is a virtio disk (virtio_blk is
+// loaded anyway), so cloud-init's ds-identify finds its cidata label then.
+var bootModules = []string{"virtio_net"}
 
 // modulesList is the slim initrd's list of modules to load, in order.
 const modulesList = "/ecs-modules"

@@ -30,8 +30,13 @@ func (s *stepStartQEMU) Run(ctx context.Context, state multistep.StateBag) multi
 		DiskFormat: "qcow2",
 		// The VM is thrown away unless it shuts down cleanly: guest
 		// flushes need not reach the host's disk.
-		DiskCache:   "unsafe",
+		DiskCache: "unsafe",
+		// The seed as a read-only virtio disk: every kernel that boots
+		// from the virtio system disk reads it (cloud-init's NoCloud finds
+		// the cidata label on any block device), whatever CD-ROM
+		// controllers it has drivers for (Debian's cloud kernel has no AHCI).
 		CDROMs:      []string{sr.seed},
+		SeedBus:     qemu.SeedVirtio,
 		Memory:      b.tmpl.Memory,
 		CPUs:        b.tmpl.CPUs,
 		Firmware:    fw,

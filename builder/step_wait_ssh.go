@@ -2,12 +2,17 @@ package builder
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"regexp"
 	"strings"
+	"time"
 
 	"github.com/hashicorp/packer-plugin-sdk/multistep"
 
+	"github.com/ecs-image/ecs-image/cidata"
 	"github.com/ecs-image/ecs-image/communicator"
+	"github.com/ecs-image/ecs-image/qemu"
 )
 
 // stepWaitSSH waits until the build user can log in over SSH (bounded by
@@ -19,7 +24,19 @@ func (s *stepWaitSSH) Run(ctx context.Context, state multistep.StateBag) multist
 	b, sr := getBuild(state), getStage(state)
 	addr := fmt.Sprintf("127.0.0.1:%d", sr.machine.HostPort(22))
 	defer sr.machine.Waiting(b.log, "SSH and the end of the boot")()
-	c, err := communicator.Dial(ctx, addr, BuildUser, sr.sshKey.Signer, b.tmpl.SSHTimeout, sr.machine.Done())
+	dctx, stop := context.WithCancelCause(ctx)
+	watched := make(chan struct{})
+	go func() {
+		defer close(watched)
+		watchSeed(dctx, sr.machine, seedLoginGrace, stop)
+	}()
+	c, err := communicator.Dial(dctx, addr, BuildUser, sr.sshKey.Signer, b.tmpl.SSHTimeout, sr.machine.Done())
+	stop(nil)
+	<-watched
+	var noSeed *noSeedError
+	if cause := context.Cause(dctx); err != nil && errors.As(cause, &noSeed) {
+		return halt(state, fmt.Errorf("%w\nlast serial console lines:\n%s", noSeed, sr.machine.SerialTail(30)))
+	}
 	if err != nil {
 		if sr.machine.Exited() {
 			<-sr.machine.Done()
@@ -60,3 +77,81 @@ func (s *stepWaitSSH) Run(ctx context.Context, state multistep.StateBag) multist
 }
 
 func (s *stepWaitSSH) Cleanup(multistep.StateBag) {}
+
+// seedLoginGrace is how long the build user may still fail to log in after
+// the build VM's console showed its serial getty starting: by then cloud-init's init
+// stage, which creates the user, has finished (cloud-init.service runs
+// before systemd-user-sessions.service, getty after it), so only sshd's
+// start and one handshake under emulation are left.
+var seedLoginGrace = 3 * time.Minute
+
+// noSeedError says that the build VM's cloud-init did not apply the build
+// seed, so the build user will never exist.
+type noSeedError struct {
+	why   string   // what the console showed
+	lines []string // cloud-init's lines on the console
+}
+
+func (e *noSeedError) Error() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "the build VM's cloud-init did not apply the build seed, so user %s cannot log in: %s.", BuildUser, e.why)
+	b.WriteString(" The seed is a read-only virtio disk labelled cidata; a guest whose cloud-init does not read it" +
+		" lacks NoCloud in its datasource_list, or has cloud-init disabled")
+	if len(e.lines) > 0 {
+		b.WriteString("\ncloud-init on the console:\n  " + strings.Join(e.lines, "\n  "))
+	} else {
+		b.WriteString("\ncloud-init printed nothing on the console (ds-identify found no datasource and disabled it, or the image has no cloud-init)")
+	}
+	return b.String()
+}
+
+var (
+	// The serial getty's start and its /etc/issue line ("Debian GNU/Linux
+	// 12 localhost ttyS0"); the "login: " prompt itself ends no line.
+	loginPromptRE = regexp.MustCompile(`Serial Getty on ttyS0|\sttyS0\s*$`)
+	cloudInitRE   = regexp.MustCompile(`(?i)cloud-init|ds-identify`)
+)
+
+// watchSeed watches the build VM's serial console while SSH is awaited and
+// calls fail with a *noSeedError as soon as it is clear that the build user
+// will never be created: cloud-init says it used no datasource
+// (DataSourceNone, "Used fallback datasource"), or the boot reached its
+// serial getty (the login prompt) and the user still cannot log in grace
+// later. It returns
+// when ctx ends or cloud-init names a real datasource.
+func watchSeed(ctx context.Context, m *qemu.Machine, grace time.Duration, fail context.CancelCauseFunc) {
+	re := regexp.MustCompile(cidata.ConsoleDatasourceRE.String() + "|" + loginPromptRE.String())
+	line, err := m.WaitSerialMatch(ctx, re)
+	if err != nil {
+		return
+	}
+	if ds, noSeed, ok := cidata.ConsoleDatasource(line); ok {
+		if noSeed {
+			fail(&noSeedError{why: fmt.Sprintf("it fell back to %s (%q)", ds, line), lines: cloudInitLines(m)})
+		}
+		return
+	}
+	t := time.NewTimer(grace)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-m.Done():
+	case <-t.C:
+		fail(&noSeedError{why: fmt.Sprintf("the VM reached its login prompt (%q) %s ago and the user still cannot log in", line, grace), lines: cloudInitLines(m)})
+	}
+}
+
+// cloudInitLines are the console's lines from cloud-init (its version and
+// stage lines, warnings, datasource) among the last 400.
+func cloudInitLines(m *qemu.Machine) []string {
+	var out []string
+	for _, l := range strings.Split(m.SerialTail(400), "\n") {
+		if l = strings.TrimSpace(l); cloudInitRE.MatchString(l) && !strings.Contains(l, "ci-info:") {
+			out = append(out, l)
+		}
+	}
+	if len(out) > 12 {
+		out = out[len(out)-12:]
+	}
+	return out
+}

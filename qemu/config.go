@@ -25,6 +25,24 @@ var (
 	DefaultUEFIVars = "/usr/share/OVMF/OVMF_VARS_4M.fd"
 )
 
+// Machine types for Config.Machine.
+const (
+	MachineQ35 = "q35" // ICH9 chipset: an AHCI (SATA) controller, no IDE (QEMU's and libvirt's modern default)
+	MachinePC  = "pc"  // i440fx chipset: a PIIX IDE controller
+)
+
+// Seed buses for Config.SeedBus: where the CDROMs (seeds) are attached.
+const (
+	SeedSATA   = "sata"   // CD-ROM on an AHCI controller (q35's own; added on pc); Linux: ahci, sr_mod
+	SeedIDE    = "ide"    // CD-ROM on PIIX IDE (pc only); Linux: ata_piix, sr_mod
+	SeedSCSI   = "scsi"   // CD-ROM on virtio-scsi; Linux: virtio_scsi, sr_mod
+	SeedPVSCSI = "pvscsi" // CD-ROM on VMware's paravirtual SCSI; Linux: vmw_pvscsi, sr_mod
+	SeedVirtio = "virtio" // a read-only virtio disk holding the image; Linux: virtio_blk
+)
+
+// SeedBuses lists the seed buses.
+var SeedBuses = []string{SeedSATA, SeedIDE, SeedSCSI, SeedPVSCSI, SeedVirtio}
+
 // Forward forwards a host TCP port on 127.0.0.1 to a guest TCP port.
 // Host 0 means "pick a free port" (done by Start).
 type Forward struct {
@@ -52,8 +70,17 @@ type Config struct {
 	// the disk image is never modified (-snapshot). Prefer an Overlay when
 	// the changes should be kept.
 	Snapshot bool
-	// CDROMs are attached read-only as CD-ROM drives (e.g. a cidata seed).
+	// CDROMs are attached read-only as CD-ROM drives (e.g. a cidata seed)
+	// on SeedBus.
 	CDROMs []string
+	// SeedBus is where CDROMs are attached (SeedSATA, SeedIDE, SeedSCSI,
+	// SeedPVSCSI, SeedVirtio); default the machine's own CD-ROM controller:
+	// SATA on q35, IDE on pc. SeedVirtio attaches them as read-only virtio
+	// disks, which every kernel that boots from the virtio system disk can
+	// read (cloud-init finds a cidata label on any block device).
+	SeedBus string
+	// Machine is QEMU's machine type: MachineQ35 (default) or MachinePC.
+	Machine string
 
 	// Memory in MiB (default 1024); CPUs (default 2).
 	Memory int
@@ -141,6 +168,25 @@ func (c *Config) cpus() int {
 	return DefaultCPUs
 }
 
+func (c *Config) machine() string {
+	if c.Machine != "" {
+		return c.Machine
+	}
+	return MachineQ35
+}
+
+// SeedBusUsed is the bus CDROMs are attached to: SeedBus, or the
+// machine's CD-ROM controller.
+func (c *Config) SeedBusUsed() string {
+	if c.SeedBus != "" {
+		return c.SeedBus
+	}
+	if c.machine() == MachinePC {
+		return SeedIDE
+	}
+	return SeedSATA
+}
+
 func (c *Config) diskFormat() string {
 	if c.DiskFormat != "" {
 		return c.DiskFormat
@@ -164,6 +210,20 @@ func (c *Config) Validate() error {
 	case "", FirmwareBIOS, FirmwareUEFI:
 	default:
 		errs = append(errs, fmt.Errorf("firmware %q: want %q or %q", c.Firmware, FirmwareBIOS, FirmwareUEFI))
+	}
+	switch c.Machine {
+	case "", MachineQ35, MachinePC:
+	default:
+		errs = append(errs, fmt.Errorf("machine %q: want %q or %q", c.Machine, MachineQ35, MachinePC))
+	}
+	switch c.SeedBus {
+	case "", SeedSATA, SeedSCSI, SeedPVSCSI, SeedVirtio:
+	case SeedIDE:
+		if c.machine() != MachinePC {
+			errs = append(errs, fmt.Errorf("seed bus ide: the %s machine has no IDE controller (its CD-ROMs are SATA); use machine %q", c.machine(), MachinePC))
+		}
+	default:
+		errs = append(errs, fmt.Errorf("seed bus %q: want one of %s", c.SeedBus, strings.Join(SeedBuses, ", ")))
 	}
 	switch c.Accel {
 	case "", AccelKVM, AccelTCG:
@@ -213,7 +273,7 @@ func (c *Config) Args() ([]string, error) {
 	if c.Name != "" {
 		a = append(a, "-name", c.Name)
 	}
-	a = append(a, "-machine", "q35", "-accel", string(c.Accel))
+	a = append(a, "-machine", c.machine(), "-accel", string(c.Accel))
 	if c.Accel == AccelKVM {
 		a = append(a, "-cpu", "host")
 	} else {
@@ -241,9 +301,7 @@ func (c *Config) Args() ([]string, error) {
 		cache = "writeback"
 	}
 	a = append(a, "-drive", fmt.Sprintf("file=%s,format=%s,if=virtio,cache=%s,discard=unmap,detect-zeroes=unmap", esc(c.Disk), c.diskFormat(), cache))
-	for i, cd := range c.CDROMs {
-		a = append(a, "-drive", fmt.Sprintf("file=%s,format=raw,if=ide,index=%d,media=cdrom,readonly=on", esc(cd), i))
-	}
+	a = append(a, c.seedArgs()...)
 	if c.Snapshot {
 		a = append(a, "-snapshot")
 	}
@@ -284,6 +342,45 @@ func (c *Config) Args() ([]string, error) {
 	}
 	a = append(a, c.ExtraArgs...)
 	return a, nil
+}
+
+// seedArgs attach the CDROMs on the seed bus.
+func (c *Config) seedArgs() []string {
+	if len(c.CDROMs) == 0 {
+		return nil
+	}
+	var a []string
+	bus := c.SeedBusUsed()
+	switch bus {
+	case SeedSATA, SeedIDE:
+		if bus == SeedIDE || c.machine() == MachineQ35 {
+			// The machine's own controller: q35's AHCI, pc's PIIX IDE.
+			for i, cd := range c.CDROMs {
+				a = append(a, "-drive", fmt.Sprintf("file=%s,format=raw,if=ide,index=%d,media=cdrom,readonly=on", esc(cd), i))
+			}
+			return a
+		}
+		a = append(a, "-device", "ahci,id=seedahci")
+	case SeedSCSI:
+		a = append(a, "-device", "virtio-scsi-pci,id=seedscsi")
+	case SeedPVSCSI:
+		a = append(a, "-device", "pvscsi,id=seedscsi")
+	case SeedVirtio:
+		for _, cd := range c.CDROMs {
+			a = append(a, "-drive", fmt.Sprintf("file=%s,format=raw,if=virtio,readonly=on", esc(cd)))
+		}
+		return a
+	}
+	for i, cd := range c.CDROMs {
+		id := fmt.Sprintf("seed%d", i)
+		a = append(a, "-drive", fmt.Sprintf("file=%s,format=raw,if=none,id=%s,media=cdrom,readonly=on", esc(cd), id))
+		if bus == SeedSATA {
+			a = append(a, "-device", fmt.Sprintf("ide-cd,drive=%s,bus=seedahci.%d", id, i))
+		} else {
+			a = append(a, "-device", fmt.Sprintf("scsi-cd,drive=%s,bus=seedscsi.0,scsi-id=%d,lun=0", id, i))
+		}
+	}
+	return a
 }
 
 // esc escapes a value for QEMU's comma-separated option syntax.

@@ -561,3 +561,76 @@ func TestRemoveStaleDirs(t *testing.T) {
 		}
 	}
 }
+
+func TestArgsSeedBuses(t *testing.T) {
+	for _, tc := range []struct {
+		machine, bus string
+		want         []string // -drive and -device values after the system disk, in order
+	}{
+		{"", "", []string{"-drive", "file=/s.iso,format=raw,if=ide,index=0,media=cdrom,readonly=on"}},
+		{MachineQ35, SeedSATA, []string{"-drive", "file=/s.iso,format=raw,if=ide,index=0,media=cdrom,readonly=on"}},
+		{MachinePC, "", []string{"-drive", "file=/s.iso,format=raw,if=ide,index=0,media=cdrom,readonly=on"}},
+		{MachinePC, SeedSATA, []string{"-device", "ahci,id=seedahci",
+			"-drive", "file=/s.iso,format=raw,if=none,id=seed0,media=cdrom,readonly=on", "-device", "ide-cd,drive=seed0,bus=seedahci.0"}},
+		{"", SeedSCSI, []string{"-device", "virtio-scsi-pci,id=seedscsi",
+			"-drive", "file=/s.iso,format=raw,if=none,id=seed0,media=cdrom,readonly=on", "-device", "scsi-cd,drive=seed0,bus=seedscsi.0,scsi-id=0,lun=0"}},
+		{MachinePC, SeedPVSCSI, []string{"-device", "pvscsi,id=seedscsi",
+			"-drive", "file=/s.iso,format=raw,if=none,id=seed0,media=cdrom,readonly=on", "-device", "scsi-cd,drive=seed0,bus=seedscsi.0,scsi-id=0,lun=0"}},
+		{"", SeedVirtio, []string{"-drive", "file=/s.iso,format=raw,if=virtio,readonly=on"}},
+	} {
+		c := Config{Disk: "/d.qcow2", Accel: AccelTCG, CDROMs: []string{"/s.iso"}, Machine: tc.machine, SeedBus: tc.bus}
+		a := mustArgs(t, c)
+		wantMachine := tc.machine
+		if wantMachine == "" {
+			wantMachine = MachineQ35
+		}
+		if got := argValues(a, "-machine"); !slices.Equal(got, []string{wantMachine}) {
+			t.Errorf("%s/%s: -machine %q", tc.machine, tc.bus, got)
+		}
+		var got []string
+		for i := 0; i+1 < len(a); i++ {
+			fixed := strings.HasPrefix(a[i+1], "file=/d.qcow2,") || a[i+1] == "virtio-net-pci,netdev=net0" || a[i+1] == "virtio-rng-pci"
+			if (a[i] == "-drive" || a[i] == "-device") && !fixed {
+				got = append(got, a[i], a[i+1])
+			}
+		}
+		if !slices.Equal(got, tc.want) {
+			t.Errorf("%s/%s:\n got %q\nwant %q", tc.machine, tc.bus, got, tc.want)
+		}
+	}
+	for _, tc := range []struct {
+		c    Config
+		want string
+	}{
+		{Config{Disk: "d", Accel: AccelTCG, SeedBus: SeedIDE}, "q35 machine has no IDE controller"},
+		{Config{Disk: "d", Accel: AccelTCG, SeedBus: "usb"}, `seed bus "usb": want one of sata, ide, scsi, pvscsi, virtio`},
+		{Config{Disk: "d", Accel: AccelTCG, Machine: "virt"}, `machine "virt"`},
+	} {
+		if _, err := tc.c.Args(); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%+v: err = %v, want %q", tc.c, err, tc.want)
+		}
+	}
+}
+
+// Every machine and seed bus is accepted by the real QEMU: a boot-sector
+// guest with a seed attached prints its line and exits.
+func TestStartSeedBuses(t *testing.T) {
+	needQEMU(t)
+	seed := filepath.Join(t.TempDir(), "seed.iso")
+	if err := os.WriteFile(seed, make([]byte, 64<<10), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, mc := range []struct{ machine, bus string }{
+		{MachineQ35, SeedSATA}, {MachinePC, SeedIDE}, {MachinePC, SeedSATA}, {MachineQ35, SeedSCSI}, {MachineQ35, SeedPVSCSI}, {MachinePC, SeedVirtio},
+	} {
+		disk := bootDisk(t, "seed-bus-ok\r\n")
+		m := startTest(t, Config{Disk: disk, DiskFormat: "raw", Machine: mc.machine, SeedBus: mc.bus, CDROMs: []string{seed},
+			ExtraArgs: qemutest.DebugExitArgs})
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		err := m.WaitSerial(ctx, "seed-bus-ok")
+		cancel()
+		if err != nil {
+			t.Errorf("%s/%s: %v", mc.machine, mc.bus, err)
+		}
+	}
+}

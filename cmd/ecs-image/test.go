@@ -38,6 +38,8 @@ var vmtestFlags struct {
 	expect      string
 	serialLog   string
 	json        bool
+	machine     string
+	seedBus     string
 }
 
 var vmtestCmd = &cobra.Command{
@@ -87,6 +89,9 @@ anyway). Ctrl-C at any time stops QEMU and removes the temporary files.`,
   # Boot a bare base until cloud-init has finished
   ecs-image test base.qcow2 --no-https --ready-marker 'Cloud-init v\. \S+ finished at'
 
+  # As libvirt's i440fx machines attach it: the seed on an IDE CD-ROM
+  ecs-image test out/ecs-appliance.qcow2 --env env.yml --machine pc --seed-bus ide
+
   # A broken env.yml must leave the appliance visibly failed
   ecs-image test out/ecs-appliance.qcow2 --env broken.yml --expect failed`,
 	Args: exactArgs(1),
@@ -106,6 +111,9 @@ func init() {
 	f.StringVar(&vmtestFlags.expect, "expect", "ready", "state that passes: ready, failed or standby")
 	f.StringVar(&vmtestFlags.serialLog, "serial-log", "", "also keep the serial console log in this file")
 	f.BoolVar(&vmtestFlags.json, "json", false, "print the report as JSON")
+	f.StringVar(&vmtestFlags.machine, "machine", qemu.MachineQ35, "QEMU machine: q35 (ICH9, SATA CD-ROMs: libvirt's default) or pc (i440fx, IDE CD-ROMs)")
+	f.StringVar(&vmtestFlags.seedBus, "seed-bus", "", "where the seed is attached: "+strings.Join(qemu.SeedBuses, ", ")+
+		" (sata/ide/scsi/pvscsi: a CD-ROM on AHCI, PIIX IDE, virtio-scsi, VMware PVSCSI; virtio: a read-only virtio disk; default: the machine's CD-ROM, sata on q35, ide on pc)")
 	rootCmd.AddCommand(vmtestCmd)
 }
 
@@ -129,7 +137,10 @@ type vmtestReport struct {
 	Accel        string         `json:"accel"`
 	Memory       int            `json:"memory_mib"`
 	CPUs         int            `json:"cpus"`
+	Machine      string         `json:"machine"`
+	SeedBus      string         `json:"seed_bus"`
 	Ports        map[string]int `json:"ports"`
+	Datasource   string         `json:"datasource,omitempty"`
 	SSHSeconds   float64        `json:"ssh_seconds,omitempty"`
 	ReadySeconds float64        `json:"ready_seconds,omitempty"`
 	HTTPSSeconds float64        `json:"https_seconds,omitempty"`
@@ -177,9 +188,24 @@ func (v *vmtestMarkers) classify(line string) (state, reason string) {
 		return "panic", "kernel panic: " + strings.TrimSpace(m[1])
 	}
 	if v.ready.MatchString(line) {
+		if ds, noSeed, _ := cidata.ConsoleDatasource(line); noSeed {
+			// cloud-init finished without the seed (a bare base's ready line).
+			return "no-seed", "cloud-init found no seed (" + ds + "): the guest's kernel has no driver for the seed's controller, or no cidata label was found"
+		}
 		return "ready", ""
 	}
 	return "", ""
+}
+
+// vmtestDatasource is the datasource cloud-init named on the console so far.
+func vmtestDatasource(m *qemu.Machine) string {
+	found := ""
+	for _, l := range strings.Split(m.SerialTail(5000), "\n") {
+		if ds, _, ok := cidata.ConsoleDatasource(l); ok {
+			found = ds
+		}
+	}
+	return found
 }
 
 func runVMTest(cmd *cobra.Command, args []string) error {
@@ -199,6 +225,9 @@ func runVMTest(cmd *cobra.Command, args []string) error {
 	}
 	if f.timeout <= 0 {
 		return badInputf("--timeout must be positive")
+	}
+	if err := (&qemu.Config{Disk: artifact, Machine: f.machine, SeedBus: f.seedBus}).Validate(); err != nil {
+		return badInputf("--machine/--seed-bus: %v", err)
 	}
 	if f.env == "" && !f.noHTTPS {
 		return badInputf("--env ENV.yml is required (without an env.yml the appliance cannot come up; use --no-https to boot a bare base)")
@@ -274,14 +303,15 @@ func runVMTest(cmd *cobra.Command, args []string) error {
 	}
 	cfg := qemu.Config{
 		Name: "ecs-test-" + strings.TrimSuffix(filepath.Base(artifact), filepath.Ext(artifact)),
-		Disk: overlay, DiskFormat: "qcow2", CDROMs: []string{seedPath},
+		Disk: overlay, DiskFormat: "qcow2", CDROMs: []string{seedPath}, Machine: f.machine, SeedBus: f.seedBus,
 		Memory: f.memory, CPUs: f.cpus, Firmware: f.firmware, SerialLog: serialLog,
 	}
 	for _, p := range vmtestForwards {
 		cfg.Forwards = append(cfg.Forwards, qemu.Forward{Guest: p})
 	}
-	rep := &vmtestReport{Artifact: artifact, Format: format, Memory: f.memory, CPUs: f.cpus, Ports: map[string]int{}}
-	logrus.Infof("booting %s (%s) on an overlay, seed from %s", artifact, format, vmtestNameOr(f.env, "a generated cloud-config"))
+	rep := &vmtestReport{Artifact: artifact, Format: format, Memory: f.memory, CPUs: f.cpus, Ports: map[string]int{},
+		Machine: cfg.Machine, SeedBus: cfg.SeedBusUsed()}
+	logrus.Infof("booting %s (%s) on an overlay (machine %s, seed on %s), seed from %s", artifact, format, rep.Machine, rep.SeedBus, vmtestNameOr(f.env, "a generated cloud-config"))
 	m, err := qemu.Start(ctx, cfg)
 	if err != nil {
 		return err
@@ -305,6 +335,7 @@ func runVMTest(cmd *cobra.Command, args []string) error {
 		return fmt.Errorf("interrupted: %w", ctx.Err())
 	}
 	rep.OK = checkErr == nil
+	rep.Datasource = vmtestDatasource(m)
 	if checkErr != nil {
 		rep.Error = checkErr.Error()
 		rep.SerialTail = m.SerialTail(40)
@@ -554,7 +585,7 @@ func vmtestPrint(w io.Writer, r *vmtestReport, asJSON bool) {
 		return
 	}
 	fmt.Fprintf(w, "artifact:  %s (%s)\n", r.Artifact, r.Format)
-	fmt.Fprintf(w, "machine:   accel %s, %d MiB, %d CPUs\n", r.Accel, r.Memory, r.CPUs)
+	fmt.Fprintf(w, "machine:   %s, accel %s, %d MiB, %d CPUs, seed on %s\n", r.Machine, r.Accel, r.Memory, r.CPUs, r.SeedBus)
 	fmt.Fprintf(w, "ports:     ssh 127.0.0.1:%d, http 127.0.0.1:%d, https 127.0.0.1:%d\n", r.Ports["22"], r.Ports["80"], r.Ports["443"])
 	at := func(s float64) string {
 		if s == 0 {
@@ -575,6 +606,9 @@ func vmtestPrint(w io.Writer, r *vmtestReport, asJSON bool) {
 	}
 	if r.StatusPage != "" {
 		fmt.Fprintf(w, "page:      %s\n", r.StatusPage)
+	}
+	if r.Datasource != "" {
+		fmt.Fprintf(w, "cloud-init: %s\n", r.Datasource)
 	}
 	if r.OK {
 		fmt.Fprintf(w, "result:    PASS\n")

@@ -134,6 +134,27 @@ func TestVMTestReadyFailedTimeout(t *testing.T) {
 			t.Fatalf("%s: exit %d, report %s", f.format, code, out)
 		}
 	}
+	// Other machines and seed buses: the report says where the seed was.
+	for _, mb := range [][2]string{{"pc", ""}, {"pc", "sata"}, {"q35", "virtio"}} {
+		args := []string{base, "--no-https", "--json", "--memory", "256", "--machine", mb[0]}
+		if mb[1] != "" {
+			args = append(args, "--seed-bus", mb[1])
+		}
+		code, rep, out = runVMTestCLI(t, args...)
+		want := mb[1]
+		if want == "" {
+			want = "ide"
+		}
+		if code != exitOK || rep == nil || rep.Machine != mb[0] || rep.SeedBus != want {
+			t.Fatalf("--machine %s --seed-bus %q: exit %d, report %s", mb[0], mb[1], code, out)
+		}
+	}
+	// cloud-init finishing without the seed is a failure, not ready.
+	noSeed := vmtestBootDisk(t, "Cloud-init v. 22.4.2 finished at Tue, 24 Nov 2026 07:00:00 +0000. Datasource DataSourceNone.  Up 30.00 seconds\r\n")
+	code, rep, out = runVMTestCLI(t, noSeed, "--no-https", "--json", "--memory", "256")
+	if code != exitFailure || rep == nil || rep.State != "no-seed" || rep.Datasource != "DataSourceNone" || !strings.Contains(rep.Error, "found no seed") {
+		t.Fatalf("DataSourceNone: exit %d, report %s", code, out)
+	}
 	ova := filepath.Join(dir, "appliance.ova")
 	vmtestWriteOVA(t, ova, vmdk)
 	code, rep, out = runVMTestCLI(t, ova, "--no-https", "--json", "--memory", "256", "--ready-marker", `finished at`)
@@ -176,6 +197,9 @@ func TestVMTestBadInput(t *testing.T) {
 		"missing env":      {disk, "--env", filepath.Join(dir, "none.yml")},
 		"invalid env":      {disk, "--env", broken},
 		"no artifact":      {},
+		"ide on q35":       {disk, "--no-https", "--seed-bus", "ide"},
+		"bad seed bus":     {disk, "--no-https", "--seed-bus", "usb"},
+		"bad machine":      {disk, "--no-https", "--machine", "virt"},
 	} {
 		if code, _, _ := runVMTestCLI(t, args...); code != exitUsage {
 			t.Errorf("%s: exit %d, want 2", name, code)
@@ -204,6 +228,21 @@ func TestVMTestClassify(t *testing.T) {
 		if (want[0] != "") != m.all.MatchString(line) {
 			t.Errorf("combined pattern on %q: %v", line, m.all.MatchString(line))
 		}
+	}
+}
+
+// A bare base's ready line names cloud-init's datasource: DataSourceNone
+// means the seed was not read.
+func TestVMTestClassifyNoSeed(t *testing.T) {
+	m, err := newVMTestMarkers(vmtestCloudInitDone)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s, _ := m.classify("Cloud-init v. 22.4.2 finished at Sun, 06 Dec 2026. Datasource DataSourceNoCloud [seed=/dev/sr0][dsmode=net].  Up 40.1 seconds"); s != "ready" {
+		t.Errorf("NoCloud: %q", s)
+	}
+	if s, r := m.classify("Cloud-init v. 22.4.2 finished at Sun, 06 Dec 2026. Datasource DataSourceNone.  Up 40.1 seconds"); s != "no-seed" || !strings.Contains(r, "DataSourceNone") {
+		t.Errorf("None: %q %q", s, r)
 	}
 }
 
