@@ -3,6 +3,7 @@ module github.com/ecs-image/ecs-image
 go 1.26.8
 
 require (
+	github.com/creack/pty v1.1.24
 	github.com/sirupsen/logrus v1.10.2
 	github.com/spf13/cobra v1.10.2
 	golang.org/x/term v0.47.0

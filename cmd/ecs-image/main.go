@@ -10,6 +10,7 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/ecs-image/ecs-image/progress"
 	"github.com/sirupsen/logrus"
 	"github.com/spf13/cobra"
 
@@ -105,7 +106,8 @@ func setupLogging(level, format string) error {
 		return badInputf("--log-level: %v", err)
 	}
 	logrus.SetLevel(lvl)
-	logrus.SetOutput(os.Stderr)
+	// Log lines go above the progress bars on a terminal.
+	logrus.SetOutput(progress.LogOutput())
 	switch format {
 	case "text":
 		logrus.SetFormatter(&logrus.TextFormatter{FullTimestamp: true})
