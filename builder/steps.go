@@ -12,8 +12,8 @@ import (
 func buildSteps() []multistep.Step {
 	return []multistep.Step{
 		&stepValidate{},   // load and validate the template, resolve the variant
-		&stepWorkDir{},    // work directory with pid file; clean crashed builds
 		&stepFetchBase{},  // resolve/fetch/verify the base image (cached)
+		&stepWorkDir{},    // output dir, work directory with pid file; clean crashed builds
 		&stepStageKeys{},  // cache keys of every stage; choose booted/offline
 		&stepStages{},     // build each stage not in the cache (see below)
 		&stepGeneralise{}, // offline helper: clean-up, package list, fstrim

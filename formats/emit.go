@@ -77,9 +77,9 @@ func Emit(ctx context.Context, in *qemuimg.Info, dir, base string, names []strin
 			return nil, &InputError{Msg: err.Error()}
 		}
 	}
-	tmp, err := os.MkdirTemp(dir, ".ecs-image-formats-")
+	tmp, err := workDir(dir, ".ecs-image-formats-")
 	if err != nil {
-		return nil, fmt.Errorf("output directory: %w", err)
+		return nil, err
 	}
 	defer os.RemoveAll(tmp)
 
@@ -182,9 +182,9 @@ func Write(ctx context.Context, in *qemuimg.Info, name, out string, opts Options
 	if err := atomicfile.CheckTarget(out); err != nil {
 		return &InputError{Msg: err.Error()}
 	}
-	tmp, err := os.MkdirTemp(dir, ".ecs-image-convert-")
+	tmp, err := workDir(dir, ".ecs-image-convert-")
 	if err != nil {
-		return fmt.Errorf("output directory: %w", err)
+		return err
 	}
 	defer os.RemoveAll(tmp)
 	base := filepath.Base(out)
@@ -202,4 +202,25 @@ func Write(ctx context.Context, in *qemuimg.Info, name, out string, opts Options
 		return &InputError{Msg: err.Error()}
 	}
 	return os.Rename(j.out, out)
+}
+
+// workDir makes a private work directory in dir (the output directory, so
+// that results are renamed, not copied) that records its owner process,
+// after removing the work directories of runs that were killed (kill -9,
+// OOM, power loss) before they could clean up.
+func workDir(dir, prefix string) (string, error) {
+	for _, p := range []string{".ecs-image-convert-*", ".ecs-image-formats-*"} {
+		for _, d := range atomicfile.RemoveStaleDirs(filepath.Join(dir, p)) {
+			logrus.Infof("removed %s, left behind by a killed ecs-image", d)
+		}
+	}
+	tmp, err := os.MkdirTemp(dir, prefix)
+	if err != nil {
+		return "", fmt.Errorf("output directory: %w", err)
+	}
+	if err := atomicfile.WriteOwner(tmp); err != nil {
+		os.RemoveAll(tmp)
+		return "", fmt.Errorf("output directory: %w", err)
+	}
+	return tmp, nil
 }

@@ -21,6 +21,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/ecs-image/ecs-image/atomicfile"
 )
 
 func requireQemuImg(t testing.TB) {
@@ -589,6 +591,46 @@ func TestVagrantProvisionScript(t *testing.T) {
 	if pub, err := filepath.Glob("/usr/share/rubygems-integration/all/gems/vagrant-*/keys/vagrant.pub"); err == nil && len(pub) > 0 {
 		if b := mustRead(t, pub[0]); strings.TrimSpace(string(b)) != VagrantInsecurePublicKey {
 			t.Fatalf("insecure key differs from %s", pub[0])
+		}
+	}
+}
+
+// TestWriteRemovesStaleWorkDirs: the work directory of a convert that was
+// killed (kill -9: no clean-up ran) is removed by the next run in the same
+// output directory; a live run's is not (issue 13).
+func TestWriteRemovesStaleWorkDirs(t *testing.T) {
+	requireQemuImg(t)
+	dir := t.TempDir()
+	in := testImage(t, dir, 8*mib, 1)
+	img, err := Inspect(context.Background(), in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reaped := exec.Command("true")
+	reaped.Run()
+	mk := func(name string, pids ...int) string {
+		d := filepath.Join(dir, name)
+		os.Mkdir(d, 0o755)
+		os.WriteFile(filepath.Join(d, "part.raw"), make([]byte, 1<<20), 0o644)
+		if pids != nil {
+			var s string
+			for _, p := range pids {
+				s += fmt.Sprintln(p)
+			}
+			os.WriteFile(filepath.Join(d, atomicfile.OwnerFile), []byte(s), 0o600)
+		}
+		return d
+	}
+	stale := mk(".ecs-image-convert-killed", reaped.Process.Pid)
+	staleEmit := mk(".ecs-image-formats-killed", reaped.Process.Pid)
+	live := mk(".ecs-image-convert-live", os.Getpid())
+	unowned := mk(".ecs-image-convert-unowned")
+	if err := Write(context.Background(), img, "raw", filepath.Join(dir, "out.raw"), Options{}); err != nil {
+		t.Fatal(err)
+	}
+	for d, want := range map[string]bool{stale: false, staleEmit: false, live: true, unowned: true} {
+		if _, err := os.Stat(d); (err == nil) != want {
+			t.Errorf("%s: exists=%v, want %v", filepath.Base(d), err == nil, want)
 		}
 	}
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/ecs-image/ecs-image/progress"
+	"github.com/ecs-image/ecs-image/qemuimg"
 )
 
 // MaxDecompressedSize bounds what a compressed base may expand to.
@@ -84,6 +85,11 @@ func Fetch(ctx context.Context, c *Cache, r FetchRequest) (*Entry, error) {
 	if e, err := c.Lookup(key); err != nil {
 		return nil, err
 	} else if e != nil {
+		// The cache is keyed by URL and checksum, not by the declared
+		// format: check it on every hit, as on a download.
+		if r.Format != "" && e.Format != r.Format {
+			return nil, &qemuimg.ImageError{Path: src, Msg: fmt.Sprintf("declared format %s, but the file is %s (cached as %s)", r.Format, e.Format, c.Path(e))}
+		}
 		logrus.Infof("%s: cache hit (%s)", src, e.Digest)
 		return e, nil
 	}
@@ -123,6 +129,11 @@ func Fetch(ctx context.Context, c *Cache, r FetchRequest) (*Entry, error) {
 	}
 	info, err := Inspect(ctx, dst, r.Format)
 	if err != nil {
+		// Name the URL, not the temporary file.
+		var ie *qemuimg.ImageError
+		if errors.As(err, &ie) {
+			return nil, &qemuimg.ImageError{Path: src, Msg: strings.ReplaceAll(ie.Msg, dst, "the download")}
+		}
 		return nil, fmt.Errorf("fetched %s: %w", src, err)
 	}
 	e, err := c.Commit(key, source, info.Format, dst)

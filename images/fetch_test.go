@@ -1,6 +1,7 @@
 package images
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -270,6 +271,17 @@ func TestFetchCacheHit(t *testing.T) {
 	if c.Path(e1) != c.Path(e2) {
 		t.Errorf("different paths %s %s", c.Path(e1), c.Path(e2))
 	}
+	// The declared format is checked on a hit too (issue 13): the cached
+	// qcow2 is not returned for --format raw.
+	req.Format = "raw"
+	var ie *qemuimg.ImageError
+	if _, err := Fetch(context.Background(), c, req); !errors.As(err, &ie) || !strings.Contains(err.Error(), "declared format raw, but the file is qcow2") {
+		t.Errorf("cache hit with the wrong declared format: %v", err)
+	}
+	req.Format = "qcow2"
+	if _, err := Fetch(context.Background(), c, req); err != nil {
+		t.Errorf("cache hit with the right declared format: %v", err)
+	}
 	// A deleted image file is not a hit.
 	os.Remove(c.Path(e1))
 	if e, _ := c.Lookup(e1.Key); e != nil {
@@ -339,6 +351,10 @@ func TestFetchRefusesNonImage(t *testing.T) {
 	if !errors.As(err, &ie) {
 		t.Fatalf("want ImageError, got %v", err)
 	}
+	// The error names the URL, not the temporary download (issue 13).
+	if !strings.HasPrefix(err.Error(), s.URL+"/base.qcow2: ") || strings.Contains(err.Error(), c.Dir) {
+		t.Errorf("error %q does not name the URL, or names the cache's temp path", err)
+	}
 	assertEmptyCache(t, c)
 }
 
@@ -379,4 +395,27 @@ func TestFetchRemovesStaleLeftovers(t *testing.T) {
 	if _, err := os.Stat(other); err != nil {
 		t.Errorf("another key's work dir was removed: %v", err)
 	}
+}
+
+// TestFetchTruncatedQcow2Insecure: a qcow2 cut short in transit (no
+// checksum to notice it with --insecure) fails qemu-img check and is not
+// cached (issue 13).
+func TestFetchTruncatedQcow2Insecure(t *testing.T) {
+	dir := t.TempDir()
+	raw := filepath.Join(dir, "d.raw")
+	os.WriteFile(raw, bytes.Repeat([]byte{0xab}, 8<<20), 0o644)
+	q := filepath.Join(dir, "d.qcow2")
+	run(t, "qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw, q)
+	data, err := os.ReadFile(q)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := newServer(t, map[string][]byte{"/base.qcow2": data[:4<<20]})
+	c := testCache(t)
+	_, err = Fetch(context.Background(), c, FetchRequest{URL: s.URL + "/base.qcow2", Insecure: true})
+	var ie *qemuimg.ImageError
+	if !errors.As(err, &ie) || !strings.Contains(err.Error(), "truncated or damaged") {
+		t.Fatalf("err = %v, want a refused truncated image", err)
+	}
+	assertEmptyCache(t, c)
 }

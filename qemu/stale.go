@@ -1,58 +1,29 @@
 package qemu
 
 import (
-	"errors"
-	"fmt"
 	"os"
 	"path/filepath"
-	"strconv"
-	"strings"
 	"sync"
-	"syscall"
 
 	"github.com/sirupsen/logrus"
+
+	"github.com/ecs-image/ecs-image/atomicfile"
 )
 
 // OwnerFile names the file in a temporary directory that lists the
 // processes using it (see WriteOwner and RemoveStaleDirs).
-const OwnerFile = ".owner"
+const OwnerFile = atomicfile.OwnerFile
 
 // WriteOwner records pids (plus this process) as the users of dir.
-func WriteOwner(dir string, pids ...int) error {
-	all := append([]int{os.Getpid()}, pids...)
-	var b strings.Builder
-	for _, p := range all {
-		fmt.Fprintln(&b, p)
-	}
-	return os.WriteFile(filepath.Join(dir, OwnerFile), []byte(b.String()), 0o600)
-}
+func WriteOwner(dir string, pids ...int) error { return atomicfile.WriteOwner(dir, pids...) }
 
 // RemoveStaleDirs removes the directories matching glob whose owner file
 // lists only processes that no longer exist: the leftovers of an ecs-image
 // that was killed (SIGKILL, OOM, power loss) before it could clean up.
 // Directories without an owner file are left alone.
 func RemoveStaleDirs(glob string) {
-	dirs, _ := filepath.Glob(glob)
-	for _, d := range dirs {
-		b, err := os.ReadFile(filepath.Join(d, OwnerFile))
-		if err != nil {
-			continue
-		}
-		alive := false
-		for _, f := range strings.Fields(string(b)) {
-			pid, err := strconv.Atoi(f)
-			if err != nil || pid <= 0 {
-				continue
-			}
-			if err := syscall.Kill(pid, 0); err == nil || !errors.Is(err, syscall.ESRCH) {
-				alive = true
-				break
-			}
-		}
-		if !alive {
-			logrus.Debugf("removing %s, left behind by a killed ecs-image", d)
-			os.RemoveAll(d)
-		}
+	for _, d := range atomicfile.RemoveStaleDirs(glob) {
+		logrus.Debugf("removed %s, left behind by a killed ecs-image", d)
 	}
 }
 
