@@ -22,6 +22,7 @@ import (
 	"github.com/ecs-image/ecs-image/agent/discover"
 	"github.com/ecs-image/ecs-image/agent/host"
 	"github.com/ecs-image/ecs-image/agent/status"
+	"github.com/ecs-image/ecs-image/testenv"
 )
 
 // The backup tests run the real tools on the host: PostgreSQL (initdb and
@@ -29,28 +30,13 @@ import (
 // targets versitygw (S3) and OpenSSH's sshd (sftp). Only systemctl and
 // mount are recorded. Without a tool a test skips, unless CI is set.
 
-// need skips (or, in CI, fails) without the named programs.
-func need(t *testing.T, progs ...string) {
-	t.Helper()
-	for _, p := range progs {
-		if _, err := exec.LookPath(p); err != nil {
-			if os.Getenv("CI") != "" {
-				t.Fatalf("%s not installed (make deps)", p)
-			}
-			t.Skipf("%s not installed (make deps)", p)
-		}
-	}
-}
-
 // pgBinDir finds the newest PostgreSQL server binaries.
 func pgBinDir(t *testing.T) string {
 	t.Helper()
 	m, _ := filepath.Glob("/usr/lib/postgresql/*/bin/postgres")
-	if len(m) == 0 || os.Getuid() != 0 {
-		if os.Getenv("CI") != "" {
-			t.Fatal("PostgreSQL server not installed (make deps: postgresql) or not root")
-		}
-		t.Skip("PostgreSQL server not installed (make deps: postgresql) or not root")
+	testenv.Root(t, "PostgreSQL runs as user postgres")
+	if len(m) == 0 {
+		testenv.Missing(t, "PostgreSQL server not installed (make deps: postgresql)")
 	}
 	return filepath.Dir(m[len(m)-1])
 }
@@ -168,7 +154,7 @@ func backupEnv(t *testing.T, extra string) string {
 
 func newAppliance(t *testing.T, envText string) *appliance {
 	t.Helper()
-	need(t, "gpg", "duplicity")
+	testenv.Tools(t, "gpg", "gpgconf", "duplicity")
 	pg := startPG(t)
 	r := &hostRunner{}
 	log := &syncBuffer{}
