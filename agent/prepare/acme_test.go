@@ -438,58 +438,14 @@ func TestACMERenewalDue(t *testing.T) {
 // nginx); it runs unprivileged on loopback ports with the site's paths
 // moved under the test root.
 func TestNginxServesACMEChallenge(t *testing.T) {
-	bin := os.Getenv("ECS_TEST_NGINX")
-	if bin == "" {
-		bin = testenv.Tool(t, "nginx", "make deps, or set ECS_TEST_NGINX to an nginx binary")
-	}
+	bin := nginxBin(t)
 	a, _ := testAgent(t)
 	fakeSystem(t, a)
 	activate(t, a, acmeEnv("https://acme.example.org/directory"))
 	if err := a.PrepareAppliance(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	httpPort, httpsPort := pebbletest.FreePort(t), pebbletest.FreePort(t)
-	var kept []string
-	for _, l := range strings.Split(read(t, a, NginxSite), "\n") {
-		if !strings.Contains(l, "listen [::]") {
-			kept = append(kept, l)
-		}
-	}
-	site := strings.Join(kept, "\n")
-	for old, repl := range map[string]string{
-		"listen 80 ":  fmt.Sprintf("listen 127.0.0.1:%d ", httpPort),
-		"listen 443 ": fmt.Sprintf("listen 127.0.0.1:%d ", httpsPort),
-	} {
-		if !strings.Contains(site, old) {
-			t.Fatalf("site has no %q", old)
-		}
-		site = strings.ReplaceAll(site, old, repl)
-	}
-	for _, p := range []string{ACMEWebroot, status.StateFile, filepath.Dir(status.StatusPage), ServerCert, ServerKey} {
-		site = strings.ReplaceAll(site, " "+p, " "+a.Host.Path(p))
-	}
-	dir := t.TempDir()
-	conf := fmt.Sprintf(`daemon off;
-master_process off;
-pid %[1]s/nginx.pid;
-error_log stderr;
-events {}
-http {
-    access_log off;
-    types { text/html html; }
-    client_body_temp_path %[1]s/body;
-    proxy_temp_path %[1]s/proxy;
-    fastcgi_temp_path %[1]s/fastcgi;
-    uwsgi_temp_path %[1]s/uwsgi;
-    scgi_temp_path %[1]s/scgi;
-%[2]s
-}
-`, dir, site)
-	confFile := filepath.Join(dir, "nginx.conf")
-	if err := os.WriteFile(confFile, []byte(conf), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	ngx := pebbletest.StartProcess(t, nil, bin, "-p", dir, "-c", confFile, "-e", "stderr")
+	httpPort, _, ngx := startTestNginx(t, bin, a)
 	token := "Xm1lq2Zf0Tt4-_abcdefgh"
 	if _, err := a.Host.WriteFile(ACMEChallengeDir+"/"+token, []byte(token+".keyauth"), 0o644); err != nil {
 		t.Fatal(err)
@@ -561,6 +517,65 @@ func TestACMEReservedNamesNotRequested(t *testing.T) {
 			t.Errorf("%s %v: %v", tc.dir, tc.names, err)
 		}
 	}
+}
+
+// nginxBin returns the nginx binary for tests ($ECS_TEST_NGINX or nginx in
+// PATH); without one the test skips, in CI it fails.
+func nginxBin(t *testing.T) string {
+	t.Helper()
+	if bin := os.Getenv("ECS_TEST_NGINX"); bin != "" {
+		return bin
+	}
+	return testenv.Tool(t, "nginx", "make deps, or set ECS_TEST_NGINX to an nginx binary")
+}
+
+// startTestNginx runs nginx unprivileged with the agent's rendered site,
+// its ports moved to free loopback ports and its paths under the test root.
+func startTestNginx(t *testing.T, bin string, a *Agent) (httpPort, httpsPort int, ngx *pebbletest.Process) {
+	t.Helper()
+	httpPort, httpsPort = pebbletest.FreePort(t), pebbletest.FreePort(t)
+	var kept []string
+	for _, l := range strings.Split(read(t, a, NginxSite), "\n") {
+		if !strings.Contains(l, "listen [::]") {
+			kept = append(kept, l)
+		}
+	}
+	site := strings.Join(kept, "\n")
+	for old, repl := range map[string]string{
+		"listen 80 ":  fmt.Sprintf("listen 127.0.0.1:%d ", httpPort),
+		"listen 443 ": fmt.Sprintf("listen 127.0.0.1:%d ", httpsPort),
+	} {
+		if !strings.Contains(site, old) {
+			t.Fatalf("site has no %q", old)
+		}
+		site = strings.ReplaceAll(site, old, repl)
+	}
+	for _, p := range []string{ACMEWebroot, status.StateFile, filepath.Dir(status.StatusPage), ServerCert, ServerKey, ClientCACert, ClientCACRL} {
+		site = strings.ReplaceAll(site, " "+p, " "+a.Host.Path(p))
+	}
+	dir := t.TempDir()
+	conf := fmt.Sprintf(`daemon off;
+master_process off;
+pid %[1]s/nginx.pid;
+error_log stderr;
+events {}
+http {
+    access_log off;
+    types { text/html html; }
+    client_body_temp_path %[1]s/body;
+    proxy_temp_path %[1]s/proxy;
+    fastcgi_temp_path %[1]s/fastcgi;
+    uwsgi_temp_path %[1]s/uwsgi;
+    scgi_temp_path %[1]s/scgi;
+%[2]s
+}
+`, dir, site)
+	confFile := filepath.Join(dir, "nginx.conf")
+	if err := os.WriteFile(confFile, []byte(conf), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ngx = pebbletest.StartProcess(t, nil, bin, "-p", dir, "-c", confFile, "-e", "stderr")
+	return httpPort, httpsPort, ngx
 }
 
 type roundTripFunc func(*http.Request) (*http.Response, error)

@@ -32,6 +32,7 @@ func (a *Agent) PrepareAppliance(ctx context.Context) error {
 		{Name: "layout", Run: a.stepLayout},
 		{Name: "hostname", Run: a.stepHostname},
 		{Name: "tls", Run: a.stepTLS},
+		{Name: "client-ca", Run: a.stepClientCA},
 		{Name: "nginx", Run: a.stepNginx},
 		{Name: "extra-files", Run: a.stepExtraFiles},
 		{Name: "extra-packages", Run: a.stepExtraPackages},
@@ -165,16 +166,27 @@ func (a *Agent) stepNginx(ctx context.Context, e *Env) error {
 			names = append(names, h)
 		}
 	}
+	var clientCA, clientCRL string
+	if a.Host.Exists(ClientCACert) && a.Host.Exists(ClientCACRL) {
+		clientCA, clientCRL = ClientCACert, ClientCACRL
+	}
+	verify := "optional"
+	if e.Bool("appliance.ssl.client_certs_mandatory", false) {
+		verify = "on"
+	}
 	conf, err := render("nginx-site.conf.tmpl", map[string]any{
-		"StatusPage":  status.StatusPage,
-		"StateFile":   status.StateFile,
-		"WebRoot":     path.Dir(status.StatusPage),
-		"WebPort":     WebPort,
-		"ServerNames": strings.Join(names, " "),
-		"Cert":        ServerCert,
-		"Key":         ServerKey,
-		"MaxBody":     "200m",
-		"ACMEWebroot": ACMEWebroot,
+		"ClientCA":     clientCA,
+		"ClientCRL":    clientCRL,
+		"VerifyClient": verify,
+		"StatusPage":   status.StatusPage,
+		"StateFile":    status.StateFile,
+		"WebRoot":      path.Dir(status.StatusPage),
+		"WebPort":      WebPort,
+		"ServerNames":  strings.Join(names, " "),
+		"Cert":         ServerCert,
+		"Key":          ServerKey,
+		"MaxBody":      "200m",
+		"ACMEWebroot":  ACMEWebroot,
 	})
 	if err != nil {
 		return err

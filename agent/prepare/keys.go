@@ -54,7 +54,7 @@ var KeyTable = []KeyRule{
 	{Key: "appliance.metric", Subtree: true, Unsupported: notSupported + " (no metric exporters, server or gui)"},
 	{Key: "appliance.sentry", Subtree: true, Unsupported: notSupported + " (errors are in the journal and on the status page)"},
 	{Key: "appliance.ssl.cert", Handler: "prepare-appliance/tls"},
-	{Key: "appliance.ssl.client_certs_mandatory", Unsupported: notSupported + " yet (nginx does not ask for client certificates)"},
+	{Key: "appliance.ssl.client_certs_mandatory", Handler: "prepare-appliance/client-ca, nginx (ssl_verify_client on)"},
 	{Key: "appliance.ssl.key", Handler: "prepare-appliance/tls"},
 	{Key: "appliance.ssl.letsencrypt.directory", Handler: "ecs-agent acme"},
 	{Key: "appliance.ssl.letsencrypt.enabled", Handler: "prepare-appliance/tls, ecs-agent acme"},

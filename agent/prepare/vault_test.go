@@ -9,20 +9,14 @@ import (
 	"testing"
 
 	"github.com/ecs-image/ecs-image/agent/host"
+	"github.com/ecs-image/ecs-image/testenv"
 	"gopkg.in/yaml.v3"
 )
 
 // gpgTool returns gpg's path; without it the test skips (in CI it fails).
 func gpgTool(t *testing.T) string {
 	t.Helper()
-	p, err := exec.LookPath("gpg")
-	if err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatal("gpg is not installed (make deps)")
-		}
-		t.Skip("gpg is not installed")
-	}
-	return p
+	return testenv.Tool(t, "gpg", "make deps")
 }
 
 // The vault keys of the compat env are imported into /data/ecs-gpg by the

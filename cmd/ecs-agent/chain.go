@@ -95,9 +95,11 @@ Exit code 3: blocked by /run/appliance-failed; 4: standby.`,
 ecs-volatile mounted on /data and /volatile when appliance.storage.ignore
 .data/.volatile is false), runtime layout (/app, /data, /volatile), hostname from
 appliance.domain, TLS certificate (appliance.ssl.key/cert or self-signed),
-nginx with the 503 status page, appliance.extra.files and .packages,
-PostgreSQL tuning plus the ecs role and database, postfix/opendkim and
-stunnel on ports 25 and 465.`,
+the client certificate CA in /data/ecs-ca (created once), nginx with the
+503 status page and client certificate verification,
+appliance.extra.files and .packages, PostgreSQL tuning plus the ecs role
+and database, postfix/opendkim, stunnel on ports 25 and 465, and the
+vault keys in /data/ecs-gpg.`,
 			Example: `  ecs-agent prepare-appliance
   ecs-agent --root /tmp/r prepare-appliance   # records commands instead of running them`,
 			Args: noArgs,
