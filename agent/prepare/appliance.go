@@ -31,6 +31,7 @@ func (a *Agent) PrepareAppliance(ctx context.Context) error {
 		{Name: "storage", Run: a.stepStorage},
 		{Name: "layout", Run: a.stepLayout},
 		{Name: "hostname", Run: a.stepHostname},
+		{Name: "ssh", Run: a.stepSSH},
 		{Name: "tls", Run: a.stepTLS},
 		{Name: "client-ca", Run: a.stepClientCA},
 		{Name: "nginx", Run: a.stepNginx},

@@ -65,7 +65,7 @@ var KeyTable = []KeyRule{
 	{Key: "appliance.storage.proxy_cache", Unsupported: notSupported + " (no polipo proxy cache)"},
 	{Key: "appliance.storage.setup", Unsupported: notSupported + " (no saltstack; prepare the volumes labelled ecs-data / ecs-volatile before the appliance starts)"},
 	{Key: "appliance.update", Subtree: true, Unsupported: notSupported + " yet (no automatic updates; deploy new images with ecs-image deploy or a new image)"},
-	{Key: "disable_root", Handler: cloudInitHandler},
+	{Key: "disable_root", Handler: "prepare-appliance/ssh (sshd PermitRootLogin) and cloud-init"},
 	{Key: "ecs.database", Handler: "prepare-appliance/postgresql (database name), prepare-ecs/migrate"},
 	{Key: "ecs.git", Subtree: true, Unsupported: notSupported + " (the ecs images are baked into the image, not built from git)"},
 	{Key: "ecs.migrate.auto", Handler: "prepare-ecs/migrate"},
@@ -74,8 +74,8 @@ var KeyTable = []KeyRule{
 	{Key: "ecs.userswitcher.parameter", Handler: containersHandler},
 	{Key: "ecs.vault_encrypt", Handler: "prepare-appliance/vault-keys (/data/ecs-gpg)"},
 	{Key: "ecs.vault_sign", Handler: "prepare-appliance/vault-keys (/data/ecs-gpg)"},
-	{Key: "ssh_authorized_keys", Handler: cloudInitHandler},
-	{Key: "ssh_deprecated_keys", Unsupported: notSupported + " (remove old keys from ~/.ssh/authorized_keys by hand)"},
+	{Key: "ssh_authorized_keys", Handler: "prepare-appliance/ssh (root, at every start) and cloud-init"},
+	{Key: "ssh_deprecated_keys", Handler: "prepare-appliance/ssh (removed from root's and every user's authorized_keys)"},
 }
 
 // Rule returns the rule that classifies the key at path: its own row, a
