@@ -44,7 +44,7 @@ func FuzzParse(f *testing.F) {
 			}
 			return
 		}
-		if !validHostname(d.Domain()) {
+		if !ValidHostname(d.Domain()) {
 			t.Fatalf("accepted domain %q", d.Domain())
 		}
 		for _, p := range d.Warnings {

@@ -289,8 +289,10 @@ func editDistance(a, b string) int {
 
 var reLabel = regexp.MustCompile(`^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$`)
 
-// validHostname reports whether s is a plausible DNS host name.
-func validHostname(s string) bool {
+// ValidHostname reports whether s is a host name as appliance.domain
+// requires: dot-separated labels of letters, digits and '-', at most 253
+// characters, and a last label that is not all digits (an IP address).
+func ValidHostname(s string) bool {
 	if s == "" || len(s) > 253 {
 		return false
 	}
@@ -307,7 +309,7 @@ func validHostname(s string) bool {
 
 func checkDomain(c *checker, n *yaml.Node, path, s string) {
 	s = strings.TrimSpace(s)
-	if !validHostname(s) {
+	if !ValidHostname(s) {
 		c.errAt(n, path, "%q is not a valid host name (letters, digits and '-' in dot-separated labels of at most 63 characters, e.g. ecs.example.org)", s)
 	}
 }

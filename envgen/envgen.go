@@ -70,6 +70,11 @@ func CheckDomain(d string) error {
 			return &DomainError{d, "not a DNS name (lower-case letters, digits, '-' and '.'; no trailing dot)"}
 		}
 	}
+	// The rule env validate applies to appliance.domain, checked here so
+	// that no key is generated for a domain the env.yml would refuse.
+	if !env.ValidHostname(d) {
+		return &DomainError{d, "not a DNS name: its last label is all digits (an IP address is no domain; e.g. ecs.example.org)"}
+	}
 	return nil
 }
 

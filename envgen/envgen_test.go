@@ -329,7 +329,7 @@ func TestWriteFile(t *testing.T) {
 }
 
 func TestBadDomain(t *testing.T) {
-	for _, d := range []string{"", "Ecs.Example.org", "ecs..org", "ecs.org.", "-ecs.org", "ecs_1.org", "ecs.org/x", "é.org"} {
+	for _, d := range []string{"", "Ecs.Example.org", "ecs..org", "ecs.org.", "-ecs.org", "ecs_1.org", "ecs.org/x", "é.org", "192.168.1.1", "x.123", "1.2.3", "123"} {
 		_, err := Generate(context.Background(), Options{Domain: d})
 		var de *DomainError
 		if !errors.As(err, &de) {

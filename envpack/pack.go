@@ -22,6 +22,7 @@ import (
 
 	"github.com/ProtonMail/go-crypto/openpgp"
 	"github.com/ProtonMail/go-crypto/openpgp/packet"
+
 	"github.com/ecs-image/ecs-image/atomicfile"
 	"github.com/ecs-image/ecs-image/cidata"
 	"github.com/ecs-image/ecs-image/env"
@@ -73,14 +74,11 @@ func Package(ctx context.Context, o Options) ([]string, error) {
 	if now.IsZero() {
 		now = time.Now()
 	}
-	data, err := os.ReadFile(o.EnvFile)
+	doc, err := env.Load(o.EnvFile) // bounded: env.MaxSize
 	if err != nil {
 		return nil, err
 	}
-	doc, err := env.Parse(o.EnvFile, data)
-	if err != nil {
-		return nil, err
-	}
+	data := doc.Raw
 	domain := doc.Domain()
 	if domain == "" || strings.ContainsAny(domain, "/\\ ") || strings.HasPrefix(domain, ".") {
 		return nil, &InputError{o.EnvFile, fmt.Sprintf("appliance.domain %q cannot name the archive", domain)}

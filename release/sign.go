@@ -5,6 +5,7 @@ import (
 	"crypto"
 	_ "crypto/sha256" // SHA-256 signatures
 	"fmt"
+	"io"
 	"os"
 	"strings"
 	"time"
@@ -27,7 +28,7 @@ func (s *Signer) Fingerprint() string {
 // `gpg --armor --export-secret-keys`) and unlocks it with passphrase if it
 // is protected. The passphrase is never logged.
 func LoadSigner(path string, passphrase []byte) (*Signer, error) {
-	data, err := os.ReadFile(path)
+	data, err := readKey(path)
 	if err != nil {
 		return nil, &Error{Path: path, Msg: "signing key: " + errText(err)}
 	}
@@ -77,7 +78,7 @@ func (s *Signer) Sign(data []byte) ([]byte, error) {
 // CheckSignature verifies an armored detached signature of data against
 // the armored public (or secret) keys in keyPath.
 func CheckSignature(keyPath string, data, sig []byte) error {
-	raw, err := os.ReadFile(keyPath)
+	raw, err := readKey(keyPath)
 	if err != nil {
 		return &Error{Path: keyPath, Msg: errText(err)}
 	}
@@ -89,4 +90,25 @@ func CheckSignature(keyPath string, data, sig []byte) error {
 		return &Error{Path: SignatureFile, Msg: "bad signature of SHA256SUMS: " + err.Error()}
 	}
 	return nil
+}
+
+// maxKeyFile bounds a key file (an armored key ring is a few KiB).
+const maxKeyFile = 1 << 20
+
+// readKey reads a key file of at most maxKeyFile bytes (a device such as
+// /dev/zero or a huge file is refused, not read into memory).
+func readKey(path string) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, maxKeyFile+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(data) > maxKeyFile {
+		return nil, fmt.Errorf("more than the limit of %d bytes", maxKeyFile)
+	}
+	return data, nil
 }

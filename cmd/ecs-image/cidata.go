@@ -4,14 +4,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 
-	"github.com/ecs-image/ecs-image/cidata"
-	"github.com/ecs-image/ecs-image/env"
 	"github.com/sirupsen/logrus"
 	"github.com/spf13/cobra"
+
+	"github.com/ecs-image/ecs-image/cidata"
+	"github.com/ecs-image/ecs-image/env"
 )
 
 var cidataFlags struct {
@@ -98,33 +98,6 @@ func init() {
 		var ee *env.Error
 		return errors.As(err, &ie) || errors.As(err, &ee)
 	})
-}
-
-// readInput reads an input file named by a flag; a missing or unreadable
-// file is bad input.
-func readInput(flag, name string) ([]byte, error) {
-	if name == "" {
-		return nil, nil
-	}
-	st, err := os.Stat(name)
-	if err != nil {
-		return nil, badInputf("--%s: %v", flag, err)
-	}
-	if !st.Mode().IsRegular() && st.Mode()&os.ModeNamedPipe == 0 {
-		return nil, badInputf("--%s: %s is not a regular file", flag, name)
-	}
-	// env.MaxSize and cidata.MaxFileSize are checked downstream; read one
-	// byte more than the larger so oversize input is reported, not truncated.
-	f, err := os.Open(name)
-	if err != nil {
-		return nil, badInputf("--%s: %v", flag, err)
-	}
-	defer f.Close()
-	data, err := io.ReadAll(io.LimitReader(f, max(env.MaxSize, cidata.MaxFileSize)+1))
-	if err != nil {
-		return nil, fmt.Errorf("--%s: %s: %w", flag, name, err)
-	}
-	return data, nil
 }
 
 func runCidata(cmd *cobra.Command, args []string) error {

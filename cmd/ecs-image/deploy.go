@@ -7,9 +7,10 @@ import (
 	"net/http"
 	"os"
 
+	"github.com/spf13/cobra"
+
 	"github.com/ecs-image/ecs-image/agent/deploy"
 	"github.com/ecs-image/ecs-image/progress"
-	"github.com/spf13/cobra"
 )
 
 func init() {

@@ -6,9 +6,10 @@ import (
 	"os"
 	"path/filepath"
 
-	"github.com/ecs-image/ecs-image/envgen"
 	"github.com/sirupsen/logrus"
 	"github.com/spf13/cobra"
+
+	"github.com/ecs-image/ecs-image/envgen"
 )
 
 func init() {
@@ -57,9 +58,9 @@ domain: create a new one.`,
 				Progress: func(msg string) { logrus.Info(msg) },
 			}
 			if extra != "" {
-				data, err := os.ReadFile(extra)
+				data, err := readInput("extra", extra)
 				if err != nil {
-					return badInput(err)
+					return err
 				}
 				opts.Extra, opts.ExtraFile = data, extra
 			}

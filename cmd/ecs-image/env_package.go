@@ -6,9 +6,10 @@ import (
 	"io/fs"
 	"os"
 
-	"github.com/ecs-image/ecs-image/envpack"
 	"github.com/sirupsen/logrus"
 	"github.com/spf13/cobra"
+
+	"github.com/ecs-image/ecs-image/envpack"
 )
 
 func init() {
@@ -58,16 +59,16 @@ unless every output could be made. The paths written are printed on stdout.`,
 				}
 			}
 			if recipients != "" {
-				data, err := os.ReadFile(recipients)
+				data, err := readInput("recipients", recipients)
 				if err != nil {
-					return badInput(err)
+					return err
 				}
 				opts.Recipients, opts.RecipientsFile = data, recipients
 			}
 			if metaData != "" {
-				data, err := os.ReadFile(metaData)
+				data, err := readInput("meta-data", metaData)
 				if err != nil {
-					return badInput(err)
+					return err
 				}
 				opts.MetaData, opts.MetaDataFile = data, metaData
 			}

@@ -6,8 +6,9 @@ import (
 	"io"
 	"strings"
 
-	"github.com/ecs-image/ecs-image/env"
 	"github.com/spf13/cobra"
+
+	"github.com/ecs-image/ecs-image/env"
 )
 
 func init() {

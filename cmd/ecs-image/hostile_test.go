@@ -8,6 +8,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/spf13/pflag"
 
@@ -140,6 +141,94 @@ func TestDeviceOutputsRefused(t *testing.T) {
 			if e.Type().IsRegular() || e.IsDir() {
 				t.Errorf("left behind: %s", e.Name())
 			}
+		}
+	}
+}
+
+// TestEnvCreateRefusesIPDomains: a domain whose last label is all digits is
+// refused at the argument, exit 2, before any key is generated (issue 13:
+// keys were generated, then "internal error", exit 1).
+func TestEnvCreateRefusesIPDomains(t *testing.T) {
+	dir := t.TempDir()
+	for _, d := range []string{"192.168.1.1", "x.123", "1.2.3"} {
+		out := filepath.Join(dir, d, "env.yml")
+		start := time.Now()
+		code, stdout, stderr := runHostile(t, "env", "create", d, "-o", out)
+		if code != exitUsage || stdout != "" || !strings.Contains(stderr, d) || !strings.Contains(stderr, "all digits") {
+			t.Errorf("env create %s: exit %d, stdout %q, stderr %q", d, code, stdout, stderr)
+		}
+		if el := time.Since(start); el > 2*time.Second {
+			t.Errorf("env create %s took %s: keys generated before the refusal?", d, el)
+		}
+		if _, err := os.Stat(filepath.Join(dir, d)); err == nil {
+			t.Errorf("env create %s: output directory created", d)
+		}
+	}
+}
+
+// TestUnboundedInputsRefused: inputs named by flags are read up to 1 MiB;
+// /dev/zero, a larger file and an endless pipe are refused with exit 2 and
+// a message naming the flag (issue 13: fatal error: out of memory).
+func TestUnboundedInputsRefused(t *testing.T) {
+	dir := t.TempDir()
+	big := filepath.Join(dir, "big.yml")
+	os.WriteFile(big, make([]byte, 2<<20), 0o600)
+	envFile := filepath.Join(dir, "env.yml")
+	data, err := os.ReadFile(defaultEnv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(envFile, data, 0o600)
+	disk := filepath.Join(dir, "d.raw")
+	os.WriteFile(disk, make([]byte, 1<<20), 0o644)
+	fifo := filepath.Join(dir, "fifo")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		flag string
+		args func(in string) []string
+	}{
+		{"extra", func(in string) []string {
+			return []string{"env", "create", "ecs.example.org", "-o", filepath.Join(dir, "new", "env.yml"), "--extra", in}
+		}},
+		{"recipients", func(in string) []string {
+			return []string{"env", "package", envFile, "-o", filepath.Join(dir, "pkg"), "--recipients", in}
+		}},
+		{"meta-data", func(in string) []string {
+			return []string{"env", "package", envFile, "-o", filepath.Join(dir, "pkg"), "--meta-data", in}
+		}},
+		{"env", func(in string) []string { return []string{"test", disk, "--env", in} }},
+		{"key-passphrase-file", func(in string) []string {
+			return []string{"release", dir, "--key", envFile, "--key-passphrase-file", in}
+		}},
+	} {
+		for _, in := range []string{"/dev/zero", big, fifo} {
+			if in == fifo {
+				go func() {
+					// An endless writer; it stops when the reader is gone.
+					f, err := os.OpenFile(fifo, os.O_WRONLY, 0)
+					if err != nil {
+						return
+					}
+					defer f.Close()
+					buf := make([]byte, 64<<10)
+					for {
+						if _, err := f.Write(buf); err != nil {
+							return
+						}
+					}
+				}()
+			}
+			code, _, stderr := runHostile(t, c.args(in)...)
+			if code != exitUsage || !strings.Contains(stderr, "--"+c.flag+": ") || !strings.Contains(stderr, in) {
+				t.Errorf("--%s %s: exit %d, stderr %q", c.flag, in, code, stderr)
+			}
+		}
+	}
+	for _, p := range []string{"new", "pkg"} {
+		if _, err := os.Stat(filepath.Join(dir, p)); err == nil {
+			t.Errorf("%s created", p)
 		}
 	}
 }

@@ -10,9 +10,10 @@ import (
 	"strings"
 	"syscall"
 
-	"github.com/ecs-image/ecs-image/progress"
 	"github.com/sirupsen/logrus"
 	"github.com/spf13/cobra"
+
+	"github.com/ecs-image/ecs-image/progress"
 
 	"github.com/ecs-image/ecs-image/atomicfile"
 )
@@ -142,6 +143,13 @@ func rangeArgs(min, max int) cobra.PositionalArgs {
 func run(args []string) int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	// The first Ctrl-C (or SIGTERM) cancels the context and the command
+	// cleans up; a second one ends the process at once (the default
+	// action), even when the command is blocked (a fifo, a hung read).
+	go func() {
+		<-ctx.Done()
+		stop()
+	}()
 	rootCmd.SetArgs(args)
 	resetContext(rootCmd, ctx)
 	err := rootCmd.ExecuteContext(ctx)

@@ -7,8 +7,9 @@ import (
 	"strings"
 	"time"
 
-	"github.com/ecs-image/ecs-image/release"
 	"github.com/spf13/cobra"
+
+	"github.com/ecs-image/ecs-image/release"
 )
 
 // passphraseEnv may hold the signing key's passphrase.
@@ -96,9 +97,9 @@ func readPassphrase(file string) ([]byte, error) {
 	if file == "" {
 		return []byte(os.Getenv(passphraseEnv)), nil
 	}
-	b, err := os.ReadFile(file)
+	b, err := readInput("key-passphrase-file", file)
 	if err != nil {
-		return nil, badInputf("--key-passphrase-file: %v", err)
+		return nil, err
 	}
 	return []byte(strings.TrimRight(string(b), "\r\n")), nil
 }

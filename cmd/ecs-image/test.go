@@ -263,9 +263,9 @@ func runVMTest(cmd *cobra.Command, args []string) error {
 	var domain string
 	var key *communicator.Key
 	if f.env != "" {
-		data, err := os.ReadFile(f.env)
+		data, err := readInput("env", f.env)
 		if err != nil {
-			return badInput(err)
+			return err
 		}
 		doc, err := env.Parse(f.env, data)
 		if err != nil {

@@ -16,9 +16,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/spf13/pflag"
+
 	"github.com/ecs-image/ecs-image/qemu/qemutest"
 	"github.com/ecs-image/ecs-image/testenv"
-	"github.com/spf13/pflag"
 )
 
 func vmtestNeedVM(t *testing.T) {
