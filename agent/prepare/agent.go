@@ -220,6 +220,7 @@ func (a *Agent) fail(step string, err error) error {
 	if ferr := status.Fail(a.Host, step, step+": "+err.Error()); ferr != nil {
 		a.logf("recording failure: %v", ferr)
 	}
+	a.report("ecs-agent", "appliance failed: "+step+": "+err.Error(), map[string]string{"step": step})
 	return err
 }
 
@@ -230,6 +231,7 @@ func (a *Agent) Failed(unit string) error {
 		unit = "appliance"
 	}
 	err := status.Fail(a.Host, unit, "unit "+unit+" failed; see journalctl -u "+unit)
+	a.report("ecs-agent", "unit "+unit+" failed", map[string]string{"unit": unit})
 	// A failure before nginx was configured must still be visible.
 	if serr := a.serveStatusPage(); serr != nil {
 		a.logf("failed: serving the status page: %v", serr)

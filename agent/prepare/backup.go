@@ -565,6 +565,7 @@ func parseBackupStats(out string, rec *BackupRecord) {
 func (a *Agent) recordBackup(ctx context.Context, rec BackupRecord) {
 	if rec.Result == "failed" {
 		a.logf("backup: FAILED: %s", rec.Error)
+		a.report("ecs-agent.backup", "backup failed: "+rec.Error, map[string]string{"target": rec.Target})
 	}
 	data, _ := json.MarshalIndent(rec, "", "  ")
 	if err := os.MkdirAll(a.Host.Path(BackupStateDir), 0o700); err != nil {

@@ -52,7 +52,7 @@ var KeyTable = []KeyRule{
 	{Key: "appliance.extra.states", Unsupported: notSupported + " (no saltstack; use appliance.extra.files and .packages)"},
 	{Key: "appliance.git", Subtree: true, Unsupported: notSupported + " (the appliance is baked into the image, not checked out from git)"},
 	{Key: "appliance.metric", Subtree: true, Unsupported: notSupported + " (no metric exporters, server or gui)"},
-	{Key: "appliance.sentry", Subtree: true, Unsupported: notSupported + " (errors are in the journal and on the status page)"},
+	{Key: "appliance.sentry", Subtree: true, Handler: "ecs-agent (failures of the chain, units and backups reported with Sentry's envelope protocol); ecs containers (flattened environment)"},
 	{Key: "appliance.ssl.cert", Handler: "prepare-appliance/tls"},
 	{Key: "appliance.ssl.client_certs_mandatory", Handler: "prepare-appliance/client-ca, nginx (ssl_verify_client on)"},
 	{Key: "appliance.ssl.key", Handler: "prepare-appliance/tls"},
