@@ -68,6 +68,9 @@ type buildState struct {
 	genKey   string
 	genDisk  string
 	packages []string
+	// kernel is the image's kernel and its drivers (from the generalise
+	// helper; nil when unknown).
+	kernel *KernelInfo
 
 	compacted   string // the compacted qcow2 (temporary name in OutputDir)
 	compactSum  string // its sha256 (hex) and size

@@ -63,9 +63,11 @@ type StageEntry struct {
 	Created time.Time `json:"created"`
 	Seconds float64   `json:"seconds"`
 	// Packages is the guest's package list (generalise entries only).
-	Packages []string  `json:"packages,omitempty"`
-	Size     int64     `json:"size"` // disk file size, filled by List
-	LastUsed time.Time `json:"-"`
+	Packages []string `json:"packages,omitempty"`
+	// Kernel is the image's kernel and its drivers (generalise entries).
+	Kernel   *KernelInfo `json:"kernel,omitempty"`
+	Size     int64       `json:"size"` // disk file size, filled by List
+	LastUsed time.Time   `json:"-"`
 }
 
 // Path is the directory of key.

@@ -27,6 +27,8 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/ecs-image/ecs-image/formats"
 )
 
 // HelperName is the helper's file name in the initramfs; ecs-image runs as
@@ -35,7 +37,7 @@ const HelperName = "ecs-offline-helper"
 
 // helperVersion is part of the generalise key; bump it when the helper's
 // output changes.
-const helperVersion = 3
+const helperVersion = 4
 
 // Serial console markers of the helper protocol.
 const (
@@ -43,6 +45,8 @@ const (
 	markerOK       = "ECS-OFFLINE-OK"
 	markerFailed   = "ECS-OFFLINE-FAILED: "
 	markerPackages = "ECS-OFFLINE-PACKAGE "
+	markerKernel   = "ECS-OFFLINE-KERNEL "
+	markerNoKernel = "ECS-OFFLINE-KERNEL-UNKNOWN: "
 	markerLog      = "ECS-OFFLINE: "
 	jobEntryName   = ".ecs-job.json"
 )
@@ -57,6 +61,9 @@ type helperJob struct {
 	Packages bool `json:"packages"`
 	// Trim discards the file system's free blocks (FITRIM).
 	Trim bool `json:"trim"`
+	// Drivers asks which of these drivers the image's kernel (the one the
+	// helper booted) has, built in or as modules (formats.CheckDrivers).
+	Drivers []string `json:"drivers,omitempty"`
 }
 
 // HelperMain is the helper's entry point; it never returns normally.
@@ -239,6 +246,9 @@ func helperRun(con io.Writer, logf func(string, ...any)) error {
 			}
 		}
 	}
+	if len(job.Drivers) > 0 {
+		reportDrivers(con, job.Drivers)
+	}
 	if job.Trim {
 		logf("trimming")
 		if n, err := fstrim(helperRoot); err != nil {
@@ -254,6 +264,26 @@ func helperRun(con io.Writer, logf func(string, ...any)) error {
 		return fmt.Errorf("unmount root: %v", err)
 	}
 	return nil
+}
+
+// reportDrivers prints which of drivers the running kernel — the image's
+// own, which the helper boots — has in the image's /lib/modules.
+func reportDrivers(con io.Writer, drivers []string) {
+	var u unix.Utsname
+	if err := unix.Uname(&u); err != nil {
+		fmt.Fprintf(con, "%suname: %v\n", markerNoKernel, err)
+		return
+	}
+	ver := unix.ByteSliceToString(u.Release[:])
+	var err error
+	for _, dir := range []string{"lib/modules", "usr/lib/modules"} {
+		var k *formats.KernelDrivers
+		if k, err = formats.ReadKernelDrivers(filepath.Join(helperRoot, dir, ver)); err == nil {
+			fmt.Fprintf(con, "%s%s %s\n", markerKernel, ver, strings.Join(k.Present(drivers), " "))
+			return
+		}
+	}
+	fmt.Fprintf(con, "%s%v\n", markerNoKernel, strings.ReplaceAll(err.Error(), helperRoot, ""))
 }
 
 // loadModules loads the drivers for virtio disks and common root file

@@ -13,6 +13,9 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/sirupsen/logrus"
+
+	"github.com/ecs-image/ecs-image/formats"
 	"github.com/ecs-image/ecs-image/provisioners"
 	"github.com/ecs-image/ecs-image/testenv"
 )
@@ -172,5 +175,32 @@ func TestGeneraliseScript(t *testing.T) {
 	// The script is valid shell.
 	if out, err := exec.Command("/bin/sh", "-n", "-c", s).CombinedOutput(); err != nil {
 		t.Errorf("sh -n: %v %s", err, out)
+	}
+}
+
+// The helper's kernel report: the drivers it found, or why it found none,
+// and the driver check on it.
+func TestHelperKernelReport(t *testing.T) {
+	log := filepath.Join(t.TempDir(), "serial.log")
+	asked := formats.AllDrivers()
+	os.WriteFile(log, []byte(markerStart+"\r\n"+markerKernel+"6.1.0-50-cloud-amd64 ata_piix isofs nvme sd_mod sr_mod virtio_blk virtio_pci\r\n"+markerOK+"\r\n"), 0o600)
+	r := &offlineRun{SerialLog: log, Log: logrus.New(), Job: helperJob{Drivers: asked}}
+	if err := r.parse(nil); err != nil {
+		t.Fatal(err)
+	}
+	if r.Kernel == nil || r.Kernel.Version != "6.1.0-50-cloud-amd64" || len(r.Kernel.Drivers) != 7 || !r.Kernel.covers(asked) {
+		t.Fatalf("kernel %+v", r.Kernel)
+	}
+	if r.Kernel.covers(append(asked, "new_driver")) {
+		t.Error("covers a driver it was not asked about")
+	}
+	err := formats.CheckDrivers(r.Kernel.kernelDrivers(), []string{"qcow2"})
+	if err == nil || !strings.Contains(err.Error(), "no ahci driver") || strings.Contains(err.Error(), "ata_piix driver") {
+		t.Errorf("check: %v", err)
+	}
+	os.WriteFile(log, []byte(markerNoKernel+"kernel 6.1.0-1-amd64: open /lib/modules/6.1.0-1-amd64/modules.builtin: no such file or directory\r\n"+markerOK+"\r\n"), 0o600)
+	r = &offlineRun{SerialLog: log, Log: logrus.New(), Job: helperJob{Drivers: asked}}
+	if err := r.parse(nil); err != nil || r.Kernel != nil || !strings.Contains(r.KernelUnknown, "modules.builtin") {
+		t.Errorf("unknown kernel: %v %+v %q", err, r.Kernel, r.KernelUnknown)
 	}
 }

@@ -17,11 +17,13 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
 	"github.com/sirupsen/logrus"
 
+	"github.com/ecs-image/ecs-image/formats"
 	"github.com/ecs-image/ecs-image/provisioners"
 	"github.com/ecs-image/ecs-image/qemu"
 )
@@ -142,6 +144,37 @@ type offlineRun struct {
 	SerialLog   string
 	// Packages receives the package list when Job.Packages is set.
 	Packages []string
+	// Kernel receives the image kernel's drivers when Job.Drivers is set
+	// (nil when the helper could not read them: KernelUnknown says why).
+	Kernel        *KernelInfo
+	KernelUnknown string
+}
+
+// KernelInfo is an image's kernel and which of the drivers of the formats'
+// hypervisor table (formats.AllDrivers) it has.
+type KernelInfo struct {
+	Version string   `json:"version"`
+	Asked   []string `json:"asked"`
+	Drivers []string `json:"drivers"`
+}
+
+// kernelDrivers is k as formats.CheckDrivers reads it.
+func (k *KernelInfo) kernelDrivers() *formats.KernelDrivers {
+	kd := &formats.KernelDrivers{Version: k.Version, Builtin: map[string]bool{}, Modules: map[string]bool{}}
+	for _, d := range k.Drivers {
+		kd.Modules[d] = true
+	}
+	return kd
+}
+
+// covers reports whether k was asked about every one of drivers.
+func (k *KernelInfo) covers(drivers []string) bool {
+	for _, d := range drivers {
+		if !slices.Contains(k.Asked, d) {
+			return false
+		}
+	}
+	return true
 }
 
 // helperBinary returns the path of the running ecs-image if it can serve
@@ -251,6 +284,13 @@ func (r *offlineRun) parse(exitErr error) error {
 		switch {
 		case strings.HasPrefix(l, markerPackages):
 			r.Packages = append(r.Packages, strings.TrimPrefix(l, markerPackages))
+		case strings.HasPrefix(l, markerKernel):
+			f := strings.Fields(strings.TrimPrefix(l, markerKernel))
+			if len(f) > 0 {
+				r.Kernel = &KernelInfo{Version: f[0], Asked: r.Job.Drivers, Drivers: f[1:]}
+			}
+		case strings.HasPrefix(l, markerNoKernel):
+			r.KernelUnknown = strings.TrimPrefix(l, markerNoKernel)
 		case strings.HasPrefix(l, markerLog):
 			r.Log.Info("helper: " + strings.TrimPrefix(l, markerLog))
 		case strings.HasPrefix(l, markerFailed):

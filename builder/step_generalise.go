@@ -10,6 +10,7 @@ import (
 
 	"github.com/hashicorp/packer-plugin-sdk/multistep"
 
+	"github.com/ecs-image/ecs-image/formats"
 	"github.com/ecs-image/ecs-image/provisioners"
 	"github.com/ecs-image/ecs-image/qemu"
 )
@@ -33,7 +34,7 @@ func (s *stepGeneralise) Run(ctx context.Context, state multistep.StateBag) mult
 	if !b.opts.NoCache {
 		if e := b.cache.Lookup(b.genKey); e != nil {
 			b.log.Infof("generalise: cached (%s)", b.genKey[:12])
-			b.genDisk, b.packages, b.genCached = b.cache.Disk(b.genKey), e.Packages, true
+			b.genDisk, b.packages, b.genCached, b.kernel = b.cache.Disk(b.genKey), e.Packages, true, e.Kernel
 			return multistep.ActionContinue
 		}
 	}
@@ -58,14 +59,17 @@ func (s *stepGeneralise) Run(ctx context.Context, state multistep.StateBag) mult
 	}
 	r := &offlineRun{Disk: disk, Boot: boot, WorkDir: dir, Accel: b.accel, AccelForced: b.accelForced, Timeout: 10 * time.Minute, Placers: placers,
 		Log: b.log.WithField("step", "generalise"),
-		Job: helperJob{Generalise: g.On(), GeneraliseScript: generaliseScript(g), Packages: true, Trim: g.Trim()}}
+		Job: helperJob{Generalise: g.On(), GeneraliseScript: generaliseScript(g), Packages: true, Trim: g.Trim(), Drivers: formats.AllDrivers()}}
 	if err := r.run(ctx); err != nil {
 		return halt(state, fmt.Errorf("generalise: %w", err))
 	}
 	os.Remove(r.SerialLog)
-	b.packages = r.Packages
+	b.packages, b.kernel = r.Packages, r.Kernel
+	if r.Kernel == nil {
+		b.log.Warnf("generalise: the image kernel's drivers are unknown (%s): the output formats' drivers are not checked", r.KernelUnknown)
+	}
 	e := &StageEntry{Key: b.genKey, Parent: b.parentKey, Name: "generalise", Template: b.tmpl.Name,
-		BootFrom: b.bootFrom, Backing: b.parentDisk, Created: timeNow().UTC(), Seconds: timeNow().Sub(start).Seconds(), Packages: r.Packages}
+		BootFrom: b.bootFrom, Backing: b.parentDisk, Created: timeNow().UTC(), Seconds: timeNow().Sub(start).Seconds(), Packages: r.Packages, Kernel: r.Kernel}
 	if b.opts.NoCache {
 		b.cache.Remove(b.genKey)
 	}

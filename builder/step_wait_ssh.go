@@ -105,22 +105,17 @@ func (e *noSeedError) Error() string {
 	return b.String()
 }
 
-var (
-	// The serial getty's start and its /etc/issue line ("Debian GNU/Linux
-	// 12 localhost ttyS0"); the "login: " prompt itself ends no line.
-	loginPromptRE = regexp.MustCompile(`Serial Getty on ttyS0|\sttyS0\s*$`)
-	cloudInitRE   = regexp.MustCompile(`(?i)cloud-init|ds-identify`)
-)
+var cloudInitRE = regexp.MustCompile(`(?i)cloud-init|ds-identify`)
 
 // watchSeed watches the build VM's serial console while SSH is awaited and
 // calls fail with a *noSeedError as soon as it is clear that the build user
 // will never be created: cloud-init says it used no datasource
 // (DataSourceNone, "Used fallback datasource"), or the boot reached its
-// serial getty (the login prompt) and the user still cannot log in grace
-// later. It returns
+// serial getty (the login prompt) without cloud-init having run, or with
+// it and the user still cannot log in grace later. It returns
 // when ctx ends or cloud-init names a real datasource.
 func watchSeed(ctx context.Context, m *qemu.Machine, grace time.Duration, fail context.CancelCauseFunc) {
-	re := regexp.MustCompile(cidata.ConsoleDatasourceRE.String() + "|" + loginPromptRE.String())
+	re := regexp.MustCompile(cidata.ConsoleDatasourceRE.String() + "|" + cidata.ConsoleGettyRE.String())
 	line, err := m.WaitSerialMatch(ctx, re)
 	if err != nil {
 		return
@@ -131,6 +126,12 @@ func watchSeed(ctx context.Context, m *qemu.Machine, grace time.Duration, fail c
 		}
 		return
 	}
+	// The getty is up: cloud-init's local and network stages are done.
+	// Without a line from them, cloud-init did not run at all.
+	if !consoleHas(m, cidata.ConsoleCloudInitRE) {
+		fail(&noSeedError{why: fmt.Sprintf("the VM reached its login prompt (%q) and cloud-init never ran: ds-identify found no datasource (no seed it can see) and disabled it", line)})
+		return
+	}
 	t := time.NewTimer(grace)
 	defer t.Stop()
 	select {
@@ -139,6 +140,14 @@ func watchSeed(ctx context.Context, m *qemu.Machine, grace time.Duration, fail c
 	case <-t.C:
 		fail(&noSeedError{why: fmt.Sprintf("the VM reached its login prompt (%q) %s ago and the user still cannot log in", line, grace), lines: cloudInitLines(m)})
 	}
+}
+
+// consoleHas reports whether a console line so far matches re.
+func consoleHas(m *qemu.Machine, re *regexp.Regexp) bool {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel() // read what is there, do not wait
+	_, err := m.WaitSerialMatch(ctx, re)
+	return err == nil
 }
 
 // cloudInitLines are the console's lines from cloud-init (its version and

@@ -11,14 +11,15 @@ import (
 // list (bootedStageSteps, chrootStageSteps or offlineStageSteps) inside stepStages.
 func buildSteps() []multistep.Step {
 	return []multistep.Step{
-		&stepValidate{},   // load and validate the template, resolve the variant
-		&stepFetchBase{},  // resolve/fetch/verify the base image (cached)
-		&stepWorkDir{},    // output dir, work directory with pid file; clean crashed builds
-		&stepStageKeys{},  // cache keys of every stage; choose booted/offline
-		&stepStages{},     // build each stage not in the cache (see below)
-		&stepGeneralise{}, // offline helper: clean-up, package list, fstrim
-		&stepCompact{},    // qemu-img convert -c: one standalone qcow2
-		&stepArtifact{},   // other formats, manifest, rename into OutputDir
+		&stepValidate{},    // load and validate the template, resolve the variant
+		&stepFetchBase{},   // resolve/fetch/verify the base image (cached)
+		&stepWorkDir{},     // output dir, work directory with pid file; clean crashed builds
+		&stepStageKeys{},   // cache keys of every stage; choose booted/offline
+		&stepStages{},      // build each stage not in the cache (see below)
+		&stepGeneralise{},  // offline helper: clean-up, package list, kernel drivers, fstrim
+		&stepDriverCheck{}, // the kernel has the drivers of every output's hypervisors
+		&stepCompact{},     // qemu-img convert -c: one standalone qcow2
+		&stepArtifact{},    // other formats, manifest, rename into OutputDir
 	}
 }
 

@@ -21,7 +21,7 @@ func TestStepOrder(t *testing.T) {
 		steps []multistep.Step
 		want  string
 	}{
-		{buildSteps(), "validate, fetch base, work dir, stage keys, stages, generalise, compact, artifact"},
+		{buildSteps(), "validate, fetch base, work dir, stage keys, stages, generalise, driver check, compact, artifact"},
 		{bootedStageSteps(), "overlay disk, seed iso, direct boot, start qemu, wait ssh, provision, boot files, shutdown, commit stage"},
 		{offlineStageSteps(), "overlay disk, offline place, commit stage"},
 	} {

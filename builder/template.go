@@ -98,6 +98,10 @@ type Template struct {
 	Outputs []string `yaml:"outputs"`
 	// Generalise configures the final clean-up.
 	Generalise Generalise `yaml:"generalise"`
+	// Kernel swaps the image's kernel flavour (Debian): "generic" installs
+	// linux-image-amd64 in place of the cloud kernel, "cloud" the reverse;
+	// "" keeps the base's. See KernelStage.
+	Kernel string `yaml:"kernel"`
 
 	diskSize int64
 }
@@ -200,6 +204,8 @@ type Variant struct {
 	Env map[string]string `yaml:"env"`
 	// Outputs replace the template's outputs for this variant.
 	Outputs []string `yaml:"outputs"`
+	// Kernel replaces the template's kernel for this variant.
+	Kernel string `yaml:"kernel"`
 }
 
 // Generalise configures the built-in clean-up that makes the image safe to
@@ -372,7 +378,9 @@ func (t *Template) check(d *decoder) {
 			}
 		}
 		t.checkOutputs(d, p+".outputs", v.Outputs, v.Production)
+		checkKernel(d, p+".kernel", v.Kernel)
 	}
+	checkKernel(d, "kernel", t.Kernel)
 	if len(t.Stages) == 0 && len(t.Variants) == 0 {
 		d.at("stages", "required: at least one stage")
 	}
@@ -399,6 +407,20 @@ func CheckVersion(v string) error {
 		return fmt.Errorf("%q: want 1 to 64 letters, digits and . + ~ _ - starting with a letter or digit (e.g. 1.4.0)", v)
 	}
 	return nil
+}
+
+// Kernel flavours of the template's kernel field.
+const (
+	KernelGeneric = "generic"
+	KernelCloud   = "cloud"
+)
+
+func checkKernel(d *decoder, path, k string) {
+	switch k {
+	case "", KernelGeneric, KernelCloud:
+	default:
+		d.at(path, "%q: want generic (Debian's linux-image-amd64) or cloud (linux-image-cloud-amd64)", k)
+	}
 }
 
 var envRe = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
@@ -522,6 +544,8 @@ type Plan struct {
 	// Shared is how many of Stages are the template's shared stages.
 	Shared  int
 	Outputs []string
+	// Kernel is the kernel flavour the plan installs ("": the base's).
+	Kernel string
 	// Vars are exported to shell provisioners.
 	Vars map[string]string
 }
@@ -536,7 +560,7 @@ func (t *Template) Plan(variant string) (*Plan, error) {
 			variant = n
 		}
 	}
-	p := &Plan{Template: t, Variant: variant, Outputs: t.Outputs, Vars: map[string]string{}}
+	p := &Plan{Template: t, Variant: variant, Outputs: t.Outputs, Kernel: t.Kernel, Vars: map[string]string{}}
 	p.Stages = append(p.Stages, t.Stages...)
 	p.Shared = len(p.Stages)
 	if variant != "" {
@@ -554,6 +578,9 @@ func (t *Template) Plan(variant string) (*Plan, error) {
 		if len(v.Outputs) > 0 {
 			p.Outputs = v.Outputs
 		}
+		if v.Kernel != "" {
+			p.Kernel = v.Kernel
+		}
 		for k, val := range v.Env {
 			p.Vars[k] = val
 		}
@@ -567,6 +594,13 @@ func (t *Template) Plan(variant string) (*Plan, error) {
 	}
 	if len(p.Stages) == 0 {
 		return nil, fmt.Errorf("%s: no stages to build (variant %q)", t.File, variant)
+	}
+	if p.Kernel != "" {
+		st, err := KernelStage(p.Kernel)
+		if err != nil {
+			return nil, err
+		}
+		p.Stages = append(p.Stages, st)
 	}
 	if !p.Production && emitsNonProduction(p.Outputs) {
 		st, err := vagrantStage()
@@ -605,6 +639,60 @@ func vagrantStage() (Stage, error) {
 	}
 	return Stage{Name: VagrantStageName, Provisioners: []ProvisionerSpec{{Type: "shell", P: sh, Node: &n}}}, nil
 }
+
+// kernelPackages are the kernel flavours' Debian metapackages.
+var kernelPackages = map[string]string{KernelGeneric: "linux-image-amd64", KernelCloud: "linux-image-cloud-amd64"}
+
+// KernelStage is the stage the builder appends (after the variant's stages)
+// for the template's kernel field: in a chroot when the host can, it
+// installs the flavour's Debian kernel and purges the other flavour's
+// kernels, so that the image, its initramfs and the stages after it boot
+// the new kernel. The running-kernel question of linux-base is answered
+// for a booted fallback. Debian images only.
+func KernelStage(flavour string) (Stage, error) {
+	pkg, ok := kernelPackages[flavour]
+	if !ok {
+		return Stage{}, fmt.Errorf("kernel %q: want generic or cloud", flavour)
+	}
+	// The other flavour's packages: the cloud kernel's names end in
+	// -cloud-amd64; the generic kernel's are the other linux-image-*-amd64.
+	match := `case "$p" in *-cloud-amd64) ;; *) continue ;; esac`
+	if flavour == KernelCloud {
+		match = `case "$p" in *-cloud-amd64) continue ;; esac`
+	}
+	check := `. /etc/os-release
+if [ "$ID" != debian ]; then echo "kernel: ` + flavour + `: Debian images only (this image is $PRETTY_NAME)" >&2; exit 1; fi
+echo 'linux-base linux-base/removing-running-kernel boolean false' | debconf-set-selections`
+	purge := `old=
+for p in $(dpkg-query -W -f '${db:Status-Status} ${Package}
+' 'linux-image-*' 2>/dev/null | awk '$1 == "installed" && $2 ~ /-amd64$/ {print $2}'); do
+  ` + match + `
+  old="$old $p"
+done
+if [ -n "$old" ]; then apt-get purge -y $old; fi
+ls /boot/vmlinuz-*`
+	specs := []struct {
+		typ  string
+		p    provisioners.Provisioner
+		node map[string]any
+	}{
+		{"shell", &provisioners.Shell{Inline: []string{check}}, map[string]any{"type": "shell", "inline": []string{check}}},
+		{"packages", &provisioners.Packages{Packages: []string{pkg}}, map[string]any{"type": "packages", "packages": []string{pkg}}},
+		{"shell", &provisioners.Shell{Inline: []string{purge}}, map[string]any{"type": "shell", "inline": []string{purge}}},
+	}
+	st := Stage{Name: KernelStagePrefix + flavour, Mode: ModeChroot}
+	for _, sp := range specs {
+		var n yaml.Node
+		if err := n.Encode(sp.node); err != nil {
+			return Stage{}, err
+		}
+		st.Provisioners = append(st.Provisioners, ProvisionerSpec{Type: sp.typ, P: sp.p, Node: &n})
+	}
+	return st, nil
+}
+
+// KernelStagePrefix starts the name of the stage KernelStage makes.
+const KernelStagePrefix = "kernel-"
 
 // VarsFor returns the variables stage i's shell provisioners see: shared
 // stages only see ECS_IMAGE_TEMPLATE (so that every variant shares their

@@ -2,6 +2,7 @@ package builder
 
 import (
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -218,5 +219,66 @@ func TestRepoTemplates(t *testing.T) {
 	}
 	if p, _ := tp.Plan(""); p.Variant != "prod" || !p.Production {
 		t.Errorf("default variant: %+v", p)
+	}
+}
+
+// kernel: appends the kernel stage (chroot; check, install, purge) after
+// the variant's stages; a variant's kernel replaces the template's.
+func TestKernelStage(t *testing.T) {
+	dir := t.TempDir()
+	writeFile(t, dir, "base.qcow2", "x")
+	writeFile(t, dir, "motd", "hello\n")
+	src := "kernel: generic\n" + strings.Replace(goodTemplate, "    outputs: [qcow2, vagrant-libvirt]\n", "", 1)
+	src = strings.Replace(src, "  prod:\n", "  prod:\n    kernel: cloud\n", 1)
+	tp, err := LoadTemplate(writeFile(t, dir, "t.yml", src))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for variant, flavour := range map[string]string{"dev": "generic", "prod": "cloud"} {
+		p, err := tp.Plan(variant)
+		if err != nil {
+			t.Fatal(err)
+		}
+		last := p.Stages[len(p.Stages)-1]
+		if last.Name != "kernel-"+flavour || last.Mode != ModeChroot || len(last.Provisioners) != 3 {
+			t.Fatalf("%s: last stage %+v", variant, last)
+		}
+		pk := last.Provisioners[1].P.(*provisioners.Packages)
+		if want := map[string]string{"generic": "linux-image-amd64", "cloud": "linux-image-cloud-amd64"}[flavour]; len(pk.Packages) != 1 || pk.Packages[0] != want {
+			t.Errorf("%s: installs %v", variant, pk.Packages)
+		}
+		if !strings.Contains(canonicalYAML(last.Provisioners[1].Node), "linux-image") {
+			t.Errorf("%s: the packages node (the stage key) does not name the kernel", variant)
+		}
+	}
+	// The purge: the other flavour's installed kernels, nothing else.
+	for flavour, want := range map[string]string{
+		"generic": "purge -y linux-image-6.1.0-50-cloud-amd64 linux-image-cloud-amd64",
+		"cloud":   "purge -y linux-image-6.1.0-50-amd64 linux-image-amd64",
+	} {
+		st, err := KernelStage(flavour)
+		if err != nil {
+			t.Fatal(err)
+		}
+		bin := t.TempDir()
+		writeFile(t, bin, "dpkg-query", "#!/bin/sh\nprintf 'installed linux-image-6.1.0-50-amd64\\ninstalled linux-image-6.1.0-50-cloud-amd64\\nconfig-files linux-image-6.1.0-40-amd64\\ninstalled linux-image-amd64\\ninstalled linux-image-cloud-amd64\\n'\n")
+		writeFile(t, bin, "apt-get", "#!/bin/sh\necho \"$*\" > \""+bin+"/args\"\n")
+		writeFile(t, bin, "ls", "#!/bin/sh\ntrue\n")
+		for _, f := range []string{"dpkg-query", "apt-get", "ls"} {
+			os.Chmod(filepath.Join(bin, f), 0o755)
+		}
+		script := st.Provisioners[2].P.(*provisioners.Shell).Inline[0]
+		cmd := exec.Command("/bin/sh", "-ec", script)
+		cmd.Env = []string{"PATH=" + bin + ":/usr/bin:/bin"}
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("%s: %v %s", flavour, err, out)
+		}
+		got, _ := os.ReadFile(filepath.Join(bin, "args"))
+		if strings.TrimSpace(string(got)) != want {
+			t.Errorf("%s: apt-get %q, want %q", flavour, got, want)
+		}
+	}
+	if _, err := KernelStage("rt"); err == nil {
+		t.Error("kernel rt accepted")
 	}
 }

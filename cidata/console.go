@@ -29,3 +29,17 @@ func ConsoleDatasource(line string) (ds string, noSeed, ok bool) {
 
 // ConsoleDatasourceRE matches the lines ConsoleDatasource reads.
 var ConsoleDatasourceRE = regexp.MustCompile(consoleDatasourceRE.String() + "|" + consoleNoSeedRE.String())
+
+// ConsoleGettyRE matches the serial getty's start on ttyS0 ("Started
+// serial-getty@ttyS0.service - Serial Getty on ttyS0", the /etc/issue line
+// "Debian GNU/Linux 12 debian ttyS0"): the boot is done, and cloud-init's
+// local and network stages have run before it (cloud-init.service is
+// ordered before systemd-user-sessions.service, the getty after it). The
+// "login: " prompt itself ends no line.
+var ConsoleGettyRE = regexp.MustCompile(`Serial Getty on ttyS0|\sttyS0\s*$`)
+
+// ConsoleCloudInitRE matches the line every cloud-init stage writes to the
+// console when it starts ("Cloud-init v. 22.4.2 running 'init-local' at
+// …"). A boot that reaches its getty without one ran no cloud-init:
+// ds-identify found no datasource (no seed it can see) and disabled it.
+var ConsoleCloudInitRE = regexp.MustCompile(`Cloud-init v\. \S+ running`)

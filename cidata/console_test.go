@@ -23,3 +23,17 @@ func TestConsoleDatasource(t *testing.T) {
 		}
 	}
 }
+
+func TestConsoleGettyAndCloudInit(t *testing.T) {
+	for line, want := range map[string][2]bool{
+		"[  OK  ] Started serial-getty@ttyS0…rvice - Serial Getty on ttyS0.":                      {true, false},
+		"Debian GNU/Linux 12 debian ttyS0":                                                        {true, false},
+		"[    4.05] 00:03: ttyS0 at I/O 0x3f8 (irq = 4, base_baud = 115200) is a 16550A":          {false, false},
+		"[    0.00] printk: console [ttyS0] enabled":                                              {false, false},
+		"[   9.1] cloud-init[301]: Cloud-init v. 22.4.2 running 'init-local' at Sun, 06 Dec 2026": {false, true},
+	} {
+		if got := [2]bool{ConsoleGettyRE.MatchString(line), ConsoleCloudInitRE.MatchString(line)}; got != want {
+			t.Errorf("%q: getty, cloud-init = %v, want %v", line, got, want)
+		}
+	}
+}

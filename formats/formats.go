@@ -23,24 +23,28 @@ type Format struct {
 	// NonProduction marks formats that must never be built from a production
 	// variant (Vagrant boxes carry Vagrant's public insecure key).
 	NonProduction bool
+	// Hypervisors are where the format runs, with their default disk and
+	// CD-ROM controllers (drivers.go): the builder checks the image's
+	// kernel against them.
+	Hypervisors []Hypervisor
 
 	write func(ctx context.Context, j *job) error
 }
 
 // table maps format names to their writers. It is the only list of formats.
 var table = map[string]Format{
-	"qcow2": {Ext: ".qcow2", Description: "qcow2, compressed, compat 1.1 (QEMU/KVM, OpenStack, Proxmox)", write: writeQcow2},
-	"raw":   {Ext: ".raw", Description: "raw disk image, sparse (dd to a disk, any hypervisor)", write: writeRaw},
-	"vmdk":  {Ext: ".vmdk", Description: "VMDK streamOptimized, lsilogic, hardware version " + vmwareHWVersion + " (VMware)", write: writeVMDK},
-	"ova":   {Ext: ".ova", Description: "OVA: OVF 1.0 descriptor + SHA256 manifest + streamOptimized VMDK (VMware, VirtualBox)", write: writeOVA},
-	"vhdx":  {Ext: ".vhdx", Description: "VHDX dynamic (Hyper-V)", write: writeVHDX},
-	"vhd":   {Ext: ".vhd", Description: "VHD fixed, size rounded up to 1 MiB (Azure)", write: writeVHD},
-	"gce":   {Ext: ".gce.tar.gz", Description: "disk.raw (size rounded up to 1 GiB) in a GNU tar.gz (Google Compute Engine image import)", write: writeGCE},
-	"ami":   {Ext: ".ami.vmdk", Description: "streamOptimized VMDK, size rounded up to 1 GiB, for `ecs-image publish aws` (EC2 ImportSnapshot)", write: writeAMI},
+	"qcow2": {Ext: ".qcow2", Description: "qcow2, compressed, compat 1.1 (QEMU/KVM, OpenStack, Proxmox)", Hypervisors: []Hypervisor{hvKVMQ35, hvKVMPC}, write: writeQcow2},
+	"raw":   {Ext: ".raw", Description: "raw disk image, sparse (dd to a disk, any hypervisor)", Hypervisors: []Hypervisor{hvKVMQ35, hvKVMPC}, write: writeRaw},
+	"vmdk":  {Ext: ".vmdk", Description: "VMDK streamOptimized, lsilogic, hardware version " + vmwareHWVersion + " (VMware)", Hypervisors: []Hypervisor{hvVMware, hvVMwareI}, write: writeVMDK},
+	"ova":   {Ext: ".ova", Description: "OVA: OVF 1.0 descriptor + SHA256 manifest + streamOptimized VMDK (VMware, VirtualBox)", Hypervisors: []Hypervisor{hvOVA, hvOVAI}, write: writeOVA},
+	"vhdx":  {Ext: ".vhdx", Description: "VHDX dynamic (Hyper-V)", Hypervisors: []Hypervisor{hvHyperV1, hvHyperV2}, write: writeVHDX},
+	"vhd":   {Ext: ".vhd", Description: "VHD fixed, size rounded up to 1 MiB (Azure)", Hypervisors: []Hypervisor{hvAzure}, write: writeVHD},
+	"gce":   {Ext: ".gce.tar.gz", Description: "disk.raw (size rounded up to 1 GiB) in a GNU tar.gz (Google Compute Engine image import)", Hypervisors: []Hypervisor{hvGCE, hvGCENVMe}, write: writeGCE},
+	"ami":   {Ext: ".ami.vmdk", Description: "streamOptimized VMDK, size rounded up to 1 GiB, for `ecs-image publish aws` (EC2 ImportSnapshot)", Hypervisors: []Hypervisor{hvEC2, hvEC2Xen}, write: writeAMI},
 	"vagrant-libvirt": {Ext: ".libvirt.box", Description: "Vagrant box for vagrant-libvirt (qcow2 box.img); dev/test variants only",
-		NonProduction: true, write: writeVagrantLibvirt},
+		NonProduction: true, Hypervisors: []Hypervisor{hvVagrant}, write: writeVagrantLibvirt},
 	"vagrant-virtualbox": {Ext: ".virtualbox.box", Description: "Vagrant box for VirtualBox (box.ovf + VMDK); dev/test variants only",
-		NonProduction: true, write: writeVagrantVirtualBox},
+		NonProduction: true, Hypervisors: []Hypervisor{hvVBox}, write: writeVagrantVirtualBox},
 }
 
 func init() {

@@ -10,6 +10,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/ecs-image/ecs-image/builder"
+	"github.com/ecs-image/ecs-image/formats"
 )
 
 var validateCmd = &cobra.Command{
@@ -220,5 +221,5 @@ func init() {
 	cachePruneCmd.Flags().DurationVar(&cachePruneFlags.olderThan, "older-than", 7*24*time.Hour, "remove stages not used for this long")
 	cacheCmd.AddCommand(cacheLsCmd, cachePruneCmd)
 	rootCmd.AddCommand(validateCmd, buildCmd, cacheCmd)
-	badInputCheckers = append(badInputCheckers, builder.IsTemplateError)
+	badInputCheckers = append(badInputCheckers, builder.IsTemplateError, formats.IsDriverError)
 }

@@ -197,6 +197,14 @@ func (v *vmtestMarkers) classify(line string) (state, reason string) {
 	return "", ""
 }
 
+// vmtestConsoleHas reports whether a console line so far matches re.
+func vmtestConsoleHas(m *qemu.Machine, re *regexp.Regexp) bool {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel() // read what is there, do not wait
+	_, err := m.WaitSerialMatch(ctx, re)
+	return err == nil
+}
+
 // vmtestDatasource is the datasource cloud-init named on the console so far.
 func vmtestDatasource(m *qemu.Machine) string {
 	found := ""
@@ -371,13 +379,33 @@ func vmtestCheck(ctx context.Context, m *qemu.Machine, markers *vmtestMarkers, d
 	}()
 	defer func() { stopSSH(); sshWG.Wait() }()
 
-	line, err := m.WaitSerialMatch(ctx, markers.all)
-	if err != nil {
-		rep.State = "timeout"
-		if m.Exited() {
-			rep.State = "exited"
+	// A bare base (no env.yml): its boot reaching the serial getty without
+	// a line from cloud-init means cloud-init never ran — ds-identify saw
+	// no seed — and its final line will never come.
+	wait := markers.all
+	if domain == "" {
+		wait = regexp.MustCompile(markers.all.String() + "|" + cidata.ConsoleGettyRE.String())
+	}
+	var line string
+	for {
+		var err error
+		line, err = m.WaitSerialMatch(ctx, wait)
+		if err != nil {
+			rep.State = "timeout"
+			if m.Exited() {
+				rep.State = "exited"
+			}
+			return err
 		}
-		return err
+		if s, _ := markers.classify(line); s != "" || !cidata.ConsoleGettyRE.MatchString(line) {
+			break
+		}
+		wait = markers.all
+		if !vmtestConsoleHas(m, cidata.ConsoleCloudInitRE) {
+			rep.State, rep.Line, rep.ReadySeconds = "no-seed", line, since()
+			rep.Reason = "the guest reached its login prompt and cloud-init never ran: ds-identify found no seed (the guest's kernel has no driver for the seed on " + rep.SeedBus + ", or no cidata label)"
+			return fmt.Errorf("the appliance reported no-seed, want %s: %s", expect, rep.Reason)
+		}
 	}
 	state, reason := markers.classify(line)
 	rep.State, rep.Reason, rep.Line = state, reason, line

@@ -156,6 +156,22 @@ func TestVMTestReadyFailedTimeout(t *testing.T) {
 	if code != exitFailure || rep == nil || rep.State != "no-seed" || rep.Datasource != "DataSourceNone" || !strings.Contains(rep.Error, "found no seed") {
 		t.Fatalf("DataSourceNone: exit %d, report %s", code, out)
 	}
+	// The boot reaching its getty without cloud-init (Debian's cloud
+	// kernel with the seed on q35's SATA CD-ROM): no-seed at once.
+	noCI := vmtestBootDisk(t, "[  OK  ] Started serial-getty@ttyS0.service - Serial Getty on ttyS0.\r\n\r\nDebian GNU/Linux 12 debian ttyS0\r\n\r\ndebian login: ")
+	start = time.Now()
+	code, rep, out = runVMTestCLI(t, noCI, "--no-https", "--json", "--memory", "256", "--timeout", "2m")
+	if code != exitFailure || rep == nil || rep.State != "no-seed" || !strings.Contains(rep.Error, "cloud-init never ran") || !strings.Contains(rep.Error, "seed on sata") {
+		t.Fatalf("no cloud-init: exit %d, report %s", code, out)
+	}
+	if d := time.Since(start); d > 60*time.Second {
+		t.Errorf("no-seed took %s", d)
+	}
+	// With cloud-init's line before the getty, the wait goes on.
+	withCI := vmtestBootDisk(t, "cloud-init[301]: Cloud-init v. 22.4.2 running 'init' at Sun.\r\nDebian GNU/Linux 12 debian ttyS0\r\nCloud-init v. 22.4.2 finished at Sun. Datasource DataSourceNoCloud [seed=/dev/sr0].  Up 40 seconds\r\n")
+	if code, rep, out = runVMTestCLI(t, withCI, "--no-https", "--json", "--memory", "256"); code != exitOK || rep == nil || rep.Datasource != "DataSourceNoCloud" {
+		t.Fatalf("cloud-init before the getty: exit %d, report %s", code, out)
+	}
 	ova := filepath.Join(dir, "appliance.ova")
 	vmtestWriteOVA(t, ova, vmdk)
 	code, rep, out = runVMTestCLI(t, ova, "--no-https", "--json", "--memory", "256", "--ready-marker", `finished at`)
