@@ -43,6 +43,7 @@ func (a *Agent) PrepareAppliance(ctx context.Context) error {
 			{{Name: "deploy-api", Run: a.stepDeployAPI}},
 			{{Name: "vault-keys", Run: a.stepVaultKeys}},
 			{{Name: "images", Run: a.stepPreloadImages}},
+			{{Name: "timers", Run: a.stepTimers}},
 		}},
 	})
 }

@@ -64,7 +64,7 @@ var KeyTable = []KeyRule{
 	{Key: "appliance.storage.ignore.volatile", Handler: "prepare-appliance/storage"},
 	{Key: "appliance.storage.proxy_cache", Unsupported: notSupported + " (no polipo proxy cache)"},
 	{Key: "appliance.storage.setup", Unsupported: notSupported + " (no saltstack; prepare the volumes labelled ecs-data / ecs-volatile before the appliance starts)"},
-	{Key: "appliance.update", Subtree: true, Unsupported: notSupported + " yet (no automatic updates; deploy new images with ecs-image deploy or a new image)"},
+	{Key: "appliance.update", Subtree: true, Handler: "prepare-appliance/timers (appliance-update.timer), ecs-agent update"},
 	{Key: "disable_root", Handler: "prepare-appliance/ssh (sshd PermitRootLogin) and cloud-init"},
 	{Key: "ecs.database", Handler: "prepare-appliance/postgresql (database name), prepare-ecs/migrate"},
 	{Key: "ecs.git", Subtree: true, Unsupported: notSupported + " (the ecs images are baked into the image, not built from git)"},

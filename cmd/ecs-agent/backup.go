@@ -129,3 +129,29 @@ interrupted recover can be run again.`,
 	recoverCmd.Flags().BoolVar(&opt.NoStart, "no-start", false, "leave the appliance stopped after the restore")
 	rootCmd.AddCommand(recoverCmd)
 }
+
+func init() {
+	rootCmd.AddCommand(&cobra.Command{
+		Use:   "update",
+		Short: "Update in place: system packages, certificate, container images, migrations",
+		Long: `What appliance-update.service runs (manual §4.2, §4.5): apt-get update; the
+upgradable packages decide the precautions: docker or PostgreSQL packages
+stop the appliance first (PostgreSQL after a dump of the database to
+/data/ecs-pgdump/ecs-update.pgdump); unattended-upgrade upgrades the
+system; the Let's Encrypt certificate is renewed when due; then the machine
+reboots when a package asks for it (/run/reboot-required, e.g. a kernel),
+or the appliance restarts when docker, PostgreSQL or a container image
+changed (prepare-ecs loads the new images and migrates after a dump).
+
+Flags (manual §4.3), each removed by the run that used it:
+/app/etc/flags/force.update.{appliance,ecs,system,docker,postgres,letsencrypt}.
+A failure marks the appliance failed (/run/appliance-failed) with the
+reason. Metrics: /var/lib/prometheus/node-exporter/appliance_update.prom.`,
+		Example: `  systemctl start appliance-update   # the normal way
+  touch /app/etc/flags/force.update.ecs && systemctl start appliance-update`,
+		Args: noArgs,
+		RunE: withAgent(func(ctx context.Context, a *prepare.Agent) error {
+			return a.Update(ctx)
+		}),
+	})
+}

@@ -26,6 +26,7 @@ var Enabled = map[string]string{
 	"appliance.service":        "multi-user.target",
 	"ecs-agent-deploy.service": "multi-user.target",
 	"appliance-backup.timer":   "timers.target",
+	"appliance-update.timer":   "timers.target",
 }
 
 // Names returns the unit file names, sorted.
