@@ -209,6 +209,7 @@ func (f *fakeRuntime) Inspect(ctx context.Context, name string) (Container, erro
 // env is a running mTLS API server with its PKI.
 type env struct {
 	srv         *httptest.Server
+	api         *Server
 	ca          *pki
 	rt          *fakeRuntime
 	dir         string
@@ -230,6 +231,7 @@ func startServer(t *testing.T, maxUpload int64) *env {
 		t.Fatal(err)
 	}
 	api := NewServer(cfg, e.rt, log.New(io.Discard, "", 0))
+	e.api = api
 	tc, err := TLSConfig(cfg.TLSCert, cfg.TLSKey, cfg.ClientCA)
 	if err != nil {
 		t.Fatal(err)

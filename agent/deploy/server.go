@@ -23,7 +23,20 @@ type Server struct {
 	deps    map[string]*deployment
 	order   []string
 	handler http.Handler
+	// bodyIdle bounds the wait for the next bytes of an upload: a client
+	// that stops sending (or trickles) is cut off.
+	bodyIdle time.Duration
 }
+
+// Upload and connection time-outs. An upload is read and verified into the
+// spool before the deployment's lock is taken, so a slow client holds no
+// lock; these bound what it holds at all.
+const (
+	// DefaultBodyIdleTimeout: at most this long without a byte of the body.
+	DefaultBodyIdleTimeout = time.Minute
+	// IdleTimeout closes keep-alive connections without a request.
+	IdleTimeout = 2 * time.Minute
+)
 
 type deployment struct {
 	Deployment
@@ -54,7 +67,7 @@ func NewServer(cfg *Config, rt Runtime, logger *log.Logger) *Server {
 	if logger == nil {
 		logger = log.New(os.Stderr, "ecs-agent serve: ", 0)
 	}
-	s := &Server{cfg: cfg, rt: rt, log: logger, deps: map[string]*deployment{}}
+	s := &Server{cfg: cfg, rt: rt, log: logger, deps: map[string]*deployment{}, bodyIdle: DefaultBodyIdleTimeout}
 	for _, d := range cfg.Deployments {
 		s.deps[d.Name] = &deployment{Deployment: d}
 		s.order = append(s.order, d.Name)
@@ -109,6 +122,7 @@ func (s *Server) Serve(ctx context.Context) error {
 		Handler:           s.handler,
 		TLSConfig:         tc,
 		ReadHeaderTimeout: 30 * time.Second,
+		IdleTimeout:       IdleTimeout,
 		ErrorLog:          s.log,
 	}
 	errc := make(chan error, 1)
@@ -190,7 +204,19 @@ func (s *Server) action(w http.ResponseWriter, r *http.Request) {
 	var op func(context.Context, *deployment, *http.Request) (int, error)
 	switch action {
 	case "load":
-		op = s.load
+		// Read and verify the upload before taking the lock: a client
+		// sending slowly must not block the deployment's other operations.
+		spooled, n, code, err := s.receive(w, d, r)
+		if spooled != "" {
+			defer os.Remove(spooled)
+		}
+		if err != nil {
+			s.finish(w, r, d, action, code, err)
+			return
+		}
+		op = func(ctx context.Context, d *deployment, r *http.Request) (int, error) {
+			return s.load(ctx, d, spooled, n)
+		}
 	case "start":
 		op = s.start
 	case "stop":
@@ -204,6 +230,11 @@ func (s *Server) action(w http.ResponseWriter, r *http.Request) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	code, err := op(r.Context(), d, r)
+	s.finish(w, r, d, action, code, err)
+}
+
+// finish records the outcome of an operation and answers.
+func (s *Server) finish(w http.ResponseWriter, r *http.Request, d *deployment, action string, code int, err error) {
 	d.stateMu.Lock()
 	d.lastOp, d.lastAt, d.lastErr = action, time.Now().UTC(), ""
 	if err != nil {
@@ -221,37 +252,66 @@ func (s *Server) action(w http.ResponseWriter, r *http.Request) {
 // errCode pairs an error with its HTTP status.
 func errCode(code int, err error) (int, error) { return code, err }
 
-func (s *Server) load(ctx context.Context, d *deployment, r *http.Request) (int, error) {
+// receive reads the upload into a spool file and checks it (size, tar
+// structure), without any lock; each read waits at most bodyIdle. It
+// returns the spool file (to remove) and its size.
+func (s *Server) receive(w http.ResponseWriter, d *deployment, r *http.Request) (string, int64, int, error) {
 	if r.ContentLength > s.cfg.MaxUploadBytes {
-		return errCode(http.StatusRequestEntityTooLarge, fmt.Errorf("upload of %d bytes exceeds the limit of %d", r.ContentLength, s.cfg.MaxUploadBytes))
+		return "", 0, http.StatusRequestEntityTooLarge, fmt.Errorf("upload of %d bytes exceeds the limit of %d", r.ContentLength, s.cfg.MaxUploadBytes)
 	}
 	if err := os.MkdirAll(s.cfg.SpoolDir, 0o700); err != nil {
-		return errCode(http.StatusInternalServerError, err)
+		return "", 0, http.StatusInternalServerError, err
 	}
 	f, err := os.CreateTemp(s.cfg.SpoolDir, d.Name+"-*.tar")
 	if err != nil {
-		return errCode(http.StatusInternalServerError, err)
+		return "", 0, http.StatusInternalServerError, err
 	}
-	defer os.Remove(f.Name())
 	body := http.MaxBytesReader(nil, r.Body, s.cfg.MaxUploadBytes)
-	n, err := io.Copy(f, body)
+	rc := http.NewResponseController(w)
+	n, err := io.Copy(f, &idleReader{r: body, rc: rc, idle: s.bodyIdle})
+	// No deadline while docker load runs: the server's background read of
+	// the connection would end the request's context when it expired.
+	_ = rc.SetReadDeadline(time.Time{})
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
 	if err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
-			return errCode(http.StatusRequestEntityTooLarge, fmt.Errorf("upload exceeds the limit of %d bytes", s.cfg.MaxUploadBytes))
+			return f.Name(), 0, http.StatusRequestEntityTooLarge, fmt.Errorf("upload exceeds the limit of %d bytes", s.cfg.MaxUploadBytes)
 		}
-		return errCode(http.StatusBadRequest, fmt.Errorf("reading upload: %w", err))
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			return f.Name(), 0, http.StatusRequestTimeout, fmt.Errorf("reading upload: no data for %s", s.bodyIdle)
+		}
+		return f.Name(), 0, http.StatusBadRequest, fmt.Errorf("reading upload: %w", err)
 	}
 	if n == 0 {
-		return errCode(http.StatusBadRequest, fmt.Errorf("%w: empty upload", ErrBadArchive))
+		return f.Name(), 0, http.StatusBadRequest, fmt.Errorf("%w: empty upload", ErrBadArchive)
 	}
 	if err := CheckArchive(f.Name()); err != nil {
-		return errCode(http.StatusBadRequest, err)
+		return f.Name(), 0, http.StatusBadRequest, err
 	}
-	image, err := s.rt.Load(ctx, f.Name())
+	return f.Name(), n, http.StatusOK, nil
+}
+
+// idleReader sets a read deadline of idle before every read of the body.
+type idleReader struct {
+	r    io.Reader
+	rc   *http.ResponseController // sets the connection's read deadline
+	idle time.Duration
+}
+
+func (i *idleReader) Read(p []byte) (int, error) {
+	if i.idle > 0 {
+		_ = i.rc.SetReadDeadline(time.Now().Add(i.idle))
+	}
+	return i.r.Read(p)
+}
+
+// load loads the verified spooled archive (n bytes) and replaces the
+// deployment's container; the caller holds the deployment's lock.
+func (s *Server) load(ctx context.Context, d *deployment, spooled string, n int64) (int, error) {
+	image, err := s.rt.Load(ctx, spooled)
 	if err != nil {
 		return errCode(http.StatusUnprocessableEntity, fmt.Errorf("docker load: %w; the running container is unchanged", err))
 	}
