@@ -53,12 +53,13 @@ build:
 
 # Unit tests: fast, no VM. TestRepoTemplates validates
 # templates/ecs-appliance.yml, which needs bin/ecs-agent and the demo image.
+# TESTFLAGS adds go test flags to test and integration (CI: -json).
 test: build $(DEMO_IMAGE)
-	$(GO) test -count=1 ./...
+	$(GO) test -count=1 $(TESTFLAGS) ./...
 
 # VM tests: real QEMU boots (TCG here), real cloud-init, real qemu-img.
 integration: build
-	$(GO) test -count=1 -tags integration -p 1 -timeout 80m -v ./integration/...
+	$(GO) test -count=1 -tags integration -p 1 -timeout 80m -v $(TESTFLAGS) ./integration/...
 
 # The appliance end to end (issue 5): build, boot, verify. Slow under TCG.
 e2e: build
