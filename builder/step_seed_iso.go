@@ -7,7 +7,7 @@ import (
 	"strings"
 
 	"github.com/hashicorp/packer-plugin-sdk/multistep"
-	"gopkg.in/yaml.v3"
+	"go.yaml.in/yaml/v3"
 
 	"github.com/ecs-image/ecs-image/cidata"
 	"github.com/ecs-image/ecs-image/communicator"

@@ -22,7 +22,7 @@ import (
 	"time"
 	"unicode/utf8"
 
-	"gopkg.in/yaml.v3"
+	"go.yaml.in/yaml/v3"
 
 	"github.com/ecs-image/ecs-image/atomicfile"
 	"github.com/ecs-image/ecs-image/env"

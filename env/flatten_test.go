@@ -11,7 +11,7 @@ import (
 	"testing"
 
 	"github.com/ecs-image/ecs-image/testenv"
-	"gopkg.in/yaml.v3"
+	"go.yaml.in/yaml/v3"
 )
 
 // rawDoc builds a Doc without validation, for flattening arbitrary YAML.

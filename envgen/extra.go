@@ -10,7 +10,7 @@ import (
 	"strings"
 
 	"github.com/ecs-image/ecs-image/env"
-	"gopkg.in/yaml.v3"
+	"go.yaml.in/yaml/v3"
 )
 
 // kind is the type an override value must have.

@@ -27,7 +27,7 @@ import (
 	"testing"
 	"time"
 
-	"gopkg.in/yaml.v3"
+	"go.yaml.in/yaml/v3"
 
 	"github.com/ecs-image/ecs-image/agent/prepare"
 	"github.com/ecs-image/ecs-image/builder"

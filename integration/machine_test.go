@@ -28,7 +28,7 @@ import (
 	"github.com/ecs-image/ecs-image/communicator"
 	"github.com/ecs-image/ecs-image/qemu"
 	"github.com/ecs-image/ecs-image/qemu/qemutest"
-	"gopkg.in/yaml.v3"
+	"go.yaml.in/yaml/v3"
 )
 
 // TestMachineBootSSH boots the local Debian base on a qcow2 overlay with a

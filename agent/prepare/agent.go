@@ -14,7 +14,7 @@ import (
 	"github.com/ecs-image/ecs-image/agent/host"
 	"github.com/ecs-image/ecs-image/agent/status"
 	"github.com/ecs-image/ecs-image/env"
-	"gopkg.in/yaml.v3"
+	"go.yaml.in/yaml/v3"
 )
 
 // ErrBlocked is returned when the failed flag blocks a (re)start.

@@ -7,7 +7,7 @@ import (
 
 	"github.com/ecs-image/ecs-image/agent/status"
 	"github.com/ecs-image/ecs-image/env"
-	"gopkg.in/yaml.v3"
+	"go.yaml.in/yaml/v3"
 )
 
 // KeyRule classifies one env.yml key: what implements it, or why this

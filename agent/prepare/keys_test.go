@@ -10,7 +10,7 @@ import (
 
 	"github.com/ecs-image/ecs-image/agent/status"
 	"github.com/ecs-image/ecs-image/env"
-	"gopkg.in/yaml.v3"
+	"go.yaml.in/yaml/v3"
 )
 
 // Every key the schema knows is classified, and every row of the table is

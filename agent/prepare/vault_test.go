@@ -10,7 +10,7 @@ import (
 
 	"github.com/ecs-image/ecs-image/agent/host"
 	"github.com/ecs-image/ecs-image/testenv"
-	"gopkg.in/yaml.v3"
+	"go.yaml.in/yaml/v3"
 )
 
 // gpgTool returns gpg's path; without it the test skips (in CI it fails).
