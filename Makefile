@@ -1,9 +1,12 @@
 # ecs-image — build, test and lint.
 GO       ?= go
 BIN      ?= bin
+# Releases are annotated tags vX.Y.Z (make release-tag); between tags
+# VERSION is vX.Y.Z-N-gCOMMIT, with -dirty for a modified tree.
 VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
-COMMIT   ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
-LDFLAGS  := -s -w -X main.version=$(VERSION) -X main.commit=$(COMMIT)
+COMMIT   ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
+DATE     ?= $(shell git log -1 --format=%cI 2>/dev/null)
+LDFLAGS  := -s -w -X main.version=$(VERSION) -X main.commit=$(COMMIT) -X main.date=$(DATE)
 export PATH := $(PATH):/usr/local/go/bin:$(HOME)/go/bin
 
 # Debian packages ecs-image needs at build and test time.
@@ -24,7 +27,7 @@ DEMO_IMAGE := templates/files/images/testapp.tar
 # Let's Encrypt's ACME test server for the ACME tests (pebbletest.Version).
 PEBBLE_VERSION := v2.10.1
 
-.PHONY: all deps deps-vagrant deps-bench build test integration e2e lint bench appliance clean
+.PHONY: all deps deps-vagrant deps-bench build test integration e2e lint bench appliance clean release-tag
 
 all: build
 
@@ -100,6 +103,13 @@ appliance: build $(DEMO_IMAGE)
 	@echo "demo env:  $(APPLIANCE_OUT)/demo/env.yml (secrets, mode 0600)"
 	@echo "seed ISO:  $(APPLIANCE_OUT)/demo/seed.iso"
 	@echo "boot it:   $(BIN)/ecs-image test $(APPLIANCE_OUT)/ecs-appliance-$(APPLIANCE_VARIANT).qcow2 --env $(APPLIANCE_OUT)/demo/env.yml"
+
+# Tag a release: make release-tag TAG=v1.2.0 (a clean tree; then push the tag).
+release-tag:
+	@case "$(TAG)" in v[0-9]*.[0-9]*.[0-9]*) ;; *) echo "usage: make release-tag TAG=vX.Y.Z"; exit 2;; esac
+	@test -z "$$(git status --porcelain)" || { echo "release-tag: the work tree has changes; commit them first"; exit 1; }
+	git tag -a $(TAG) -m "ecs-image $(TAG)"
+	@echo "tagged $(TAG): push it with 'git push origin $(TAG)'; 'make build' now says $(TAG)"
 
 clean:
 	rm -rf $(BIN)

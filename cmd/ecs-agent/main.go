@@ -18,13 +18,17 @@ import (
 
 	"github.com/ecs-image/ecs-image/agent/host"
 	"github.com/ecs-image/ecs-image/agent/prepare"
+	"github.com/ecs-image/ecs-image/buildinfo"
 	"github.com/spf13/cobra"
 )
 
-// Set at link time: -ldflags "-X main.version=... -X main.commit=...".
+// Set at link time: -ldflags "-X main.version=... -X main.commit=...
+// -X main.date=..." (the Makefile does); a go install or plain go build
+// leaves them unset and buildinfo reads the Go build information instead.
 var (
 	version = "dev"
 	commit  = "unknown"
+	date    = ""
 )
 
 // Exit codes.
@@ -72,12 +76,16 @@ func init() {
 	rootCmd.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error {
 		return usageError{fmt.Errorf("%w (see '%s --help')", err, cmd.CommandPath())}
 	})
+	info := buildinfo.Get(version, commit, date)
+	rootCmd.Version = info.Version
+	rootCmd.SetVersionTemplate(info.String("ecs-agent"))
 	rootCmd.AddCommand(&cobra.Command{
 		Use:   "version",
 		Short: "Print the agent version",
+		Long:  "Print the version, git commit (and whether the tree was modified), commit date, Go version and platform.",
 		Args:  noArgs,
 		Run: func(cmd *cobra.Command, args []string) {
-			fmt.Fprintf(cmd.OutOrStdout(), "ecs-agent %s (commit %s)\n", version, commit)
+			fmt.Fprint(cmd.OutOrStdout(), info.String("ecs-agent"))
 		},
 	})
 }

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/ecs-image/ecs-image/buildinfo"
 	"github.com/sirupsen/logrus"
 	"github.com/spf13/cobra"
 
@@ -18,10 +19,13 @@ import (
 	"github.com/ecs-image/ecs-image/atomicfile"
 )
 
-// Set at link time: -ldflags "-X main.version=... -X main.commit=...".
+// Set at link time: -ldflags "-X main.version=... -X main.commit=...
+// -X main.date=..." (the Makefile does); a go install or plain go build
+// leaves them unset and buildinfo reads the Go build information instead.
 var (
 	version = "dev"
 	commit  = "unknown"
+	date    = ""
 )
 
 // Exit codes.
@@ -91,12 +95,16 @@ func init() {
 	rootCmd.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error {
 		return badInput(fmt.Errorf("%w (see '%s --help')", err, cmd.CommandPath()))
 	})
+	info := buildinfo.Get(version, commit, date)
+	rootCmd.Version = info.Version
+	rootCmd.SetVersionTemplate(info.String("ecs-image"))
 	rootCmd.AddCommand(&cobra.Command{
 		Use:   "version",
 		Short: "Print the ecs-image version",
+		Long:  "Print the version, git commit (and whether the tree was modified), commit date, Go version and platform.",
 		Args:  cobra.NoArgs,
 		Run: func(cmd *cobra.Command, args []string) {
-			fmt.Fprintf(cmd.OutOrStdout(), "ecs-image %s (commit %s)\n", version, commit)
+			fmt.Fprint(cmd.OutOrStdout(), info.String("ecs-image"))
 		},
 	})
 }
