@@ -125,7 +125,7 @@ func TestHelperInitrd(t *testing.T) {
 	body := "#!/bin/sh\necho helper\n"
 	os.WriteFile(exe, []byte(body), 0o755)
 	out := filepath.Join(dir, "out")
-	if err := writeHelperInitrd(out, base, exe); err != nil {
+	if err := writeHelperInitrd(out, base, &helperProgram{Exe: exe}); err != nil {
 		t.Fatal(err)
 	}
 	data, _ := os.ReadFile(out)

@@ -7,7 +7,8 @@ package builder
 // starts udev. The VMs here need three drivers (virtio PCI, virtio block,
 // ext4 with its checksum modules): the slim initrd holds only those
 // modules, taken from the image's own initrd, a list of them in load order
-// (/ecs-modules), /dev/console, and ecs-image as /ecs-offline-helper. The
+// (/ecs-modules), /dev/console, and ecs-image as /ecs-offline-helper (with
+// its loader and libraries when it is dynamically linked: helperlibs.go). The
 // helper loads the modules itself (finit_module), so no modprobe, libc or
 // udev is needed. When the initrd cannot be read (an unknown compression,
 // compressed modules, a module missing) the caller falls back to the whole
@@ -47,10 +48,10 @@ const modulesList = "/ecs-modules"
 // errUnsupportedInitrd marks an initrd the slim one cannot be made from.
 var errUnsupportedInitrd = errors.New("unsupported initrd")
 
-// writeSlimInitrd writes the slim initrd for baseInitrd with exe as the
+// writeSlimInitrd writes the slim initrd for baseInitrd with h as the
 // helper. It returns errUnsupportedInitrd (wrapped) when the caller should
 // use the whole initrd instead.
-func writeSlimInitrd(out, baseInitrd, exe string, extra ...string) error {
+func writeSlimInitrd(out, baseInitrd string, h *helperProgram, extra ...string) error {
 	files, err := readInitrd(baseInitrd)
 	if err != nil {
 		return err
@@ -59,27 +60,12 @@ func writeSlimInitrd(out, baseInitrd, exe string, extra ...string) error {
 	if err != nil {
 		return err
 	}
-	bin, err := os.ReadFile(exe)
-	if err != nil {
-		return err
-	}
 	var buf bytes.Buffer
 	w := newCpio(&buf)
-	dirs := map[string]bool{}
-	mkdirs := func(p string) {
-		var parents []string
-		for d := path.Dir(p); d != "." && d != "/" && !dirs[d]; d = path.Dir(d) {
-			parents = append(parents, d)
-			dirs[d] = true
-		}
-		for i := len(parents) - 1; i >= 0; i-- {
-			w.entry(parents[i], 0o040755, nil)
-		}
-	}
-	mkdirs("dev/console")
+	w.mkdirs("dev/console")
 	w.device("dev/console", 0o020600, 5, 1)
 	for _, m := range order {
-		mkdirs(m)
+		w.mkdirs(m)
 		w.file(m, 0o644, files[m])
 	}
 	var list strings.Builder
@@ -87,7 +73,9 @@ func writeSlimInitrd(out, baseInitrd, exe string, extra ...string) error {
 		list.WriteString("/" + m + "\n")
 	}
 	w.file(strings.TrimPrefix(modulesList, "/"), 0o644, []byte(list.String()))
-	w.file(HelperName, 0o755, bin)
+	if err := h.write(w); err != nil {
+		return err
+	}
 	w.trailer()
 	if w.err != nil {
 		return w.err

@@ -58,7 +58,7 @@ func TestSlimInitrd(t *testing.T) {
 	exe := filepath.Join(t.TempDir(), "helper")
 	os.WriteFile(exe, []byte("helper binary"), 0o755)
 	out := filepath.Join(t.TempDir(), "slim.img")
-	if err := writeSlimInitrd(out, base, exe); err != nil {
+	if err := writeSlimInitrd(out, base, &helperProgram{Exe: exe}); err != nil {
 		t.Fatal(err)
 	}
 	files, err := readInitrd(out)
@@ -97,7 +97,7 @@ func TestSlimInitrd(t *testing.T) {
 
 	// A module the VMs need is missing: the caller must fall back.
 	delete(mods, "kernel/fs/ext4/ext4.ko")
-	if err := writeSlimInitrd(out, testInitrd(t, dep, mods), exe); err == nil || !strings.Contains(err.Error(), "ext4.ko is not in the initrd") {
+	if err := writeSlimInitrd(out, testInitrd(t, dep, mods), &helperProgram{Exe: exe}); err == nil || !strings.Contains(err.Error(), "ext4.ko is not in the initrd") {
 		t.Errorf("missing module: %v", err)
 	}
 }

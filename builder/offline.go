@@ -10,12 +10,12 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"debug/elf"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"os"
+	"path"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -177,30 +177,15 @@ func (k *KernelInfo) covers(drivers []string) bool {
 	return true
 }
 
-// helperBinary returns the path of the running ecs-image if it can serve
-// as the helper (a static Linux executable).
-func helperBinary() (string, error) {
+// helperBinary returns the running ecs-image as the helper: an x86-64 Go
+// executable, static or (a go install / go build with cgo) dynamically
+// linked, with the libraries it needs (helperlibs.go).
+func helperBinary() (*helperProgram, error) {
 	exe, err := os.Executable()
 	if err != nil {
-		return "", err
+		return nil, err
 	}
-	f, err := elf.Open(exe)
-	if err != nil {
-		return "", fmt.Errorf("offline helper: %s: %v", exe, err)
-	}
-	defer f.Close()
-	for _, p := range f.Progs {
-		if p.Type == elf.PT_INTERP {
-			return "", fmt.Errorf("offline helper: %s is dynamically linked (build it with CGO_ENABLED=0)", exe)
-		}
-	}
-	if f.Machine != elf.EM_X86_64 {
-		return "", fmt.Errorf("offline helper: %s is not an x86-64 executable", exe)
-	}
-	if _, err := f.Section(".go.buildinfo").Data(); err != nil {
-		return "", fmt.Errorf("offline helper: %s is not ecs-image", exe)
-	}
-	return exe, nil
+	return resolveHelper(exe)
 }
 
 // helperUsable tells whether offline stages can run in this process.
@@ -212,17 +197,17 @@ func helperUsable() error {
 // run builds the initrd and the job disk, boots the helper and waits for
 // it to power off.
 func (r *offlineRun) run(ctx context.Context) error {
-	exe, err := helperBinary()
+	helper, err := helperBinary()
 	if err != nil {
 		return err
 	}
 	initrd := filepath.Join(r.WorkDir, "helper-initrd.img")
-	if err := writeSlimInitrd(initrd, r.Boot.initrd(), exe); err != nil {
+	if err := writeSlimInitrd(initrd, r.Boot.initrd(), helper); err != nil {
 		if !errors.Is(err, errUnsupportedInitrd) {
 			return err
 		}
 		r.Log.Debugf("no slim initrd (%v): the image's whole initrd boots the helper", err)
-		if err := writeHelperInitrd(initrd, r.Boot.initrd(), exe); err != nil {
+		if err := writeHelperInitrd(initrd, r.Boot.initrd(), helper); err != nil {
 			return err
 		}
 	}
@@ -352,14 +337,12 @@ func (r *offlineRun) writeJob(ctx context.Context, path string) error {
 }
 
 // writeHelperInitrd writes the image's initrd followed by a cpio archive
-// holding exe as /ecs-offline-helper (the kernel unpacks concatenated
-// archives in order, whatever their compression).
-func writeHelperInitrd(out, baseInitrd, exe string) error {
+// holding the helper as /ecs-offline-helper, with its loader and libraries
+// when it is dynamically linked (the kernel unpacks concatenated archives
+// in order, whatever their compression; a later file replaces an earlier
+// one of the same path).
+func writeHelperInitrd(out, baseInitrd string, h *helperProgram) error {
 	base, err := os.ReadFile(baseInitrd)
-	if err != nil {
-		return err
-	}
-	bin, err := os.ReadFile(exe)
 	if err != nil {
 		return err
 	}
@@ -369,17 +352,38 @@ func writeHelperInitrd(out, baseInitrd, exe string) error {
 		buf.WriteByte(0)
 	}
 	w := newCpio(&buf)
-	w.file(HelperName, 0o755, bin)
+	if err := h.write(w); err != nil {
+		return err
+	}
 	w.trailer()
+	if w.err != nil {
+		return w.err
+	}
 	return os.WriteFile(out, buf.Bytes(), 0o600)
 }
 
 // cpioWriter writes the "newc" cpio format the kernel's initramfs reads.
 type cpioWriter struct {
-	w   io.Writer
-	ino int
-	n   int64
-	err error
+	w    io.Writer
+	ino  int
+	n    int64
+	err  error
+	dirs map[string]bool // directories written (mkdirs)
+}
+
+// mkdirs writes the directory entries of p's parents not yet written.
+func (c *cpioWriter) mkdirs(p string) {
+	if c.dirs == nil {
+		c.dirs = map[string]bool{}
+	}
+	var parents []string
+	for d := path.Dir(p); d != "." && d != "/" && !c.dirs[d]; d = path.Dir(d) {
+		parents = append(parents, d)
+		c.dirs[d] = true
+	}
+	for i := len(parents) - 1; i >= 0; i-- {
+		c.entry(parents[i], 0o040755, nil)
+	}
 }
 
 func newCpio(w io.Writer) *cpioWriter { return &cpioWriter{w: w, ino: 1000} }

@@ -53,9 +53,9 @@ func (s *stepStartQEMU) Run(ctx context.Context, state multistep.StateBag) multi
 		cfg.Kernel, cfg.Initrd = sr.kernel.kernel(), sr.kernel.initrd()
 		cfg.Append = buildAppend(sr.kernel.cmdline(), sr.kernel.root())
 		cfg.ExtraArgs = []string{"-vga", "none"}
-		if exe, err := helperBinary(); err != nil {
+		if helper, err := helperBinary(); err != nil {
 			b.log.Debugf("the image's own initrd: %v", err)
-		} else if err := writeSlimInitrd(filepath.Join(sr.dir, "boot-initrd.img"), sr.kernel.initrd(), exe, bootModules...); err != nil {
+		} else if err := writeSlimInitrd(filepath.Join(sr.dir, "boot-initrd.img"), sr.kernel.initrd(), helper, bootModules...); err != nil {
 			b.log.Debugf("the image's own initrd: %v", err)
 		} else {
 			cfg.Initrd = filepath.Join(sr.dir, "boot-initrd.img")
