@@ -158,6 +158,7 @@ func run(args []string) int {
 		<-ctx.Done()
 		stop()
 	}()
+	registerCompletions()
 	rootCmd.SetArgs(args)
 	resetContext(rootCmd, ctx)
 	err := rootCmd.ExecuteContext(ctx)
