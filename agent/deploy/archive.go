@@ -76,10 +76,13 @@ func CheckArchive(file string) error {
 				return fmt.Errorf("%w: %s: hard link to %q leaves the archive (%v)", ErrBadArchive, h.Name, h.Linkname, err)
 			}
 			delete(t.links, at)
-		default:
-			delete(t.links, at) // a later entry replaces an earlier link
 		case tar.TypeChar, tar.TypeBlock, tar.TypeFifo:
 			return fmt.Errorf("%w: %s: device or fifo entry", ErrBadArchive, h.Name)
+		case tar.TypeDir:
+			// An extractor may keep a link in place of a directory: keep
+			// resolving through it.
+		default:
+			delete(t.links, at) // a later file replaces an earlier link
 		}
 		if c := path.Clean(h.Name); c == "manifest.json" || c == "index.json" {
 			found = true
