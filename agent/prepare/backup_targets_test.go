@@ -393,3 +393,46 @@ func replaceBackupKey(t *testing.T, envText, key string) string {
 	}
 	return envText[:i] + b.String() + envText[end:]
 }
+
+// TestBackupThroughput measures a full backup, an unchanged incremental and
+// a recover of a 1 GiB vault (ECS_BACKUP_BENCH=1; set ECS_BACKUP_BENCH_MIB
+// for another size). Documents are random (incompressible, like PDFs),
+// 1 MiB each; file:// target on the same disk.
+func TestBackupThroughput(t *testing.T) {
+	if os.Getenv("ECS_BACKUP_BENCH") == "" {
+		t.Skip("set ECS_BACKUP_BENCH=1 to measure (minutes)")
+	}
+	mib := 1024
+	if v := os.Getenv("ECS_BACKUP_BENCH_MIB"); v != "" {
+		fmt.Sscan(v, &mib)
+	}
+	envText := backupEnv(t, "    url: file:///volatile/ecs-backup-test/\n")
+	a := newAppliance(t, envText)
+	a.seed(t, marker(), 3)
+	for i := 0; i < mib; i++ {
+		bigDoc(t, a, fmt.Sprintf("bench-%04d.pdf", i), 1<<20)
+	}
+	ctx := context.Background()
+	size := float64(mib) * (1 << 20)
+	for _, run := range []string{"full", "incremental (unchanged)"} {
+		start := time.Now()
+		if err := a.Backup(ctx, BackupOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		d := time.Since(start)
+		r := backupRecord(t, a)
+		t.Logf("backup %s: %d MiB in %.1fs = %.1f MiB/s; %d bytes to the target", run, mib, d.Seconds(), size/(1<<20)/d.Seconds(), r.Uploaded)
+	}
+	want := a.snapshot(t)
+	target := a.Host.Path("/volatile/ecs-backup-test")
+	b := newAppliance(t, envText)
+	os.MkdirAll(b.Host.Path("/volatile/ecs-backup-test"), 0o755)
+	exec.Command("cp", "-a", target+"/.", b.Host.Path("/volatile/ecs-backup-test")).Run()
+	start := time.Now()
+	if err := b.Recover(ctx, RecoverOptions{NoStart: true}); err != nil {
+		t.Fatal(err)
+	}
+	d := time.Since(start)
+	t.Logf("recover: %d MiB in %.1fs = %.1f MiB/s", mib, d.Seconds(), size/(1<<20)/d.Seconds())
+	sameSnapshot(t, b.snapshot(t), want)
+}

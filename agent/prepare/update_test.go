@@ -3,6 +3,7 @@ package prepare
 import (
 	"context"
 	"errors"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -149,4 +150,56 @@ func TestUpdateTimer(t *testing.T) {
 	if a.Host.Exists(UpdateTimerLink) || a.Host.Exists(UpdateTimerDropIn) || !slices.Contains(rec.Recorded(), "systemctl stop appliance-update.timer") {
 		t.Errorf("automatic false: %v", rec.Recorded())
 	}
+}
+
+// appliance.backup.mount: mounted before duplicity runs, unmounted after,
+// the options (a password) never in the log. Recorded: the host has no
+// cifs (see docs/agent.md).
+func TestBackupMountsTarget(t *testing.T) {
+	a, rec := testAgent(t)
+	env := strings.Replace(siteEnv, "appliance:\n", `appliance:
+  backup:
+    url: file:///mnt/appliance-backup-mount/ecs
+    mount:
+      type: cifs
+      source: //192.0.2.7/datavolume
+      target: /mnt/appliance-backup-mount
+      options: user=backup,pass=s3cr3t-pw
+    encrypt: |
+`+indentKey(t)+"\n", 1)
+	activate(t, a, env)
+	rec.Responses["runuser -u postgres -- psql"] = host.Response{Stdout: "1\n"}
+	put(t, a, StorageVault+"/a/doc.pdf", []byte("%PDF"), 0o640)
+	if err := a.Backup(context.Background(), BackupOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	cmds := rec.Recorded()
+	mount := indexOf(t, cmds, "mount -t cifs -o user=backup,pass=s3cr3t-pw //192.0.2.7/datavolume "+a.Host.Path("/mnt/appliance-backup-mount"))
+	dup := indexOf(t, cmds, "duplicity incremental")
+	umount := indexOf(t, cmds, "umount "+a.Host.Path("/mnt/appliance-backup-mount"))
+	if !(mount < dup && dup < umount) {
+		t.Errorf("order: %v", cmds)
+	}
+	if log := a.Log.(interface{ String() string }).String(); strings.Contains(log, "s3cr3t-pw") {
+		t.Errorf("the mount password is in the log:\n%s", log)
+	}
+}
+
+func indentKey(t *testing.T) string {
+	t.Helper()
+	data := read(t, &Agent{Host: host.New("/", nil)}, "/"+mustAbs(t, "../../env/testdata/pgp-ed25519-secret.asc"))
+	var b strings.Builder
+	for _, l := range strings.Split(strings.TrimSpace(data), "\n") {
+		b.WriteString("      " + l + "\n")
+	}
+	return strings.TrimRight(b.String(), "\n")
+}
+
+func mustAbs(t *testing.T, p string) string {
+	t.Helper()
+	abs, err := filepath.Abs(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return abs
 }
