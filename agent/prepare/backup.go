@@ -194,7 +194,12 @@ func (a *Agent) lockBackup() (unlock func(), err error) {
 // GnuPG home (0700; nothing else is in it) and returns its fingerprint. A
 // home holding another key (the env's key changed) is emptied first.
 func (a *Agent) backupKey(ctx context.Context, c *BackupConfig) (string, error) {
-	out, err := a.Host.RunCmd(ctx, host.Cmd{Name: "gpg", Args: []string{"--batch", "--with-colons", "--import-options", "show-only", "--import"}, Stdin: strings.NewReader(c.Key)})
+	home := a.Host.Path(BackupGnupgHome)
+	if err := os.MkdirAll(home, 0o700); err != nil {
+		return "", err
+	}
+	// show-only imports nothing; the home keeps gpg from creating ~/.gnupg.
+	out, err := a.Host.RunCmd(ctx, host.Cmd{Name: "gpg", Args: []string{"--homedir", home, "--batch", "--with-colons", "--import-options", "show-only", "--import"}, Stdin: strings.NewReader(c.Key)})
 	if err != nil {
 		return "", fmt.Errorf("appliance.backup.encrypt: reading the key: %w", err)
 	}
@@ -205,7 +210,6 @@ func (a *Agent) backupKey(ctx context.Context, c *BackupConfig) (string, error) 
 		}
 		return "", errors.New("appliance.backup.encrypt: no OpenPGP key found in it")
 	}
-	home := a.Host.Path(BackupGnupgHome)
 	gpg := func(args ...string) host.Cmd {
 		return host.Cmd{Name: "gpg", Args: append([]string{"--homedir", home, "--batch"}, args...)}
 	}
