@@ -4,21 +4,19 @@ import (
 	"context"
 	"errors"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"testing"
 
 	"github.com/ecs-image/ecs-image/qemuimg"
 	"github.com/ecs-image/ecs-image/qemuimg/qemuimgtest"
+	"github.com/ecs-image/ecs-image/testenv"
 )
 
 // TestBuildRefusedBaseLeavesNoOutput: a base that is no image (an HTML page
 // saved as base.file) or a hostile one (a qcow2 whose data file is a host
 // file) is refused before the output directory is created (issue 13).
 func TestBuildRefusedBaseLeavesNoOutput(t *testing.T) {
-	if _, err := exec.LookPath("qemu-img"); err != nil && os.Getenv("CI") == "" {
-		t.Skip("qemu-img not installed")
-	}
+	testenv.Tools(t, "qemu-img")
 	t.Setenv("ECS_IMAGE_CACHE", t.TempDir())
 	dir := t.TempDir()
 	page := filepath.Join(dir, "base.qcow2")

@@ -3,7 +3,6 @@ package builder
 import (
 	"context"
 	"errors"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -11,6 +10,7 @@ import (
 
 	"github.com/ecs-image/ecs-image/qemu"
 	"github.com/ecs-image/ecs-image/qemu/qemutest"
+	"github.com/ecs-image/ecs-image/testenv"
 )
 
 // watchSeed against real QEMU guests whose boot sector prints what a build
@@ -18,9 +18,7 @@ import (
 // once, a login prompt fails after the grace, a real datasource stops the
 // watch without failing.
 func TestWatchSeed(t *testing.T) {
-	if _, err := exec.LookPath(qemu.DefaultBinary); err != nil {
-		t.Skip("no QEMU")
-	}
+	testenv.Tools(t, qemu.DefaultBinary)
 	for _, tc := range []struct {
 		name, console string
 		want          string // in the error; "" means no failure

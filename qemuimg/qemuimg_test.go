@@ -14,16 +14,12 @@ import (
 	"time"
 
 	"github.com/ecs-image/ecs-image/qemuimg/qemuimgtest"
+	"github.com/ecs-image/ecs-image/testenv"
 )
 
 func requireQemuImg(t testing.TB) {
 	t.Helper()
-	if _, err := exec.LookPath(Binary); err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("qemu-img missing in CI: %v", err)
-		}
-		t.Skip("qemu-img not installed")
-	}
+	testenv.Tools(t, Binary)
 }
 
 func run(t testing.TB, name string, args ...string) {

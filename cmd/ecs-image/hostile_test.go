@@ -13,6 +13,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/ecs-image/ecs-image/qemuimg/qemuimgtest"
+	"github.com/ecs-image/ecs-image/testenv"
 )
 
 // runHostile runs the CLI in-process with every flag of the command reset,
@@ -78,12 +79,7 @@ func TestHostileImagesRefused(t *testing.T) {
 // must be installed.
 func requireTool(t *testing.T, tool string) {
 	t.Helper()
-	if _, err := exec.LookPath(tool); err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("%s not installed in CI: %v", tool, err)
-		}
-		t.Skipf("%s not installed (make deps)", tool)
-	}
+	testenv.Tools(t, tool)
 }
 
 // deviceNode makes a character device (like /dev/full) in dir, or a fifo
