@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/hashicorp/packer-plugin-sdk/multistep"
@@ -37,6 +38,14 @@ type Options struct {
 	Accel string
 	// Version overrides the template's version ("" keeps it).
 	Version string
+	// OnError is what a failed stage does: OnErrorCleanup (default: stop
+	// and remove everything), OnErrorAbort (keep its VM or chroot running
+	// and say how to get in; the error is a *KeptError) or OnErrorAsk
+	// (call Ask: retry the step, abort or clean up).
+	OnError string
+	// Ask asks the user what to do about a failed step; it returns
+	// AskRetry, AskAbort or AskCleanup. Only with OnErrorAsk.
+	Ask func(question string) (string, error)
 	// Log receives progress (nil: logrus's standard logger).
 	Log logrus.FieldLogger
 }
@@ -141,6 +150,13 @@ func Build(ctx context.Context, opts Options) (*Artifact, error) {
 	}
 	if opts.OutputDir == "" {
 		opts.OutputDir = "output"
+	}
+	switch opts.OnError {
+	case "":
+		opts.OnError = OnErrorCleanup
+	case OnErrorCleanup, OnErrorAbort, OnErrorAsk:
+	default:
+		return nil, fmt.Errorf("on-error %q: want one of %s", opts.OnError, strings.Join(OnErrorModes, ", "))
 	}
 	b := &buildState{opts: opts, log: opts.Log, cache: opts.Cache}
 	state := new(multistep.BasicStateBag)

@@ -67,14 +67,17 @@ type chrootSession struct {
 	hold    io.WriteCloser // the holder's stdin; closing it ends the namespace
 	pid     string
 	closed  bool
+	// detachable: the export may outlive ecs-image (keep, --on-error).
+	detachable bool
 }
 
 // openChroot exports disk (a qcow2) and mounts its root file system in a
 // new mount namespace; the root partition and its file system are grown to
 // the end of the disk first (as cloud-init's growpart does at a booted
 // build's first boot). dir is the stage's work directory.
-func openChroot(ctx context.Context, disk, dir string, log logrus.FieldLogger) (*chrootSession, error) {
-	s := &chrootSession{export: filepath.Join(dir, "export.raw"), root: filepath.Join(dir, "root"), log: log}
+// With detachable, keep can leave it mounted when ecs-image exits.
+func openChroot(ctx context.Context, disk, dir string, log logrus.FieldLogger, detachable bool) (*chrootSession, error) {
+	s := &chrootSession{export: filepath.Join(dir, "export.raw"), root: filepath.Join(dir, "root"), log: log, detachable: detachable}
 	if err := os.MkdirAll(s.root, 0o755); err != nil {
 		return nil, err
 	}
@@ -110,8 +113,18 @@ func (s *chrootSession) startExport(ctx context.Context, disk string) error {
 		"--blockdev", "driver=qcow2,file=file,node-name=disk,discard=unmap",
 		"--export", "type=fuse,id=export,node-name=disk,mountpoint="+qemuOptEscape(s.export)+",writable=on")
 	s.qsd.Stdout, s.qsd.Stderr = &s.qsdErr, &s.qsdErr
-	// Killed with ecs-image, so no FUSE mount outlives the build.
+	// Killed with ecs-image, so no FUSE mount outlives the build; unless
+	// the session may be kept (--on-error), when its output goes to a file.
 	s.qsd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM, Setpgid: true}
+	if s.detachable {
+		s.qsd.SysProcAttr.Pdeathsig = 0
+		f, err := os.OpenFile(filepath.Join(filepath.Dir(s.export), "qemu-storage-daemon.log"), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		s.qsd.Stdout, s.qsd.Stderr = f, f
+	}
 	if err := s.qsd.Start(); err != nil {
 		return fmt.Errorf("qemu-storage-daemon: %w", err)
 	}
@@ -466,6 +479,41 @@ func (s *chrootSession) close() error {
 		}
 	}
 	return nil
+}
+
+// keptChroot is a chroot session left mounted for inspection.
+type keptChroot struct {
+	Keeper int    // a process in the mount namespace: nsenter --target it
+	Export int    // qemu-storage-daemon
+	Root   string // the root file system, inside the namespace
+	Dir    string // the stage's work directory
+}
+
+// keep leaves the chroot mounted after ecs-image exits (a session opened
+// detachable): a process that only sleeps joins the mount namespace and
+// holds it when the holder goes with ecs-image, and the export keeps
+// running. Nothing is undone (policy-rc.d and the host's resolv.conf stay,
+// as during the stage).
+func (s *chrootSession) keep() (*keptChroot, error) {
+	if !s.detachable || s.closed || s.holder == nil || s.qsd == nil || s.qsd.Process == nil {
+		return nil, errors.New("the chroot is not open, or was not opened to be kept")
+	}
+	keeper := exec.Command("nsenter", "--target", s.pid, "--mount", "--uts", "--", "sleep", "infinity")
+	keeper.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := keeper.Start(); err != nil {
+		return nil, fmt.Errorf("nsenter: %w", err)
+	}
+	k := &keptChroot{Keeper: keeper.Process.Pid, Export: s.qsd.Process.Pid, Root: s.root, Dir: filepath.Dir(s.export)}
+	keeper.Process.Release()
+	// The keeper is in the namespace once it runs sleep.
+	for i := 0; i < 100; i++ {
+		if exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", k.Keeper)); err == nil && strings.HasSuffix(exe, "/sleep") {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	s.closed = true // close must not undo it
+	return k, nil
 }
 
 // hostPath is where the host reaches path of the chroot: through the

@@ -14,7 +14,7 @@ type stepChrootMount struct{}
 
 func (s *stepChrootMount) Run(ctx context.Context, state multistep.StateBag) multistep.StepAction {
 	b, sr := getBuild(state), getStage(state)
-	sess, err := openChroot(ctx, sr.disk, sr.dir, b.log.WithField("stage", sr.stage.Name))
+	sess, err := openChroot(ctx, sr.disk, sr.dir, b.log.WithField("stage", sr.stage.Name), b.keepable())
 	if err != nil {
 		if ctx.Err() != nil {
 			return halt(state, ctx.Err())

@@ -3,6 +3,7 @@ package builder
 import (
 	"context"
 	"fmt"
+	"os"
 
 	"github.com/hashicorp/packer-plugin-sdk/multistep"
 )
@@ -53,11 +54,31 @@ func (s *stepStages) Run(ctx context.Context, state multistep.StateBag) multiste
 		}
 		b.log.Infof("stage %s: building (%s, key %s)", sr.stage.Name, how, sr.key[:12])
 		state.Put("stage", sr)
-		runner := &multistep.BasicRunner{Steps: timedSteps(steps)}
+		runner := &multistep.BasicRunner{Steps: onErrorSteps(timedSteps(steps))}
 		runner.Run(ctx, state)
 		state.Remove("stage")
 		if raw, ok := state.GetOk("error"); ok {
-			state.Put("error", fmt.Errorf("stage %s: %w", sr.stage.Name, raw.(error)))
+			err := fmt.Errorf("stage %s: %w", sr.stage.Name, raw.(error))
+			if aborted(state) {
+				if help, kerr := b.keepStage(sr); kerr != nil {
+					// Not kept after all: stop it, and clean up as usual.
+					b.log.Errorf("--on-error: cannot keep stage %s: %v", sr.stage.Name, kerr)
+					state.Remove(stateAborted)
+					if sr.machine != nil {
+						sr.machine.Kill()
+						<-sr.machine.Done()
+					}
+					if sr.chroot != nil {
+						sr.chroot.close()
+					}
+					if sr.dir != "" {
+						os.RemoveAll(sr.dir)
+					}
+				} else {
+					err = &KeptError{Err: err, Help: help}
+				}
+			}
+			state.Put("error", err)
 			return multistep.ActionHalt
 		}
 		if ctx.Err() != nil {

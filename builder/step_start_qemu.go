@@ -44,6 +44,8 @@ func (s *stepStartQEMU) Run(ctx context.Context, state multistep.StateBag) multi
 		AccelForced: b.accelForced,
 		Forwards:    []qemu.Forward{{Guest: 22}},
 		SerialLog:   filepath.Join(sr.dir, "serial.log"),
+		// --on-error=abort|ask may keep it running after ecs-image exits.
+		Detachable: b.keepable(),
 	}
 	if sr.kernel != nil {
 		// No firmware boot loader, no VGA: the serial console only. The

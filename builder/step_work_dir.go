@@ -48,6 +48,9 @@ func (s *stepWorkDir) Cleanup(state multistep.StateBag) {
 	if b.work == "" {
 		return
 	}
+	if aborted(state) {
+		return // kept with the stage (--on-error=abort): cleanup.sh removes it
+	}
 	if failed && b.opts.KeepOnError {
 		os.Remove(b.work + "/pid")
 		b.log.Warnf("--keep-on-error: the work directory (disks, serial logs) is kept at %s", b.work)

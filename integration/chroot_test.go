@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -152,5 +153,85 @@ func TestBuildChrootInterrupt(t *testing.T) {
 	}
 	if t.Failed() {
 		t.Logf("build log:\n%s", log)
+	}
+}
+
+// TestBuildChrootOnErrorAbort: a chroot stage whose shell fails, built
+// with --on-error=abort, stays mounted after ecs-image exits; the printed
+// nsenter command enters it (what the stage wrote before failing is
+// there), and the printed cleanup.sh removes everything: no process,
+// mount or loop device is left, nor the work directory.
+func TestBuildChrootOnErrorAbort(t *testing.T) {
+	needChroot(t)
+	base := baseImage(t)
+	dir := t.TempDir()
+	rnd := make([]byte, 6)
+	rand.Read(rnd)
+	marker := "abort-" + hex.EncodeToString(rnd)
+	tmpl := filepath.Join(dir, "it-abort.yml")
+	os.WriteFile(tmpl, []byte(`name: it-abort
+base:
+  file: `+base+`
+stages:
+  - name: fails
+    mode: chroot
+    provisioners:
+      - type: shell
+        inline:
+          - echo `+marker+` > /root/abort-marker
+          - echo "failing on purpose"; exit 3
+`), 0o644)
+	out := filepath.Join(dir, "out")
+	stdout, stderr, err := ecsImageRun("build", tmpl, "-o", out, "--no-cache", "--on-error=abort")
+	if err == nil {
+		t.Fatalf("the build succeeded:\n%s\n%s", stdout, stderr)
+	}
+	nsenter := regexp.MustCompile(`(?m)^  (nsenter --target (\d+) --mount --uts -- chroot (\S+)) /bin/sh -c .*$`).FindStringSubmatch(stderr)
+	cleanup := regexp.MustCompile(`(?m)^  sh (\S+/cleanup\.sh)$`).FindStringSubmatch(stderr)
+	if nsenter == nil || cleanup == nil || !strings.Contains(stderr, "exited with status 3") {
+		t.Fatalf("no way in or out printed:\n%s", stderr)
+	}
+	work := filepath.Dir(cleanup[1])
+	t.Cleanup(func() { exec.Command("sh", cleanup[1]).Run() })
+
+	// ecs-image has exited; the chroot is still there.
+	args := append(strings.Fields(nsenter[1]), "cat", "/root/abort-marker")
+	got, err := exec.Command(args[0], args[1:]...).CombinedOutput()
+	if err != nil || strings.TrimSpace(string(got)) != marker {
+		t.Fatalf("%s: %q %v, want the marker", strings.Join(args, " "), got, err)
+	}
+	if _, err := os.Stat(work); err != nil {
+		t.Fatalf("work directory: %v", err)
+	}
+	// A build in between must not take it for a crashed build's.
+	ecsImageRun("cache", "ls")
+	builder.DefaultStageCache().CleanStale()
+	if _, err := os.Stat(work); err != nil {
+		t.Fatalf("work directory removed while the chroot runs: %v", err)
+	}
+
+	if out, err := exec.Command("sh", cleanup[1]).CombinedOutput(); err != nil {
+		t.Fatalf("cleanup.sh: %v\n%s", err, out)
+	}
+	time.Sleep(time.Second)
+	if _, err := os.Stat(work); !os.IsNotExist(err) {
+		t.Errorf("work directory left: %v", err)
+	}
+	for _, pid := range []string{nsenter[2]} {
+		if _, err := os.Stat("/proc/" + pid); err == nil {
+			t.Errorf("process %s still running", pid)
+		}
+	}
+	if mounts, _ := os.ReadFile("/proc/self/mountinfo"); strings.Contains(string(mounts), work) {
+		t.Errorf("a mount of %s is left:\n%s", work, mounts)
+	}
+	if data, _ := exec.Command("losetup", "-a").Output(); strings.Contains(string(data), work) {
+		t.Errorf("loop device left: %s", data)
+	}
+	if data, _ := exec.Command("pgrep", "-af", "qemu-storage-daemon.*"+filepath.Base(work)).Output(); len(data) > 0 {
+		t.Errorf("qemu-storage-daemon still running: %s", data)
+	}
+	if ents, _ := os.ReadDir(out); len(ents) != 0 {
+		t.Errorf("output directory not empty: %v", ents)
 	}
 }

@@ -120,6 +120,11 @@ type Config struct {
 	// TCG (see Start).
 	AccelForced bool
 
+	// Detachable starts QEMU so that it can outlive ecs-image (no parent
+	// death signal): Machine.Detach then leaves it running, e.g. for a
+	// build that stops on error with --on-error=abort.
+	Detachable bool
+
 	// ExtraArgs are appended to QEMU's command line verbatim.
 	ExtraArgs []string
 

@@ -40,6 +40,7 @@ type Machine struct {
 	err        error
 	killReason error
 	restart    bool   // the KVM watchdog stopped QEMU: start it under TCG
+	detached   bool   // left running when ecs-image exits (Detach)
 	saved      []byte // serial log content kept after exit
 	savedBase  int64  // file offset of saved[0]
 }
@@ -170,7 +171,7 @@ func Start(ctx context.Context, cfg Config) (*Machine, error) {
 		os.Remove(run.QMPSocket)
 		os.Remove(run.SerialLog)
 		logrus.Debugf("qemu %s: %s %s", cfg.Name, bin, strings.Join(args, " "))
-		p, err := launch(bin, args)
+		p, err := launch(bin, args, cfg.Detachable)
 		if err != nil {
 			return fail(fmt.Errorf("qemu %s: %w", cfg.Name, err))
 		}
@@ -297,7 +298,7 @@ func (m *Machine) restartTCG(ctx context.Context, bin string) error {
 		return err
 	}
 	os.Remove(cfg.QMPSocket)
-	p, err := launch(bin, args)
+	p, err := launch(bin, args, cfg.Detachable)
 	if err != nil {
 		return err
 	}
@@ -361,6 +362,12 @@ func (m *Machine) monitor(ctx context.Context, bin string) {
 		select {
 		case <-p.exited:
 		case <-ctx.Done():
+			m.mu.Lock()
+			detached := m.detached
+			m.mu.Unlock()
+			if detached {
+				return // QEMU stays; ecs-image is about to exit
+			}
 			m.kill(ctx.Err())
 			<-p.exited
 		}
@@ -441,6 +448,23 @@ func (m *Machine) HostPort(guest int) int {
 		}
 	}
 	return 0
+}
+
+// Detach leaves QEMU running when ecs-image exits (the machine must have
+// been started with Config.Detachable) and returns its process id: the
+// end of ecs-image's context no longer stops it. Its run directory stays
+// until QEMU is gone (stale run directories are removed by a later Start).
+func (m *Machine) Detach() (int, error) {
+	if !m.Config.Detachable {
+		return 0, fmt.Errorf("qemu %s: not started detachable", m.Config.Name)
+	}
+	if m.Exited() {
+		return 0, fmt.Errorf("qemu %s: already exited", m.Config.Name)
+	}
+	m.mu.Lock()
+	m.detached = true
+	m.mu.Unlock()
+	return m.current().cmd.Process.Pid, nil
 }
 
 // Kill stops QEMU at once (SIGKILL). Done is closed soon after.
@@ -626,14 +650,18 @@ type proc struct {
 	err    error
 }
 
-func launch(bin string, args []string) (*proc, error) {
+func launch(bin string, args []string, detachable bool) (*proc, error) {
 	p := &proc{out: &tailBuffer{max: 64 << 10}, exited: make(chan struct{})}
 	cmd := exec.Command(bin, args...)
 	cmd.Stdout = p.out
 	cmd.Stderr = p.out
 	// Own process group: a terminal's Ctrl-C reaches ecs-image, which
 	// decides how QEMU stops. Pdeathsig: QEMU never outlives ecs-image.
+	// Detachable: it may (Machine.Detach).
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if detachable {
+		cmd.SysProcAttr.Pdeathsig = 0
+	}
 	if err := cmd.Start(); err != nil {
 		return nil, err
 	}

@@ -1,13 +1,16 @@
 package main
 
 import (
+	"bufio"
 	"fmt"
+	"io"
 	"os"
 	"strings"
 	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
+	"golang.org/x/term"
 
 	"github.com/ecs-image/ecs-image/builder"
 	"github.com/ecs-image/ecs-image/formats"
@@ -42,6 +45,52 @@ var buildFlags struct {
 	noCache, keepOnError   bool
 	noChroot               bool
 	set                    []string
+	onError                string
+}
+
+// stdinTerminal tells whether stdin is a terminal (--on-error=ask needs one).
+var stdinTerminal = func() bool { return term.IsTerminal(int(os.Stdin.Fd())) }
+
+// onErrorOptions checks --on-error and sets up the question for ask.
+func onErrorOptions(mode string, o *builder.Options, in io.Reader, out io.Writer) error {
+	switch mode {
+	case builder.OnErrorCleanup, builder.OnErrorAbort:
+	case builder.OnErrorAsk:
+		if !stdinTerminal() {
+			return badInputf("--on-error=ask needs a terminal on stdin to ask; use --on-error=abort or cleanup")
+		}
+		o.Ask = askOnError(bufio.NewReader(in), out)
+	default:
+		return badInputf("--on-error %q: want one of %s", mode, strings.Join(builder.OnErrorModes, ", "))
+	}
+	o.OnError = mode
+	return nil
+}
+
+// askOnError asks what to do about a failed step until the answer is
+// one of [r]etry, [a]bort or [c]lean up (the default, also at end of input).
+func askOnError(in *bufio.Reader, out io.Writer) func(string) (string, error) {
+	return func(question string) (string, error) {
+		for {
+			fmt.Fprintf(out, "\n%s\n[r]etry the step, [a]bort and keep the stage's VM or chroot running, or [c]lean up and exit? [c] ", question)
+			line, err := in.ReadString('\n')
+			switch strings.ToLower(strings.TrimSpace(line)) {
+			case "r", "retry":
+				return builder.AskRetry, nil
+			case "a", "abort":
+				return builder.AskAbort, nil
+			case "", "c", "cleanup", "clean up":
+				if err != nil && line == "" {
+					return builder.AskCleanup, err
+				}
+				return builder.AskCleanup, nil
+			}
+			if err != nil {
+				return builder.AskCleanup, err
+			}
+			fmt.Fprintf(out, "unknown answer %q\n", strings.TrimSpace(line))
+		}
+	}
 }
 
 // settable are the template fields that --set KEY=VALUE overrides.
@@ -91,12 +140,22 @@ $ECS_IMAGE_CACHE/stages (default ~/.cache/ecs-image/stages); see
 'ecs-image cache'.
 
 Ctrl-C stops QEMU and removes temporary files: nothing is left at the
-output paths.`,
+output paths.
+
+--on-error says what a failed stage does (like Packer's -on-error):
+cleanup (the default) stops its VM or chroot and removes everything; abort
+leaves the stage's build VM running with its SSH port forward (or its
+chroot mounted) and prints the exact ssh or nsenter command to get in and
+the cleanup.sh to run when done; ask offers retry, abort or clean up on the
+terminal (stdin must be one).`,
 	Example: `  # The reference appliance, production variant, into ./output
   ecs-image build templates/ecs-appliance.yml --variant prod
 
   # Release 1.4.0: the OVF product version, NAME.build.json and the release say 1.4.0
   ecs-image build templates/ecs-appliance.yml --variant prod --set version=1.4.0
+
+  # Keep the failed stage's VM running to look around
+  ecs-image build templates/test-small.yml --on-error=abort
 
   # Rebuild every stage, keep the disks and serial logs if it fails
   ecs-image build templates/test-small.yml -o /tmp/out --no-cache --keep-on-error`,
@@ -116,6 +175,9 @@ output paths.`,
 			NoCache: buildFlags.noCache, NoChroot: buildFlags.noChroot, KeepOnError: buildFlags.keepOnError, Accel: accel,
 		}
 		if err := parseSet(buildFlags.set, &opts); err != nil {
+			return err
+		}
+		if err := onErrorOptions(buildFlags.onError, &opts, cmd.InOrStdin(), cmd.ErrOrStderr()); err != nil {
 			return err
 		}
 		a, err := builder.Build(cmd.Context(), opts)
@@ -215,6 +277,7 @@ func init() {
 	buildCmd.Flags().BoolVar(&buildFlags.noCache, "no-cache", false, "rebuild every stage instead of using cached ones")
 	buildCmd.Flags().BoolVar(&buildFlags.noChroot, "no-chroot", false, "build every stage that would run in a chroot on the build host in the booted image")
 	buildCmd.Flags().BoolVar(&buildFlags.keepOnError, "keep-on-error", false, "keep the work directory (disks, serial logs) of a failed build")
+	buildCmd.Flags().StringVar(&buildFlags.onError, "on-error", builder.OnErrorCleanup, "when a stage fails: cleanup, abort (keep its VM or chroot running and print how to get in) or ask (on a terminal)")
 	buildCmd.Flags().StringArrayVar(&buildFlags.set, "set", nil, "override a template field, KEY=VALUE (repeatable; keys: "+strings.Join(settable, ", ")+")")
 	buildCmd.Flags().StringVar(&buildFlags.accel, "accel", "", "accelerator: auto, kvm or tcg (default: the template's)")
 	cachePruneCmd.Flags().BoolVar(&cachePruneFlags.all, "all", false, "remove every cached stage")
