@@ -38,7 +38,7 @@ func (a *Agent) PrepareAppliance(ctx context.Context) error {
 		{Name: "extra-files", Run: a.stepExtraFiles},
 		{Name: "extra-packages", Run: a.stepExtraPackages},
 		{Name: "services", Branches: [][]Step{
-			{{Name: "postgresql", Run: a.stepPostgres}},
+			{{Name: "postgresql", Run: a.stepPostgres}, {Name: "metrics", Run: a.stepMetrics}},
 			{{Name: "mail", Run: a.stepMail}, {Name: "stunnel", Run: a.stepStunnel}},
 			{{Name: "deploy-api", Run: a.stepDeployAPI}},
 			{{Name: "vault-keys", Run: a.stepVaultKeys}},
