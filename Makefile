@@ -16,7 +16,8 @@ DEB_PACKAGES := \
 	xorriso genisoimage cloud-image-utils xz-utils bzip2 \
 	zbar-tools poppler-utils gnupg duplicity openssh-client sudo \
 	postgresql python3-boto3 python3-paramiko openssh-server \
-	ca-certificates curl git make python3-dotenv python3-yaml nginx systemd
+	ca-certificates curl git make python3-dotenv python3-yaml \
+	prometheus prometheus-alertmanager redis-server memcached nginx systemd
 # Vagrant and libvirt for the box tests (slow; CI installs them too).
 DEB_VAGRANT := vagrant vagrant-libvirt libvirt-daemon libvirt-daemon-driver-qemu \
 	libvirt-clients libvirt-daemon-system dnsmasq-base ebtables iptables iproute2
