@@ -88,7 +88,7 @@ appliance:
   domain: ecs.example.org
   metric:
     exporter: true
-    gui: false
+    gui: true
   sentry:
     dsn: ""
   update:
@@ -115,7 +115,7 @@ ecs:
 		got = append(got, r.String())
 	}
 	want := []string{
-		"appliance.metric: " + KeyTable[slices.IndexFunc(KeyTable, func(r KeyRule) bool { return r.Key == "appliance.metric" })].Unsupported,
+		"appliance.metric.gui: " + KeyTable[slices.IndexFunc(KeyTable, func(r KeyRule) bool { return r.Key == "appliance.metric.gui" })].Unsupported,
 		"appliance.storage.proxy_cache: not supported by this image (no polipo proxy cache)",
 		"appliance.extra.states: not supported by this image (no saltstack; use appliance.extra.files and .packages)",
 		"appliance.frobnicate: unknown key, ignored",
@@ -130,16 +130,16 @@ ecs:
 // and clears the report when the env no longer sets them.
 func TestPrepareEnvReportsUnsupportedKeys(t *testing.T) {
 	a, _ := testAgent(t)
-	activate(t, a, "#cloud-config\nappliance:\n  domain: ecs.example.org\n  metric:\n    server: true\n")
+	activate(t, a, "#cloud-config\nappliance:\n  domain: ecs.example.org\n  metric:\n    gui: true\n")
 	log := a.Log.(*bytes.Buffer).String()
-	if !strings.Contains(log, "prepare-env: appliance.metric: not supported by this image") {
+	if !strings.Contains(log, "prepare-env: appliance.metric.gui: not supported by this image") {
 		t.Errorf("journal:\n%s", log)
 	}
 	st, _ := status.Read(a.Host)
-	if !strings.HasPrefix(st.Warnings[KeysWarning], "appliance.metric: not supported by this image") {
+	if !strings.HasPrefix(st.Warnings[KeysWarning], "appliance.metric.gui: not supported by this image") {
 		t.Errorf("warnings %v", st.Warnings)
 	}
-	if page := read(t, a, status.StatusPage); !strings.Contains(page, "appliance.metric: not supported by this image") {
+	if page := read(t, a, status.StatusPage); !strings.Contains(page, "appliance.metric.gui: not supported by this image") {
 		t.Errorf("page:\n%s", page)
 	}
 	activate(t, a, "#cloud-config\nappliance:\n  domain: ecs.example.org\n")
