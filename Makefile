@@ -28,7 +28,7 @@ DEMO_IMAGE := templates/files/images/testapp.tar
 # Let's Encrypt's ACME test server for the ACME tests (pebbletest.Version).
 PEBBLE_VERSION := v2.10.1
 
-.PHONY: all deps deps-vagrant deps-bench build test integration e2e lint bench appliance clean release-tag
+.PHONY: all deps deps-vagrant deps-bench build test integration e2e lint bench appliance clean release-tag deb
 
 all: build
 
@@ -104,6 +104,11 @@ appliance: build $(DEMO_IMAGE)
 	@echo "demo env:  $(APPLIANCE_OUT)/demo/env.yml (secrets, mode 0600)"
 	@echo "seed ISO:  $(APPLIANCE_OUT)/demo/seed.iso"
 	@echo "boot it:   $(BIN)/ecs-image test $(APPLIANCE_OUT)/ecs-appliance-$(APPLIANCE_VARIANT).qcow2 --env $(APPLIANCE_OUT)/demo/env.yml"
+
+# The Debian package dist/ecs-image_<version>_amd64.deb (dpkg-deb): the
+# static binaries, man pages, bash/zsh/fish completions; prints its path.
+deb: build
+	@bash scripts/deb.sh $(BIN) dist $(VERSION)
 
 # Tag a release: make release-tag TAG=v1.2.0 (a clean tree; then push the tag).
 release-tag:

@@ -19,6 +19,7 @@ import (
 	"github.com/ecs-image/ecs-image/agent/host"
 	"github.com/ecs-image/ecs-image/agent/prepare"
 	"github.com/ecs-image/ecs-image/buildinfo"
+	"github.com/ecs-image/ecs-image/cmddoc"
 	"github.com/spf13/cobra"
 )
 
@@ -79,6 +80,7 @@ func init() {
 	info := buildinfo.Get(version, commit, date)
 	rootCmd.Version = info.Version
 	rootCmd.SetVersionTemplate(info.String("ecs-agent"))
+	rootCmd.AddCommand(cmddoc.Command(rootCmd, "ecs-agent "+info.Version, info.Date))
 	rootCmd.AddCommand(&cobra.Command{
 		Use:   "version",
 		Short: "Print the agent version",

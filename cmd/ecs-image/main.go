@@ -11,6 +11,7 @@ import (
 	"syscall"
 
 	"github.com/ecs-image/ecs-image/buildinfo"
+	"github.com/ecs-image/ecs-image/cmddoc"
 	"github.com/sirupsen/logrus"
 	"github.com/spf13/cobra"
 
@@ -98,6 +99,7 @@ func init() {
 	info := buildinfo.Get(version, commit, date)
 	rootCmd.Version = info.Version
 	rootCmd.SetVersionTemplate(info.String("ecs-image"))
+	rootCmd.AddCommand(cmddoc.Command(rootCmd, "ecs-image "+info.Version, info.Date))
 	rootCmd.AddCommand(&cobra.Command{
 		Use:   "version",
 		Short: "Print the ecs-image version",
