@@ -37,6 +37,7 @@ func (a *Agent) PrepareAppliance(ctx context.Context) error {
 		{Name: "nginx", Run: a.stepNginx},
 		{Name: "extra-files", Run: a.stepExtraFiles},
 		{Name: "extra-packages", Run: a.stepExtraPackages},
+		{Name: "nonlocal-bind", Run: a.stepNonlocalBind},
 		{Name: "services", Branches: [][]Step{
 			{{Name: "postgresql", Run: a.stepPostgres}, {Name: "metrics", Run: a.stepMetrics}},
 			{{Name: "mail", Run: a.stepMail}, {Name: "stunnel", Run: a.stepStunnel}},
@@ -396,8 +397,11 @@ func (a *Agent) stepPostgres(ctx context.Context, e *Env) error {
 	if err != nil {
 		return err
 	}
-	t := TunePostgres(a.memBytes(), a.cores())
-	conf, err := render("postgresql.conf.tmpl", t)
+	bridgeIP, bridgeNet := a.dockerBridge()
+	conf, err := render("postgresql.conf.tmpl", struct {
+		PGTuning
+		BridgeIP string
+	}{TunePostgres(a.memBytes(), a.cores()), bridgeIP})
 	if err != nil {
 		return err
 	}
@@ -405,7 +409,7 @@ func (a *Agent) stepPostgres(ctx context.Context, e *Env) error {
 	if err != nil {
 		return err
 	}
-	block, err := render("pg_hba.block.tmpl", map[string]string{"Database": db, "Role": DBRole})
+	block, err := render("pg_hba.block.tmpl", map[string]string{"Database": db, "Role": DBRole, "BridgeNet": bridgeNet})
 	if err != nil {
 		return err
 	}

@@ -8,11 +8,19 @@ import (
 	"encoding/base64"
 	"encoding/pem"
 	"fmt"
+	"regexp"
 	"strings"
 )
 
 // DKIMSelector is the DKIM selector the appliance signs with.
 const DKIMSelector = "default"
+
+// PostfixPort is postfix's smtpd port for local senders and the ecs
+// containers (port 25 is stunnel's).
+const PostfixPort = 10025
+
+// postfixOpen10025 matches a master.cf entry for port 10025 on every address.
+var postfixOpen10025 = regexp.MustCompile(`(?m)^10025[ \t]+inet[ \t]`)
 
 // SMTPDPort is where the ECS container's smtpd listens (published on the
 // loopback by the compose file when an image exposes it); stunnel forwards
@@ -27,12 +35,15 @@ func (a *Agent) stepMail(ctx context.Context, e *Env) error {
 	if _, err := a.Host.WriteFile("/etc/mailname", []byte(domain+"\n"), 0o644); err != nil {
 		return err
 	}
+	bridgeIP, bridgeNet := a.dockerBridge()
 	settings := []string{
 		"myhostname=" + domain,
 		"myorigin=/etc/mailname",
 		"mydestination=$myhostname, localhost.localdomain, localhost",
 		"inet_interfaces=all",
-		"mynetworks=127.0.0.0/8 [::1]/128 172.16.0.0/12 192.168.0.0/16",
+		// Relaying for the loopback and the ecs containers on the docker
+		// bridge only.
+		"mynetworks=127.0.0.0/8 [::1]/128 " + bridgeNet,
 		"smtpd_relay_restrictions=permit_mynetworks, reject_unauth_destination",
 	}
 	keyText := e.Str("appliance.dkim.key")
@@ -77,11 +88,23 @@ func (a *Agent) stepMail(ctx context.Context, e *Env) error {
 	if _, err := a.Host.Run(ctx, "postconf", append([]string{"-e"}, settings...)...); err != nil {
 		return err
 	}
-	// Move postfix's smtpd from port 25 (stunnel's) to 10025.
+	// Move postfix's smtpd from port 25 (stunnel's) to 10025, on the
+	// loopback and the docker bridge address only.
 	if _, err := a.Host.Run(ctx, "postconf", "-M#", "smtp/inet"); err != nil {
 		return err
 	}
-	if _, err := a.Host.Run(ctx, "postconf", "-Me", "10025/inet=10025 inet n - y - - smtpd"); err != nil {
+	if master, err := a.Host.ReadFile(PostfixMasterCf); err == nil && postfixOpen10025.Match(master) {
+		// The entry of earlier agents, on every address.
+		if _, err := a.Host.Run(ctx, "postconf", "-MX", "10025/inet"); err != nil {
+			return err
+		}
+	}
+	var entries []string
+	for _, addr := range []string{"127.0.0.1", bridgeIP} {
+		svc := fmt.Sprintf("%s:%d", addr, PostfixPort)
+		entries = append(entries, svc+"/inet="+svc+" inet n - y - - smtpd")
+	}
+	if _, err := a.Host.Run(ctx, "postconf", append([]string{"-Me"}, entries...)...); err != nil {
 		return err
 	}
 	if keyText != "" {

@@ -1,0 +1,57 @@
+package prepare
+
+import (
+	"context"
+	"encoding/json"
+	"net"
+	"strings"
+)
+
+// DefaultBridgeCIDR is docker0's address and network when
+// /etc/docker/daemon.json sets no "bip".
+const DefaultBridgeCIDR = "172.17.0.1/16"
+
+// DockerDaemonConfig is dockerd's configuration file.
+const DockerDaemonConfig = "/etc/docker/daemon.json"
+
+// dockerBridge returns the host's address on docker's default bridge and
+// the bridge's network (CIDR): "bip" of daemon.json, else Docker's
+// default. The ecs containers run on this bridge (network_mode: bridge, as
+// in the original appliance) and reach PostgreSQL and postfix at its
+// address; nothing else may.
+func (a *Agent) dockerBridge() (ip, subnet string) {
+	cidr := DefaultBridgeCIDR
+	if data, err := a.Host.ReadFile(DockerDaemonConfig); err == nil {
+		var cfg struct {
+			BIP string `json:"bip"`
+		}
+		if json.Unmarshal(data, &cfg) == nil && cfg.BIP != "" {
+			if i, _, err := net.ParseCIDR(cfg.BIP); err == nil && i.To4() != nil {
+				cidr = cfg.BIP
+			} else {
+				a.logf("prepare-appliance: %s: bip %q is not an IPv4 CIDR; using %s", DockerDaemonConfig, cfg.BIP, DefaultBridgeCIDR)
+			}
+		}
+	}
+	i, n, _ := net.ParseCIDR(cidr)
+	return i.String(), n.String()
+}
+
+// NonlocalBindConf lets PostgreSQL and postfix bind the bridge address
+// before dockerd has created docker0 (at boot they start before it).
+const NonlocalBindConf = "/etc/sysctl.d/60-ecs-nonlocal-bind.conf"
+
+// stepNonlocalBind sets net.ipv4.ip_nonlocal_bind (now, and at every boot
+// by systemd-sysctl) so that services can listen on the docker bridge
+// address whether or not docker0 exists yet.
+func (a *Agent) stepNonlocalBind(ctx context.Context, e *Env) error {
+	const setting = "net.ipv4.ip_nonlocal_bind"
+	if _, err := a.Host.WriteFile(NonlocalBindConf, []byte("# Written by ecs-agent: PostgreSQL and postfix listen on the docker bridge\n# address, which exists only once dockerd runs.\n"+setting+" = 1\n"), 0o644); err != nil {
+		return err
+	}
+	if cur, err := a.Host.ReadFile("/proc/sys/net/ipv4/ip_nonlocal_bind"); err == nil && strings.TrimSpace(string(cur)) == "1" {
+		return nil
+	}
+	_, err := a.Host.Run(ctx, "sysctl", "-q", "-w", setting+"=1")
+	return err
+}

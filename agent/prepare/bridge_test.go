@@ -1,0 +1,105 @@
+package prepare
+
+import (
+	"context"
+	"slices"
+	"strings"
+	"testing"
+)
+
+func postconfLines(cmds []string) []string {
+	var out []string
+	for _, c := range cmds {
+		if strings.HasPrefix(c, "postconf ") {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+// PostgreSQL listens on the loopback and the docker bridge address only and
+// admits the ecs role from the bridge's network only; postfix relays for
+// the loopback and the bridge and listens on 10025 on those two addresses;
+// both may bind the bridge address before docker0 exists.
+func TestServicesListenOnLoopbackAndBridgeOnly(t *testing.T) {
+	a, rec := testAgent(t)
+	fakeSystem(t, a)
+	activate(t, a, clientCertEnv)
+	if err := a.PrepareAppliance(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	conf := read(t, a, "/etc/postgresql/15/main/conf.d/ecs-agent.conf")
+	if !strings.Contains(conf, "\nlisten_addresses = 'localhost,172.17.0.1'\n") || strings.Contains(conf, "'*'") {
+		t.Errorf("postgresql conf:\n%s", conf)
+	}
+	hba := read(t, a, "/etc/postgresql/15/main/pg_hba.conf")
+	var hosts []string
+	for _, l := range strings.Split(hba, "\n") {
+		if f := strings.Fields(l); len(f) > 0 && (f[0] == "host" || f[0] == "hostssl" || f[0] == "hostnossl") {
+			hosts = append(hosts, strings.Join(f, " "))
+		}
+	}
+	if !slices.Equal(hosts, []string{"host ecs ecs 172.17.0.0/16 scram-sha-256"}) {
+		t.Errorf("pg_hba host lines %q:\n%s", hosts, hba)
+	}
+	pc := strings.Join(postconfLines(rec.Recorded()), "\n")
+	for _, want := range []string{
+		"'mynetworks=127.0.0.0/8 [::1]/128 172.17.0.0/16'",
+		"postconf -M# smtp/inet",
+		"postconf -Me '127.0.0.1:10025/inet=127.0.0.1:10025 inet n - y - - smtpd' '172.17.0.1:10025/inet=172.17.0.1:10025 inet n - y - - smtpd'",
+	} {
+		if !strings.Contains(pc, want) {
+			t.Errorf("postconf lacks %s:\n%s", want, pc)
+		}
+	}
+	if strings.Contains(pc, "192.168.0.0/16") || strings.Contains(pc, "172.16.0.0/12") || strings.Contains(pc, "-MX") {
+		t.Errorf("postconf:\n%s", pc)
+	}
+	if s := read(t, a, NonlocalBindConf); !strings.Contains(s, "\nnet.ipv4.ip_nonlocal_bind = 1\n") {
+		t.Errorf("sysctl conf:\n%s", s)
+	}
+	if !slices.Contains(rec.Recorded(), "sysctl -q -w net.ipv4.ip_nonlocal_bind=1") {
+		t.Error("ip_nonlocal_bind not set now")
+	}
+	// Already set: no sysctl run.
+	put(t, a, "/proc/sys/net/ipv4/ip_nonlocal_bind", []byte("1\n"), 0o644)
+	rec.Commands = nil
+	if err := a.PrepareAppliance(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if slices.ContainsFunc(rec.Recorded(), func(c string) bool { return strings.HasPrefix(c, "sysctl") }) {
+		t.Errorf("sysctl ran again: %q", rec.Recorded())
+	}
+}
+
+// daemon.json's bip moves the bridge; an open 10025 entry of an earlier
+// agent is removed from master.cf.
+func TestBridgeFromDaemonJSONAndOldPostfixEntry(t *testing.T) {
+	a, rec := testAgent(t)
+	fakeSystem(t, a)
+	put(t, a, DockerDaemonConfig, []byte(`{"data-root": "/volatile/docker", "bip": "10.99.0.1/24"}`), 0o644)
+	put(t, a, PostfixMasterCf, []byte("#smtp      inet  n       -       y       -       -       smtpd\n10025      inet  n       -       y       -       -       smtpd\n"), 0o644)
+	activate(t, a, clientCertEnv)
+	if err := a.PrepareAppliance(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if conf := read(t, a, "/etc/postgresql/15/main/conf.d/ecs-agent.conf"); !strings.Contains(conf, "listen_addresses = 'localhost,10.99.0.1'") {
+		t.Errorf("postgresql conf:\n%s", conf)
+	}
+	if hba := read(t, a, "/etc/postgresql/15/main/pg_hba.conf"); !strings.Contains(hba, " 10.99.0.0/24 ") {
+		t.Errorf("pg_hba:\n%s", hba)
+	}
+	pc := strings.Join(postconfLines(rec.Recorded()), "\n")
+	for _, want := range []string{"postconf -MX 10025/inet", "'mynetworks=127.0.0.0/8 [::1]/128 10.99.0.0/24'", "'10.99.0.1:10025/inet=10.99.0.1:10025 inet n - y - - smtpd'"} {
+		if !strings.Contains(pc, want) {
+			t.Errorf("postconf lacks %s:\n%s", want, pc)
+		}
+	}
+	if ip, n := a.dockerBridge(); ip != "10.99.0.1" || n != "10.99.0.0/24" {
+		t.Errorf("bridge %s %s", ip, n)
+	}
+	put(t, a, DockerDaemonConfig, []byte(`{"bip": "fd00::1/64"}`), 0o644)
+	if ip, n := a.dockerBridge(); ip != "172.17.0.1" || n != "172.17.0.0/16" {
+		t.Errorf("IPv6 bip: bridge %s %s", ip, n)
+	}
+}
