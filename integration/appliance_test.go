@@ -400,7 +400,7 @@ apparmor_parser -S /etc/apparmor.d/docker-default | cmp -s - /sys/kernel/securit
 		journal := run(t, "journalctl -u appliance --no-pager -o cat")
 		prefixed := 0
 		for _, n := range names {
-			lines := regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(n) + `\s+\| `).FindAllString(journal, -1)
+			lines := regexp.MustCompile(`(?m)^`+regexp.QuoteMeta(n)+`\s+\| `).FindAllString(journal, -1)
 			prefixed += len(lines)
 			if len(lines) == 0 && !regexp.MustCompile(`(?m)^Attaching to .*\b`+regexp.QuoteMeta(n)+`\b`).MatchString(journal) {
 				t.Errorf("container %s is not in journalctl -u appliance", n)
@@ -1044,4 +1044,3 @@ func checkSSHRotation(t *testing.T, vm *applianceVM, run func(*testing.T, string
 		t.Errorf("the deprecated key: %v, want an authentication failure", err)
 	}
 }
-

@@ -227,10 +227,10 @@ func TestCollectMetrics(t *testing.T) {
 	}
 	fakeEngine(t, a.Host.Path(sock), []map[string]any{
 		{"Id": "r1", "Names": []string{"/ecs-redis-1"}, "Image": "redis", "State": "running",
-			"Labels": map[string]string{"com.docker.compose.service": "redis"},
+			"Labels":          map[string]string{"com.docker.compose.service": "redis"},
 			"NetworkSettings": map[string]any{"Networks": map[string]any{"ecs_default": map[string]string{"IPAddress": "127.0.0.31"}}}},
 		{"Id": "m1", "Names": []string{"/ecs-memcached-1"}, "Image": "memcached", "State": "running",
-			"Labels": map[string]string{"com.docker.compose.service": "memcached"},
+			"Labels":          map[string]string{"com.docker.compose.service": "memcached"},
 			"NetworkSettings": map[string]any{"Networks": map[string]any{"ecs_default": map[string]string{"IPAddress": "127.0.0.32"}}}},
 		{"Id": "w1", "Names": []string{"/ecs-web-1"}, "Image": "ecs", "State": "exited",
 			"Labels": map[string]string{"com.docker.compose.service": "ecs.web"}},
