@@ -36,3 +36,15 @@ func TestBuildRefusedBaseLeavesNoOutput(t *testing.T) {
 		}
 	}
 }
+
+// TestUnknownVariantMessage: --variant zzz names the template's variants,
+// or says it has none (issue 13: "(variants: )").
+func TestUnknownVariantMessage(t *testing.T) {
+	tp, err := ParseTemplate("t.yml", []byte("base:\n  catalog: debian-12\nstages:\n  - name: one\n    provisioners:\n      - type: shell\n        inline: [\"true\"]\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tp.Plan("zzz"); err == nil || err.Error() != `no variant "zzz" (the template defines no variants)` {
+		t.Errorf("err = %v", err)
+	}
+}

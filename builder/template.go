@@ -264,13 +264,8 @@ func cleanPathErr(err error) string {
 func ParseTemplate(file string, data []byte) (*Template, error) {
 	var doc yaml.Node
 	if err := yaml.Unmarshal(data, &doc); err != nil {
-		p := Problem{File: file, Msg: err.Error()}
-		var line int
-		if _, e := fmt.Sscanf(strings.TrimPrefix(err.Error(), "yaml: "), "line %d:", &line); e == nil {
-			p.Line, p.Column = line, 1
-			p.Msg = strings.TrimSpace(strings.SplitN(err.Error(), ":", 3)[2])
-		}
-		return nil, &TemplateError{[]Problem{p}}
+		line, col, msg := env.SyntaxErrorAt(data, err)
+		return nil, &TemplateError{[]Problem{{File: file, Line: line, Column: col, Msg: "YAML syntax error: " + msg}}}
 	}
 	if len(doc.Content) == 0 || doc.Content[0].Kind != yaml.MappingNode {
 		return nil, &TemplateError{[]Problem{{File: file, Line: 1, Column: 1, Msg: "template is not a mapping"}}}
@@ -571,7 +566,11 @@ func (t *Template) Plan(variant string) (*Plan, error) {
 				names = append(names, n)
 			}
 			sort.Strings(names)
-			return nil, fmt.Errorf("%s: no variant %q (variants: %s)", t.File, variant, strings.Join(names, ", "))
+			list := "the template defines no variants"
+			if len(names) > 0 {
+				list = "variants: " + strings.Join(names, ", ")
+			}
+			return nil, fmt.Errorf("no variant %q (%s)", variant, list)
 		}
 		p.Stages = append(p.Stages, v.Stages...)
 		p.Production = v.Production

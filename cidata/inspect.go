@@ -21,6 +21,8 @@ import (
 	"github.com/diskfs/go-diskfs/filesystem/fat32"
 	"github.com/kdomanski/iso9660"
 	"go.yaml.in/yaml/v3"
+
+	"github.com/ecs-image/ecs-image/atomicfile"
 )
 
 // Info describes a seed image read back from disk.
@@ -72,8 +74,11 @@ func Inspect(path string) (*Info, error) {
 // Extract copies every file of the seed image at path into dir (created
 // mode 0700 if missing), each file mode 0600. Names are checked to stay
 // inside dir (no absolute paths, no "..", no symlink escapes: writes go
-// through os.Root), and existing files are not overwritten.
-func Extract(path, dir string) error {
+// through os.Root), and existing files are not overwritten. Every file
+// must be read whole: one whose recorded extent runs past the image's end
+// fails the extraction (an *InputError). On failure, the files and
+// directories Extract created are removed again.
+func Extract(path, dir string) (err error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return err
@@ -83,21 +88,40 @@ func Extract(path, dir string) error {
 	if err != nil {
 		return fmt.Errorf("%s: %w", path, err)
 	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	undoDir, err := atomicfile.MkdirAllUndo(dir, 0o700)
+	if err != nil {
 		return err
 	}
 	root, err := os.OpenRoot(dir)
 	if err != nil {
+		undoDir()
 		return err
 	}
 	defer root.Close()
+	var created []string // files and directories, in creation order
+	defer func() {
+		if err == nil {
+			return
+		}
+		for i := len(created) - 1; i >= 0; i-- {
+			root.Remove(created[i])
+		}
+		undoDir()
+	}()
 	for _, fi := range img.info.Files {
 		name := filepath.FromSlash(fi.Path)
 		if !safeName(fi.Path) || !filepath.IsLocal(name) {
-			return fmt.Errorf("%s: refusing to extract unsafe name %q", path, fi.Path)
+			return &InputError{File: path, Msg: fmt.Sprintf("refusing to extract unsafe name %q", fi.Path)}
 		}
-		if d := filepath.Dir(name); d != "." {
-			if err := root.MkdirAll(d, 0o700); err != nil {
+		// The missing parents, one by one, to remove them again on failure.
+		var parents []string
+		for d := filepath.Dir(name); d != "."; d = filepath.Dir(d) {
+			parents = append([]string{d}, parents...)
+		}
+		for _, d := range parents {
+			if err := root.Mkdir(d, 0o700); err == nil {
+				created = append(created, d)
+			} else if !errors.Is(err, fs.ErrExist) {
 				return err
 			}
 		}
@@ -109,12 +133,16 @@ func Extract(path, dir string) error {
 		if err != nil {
 			return err
 		}
-		_, err = io.Copy(out, io.LimitReader(r, fi.Size))
+		created = append(created, name)
+		n, err := io.Copy(out, io.LimitReader(r, fi.Size))
 		if cerr := out.Close(); err == nil {
 			err = cerr
 		}
 		if err != nil {
 			return fmt.Errorf("%s: %s: %w", path, fi.Path, err)
+		}
+		if n != fi.Size {
+			return &InputError{File: path, Msg: fmt.Sprintf("%s: recorded as %d bytes, but only %d could be read (its extent runs past the end of the image)", fi.Path, fi.Size, n)}
 		}
 	}
 	return nil

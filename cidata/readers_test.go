@@ -264,7 +264,8 @@ func TestInspectGarbage(t *testing.T) {
 }
 
 // FuzzInspect feeds damaged images to the readers: they must return, with
-// or without an error, and never hang or crash.
+// or without an error, and never hang or crash; a failed extraction leaves
+// nothing behind (issue 13).
 func FuzzInspect(f *testing.F) {
 	for _, fm := range Formats {
 		img, err := Build(Options{Format: fm, UserData: []byte("#cloud-config\n"), Raw: true, Hostname: "h"})
@@ -285,6 +286,12 @@ func FuzzInspect(f *testing.F) {
 			t.Fatal(err)
 		}
 		_, _ = Inspect(p)
+		dir := filepath.Join(t.TempDir(), "out")
+		if err := Extract(p, dir); err != nil {
+			if _, serr := os.Stat(dir); serr == nil {
+				t.Fatalf("failed extraction (%v) left %s", err, dir)
+			}
+		}
 	})
 }
 

@@ -212,44 +212,78 @@ func (c *checker) parseYAML() (*yaml.Node, bool) {
 }
 
 func (c *checker) syntaxError(err error) {
-	msg := strings.TrimPrefix(err.Error(), "yaml: ")
-	p := Problem{File: c.file, Line: 1, Column: 1, Msg: "YAML syntax error: " + msg}
-	line := 0
+	line, col, msg := SyntaxErrorAt(c.data, err)
+	c.probs = append(c.probs, Problem{File: c.file, Line: line, Column: col, Msg: "YAML syntax error: " + msg})
+}
+
+// SyntaxErrorAt places a yaml.v3 syntax error of data at the line and
+// column of its cause (yaml.v3 reports some errors on the line before, or
+// without a position) and returns its message without the "yaml: line N:"
+// prefix. It is shared by env.yml and the build templates.
+func SyntaxErrorAt(data []byte, err error) (line, col int, msg string) {
+	msg = strings.TrimPrefix(err.Error(), "yaml: ")
+	line, col = 1, 1
+	reported := 0
 	if m := reYAMLErr.FindStringSubmatch(err.Error()); m != nil {
-		line, _ = strconv.Atoi(m[1])
+		reported, _ = strconv.Atoi(m[1])
 		msg = m[2]
-		p.Msg = "YAML syntax error: " + msg
 		// yaml.v3 reports scanner errors with 1-based lines but parser
 		// errors with the 0-based line of the enclosing construct.
 		if isParserError(msg) {
-			line++
+			reported++
 		}
 	} else if isParserError(msg) {
-		line = 1 // no line given: it is 0-based line 0
+		reported = 1 // no line given: it is 0-based line 0
 	}
-	if strings.HasPrefix(msg, "unknown anchor '") {
+	switch {
+	case strings.HasPrefix(msg, "unknown anchor '"):
 		name := strings.TrimSuffix(strings.TrimPrefix(msg, "unknown anchor '"), "' referenced")
-		if i := bytes.Index(c.data, []byte("*"+name)); i >= 0 {
-			p.Line, p.Column = position(c.data, i)
-			c.probs = append(c.probs, p)
-			return
+		if i := bytes.Index(data, []byte("*"+name)); i >= 0 {
+			line, col = position(data, i)
+			return line, col, msg
+		}
+	case strings.Contains(msg, "control characters are not allowed"):
+		// Reported without a position: the first control character.
+		if i := bytes.IndexFunc(data, isControl); i >= 0 {
+			line, col = position(data, i)
+			return line, col, fmt.Sprintf("%s (byte 0x%02x)", msg, data[i])
+		}
+	case strings.Contains(msg, "found a tab character"):
+		// yaml.v3 names the line before the tab's: the first line from
+		// there on with a tab in its indentation.
+		for n := max(reported, 1); n <= reported+2 && n <= bytes.Count(data, []byte{'\n'})+1; n++ {
+			text := lineOf(data, n)
+			indent := len(text) - len(strings.TrimLeft(text, " \t"))
+			if i := strings.IndexByte(text[:indent], '\t'); i >= 0 {
+				return n, i + 1, msg + " (a tab in the indentation: YAML indents with spaces only)"
+			}
 		}
 	}
-	if line > 0 {
-		p.Line = line
-		text := c.line(p.Line)
+	if n := bytes.Count(bytes.TrimRight(data, "\n"), []byte{'\n'}) + 1; reported > n && len(bytes.TrimSpace(data)) > 0 {
+		// At the end of the file: after the last line's text.
+		return n, len(lineOf(data, n)) + 1, msg + " (at the end of the file)"
+	}
+	if reported > 0 {
+		line = reported
+		text := lineOf(data, line)
 		indent := len(text) - len(strings.TrimLeft(text, " \t"))
 		if i := strings.IndexByte(text[:indent], '\t'); i >= 0 {
-			p.Column = i + 1
-			p.Msg += " (a tab in the indentation: YAML indents with spaces only)"
+			col = i + 1
+			msg += " (a tab in the indentation: YAML indents with spaces only)"
 		} else if i := strings.IndexByte(text, '\t'); i >= 0 && strings.Contains(msg, "cannot start any token") {
-			p.Column = i + 1
-			p.Msg += " (a tab character)"
+			col = i + 1
+			msg += " (a tab character)"
 		} else {
-			p.Column = indent + 1
+			col = indent + 1
 		}
 	}
-	c.probs = append(c.probs, p)
+	return line, col, msg
+}
+
+// isControl: the characters YAML refuses in a document (C0 controls but
+// tab, line feed and carriage return; DEL).
+func isControl(r rune) bool {
+	return (r < 0x20 && r != '\t' && r != '\n' && r != '\r') || r == 0x7f
 }
 
 // isParserError tells yaml.v3's parser errors from its scanner errors.
@@ -262,9 +296,8 @@ func isParserError(msg string) bool {
 	return false
 }
 
-// line returns the text of 1-based line n.
-func (c *checker) line(n int) string {
-	data := c.data
+// lineOf returns the text of 1-based line n of data.
+func lineOf(data []byte, n int) string {
 	for i := 1; i < n; i++ {
 		j := bytes.IndexByte(data, '\n')
 		if j < 0 {

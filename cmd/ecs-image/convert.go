@@ -20,14 +20,16 @@ func init() {
 		out     string
 		outDir  string
 		variant string
+		force   bool
 		opts    formats.Options
 	)
 	cmd := &cobra.Command{
 		Use:   "convert IN.qcow2 -f FORMAT[,FORMAT...] (-o OUT | -d DIR)",
 		Short: "Convert a qcow2 image into release formats (vmdk, ova, vhd, boxes, ...)",
 		Long: `Convert a standalone qcow2 image into one or more output formats with the
-same writers the builder uses. The input is inspected with qemu-img info;
-images with a backing file are refused. Conversions go through qemu-img.
+same writers the builder uses. The input is inspected like a base (header,
+qemu-img info, qemu-img check): images with a backing file, an external data
+file, or a damaged structure are refused. Conversions go through qemu-img.
 
 With one format, -o names the output file. With several formats (or -d),
 the outputs are written into DIR as BASE+extension, in parallel (at most one
@@ -35,6 +37,7 @@ per CPU); BASE defaults to the input's name without .qcow2. Outputs are
 written under temporary names and renamed only when all succeeded, so an
 error or Ctrl-C leaves nothing half-written. A missing output directory
 (DIR, or OUT's) is created, and removed again if the conversion fails.
+An existing output file is refused (exit 2) unless --force is given.
 
 Formats:
 ` + formatList() + `
@@ -63,6 +66,25 @@ Vagrant boxes carry Vagrant's public insecure key and are refused with
 			if out != "" && len(names) != 1 {
 				return badInputf("convert: -o takes one format; use -d DIR for %d formats", len(names))
 			}
+			base := strings.TrimSuffix(filepath.Base(in), ".qcow2")
+			if !force {
+				targets := []string{out}
+				if out == "" {
+					targets = targets[:0]
+					for _, n := range names {
+						f, _ := formats.Lookup(n)
+						targets = append(targets, filepath.Join(outDir, base+f.Ext))
+					}
+				}
+				for _, t := range targets {
+					if err := atomicfile.CheckTarget(t); err != nil {
+						return badInput(err)
+					}
+					if _, err := os.Lstat(t); err == nil {
+						return badInputf("%s: file exists (use --force to overwrite)", t)
+					}
+				}
+			}
 			img, err := formats.Inspect(cmd.Context(), in)
 			if err != nil {
 				return err
@@ -83,7 +105,6 @@ Vagrant boxes carry Vagrant's public insecure key and are refused with
 			if err != nil {
 				return err
 			}
-			base := strings.TrimSuffix(filepath.Base(in), ".qcow2")
 			arts, err := formats.Emit(cmd.Context(), img, outDir, base, names, opts)
 			if err != nil {
 				undo()
@@ -99,6 +120,7 @@ Vagrant boxes carry Vagrant's public insecure key and are refused with
 	f.StringSliceVarP(&names, "format", "f", nil, "output format(s), comma-separated or repeated")
 	f.StringVarP(&out, "output", "o", "", "output file (one format)")
 	f.StringVarP(&outDir, "dir", "d", "", "output directory (any number of formats)")
+	f.BoolVar(&force, "force", false, "replace existing output files")
 	f.StringVar(&variant, "variant", "", "image variant (dev, test, production); production refuses Vagrant boxes")
 	f.StringVar(&opts.Product, "product", "", `product name in OVF descriptors and boxes (default "ECS appliance")`)
 	f.StringVar(&opts.Vendor, "vendor", "", `vendor in OVF descriptors (default "ECS")`)

@@ -228,3 +228,39 @@ func TestUnboundedInputsRefused(t *testing.T) {
 		}
 	}
 }
+
+// TestConvertRefusesOverwrite: an existing output is kept unless --force
+// (issue 13: convert silently replaced it).
+func TestConvertRefusesOverwrite(t *testing.T) {
+	requireTool(t, "qemu-img")
+	dir := t.TempDir()
+	img := filepath.Join(dir, "in.qcow2")
+	if out, err := exec.Command("qemu-img", "create", "-q", "-f", "qcow2", img, "16M").CombinedOutput(); err != nil {
+		t.Fatalf("%v %s", err, out)
+	}
+	out := filepath.Join(dir, "out.raw")
+	inDir := filepath.Join(dir, "in.vmdk")
+	for _, p := range []string{out, inDir} {
+		os.WriteFile(p, []byte("keep me"), 0o644)
+	}
+	for _, args := range [][]string{
+		{"convert", img, "-f", "raw", "-o", out},
+		{"convert", img, "-f", "raw,vmdk", "-d", dir},
+	} {
+		code, _, stderr := runHostile(t, args...)
+		if code != exitUsage || !strings.Contains(stderr, "file exists (use --force to overwrite)") {
+			t.Errorf("%v: exit %d, stderr %q", args, code, stderr)
+		}
+	}
+	for _, p := range []string{out, inDir} {
+		if b, _ := os.ReadFile(p); string(b) != "keep me" {
+			t.Errorf("%s replaced", p)
+		}
+	}
+	if code, _, stderr := runHostile(t, "convert", img, "-f", "raw", "-o", out, "--force"); code != exitOK {
+		t.Errorf("--force: exit %d %s", code, stderr)
+	}
+	if b, _ := os.ReadFile(out); string(b) == "keep me" {
+		t.Error("--force did not replace the output")
+	}
+}
