@@ -32,14 +32,27 @@ func (a *Agent) PrepareEnv(ctx context.Context) error {
 			a.logf("%s: %s: %s", step, at.Source, at.Result)
 		}
 	}
+	devWarning := ""
 	if err != nil {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		if errors.Is(err, discover.ErrNotFound) {
-			err = fmt.Errorf("no env.yml found (tried %s)", res.Summary())
+		if !errors.Is(err, discover.ErrNotFound) {
+			return a.fail(step, err)
 		}
-		return a.fail(step, err)
+		variant := a.Variant()
+		if !DevFallbackVariants[variant] {
+			return a.fail(step, fmt.Errorf("no env.yml found (tried %s)", res.Summary()))
+		}
+		// The original appliance's default-env fallback, for development
+		// and test images only.
+		res = &discover.Result{Source: DevEnvSource, Data: env.DevelopmentEnv(), Attempts: res.Attempts}
+		devWarning = fmt.Sprintf("no env.yml found (tried %s); running the built-in development env "+
+			"(domain localhost, published secrets) because this is a %s image; production images never do", res.Summary(), variant)
+		a.logf("%s: warning: %s", step, devWarning)
+	}
+	if err := status.Warn(a.Host, "env", devWarning); err != nil {
+		a.logf("%s: status: %v", step, err)
 	}
 	name := res.Source
 	doc, err := env.Parse(name, res.Data)
