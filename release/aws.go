@@ -91,6 +91,9 @@ func ImportAMI(ctx context.Context, api EC2API, up *S3Target, image string, o AM
 	if err := o.check(); err != nil {
 		return "", err
 	}
+	if err := CheckDisk(ctx, image); err != nil {
+		return "", err
+	}
 	format, err := diskFormat(image)
 	if err != nil {
 		return "", err

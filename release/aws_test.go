@@ -3,7 +3,6 @@ package release
 import (
 	"context"
 	"errors"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -57,7 +56,7 @@ func TestImportAMI(t *testing.T) {
 	endpoint := versityGW(t)
 	ctx := context.Background()
 	img := filepath.Join(t.TempDir(), "ecs-1.0.ami.vmdk")
-	os.WriteFile(img, []byte("KDMV stream vmdk stand-in"), 0o644)
+	disk(t, img, "vmdk", "1M", "-o", "subformat=streamOptimized")
 	up, err := NewS3Target(ctx, "releases", "ami", S3Options{Endpoint: endpoint})
 	if err != nil {
 		t.Fatal(err)

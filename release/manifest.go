@@ -216,6 +216,9 @@ func Make(ctx context.Context, dir string, opts Options) (*Manifest, error) {
 		if !e.Type().IsRegular() || reserved(e.Name()) {
 			continue
 		}
+		if err := CheckDisk(ctx, filepath.Join(dir, e.Name())); err != nil {
+			return nil, err
+		}
 		sum, size, err := HashFile(ctx, filepath.Join(dir, e.Name()))
 		if err != nil {
 			return nil, err

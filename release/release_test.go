@@ -65,16 +65,26 @@ func gpgVerify(dir, home string) error {
 	return nil
 }
 
+// disk makes a real disk image (release inspects disk artifacts).
+func disk(t testing.TB, path, format, size string, opts ...string) {
+	t.Helper()
+	args := append([]string{"create", "-q", "-f", format}, opts...)
+	if out, err := exec.Command("qemu-img", append(args, path, size)...).CombinedOutput(); err != nil {
+		t.Fatalf("qemu-img create: %v: %s", err, out)
+	}
+}
+
 // releaseDir writes a few artifacts and a build manifest.
 func releaseDir(t *testing.T, bigMiB int) string {
 	t.Helper()
 	dir := t.TempDir()
-	os.WriteFile(filepath.Join(dir, "ecs-1.0.qcow2"), []byte("qcow2 bytes\n"), 0o644)
+	disk(t, filepath.Join(dir, "ecs-1.0.qcow2"), "qcow2", "1M")
 	os.WriteFile(filepath.Join(dir, "ecs-1.0.libvirt.box"), []byte("box bytes\n"), 0o644)
 	os.WriteFile(filepath.Join(dir, ".hidden-temp"), []byte("x"), 0o644)
 	if bigMiB > 0 {
 		b := make([]byte, bigMiB<<20)
 		rand.Read(b)
+		b[510], b[511] = 0x55, 0xaa // a boot sector: a raw disk
 		os.WriteFile(filepath.Join(dir, "ecs-1.0.raw"), b, 0o644)
 	}
 	bm := `{
@@ -196,7 +206,7 @@ func sha(t *testing.T, p string) string {
 
 func TestMakeWithoutBuildManifest(t *testing.T) {
 	dir := t.TempDir()
-	os.WriteFile(filepath.Join(dir, "a.vmdk"), []byte("a"), 0o644)
+	disk(t, filepath.Join(dir, "a.vmdk"), "vmdk", "1M")
 	m, err := Make(context.Background(), dir, Options{})
 	if err != nil || len(m.Artifacts) != 1 || m.Artifacts[0].Format != "vmdk" || m.Variant != "" {
 		t.Fatalf("Make = %+v, %v", m, err)
@@ -208,7 +218,7 @@ func TestMakeWithoutBuildManifest(t *testing.T) {
 
 func TestBadBuildManifest(t *testing.T) {
 	dir := t.TempDir()
-	os.WriteFile(filepath.Join(dir, "a.vmdk"), []byte("a"), 0o644)
+	disk(t, filepath.Join(dir, "a.vmdk"), "vmdk", "1M")
 	os.WriteFile(filepath.Join(dir, BuildManifestFile), []byte("{\n  \"variant\": \"dev\",\n  \"packages\": 3\n}\n"), 0o644)
 	_, err := Make(context.Background(), dir, Options{})
 	if err == nil || !IsBadInput(err) || !strings.Contains(err.Error(), "line 3") || !strings.Contains(err.Error(), "packages") {
@@ -282,7 +292,7 @@ func TestPublishFile(t *testing.T) {
 		t.Fatalf("re-publish %+v %v, want everything skipped", rep, err)
 	}
 	// A new build into the same destination: the old manifest goes first.
-	os.WriteFile(filepath.Join(dir, "ecs-1.0.qcow2"), []byte("rebuilt\n"), 0o644)
+	disk(t, filepath.Join(dir, "ecs-1.0.qcow2"), "qcow2", "2M") // rebuilt
 	if _, err := Make(context.Background(), dir, Options{}); err != nil {
 		t.Fatal(err)
 	}
@@ -302,7 +312,7 @@ func TestPublishFile(t *testing.T) {
 // TestBuilderManifest reads the builder's own NAME.build.json shape.
 func TestBuilderManifest(t *testing.T) {
 	dir := t.TempDir()
-	os.WriteFile(filepath.Join(dir, "ecs-dev.qcow2"), []byte("q"), 0o644)
+	disk(t, filepath.Join(dir, "ecs-dev.qcow2"), "qcow2", "1M")
 	bm := builder.Manifest{
 		Template: "ecs-appliance", TemplateDigest: "sha256:feed", Variant: "dev",
 		Base:     builder.ManifestBase{Name: "debian-12", Digest: "sha256:beef", Path: "/cache/x.qcow2"},

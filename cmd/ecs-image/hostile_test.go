@@ -50,6 +50,10 @@ func TestHostileImagesRefused(t *testing.T) {
 	q, _ := qemuimgtest.DataFileQcow2(t, dir)
 	v, _ := qemuimgtest.FlatExtentVMDK(t, dir)
 	out := t.TempDir()
+	rel := t.TempDir()
+	if data, err := os.ReadFile(q); err == nil {
+		os.WriteFile(filepath.Join(rel, "ecs-1.0.qcow2"), data, 0o644)
+	}
 	for _, c := range []struct {
 		name string
 		args []string
@@ -63,6 +67,7 @@ func TestHostileImagesRefused(t *testing.T) {
 		{"base inspect qcow2", []string{"base", "inspect", q}, "external data file"},
 		{"base inspect vmdk", []string{"base", "inspect", v}, "VMDK descriptor file"},
 		{"base fetch", []string{"base", "fetch", q, "--insecure"}, "external data file"},
+		{"release", []string{"release", rel}, "external data file"},
 	} {
 		code, stdout, stderr := runHostile(t, c.args...)
 		if code != exitUsage || !strings.Contains(stderr, c.want) || stdout != "" {
