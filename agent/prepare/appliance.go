@@ -417,7 +417,7 @@ func (a *Agent) stepPostgres(ctx context.Context, e *Env) error {
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return err
 	}
-	hchanged, err := a.Host.WriteFile(dir+"/pg_hba.conf", []byte(replaceManagedBlock(string(hba), "pg_hba", string(block))), 0o640)
+	hchanged, err := a.Host.WriteFile(dir+"/pg_hba.conf", []byte(replaceManagedBlock(disableHostRules(string(hba)), "pg_hba", string(block))), 0o640)
 	if err != nil {
 		return err
 	}

@@ -55,3 +55,32 @@ func (a *Agent) stepNonlocalBind(ctx context.Context, e *Env) error {
 	_, err := a.Host.Run(ctx, "sysctl", "-q", "-w", setting+"=1")
 	return err
 }
+
+// hbaDisabled prefixes the pg_hba.conf rules the agent turned off.
+const hbaDisabled = "#ecs-agent: "
+
+// disableHostRules comments out the TCP rules of pg_hba.conf outside the
+// agent's managed block (the package's 127.0.0.1/32 and ::1/128 rules):
+// PostgreSQL admits TCP clients from the docker bridge only, and local
+// clients over its Unix socket.
+func disableHostRules(hba string) string {
+	lines := strings.SplitAfter(hba, "\n")
+	managed := false
+	for i, l := range lines {
+		switch strings.TrimSpace(l) {
+		case "# BEGIN ecs-agent pg_hba":
+			managed = true
+		case "# END ecs-agent pg_hba":
+			managed = false
+		}
+		f := strings.Fields(l)
+		if managed || len(f) == 0 {
+			continue
+		}
+		switch f[0] {
+		case "host", "hostssl", "hostnossl", "hostgssenc", "hostnogssenc":
+			lines[i] = hbaDisabled + l
+		}
+	}
+	return strings.Join(lines, "")
+}

@@ -24,7 +24,15 @@ func postconfLines(cmds []string) []string {
 func TestServicesListenOnLoopbackAndBridgeOnly(t *testing.T) {
 	a, rec := testAgent(t)
 	fakeSystem(t, a)
+	// Debian's pg_hba.conf: its TCP rules are turned off.
+	debian := "local   all             postgres                                peer\nlocal   all             all                                     peer\n" +
+		"host    all             all             127.0.0.1/32            scram-sha-256\nhost    all             all             ::1/128                 scram-sha-256\n" +
+		"local   replication     all                                     peer\nhost    replication     all             127.0.0.1/32            scram-sha-256\n"
+	put(t, a, "/etc/postgresql/15/main/pg_hba.conf", []byte(debian), 0o640)
 	activate(t, a, clientCertEnv)
+	if err := a.PrepareAppliance(context.Background()); err != nil {
+		t.Fatal(err)
+	}
 	if err := a.PrepareAppliance(context.Background()); err != nil {
 		t.Fatal(err)
 	}
@@ -41,6 +49,9 @@ func TestServicesListenOnLoopbackAndBridgeOnly(t *testing.T) {
 	}
 	if !slices.Equal(hosts, []string{"host ecs ecs 172.17.0.0/16 scram-sha-256"}) {
 		t.Errorf("pg_hba host lines %q:\n%s", hosts, hba)
+	}
+	if strings.Count(hba, "\nlocal ") != 2 || strings.Count(hba, hbaDisabled+"host ") != 3 || strings.Count(hba, hbaDisabled+hbaDisabled) != 0 {
+		t.Errorf("pg_hba local rules kept, TCP rules off once:\n%s", hba)
 	}
 	pc := strings.Join(postconfLines(rec.Recorded()), "\n")
 	for _, want := range []string{
