@@ -2,6 +2,7 @@ package builder
 
 import (
 	"bytes"
+	"context"
 	"debug/elf"
 	"os"
 	"os/exec"
@@ -10,6 +11,8 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+
+	"github.com/sirupsen/logrus"
 
 	"github.com/ecs-image/ecs-image/testenv"
 )
@@ -82,18 +85,12 @@ func TestDynamicCLIAsHelper(t *testing.T) {
 			t.Errorf("%s is not in the slim initrd", n)
 		}
 	}
-	// The whole-initrd fallback carries them too.
-	whole := filepath.Join(t.TempDir(), "whole.img")
-	base := filepath.Join(t.TempDir(), "base.img")
-	os.WriteFile(base, nil, 0o644)
-	if err := writeHelperInitrd(whole, base, h); err != nil {
-		t.Fatal(err)
-	}
-	wf := initrdFiles(t, whole)
-	for _, n := range append(names, HelperName) {
-		if len(wf[n]) == 0 {
-			t.Errorf("%s is not in the whole initrd", n)
-		}
+	// An initrd that cannot be slimmed takes only a static helper.
+	r := &offlineRun{Disk: "unused", WorkDir: t.TempDir(), Log: logrus.StandardLogger(),
+		Boot: bootFiles{Dir: t.TempDir()}}
+	os.WriteFile(filepath.Join(r.Boot.Dir, "initrd.img"), []byte("not a cpio archive"), 0o644)
+	if err := r.runWith(context.Background(), h); err == nil || !strings.Contains(err.Error(), "CGO_ENABLED=0") {
+		t.Errorf("whole-initrd fallback with a dynamic helper: %v", err)
 	}
 
 	// Run the helper binary with nothing but the initrd's files as its

@@ -201,12 +201,22 @@ func (r *offlineRun) run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	return r.runWith(ctx, helper)
+}
+
+// runWith is run with the given helper program.
+func (r *offlineRun) runWith(ctx context.Context, helper *helperProgram) error {
 	initrd := filepath.Join(r.WorkDir, "helper-initrd.img")
 	if err := writeSlimInitrd(initrd, r.Boot.initrd(), helper); err != nil {
 		if !errors.Is(err, errUnsupportedInitrd) {
 			return err
 		}
 		r.Log.Debugf("no slim initrd (%v): the image's whole initrd boots the helper", err)
+		if len(helper.Libs) > 0 {
+			// The host's loader and libc would replace the image's in its
+			// initramfs, under the image's own tools (modprobe).
+			return fmt.Errorf("offline helper: the image's initrd cannot be slimmed (%v), and its whole initrd takes only a static ecs-image: %s is dynamically linked (build it with CGO_ENABLED=0, as make build and the .deb do)", err, helper.Exe)
+		}
 		if err := writeHelperInitrd(initrd, r.Boot.initrd(), helper); err != nil {
 			return err
 		}
@@ -337,10 +347,10 @@ func (r *offlineRun) writeJob(ctx context.Context, path string) error {
 }
 
 // writeHelperInitrd writes the image's initrd followed by a cpio archive
-// holding the helper as /ecs-offline-helper, with its loader and libraries
-// when it is dynamically linked (the kernel unpacks concatenated archives
-// in order, whatever their compression; a later file replaces an earlier
-// one of the same path).
+// holding the helper as /ecs-offline-helper (the kernel unpacks
+// concatenated archives in order, whatever their compression; a later file
+// replaces an earlier one of the same path). The caller passes a static
+// helper: a dynamic one's loader and libraries would replace the image's.
 func writeHelperInitrd(out, baseInitrd string, h *helperProgram) error {
 	base, err := os.ReadFile(baseInitrd)
 	if err != nil {
