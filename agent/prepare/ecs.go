@@ -10,7 +10,6 @@ import (
 	"sort"
 	"strings"
 
-	"github.com/ecs-image/ecs-image/agent/host"
 )
 
 // PrepareECS loads the baked container images, renders the compose file
@@ -232,32 +231,4 @@ func (a *Agent) stepCompose(ctx context.Context, e *Env) error {
 	}
 	a.logf("prepare-ecs/compose: %s runs %s (web: %s)", ComposeFile, strings.Join(names, ", "), web)
 	return nil
-}
-
-// stepMigrate runs /app/etc/hooks/migrate, when present and executable,
-// with the active environment (and DATABASE_URL); ecs.migrate.auto: false
-// disables it.
-func (a *Agent) stepMigrate(ctx context.Context, e *Env) error {
-	fi, err := os.Stat(a.Host.Path(MigrateHook))
-	if err != nil || fi.IsDir() || fi.Mode()&0o111 == 0 {
-		return nil
-	}
-	if !e.Bool("ecs.migrate.auto", true) {
-		a.logf("prepare-ecs/migrate: ecs.migrate.auto is false; %s not run", MigrateHook)
-		return nil
-	}
-	envv := make([]string, 0, len(e.Vars)+2)
-	for _, k := range SortedNames(e.Vars) {
-		envv = append(envv, k+"="+e.Vars[k])
-	}
-	if data, err := a.Host.ReadFile(DatabaseEnv); err == nil {
-		envv = append(envv, strings.TrimSpace(string(data)))
-	}
-	envv = append(envv, "COMPOSE_FILE="+ComposeFile, "COMPOSE_PROJECT_NAME="+ComposeProject)
-	if err := a.dumpBeforeMigration(ctx, e); err != nil {
-		return err
-	}
-	a.logf("prepare-ecs/migrate: running %s", MigrateHook)
-	_, err = a.Host.RunCmd(ctx, host.Cmd{Name: a.Host.Path(MigrateHook), Env: envv, Stdout: os.Stderr, Stderr: os.Stderr})
-	return err
 }

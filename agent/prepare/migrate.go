@@ -1,0 +1,121 @@
+package prepare
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strings"
+
+	"github.com/ecs-image/ecs-image/agent/host"
+	"go.yaml.in/yaml/v3"
+)
+
+// MigrateService is the compose service whose image carries the
+// application's migrations; the original appliance ran them as
+// `docker-compose run --no-deps --rm ecs.web migrate`.
+const MigrateService = "ecs.web"
+
+// MigratedTag records the image ID of MigrateService whose migrations ran
+// to completion: an unchanged image does not migrate (nor dump) again, as
+// the original migrated only when the ecs version changed.
+const MigratedTag = TagsDir + "/last_migrated_image"
+
+// composeCommand returns the command line that runs compose with args on
+// the appliance's project and compose file.
+func (a *Agent) composeCommand(args ...string) (string, []string) {
+	return "docker-compose", append([]string{"-p", ComposeProject, "-f", a.Host.Path(ComposeFile)}, args...)
+}
+
+// composeServiceImage returns the image of service in the compose file,
+// and whether the service exists.
+func (a *Agent) composeServiceImage(service string) (string, bool) {
+	data, err := a.Host.ReadFile(ComposeFile)
+	if err != nil {
+		return "", false
+	}
+	var f struct {
+		Services map[string]struct {
+			Image string `yaml:"image"`
+		} `yaml:"services"`
+	}
+	if err := yaml.Unmarshal(data, &f); err != nil {
+		return "", false
+	}
+	s, ok := f.Services[service]
+	return s.Image, ok
+}
+
+// stepMigrate runs the database migrations unless ecs.migrate.auto is
+// false: with a MigrateService in the compose file, its image's `migrate`
+// command through compose (as the original appliance did), else
+// /app/etc/hooks/migrate when present and executable. Before it, a
+// `pg_dump --format=custom` of the database goes to MigrateDump (temp file,
+// then renamed) when the database has tables. A failed migration fails the
+// step — the appliance is marked failed with the reason — and leaves the
+// dump for a roll-back.
+func (a *Agent) stepMigrate(ctx context.Context, e *Env) error {
+	if !e.Bool("ecs.migrate.auto", true) {
+		a.logf("prepare-ecs/migrate: ecs.migrate.auto is false; migrations not run")
+		return nil
+	}
+	image, viaCompose := a.composeServiceImage(MigrateService)
+	hook := false
+	if fi, err := os.Stat(a.Host.Path(MigrateHook)); err == nil && !fi.IsDir() && fi.Mode()&0o111 != 0 {
+		hook = true
+	}
+	if !viaCompose && !hook {
+		return nil
+	}
+	imageID := ""
+	if viaCompose {
+		out, err := a.Host.Run(ctx, "docker", "image", "inspect", "--format", "{{.Id}}", image)
+		if err != nil {
+			return fmt.Errorf("image %s of service %s: %w", image, MigrateService, err)
+		}
+		imageID = strings.TrimSpace(string(out))
+		if last, err := a.Host.ReadFile(MigratedTag); err == nil && strings.TrimSpace(string(last)) == imageID && imageID != "" {
+			a.logf("prepare-ecs/migrate: %s (%s) migrated already", image, imageID)
+			return nil
+		}
+	}
+	if err := a.dumpBeforeMigration(ctx, e); err != nil {
+		return err
+	}
+	dumpNote := ""
+	if a.Host.Exists(MigrateDump) {
+		dumpNote = "; the dump taken before it is kept in " + MigrateDump + " (pg_restore it to roll back)"
+	}
+	if viaCompose {
+		name, args := a.composeCommand("run", "--no-deps", "--rm", "-T", MigrateService, "migrate")
+		a.logf("prepare-ecs/migrate: running %s migrate (%s)", MigrateService, image)
+		if _, err := a.Host.RunCmd(ctx, hostCmd(name, args, a.migrateEnv(e))); err != nil {
+			return fmt.Errorf("migration (%s migrate) failed: %w%s", MigrateService, err, dumpNote)
+		}
+		_, err := a.Host.WriteFile(MigratedTag, []byte(imageID+"\n"), 0o644)
+		return err
+	}
+	envv := append(a.migrateEnv(e), "COMPOSE_FILE="+ComposeFile, "COMPOSE_PROJECT_NAME="+ComposeProject)
+	a.logf("prepare-ecs/migrate: running %s", MigrateHook)
+	if _, err := a.Host.RunCmd(ctx, hostCmd(a.Host.Path(MigrateHook), nil, envv)); err != nil {
+		return fmt.Errorf("migration (%s) failed: %w%s", MigrateHook, err, dumpNote)
+	}
+	return nil
+}
+
+// migrateEnv is the environment of a migration: the flattened env.yml and
+// DATABASE_URL.
+func (a *Agent) migrateEnv(e *Env) []string {
+	envv := make([]string, 0, len(e.Vars)+1)
+	for _, k := range SortedNames(e.Vars) {
+		envv = append(envv, k+"="+e.Vars[k])
+	}
+	if data, err := a.Host.ReadFile(DatabaseEnv); err == nil {
+		envv = append(envv, strings.TrimSpace(string(data)))
+	}
+	return envv
+}
+
+// hostCmd is a command whose output goes to the journal as it comes.
+func hostCmd(name string, args, env []string) host.Cmd {
+	return host.Cmd{Name: name, Args: args, Env: env, Stdout: os.Stderr, Stderr: os.Stderr}
+}

@@ -1,0 +1,142 @@
+package prepare
+
+import (
+	"context"
+	"errors"
+	"os/exec"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/ecs-image/ecs-image/agent/host"
+	"github.com/ecs-image/ecs-image/agent/status"
+)
+
+// migrateRunner runs PostgreSQL's clients for real and answers docker and
+// docker-compose (the host has no Docker engine): the image ID from
+// imageID, the migration's exit from fail.
+type migrateRunner struct {
+	exec    host.ExecRunner
+	mu      sync.Mutex
+	imageID string
+	fail    error
+	cmds    []string
+}
+
+func (r *migrateRunner) Run(ctx context.Context, c host.Cmd) ([]byte, error) {
+	switch c.Name {
+	case "docker", "docker-compose", "systemctl":
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		r.cmds = append(r.cmds, c.String())
+		if c.Name == "docker" {
+			return []byte(r.imageID + "\n"), nil
+		}
+		if c.Name == "docker-compose" {
+			return nil, r.fail
+		}
+		return nil, nil
+	}
+	return r.exec.Run(ctx, c)
+}
+
+func (r *migrateRunner) take() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := r.cmds
+	r.cmds = nil
+	return out
+}
+
+const migrateCompose = "services:\n  ecs.web:\n    image: ecs/ecs:latest\n    command: [simple]\n  redis:\n    image: redis:7\n"
+
+// With ecs.migrate.auto, the migrations run through compose's ecs.web
+// service after a pg_dump of the database (real PostgreSQL) into
+// /data/ecs-pgdump; an unchanged image does not migrate again; a failed
+// migration keeps the dump and marks the appliance failed with the reason.
+func TestMigrateDumpsThenRunsECSWebMigrate(t *testing.T) {
+	pg := startPG(t)
+	pg.sql(t, "postgres", "CREATE DATABASE ecs")
+	pg.sql(t, "ecs", "CREATE TABLE documents (id int PRIMARY KEY, title text); INSERT INTO documents SELECT g, 'doc ' || g FROM generate_series(1, 500) g")
+	a, _ := testAgent(t)
+	a.PG = pg.opts()
+	r := &migrateRunner{imageID: "sha256:v1"}
+	activate(t, a, clientCertEnv)
+	a.Host.Runner = r
+	put(t, a, ComposeFile, []byte(migrateCompose), 0o644)
+	e, err := a.loadActive()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.stepMigrate(context.Background(), e); err != nil {
+		t.Fatal(err)
+	}
+	cmds := strings.Join(r.take(), "\n")
+	want := "docker-compose -p ecs -f " + a.Host.Path(ComposeFile) + " run --no-deps --rm -T ecs.web migrate"
+	if !strings.Contains(cmds, want) {
+		t.Errorf("commands:\n%s\nwant %s", cmds, want)
+	}
+	if m := mode(t, a, MigrateDump); m != 0o600 {
+		t.Errorf("dump mode %o", m)
+	}
+	out, err := exec.Command(pg.bin+"/pg_restore", "--list", a.Host.Path(MigrateDump)).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "TABLE public documents") || !strings.Contains(string(out), "Format: CUSTOM") {
+		t.Errorf("pg_restore --list: %v\n%s", err, out)
+	}
+	if tag := read(t, a, MigratedTag); tag != "sha256:v1\n" {
+		t.Errorf("tag %q", tag)
+	}
+
+	// Same image: nothing runs, no new dump.
+	before := read(t, a, MigrateDump)
+	pg.sql(t, "ecs", "INSERT INTO documents VALUES (1000, 'after')")
+	if err := a.stepMigrate(context.Background(), e); err != nil {
+		t.Fatal(err)
+	}
+	if cmds := strings.Join(r.take(), "\n"); strings.Contains(cmds, "docker-compose") {
+		t.Errorf("unchanged image migrated again:\n%s", cmds)
+	}
+	if read(t, a, MigrateDump) != before {
+		t.Error("unchanged image dumped again")
+	}
+
+	// A new image whose migration fails: the dump of the database as it
+	// was is kept, the chain fails with the reason.
+	r.imageID, r.fail = "sha256:v2", errors.New("docker-compose: exit status 1: django.db.utils.ProgrammingError")
+	// (prepare-ecs's migrate step, in the chain: the compose file is the
+	// test's, so the steps before it do not run)
+	err = a.runChain(context.Background(), "prepare-ecs", []Step{{Name: "migrate", Run: a.stepMigrate}})
+	if err == nil || !strings.Contains(err.Error(), "migration (ecs.web migrate) failed") || !strings.Contains(err.Error(), "kept in "+MigrateDump) {
+		t.Fatalf("err %v", err)
+	}
+	reason, failed := status.FailedReason(a.Host)
+	if !failed || !strings.HasPrefix(reason, "prepare-ecs/migrate: migration (ecs.web migrate) failed") || !strings.Contains(reason, "ProgrammingError") {
+		t.Errorf("failed flag %v %q", failed, reason)
+	}
+	out, _ = exec.Command(pg.bin+"/pg_restore", "--data-only", "-t", "documents", "-f", "-", a.Host.Path(MigrateDump)).CombinedOutput()
+	if !strings.Contains(string(out), "after") {
+		t.Error("the kept dump is not the one taken before the failed migration")
+	}
+	if tag := read(t, a, MigratedTag); tag != "sha256:v1\n" {
+		t.Errorf("tag after a failed migration %q", tag)
+	}
+}
+
+// ecs.migrate.auto: false runs nothing; without ecs.web or a hook there is
+// nothing to migrate.
+func TestMigrateOffOrNothingToRun(t *testing.T) {
+	a, rec := testAgent(t)
+	activate(t, a, clientCertEnv+"ecs:\n  migrate:\n    auto: false\n")
+	put(t, a, ComposeFile, []byte(migrateCompose), 0o644)
+	e, _ := a.loadActive()
+	if err := a.stepMigrate(context.Background(), e); err != nil || len(rec.Recorded()) != 0 {
+		t.Errorf("auto false: %v %q", err, rec.Recorded())
+	}
+	b, rec2 := testAgent(t)
+	activate(t, b, clientCertEnv)
+	put(t, b, ComposeFile, []byte("services:\n  web:\n    image: x\n"), 0o644)
+	e, _ = b.loadActive()
+	if err := b.stepMigrate(context.Background(), e); err != nil || len(rec2.Recorded()) != 0 {
+		t.Errorf("no ecs.web: %v %q", err, rec2.Recorded())
+	}
+}
