@@ -9,7 +9,6 @@ import (
 	"regexp"
 	"sort"
 	"strings"
-
 )
 
 // PrepareECS loads the baked container images, renders the compose file
