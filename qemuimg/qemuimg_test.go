@@ -3,6 +3,7 @@ package qemuimg
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"os"
 	"os/exec"
@@ -295,4 +296,57 @@ func TestChildDiesWithParent(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 	t.Fatalf("qemu-img child %d still runs after its parent was killed", pid)
+}
+
+// FuzzProbe: the header probe never panics, and what it accepts as qcow2
+// has neither a backing file nor an external data file in its header; what
+// it accepts as VMDK is a sparse extent (not a descriptor naming others).
+// The seeds are the hostile headers of issue 13.
+func FuzzProbe(f *testing.F) {
+	dir := f.TempDir()
+	if _, err := exec.LookPath(Binary); err == nil {
+		q, _ := qemuimgtest.DataFileQcow2(f, dir)
+		v, _ := qemuimgtest.FlatExtentVMDK(f, dir)
+		for _, p := range []string{q, v} {
+			b, _ := os.ReadFile(p)
+			f.Add(b[:min(len(b), 4096)])
+		}
+		for _, c := range [][]string{{"qcow2"}, {"vmdk", "-o", "subformat=streamOptimized"}, {"vhdx"}, {"vpc"}} {
+			p := filepath.Join(dir, "seed."+c[0])
+			args := append([]string{"create", "-q", "-f", c[0]}, c[1:]...)
+			if exec.Command(Binary, append(args, p, "1M")...).Run() == nil {
+				b, _ := os.ReadFile(p)
+				f.Add(b[:min(len(b), 4096)])
+			}
+		}
+	}
+	f.Add([]byte("<html>404</html>"))
+	f.Add([]byte("# Disk DescriptorFile\ncreateType=\"monolithicFlat\"\nRW 8 FLAT \"/etc/shadow\" 0\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		p := filepath.Join(t.TempDir(), "img")
+		if err := os.WriteFile(p, data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		got, err := probe(p, p)
+		if err != nil {
+			var ie *ImageError
+			if !errors.As(err, &ie) {
+				t.Fatalf("probe error %T %v", err, err)
+			}
+			return
+		}
+		switch got {
+		case "qcow2":
+			if len(data) < 72 || binary.BigEndian.Uint64(data[8:]) != 0 {
+				t.Fatal("qcow2 with a backing file accepted")
+			}
+			if binary.BigEndian.Uint32(data[4:]) >= 3 && binary.BigEndian.Uint64(data[72:])&qcow2IncompatDataFile != 0 {
+				t.Fatal("qcow2 with a data file accepted")
+			}
+		case "vmdk":
+			if string(data[:4]) != "KDMV" {
+				t.Fatal("a VMDK descriptor accepted")
+			}
+		}
+	})
 }
