@@ -459,6 +459,13 @@ apparmor_parser -S /etc/apparmor.d/docker-default | cmp -s - /sys/kernel/securit
 			t.Logf("ed_testapp answers %q", strings.TrimSpace(body))
 		}
 	})
+	// Issue 15, the agent's side (appliance_agent_test.go).
+	t.Run("client-certificates", func(t *testing.T) { checkClientCertificates(t, vm, run, "a.ecs.test") })
+	t.Run("loopback-and-bridge-only", func(t *testing.T) { checkLoopbackAndBridgeOnly(t, run) })
+	t.Run("vault-keys", func(t *testing.T) { checkVaultKeys(t, run) })
+	t.Run("mandatory-client-certs-and-key-report", func(t *testing.T) {
+		checkMandatoryCertsAndKeyReport(t, vm, run, envA, "a.ecs.test")
+	})
 	vm.stop(t)
 
 	// Second boot of the same artifact with another env.
