@@ -24,6 +24,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/ecs-image/ecs-image/agent/status"
 	"github.com/ecs-image/ecs-image/atomicfile"
 	"software.sslmate.com/src/go-pkcs12"
 )
@@ -97,9 +98,17 @@ func (a *Agent) stepClientCA(ctx context.Context, e *Env) error {
 		return err
 	}
 	defer unlock()
-	if _, err := a.loadClientCA(); err == nil {
-		return nil // loadClientCA renewed the CRL if it was due
-	} else if !errors.Is(err, fs.ErrNotExist) {
+	_, err = a.loadClientCA()
+	switch {
+	case err == nil:
+		// loadClientCA renewed the CRL if it was due.
+		return a.warnForeignCA("")
+	case errors.Is(err, errForeignCA) || (!a.Host.Exists(ClientCAKey) && a.Host.Exists(ClientCACert) && a.Host.Exists(ClientCACRL)):
+		// The ecs application manages its own CA in the same directory
+		// (ecs.pki): nginx verifies against its certificate and CRL.
+		return a.warnForeignCA(fmt.Sprintf("the client CA in %s is not the agent's (%s is missing or does not match ca.cert.pem): "+
+			"nginx verifies client certificates against it and its CRL, and ecs-agent client-cert cannot issue or revoke", ClientCADir, ClientCAKey))
+	case !errors.Is(err, fs.ErrNotExist):
 		return fmt.Errorf("client CA in %s: %w", ClientCADir, err)
 	}
 	if a.Host.Exists(ClientCAKey) || a.Host.Exists(ClientCACert) {
@@ -160,6 +169,21 @@ func (a *Agent) newClientCA(domain string, now time.Time) (*ClientCA, error) {
 	return ca, nil
 }
 
+// errForeignCA: ca.cert.pem is not the certificate of ca.key.pem (the
+// application replaced the CA).
+var errForeignCA = errors.New("ca.key.pem does not match ca.cert.pem")
+
+// warnForeignCA sets (or clears) the status page's client-ca warning.
+func (a *Agent) warnForeignCA(text string) error {
+	if text != "" {
+		a.logf("prepare-appliance/client-ca: warning: %s", text)
+	}
+	if err := status.Warn(a.Host, "client-ca", text); err != nil {
+		a.logf("prepare-appliance/client-ca: status: %v", err)
+	}
+	return nil
+}
+
 // LoadClientCA reads the client CA (for the client-cert commands).
 func (a *Agent) LoadClientCA() (*ClientCA, func(), error) {
 	unlock, err := a.lockClientCA()
@@ -202,7 +226,7 @@ func (a *Agent) loadClientCA() (*ClientCA, error) {
 	}
 	key, ok := k.(crypto.Signer)
 	if !ok || !publicKeysEqual(key.Public(), cert.PublicKey) {
-		return nil, errors.New("ca.key.pem does not match ca.cert.pem")
+		return nil, errForeignCA
 	}
 	ca := &ClientCA{a: a, cert: cert, key: key}
 	if data, err := a.Host.ReadFile(ClientCAIndex); err == nil {

@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ecs-image/ecs-image/agent/status"
+
 	"software.sslmate.com/src/go-pkcs12"
 )
 
@@ -61,11 +63,38 @@ func TestClientCACreatedAndKept(t *testing.T) {
 	if read(t, a, ClientCACert) != caPEM {
 		t.Error("the CA changed")
 	}
+	// A CA the application put there (another key): kept, used by
+	// nginx, reported.
+	appCert, _, err := SelfSigned([]string{"ECS application CA"}, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	keep := read(t, a, ClientCACert)
+	put(t, a, ClientCACert, appCert, 0o644)
+	if err := a.PrepareAppliance(context.Background()); err != nil {
+		t.Fatalf("application's CA: %v", err)
+	}
+	if read(t, a, ClientCACert) != string(appCert) || !strings.Contains(read(t, a, NginxSite), "ssl_client_certificate "+ClientCACert) {
+		t.Error("the application's CA was replaced or dropped")
+	}
+	if st, _ := status.Read(a.Host); !strings.Contains(st.Warnings["client-ca"], "is not the agent's") {
+		t.Errorf("warnings %v", st.Warnings)
+	}
+	if _, _, err := a.LoadClientCA(); err == nil {
+		t.Error("client-cert commands work with a foreign CA")
+	}
+	put(t, a, ClientCACert, []byte(keep), 0o644)
+	if err := a.PrepareAppliance(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if st, _ := status.Read(a.Host); st.Warnings["client-ca"] != "" {
+		t.Errorf("stale warning %v", st.Warnings)
+	}
 	// Half a CA is not replaced silently.
 	if err := a.Host.Remove(ClientCACert); err != nil {
 		t.Fatal(err)
 	}
-	err := a.PrepareAppliance(context.Background())
+	err = a.PrepareAppliance(context.Background())
 	if err == nil || !strings.Contains(err.Error(), "is incomplete") {
 		t.Errorf("incomplete CA: %v", err)
 	}
