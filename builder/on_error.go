@@ -153,7 +153,7 @@ func (b *buildState) keepStage(sr *stageRun) (string, error) {
 		fmt.Fprintf(&help, "The build VM of stage %s is still running (QEMU pid %d, serial log %s).\n", sr.stage.Name, pid, sr.machine.SerialLog())
 		fmt.Fprintf(&help, "Log in (build user %s, passwordless sudo):\n\n", BuildUser)
 		fmt.Fprintf(&help, "  ssh -i %s -p %d -o IdentitiesOnly=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null %s@127.0.0.1\n\n", key, port, BuildUser)
-		fmt.Fprintf(&sh, "kill %d 2>/dev/null\n%s", pid, waitGone(pid))
+		fmt.Fprintf(&sh, "kill %d 2>/dev/null\n%srm -rf %s\n", pid, waitGone(pid), sr.machine.RunDir())
 		owner = pid
 	case sr.chroot != nil && !sr.chroot.closed:
 		k, err := sr.chroot.keep()

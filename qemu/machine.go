@@ -467,6 +467,9 @@ func (m *Machine) Detach() (int, error) {
 	return m.current().cmd.Process.Pid, nil
 }
 
+// RunDir is the machine's temporary directory (QMP socket, owner file).
+func (m *Machine) RunDir() string { return m.runDir }
+
 // Kill stops QEMU at once (SIGKILL). Done is closed soon after.
 func (m *Machine) Kill() { m.kill(ErrKilled) }
 

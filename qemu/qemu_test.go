@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -632,5 +633,45 @@ func TestStartSeedBuses(t *testing.T) {
 		if err != nil {
 			t.Errorf("%s/%s: %v", mc.machine, mc.bus, err)
 		}
+	}
+}
+
+// TestDetach: a detachable machine, once detached, survives the end of
+// the context that would otherwise kill it (--on-error=abort keeps a
+// build VM that way); a machine not started detachable refuses.
+func TestDetach(t *testing.T) {
+	needQEMU(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	plain, err := Start(ctx, Config{Disk: bootDisk(t, "x"), DiskFormat: "raw", Accel: AccelTCG, Memory: 32})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := plain.Detach(); err == nil {
+		t.Error("Detach of a machine not started detachable")
+	}
+	m, err := Start(ctx, Config{Disk: bootDisk(t, "y"), DiskFormat: "raw", Accel: AccelTCG, Memory: 32, Detachable: true, Forwards: []Forward{{Guest: 22}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid, err := m.Detach()
+	if err != nil || pid != m.proc.cmd.Process.Pid {
+		t.Fatalf("Detach = %d, %v", pid, err)
+	}
+	t.Cleanup(func() {
+		syscall.Kill(pid, syscall.SIGKILL)
+		os.RemoveAll(m.RunDir())
+	})
+	cancel()
+	<-plain.Done()
+	time.Sleep(500 * time.Millisecond)
+	if m.Exited() {
+		t.Fatalf("the detached QEMU exited: %v", m.Err())
+	}
+	if err := syscall.Kill(pid, 0); err != nil {
+		t.Fatalf("the detached QEMU is gone: %v", err)
+	}
+	if _, err := os.Stat(m.RunDir()); err != nil {
+		t.Errorf("run directory: %v", err)
 	}
 }
