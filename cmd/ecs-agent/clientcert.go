@@ -140,6 +140,16 @@ name or e-mail address, rewrites /data/ecs-ca/crl.pem and reloads nginx
 			return w.Flush()
 		}),
 	}
-	cmd.AddCommand(create, revoke, list)
+	reload := &cobra.Command{
+		Use:   "reload",
+		Short: "Reload nginx so that it reads the client CA's CRL",
+		Long: `Reloads nginx when it runs (systemctl try-reload-or-restart nginx.service).
+ecs-ca-crl.path runs it (as ecs-ca-crl.service) whenever /data/ecs-ca/crl.pem
+changes, also when the ecs application revokes a certificate of its own CA.`,
+		Example: `  ecs-agent client-cert reload`,
+		Args:    noArgs,
+		RunE:    withAgent(func(ctx context.Context, a *prepare.Agent) error { return a.ReloadNginx(ctx) }),
+	}
+	cmd.AddCommand(create, revoke, list, reload)
 	rootCmd.AddCommand(cmd)
 }

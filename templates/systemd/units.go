@@ -12,7 +12,7 @@ import (
 	"sort"
 )
 
-//go:embed *.service *.timer
+//go:embed *.service *.timer *.path
 var units embed.FS
 
 // UnitDir is where the units are installed.
@@ -27,6 +27,7 @@ var Enabled = map[string]string{
 	"ecs-agent-deploy.service": "multi-user.target",
 	"appliance-backup.timer":   "timers.target",
 	"appliance-update.timer":   "timers.target",
+	"ecs-ca-crl.path":          "prepare-ecs.service",
 }
 
 // Names returns the unit file names, sorted.
