@@ -433,12 +433,15 @@ apparmor_parser -S /etc/apparmor.d/docker-default | cmp -s - /sys/kernel/securit
 	})
 	vm.stop(t)
 
-	// Second boot of the same artifact with another env.
+	// Second boot of the same artifact with another env, on an i440fx
+	// machine: the seed on a PIIX IDE CD-ROM (libvirt's older default,
+	// Hyper-V generation 1, VMware's IDE CD-ROM). The first boot read it on
+	// q35's SATA CD-ROM.
 	t.Run("second-boot-other-env", func(t *testing.T) {
 		envB := makeEnv(t, work, "b.ecs.test", key.AuthorizedKey, pki.caPEM)
 		seedB := filepath.Join(work, "b-seed.iso")
 		ecsImage(t, "cidata", "-e", envB, "-o", seedB)
-		vmB := bootAppliance(t, work, "b", artifact, seedB)
+		vmB := bootApplianceOn(t, work, "b", artifact, seedB, qemu.MachinePC, qemu.SeedIDE)
 		defer vmB.stop(t)
 		c, err := communicator.Dial(context.Background(), vmB.addr(22), "root", key.Signer, bootTimeout, vmB.m.Done())
 		if err != nil {
@@ -468,7 +471,9 @@ apparmor_parser -S /etc/apparmor.d/docker-default | cmp -s - /sys/kernel/securit
 	})
 
 	// A broken env.yml: no appliance.domain. `ecs-image cidata` refuses it,
-	// so the seed is written raw, as a careless operator's tool might.
+	// so the seed is written raw, as a careless operator's tool might. The
+	// seed is a read-only virtio disk (a config drive's way): the agent
+	// reporting the missing domain shows it read the seed there.
 	t.Run("broken-env-fails-visibly", func(t *testing.T) {
 		good, err := os.ReadFile(envA)
 		if err != nil {
@@ -487,7 +492,7 @@ apparmor_parser -S /etc/apparmor.d/docker-default | cmp -s - /sys/kernel/securit
 		if err := cidata.Write(seed, cidata.Options{UserData: broken, UserDataName: "broken env.yml", Raw: true, Hostname: "broken"}); err != nil {
 			t.Fatal(err)
 		}
-		vmX := bootAppliance(t, work, "broken", artifact, seed)
+		vmX := bootApplianceOn(t, work, "broken", artifact, seed, "", qemu.SeedVirtio)
 		defer vmX.stop(t)
 		line := vmX.waitState(t, "failed")
 		if !strings.Contains(line, "domain") {
@@ -726,12 +731,20 @@ func (v *applianceVM) addr(guest int) string {
 // forwarding SSH, HTTP, HTTPS and the deploy API.
 func bootAppliance(t *testing.T, dir, name, artifact, seed string) *applianceVM {
 	t.Helper()
+	return bootApplianceOn(t, dir, name, artifact, seed, "", "")
+}
+
+// bootApplianceOn boots like bootAppliance on QEMU machine machine with the
+// seed on seedBus ("": q35, its SATA CD-ROM), to read the seed where
+// another hypervisor attaches it (issue 21).
+func bootApplianceOn(t *testing.T, dir, name, artifact, seed, machine, seedBus string) *applianceVM {
+	t.Helper()
 	overlay := filepath.Join(dir, name+"-overlay.qcow2")
 	if err := qemu.Overlay(context.Background(), artifact, "qcow2", overlay, 0); err != nil {
 		t.Fatal(err)
 	}
 	cfg := qemu.Config{
-		Name: "e2e-" + name, Disk: overlay, CDROMs: []string{seed}, Memory: 2048, CPUs: 2,
+		Name: "e2e-" + name, Disk: overlay, CDROMs: []string{seed}, Machine: machine, SeedBus: seedBus, Memory: 2048, CPUs: 2,
 		SerialLog: filepath.Join(dir, name+"-serial.log"),
 		Forwards:  []qemu.Forward{{Guest: 22}, {Guest: 80}, {Guest: 443}, {Guest: deployPort}},
 	}
@@ -741,7 +754,7 @@ func bootAppliance(t *testing.T, dir, name, artifact, seed string) *applianceVM 
 	}
 	vm := &applianceVM{m: m}
 	t.Cleanup(func() { vm.stop(t) })
-	t.Logf("booting %s (%s), serial log %s", name, m.Config.Accel, cfg.SerialLog)
+	t.Logf("booting %s (%s, machine %s, seed on %s), serial log %s", name, m.Config.Accel, m.Config.Machine, m.Config.SeedBusUsed(), cfg.SerialLog)
 	return vm
 }
 
