@@ -663,8 +663,7 @@ func KernelStage(flavour string) (Stage, error) {
 if [ "$ID" != debian ]; then echo "kernel: ` + flavour + `: Debian images only (this image is $PRETTY_NAME)" >&2; exit 1; fi
 echo 'linux-base linux-base/removing-running-kernel boolean false' | debconf-set-selections`
 	purge := `old=
-for p in $(dpkg-query -W -f '${db:Status-Status} ${Package}
-' 'linux-image-*' 2>/dev/null | awk '$1 == "installed" && $2 ~ /-amd64$/ {print $2}'); do
+for p in $(dpkg-query -W -f '${db:Status-Status} ${Package}\n' 'linux-image-*' 2>/dev/null | awk '$1 == "installed" && $2 ~ /-amd64$/ {print $2}'); do
   ` + match + `
   old="$old $p"
 done
