@@ -35,7 +35,8 @@ type Agent struct {
 	// PG overrides how the local PostgreSQL server is reached (tests).
 	PG PGOptions
 
-	tlsChanged bool // set by the tls step: nginx and stunnel must restart
+	tlsChanged bool                    // set by the tls step: nginx and stunnel must restart
+	hook       func(checkpoint string) // tests: called at checkpoints of long runs
 	logMu      sync.Mutex
 }
 

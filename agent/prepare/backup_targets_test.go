@@ -2,6 +2,7 @@ package prepare
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -239,18 +240,17 @@ func TestBackupSFTP(t *testing.T) {
 	recoverFresh(t, envText, a.snapshot(t), nil)
 }
 
-// interruptWhen cancels the returned context once the log contains
-// trigger (plus delay).
-func interruptWhen(a *appliance, trigger string, delay time.Duration) (context.Context, context.CancelFunc) {
+// interruptOnFile cancels the returned context once a file matching
+// pattern appears in dir.
+func interruptOnFile(dir, pattern string) (context.Context, context.CancelFunc) {
 	ctx, cancel := context.WithCancel(context.Background())
 	go func() {
 		for ctx.Err() == nil {
-			if strings.Contains(a.log.String(), trigger) {
-				time.Sleep(delay)
+			if m, _ := filepath.Glob(filepath.Join(dir, pattern)); len(m) > 0 {
 				cancel()
 				return
 			}
-			time.Sleep(20 * time.Millisecond)
+			time.Sleep(5 * time.Millisecond)
 		}
 	}()
 	return ctx, cancel
@@ -275,7 +275,7 @@ func bigDoc(t *testing.T, a *appliance, name string, n int) {
 // key and an interrupted restore, each with a clear error and nothing lost.
 func TestBackupBadCases(t *testing.T) {
 	testenv.Tools(t, "mount", "umount")
-	envText := backupEnv(t, "    url: file:///volatile/ecs-backup-test/\n")
+	envText := backupEnv(t, "    url: file:///volatile/ecs-backup-test/\n    options: --volsize 1\n")
 	a := newAppliance(t, envText)
 	ctx := context.Background()
 	target := a.Host.Path("/volatile/ecs-backup-test")
@@ -312,7 +312,9 @@ func TestBackupBadCases(t *testing.T) {
 	// document): the previous chain still restores, the next run succeeds.
 	bigDoc(t, a, "large-scan.pdf", 12<<20)
 	a.seed(t, marker(), 2)
-	ictx, cancel := interruptWhen(a, "backup: duplicity incremental", 700*time.Millisecond)
+	// With 1 MB volumes, duplicity is stopped once the first volume of
+	// the incremental is on the target, long before the last.
+	ictx, cancel := interruptOnFile(target, "duplicity-inc.*.vol1.difftar*")
 	err = a.Backup(ictx, BackupOptions{})
 	cancel()
 	if err == nil {
@@ -351,22 +353,31 @@ func TestBackupBadCases(t *testing.T) {
 		t.Error("a failed restore put data in place")
 	}
 
-	// Interrupted restore: the re-run succeeds (no --force needed).
+	// Interrupted restores: after duplicity restored the files, and after
+	// they were swapped in but before the database was loaded; each re-run
+	// succeeds without --force.
 	c := newAppliance(t, envText)
 	os.MkdirAll(c.Host.Path("/volatile/ecs-backup-test"), 0o755)
 	exec.Command("cp", "-a", target+"/.", c.Host.Path("/volatile/ecs-backup-test")).Run()
-	rctx, rcancel := interruptWhen(c, "recover: restoring the backup", 1500*time.Millisecond)
-	err = c.Recover(rctx, RecoverOptions{NoStart: true})
-	rcancel()
-	if err == nil {
-		t.Fatal("interrupted recover succeeded")
-	}
-	t.Logf("interrupted recover: %v", err)
-	if !c.Host.Exists(RecoverMarker) {
-		t.Fatal("no recover marker after the interruption")
-	}
-	if err := c.checkEmptyDatabase(ctx, mustEnv(t, c.Agent)); err == nil || !strings.Contains(err.Error(), "a recover was interrupted") {
-		t.Errorf("restore-check after an interrupted recover: %v", err)
+	for _, at := range []string{"recover:restored", "recover:swapped"} {
+		rctx, rcancel := context.WithCancel(ctx)
+		c.hook = func(cp string) {
+			if cp == at {
+				rcancel()
+			}
+		}
+		err = c.Recover(rctx, RecoverOptions{NoStart: true})
+		rcancel()
+		c.hook = nil
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("recover interrupted at %s: %v", at, err)
+		}
+		if !c.Host.Exists(RecoverMarker) {
+			t.Fatalf("no recover marker after the interruption at %s", at)
+		}
+		if err := c.checkEmptyDatabase(ctx, mustEnv(t, c.Agent)); err == nil || !strings.Contains(err.Error(), "a recover was interrupted") {
+			t.Errorf("restore-check after an interrupted recover: %v", err)
+		}
 	}
 	if err := c.Recover(ctx, RecoverOptions{NoStart: true}); err != nil {
 		t.Fatalf("re-run of the recover: %v", err)

@@ -106,6 +106,9 @@ func (a *Agent) Recover(ctx context.Context, o RecoverOptions) error {
 			return fmt.Errorf("the backup at %s does not hold %s: %w", c.Shown, strings.TrimPrefix(p, restore), err)
 		}
 	}
+	if err := a.checkpoint(ctx, "recover:restored"); err != nil {
+		return err
+	}
 	files, size, _ := countFiles(vaultNew, 0)
 	a.logf("recover: restored %d documents (%d bytes) in %.1fs", files, size, time.Since(start).Seconds())
 	// Swap in the restored trees; the old ones stay beside (renamed) when
@@ -118,6 +121,9 @@ func (a *Agent) Recover(ctx context.Context, o RecoverOptions) error {
 	}
 	if err := os.Remove(restore); err != nil {
 		a.logf("recover: %v", err)
+	}
+	if err := a.checkpoint(ctx, "recover:swapped"); err != nil {
+		return err
 	}
 	a.logf("recover: loading %s into database %s", BackupDump, db)
 	if err := a.RestoreDatabase(ctx, db, BackupDump); err != nil {
@@ -285,4 +291,13 @@ func (a *Agent) lastBackup(ctx context.Context, c *BackupConfig) (string, error)
 		}
 	}
 	return last, nil
+}
+
+// checkpoint calls the test hook (tests interrupt a run there) and returns
+// the context's error.
+func (a *Agent) checkpoint(ctx context.Context, name string) error {
+	if a.hook != nil {
+		a.hook(name)
+	}
+	return ctx.Err()
 }
