@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"net"
+	"os"
 	"strings"
 )
 
@@ -49,7 +50,13 @@ func (a *Agent) stepNonlocalBind(ctx context.Context, e *Env) error {
 	if _, err := a.Host.WriteFile(NonlocalBindConf, []byte("# Written by ecs-agent: PostgreSQL and postfix listen on the docker bridge\n# address, which exists only once dockerd runs.\n"+setting+" = 1\n"), 0o644); err != nil {
 		return err
 	}
-	if cur, err := a.Host.ReadFile("/proc/sys/net/ipv4/ip_nonlocal_bind"); err == nil && strings.TrimSpace(string(cur)) == "1" {
+	const proc = "/proc/sys/net/ipv4/ip_nonlocal_bind"
+	if cur, err := a.Host.ReadFile(proc); err == nil && strings.TrimSpace(string(cur)) == "1" {
+		return nil
+	}
+	// Written directly (a process less on the first boot's path), else
+	// by sysctl.
+	if err := os.WriteFile(a.Host.Path(proc), []byte("1\n"), 0o644); err == nil {
 		return nil
 	}
 	_, err := a.Host.Run(ctx, "sysctl", "-q", "-w", setting+"=1")
