@@ -2,10 +2,12 @@ package images
 
 import (
 	"context"
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/ecs-image/ecs-image/testenv"
@@ -72,6 +74,18 @@ func TestExport(t *testing.T) {
 	}
 	if _, err := Export(context.Background(), b, filepath.Join(dir, "missing", "x.qcow2")); err == nil {
 		t.Error("export into a missing directory succeeded")
+	}
+	// An output that is a fifo (or a device node) is not replaced (issue 13).
+	fifo := filepath.Join(dir, "fifo.raw")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var ie *InputError
+	if _, err := Export(context.Background(), b, fifo); !errors.As(err, &ie) || !strings.Contains(err.Error(), "not a regular file") {
+		t.Errorf("export to a fifo: %v", err)
+	}
+	if st, err := os.Lstat(fifo); err != nil || st.Mode()&os.ModeNamedPipe == 0 {
+		t.Error("the fifo was replaced")
 	}
 	if m, _ := filepath.Glob(filepath.Join(dir, ".*tmp*")); len(m) > 0 {
 		t.Errorf("temporary files left: %v", m)
