@@ -48,13 +48,21 @@ type Options struct {
 	Ask func(question string) (string, error)
 	// Log receives progress (nil: logrus's standard logger).
 	Log logrus.FieldLogger
+	// Remote is a shared stage store (nil: local cache only): a stage
+	// that misses locally is downloaded from it, a committed stage is
+	// uploaded to it.
+	Remote RemoteStore
+	// RemoteMode is RemoteRead, RemoteWrite or RemoteReadWrite ("": the
+	// latter).
+	RemoteMode string
 }
 
 // buildState is what the steps share (under the state bag key "build").
 type buildState struct {
-	opts  Options
-	log   logrus.FieldLogger
-	cache *StageCache
+	opts   Options
+	log    logrus.FieldLogger
+	cache  *StageCache
+	remote *remoteCache // nil: none
 
 	tmpl  *Template
 	plan  *Plan
@@ -158,7 +166,15 @@ func Build(ctx context.Context, opts Options) (*Artifact, error) {
 	default:
 		return nil, fmt.Errorf("on-error %q: want one of %s", opts.OnError, strings.Join(OnErrorModes, ", "))
 	}
+	switch opts.RemoteMode {
+	case "":
+		opts.RemoteMode = RemoteReadWrite
+	case RemoteRead, RemoteWrite, RemoteReadWrite:
+	default:
+		return nil, fmt.Errorf("cache remote mode %q: want one of %s", opts.RemoteMode, strings.Join(RemoteModes, ", "))
+	}
 	b := &buildState{opts: opts, log: opts.Log, cache: opts.Cache}
+	b.remote = newRemoteCache(opts.Remote, opts.RemoteMode, b.log)
 	state := new(multistep.BasicStateBag)
 	state.Put("build", b)
 	runner := &multistep.BasicRunner{Steps: timedSteps(buildSteps())}

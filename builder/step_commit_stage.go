@@ -37,6 +37,7 @@ func (s *stepCommitStage) Run(ctx context.Context, state multistep.StateBag) mul
 		return halt(state, fmt.Errorf("commit to the stage cache: %w", err))
 	}
 	sr.dir = ""
+	b.remote.push(ctx, b.cache, b.work, sr.key)
 	return multistep.ActionContinue
 }
 

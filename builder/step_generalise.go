@@ -32,7 +32,7 @@ func (s *stepGeneralise) Run(ctx context.Context, state multistep.StateBag) mult
 	}
 	b.genKey = GeneraliseKey(lastKey, g)
 	if !b.opts.NoCache {
-		if e := b.cache.Lookup(b.genKey); e != nil {
+		if e := b.lookup(ctx, b.genKey, b.parentKey); e != nil {
 			b.log.Infof("generalise: cached (%s)", b.genKey[:12])
 			b.genDisk, b.packages, b.genCached, b.kernel = b.cache.Disk(b.genKey), e.Packages, true, e.Kernel
 			return multistep.ActionContinue
@@ -77,6 +77,7 @@ func (s *stepGeneralise) Run(ctx context.Context, state multistep.StateBag) mult
 		return halt(state, err)
 	}
 	b.genDisk = b.cache.Disk(b.genKey)
+	b.remote.push(ctx, b.cache, b.work, b.genKey)
 	b.log.Infof("generalise: %d packages in the image", len(b.packages))
 	return multistep.ActionContinue
 }

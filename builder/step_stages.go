@@ -24,10 +24,10 @@ func (s *stepStages) Run(ctx context.Context, state multistep.StateBag) multiste
 		// A file-only last stage is applied in the same helper boot as the
 		// generalisation; its result is cached as the generalised disk.
 		if i == len(b.stages)-1 && sr.offline && b.tmpl.Generalise.On() {
-			if e := b.cache.Lookup(sr.key); e == nil || b.opts.NoCache {
+			if e := b.lookup(ctx, sr.key, sr.parent); e == nil || b.opts.NoCache {
 				sr.merged = true
 				b.deferred = sr
-				if !b.opts.NoCache && b.cache.Lookup(GeneraliseKey(sr.key, b.tmpl.Generalise)) != nil {
+				if !b.opts.NoCache && b.lookup(ctx, GeneraliseKey(sr.key, b.tmpl.Generalise), b.parentKey) != nil {
 					sr.cached = true
 				}
 				b.log.Infof("stage %s: applied with the generalisation (one offline helper boot)", sr.stage.Name)
@@ -35,7 +35,7 @@ func (s *stepStages) Run(ctx context.Context, state multistep.StateBag) multiste
 			}
 		}
 		if !b.opts.NoCache {
-			if e := b.cache.Lookup(sr.key); e != nil {
+			if e := b.lookup(ctx, sr.key, sr.parent); e != nil {
 				sr.cached = true
 				b.log.Infof("stage %s: cached (%s)", sr.stage.Name, sr.key[:12])
 				s.advance(b, sr.key, e.BootFrom)
@@ -87,6 +87,21 @@ func (s *stepStages) Run(ctx context.Context, state multistep.StateBag) multiste
 		s.advance(b, sr.key, sr.bootFrom)
 	}
 	return multistep.ActionContinue
+}
+
+// lookup finds key in the local cache, else in the remote one (committed
+// locally on a verified hit; its disk is rebased onto b.parentDisk, so
+// parentKey must be the key of that disk). A local hit missing from the
+// remote is uploaded.
+func (b *buildState) lookup(ctx context.Context, key, parentKey string) *StageEntry {
+	if e := b.cache.Lookup(key); e != nil {
+		b.remote.push(ctx, b.cache, b.work, key)
+		return e
+	}
+	if b.opts.NoCache {
+		return nil
+	}
+	return b.remote.fetch(ctx, b.cache, b.work, key, parentKey, b.parentDisk, b.parentFormat())
 }
 
 func (s *stepStages) advance(b *buildState, key, bootFrom string) {

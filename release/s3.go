@@ -244,3 +244,61 @@ func (t *S3Target) Delete(ctx context.Context, key string) error {
 	}
 	return err
 }
+
+// Get downloads key into file (created or truncated) and returns the
+// object's sha256 metadata ("" when it has none); found is false when there
+// is no such object. The caller verifies the digest.
+func (t *S3Target) Get(ctx context.Context, key, file string) (sum string, found bool, err error) {
+	out, err := t.client.GetObject(ctx, &s3.GetObjectInput{Bucket: &t.bucket, Key: aws.String(t.key(key))})
+	if isNotFound(err) {
+		return "", false, nil
+	}
+	if err != nil {
+		return "", false, fmt.Errorf("%s: %w", t.key(key), err)
+	}
+	defer out.Body.Close()
+	f, err := os.Create(file)
+	if err != nil {
+		return "", true, err
+	}
+	if _, err := io.Copy(f, out.Body); err != nil {
+		f.Close()
+		return "", true, fmt.Errorf("%s: %w", t.key(key), err)
+	}
+	if err := f.Close(); err != nil {
+		return "", true, err
+	}
+	return out.Metadata[digestMeta], true, nil
+}
+
+// ObjectInfo is one object of List.
+type ObjectInfo struct {
+	Key      string // relative to the target's prefix
+	Size     int64
+	Modified time.Time
+}
+
+// List returns the objects whose keys (relative to the target's prefix)
+// start with sub.
+func (t *S3Target) List(ctx context.Context, sub string) ([]ObjectInfo, error) {
+	var out []ObjectInfo
+	full := t.key(sub)
+	if t.prefix != "" && sub == "" {
+		full = t.prefix + "/"
+	}
+	p := s3.NewListObjectsV2Paginator(t.client, &s3.ListObjectsV2Input{Bucket: &t.bucket, Prefix: aws.String(full)})
+	for p.HasMorePages() {
+		page, err := p.NextPage(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", t, err)
+		}
+		for _, o := range page.Contents {
+			k := aws.ToString(o.Key)
+			if t.prefix != "" {
+				k = k[len(t.prefix)+1:]
+			}
+			out = append(out, ObjectInfo{Key: k, Size: aws.ToInt64(o.Size), Modified: aws.ToTime(o.LastModified)})
+		}
+	}
+	return out, nil
+}

@@ -4,69 +4,19 @@ import (
 	"context"
 	"errors"
 	"io"
-	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"sort"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/ecs-image/ecs-image/testenv"
 )
 
-// versityGW starts a real versitygw (S3 gateway, posix backend in a temp
-// dir) on a loopback port and returns its endpoint, with AWS credentials
-// set in the environment. Install: go install github.com/versity/versitygw/cmd/versitygw@v1.8.0
-func versityGW(t *testing.T) string {
-	t.Helper()
-	bin := testenv.Tool(t, "versitygw", "go install github.com/versity/versitygw/cmd/versitygw@v1.8.0")
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close()
-	root := t.TempDir()
-	os.Mkdir(filepath.Join(root, "releases"), 0o755) // posix backend: a top-level directory is a bucket
-	sidecar := t.TempDir()
-	const ak, sk = "ecsimagetest", "ecsimagetestsecret"
-	cmd := exec.Command(bin, "--access", ak, "--secret", sk, "--port", addr, "--quiet", "posix", "--sidecar", sidecar, root)
-	logf, _ := os.Create(filepath.Join(t.TempDir(), "versitygw.log"))
-	cmd.Stdout, cmd.Stderr = logf, logf
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		cmd.Wait()
-		if t.Failed() {
-			b, _ := os.ReadFile(logf.Name())
-			t.Logf("versitygw log:\n%s", b)
-		}
-	})
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		c, err := net.Dial("tcp", addr)
-		if err == nil {
-			c.Close()
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("versitygw did not listen on %s", addr)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	t.Setenv("AWS_ACCESS_KEY_ID", ak)
-	t.Setenv("AWS_SECRET_ACCESS_KEY", sk)
-	t.Setenv("AWS_REGION", "us-east-1")
-	t.Setenv("AWS_CONFIG_FILE", filepath.Join(root, "none"))
-	t.Setenv("AWS_SHARED_CREDENTIALS_FILE", filepath.Join(root, "none"))
-	return "http://" + addr
-}
+// versityGW starts a real versitygw with a "releases" bucket (testenv.VersityGW).
+func versityGW(t *testing.T) string { return testenv.VersityGW(t, "releases") }
 
 func listKeys(t *testing.T, c *s3.Client, prefix string) []string {
 	t.Helper()

@@ -8,10 +8,12 @@ package testenv
 
 import (
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"testing"
+	"time"
 )
 
 // CI reports whether the tests run in CI.
@@ -91,4 +93,57 @@ func lookTool(name string) (string, error) {
 		}
 	}
 	return "", err
+}
+
+// VersityGW starts a real versitygw (S3 gateway, posix backend in a temp
+// dir, the given buckets) on a loopback port and returns its endpoint, with
+// AWS credentials set in the environment. It stops with the test.
+// Install: go install github.com/versity/versitygw/cmd/versitygw@v1.8.0
+func VersityGW(t *testing.T, buckets ...string) string {
+	t.Helper()
+	bin := Tool(t, "versitygw", "go install github.com/versity/versitygw/cmd/versitygw@v1.8.0")
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	root := t.TempDir()
+	for _, b := range buckets {
+		os.Mkdir(filepath.Join(root, b), 0o755) // posix backend: a top-level directory is a bucket
+	}
+	sidecar := t.TempDir()
+	const ak, sk = "ecsimagetest", "ecsimagetestsecret"
+	cmd := exec.Command(bin, "--access", ak, "--secret", sk, "--port", addr, "--quiet", "posix", "--sidecar", sidecar, root)
+	logf, _ := os.Create(filepath.Join(t.TempDir(), "versitygw.log"))
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+		if t.Failed() {
+			b, _ := os.ReadFile(logf.Name())
+			t.Logf("versitygw log:\n%s", b)
+		}
+	})
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		c, err := net.Dial("tcp", addr)
+		if err == nil {
+			c.Close()
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("versitygw did not listen on %s", addr)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Setenv("AWS_ACCESS_KEY_ID", ak)
+	t.Setenv("AWS_SECRET_ACCESS_KEY", sk)
+	t.Setenv("AWS_REGION", "us-east-1")
+	t.Setenv("AWS_CONFIG_FILE", filepath.Join(root, "none"))
+	t.Setenv("AWS_SHARED_CREDENTIALS_FILE", filepath.Join(root, "none"))
+	return "http://" + addr
 }

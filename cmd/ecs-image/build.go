@@ -2,9 +2,11 @@ package main
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -14,6 +16,7 @@ import (
 
 	"github.com/ecs-image/ecs-image/builder"
 	"github.com/ecs-image/ecs-image/formats"
+	"github.com/ecs-image/ecs-image/release"
 )
 
 var validateCmd = &cobra.Command{
@@ -46,6 +49,42 @@ var buildFlags struct {
 	noChroot               bool
 	set                    []string
 	onError                string
+	cacheRemote            string
+	cacheRemoteMode        string
+	cacheRemoteEndpoint    string
+}
+
+// cacheRemoteEnv sets --cache-remote when the flag is not given (CI).
+const cacheRemoteEnv = "ECS_IMAGE_CACHE_REMOTE"
+
+// openRemote opens the remote stage cache s3://bucket/prefix ("" and no
+// ECS_IMAGE_CACHE_REMOTE: none). The endpoint is --cache-remote-endpoint,
+// else AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL (path-style addressing).
+func openRemote(cmd *cobra.Command, url, endpoint string) (*release.S3Target, error) {
+	if url == "" {
+		url = os.Getenv(cacheRemoteEnv)
+	}
+	if url == "" {
+		return nil, nil
+	}
+	if !strings.HasPrefix(url, "s3://") {
+		return nil, badInputf("--cache-remote %q: want s3://bucket/prefix", url)
+	}
+	if endpoint == "" {
+		endpoint = os.Getenv("AWS_ENDPOINT_URL_S3")
+	}
+	if endpoint == "" {
+		endpoint = os.Getenv("AWS_ENDPOINT_URL")
+	}
+	t, err := release.OpenTarget(cmd.Context(), url, release.S3Options{Endpoint: endpoint})
+	if err != nil {
+		var re *release.Error
+		if errors.As(err, &re) {
+			return nil, badInputf("--cache-remote %q: %s", url, re.Msg)
+		}
+		return nil, err
+	}
+	return t.(*release.S3Target), nil
 }
 
 // stdinTerminal tells whether stdin is a terminal (--on-error=ask needs one).
@@ -139,6 +178,15 @@ devices: no emulated boot, no emulated dpkg. The cache lives under
 $ECS_IMAGE_CACHE/stages (default ~/.cache/ecs-image/stages); see
 'ecs-image cache'.
 
+--cache-remote s3://bucket/prefix (or $ECS_IMAGE_CACHE_REMOTE) shares the
+stage cache between builders through S3 or any S3-compatible server: a
+stage missing locally is downloaded from the remote when it is there,
+verified (sha256, its parent key, the disk's structure) and rebased onto the
+local parent; a stage built or found locally is uploaded when the remote
+lacks it. A corrupt object is reported and rebuilt (and replaced); an
+unreachable remote is one warning and the build goes on locally.
+--cache-remote-mode read lets pull-request builds read without writing.
+
 Ctrl-C stops QEMU and removes temporary files: nothing is left at the
 output paths.
 
@@ -153,6 +201,10 @@ terminal (stdin must be one).`,
 
   # Release 1.4.0: the OVF product version, NAME.build.json and the release say 1.4.0
   ecs-image build templates/ecs-appliance.yml --variant prod --set version=1.4.0
+
+  # CI runner with an empty disk: share stages through S3 (AWS credential chain)
+  ecs-image build templates/ecs-appliance.yml --cache-remote s3://ci-cache/ecs-image
+  ECS_IMAGE_CACHE_REMOTE=s3://ci-cache/ecs-image ecs-image build templates/ecs-appliance.yml --cache-remote-mode read
 
   # Keep the failed stage's VM running to look around
   ecs-image build templates/test-small.yml --on-error=abort
@@ -176,6 +228,16 @@ terminal (stdin must be one).`,
 		}
 		if err := parseSet(buildFlags.set, &opts); err != nil {
 			return err
+		}
+		if !slices.Contains(builder.RemoteModes, buildFlags.cacheRemoteMode) {
+			return badInputf("--cache-remote-mode %q: want one of %s", buildFlags.cacheRemoteMode, strings.Join(builder.RemoteModes, ", "))
+		}
+		remote, err := openRemote(cmd, buildFlags.cacheRemote, buildFlags.cacheRemoteEndpoint)
+		if err != nil {
+			return err
+		}
+		if remote != nil {
+			opts.Remote, opts.RemoteMode = remote, buildFlags.cacheRemoteMode
 		}
 		if err := onErrorOptions(buildFlags.onError, &opts, cmd.InOrStdin(), cmd.ErrOrStderr()); err != nil {
 			return err
@@ -279,6 +341,9 @@ func init() {
 	buildCmd.Flags().BoolVar(&buildFlags.keepOnError, "keep-on-error", false, "keep the work directory (disks, serial logs) of a failed build")
 	buildCmd.Flags().StringVar(&buildFlags.onError, "on-error", builder.OnErrorCleanup, "when a stage fails: cleanup, abort (keep its VM or chroot running and print how to get in) or ask (on a terminal)")
 	buildCmd.Flags().StringArrayVar(&buildFlags.set, "set", nil, "override a template field, KEY=VALUE (repeatable; keys: "+strings.Join(settable, ", ")+")")
+	buildCmd.Flags().StringVar(&buildFlags.cacheRemote, "cache-remote", "", "shared stage cache s3://bucket/prefix (default $"+cacheRemoteEnv+"); credentials from the AWS chain")
+	buildCmd.Flags().StringVar(&buildFlags.cacheRemoteMode, "cache-remote-mode", builder.RemoteReadWrite, "read, write or readwrite: download stages from and/or upload stages to --cache-remote")
+	buildCmd.Flags().StringVar(&buildFlags.cacheRemoteEndpoint, "cache-remote-endpoint", "", "S3 endpoint of --cache-remote for S3-compatible servers, path-style (default $AWS_ENDPOINT_URL_S3, $AWS_ENDPOINT_URL)")
 	buildCmd.Flags().StringVar(&buildFlags.accel, "accel", "", "accelerator: auto, kvm or tcg (default: the template's)")
 	cachePruneCmd.Flags().BoolVar(&cachePruneFlags.all, "all", false, "remove every cached stage")
 	cachePruneCmd.Flags().DurationVar(&cachePruneFlags.olderThan, "older-than", 7*24*time.Hour, "remove stages not used for this long")

@@ -1,0 +1,322 @@
+package builder
+
+import (
+	"archive/tar"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/ecs-image/ecs-image/qemuimg"
+)
+
+// RemoteStore is an object store holding stage objects (release's
+// S3Target is one): Put makes an object visible only when it is whole, with
+// its sha256 as metadata; Get downloads one and returns that metadata.
+type RemoteStore interface {
+	Digest(ctx context.Context, key string) (sum string, size int64, ok bool, err error)
+	Put(ctx context.Context, key, file, sum string, size int64) error
+	Get(ctx context.Context, key, file string) (sum string, found bool, err error)
+	String() string
+}
+
+// Remote cache modes (--cache-remote-mode).
+const (
+	RemoteRead      = "read"
+	RemoteWrite     = "write"
+	RemoteReadWrite = "readwrite"
+)
+
+// RemoteModes are the valid remote cache modes.
+var RemoteModes = []string{RemoteRead, RemoteWrite, RemoteReadWrite}
+
+// RemoteObject is the object key of a stage in a remote store: one tar of
+// stage.json, disk.qcow2 and boot/.
+func RemoteObject(key string) string { return "stages/" + key + ".tar" }
+
+// remoteCache is a build's view of the remote store.
+type remoteCache struct {
+	store RemoteStore
+	read  bool
+	write bool
+	log   logrus.FieldLogger
+	// down: the store failed once (warned); it is not asked again.
+	down bool
+	// bad are keys whose remote object was refused: replaced by the
+	// rebuilt stage.
+	bad map[string]bool
+}
+
+func newRemoteCache(store RemoteStore, mode string, log logrus.FieldLogger) *remoteCache {
+	if store == nil {
+		return nil
+	}
+	return &remoteCache{store: store, read: mode != RemoteWrite, write: mode != RemoteRead, log: log, bad: map[string]bool{}}
+}
+
+// remoteTimeout bounds one request that should be quick (HEAD).
+const remoteTimeout = 30 * time.Second
+
+func (r *remoteCache) fail(err error) {
+	if !r.down {
+		r.log.Warnf("remote cache %s unreachable, building with the local cache only: %v", r.store, err)
+	}
+	r.down = true
+}
+
+// fetch looks key up in the remote store and, on a hit, downloads it,
+// verifies it (digest, names, its parent key, the disk with qemuimg.Inspect),
+// rebases its disk onto parentDisk and commits it to c. It returns the local
+// entry, or nil (a miss, a refused object, the store unreachable).
+func (r *remoteCache) fetch(ctx context.Context, c *StageCache, work, key, parentKey, parentDisk, parentFormat string) *StageEntry {
+	if r == nil || !r.read || r.down {
+		return nil
+	}
+	dir, err := os.MkdirTemp(work, "remote-")
+	if err != nil {
+		r.log.Warnf("remote cache: %v", err)
+		return nil
+	}
+	defer os.RemoveAll(dir)
+	start := time.Now()
+	obj := filepath.Join(dir, "object.tar")
+	sum, found, err := r.store.Get(ctx, RemoteObject(key), obj)
+	if err != nil {
+		if ctx.Err() == nil {
+			r.fail(err)
+		}
+		return nil
+	}
+	if !found {
+		return nil
+	}
+	e, err := r.unpack(ctx, c, obj, sum, filepath.Join(dir, "stage"), key, parentKey, parentDisk, parentFormat)
+	if err != nil {
+		if ctx.Err() == nil {
+			r.log.Warnf("remote cache: object %s refused, rebuilding the stage: %v", RemoteObject(key), err)
+			r.bad[key] = true
+		}
+		return nil
+	}
+	if fi, err := os.Stat(obj); err == nil {
+		secs := time.Since(start).Seconds()
+		r.log.Infof("remote cache: %s downloaded and verified (%.0f MiB in %.1fs)", key[:12], float64(fi.Size())/(1<<20), secs)
+	}
+	return e
+}
+
+// unpack checks and extracts obj into dir and commits it.
+func (r *remoteCache) unpack(ctx context.Context, c *StageCache, obj, sum, dir, key, parentKey, parentDisk, parentFormat string) (*StageEntry, error) {
+	got, _, err := hashFile(obj)
+	if err != nil {
+		return nil, err
+	}
+	if sum == "" || got != sum {
+		return nil, fmt.Errorf("sha256 %s, its metadata says %q (corrupt or truncated)", got, sum)
+	}
+	if err := untarStage(obj, dir); err != nil {
+		return nil, err
+	}
+	data, err := os.ReadFile(filepath.Join(dir, "stage.json"))
+	if err != nil {
+		return nil, errors.New("no stage.json")
+	}
+	var e StageEntry
+	if err := json.Unmarshal(data, &e); err != nil {
+		return nil, fmt.Errorf("stage.json: %v", err)
+	}
+	if e.Key != key {
+		return nil, fmt.Errorf("stage.json: key %q, want %s", e.Key, key)
+	}
+	if e.Parent != parentKey {
+		return nil, fmt.Errorf("stage.json: parent %q, want %s (chain broken)", e.Parent, parentKey)
+	}
+	if e.BootFrom != "" && e.BootFrom != key && c.Lookup(e.BootFrom) == nil {
+		return nil, fmt.Errorf("stage.json: boot files of %s, not in the local cache", e.BootFrom)
+	}
+	if e.BootFrom == key {
+		if _, err := os.Stat(filepath.Join(dir, "boot")); err != nil {
+			return nil, errors.New("boot/ missing")
+		}
+	}
+	disk := filepath.Join(dir, "disk.qcow2")
+	if _, err := os.Stat(disk); err != nil {
+		return nil, errors.New("no disk.qcow2")
+	}
+	// Drop the uploader's backing path (-u: nothing else is opened), check
+	// the disk on its own as any untrusted image, then put it on our parent.
+	if _, err := qemuimg.Run(ctx, "rebase", "-u", "-f", "qcow2", "-b", "", disk); err != nil {
+		return nil, err
+	}
+	if _, err := qemuimg.Inspect(ctx, disk, qemuimg.Policy{Formats: []string{"qcow2"}, Format: "qcow2"}); err != nil {
+		return nil, err
+	}
+	if _, err := qemuimg.Run(ctx, "rebase", "-u", "-f", "qcow2", "-b", parentDisk, "-F", parentFormat, disk); err != nil {
+		return nil, err
+	}
+	e.Backing = parentDisk
+	if err := c.Commit(dir, &e); err != nil {
+		return nil, err
+	}
+	return c.Lookup(key), nil
+}
+
+// push uploads the local entry key unless the store already holds a good
+// object for it.
+func (r *remoteCache) push(ctx context.Context, c *StageCache, work, key string) {
+	if r == nil || !r.write || r.down {
+		return
+	}
+	if !r.bad[key] {
+		hctx, cancel := context.WithTimeout(ctx, remoteTimeout)
+		_, _, ok, err := r.store.Digest(hctx, RemoteObject(key))
+		cancel()
+		if err != nil {
+			if ctx.Err() == nil {
+				r.fail(err)
+			}
+			return
+		}
+		if ok {
+			return
+		}
+	}
+	f, err := os.CreateTemp(work, "upload-*.tar")
+	if err != nil {
+		r.log.Warnf("remote cache: %v", err)
+		return
+	}
+	defer os.Remove(f.Name())
+	h := sha256.New()
+	err = tarStage(io.MultiWriter(f, h), c.Path(key))
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		r.log.Warnf("remote cache: packing %s: %v", key[:12], err)
+		return
+	}
+	fi, err := os.Stat(f.Name())
+	if err != nil {
+		return
+	}
+	start := time.Now()
+	if err := r.store.Put(ctx, RemoteObject(key), f.Name(), hex.EncodeToString(h.Sum(nil)), fi.Size()); err != nil {
+		if ctx.Err() == nil {
+			r.fail(err)
+		}
+		return
+	}
+	delete(r.bad, key)
+	r.log.Infof("remote cache: %s uploaded (%.0f MiB in %.1fs)", key[:12], float64(fi.Size())/(1<<20), time.Since(start).Seconds())
+}
+
+func hashFile(p string) (string, int64, error) {
+	f, err := os.Open(p)
+	if err != nil {
+		return "", 0, err
+	}
+	defer f.Close()
+	h := sha256.New()
+	n, err := io.Copy(h, f)
+	if err != nil {
+		return "", 0, err
+	}
+	return hex.EncodeToString(h.Sum(nil)), n, nil
+}
+
+// tarStage writes stage.json, disk.qcow2 and boot/* of a cache entry.
+func tarStage(w io.Writer, dir string) error {
+	tw := tar.NewWriter(w)
+	names := []string{"stage.json", "disk.qcow2"}
+	if ents, err := os.ReadDir(filepath.Join(dir, "boot")); err == nil {
+		names = append(names, "boot/")
+		for _, d := range ents {
+			if d.Type().IsRegular() {
+				names = append(names, "boot/"+d.Name())
+			}
+		}
+	}
+	for _, n := range names {
+		if n == "boot/" {
+			if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeDir, Name: n, Mode: 0o755}); err != nil {
+				return err
+			}
+			continue
+		}
+		f, err := os.Open(filepath.Join(dir, n))
+		if err != nil {
+			return err
+		}
+		fi, err := f.Stat()
+		if err == nil {
+			err = tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: n, Mode: int64(fi.Mode().Perm()), Size: fi.Size(), ModTime: fi.ModTime()})
+		}
+		if err == nil {
+			_, err = io.Copy(tw, f)
+		}
+		f.Close()
+		if err != nil {
+			return err
+		}
+	}
+	return tw.Close()
+}
+
+// untarStage extracts a stage object into dir, refusing anything but
+// stage.json, disk.qcow2, boot/ and regular files directly in boot/.
+func untarStage(obj, dir string) error {
+	f, err := os.Open(obj)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	tr := tar.NewReader(f)
+	for {
+		h, err := tr.Next()
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("tar: %v", err)
+		}
+		name := h.Name
+		switch {
+		case name == "boot/" && h.Typeflag == tar.TypeDir:
+			if err := os.Mkdir(filepath.Join(dir, "boot"), 0o755); err != nil {
+				return err
+			}
+			continue
+		case h.Typeflag != tar.TypeReg:
+			return fmt.Errorf("tar: %q is not a regular file", name)
+		case name == "stage.json" || name == "disk.qcow2":
+		case strings.HasPrefix(name, "boot/") && path.Dir(name) == "boot" && path.Base(name) != ".." && path.Base(name) != "." && !strings.Contains(name[5:], "/"):
+		default:
+			return fmt.Errorf("tar: unexpected entry %q", name)
+		}
+		out, err := os.OpenFile(filepath.Join(dir, filepath.FromSlash(name)), os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o644)
+		if err != nil {
+			return fmt.Errorf("tar: %q: %v", name, err)
+		}
+		_, err = io.Copy(out, tr)
+		if cerr := out.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return fmt.Errorf("tar: %q: %v", name, err)
+		}
+	}
+}

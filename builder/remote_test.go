@@ -1,0 +1,329 @@
+package builder
+
+import (
+	"archive/tar"
+	"context"
+	"encoding/json"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/s3"
+	"github.com/sirupsen/logrus"
+	logtest "github.com/sirupsen/logrus/hooks/test"
+
+	"github.com/ecs-image/ecs-image/qemuimg"
+	"github.com/ecs-image/ecs-image/release"
+	"github.com/ecs-image/ecs-image/testenv"
+)
+
+// remoteFixture is a local stage cache with a base disk and a chain of two
+// stages (the first with boot/ files), a versitygw bucket and a store on it.
+type remoteFixture struct {
+	endpoint string
+	store    *release.S3Target
+	client   *s3.Client
+}
+
+func newRemoteFixture(t *testing.T) *remoteFixture {
+	t.Helper()
+	testenv.Tool(t, "qemu-img", "make deps")
+	endpoint := testenv.VersityGW(t, "cache")
+	ctx := context.Background()
+	o := release.S3Options{Endpoint: endpoint}
+	st, err := release.NewS3Target(ctx, "cache", "ecs", o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl, err := release.NewS3Client(ctx, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &remoteFixture{endpoint: endpoint, store: st, client: cl}
+}
+
+// testCache makes a stage cache with a base disk (returned) in a new dir.
+func testCache(t *testing.T) (*StageCache, string, string) {
+	t.Helper()
+	dir := t.TempDir()
+	c := &StageCache{Dir: filepath.Join(dir, "stages")}
+	base := filepath.Join(dir, "base.qcow2")
+	if _, err := qemuimg.Run(context.Background(), "create", "-q", "-f", "qcow2", base, "64M"); err != nil {
+		t.Fatal(err)
+	}
+	work, err := c.WorkDir()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c, base, work
+}
+
+// addStage commits an overlay stage on parentDisk with size bytes of data.
+func addStage(t *testing.T, c *StageCache, work string, e *StageEntry, parentDisk string, boot bool) {
+	t.Helper()
+	dir, err := os.MkdirTemp(work, "stage-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	disk := filepath.Join(dir, "disk.qcow2")
+	if _, err := qemuimg.Run(context.Background(), "create", "-q", "-f", "qcow2", "-b", parentDisk, "-F", "qcow2", disk); err != nil {
+		t.Fatal(err)
+	}
+	if boot {
+		os.Mkdir(filepath.Join(dir, "boot"), 0o755)
+		os.WriteFile(filepath.Join(dir, "boot", "vmlinuz"), []byte("kernel "+e.Key), 0o644)
+		os.WriteFile(filepath.Join(dir, "boot", "initrd.img"), []byte("initrd"), 0o644)
+	}
+	e.Backing = parentDisk
+	e.Created = time.Now().UTC()
+	if err := c.Commit(dir, e); err != nil {
+		t.Fatal(err)
+	}
+}
+
+const (
+	keyBase = "base:00112233445566778899aabbccddeeff"
+	keyS1   = "11111111111111111111111111111111"
+	keyS2   = "22222222222222222222222222222222"
+)
+
+// chainA is a cache holding base → s1 (booted, boot/) → s2 (offline).
+func chainA(t *testing.T) (*StageCache, string) {
+	c, base, work := testCache(t)
+	addStage(t, c, work, &StageEntry{Key: keyS1, Parent: keyBase, Name: "s1", Template: "t", Booted: true, BootFrom: keyS1}, base, true)
+	addStage(t, c, work, &StageEntry{Key: keyS2, Parent: keyS1, Name: "s2", Template: "t", BootFrom: keyS1}, c.Disk(keyS1), false)
+	return c, work
+}
+
+func testRemote(store RemoteStore, mode string) (*remoteCache, *logtest.Hook) {
+	log, hook := logtest.NewNullLogger()
+	return newRemoteCache(store, mode, log), hook
+}
+
+func warnings(h *logtest.Hook) []string {
+	var out []string
+	for _, e := range h.AllEntries() {
+		if e.Level == logrus.WarnLevel {
+			out = append(out, e.Message)
+		}
+	}
+	return out
+}
+
+func backingOf(t *testing.T, disk string) string {
+	t.Helper()
+	out, err := qemuimg.Run(context.Background(), "info", "--output=json", "-U", disk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var info struct {
+		Backing string `json:"backing-filename"`
+	}
+	json.Unmarshal(out, &info)
+	return info.Backing
+}
+
+func TestRemoteCacheRoundTrip(t *testing.T) {
+	f := newRemoteFixture(t)
+	ctx := context.Background()
+	a, workA := chainA(t)
+	ra, _ := testRemote(f.store, RemoteReadWrite)
+	ra.push(ctx, a, workA, keyS1)
+	ra.push(ctx, a, workA, keyS2)
+	for _, k := range []string{keyS1, keyS2} {
+		sum, _, ok, err := f.store.Digest(ctx, RemoteObject(k))
+		if err != nil || !ok || len(sum) != 64 {
+			t.Fatalf("object of %s: %q %v %v", k, sum, ok, err)
+		}
+	}
+
+	// Builder B: empty cache, its own base at another path.
+	b, baseB, workB := testCache(t)
+	rb, hook := testRemote(f.store, RemoteRead)
+	e1 := rb.fetch(ctx, b, workB, keyS1, keyBase, baseB, "qcow2")
+	if e1 == nil {
+		t.Fatalf("s1 not fetched: %v", warnings(hook))
+	}
+	if got := backingOf(t, b.Disk(keyS1)); got != baseB {
+		t.Fatalf("s1 backing %q, want %q", got, baseB)
+	}
+	if data, _ := os.ReadFile(filepath.Join(b.BootDir(keyS1), "vmlinuz")); string(data) != "kernel "+keyS1 {
+		t.Fatalf("boot/vmlinuz = %q", data)
+	}
+	// Wrong parent: refused (the chain must match).
+	if e := rb.fetch(ctx, b, workB, keyS2, keyBase, b.Disk(keyS1), "qcow2"); e != nil {
+		t.Fatal("s2 accepted with the wrong parent key")
+	}
+	if w := warnings(hook); len(w) != 1 || !strings.Contains(w[0], "chain broken") {
+		t.Fatalf("warnings %v", w)
+	}
+	e2 := rb.fetch(ctx, b, workB, keyS2, keyS1, b.Disk(keyS1), "qcow2")
+	if e2 == nil || e2.BootFrom != keyS1 {
+		t.Fatalf("s2 fetched: %+v", e2)
+	}
+	if got := backingOf(t, b.Disk(keyS2)); got != b.Disk(keyS1) {
+		t.Fatalf("s2 backing %q", got)
+	}
+	if _, err := qemuimg.Run(ctx, "check", "-q", b.Disk(keyS2)); err != nil {
+		t.Fatal(err)
+	}
+	// Read mode never writes; a miss is nil without a warning.
+	n := len(warnings(hook))
+	rb.push(ctx, b, workB, keyS2)
+	if e := rb.fetch(ctx, b, workB, "33333333333333333333333333333333", keyS2, b.Disk(keyS2), "qcow2"); e != nil || len(warnings(hook)) != n {
+		t.Fatalf("miss: %v %v", e, warnings(hook))
+	}
+}
+
+// corrupt replaces the object of key by bad content that keeps its old
+// sha256 metadata.
+func corrupt(t *testing.T, f *remoteFixture, key string, mangle func([]byte) []byte) {
+	t.Helper()
+	ctx := context.Background()
+	tmp := filepath.Join(t.TempDir(), "obj")
+	sum, found, err := f.store.Get(ctx, RemoteObject(key), tmp)
+	if err != nil || !found {
+		t.Fatal(found, err)
+	}
+	data, _ := os.ReadFile(tmp)
+	data = mangle(data)
+	os.WriteFile(tmp, data, 0o644)
+	if err := f.store.Put(ctx, RemoteObject(key), tmp, sum, int64(len(data))); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestRemoteCacheCorruptObjectRebuiltAndReplaced(t *testing.T) {
+	f := newRemoteFixture(t)
+	ctx := context.Background()
+	a, workA := chainA(t)
+	ra, _ := testRemote(f.store, RemoteReadWrite)
+	ra.push(ctx, a, workA, keyS1)
+	good, _, _, _ := f.store.Digest(ctx, RemoteObject(keyS1))
+
+	for name, mangle := range map[string]func([]byte) []byte{
+		"flipped byte": func(d []byte) []byte { d[len(d)/2] ^= 0x40; return d },
+		"truncated":    func(d []byte) []byte { return d[:len(d)/3] },
+	} {
+		t.Run(name, func(t *testing.T) {
+			corrupt(t, f, keyS1, mangle)
+			b, baseB, workB := testCache(t)
+			rb, hook := testRemote(f.store, RemoteReadWrite)
+			if e := rb.fetch(ctx, b, workB, keyS1, keyBase, baseB, "qcow2"); e != nil {
+				t.Fatal("corrupt object used")
+			}
+			if w := warnings(hook); len(w) != 1 || !strings.Contains(w[0], "corrupt or truncated") {
+				t.Fatalf("warnings %v", w)
+			}
+			if b.Lookup(keyS1) != nil {
+				t.Fatal("corrupt object reached the local cache")
+			}
+			// "Rebuilt": B now has the stage and uploads it over the bad one.
+			addStage(t, b, workB, &StageEntry{Key: keyS1, Parent: keyBase, Name: "s1", BootFrom: keyS1}, baseB, true)
+			rb.push(ctx, b, workB, keyS1)
+			c, baseC, workC := testCache(t)
+			rc, hook := testRemote(f.store, RemoteRead)
+			if e := rc.fetch(ctx, c, workC, keyS1, keyBase, baseC, "qcow2"); e == nil {
+				t.Fatalf("replaced object not usable: %v", warnings(hook))
+			}
+			if sum, _, _, _ := f.store.Digest(ctx, RemoteObject(keyS1)); sum == good {
+				t.Log("same digest as the first upload (deterministic tar)")
+			}
+		})
+	}
+}
+
+func TestRemoteCacheConcurrentUploadsLeaveOneGoodObject(t *testing.T) {
+	f := newRemoteFixture(t)
+	ctx := context.Background()
+	a, workA := chainA(t)
+	b, workB := chainA(t)
+	ra, ha := testRemote(f.store, RemoteWrite)
+	rb, hb := testRemote(f.store, RemoteWrite)
+	var wg sync.WaitGroup
+	for _, x := range []struct {
+		r    *remoteCache
+		c    *StageCache
+		work string
+	}{{ra, a, workA}, {rb, b, workB}} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			x.r.push(ctx, x.c, x.work, keyS1)
+		}()
+	}
+	wg.Wait()
+	if w := append(warnings(ha), warnings(hb)...); len(w) != 0 {
+		t.Fatalf("warnings %v", w)
+	}
+	out, err := f.client.ListObjectsV2(ctx, &s3.ListObjectsV2Input{Bucket: aws.String("cache"), Prefix: aws.String("ecs/")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(out.Contents) != 1 || aws.ToString(out.Contents[0].Key) != "ecs/"+RemoteObject(keyS1) {
+		t.Fatalf("bucket holds %d objects", len(out.Contents))
+	}
+	tmp := filepath.Join(t.TempDir(), "obj")
+	sum, _, err := f.store.Get(ctx, RemoteObject(keyS1), tmp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, _, _ := hashFile(tmp); got != sum {
+		t.Fatalf("object sha256 %s, metadata %s", got, sum)
+	}
+	c, baseC, workC := testCache(t)
+	rc, hook := testRemote(f.store, RemoteRead)
+	if rc.fetch(ctx, c, workC, keyS1, keyBase, baseC, "qcow2") == nil {
+		t.Fatalf("raced object not usable: %v", warnings(hook))
+	}
+}
+
+func TestRemoteCacheUnreachableWarnsOnce(t *testing.T) {
+	testenv.Tool(t, "qemu-img", "make deps")
+	t.Setenv("AWS_ACCESS_KEY_ID", "x")
+	t.Setenv("AWS_SECRET_ACCESS_KEY", "y")
+	t.Setenv("AWS_CONFIG_FILE", filepath.Join(t.TempDir(), "none"))
+	t.Setenv("AWS_SHARED_CREDENTIALS_FILE", filepath.Join(t.TempDir(), "none"))
+	ctx := context.Background()
+	st, err := release.NewS3Target(ctx, "cache", "", release.S3Options{Endpoint: "http://127.0.0.1:1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, workA := chainA(t)
+	r, hook := testRemote(st, RemoteReadWrite)
+	if r.fetch(ctx, a, workA, "33333333333333333333333333333333", keyS2, a.Disk(keyS2), "qcow2") != nil {
+		t.Fatal("hit on an unreachable store")
+	}
+	r.push(ctx, a, workA, keyS1)
+	r.fetch(ctx, a, workA, "44444444444444444444444444444444", keyS2, a.Disk(keyS2), "qcow2")
+	if w := warnings(hook); len(w) != 1 || !strings.Contains(w[0], "unreachable") {
+		t.Fatalf("warnings %v", w)
+	}
+}
+
+func TestUntarStageRefusesOtherEntries(t *testing.T) {
+	dir := t.TempDir()
+	for _, name := range []string{"../x", "boot/../../x", "etc/passwd", "boot/a/b"} {
+		obj := filepath.Join(dir, "o.tar")
+		f, _ := os.Create(obj)
+		writeTar(t, f, name)
+		f.Close()
+		if err := untarStage(obj, filepath.Join(dir, "out-"+strings.ReplaceAll(name, "/", "_"))); err == nil {
+			t.Errorf("%q accepted", name)
+		}
+	}
+}
+
+func writeTar(t *testing.T, w io.Writer, name string) {
+	tw := tar.NewWriter(w)
+	if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: name, Mode: 0o644, Size: 1}); err != nil {
+		t.Fatal(err)
+	}
+	tw.Write([]byte("x"))
+	tw.Close()
+}
