@@ -64,14 +64,15 @@ func testCache(t *testing.T) (*StageCache, string, string) {
 }
 
 // addStage commits an overlay stage on parentDisk with size bytes of data.
-func addStage(t *testing.T, c *StageCache, work string, e *StageEntry, parentDisk string, boot bool) {
+// createOpts are extra qemu-img create options of the disk (-o ...).
+func addStage(t *testing.T, c *StageCache, work string, e *StageEntry, parentDisk string, boot bool, createOpts ...string) {
 	t.Helper()
 	dir, err := os.MkdirTemp(work, "stage-")
 	if err != nil {
 		t.Fatal(err)
 	}
 	disk := filepath.Join(dir, "disk.qcow2")
-	if _, err := qemuimg.Run(context.Background(), "create", "-q", "-f", "qcow2", "-b", parentDisk, "-F", "qcow2", disk); err != nil {
+	if _, err := qemuimg.Run(context.Background(), append(append([]string{"create", "-q", "-f", "qcow2"}, createOpts...), "-b", parentDisk, "-F", "qcow2", disk)...); err != nil {
 		t.Fatal(err)
 	}
 	if boot {
@@ -326,4 +327,54 @@ func writeTar(t *testing.T, w io.Writer, name string) {
 	}
 	tw.Write([]byte("x"))
 	tw.Close()
+}
+
+// cancelOnMultipart is a store whose Put is cancelled as soon as the server
+// holds an open multipart upload (parts are then in flight).
+type cancelOnMultipart struct {
+	*release.S3Target
+	client *s3.Client
+}
+
+func (c cancelOnMultipart) Put(ctx context.Context, key, file, sum string, size int64) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		for ctx.Err() == nil {
+			out, err := c.client.ListMultipartUploads(context.Background(), &s3.ListMultipartUploadsInput{Bucket: aws.String("cache")})
+			if err == nil && len(out.Uploads) > 0 {
+				cancel()
+				return
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}()
+	return c.S3Target.Put(ctx, key, file, sum, size)
+}
+
+func TestRemoteCacheInterruptedUploadLeavesNoObject(t *testing.T) {
+	f := newRemoteFixture(t)
+	ctx := context.Background()
+	a, base, work := testCache(t)
+	// A 96 MiB disk: multipart (6 parts of 16 MiB).
+	addStage(t, a, work, &StageEntry{Key: keyS1, Parent: keyBase, Name: "s1", BootFrom: keyS1}, base, true, "-o", "preallocation=full,extended_l2=on", "-o", "size=96M")
+	r, hook := testRemote(cancelOnMultipart{f.store, f.client}, RemoteWrite)
+	r.push(ctx, a, work, keyS1)
+	if w := warnings(hook); len(w) != 1 || !strings.Contains(w[0], "uploading") {
+		t.Fatalf("interrupted upload: warnings %v", w)
+	}
+	if _, _, ok, err := f.store.Digest(ctx, RemoteObject(keyS1)); ok || err != nil {
+		t.Fatalf("interrupted upload left an object (%v)", err)
+	}
+	mu, err := f.client.ListMultipartUploads(ctx, &s3.ListMultipartUploadsInput{Bucket: aws.String("cache")})
+	if err != nil || len(mu.Uploads) != 0 {
+		t.Fatalf("interrupted upload left %d multipart uploads (%v)", len(mu.Uploads), err)
+	}
+	// The next build uploads it.
+	r2, hook := testRemote(f.store, RemoteReadWrite)
+	r2.push(ctx, a, work, keyS1)
+	b, baseB, workB := testCache(t)
+	if r2.fetch(ctx, b, workB, keyS1, keyBase, baseB, "qcow2") == nil {
+		t.Fatalf("re-uploaded object not usable: %v", warnings(hook))
+	}
 }
