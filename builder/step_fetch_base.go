@@ -17,21 +17,9 @@ type stepFetchBase struct{}
 
 func (s *stepFetchBase) Run(ctx context.Context, state multistep.StateBag) multistep.StepAction {
 	b := getBuild(state)
-	tb := b.tmpl.Base
-	ref := tb.Catalog
-	opts := images.ResolveOptions{User: tb.User}
-	switch {
-	case tb.URL != "":
-		ref, opts.Checksum = tb.URL, tb.Checksum
-	case tb.File != "":
-		ref = tb.File
-	}
-	if b.tmpl.Firmware != "auto" {
-		opts.Firmware = b.tmpl.Firmware
-	}
-	base, err := images.Resolve(ctx, ref, opts)
+	base, err := ResolveBase(ctx, b.tmpl)
 	if err != nil {
-		return halt(state, fmt.Errorf("base %s: %w", ref, err))
+		return halt(state, err)
 	}
 	b.base = base
 	b.log.Infof("base %s (%s, %s, %s)", base.Path, base.Format, base.Digest, base.Firmware)
@@ -51,3 +39,25 @@ func (s *stepFetchBase) Run(ctx context.Context, state multistep.StateBag) multi
 }
 
 func (s *stepFetchBase) Cleanup(multistep.StateBag) {}
+
+// ResolveBase resolves the template's base (catalog name, URL with
+// checksum, or local file) to a verified, cached local image.
+func ResolveBase(ctx context.Context, t *Template) (*images.Base, error) {
+	tb := t.Base
+	ref := tb.Catalog
+	opts := images.ResolveOptions{User: tb.User}
+	switch {
+	case tb.URL != "":
+		ref, opts.Checksum = tb.URL, tb.Checksum
+	case tb.File != "":
+		ref = tb.File
+	}
+	if t.Firmware != "auto" {
+		opts.Firmware = t.Firmware
+	}
+	base, err := images.Resolve(ctx, ref, opts)
+	if err != nil {
+		return nil, fmt.Errorf("base %s: %w", ref, err)
+	}
+	return base, nil
+}

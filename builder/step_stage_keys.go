@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sort"
 	"strings"
 
 	"github.com/hashicorp/packer-plugin-sdk/multistep"
@@ -18,33 +19,103 @@ type stepStageKeys struct{}
 
 func (s *stepStageKeys) Run(ctx context.Context, state multistep.StateBag) multistep.StepAction {
 	b := getBuild(state)
+	keys, err := planStageKeys(b.plan, b.base.Digest, hostModeEnv(b.opts.NoChroot))
+	if err != nil {
+		return halt(state, err)
+	}
+	var lines []string
+	for i, k := range keys {
+		if k.Note != "" {
+			b.log.Infof("stage %s: %s", k.Name, k.Note)
+		}
+		st := &b.plan.Stages[i]
+		b.stages = append(b.stages, &stageRun{stage: st, index: i, shared: k.Shared, key: k.Key, parent: k.Parent,
+			offline: k.Mode == modeOffline, chrootMode: k.Mode == ModeChroot, vars: b.plan.VarsFor(i)})
+		lines = append(lines, fmt.Sprintf("%s=%s(%s)", k.Name, k.Key[:12], k.Mode))
+	}
+	b.log.Infof("stages: %s", strings.Join(lines, " "))
+	return multistep.ActionContinue
+}
+
+// hostModeEnv is what this host offers for building stages.
+func hostModeEnv(noChroot bool) modeEnv {
 	env := modeEnv{helperErr: helperUsable(), chrootErr: ChrootUsable()}
-	if b.opts.NoChroot {
+	if noChroot {
 		env.chrootErr = errors.New("--no-chroot")
 	}
-	parent := "base:" + RootKey(b.base.Digest, b.tmpl.DiskSizeBytes())
-	var lines []string
-	for i := range b.plan.Stages {
-		st := &b.plan.Stages[i]
+	return env
+}
+
+// PlannedStage is a stage of a plan with its cache key and how it is built.
+type PlannedStage struct {
+	Name   string `json:"name"`
+	Key    string `json:"key"`
+	Parent string `json:"parent"`
+	// Mode is boot, chroot or offline.
+	Mode   string `json:"mode"`
+	Shared bool   `json:"shared"` // a template stage (not the variant's)
+	Note   string `json:"-"`
+}
+
+// planStageKeys computes every stage's key and mode, on the base of the
+// given digest.
+func planStageKeys(p *Plan, baseDigest string, env modeEnv) ([]PlannedStage, error) {
+	parent := "base:" + RootKey(baseDigest, p.Template.DiskSizeBytes())
+	var out []PlannedStage
+	for i := range p.Stages {
+		st := &p.Stages[i]
 		mode, note := chooseMode(st, env)
-		if note != "" {
-			b.log.Infof("stage %s: %s", st.Name, note)
-		}
-		vars := b.plan.VarsFor(i)
-		key, err := StageKey(parent, st, vars, mode)
+		key, err := StageKey(parent, st, p.VarsFor(i), mode)
 		if err != nil {
-			return halt(state, err)
+			return nil, err
 		}
-		b.stages = append(b.stages, &stageRun{stage: st, index: i, shared: i < b.plan.Shared, key: key, parent: parent,
-			offline: mode == modeOffline, chrootMode: mode == ModeChroot, vars: vars})
-		lines = append(lines, fmt.Sprintf("%s=%s(%s)", st.Name, key[:12], mode))
+		out = append(out, PlannedStage{Name: st.Name, Key: key, Parent: parent, Mode: mode, Shared: i < p.Shared, Note: note})
 		parent = key
 		if mode != modeOffline {
 			env.haveBoot = true // booted and chroot stages record a kernel
 		}
 	}
-	b.log.Infof("stages: %s", strings.Join(lines, " "))
-	return multistep.ActionContinue
+	return out, nil
+}
+
+// PlanJob is one build of a template (a variant, with all its outputs).
+type PlanJob struct {
+	Variant    string         `json:"variant"`
+	Production bool           `json:"production"`
+	Outputs    []string       `json:"outputs"`
+	Stages     []PlannedStage `json:"stages"`
+	// GeneraliseKey is the key of the generalised disk (the last entry).
+	GeneraliseKey string `json:"generalise_key"`
+}
+
+// PlanJobs lists the builds of a template — each variant (or the template
+// alone when it has none) with its outputs and stage keys — on the base of
+// the given digest, with the stage modes this host would use (noChroot as
+// --no-chroot).
+func PlanJobs(t *Template, baseDigest string, noChroot bool) ([]PlanJob, error) {
+	variants := []string{""}
+	if len(t.Variants) > 0 {
+		variants = variants[:0]
+		for n := range t.Variants {
+			variants = append(variants, n)
+		}
+		sort.Strings(variants)
+	}
+	env := hostModeEnv(noChroot)
+	var jobs []PlanJob
+	for _, v := range variants {
+		p, err := t.Plan(v)
+		if err != nil {
+			return nil, err
+		}
+		keys, err := planStageKeys(p, baseDigest, env)
+		if err != nil {
+			return nil, err
+		}
+		jobs = append(jobs, PlanJob{Variant: v, Production: p.Production, Outputs: p.Outputs, Stages: keys,
+			GeneraliseKey: GeneraliseKey(keys[len(keys)-1].Key, t.Generalise)})
+	}
+	return jobs, nil
 }
 
 func (s *stepStageKeys) Cleanup(multistep.StateBag) {}
