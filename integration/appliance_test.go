@@ -51,6 +51,8 @@ import (
 
 const (
 	applianceTemplate = "../templates/ecs-appliance.yml"
+	// applianceSuite is the template's base (catalog: build:trixie).
+	applianceSuite = "trixie"
 	ciVariant         = "ci"
 	// deployPort is appliance.deploy.port in the test envs.
 	deployPort = 8866
@@ -107,7 +109,8 @@ func TestAppliance(t *testing.T) {
 		t.Logf("chroot stages cannot run on this host (%v): the builder boots them instead", chrootErr)
 	}
 
-	base := baseImage(t)
+	// The template's base (Debian 13).
+	base := suiteBase(t, applianceSuite)
 	work := t.TempDir()
 
 	// The bare base, booted by `ecs-image test` to cloud-init's final

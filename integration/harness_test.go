@@ -72,28 +72,30 @@ func ecsImageRun(args ...string) (string, string, error) {
 }
 
 var (
-	baseOnce sync.Once
-	basePath string
-	baseErr  error
+	baseMu    sync.Mutex
+	baseCache = map[string]string{}
 )
 
 // baseImage returns the local Debian 12 base qcow2, built from the package
 // mirror with `ecs-image base build` (cached per machine; the first call in
 // a fresh cache takes a few minutes). Its stdout is the cached image's path.
-func baseImage(t *testing.T) string {
+func baseImage(t *testing.T) string { t.Helper(); return suiteBase(t, "bookworm") }
+
+// suiteBase is baseImage for another suite (`base build --suite`), e.g.
+// trixie, the appliance template's base.
+func suiteBase(t *testing.T, suite string) string {
 	t.Helper()
-	baseOnce.Do(func() {
-		out, errOut, err := ecsImageRun("base", "build")
-		if err != nil {
-			baseErr = fmt.Errorf("ecs-image base build: %v\n%s", err, errOut)
-			return
-		}
-		basePath = strings.TrimSpace(out)
-	})
-	if baseErr != nil {
-		t.Fatal(baseErr)
+	baseMu.Lock()
+	defer baseMu.Unlock()
+	if p, ok := baseCache[suite]; ok {
+		return p
 	}
-	return basePath
+	out, errOut, err := ecsImageRun("base", "build", "--suite", suite)
+	if err != nil {
+		t.Fatalf("ecs-image base build --suite %s: %v\n%s", suite, err, errOut)
+	}
+	baseCache[suite] = strings.TrimSpace(out)
+	return baseCache[suite]
 }
 
 // bootOptions says what bootBase boots and how.

@@ -78,7 +78,7 @@ func (a *Agent) PrepareEnv(ctx context.Context) error {
 		data []byte
 	}{
 		{ActiveEnvShell, []byte(flat)},
-		{ActiveEnvCompose, []byte(ComposeEnv(vars))},
+		{ActiveEnvCompose, []byte(a.Compose().EnvFile(vars))},
 		{ActiveEnvSource, []byte(name + "\n")},
 		{ActiveEnv, res.Data},
 	}

@@ -148,9 +148,8 @@ func (a *Agent) runStack(ctx context.Context, o RunOptions, e *Env) error {
 	done := make(chan error, 1)
 	if a.Host.Exists(ComposeFile) {
 		go func() {
-			_, err := a.Host.RunCmd(runCtx, host.Cmd{Name: "docker-compose",
-				Args:   []string{"-p", ComposeProject, "-f", a.Host.Path(ComposeFile), "up", "--no-color", "--remove-orphans"},
-				Stdout: os.Stderr, Stderr: os.Stderr})
+			name, args := a.Compose().Command("-p", ComposeProject, "-f", a.Host.Path(ComposeFile), "up", "--no-color", "--remove-orphans")
+			_, err := a.Host.RunCmd(runCtx, host.Cmd{Name: name, Args: args, Stdout: os.Stderr, Stderr: os.Stderr})
 			done <- err
 		}()
 	} else {
