@@ -374,6 +374,10 @@ func (t *Template) check(d *decoder) {
 		}
 		t.checkOutputs(d, p+".outputs", v.Outputs, v.Production)
 		checkKernel(d, p+".kernel", v.Kernel)
+		if v.Production {
+			checkProduction(d, "stages", t.Stages)
+			checkProduction(d, p+".stages", v.Stages)
+		}
 	}
 	checkKernel(d, "kernel", t.Kernel)
 	if len(t.Stages) == 0 && len(t.Variants) == 0 {
@@ -507,6 +511,28 @@ func (t *Template) checkStages(d *decoder, path string, stages []Stage, names ma
 					fp = pp + "." + fe.Field
 				}
 				d.at(fp, "%s", fe.Msg)
+			}
+		}
+	}
+}
+
+// checkProduction reports what a production variant must not build from
+// stages (provisioners with a CheckProduction method: e.g. a stack's
+// images without a digest).
+func checkProduction(d *decoder, path string, stages []Stage) {
+	for i := range stages {
+		for j, ps := range stages[i].Provisioners {
+			pc, ok := ps.P.(interface{ CheckProduction() []provisioners.FieldError })
+			if !ok {
+				continue
+			}
+			pp := fmt.Sprintf("%s[%d].provisioners[%d]", path, i, j)
+			for _, fe := range pc.CheckProduction() {
+				fp := pp
+				if fe.Field != "" {
+					fp = pp + "." + fe.Field
+				}
+				d.at(fp, "production variant: %s", fe.Msg)
 			}
 		}
 	}

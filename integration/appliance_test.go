@@ -53,7 +53,7 @@ const (
 	applianceTemplate = "../templates/ecs-appliance.yml"
 	// applianceSuite is the template's base (catalog: build:trixie).
 	applianceSuite = "trixie"
-	ciVariant         = "ci"
+	ciVariant      = "ci"
 	// deployPort is appliance.deploy.port in the test envs.
 	deployPort = 8866
 	// deployAppPort is where the deploy API's container is published in

@@ -13,12 +13,15 @@ import (
 	"regexp"
 	"strings"
 
+	"github.com/sirupsen/logrus"
+
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 
 	"github.com/ecs-image/ecs-image/atomicfile"
+	"github.com/ecs-image/ecs-image/contract"
 )
 
 // DefaultImageDir is where container image tarballs are placed in the image;
@@ -49,6 +52,9 @@ type ContainerImage struct {
 	// Ref is a registry reference, pulled on the host with
 	// go-containerregistry (pin a digest for reproducible builds).
 	Ref string `yaml:"ref"`
+	// Debian builds the image from Debian packages on the build host
+	// (mmdebstrap, no Docker engine, no registry); Tags are required.
+	Debian *DebianImage `yaml:"debian"`
 	// Name is the file name in Dir (default: from Path or Ref).
 	Name string `yaml:"name"`
 	// Tags are applied by the agent after `docker load`; the first is what
@@ -81,15 +87,24 @@ type ImageManifestEntry struct {
 }
 
 // AgentIndexEntry is one entry of the agent's image index, manifest.json
-// beside the tarballs (agent/prepare.ImageEntry).
-type AgentIndexEntry struct {
-	File      string   `json:"file"`
-	Tags      []string `json:"tags"`
-	Service   string   `json:"service,omitempty"`
-	Web       bool     `json:"web,omitempty"`
-	Port      int      `json:"port,omitempty"`
-	Command   []string `json:"command,omitempty"`
-	NoCompose bool     `json:"no_compose,omitempty"`
+// beside the tarballs: the contract both sides share.
+type AgentIndexEntry = contract.ImageEntry
+
+// imageID is the config digest of the first image of a docker-archive
+// ("" when it cannot be read, or for an OCI layout).
+func imageID(file, format string) string {
+	if format != "docker-archive" {
+		return ""
+	}
+	img, err := tarball.ImageFromPath(file, nil)
+	if err != nil {
+		return ""
+	}
+	h, err := img.ConfigName()
+	if err != nil {
+		return ""
+	}
+	return h.String()
 }
 
 var fileNameRe = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]*$`)
@@ -124,13 +139,27 @@ func (c *Containers) Check(dir string) []FieldError {
 	for i := range c.Images {
 		im := &c.Images[i]
 		f := fmt.Sprintf("images[%d]", i)
+		sources := 0
+		for _, set := range []bool{im.Path != "", im.Ref != "", im.Debian != nil} {
+			if set {
+				sources++
+			}
+		}
 		switch {
-		case im.Path == "" && im.Ref == "":
-			errs = append(errs, fieldErr(f, "give path or ref"))
+		case sources == 0:
+			errs = append(errs, fieldErr(f, "give path, ref or debian"))
 			continue
-		case im.Path != "" && im.Ref != "":
-			errs = append(errs, fieldErr(f+".ref", "give path or ref, not both"))
+		case sources > 1:
+			errs = append(errs, fieldErr(f, "give one of path, ref and debian"))
 			continue
+		case im.Debian != nil:
+			errs = append(errs, im.Debian.check(f+".debian")...)
+			im.format = "docker-archive"
+			if len(im.Tags) == 0 {
+				errs = append(errs, fieldErr(f+".tags", "required with debian: the image's name"))
+			} else if im.Name == "" {
+				im.Name = refFileName(im.Tags[0])
+			}
 		case im.Path != "":
 			im.Path = absPath(dir, im.Path)
 			format, err := archiveFormat(im.Path)
@@ -287,7 +316,7 @@ func (c *Containers) Place(ctx context.Context, a *Archive) error {
 	index := []AgentIndexEntry{}
 	for _, im := range c.Images {
 		src, source := im.Path, im.Path
-		if im.Ref != "" {
+		if im.Ref != "" || im.Debian != nil {
 			dir := c.PullDir
 			if dir == "" {
 				d, err := os.MkdirTemp("", "ecs-image-pull-")
@@ -296,12 +325,22 @@ func (c *Containers) Place(ctx context.Context, a *Archive) error {
 				}
 				defer os.RemoveAll(d)
 				dir = d
+				c.PullDir = d
+				defer func() { c.PullDir = "" }()
 			}
-			p, err := pull(ctx, im.Ref, dir)
+			var p string
+			var err error
+			if im.Debian != nil {
+				p, err = debianImage(ctx, &im, dir, func(s string) { logrus.Info(s) })
+				source = "debian:" + im.Debian.Suite + ":" + strings.Join(im.Debian.Packages, ",")
+			} else {
+				p, err = pull(ctx, im.Ref, dir)
+				source = im.Ref
+			}
 			if err != nil {
 				return err
 			}
-			src, source = p, im.Ref
+			src = p
 		}
 		sum, size, err := atomicfile.SHA256File(ctx, src)
 		if err != nil {
@@ -311,7 +350,7 @@ func (c *Containers) Place(ctx context.Context, a *Archive) error {
 			return err
 		}
 		man.Images = append(man.Images, ImageManifestEntry{File: im.Name, Format: im.format, Source: source, SHA256: sum, Size: size})
-		index = append(index, AgentIndexEntry{File: im.Name, Tags: im.Tags, Service: im.Service, Web: im.Web,
+		index = append(index, AgentIndexEntry{File: im.Name, Tags: im.Tags, ID: imageID(src, im.format), Service: im.Service, Web: im.Web,
 			Port: im.Port, Command: im.Command, NoCompose: im.NoCompose})
 	}
 	idata, err := json.MarshalIndent(index, "", "  ")

@@ -116,6 +116,8 @@ func New(t string) Provisioner {
 		return &Packages{}
 	case "containers":
 		return &Containers{}
+	case "stack":
+		return &Stack{}
 	case "agent":
 		return &Agent{}
 	}
@@ -123,7 +125,7 @@ func New(t string) Provisioner {
 }
 
 // Types lists the provisioner types.
-func Types() []string { return []string{"agent", "containers", "file", "packages", "shell"} }
+func Types() []string { return []string{"agent", "containers", "file", "packages", "shell", "stack"} }
 
 // RunPlacer installs what p places into a booted guest: its archive is
 // streamed to `sudo tar -x` in the guest's root directory.

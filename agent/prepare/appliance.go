@@ -17,6 +17,7 @@ import (
 
 	"github.com/ecs-image/ecs-image/agent/host"
 	"github.com/ecs-image/ecs-image/agent/status"
+	"github.com/ecs-image/ecs-image/contract"
 )
 
 // PrepareAppliance configures the host services from the active env.yml.
@@ -67,24 +68,17 @@ func (a *Agent) reloadOrStart(ctx context.Context, unit string, changed bool) er
 // /volatile trees, /app/etc and friends as symlinks into them (an existing
 // real directory, e.g. one baked into the image, is kept).
 func (a *Agent) stepLayout(ctx context.Context, e *Env) error {
-	for _, d := range []string{"/data", "/volatile", "/data/etc", "/data/ecs-ca", "/data/ecs-gpg",
-		"/data/ecs-storage-vault", "/data/ecs-pgdump", "/volatile/ecs-cache", "/volatile/ecs-backup-test", AppDir} {
+	dirs := append(append([]string{contract.DataDir, contract.VolatileDir}, contract.DataDirs...), contract.VolatileDirs...)
+	for _, d := range append(dirs, AppDir) {
 		if err := a.Host.MkdirAll(d, 0o755); err != nil {
 			return err
 		}
 	}
-	links := []struct{ link, target string }{
-		{"/app/etc", "/data/etc"},
-		{"/app/ecs-ca", "/data/ecs-ca"},
-		{"/app/ecs-gpg", "/data/ecs-gpg"},
-		{"/app/ecs-storage-vault", "/data/ecs-storage-vault"},
-		{"/app/ecs-cache", "/volatile/ecs-cache"},
-	}
-	for _, l := range links {
-		if st, err := os.Lstat(a.Host.Path(l.link)); err == nil && st.IsDir() {
+	for _, l := range contract.Links {
+		if st, err := os.Lstat(a.Host.Path(l.Link)); err == nil && st.IsDir() {
 			continue // a real directory baked into the image
 		}
-		if _, err := a.Host.Symlink(l.target, l.link); err != nil {
+		if _, err := a.Host.Symlink(l.Target, l.Link); err != nil {
 			return err
 		}
 	}
@@ -184,7 +178,8 @@ func (a *Agent) stepNginx(ctx context.Context, e *Env) error {
 		"StatusPage":   status.StatusPage,
 		"StateFile":    status.StateFile,
 		"WebRoot":      path.Dir(status.StatusPage),
-		"WebPort":      WebPort,
+		"WebPort":      a.webPort(),
+		"Proxies":      a.stackProxies(),
 		"ServerNames":  strings.Join(names, " "),
 		"Cert":         ServerCert,
 		"Key":          ServerKey,

@@ -79,9 +79,48 @@ func (a *Agent) stepImages(ctx context.Context, e *Env) error {
 			return err
 		}
 	}
+	if err := a.verifyImageIDs(ctx, list); err != nil {
+		return err
+	}
 	if force {
 		return a.Host.Remove(ForceLoadFlag)
 	}
+	return nil
+}
+
+// verifyImageIDs checks, in one docker call, that the first tag of every
+// index entry with a recorded ID names that image: a tag the builder did
+// not bake (a tarball swapped after the build, or a deploy that retagged
+// it) is reported. A deployed image is allowed when the index's tarball
+// was replaced by the deploy (stamp mismatch is handled by loading).
+func (a *Agent) verifyImageIDs(ctx context.Context, list []ImageEntry) error {
+	var tags, ids []string
+	for _, im := range list {
+		if im.ID != "" && len(im.Tags) > 0 {
+			tags, ids = append(tags, im.Tags[0]), append(ids, im.ID)
+		}
+	}
+	if len(tags) == 0 {
+		return nil
+	}
+	out, err := a.Host.Run(ctx, "docker", append([]string{"image", "inspect", "--format", "{{.Id}}"}, tags...)...)
+	if err != nil {
+		return fmt.Errorf("docker image inspect: %w", err)
+	}
+	got := strings.Fields(string(out))
+	for i, t := range tags {
+		if i >= len(got) || got[i] != ids[i] {
+			if a.Host.Exists(path.Join(TagsDir, "deployed", unsafeName.ReplaceAllString(t, "_"))) {
+				continue
+			}
+			g := "nothing"
+			if i < len(got) {
+				g = got[i]
+			}
+			return fmt.Errorf("%s: %s is %s, not the baked image %s", ImagesIndex, t, g, ids[i])
+		}
+	}
+	a.logf("prepare-ecs/images: %d images verified against the build's digests", len(tags))
 	return nil
 }
 
@@ -202,6 +241,13 @@ func serviceName(tag string) string {
 }
 
 func (a *Agent) stepCompose(ctx context.Context, e *Env) error {
+	st, err := a.ReadStack()
+	if err != nil {
+		return err
+	}
+	if st != nil {
+		return a.stepStackEnv(ctx, e, st)
+	}
 	plan, err := a.PlanCompose()
 	if err != nil {
 		return err

@@ -14,31 +14,14 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+
+	"github.com/ecs-image/ecs-image/contract"
 )
 
 // ImageEntry is one entry of /app/images/manifest.json, the index the
-// builder's containers provisioner writes next to the baked image
-// tarballs: a JSON list of {"file": "web.tar", "tags": ["ecs/web:latest"]}.
-// The other fields are optional.
-type ImageEntry struct {
-	// File is the docker-archive tarball (.tar or .tar.gz), relative to /app/images.
-	File string `json:"file"`
-	// Tags are applied after `docker load`; the first is what the compose
-	// file runs.
-	Tags []string `json:"tags"`
-	// Service names the compose service (default: derived from the first tag).
-	Service string `json:"service,omitempty"`
-	// Web marks the service nginx proxies to (default: the first image that
-	// exposes a TCP port).
-	Web bool `json:"web,omitempty"`
-	// Port is the container port nginx proxies to (default: the lowest TCP
-	// port the image exposes).
-	Port int `json:"port,omitempty"`
-	// Command overrides the image's command.
-	Command []string `json:"command,omitempty"`
-	// NoCompose loads the image without running it from the compose file.
-	NoCompose bool `json:"no_compose,omitempty"`
-}
+// builder's containers and stack provisioners write next to the baked
+// image tarballs (contract.ImageEntry).
+type ImageEntry = contract.ImageEntry
 
 // ReadImageIndex reads and checks the images manifest; a missing manifest
 // is an empty list.

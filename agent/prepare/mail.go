@@ -175,7 +175,7 @@ func dkimRecord(domain string, key crypto.Signer) (string, error) {
 }
 
 func (a *Agent) stepStunnel(ctx context.Context, e *Env) error {
-	conf, err := render("stunnel.conf.tmpl", map[string]any{"Cert": ServerCert, "Key": ServerKey, "SMTPDPort": SMTPDPort})
+	conf, err := render("stunnel.conf.tmpl", map[string]any{"Cert": ServerCert, "Key": ServerKey, "SMTPDPort": a.smtpdPort()})
 	if err != nil {
 		return err
 	}

@@ -7,6 +7,8 @@
 // host's Runner.
 package prepare
 
+import "github.com/ecs-image/ecs-image/contract"
+
 // In-appliance paths (all resolved under the agent's --root).
 const (
 	ActiveEnv        = "/run/active-env.yml"
@@ -14,17 +16,17 @@ const (
 	ActiveEnvShell   = "/run/active-env.env"         // flattened, shell/systemd EnvironmentFile syntax
 	ActiveEnvCompose = "/run/active-env.compose.env" // same variables, docker-compose env_file syntax
 
-	AppDir       = "/app"
-	AppEtc       = "/app/etc"
+	AppDir       = contract.AppDir
+	AppEtc       = contract.AppEtc
 	TagsDir      = "/app/etc/tags"
 	FlagsDir     = "/app/etc/flags"
 	HooksDir     = "/app/etc/hooks"
-	ImagesDir    = "/app/images"
-	ImagesIndex  = "/app/images/manifest.json"
-	ComposeFile  = "/app/docker-compose.yml"
-	ServerCert   = "/app/etc/server.cert.pem"
-	ServerKey    = "/app/etc/server.key.pem"
-	DatabaseEnv  = "/app/etc/database_url.env"
+	ImagesDir    = contract.ImagesDir
+	ImagesIndex  = contract.ImagesIndex
+	ComposeFile  = contract.ComposeFile
+	ServerCert   = contract.ServerCert
+	ServerKey    = contract.ServerKey
+	DatabaseEnv  = contract.DatabaseEnv
 	DKIMKey      = "/etc/dkimkeys/dkim.key"
 	DKIMRecord   = "/app/etc/dkim.dns.txt"
 	NginxSite    = "/etc/nginx/sites-available/ecs-appliance"

@@ -134,9 +134,17 @@ func (a *Agent) runStack(ctx context.Context, o RunOptions, e *Env) error {
 	// (re-reading the image tarballs here would be slow for .tar.gz).
 	compose, _ := a.Host.ReadFile(ComposeFile)
 	hasWeb := strings.Contains(string(compose), fmt.Sprintf("\"127.0.0.1:%d:", WebPort))
+	st, err := a.ReadStack()
+	if err != nil {
+		return runFailure{err}
+	}
+	webPort, project := WebPort, ComposeProject
+	if st != nil {
+		hasWeb, webPort, project = true, st.Web.Port, st.Project
+	}
 	if o.Probe == nil {
 		if hasWeb {
-			o.Probe = httpProbe(fmt.Sprintf("http://127.0.0.1:%d/", WebPort))
+			o.Probe = httpProbe(fmt.Sprintf("http://127.0.0.1:%d/", webPort))
 		} else {
 			o.Probe = func(context.Context) bool { return true }
 		}
@@ -148,7 +156,7 @@ func (a *Agent) runStack(ctx context.Context, o RunOptions, e *Env) error {
 	done := make(chan error, 1)
 	if a.Host.Exists(ComposeFile) {
 		go func() {
-			name, args := a.Compose().Command("-p", ComposeProject, "-f", a.Host.Path(ComposeFile), "up", "--no-color", "--remove-orphans")
+			name, args := a.Compose().Command("-p", project, "-f", a.Host.Path(ComposeFile), "up", "--no-color", "--remove-orphans")
 			_, err := a.Host.RunCmd(runCtx, host.Cmd{Name: name, Args: args, Stdout: os.Stderr, Stderr: os.Stderr})
 			done <- err
 		}()

@@ -39,6 +39,11 @@ const (
 	ServerPackage = "github.com/ecs-image/ecs-image/integration/testimage/server"
 	// BinaryPath is where the server lives in the image.
 	BinaryPath = "/testapp"
+	// StandinPackage is the Go package of the ECS stand-ins (one binary,
+	// one command per ECS container).
+	StandinPackage = "github.com/ecs-image/ecs-image/integration/testimage/standin"
+	// StandinPath is where the stand-in binary lives in its images.
+	StandinPath = "/standin"
 )
 
 // Options describe one image.
@@ -51,6 +56,15 @@ type Options struct {
 	Version string
 	// Port is $PORT and the exposed TCP port (default DefaultPort).
 	Port int
+	// Ports, when set, are the exposed TCP ports instead of Port, and
+	// $PORT is not set (the program has its own defaults).
+	Ports []int
+	// Binary is the program's path in the image (default BinaryPath).
+	Binary string
+	// Cmd is the image's command (arguments of the entrypoint).
+	Cmd []string
+	// Title is the image's title label (default ecs-testapp).
+	Title string
 }
 
 func (o *Options) defaults() {
@@ -63,6 +77,12 @@ func (o *Options) defaults() {
 	if o.Port == 0 {
 		o.Port = DefaultPort
 	}
+	if o.Binary == "" {
+		o.Binary = BinaryPath
+	}
+	if o.Title == "" {
+		o.Title = "ecs-testapp"
+	}
 }
 
 // BuildServer compiles the server for linux/amd64 with CGO_ENABLED=0 into
@@ -70,15 +90,24 @@ func (o *Options) defaults() {
 // /usr/local/go/bin/go) in the current directory, which must be inside
 // this module.
 func BuildServer(ctx context.Context, dir string) (string, error) {
+	return buildPackage(ctx, dir, ServerPackage, "testapp")
+}
+
+// BuildStandin compiles the ECS stand-ins (StandinPackage) like BuildServer.
+func BuildStandin(ctx context.Context, dir string) (string, error) {
+	return buildPackage(ctx, dir, StandinPackage, "standin")
+}
+
+func buildPackage(ctx context.Context, dir, pkg, name string) (string, error) {
 	goBin, err := exec.LookPath("go")
 	if err != nil {
 		goBin = "/usr/local/go/bin/go"
 	}
-	out := filepath.Join(dir, "testapp")
-	cmd := exec.CommandContext(ctx, goBin, "build", "-trimpath", "-ldflags", "-s -w", "-o", out, ServerPackage)
+	out := filepath.Join(dir, name)
+	cmd := exec.CommandContext(ctx, goBin, "build", "-trimpath", "-ldflags", "-s -w", "-o", out, pkg)
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH=amd64")
 	if msg, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("go build %s: %v\n%s", ServerPackage, err, msg)
+		return "", fmt.Errorf("go build %s: %v\n%s", pkg, err, msg)
 	}
 	return out, nil
 }
@@ -99,7 +128,7 @@ func Image(binary string, o Options) (v1.Image, error) {
 	}
 	var buf bytes.Buffer
 	tw := tar.NewWriter(&buf)
-	if err := tw.WriteHeader(&tar.Header{Name: BinaryPath[1:], Mode: 0o755, Size: int64(len(data)),
+	if err := tw.WriteHeader(&tar.Header{Name: o.Binary[1:], Mode: 0o755, Size: int64(len(data)),
 		Typeflag: tar.TypeReg, ModTime: epoch, Format: tar.FormatPAX}); err != nil {
 		return nil, err
 	}
@@ -129,10 +158,18 @@ func Image(binary string, o Options) (v1.Image, error) {
 	cf.Architecture, cf.OS = "amd64", "linux"
 	cf.Created = v1.Time{Time: epoch}
 	port := strconv.Itoa(o.Port)
-	cf.Config.Entrypoint = []string{BinaryPath}
+	cf.Config.Entrypoint = []string{o.Binary}
+	cf.Config.Cmd = o.Cmd
 	cf.Config.ExposedPorts = map[string]struct{}{port + "/tcp": {}}
 	cf.Config.Env = []string{"PORT=" + port, "APP_VERSION=" + o.Version}
-	cf.Config.Labels = map[string]string{"org.opencontainers.image.title": "ecs-testapp", "org.opencontainers.image.version": o.Version}
+	if len(o.Ports) > 0 {
+		cf.Config.ExposedPorts = map[string]struct{}{}
+		for _, p := range o.Ports {
+			cf.Config.ExposedPorts[strconv.Itoa(p)+"/tcp"] = struct{}{}
+		}
+		cf.Config.Env = []string{"APP_VERSION=" + o.Version}
+	}
+	cf.Config.Labels = map[string]string{"org.opencontainers.image.title": o.Title, "org.opencontainers.image.version": o.Version}
 	return mutate.ConfigFile(img, cf)
 }
 
@@ -185,4 +222,49 @@ func Build(ctx context.Context, out string, o Options) error {
 		return err
 	}
 	return Write(out, bin, o)
+}
+
+// Standin is one of the ECS stand-in images: the tarball's file name and
+// the image's options (the binary is BuildStandin's).
+type Standin struct {
+	File string
+	Options
+}
+
+// Standins are the stand-in images of the ECS containers: ecs/ecs (web,
+// worker, beat and smtpd are commands of one image, as in ECS), ecs/pdfas
+// and ecs/mocca. version is $APP_VERSION ("" = DefaultVersion).
+func Standins(version string) []Standin {
+	img := func(file, tag, title string, cmd []string, ports ...int) Standin {
+		return Standin{File: file, Options: Options{Tags: []string{tag}, Version: version, Binary: StandinPath,
+			Cmd: cmd, Ports: ports, Title: title}}
+	}
+	return []Standin{
+		img("ecs-standin.tar", "ecs/ecs:latest", "ecs-standin", []string{"simple"}, 5000, 1717, 8025),
+		img("pdfas-standin.tar", "ecs/pdfas:latest", "ecs-standin-pdfas", []string{"pdfas"}, 8080),
+		img("mocca-standin.tar", "ecs/mocca:latest", "ecs-standin-mocca", []string{"mocca"}, 8080),
+	}
+}
+
+// BuildStandins compiles the stand-ins once and writes their image
+// tarballs into dir; it returns their paths.
+func BuildStandins(ctx context.Context, dir, version string) ([]string, error) {
+	tmp, err := os.MkdirTemp("", "ecs-standin-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(tmp)
+	bin, err := BuildStandin(ctx, tmp)
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, s := range Standins(version) {
+		p := filepath.Join(dir, s.File)
+		if err := Write(p, bin, s.Options); err != nil {
+			return nil, err
+		}
+		out = append(out, p)
+	}
+	return out, nil
 }
