@@ -522,7 +522,9 @@ func (t *Template) checkStages(d *decoder, path string, stages []Stage, names ma
 func checkProduction(d *decoder, path string, stages []Stage) {
 	for i := range stages {
 		for j, ps := range stages[i].Provisioners {
-			pc, ok := ps.P.(interface{ CheckProduction() []provisioners.FieldError })
+			pc, ok := ps.P.(interface {
+				CheckProduction() []provisioners.FieldError
+			})
 			if !ok {
 				continue
 			}
