@@ -63,9 +63,11 @@ const (
 	bootTimeout = 20 * time.Minute
 )
 
-// ciVariantYAML is added to the template's variants: nothing booted, only
-// the qcow2 output, so CI spends its time on the shared stages.
+// ciVariantYAML is added to the template's variants: prod without the
+// vmdk/vhdx/ova conversions (production rules, qcow2 only), so CI spends
+// its time on the shared stages.
 const ciVariantYAML = `
+production: true
 env: {ECS_VARIANT: ci}
 stages:
   - name: ci-flags
@@ -148,12 +150,14 @@ func TestAppliance(t *testing.T) {
 		t.Fatal(err)
 	}
 	pki := newDeployPKI(t, filepath.Join(work, "pki"))
-	envA := makeEnv(t, work, "a.ecs.test", key.AuthorizedKey, pki.caPEM)
+	envA := makeEnv(t, work, "a.ecs.test", key.AuthorizedKey, pki.caPEM, storageEnv)
 	seedA := filepath.Join(work, "a-seed.iso")
 	ecsImage(t, "cidata", "-e", envA, "-o", seedA)
 
-	// First boot.
-	vm := bootAppliance(t, work, "a", artifact, seedA)
+	// First boot, with the ecs-data and ecs-volatile volumes attached
+	// (vdb, vdc): everything of the runtime layout lands on them.
+	disks := storageDisks(t, work)
+	vm := bootAppliance(t, work, "a", artifact, seedA, disks...)
 	sawStatusPage := make(chan string, 1)
 	go watchStatusPage(vm, "a.ecs.test", sawStatusPage)
 	ssh, err := communicator.Dial(context.Background(), vm.addr(22), "root", key.Signer, bootTimeout, vm.m.Done())
@@ -242,25 +246,24 @@ func TestAppliance(t *testing.T) {
 		if err != nil || status != 200 {
 			t.Fatalf("GET https://a.ecs.test/ via 127.0.0.1:%d: %d %v\n%s", vm.m.HostPort(443), status, err, body)
 		}
-		if !strings.HasPrefix(body, "ecs-testapp version=1 host=a.ecs.test proto=https") {
-			t.Errorf("body %q: not the test container behind nginx", body)
+		if !strings.HasPrefix(body, "ecs-standin web version=1 host=a.ecs.test proto=https") {
+			t.Errorf("body %q: not the web stand-in behind nginx", body)
 		}
 	})
 
 	t.Run("baked-image-loaded-without-registry", func(t *testing.T) {
-		want := testImageID(t, testimage.Options{})
-		id := strings.TrimSpace(run(t, "docker image inspect --format '{{.Id}}' "+testimage.DefaultTag))
+		want := testImageID(t, testimage.Standins("")[0].Options)
+		id := strings.TrimSpace(run(t, "docker image inspect --format '{{.Id}}' ecs/ecs:latest"))
 		if id != want {
 			t.Errorf("image ID %s, want %s (the baked tarball's config digest)", id, want)
 		}
-		if d := strings.TrimSpace(run(t, "docker image inspect --format '{{len .RepoDigests}}' "+testimage.DefaultTag)); d != "0" {
-			t.Errorf("the image has %s registry digests: it was pulled, not loaded", d)
-		}
-		ps := run(t, "docker ps --format '{{.Names}} {{.Image}}'")
-		if !regexp.MustCompile(`(?m)^ecs[_-]testapp[_-]1 ` + regexp.QuoteMeta(testimage.DefaultTag) + `$`).MatchString(ps) {
-			t.Errorf("docker ps: %q", ps)
+		if d := strings.TrimSpace(run(t, "docker image inspect --format '{{len .RepoDigests}}' ecs/ecs:latest ecs/redis:local")); d != "0\n0" {
+			t.Errorf("the images have %q registry digests: pulled, not loaded", d)
 		}
 	})
+
+	// The declared stack (templates/files/ecs/docker-compose.yml).
+	checkStack(t, run, vm, "a.ecs.test")
 
 	t.Run("start-up-off-the-critical-path", func(t *testing.T) {
 		// docs/e2e.md, First-boot overhead: apparmor.service loaded the
@@ -603,9 +606,13 @@ func prepareTemplate(t *testing.T, dir string) string {
 	if err := os.CopyFS(tdir, os.DirFS("../templates")); err != nil {
 		t.Fatal(err)
 	}
-	img := filepath.Join(tdir, "files", "images", "testapp.tar")
-	os.Remove(img) // a copy of `make appliance`'s demo image, if any
-	if err := testimage.Build(context.Background(), img, testimage.Options{}); err != nil {
+	imgDir := filepath.Join(tdir, "files", "images")
+	if err := os.MkdirAll(imgDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	// The ECS stand-ins where the template expects them (a copy of `make
+	// appliance`'s, if any, is replaced).
+	if _, err := testimage.BuildStandins(context.Background(), imgDir, ""); err != nil {
 		t.Fatal(err)
 	}
 	tmpl := filepath.Join(tdir, "ecs-appliance.yml")
@@ -629,7 +636,11 @@ func prepareTemplate(t *testing.T, dir string) string {
 // testImageID is the image ID Docker gives the test image: its config digest.
 func testImageID(t *testing.T, o testimage.Options) string {
 	t.Helper()
-	bin, err := testimage.BuildServer(context.Background(), t.TempDir())
+	build := testimage.BuildServer
+	if o.Binary == testimage.StandinPath {
+		build = testimage.BuildStandin
+	}
+	bin, err := build(context.Background(), t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -648,7 +659,10 @@ func testImageID(t *testing.T, o testimage.Options) string {
 // SSH key through --extra and appliance.deploy added (env create does not
 // set it): the deploy API on deployPort trusting caPEM, with one
 // deployment "testapp" published on the guest's loopback deployAppPort.
-func makeEnv(t *testing.T, dir, domain, authorizedKey, caPEM string) string {
+// storageEnv makes the env use the ecs-data and ecs-volatile volumes.
+const storageEnv = "  storage:\n    ignore:\n      data: false\n      volatile: false\n"
+
+func makeEnv(t *testing.T, dir, domain, authorizedKey, caPEM string, applianceExtra ...string) string {
 	t.Helper()
 	extra := filepath.Join(dir, domain+"-extra.yml")
 	if err := os.WriteFile(extra, []byte("ssh_authorized_keys:\n  - \""+authorizedKey+"\"\n"), 0o600); err != nil {
@@ -665,7 +679,8 @@ func makeEnv(t *testing.T, dir, domain, authorizedKey, caPEM string) string {
 		ca.WriteString("      " + l + "\n")
 	}
 	deploy := "appliance:\n  deploy:\n    port: " + fmt.Sprint(deployPort) + "\n    client_ca: |\n" + ca.String() +
-		"    deployments:\n      - name: testapp\n        args: [\"-p\", \"127.0.0.1:" + fmt.Sprint(deployAppPort) + ":8080\"]\n"
+		"    deployments:\n      - name: testapp\n        args: [\"-p\", \"127.0.0.1:" + fmt.Sprint(deployAppPort) + ":8080\"]\n" +
+		strings.Join(applianceExtra, "")
 	s := string(data)
 	if strings.Count(s, "\nappliance:\n") != 1 {
 		t.Fatalf("%s: no single top-level appliance: mapping", p)
@@ -732,7 +747,7 @@ func (v *applianceVM) addr(guest int) string {
 
 // bootAppliance boots artifact (untouched: on an overlay) with seed,
 // forwarding SSH, HTTP, HTTPS and the deploy API.
-func bootAppliance(t *testing.T, dir, name, artifact, seed string) *applianceVM {
+func bootAppliance(t *testing.T, dir, name, artifact, seed string, extraArgs ...string) *applianceVM {
 	t.Helper()
 	return bootApplianceOn(t, dir, name, artifact, seed, "", "")
 }
@@ -749,7 +764,8 @@ func bootApplianceOn(t *testing.T, dir, name, artifact, seed, machine, seedBus s
 	cfg := qemu.Config{
 		Name: "e2e-" + name, Disk: overlay, CDROMs: []string{seed}, Machine: machine, SeedBus: seedBus, Memory: 2048, CPUs: 2,
 		SerialLog: filepath.Join(dir, name+"-serial.log"),
-		Forwards:  []qemu.Forward{{Guest: 22}, {Guest: 80}, {Guest: 443}, {Guest: deployPort}},
+		Forwards:  []qemu.Forward{{Guest: 22}, {Guest: 80}, {Guest: 443}, {Guest: deployPort}, {Guest: 25}, {Guest: 465}},
+		ExtraArgs: extraArgs,
 	}
 	m, err := qemu.Start(context.Background(), cfg)
 	if err != nil {

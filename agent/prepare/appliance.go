@@ -392,6 +392,10 @@ func (a *Agent) stepPostgres(ctx context.Context, e *Env) error {
 	if err != nil {
 		return err
 	}
+	moved, err := a.pgDataDir(ctx, dir)
+	if err != nil {
+		return err
+	}
 	bridgeIP, bridgeNet := a.dockerBridge()
 	conf, err := render("postgresql.conf.tmpl", struct {
 		PGTuning
@@ -416,7 +420,7 @@ func (a *Agent) stepPostgres(ctx context.Context, e *Env) error {
 	if err != nil {
 		return err
 	}
-	if changed || hchanged {
+	if changed || hchanged || moved {
 		if err := a.systemctl(ctx, "restart", "postgresql.service"); err != nil {
 			return err
 		}
@@ -435,8 +439,8 @@ func (a *Agent) stepPostgres(ctx context.Context, e *Env) error {
 	// The password goes to psql on stdin, never on a command line.
 	sql := fmt.Sprintf(`SELECT 'CREATE ROLE %[1]s LOGIN' WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '%[1]s')\gexec
 ALTER ROLE %[1]s WITH LOGIN PASSWORD '%[3]s';
-SELECT 'CREATE DATABASE %[2]s OWNER %[1]s TEMPLATE template0 ENCODING ''UTF8''' WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = '%[2]s')\gexec
-`, DBRole, db, pw)
+SELECT 'CREATE DATABASE %[2]s OWNER %[1]s TEMPLATE template0 ENCODING ''UTF8''%[4]s' WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = '%[2]s')\gexec
+`, DBRole, db, pw, a.dbLocaleSQL())
 	psql, conn := a.pgTool(dir, "psql")
 	args := append(append([]string{"-u", "postgres", "--", psql}, conn...), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", "postgres")
 	if _, err := a.Host.RunCmd(ctx, host.Cmd{Name: "runuser", Args: args, Stdin: strings.NewReader(sql)}); err != nil {

@@ -1,0 +1,103 @@
+package prepare
+
+import (
+	"context"
+	"encoding/json"
+	"strings"
+	"testing"
+
+	"github.com/ecs-image/ecs-image/contract"
+)
+
+func TestPGDataDir(t *testing.T) {
+	a, rec := testAgent(t)
+	conf := "# x\ndata_directory = '/var/lib/postgresql/17/main'\t\t# use data in another directory\nport = 5432\n"
+	put(t, a, "/etc/postgresql/17/main/postgresql.conf", []byte(conf), 0o644)
+	put(t, a, "/var/lib/postgresql/17/main/PG_VERSION", []byte("17\n"), 0o600)
+	moved, err := a.pgDataDir(context.Background(), "/etc/postgresql/17/main")
+	if err != nil || !moved {
+		t.Fatalf("moved %v, %v", moved, err)
+	}
+	got := read(t, a, "/etc/postgresql/17/main/postgresql.conf")
+	if !strings.Contains(got, "\ndata_directory = '/data/postgresql/17/main'") || !strings.Contains(got, "port = 5432\n") || strings.Contains(got, "/var/lib/postgresql") {
+		t.Errorf("postgresql.conf:\n%s", got)
+	}
+	cmds := strings.Join(rec.Commands, "\n")
+	if !strings.Contains(cmds, "cp -a "+a.Host.Path("/var/lib/postgresql/17/main")+" "+a.Host.Path("/data/postgresql/17/main.copying")) ||
+		!strings.Contains(cmds, "mv -T") {
+		t.Errorf("commands:\n%s", cmds)
+	}
+	// The cluster on /data (e.g. the ecs-data volume of an earlier boot) is used as it is.
+	put(t, a, "/data/postgresql/17/main/PG_VERSION", []byte("17\n"), 0o600)
+	rec.Commands = nil
+	if moved, err := a.pgDataDir(context.Background(), "/etc/postgresql/17/main"); err != nil || moved || len(rec.Commands) != 0 {
+		t.Errorf("second run: moved %v, %v, commands %q", moved, err, rec.Commands)
+	}
+}
+
+func TestDBLocale(t *testing.T) {
+	a, _ := testAgent(t)
+	if s := a.dbLocaleSQL(); s != "" {
+		t.Errorf("without locale.gen: %q", s)
+	}
+	put(t, a, "/etc/locale.gen", []byte("# de_DE.UTF-8 UTF-8\nen_US.UTF-8 UTF-8\n"), 0o644)
+	if s := a.dbLocaleSQL(); s != "" {
+		t.Errorf("commented: %q", s)
+	}
+	put(t, a, "/etc/locale.gen", []byte("en_US.UTF-8 UTF-8\nde_DE.UTF-8 UTF-8\n"), 0o644)
+	if s := a.dbLocaleSQL(); s != " LC_COLLATE ''de_DE.UTF-8'' LC_CTYPE ''de_DE.UTF-8''" {
+		t.Errorf("generated: %q", s)
+	}
+}
+
+func TestDeclaredStack(t *testing.T) {
+	a, _ := testAgent(t)
+	if st, err := a.ReadStack(); st != nil || err != nil {
+		t.Fatalf("no stack: %v %v", st, err)
+	}
+	if a.webPort() != WebPort || a.smtpdPort() != SMTPDPort {
+		t.Error("defaults without a stack")
+	}
+	st := contract.Stack{Project: "ecs", Web: contract.Endpoint{Service: "ecs.web", Port: 5000}, SMTPD: 5025,
+		Proxies:  []contract.Proxy{{Path: "/pdf-as-web", Port: 5095}},
+		Services: []string{"ecs.web", "redis", "memcached"}}
+	data, _ := json.Marshal(st)
+	put(t, a, contract.StackFile, data, 0o644)
+	compose := "services:\n  ecs.web:\n    image: ecs/ecs\n"
+	put(t, a, ComposeFile, []byte(compose), 0o644)
+	put(t, a, "/usr/libexec/docker/cli-plugins/docker-compose", []byte("\x7fELF"), 0o755)
+	activate(t, a, siteEnv)
+	e := mustEnv(t, a)
+	if err := a.stepCompose(context.Background(), e); err != nil {
+		t.Fatal(err)
+	}
+	if got := read(t, a, ComposeFile); got != compose {
+		t.Errorf("the declared compose file was changed:\n%s", got)
+	}
+	urls := read(t, a, contract.ServiceURLsEnv)
+	for _, want := range []string{`REDIS_URL="redis://redis:6379/0"`, `MEMCACHED_URL="memcached://memcached:11211"`, `SMTP_URL="smtp://host.docker.internal:10025"`} {
+		if !strings.Contains(urls, want+"\n") {
+			t.Errorf("service_urls.env lacks %s:\n%s", want, urls)
+		}
+	}
+	dot := read(t, a, contract.ComposeDotEnv)
+	if !strings.Contains(dot, `APPLIANCE_DOMAIN="`+e.Doc.Domain()+`"`) || !strings.Contains(dot, `DOCKER_BRIDGE_IP="172.17.0.1"`) || mode(t, a, contract.ComposeDotEnv) != 0o600 {
+		t.Errorf(".env:\n%s", dot)
+	}
+	if a.webPort() != 5000 || a.smtpdPort() != 5025 || a.composeProject() != "ecs" {
+		t.Errorf("stack ports: web %d smtpd %d", a.webPort(), a.smtpdPort())
+	}
+	// nginx proxies the stack's paths.
+	if err := a.stepNginx(context.Background(), e); err != nil {
+		t.Fatal(err)
+	}
+	site := read(t, a, NginxSite)
+	if !strings.Contains(site, "location /pdf-as-web {") || !strings.Contains(site, "proxy_pass http://127.0.0.1:5095;") || !strings.Contains(site, "proxy_pass http://127.0.0.1:5000;") {
+		t.Errorf("nginx site:\n%s", site)
+	}
+	// A stack file with a bad proxy is refused.
+	put(t, a, contract.StackFile, []byte(`{"web":{"service":"w","port":5000},"proxies":[{"path":"/x; evil","port":1}]}`), 0o644)
+	if _, err := a.ReadStack(); err == nil {
+		t.Error("bad proxy path accepted")
+	}
+}
