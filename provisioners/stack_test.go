@@ -94,9 +94,9 @@ func TestStackCheckRefuses(t *testing.T) {
 		"build": {strings.Replace(goodCompose, "    image: redis:7\n", "    image: redis:7\n    build: ./redis\n", 1),
 			"services.redis.build: the appliance builds no images"},
 		"variable host path": {strings.Replace(goodCompose, "/volatile/redis:/data", "${DIR}:/data", 1), "no variables in host paths"},
-		"web not published": {strings.Replace(goodCompose, "127.0.0.1:5000:5000", "5000:5000", 1), "web.port: "},
-		"tmpfs volume":      {strings.Replace(goodCompose, "{type: bind,", "{type: volume,", 1), `"volume": only bind mounts`},
-		"dotdot":            {strings.Replace(goodCompose, "/volatile/redis:/data", "/data/../etc:/data", 1), "not a clean path"},
+		"web not published":  {strings.Replace(goodCompose, "127.0.0.1:5000:5000", "5000:5000", 1), "web.port: "},
+		"tmpfs volume":       {strings.Replace(goodCompose, "{type: bind,", "{type: volume,", 1), `"volume": only bind mounts`},
+		"dotdot":             {strings.Replace(goodCompose, "/volatile/redis:/data", "/data/../etc:/data", 1), "not a clean path"},
 	}
 	for n, c := range cases {
 		s, dir := stackFixture(t, c.compose)
