@@ -263,7 +263,7 @@ func TestAppliance(t *testing.T) {
 	})
 
 	// The declared stack (templates/files/ecs/docker-compose.yml).
-	checkStack(t, run, vm, "a.ecs.test")
+	doc := checkStack(t, run, vm, "a.ecs.test")
 
 	t.Run("start-up-off-the-critical-path", func(t *testing.T) {
 		// docs/e2e.md, First-boot overhead: apparmor.service loaded the
@@ -429,6 +429,10 @@ apparmor_parser -S /etc/apparmor.d/docker-default | cmp -s - /sys/kernel/securit
 			body := waitGuestHTTP(t, run, fmt.Sprintf("http://127.0.0.1:%d/", deployAppPort), "version="+v)
 			t.Logf("ed_testapp answers %q", strings.TrimSpace(body))
 		}
+		checkStackDeploy(t, vm, "a.ecs.test", doc, func(tarball string) {
+			out := ecsImage(t, append([]string{"deploy", hostArg, "ecs", tarball}, common...)...)
+			t.Logf("deploy ecs: %s", strings.Join(strings.Fields(out), " "))
+		})
 	})
 	// Issue 15, the agent's side (appliance_agent_test.go).
 	t.Run("client-certificates", func(t *testing.T) { checkClientCertificates(t, vm, run, "a.ecs.test") })
@@ -680,6 +684,7 @@ func makeEnv(t *testing.T, dir, domain, authorizedKey, caPEM string, applianceEx
 	}
 	deploy := "appliance:\n  deploy:\n    port: " + fmt.Sprint(deployPort) + "\n    client_ca: |\n" + ca.String() +
 		"    deployments:\n      - name: testapp\n        args: [\"-p\", \"127.0.0.1:" + fmt.Sprint(deployAppPort) + ":8080\"]\n" +
+		"      - name: ecs\n        image: ecs/ecs:latest\n" +
 		strings.Join(applianceExtra, "")
 	s := string(data)
 	if strings.Count(s, "\nappliance:\n") != 1 {

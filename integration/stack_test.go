@@ -19,6 +19,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/ecs-image/ecs-image/integration/testimage"
 )
 
 // storageDisks makes the ecs-data and ecs-volatile volumes (ext4, labelled,
@@ -131,7 +133,8 @@ func waitHealth(t *testing.T, port int, host string) map[string]any {
 
 // checkStack: the stack's services, volumes, data placement, uploads and
 // mail, and that they survive `systemctl restart appliance`.
-func checkStack(t *testing.T, run func(*testing.T, string) string, vm *applianceVM, domain string) {
+// It returns the uploaded document.
+func checkStack(t *testing.T, run func(*testing.T, string) string, vm *applianceVM, domain string) []byte {
 	port := vm.m.HostPort(443)
 	doc := []byte("%PDF-1.4 ecs stand-in upload " + time.Now().UTC().Format(time.RFC3339Nano) + "\n")
 	sum := sha256.Sum256(doc)
@@ -237,6 +240,46 @@ readlink /app/etc /app/ecs-ca /app/ecs-gpg`)
 		}
 		if _, body, err := httpsDo(port, domain, "GET", "/mails", nil); err != nil || !strings.Contains(body, "Subject: e2e smtps") {
 			t.Errorf("the mail after a restart: %v %s", err, body)
+		}
+	})
+	return doc
+}
+
+// checkStackDeploy pushes a new web image (the stand-in, version 2) with
+// the deploy API's stack deployment "ecs" and checks that the stack runs
+// it and kept the upload and the mail.
+func checkStackDeploy(t *testing.T, vm *applianceVM, domain string, doc []byte, deploy func(tarball string)) {
+	port := vm.m.HostPort(443)
+	t.Run("stack-survives-deploy-of-a-new-web-image", func(t *testing.T) {
+		bin, err := testimage.BuildStandin(context.Background(), t.TempDir())
+		if err != nil {
+			t.Fatal(err)
+		}
+		tarball := filepath.Join(t.TempDir(), "ecs-standin-v2.tar")
+		if err := testimage.Write(tarball, bin, testimage.Standins("2")[0].Options); err != nil {
+			t.Fatal(err)
+		}
+		deploy(tarball)
+		var body string
+		for deadline := time.Now().Add(5 * time.Minute); time.Now().Before(deadline); time.Sleep(3 * time.Second) {
+			var status int
+			status, body, err = httpsDo(port, domain, "GET", "/", nil)
+			if err == nil && status == 200 && strings.Contains(body, "version=2") {
+				break
+			}
+		}
+		if !strings.Contains(body, "ecs-standin web version=2") {
+			t.Fatalf("the new web image does not answer: %q", body)
+		}
+		h := waitHealth(t, port, domain)
+		if h["version"] != "2" || h["postgres"] != "ok" || h["redis"] != "ok" || h["memcached"] != "ok" {
+			t.Errorf("/health after the deploy: %v", h)
+		}
+		if status, got, err := httpsDo(port, domain, "GET", "/vault/e2e-doc.pdf", nil); err != nil || status != 200 || got != string(doc) {
+			t.Errorf("the upload after the deploy: %d %v %q", status, err, got)
+		}
+		if _, got, err := httpsDo(port, domain, "GET", "/mails", nil); err != nil || !strings.Contains(got, "Subject: e2e smtps") {
+			t.Errorf("the mail after the deploy: %v %s", err, got)
 		}
 	})
 }

@@ -37,11 +37,18 @@ type Config struct {
 }
 
 // Deployment is one named container: its `docker run` arguments (without
-// -d and --name, which the agent sets).
+// -d and --name, which the agent sets). With Image it is an image of the
+// declared stack instead: a load tags the uploaded image as Image (e.g.
+// ecs/ecs:latest, what the stack's compose file runs) and restarts the
+// stack (appliance.service), whose `up` recreates the services that run
+// it; no container of its own is run.
 type Deployment struct {
-	Name string   `json:"name"`
-	Args []string `json:"args,omitempty"`
+	Name  string   `json:"name"`
+	Args  []string `json:"args,omitempty"`
+	Image string   `json:"image,omitempty"`
 }
+
+var imageRE = regexp.MustCompile(`^[a-z0-9][a-z0-9._/-]*(:[A-Za-z0-9_][A-Za-z0-9._-]{0,127})?$`)
 
 var nameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9_.-]{0,62}$`)
 
@@ -95,6 +102,14 @@ func ParseConfig(file string, data []byte) (*Config, error) {
 			return nil, fmt.Errorf("%s: deployments[%d].name: %q is not unique", file, i, d.Name)
 		}
 		seen[d.Name] = true
+		if d.Image != "" {
+			if !imageRE.MatchString(d.Image) {
+				return nil, fmt.Errorf("%s: deployments[%d].image: %q is not an image name (NAME[:TAG])", file, i, d.Image)
+			}
+			if len(d.Args) > 0 {
+				return nil, fmt.Errorf("%s: deployments[%d]: a stack image (image) runs no container of its own: no args", file, i)
+			}
+		}
 		for _, a := range d.Args {
 			switch {
 			case a == "--name" || strings.HasPrefix(a, "--name="):

@@ -197,6 +197,11 @@ func (f *fakeRuntime) Rename(ctx context.Context, from, to string) error {
 	return nil
 }
 
+func (f *fakeRuntime) RestartStack(ctx context.Context) error {
+	f.log("restart-stack")
+	return nil
+}
+
 func (f *fakeRuntime) Inspect(ctx context.Context, name string) (Container, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -224,7 +229,7 @@ func startServer(t *testing.T, maxUpload int64) *env {
 	serverCA := newCA(t, "server CA")
 	scert, skey := serverCA.issue(t, "appliance.example.org", true, time.Now().Add(-time.Hour), time.Now().Add(time.Hour))
 	cfg, err := ParseConfig("test", []byte(fmt.Sprintf(`{"tls_cert": %q, "tls_key": %q, "client_ca": %q, "spool_dir": %q, "max_upload_bytes": %d,
-		"deployments": [{"name": "website", "args": ["-p", "80:8000"]}, {"name": "other"}]}`,
+		"deployments": [{"name": "website", "args": ["-p", "80:8000"]}, {"name": "other"}, {"name": "ecs", "image": "ecs/ecs:latest"}]}`,
 		writeFile(t, e.dir, "server.crt", scert), writeFile(t, e.dir, "server.key", skey),
 		writeFile(t, e.dir, "ca.crt", e.ca.pem), filepath.Join(e.dir, "spool"), maxUpload)))
 	if err != nil {
@@ -310,7 +315,7 @@ func TestMutualTLS(t *testing.T) {
 	if err := json.NewDecoder(resp.Body).Decode(&list); err != nil || resp.StatusCode != 200 {
 		t.Fatalf("status %d: %v", resp.StatusCode, err)
 	}
-	if len(list) != 2 || list[0].Name != "website" || list[0].Container != "ed_website" {
+	if len(list) != 3 || list[0].Name != "website" || list[0].Container != "ed_website" {
 		t.Fatalf("list = %+v", list)
 	}
 	if e.handled.Load() != 1 {
@@ -461,6 +466,24 @@ func contains(list []string, s string) bool {
 	return false
 }
 
+// TestDeployStackImage: a stack image is retagged and the stack restarted;
+// no container of its own runs.
+func TestDeployStackImage(t *testing.T) {
+	e := startServer(t, 1<<20)
+	c := e.goodClient(t)
+	if code, body := post(t, c, e.srv.URL+"/v1/deployments/ecs/load", archive(t, false)); code != 200 {
+		t.Fatalf("load: %d %s", code, body)
+	}
+	if !contains(e.rt.calls, "tag site:v1 ecs/ecs:latest") || !contains(e.rt.calls, "restart-stack") {
+		t.Errorf("calls: %v", e.rt.calls)
+	}
+	for _, call := range e.rt.calls {
+		if strings.HasPrefix(call, "run ") {
+			t.Errorf("a stack image ran a container: %v", e.rt.calls)
+		}
+	}
+}
+
 func TestLoadRejectsBadArchives(t *testing.T) {
 	e := startServer(t, 64<<10)
 	c := e.goodClient(t)
@@ -549,6 +572,8 @@ func TestParseConfig(t *testing.T) {
 		"--name in args": `{"deployments": [{"name": "a", "args": ["--name", "x"]}]}`,
 		"-d in args":     `{"deployments": [{"name": "a", "args": ["-d"]}]}`,
 		"unknown field":  `{"deployments": [{"name": "a"}], "tls_cret": "x"}`,
+		"bad image":      `{"deployments": [{"name": "a", "image": "Not An Image"}]}`,
+		"image and args": `{"deployments": [{"name": "a", "image": "ecs/ecs", "args": ["-p", "1:1"]}]}`,
 	} {
 		if _, err := ParseConfig("c.json", []byte(c)); err == nil || !strings.HasPrefix(err.Error(), "c.json") {
 			t.Errorf("%s: err = %v", name, err)
@@ -581,7 +606,7 @@ func TestClient(t *testing.T) {
 		t.Fatalf("load: %+v %v", st, err)
 	}
 	list, err := cl.List(context.Background())
-	if err != nil || len(list) != 2 {
+	if err != nil || len(list) != 3 {
 		t.Fatalf("list: %v %v", list, err)
 	}
 	_, err = cl.Action(context.Background(), "nope", "start")

@@ -32,6 +32,18 @@ type Runtime interface {
 	Remove(ctx context.Context, name string) error
 	Rename(ctx context.Context, from, to string) error
 	Inspect(ctx context.Context, name string) (Container, error)
+	// RestartStack restarts the declared stack (appliance.service) without
+	// waiting for it.
+	RestartStack(ctx context.Context) error
+}
+
+// StackUnit is the unit that runs the declared stack.
+const StackUnit = "appliance.service"
+
+// RestartStack implements Runtime.
+func (d Docker) RestartStack(ctx context.Context) error {
+	_, err := d.Runner.Run(ctx, host.Cmd{Name: "systemctl", Args: []string{"restart", "--no-block", StackUnit}})
+	return err
 }
 
 // Docker is the Runtime backed by the docker CLI.

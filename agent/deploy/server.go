@@ -315,6 +315,20 @@ func (s *Server) load(ctx context.Context, d *deployment, spooled string, n int6
 	if err != nil {
 		return errCode(http.StatusUnprocessableEntity, fmt.Errorf("docker load: %w; the running container is unchanged", err))
 	}
+	if d.Image != "" {
+		// A stack image: retag and let the stack's `up` recreate its services.
+		if err := s.rt.Tag(ctx, image, d.Image); err != nil {
+			return errCode(http.StatusInternalServerError, fmt.Errorf("tag %s: %w", d.Image, err))
+		}
+		if err := s.rt.RestartStack(ctx); err != nil {
+			return errCode(http.StatusInternalServerError, fmt.Errorf("restarting the stack: %w", err))
+		}
+		d.stateMu.Lock()
+		d.image, d.loadedAt = image, time.Now().UTC()
+		d.stateMu.Unlock()
+		s.log.Printf("%s: loaded %s (%d bytes) as %s; restarting %s", d.Name, image, n, d.Image, StackUnit)
+		return http.StatusOK, nil
+	}
 	if err := s.replace(ctx, d, image); err != nil {
 		return errCode(http.StatusInternalServerError, err)
 	}

@@ -42,6 +42,7 @@ func (a *Agent) stepImages(ctx context.Context, e *Env) error {
 		return err
 	}
 	force := a.Host.Exists(ForceLoadFlag)
+	var loaded []ImageEntry
 	for i, im := range list {
 		file := path.Join(ImagesDir, im.File)
 		fi, err := os.Stat(a.Host.Path(file))
@@ -78,8 +79,9 @@ func (a *Agent) stepImages(ctx context.Context, e *Env) error {
 		if _, err := a.Host.WriteFile(stampPath, []byte(stamp), 0o644); err != nil {
 			return err
 		}
+		loaded = append(loaded, im)
 	}
-	if err := a.verifyImageIDs(ctx, list); err != nil {
+	if err := a.verifyImageIDs(ctx, loaded); err != nil {
 		return err
 	}
 	if force {
@@ -89,10 +91,10 @@ func (a *Agent) stepImages(ctx context.Context, e *Env) error {
 }
 
 // verifyImageIDs checks, in one docker call, that the first tag of every
-// index entry with a recorded ID names that image: a tag the builder did
-// not bake (a tarball swapped after the build, or a deploy that retagged
-// it) is reported. A deployed image is allowed when the index's tarball
-// was replaced by the deploy (stamp mismatch is handled by loading).
+// entry just loaded names the image the builder recorded (its config
+// digest): a tarball swapped after the build is reported. Entries loaded
+// at an earlier boot are not checked, so an image pushed since by the
+// deploy API (which retags) stays.
 func (a *Agent) verifyImageIDs(ctx context.Context, list []ImageEntry) error {
 	var tags, ids []string
 	for _, im := range list {
@@ -110,9 +112,6 @@ func (a *Agent) verifyImageIDs(ctx context.Context, list []ImageEntry) error {
 	got := strings.Fields(string(out))
 	for i, t := range tags {
 		if i >= len(got) || got[i] != ids[i] {
-			if a.Host.Exists(path.Join(TagsDir, "deployed", unsafeName.ReplaceAllString(t, "_"))) {
-				continue
-			}
 			g := "nothing"
 			if i < len(got) {
 				g = got[i]

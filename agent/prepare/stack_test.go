@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/ecs-image/ecs-image/agent/host"
 	"github.com/ecs-image/ecs-image/contract"
 )
 
@@ -99,5 +100,33 @@ func TestDeclaredStack(t *testing.T) {
 	put(t, a, contract.StackFile, []byte(`{"web":{"service":"w","port":5000},"proxies":[{"path":"/x; evil","port":1}]}`), 0o644)
 	if _, err := a.ReadStack(); err == nil {
 		t.Error("bad proxy path accepted")
+	}
+}
+
+func TestImagesVerifiedAgainstBuildDigest(t *testing.T) {
+	for _, c := range []struct {
+		inspect string
+		ok      bool
+	}{{"sha256:aaa\n", true}, {"sha256:bbb\n", false}} {
+		a, rec := testAgent(t)
+		put(t, a, ImagesIndex, []byte(`[{"file": "ecs.tar", "tags": ["ecs/ecs:latest"], "id": "sha256:aaa"}]`), 0o644)
+		put(t, a, ImagesDir+"/ecs.tar", []byte("x"), 0o644)
+		rec.Responses["docker load"] = host.Response{Stdout: "Loaded image: ecs/ecs:latest\n"}
+		rec.Responses["docker image inspect --format {{.Id}} ecs/ecs:latest"] = host.Response{Stdout: c.inspect}
+		err := a.stepImages(context.Background(), nil)
+		if (err == nil) != c.ok {
+			t.Errorf("inspect %q: %v", c.inspect, err)
+		}
+		if err != nil && !strings.Contains(err.Error(), "not the baked image sha256:aaa") {
+			t.Errorf("error: %v", err)
+		}
+		// A later boot (stamp matches) does not check again: a deployed
+		// image keeps the tag.
+		if c.ok {
+			rec.Responses["docker image inspect --format {{.Id}} ecs/ecs:latest"] = host.Response{Stdout: "sha256:deployed\n"}
+			if err := a.stepImages(context.Background(), nil); err != nil {
+				t.Errorf("second boot: %v", err)
+			}
+		}
 	}
 }
