@@ -45,6 +45,8 @@ func (m *memRuntime) Rename(ctx context.Context, from, to string) error {
 	delete(m.running, from)
 	return nil
 }
+func (m *memRuntime) RestartStack(ctx context.Context) error { return nil }
+
 func (m *memRuntime) Inspect(ctx context.Context, name string) (deploy.Container, error) {
 	img, ok := m.running[name]
 	return deploy.Container{Exists: ok, Running: ok, Image: img}, nil
