@@ -40,8 +40,9 @@ import (
 	_ "github.com/lib/pq"
 )
 
-// Paths inside the containers (the stack's volume mapping).
-const (
+// Paths inside the containers (the stack's volume mapping); variables for
+// the tests.
+var (
 	vaultDir   = "/app/ecs-storage-vault"
 	importCert = "/app/import/server.cert.pem"
 )
@@ -503,7 +504,17 @@ func smtpSession(c net.Conn, db *sql.DB) {
 // signer stands in for pdf-as and mocca: it serves prefix on :8080 and
 // reports the appliance certificate it was given.
 func signer(name, prefix string) error {
-	h := func(w http.ResponseWriter, r *http.Request) {
+	h := signerHandler(name)
+	mux := http.NewServeMux()
+	mux.HandleFunc(prefix+"/", h)
+	mux.HandleFunc(prefix, h)
+	addr := ":" + env("PORT", "8080")
+	log.Printf("%s %s listening on %s%s", name, version(), addr, prefix)
+	return (&http.Server{Addr: addr, Handler: mux, ReadHeaderTimeout: 10 * time.Second}).ListenAndServe()
+}
+
+func signerHandler(name string) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
 		data, err := os.ReadFile(importCert)
 		if err != nil {
 			http.Error(w, fmt.Sprintf("%s: %v", name, err), http.StatusServiceUnavailable)
@@ -522,10 +533,4 @@ func signer(name, prefix string) error {
 		sum := sha256.Sum256(b.Bytes)
 		fmt.Fprintf(w, "ecs-standin %s version=%s hostname=%s cert=%s sha256=%s\n", name, version(), os.Getenv("HOSTNAME"), cert.Subject.CommonName, hex.EncodeToString(sum[:]))
 	}
-	mux := http.NewServeMux()
-	mux.HandleFunc(prefix+"/", h)
-	mux.HandleFunc(prefix, h)
-	addr := ":" + env("PORT", "8080")
-	log.Printf("%s %s listening on %s%s", name, version(), addr, prefix)
-	return (&http.Server{Addr: addr, Handler: mux, ReadHeaderTimeout: 10 * time.Second}).ListenAndServe()
 }
