@@ -140,6 +140,15 @@ func checkStack(t *testing.T, run func(*testing.T, string) string, vm *appliance
 	sum := sha256.Sum256(doc)
 	docSum := hex.EncodeToString(sum[:])
 
+	// Where the first boot's time went (logged for docs/e2e.md): the agent's
+	// steps and systemd's view of the boot.
+	t.Run("first-boot-where-time-goes", func(t *testing.T) {
+		t.Log(run(t, `systemd-analyze 2>&1 | head -3; echo
+journalctl -b -o short-monotonic --no-pager -u prepare-env -u prepare-appliance -u prepare-ecs -u appliance 2>/dev/null | grep -E 'done in|activated|concurrently|ECS-APPLIANCE|docker load|Started|declared stack|verified' | cut -c1-200 | head -80; echo
+journalctl -b -o short-monotonic --no-pager -u appliance 2>/dev/null | grep -iE ' (Created|Started|Running|Container)' | head -30 | cut -c1-160
+systemd-analyze blame 2>/dev/null | head -15; true`))
+	})
+
 	t.Run("stack-services-running", func(t *testing.T) {
 		out := run(t, "docker ps --format '{{.Label \"com.docker.compose.service\"}} {{.State}}'")
 		for _, s := range stackServices {
