@@ -195,7 +195,14 @@ func basePackages(distro, suite, kernel string) []string {
 	p := []string{
 		"systemd-sysv", "udev", "dbus", "sudo", "locales", "openssh-server",
 		"cloud-init", "cloud-guest-utils", "e2fsprogs", "ca-certificates", "netbase",
-		"grub-pc-bin", "initramfs-tools", "iproute2", "ifupdown", "isc-dhcp-client",
+		"grub-pc-bin", "initramfs-tools", "iproute2",
+	}
+	if UsesNetworkd(distro, suite) {
+		// cloud-init renders netplan for systemd-networkd (DNS through
+		// systemd-resolved), as Debian's own trixie cloud images do.
+		p = append(p, "netplan.io", "systemd-resolved")
+	} else {
+		p = append(p, "ifupdown", "isc-dhcp-client")
 	}
 	p = append(p, KernelPackage(distro, kernel))
 	if distro == "ubuntu" && suite != "xenial" {
@@ -203,6 +210,20 @@ func basePackages(distro, suite, kernel string) []string {
 		p = append(p, "netplan.io")
 	}
 	return p
+}
+
+// ifupdownSuites are the Debian suites whose base keeps ifupdown and
+// isc-dhcp-client. From trixie on, cloud-init's fallback network config
+// asks for DHCPv6 too (cloud-init 24.1), which ifupdown's dhclient -6 waits
+// for until networking.service times out (5 min) where no DHCPv6 server
+// answers (QEMU's user network, many sites): the base uses netplan and
+// systemd-networkd there instead.
+var ifupdownSuites = map[string]bool{"buster": true, "bullseye": true, "bookworm": true}
+
+// UsesNetworkd reports whether the base of a Debian suite configures the
+// network with netplan and systemd-networkd (else ifupdown).
+func UsesNetworkd(distro, suite string) bool {
+	return distro == "debian" && !ifupdownSuites[suite]
 }
 
 func validName(s string) bool {
@@ -509,9 +530,6 @@ func (b *builder) configure(ctx context.Context) error {
 			"UUID=" + u + "\t/\text4\terrors=remount-ro\t0\t1\n",
 		"etc/locale.gen":     "en_US.UTF-8 UTF-8\nC.UTF-8 UTF-8\n",
 		"etc/default/locale": "LANG=C.UTF-8\n",
-		// Network: loopback here; cloud-init writes the NIC's DHCP config
-		// (interfaces.d/50-cloud-init) from the datasource or its fallback.
-		"etc/network/interfaces": "# Written by ecs-image base build.\nsource /etc/network/interfaces.d/*\n\nauto lo\niface lo inet loopback\n",
 		// Datasources an ECS appliance can meet; None last so that a boot
 		// without any seed still finishes.
 		"etc/cloud/cloud.cfg.d/90_ecs_image.cfg": "# Written by ecs-image base build.\n" +
@@ -528,6 +546,12 @@ func (b *builder) configure(ctx context.Context) error {
 		// Identify the build for `base inspect` and for humans.
 		"etc/ecs-image-base": fmt.Sprintf("distro=%s\nsuite=%s\nmirror=%s\n%srecipe=%d\nbuilt=%s\n",
 			b.r.Distro, b.r.Suite, b.r.Mirror, kernelLine(b.r.Kernel), b.r.Version, time.Now().UTC().Format(time.RFC3339)),
+	}
+	if !UsesNetworkd(b.r.Distro, b.r.Suite) {
+		// Network: loopback here; cloud-init writes the NIC's DHCP config
+		// (interfaces.d/50-cloud-init) from the datasource or its fallback.
+		// With networkd, cloud-init writes netplan's configuration.
+		files["etc/network/interfaces"] = "# Written by ecs-image base build.\nsource /etc/network/interfaces.d/*\n\nauto lo\niface lo inet loopback\n"
 	}
 	for name, content := range files {
 		p := filepath.Join(b.root, name)
@@ -556,6 +580,12 @@ func (b *builder) configure(ctx context.Context) error {
 	}
 	for _, p := range []string{"etc/resolv.conf", "var/lib/dbus/machine-id"} {
 		if err := os.Remove(filepath.Join(b.root, p)); err != nil && !os.IsNotExist(err) {
+			return err
+		}
+	}
+	if UsesNetworkd(b.r.Distro, b.r.Suite) {
+		// systemd-resolved's stub, which it keeps up to date from networkd.
+		if err := os.Symlink("../run/systemd/resolve/stub-resolv.conf", filepath.Join(b.root, "etc/resolv.conf")); err != nil {
 			return err
 		}
 	}

@@ -185,6 +185,18 @@ func TestRecipe(t *testing.T) {
 	if r3.Key() != r.Key() {
 		t.Error("same inputs, different key")
 	}
+	for _, p := range []string{"ifupdown", "isc-dhcp-client"} {
+		if !has(r, p) {
+			t.Errorf("bookworm: package %s missing", p)
+		}
+	}
+	tr, err := NewRecipe(BuildOptions{Suite: "trixie"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !has(tr, "netplan.io") || !has(tr, "systemd-resolved") || has(tr, "ifupdown") || has(tr, "isc-dhcp-client") || tr.Key() == r.Key() {
+		t.Errorf("trixie recipe (netplan and networkd, no ifupdown): %v", tr.Packages)
+	}
 	u, err := NewRecipe(BuildOptions{Suite: "jammy"})
 	if err != nil {
 		t.Fatal(err)
