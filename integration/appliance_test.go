@@ -911,7 +911,7 @@ func TestApplianceInputs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !strings.Contains(string(data), "ci-flags") || !strings.Contains(string(data), "files/images/testapp.tar") {
+	if !strings.Contains(string(data), "ci-flags") || !strings.Contains(string(data), "files/images/ecs-standin.tar") {
 		t.Errorf("derived template:\n%s", data)
 	}
 	key, err := communicator.GenerateKey()

@@ -23,7 +23,7 @@ const MigratedTag = TagsDir + "/last_migrated_image"
 // composeCommand returns the command line that runs compose with args on
 // the appliance's project and compose file.
 func (a *Agent) composeCommand(args ...string) (string, []string) {
-	return "docker-compose", append([]string{"-p", ComposeProject, "-f", a.Host.Path(ComposeFile)}, args...)
+	return a.Compose().Command(append([]string{"-p", a.composeProject(), "-f", a.Host.Path(ComposeFile)}, args...)...)
 }
 
 // composeServiceImage returns the image of service in the compose file,

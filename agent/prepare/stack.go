@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"net"
 	"sort"
 	"strings"
 
@@ -66,26 +65,6 @@ func (a *Agent) composeProject() string {
 	return ComposeProject
 }
 
-// DefaultBridgeIP is docker0's address when daemon.json sets no "bip".
-const DefaultBridgeIP = "172.17.0.1"
-
-// dockerBridgeIP is the host's address on docker's default bridge (from
-// /etc/docker/daemon.json "bip", else Docker's default).
-func (a *Agent) dockerBridgeIP() string {
-	data, err := a.Host.ReadFile("/etc/docker/daemon.json")
-	if err == nil {
-		var cfg struct {
-			BIP string `json:"bip"`
-		}
-		if json.Unmarshal(data, &cfg) == nil && cfg.BIP != "" {
-			if ip, _, err := net.ParseCIDR(cfg.BIP); err == nil {
-				return ip.String()
-			}
-		}
-	}
-	return DefaultBridgeIP
-}
-
 // PostfixContainerPort is postfix's smtpd for the containers (port 25 is
 // stunnel's); they reach it over the bridge as host.docker.internal.
 const PostfixContainerPort = 10025
@@ -128,9 +107,10 @@ func (a *Agent) stepStackEnv(ctx context.Context, e *Env, st *contract.Stack) er
 			return err
 		}
 	}
+	bridgeIP, _ := a.dockerBridge()
 	dot := []Var{
 		{"APPLIANCE_DOMAIN", e.Doc.Domain()},
-		{"DOCKER_BRIDGE_IP", a.dockerBridgeIP()},
+		{"DOCKER_BRIDGE_IP", bridgeIP},
 		{"ECS_SETTINGS", e.Vars["ECS_SETTINGS"]},
 		{"COMPOSE_PROJECT_NAME", st.Project},
 	}

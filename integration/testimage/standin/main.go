@@ -10,6 +10,7 @@
 //	standin worker        ecs.worker: takes jobs from redis, heartbeat in memcached
 //	standin run … beat    ecs.beat: queues a job in redis every 5 s
 //	standin smtpd         ecs.smtpd: SMTP on 8025, each mail stored in PostgreSQL
+//	standin migrate       creates its tables in PostgreSQL and exits
 //	standin pdfas|mocca   HTTP on 8080 under /pdf-as-web or /bkuonline:
 //	                      reads /app/import/server.cert.pem, shows $HOSTNAME
 //
@@ -67,12 +68,18 @@ func main() {
 		err = beat()
 	case "smtpd":
 		err = smtpd(env("SMTPD_ADDR", ":8025"))
+	case "migrate":
+		// What the agent runs before the stack (compose run ecs.web migrate).
+		if err = migrate(); err == nil {
+			log.Printf("migrate: schema ready")
+			return
+		}
 	case "pdfas":
 		err = signer("pdfas", "/pdf-as-web")
 	case "mocca":
 		err = signer("mocca", "/bkuonline")
 	default:
-		err = fmt.Errorf("unknown command %q (simple, web, worker, run … beat, smtpd, pdfas, mocca)", cmd)
+		err = fmt.Errorf("unknown command %q (simple, web, worker, run … beat, smtpd, migrate, pdfas, mocca)", cmd)
 	}
 	log.Fatal(err)
 }
@@ -106,6 +113,21 @@ func openDB() (*sql.DB, error) {
 	}
 	db.SetMaxOpenConns(4)
 	return db, nil
+}
+
+// migrate creates the stand-in's tables, retrying while PostgreSQL starts.
+func migrate() error {
+	db, err := openDB()
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	for i := 0; ; i++ {
+		if err = ensureSchema(db); err == nil || i == 30 {
+			return err
+		}
+		time.Sleep(time.Second)
+	}
 }
 
 func ensureSchema(db *sql.DB) error {
