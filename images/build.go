@@ -82,6 +82,10 @@ type Recipe struct {
 	Size       int64    `json:"size"`
 	Packages   []string `json:"packages"`
 	Keyring    string   `json:"keyring,omitempty"`
+	// Network is "networkd-enabled" for the suites that use netplan and
+	// systemd-networkd (UsesNetworkd), "" (ifupdown) otherwise; it keeps
+	// their cache keys apart from earlier builds of the same packages.
+	Network string `json:"network,omitempty"`
 	// Bootstrap is set to "debootstrap" when that is used; mmdebstrap (the
 	// default) leaves it empty.
 	Bootstrap string `json:"bootstrap,omitempty"`
@@ -114,6 +118,9 @@ func NewRecipe(opts BuildOptions) (*Recipe, error) {
 		return nil, &InputError{Field: "--suite", Msg: fmt.Sprintf("%q is not a suite codename (e.g. bookworm, jammy)", r.Suite)}
 	}
 	r.Distro = DistroOf(r.Suite)
+	if UsesNetworkd(r.Distro, r.Suite) {
+		r.Network = "networkd-enabled"
+	}
 	switch opts.Kernel {
 	case "", KernelGeneric:
 	case KernelCloud:
@@ -600,6 +607,14 @@ func (b *builder) configure(ctx context.Context) error {
 	old, _ := filepath.Glob(filepath.Join(b.root, "boot/*.dpkg-bak"))
 	for _, p := range old {
 		os.Remove(p)
+	}
+	if UsesNetworkd(b.r.Distro, b.r.Suite) {
+		// Debian leaves systemd-networkd disabled; cloud-init's netplan
+		// configuration needs it (Debian's cloud images enable it too).
+		// systemctl enable works on the file system alone.
+		if err := runLogged(ctx, "systemctl", "chroot", b.root, "systemctl", "enable", "systemd-networkd.service", "systemd-resolved.service"); err != nil {
+			return err
+		}
 	}
 	return runLogged(ctx, "locale-gen", "chroot", b.root, "locale-gen")
 }

@@ -734,13 +734,13 @@ func (v *applianceVM) addr(guest int) string {
 // forwarding SSH, HTTP, HTTPS and the deploy API.
 func bootAppliance(t *testing.T, dir, name, artifact, seed string) *applianceVM {
 	t.Helper()
-	return bootApplianceOn(t, dir, name, artifact, seed, "", "")
+	return bootApplianceOn(t, dir, name, artifact, seed, "", "", extraArgs...)
 }
 
 // bootApplianceOn boots like bootAppliance on QEMU machine machine with the
 // seed on seedBus ("": q35, its SATA CD-ROM), to read the seed where
 // another hypervisor attaches it (issue 21).
-func bootApplianceOn(t *testing.T, dir, name, artifact, seed, machine, seedBus string) *applianceVM {
+func bootApplianceOn(t *testing.T, dir, name, artifact, seed, machine, seedBus string, extraArgs ...string) *applianceVM {
 	t.Helper()
 	overlay := filepath.Join(dir, name+"-overlay.qcow2")
 	if err := qemu.Overlay(context.Background(), artifact, "qcow2", overlay, 0); err != nil {
