@@ -21,7 +21,8 @@ const MigrateService = "ecs.web"
 const MigratedTag = TagsDir + "/last_migrated_image"
 
 // composeCommand returns the command line that runs compose with args on
-// the appliance's project and compose file.
+// the appliance's project and compose file: the same Compose, project and
+// file as the appliance command's `up` (runStack); change both together.
 func (a *Agent) composeCommand(args ...string) (string, []string) {
 	return a.Compose().Command(append([]string{"-p", a.composeProject(), "-f", a.Host.Path(ComposeFile)}, args...)...)
 }
