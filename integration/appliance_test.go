@@ -732,7 +732,7 @@ func (v *applianceVM) addr(guest int) string {
 
 // bootAppliance boots artifact (untouched: on an overlay) with seed,
 // forwarding SSH, HTTP, HTTPS and the deploy API.
-func bootAppliance(t *testing.T, dir, name, artifact, seed string) *applianceVM {
+func bootAppliance(t *testing.T, dir, name, artifact, seed string, extraArgs ...string) *applianceVM {
 	t.Helper()
 	return bootApplianceOn(t, dir, name, artifact, seed, "", "", extraArgs...)
 }
