@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"regexp"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/packer-plugin-sdk/multistep"
@@ -105,7 +106,7 @@ func (e *noSeedError) Error() string {
 	return b.String()
 }
 
-var cloudInitRE = regexp.MustCompile(`(?i)cloud-init|ds-identify`)
+var cloudInitRE = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`(?i)cloud-init|ds-identify`) })
 
 // watchSeed watches the build VM's serial console while SSH is awaited and
 // calls fail with a *noSeedError as soon as it is clear that the build user
@@ -115,7 +116,7 @@ var cloudInitRE = regexp.MustCompile(`(?i)cloud-init|ds-identify`)
 // it and the user still cannot log in grace later. It returns
 // when ctx ends or cloud-init names a real datasource.
 func watchSeed(ctx context.Context, m *qemu.Machine, grace time.Duration, fail context.CancelCauseFunc) {
-	re := regexp.MustCompile(cidata.ConsoleDatasourceRE.String() + "|" + cidata.ConsoleGettyRE.String())
+	re := regexp.MustCompile(cidata.ConsoleDatasourceRE().String() + "|" + cidata.ConsoleGettyRE().String())
 	line, err := m.WaitSerialMatch(ctx, re)
 	if err != nil {
 		return
@@ -128,7 +129,7 @@ func watchSeed(ctx context.Context, m *qemu.Machine, grace time.Duration, fail c
 	}
 	// The getty is up: cloud-init's local and network stages are done.
 	// Without a line from them, cloud-init did not run at all.
-	if !consoleHas(m, cidata.ConsoleCloudInitRE) {
+	if !consoleHas(m, cidata.ConsoleCloudInitRE()) {
 		fail(&noSeedError{why: fmt.Sprintf("the VM reached its login prompt (%q) and cloud-init never ran: ds-identify found no datasource (no seed it can see) and disabled it", line)})
 		return
 	}
@@ -155,7 +156,7 @@ func consoleHas(m *qemu.Machine, re *regexp.Regexp) bool {
 func cloudInitLines(m *qemu.Machine) []string {
 	var out []string
 	for _, l := range strings.Split(m.SerialTail(400), "\n") {
-		if l = strings.TrimSpace(l); cloudInitRE.MatchString(l) && !strings.Contains(l, "ci-info:") {
+		if l = strings.TrimSpace(l); cloudInitRE().MatchString(l) && !strings.Contains(l, "ci-info:") {
 			out = append(out, l)
 		}
 	}

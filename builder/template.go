@@ -15,6 +15,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"go.yaml.in/yaml/v3"
@@ -235,11 +236,11 @@ func (t *Template) DiskSizeBytes() int64 { return t.diskSize }
 const DefaultVersion = "0"
 
 var (
-	nameRe = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,62}$`)
+	nameRe = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,62}$`) })
 	// versionRe: a version as Debian, semver and OVF readers take it
 	// (1.4.0, 2026.12.1, 1.4.0-rc.1, 1.4.0+git.abc123, 1.4~beta1).
-	versionRe = regexp.MustCompile(`^[0-9A-Za-z][0-9A-Za-z.+~_-]{0,63}$`)
-	sumRe     = regexp.MustCompile(`^(sha256:)?[0-9a-f]{64}$|^sha512:[0-9a-f]{128}$`)
+	versionRe = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[0-9A-Za-z][0-9A-Za-z.+~_-]{0,63}$`) })
+	sumRe     = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^(sha256:)?[0-9a-f]{64}$|^sha512:[0-9a-f]{128}$`) })
 )
 
 // LoadTemplate reads and validates the template at path.
@@ -295,7 +296,7 @@ func ParseTemplate(file string, data []byte) (*Template, error) {
 func (t *Template) check(d *decoder) {
 	if t.Name == "" {
 		t.Name = strings.TrimSuffix(filepath.Base(t.File), filepath.Ext(t.File))
-	} else if !nameRe.MatchString(t.Name) {
+	} else if !nameRe().MatchString(t.Name) {
 		d.at("name", "%q: want lower-case letters, digits and dashes", t.Name)
 	}
 	if _, ok := d.nodes["version"]; !ok {
@@ -355,7 +356,7 @@ func (t *Template) check(d *decoder) {
 	for _, name := range variantNames {
 		v := t.Variants[name]
 		p := "variants." + name
-		if !nameRe.MatchString(name) {
+		if !nameRe().MatchString(name) {
 			d.add(d.keys[p], p, "variant name %q: want lower-case letters, digits and dashes", name)
 		}
 		if v == nil {
@@ -368,7 +369,7 @@ func (t *Template) check(d *decoder) {
 		}
 		t.checkStages(d, p+".stages", v.Stages, vn)
 		for k := range v.Env {
-			if !envRe.MatchString(k) {
+			if !envRe().MatchString(k) {
 				d.add(d.keys[p+".env."+k], p+".env."+k, "%q is not a valid environment variable name", k)
 			}
 		}
@@ -402,7 +403,7 @@ func (t *Template) check(d *decoder) {
 // CheckVersion validates a product version (the template's version, or
 // its override on the command line).
 func CheckVersion(v string) error {
-	if !versionRe.MatchString(v) {
+	if !versionRe().MatchString(v) {
 		return fmt.Errorf("%q: want 1 to 64 letters, digits and . + ~ _ - starting with a letter or digit (e.g. 1.4.0)", v)
 	}
 	return nil
@@ -422,7 +423,7 @@ func checkKernel(d *decoder, path, k string) {
 	}
 }
 
-var envRe = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+var envRe = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`) })
 
 func (t *Template) checkBase(d *decoder) {
 	b := &t.Base
@@ -447,7 +448,7 @@ func (t *Template) checkBase(d *decoder) {
 		}
 		if b.Checksum == "" {
 			d.at("base.checksum", "required with url (sha256:<hex>)")
-		} else if !sumRe.MatchString(b.Checksum) {
+		} else if !sumRe().MatchString(b.Checksum) {
 			d.at("base.checksum", "%q: want sha256:<64 hex digits>", b.Checksum)
 		}
 	case b.File != "":
@@ -478,7 +479,7 @@ func (t *Template) checkStages(d *decoder, path string, stages []Stage, names ma
 		switch {
 		case s.Name == "":
 			d.at(p+".name", "required")
-		case !nameRe.MatchString(s.Name):
+		case !nameRe().MatchString(s.Name):
 			d.at(p+".name", "%q: want lower-case letters, digits and dashes", s.Name)
 		case names[s.Name] != "":
 			d.at(p+".name", "stage %q is already defined at %s", s.Name, names[s.Name])

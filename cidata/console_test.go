@@ -18,7 +18,7 @@ func TestConsoleDatasource(t *testing.T) {
 		if ds != tc.ds || noSeed != tc.noSeed || ok != tc.ok {
 			t.Errorf("%q: %q %v %v, want %q %v %v", tc.line, ds, noSeed, ok, tc.ds, tc.noSeed, tc.ok)
 		}
-		if ConsoleDatasourceRE.MatchString(tc.line) != tc.ok {
+		if ConsoleDatasourceRE().MatchString(tc.line) != tc.ok {
 			t.Errorf("%q: ConsoleDatasourceRE disagrees", tc.line)
 		}
 	}
@@ -32,7 +32,7 @@ func TestConsoleGettyAndCloudInit(t *testing.T) {
 		"[    0.00] printk: console [ttyS0] enabled":                                              {false, false},
 		"[   9.1] cloud-init[301]: Cloud-init v. 22.4.2 running 'init-local' at Sun, 06 Dec 2026": {false, true},
 	} {
-		if got := [2]bool{ConsoleGettyRE.MatchString(line), ConsoleCloudInitRE.MatchString(line)}; got != want {
+		if got := [2]bool{ConsoleGettyRE().MatchString(line), ConsoleCloudInitRE().MatchString(line)}; got != want {
 			t.Errorf("%q: getty, cloud-init = %v, want %v", line, got, want)
 		}
 	}

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
 
 	"github.com/ecs-image/ecs-image/progress"
 	"github.com/pkg/sftp"
@@ -32,14 +33,16 @@ type UploadOptions struct {
 // progressMin is the size from which a file upload or download reports progress.
 const progressMin = 16 << 20
 
-var ownerRE = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.-]*(:[A-Za-z0-9_][A-Za-z0-9_.-]*)?$`)
+var ownerRE = sync.OnceValue(func() *regexp.Regexp {
+	return regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.-]*(:[A-Za-z0-9_][A-Za-z0-9_.-]*)?$`)
+})
 
 // Upload copies the local file or directory to the remote path. A
 // directory becomes the remote directory (created, or merged into an
 // existing one), with its subdirectories, files and symbolic links.
 // Missing parent directories are created.
 func (c *Client) Upload(ctx context.Context, local, remote string, opts UploadOptions) error {
-	if opts.Owner != "" && !ownerRE.MatchString(opts.Owner) {
+	if opts.Owner != "" && !ownerRE().MatchString(opts.Owner) {
 		return fmt.Errorf("upload %s: owner %q: want user or user:group", local, opts.Owner)
 	}
 	if remote == "" {

@@ -116,7 +116,7 @@ func (c *Client) Output(ctx context.Context, cmd string, sudo bool) (string, err
 	return out.String(), nil
 }
 
-var envName = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+var envName = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`) })
 
 // Command is the remote command line Run sends: cmd run by /bin/sh, with
 // env exported first, under `sudo -n` when sudo is set. Environment names
@@ -125,7 +125,7 @@ func Command(cmd string, env map[string]string, sudo bool) string {
 	var script strings.Builder
 	keys := make([]string, 0, len(env))
 	for k := range env {
-		if envName.MatchString(k) {
+		if envName().MatchString(k) {
 			keys = append(keys, k)
 		}
 	}

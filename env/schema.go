@@ -7,6 +7,7 @@ import (
 	"regexp"
 	"sort"
 	"strings"
+	"sync"
 
 	"go.yaml.in/yaml/v3"
 	"golang.org/x/crypto/ssh"
@@ -245,7 +246,7 @@ func typeMismatch(want kind, n *yaml.Node, got kind) string {
 	switch {
 	case want == kStr && (got == kBool || got == kInt || got == kFloat || got == kDate || got == kTimestamp):
 		return fmt.Sprintf("%s (YAML 1.1 reads %s as %s); quote it", msg, v, article(got))
-	case want == kBool && got == kStr && reBool.MatchString(v):
+	case want == kBool && got == kStr && reBool().MatchString(v):
 		return fmt.Sprintf("%s (%q is quoted); remove the quotes", msg, v)
 	case want == kSeq && got == kStr:
 		return msg + fmt.Sprintf("; write a list, e.g. [%s] or one \"- item\" per line", v)
@@ -287,7 +288,7 @@ func editDistance(a, b string) int {
 	return prev[len(b)]
 }
 
-var reLabel = regexp.MustCompile(`^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$`)
+var reLabel = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$`) })
 
 // ValidHostname reports whether s is a host name as appliance.domain
 // requires: dot-separated labels of letters, digits and '-', at most 253
@@ -298,7 +299,7 @@ func ValidHostname(s string) bool {
 	}
 	labels := strings.Split(s, ".")
 	for _, l := range labels {
-		if !reLabel.MatchString(l) {
+		if !reLabel().MatchString(l) {
 			return false
 		}
 	}
@@ -314,11 +315,13 @@ func checkDomain(c *checker, n *yaml.Node, path, s string) {
 	}
 }
 
-var reAllowedHost = regexp.MustCompile(`^(?:\*|\.?[A-Za-z0-9_.-]+(?::[0-9]+)?|\[[0-9A-Fa-f:.]+\](?::[0-9]+)?)$`)
+var reAllowedHost = sync.OnceValue(func() *regexp.Regexp {
+	return regexp.MustCompile(`^(?:\*|\.?[A-Za-z0-9_.-]+(?::[0-9]+)?|\[[0-9A-Fa-f:.]+\](?::[0-9]+)?)$`)
+})
 
 func checkAllowedHosts(c *checker, n *yaml.Node, path, s string) {
 	for _, h := range strings.Fields(s) {
-		if !reAllowedHost.MatchString(h) {
+		if !reAllowedHost().MatchString(h) {
 			c.errAt(n, path, "%q is not a host name (allowed_hosts is a space-separated list of host names)", h)
 		}
 	}
@@ -373,26 +376,28 @@ func checkAbsPath(c *checker, n *yaml.Node, path, s string) {
 	}
 }
 
-var reOwner = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.-]*(?::[A-Za-z0-9_][A-Za-z0-9_.-]*)?$`)
+var reOwner = sync.OnceValue(func() *regexp.Regexp {
+	return regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.-]*(?::[A-Za-z0-9_][A-Za-z0-9_.-]*)?$`)
+})
 
 func checkOwner(c *checker, n *yaml.Node, path, s string) {
-	if s = strings.TrimSpace(s); !reOwner.MatchString(s) {
+	if s = strings.TrimSpace(s); !reOwner().MatchString(s) {
 		c.errAt(n, path, "%q is not an owner (user or user:group)", s)
 	}
 }
 
-var rePermissions = regexp.MustCompile(`^0?[0-7]{3,4}$`)
+var rePermissions = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^0?[0-7]{3,4}$`) })
 
 func checkPermissions(c *checker, n *yaml.Node, path, s string) {
-	if s = strings.TrimSpace(s); !rePermissions.MatchString(s) {
+	if s = strings.TrimSpace(s); !rePermissions().MatchString(s) {
 		c.errAt(n, path, "%q is not an octal file mode (write it quoted, e.g. \"0600\")", s)
 	}
 }
 
-var rePackage = regexp.MustCompile(`^[a-z0-9][a-z0-9+.-]+(?:[=:][A-Za-z0-9.+~:-]+)?$`)
+var rePackage = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[a-z0-9][a-z0-9+.-]+(?:[=:][A-Za-z0-9.+~:-]+)?$`) })
 
 func checkPackage(c *checker, n *yaml.Node, path, s string) {
-	if s = strings.TrimSpace(s); !rePackage.MatchString(s) {
+	if s = strings.TrimSpace(s); !rePackage().MatchString(s) {
 		c.errAt(n, path, "%q is not a Debian package name", s)
 	}
 }

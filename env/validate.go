@@ -183,7 +183,7 @@ func (c *checker) checkHeader() {
 	}
 }
 
-var reYAMLErr = regexp.MustCompile(`^yaml: line (\d+): (.*)$`)
+var reYAMLErr = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^yaml: line (\d+): (.*)$`) })
 
 // parseYAML parses the single document in c.data.
 func (c *checker) parseYAML() (*yaml.Node, bool) {
@@ -224,7 +224,7 @@ func SyntaxErrorAt(data []byte, err error) (line, col int, msg string) {
 	msg = strings.TrimPrefix(err.Error(), "yaml: ")
 	line, col = 1, 1
 	reported := 0
-	if m := reYAMLErr.FindStringSubmatch(err.Error()); m != nil {
+	if m := reYAMLErr().FindStringSubmatch(err.Error()); m != nil {
 		reported, _ = strconv.Atoi(m[1])
 		msg = m[2]
 		// yaml.v3 reports scanner errors with 1-based lines but parser

@@ -7,6 +7,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 
 	"go.yaml.in/yaml/v3"
 )
@@ -69,27 +70,37 @@ type scalar struct {
 
 // PyYAML's implicit resolvers (yaml/resolver.py), in its order.
 var (
-	reBool  = regexp.MustCompile(`^(?:yes|Yes|YES|no|No|NO|true|True|TRUE|false|False|FALSE|on|On|ON|off|Off|OFF)$`)
-	reFloat = regexp.MustCompile(`^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+][0-9]+)?` +
-		`|\.[0-9][0-9_]*(?:[eE][-+][0-9]+)?` +
-		`|[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+\.[0-9_]*` +
-		`|[-+]?\.(?:inf|Inf|INF)` +
-		`|\.(?:nan|NaN|NAN))$`)
-	reInt = regexp.MustCompile(`^(?:[-+]?0b[0-1_]+` +
-		`|[-+]?0[0-7_]+` +
-		`|[-+]?(?:0|[1-9][0-9_]*)` +
-		`|[-+]?0x[0-9a-fA-F_]+` +
-		`|[-+]?[1-9][0-9_]*(?::[0-5]?[0-9])+)$`)
-	reNull      = regexp.MustCompile(`^(?:~|null|Null|NULL|)$`)
-	reTimestamp = regexp.MustCompile(`^(?:[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]` +
-		`|[0-9][0-9][0-9][0-9]-[0-9][0-9]?-[0-9][0-9]?` +
-		`(?:[Tt]|[ \t]+)[0-9][0-9]?` +
-		`:[0-9][0-9]:[0-9][0-9](?:\.[0-9]*)?` +
-		`(?:[ \t]*(?:Z|[-+][0-9][0-9]?(?::[0-9][0-9])?))?)$`)
+	reBool = sync.OnceValue(func() *regexp.Regexp {
+		return regexp.MustCompile(`^(?:yes|Yes|YES|no|No|NO|true|True|TRUE|false|False|FALSE|on|On|ON|off|Off|OFF)$`)
+	})
+	reFloat = sync.OnceValue(func() *regexp.Regexp {
+		return regexp.MustCompile(`^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+][0-9]+)?` +
+			`|\.[0-9][0-9_]*(?:[eE][-+][0-9]+)?` +
+			`|[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+\.[0-9_]*` +
+			`|[-+]?\.(?:inf|Inf|INF)` +
+			`|\.(?:nan|NaN|NAN))$`)
+	})
+	reInt = sync.OnceValue(func() *regexp.Regexp {
+		return regexp.MustCompile(`^(?:[-+]?0b[0-1_]+` +
+			`|[-+]?0[0-7_]+` +
+			`|[-+]?(?:0|[1-9][0-9_]*)` +
+			`|[-+]?0x[0-9a-fA-F_]+` +
+			`|[-+]?[1-9][0-9_]*(?::[0-5]?[0-9])+)$`)
+	})
+	reNull      = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^(?:~|null|Null|NULL|)$`) })
+	reTimestamp = sync.OnceValue(func() *regexp.Regexp {
+		return regexp.MustCompile(`^(?:[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]` +
+			`|[0-9][0-9][0-9][0-9]-[0-9][0-9]?-[0-9][0-9]?` +
+			`(?:[Tt]|[ \t]+)[0-9][0-9]?` +
+			`:[0-9][0-9]:[0-9][0-9](?:\.[0-9]*)?` +
+			`(?:[ \t]*(?:Z|[-+][0-9][0-9]?(?::[0-9][0-9])?))?)$`)
+	})
 	// the constructor's regexp, with groups
-	reTimestampParts = regexp.MustCompile(`^([0-9][0-9][0-9][0-9])-([0-9][0-9]?)-([0-9][0-9]?)` +
-		`(?:(?:[Tt]|[ \t]+)([0-9][0-9]?):([0-9][0-9]):([0-9][0-9])(?:\.([0-9]*))?` +
-		`(?:[ \t]*(Z|([-+])([0-9][0-9]?)(?::([0-9][0-9]))?))?)?$`)
+	reTimestampParts = sync.OnceValue(func() *regexp.Regexp {
+		return regexp.MustCompile(`^([0-9][0-9][0-9][0-9])-([0-9][0-9]?)-([0-9][0-9]?)` +
+			`(?:(?:[Tt]|[ \t]+)([0-9][0-9]?):([0-9][0-9]):([0-9][0-9])(?:\.([0-9]*))?` +
+			`(?:[ \t]*(Z|([-+])([0-9][0-9]?)(?::([0-9][0-9]))?))?)?$`)
+	})
 )
 
 // isPlain reports whether n is an untagged plain scalar, the only kind
@@ -105,10 +116,10 @@ func implicitTag(v string) string {
 	}
 	switch c := v[0]; {
 	case c == 'y' || c == 'Y' || c == 'n' || c == 'N' || c == 't' || c == 'T' || c == 'f' || c == 'F' || c == 'o' || c == 'O':
-		if reBool.MatchString(v) {
+		if reBool().MatchString(v) {
 			return "!!bool"
 		}
-		if (c == 'n' || c == 'N') && reNull.MatchString(v) {
+		if (c == 'n' || c == 'N') && reNull().MatchString(v) {
 			return "!!null"
 		}
 	case c == '~':
@@ -124,13 +135,13 @@ func implicitTag(v string) string {
 			return "!!value"
 		}
 	case c == '-' || c == '+' || c == '.' || (c >= '0' && c <= '9'):
-		if reFloat.MatchString(v) {
+		if reFloat().MatchString(v) {
 			return "!!float"
 		}
-		if c != '.' && reInt.MatchString(v) {
+		if c != '.' && reInt().MatchString(v) {
 			return "!!int"
 		}
-		if c >= '0' && c <= '9' && reTimestamp.MatchString(v) {
+		if c >= '0' && c <= '9' && reTimestamp().MatchString(v) {
 			return "!!timestamp"
 		}
 	}
@@ -175,7 +186,7 @@ func resolve(n *yaml.Node, isKey bool) (scalar, error) {
 		}
 		return scalar{}, fmt.Errorf("%q is not a boolean", v)
 	case "!!int":
-		if !reInt.MatchString(v) {
+		if !reInt().MatchString(v) {
 			return scalar{}, fmt.Errorf("%q is not an integer", v)
 		}
 		s, ok := pyInt(v)
@@ -184,7 +195,7 @@ func resolve(n *yaml.Node, isKey bool) (scalar, error) {
 		}
 		return scalar{kInt, s}, nil
 	case "!!float":
-		if !reFloat.MatchString(v) && !reInt.MatchString(v) {
+		if !reFloat().MatchString(v) && !reInt().MatchString(v) {
 			return scalar{}, fmt.Errorf("%q is not a float", v)
 		}
 		f, ok := pyFloat(v)
@@ -353,7 +364,7 @@ func pyFloatRepr(f float64) string {
 // 5.1: offsets give timezone-aware datetimes) and returns str() of the
 // resulting datetime.date or datetime.datetime.
 func pyTimestamp(v string) (scalar, error) {
-	m := reTimestampParts.FindStringSubmatch(v)
+	m := reTimestampParts().FindStringSubmatch(v)
 	if m == nil {
 		return scalar{}, fmt.Errorf("%q is not a timestamp", v)
 	}

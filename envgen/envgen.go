@@ -54,7 +54,7 @@ type DomainError struct{ Domain, Msg string }
 
 func (e *DomainError) Error() string { return fmt.Sprintf("domain %q: %s", e.Domain, e.Msg) }
 
-var labelRe = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
+var labelRe = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`) })
 
 // CheckDomain reports whether d is usable as appliance.domain: a lower-case
 // DNS name of letters, digits, hyphens and dots.
@@ -66,7 +66,7 @@ func CheckDomain(d string) error {
 		return &DomainError{d, "longer than 253 characters"}
 	}
 	for _, l := range strings.Split(d, ".") {
-		if !labelRe.MatchString(l) {
+		if !labelRe().MatchString(l) {
 			return &DomainError{d, "not a DNS name (lower-case letters, digits, '-' and '.'; no trailing dot)"}
 		}
 	}

@@ -8,6 +8,7 @@ import (
 	"regexp"
 	"sort"
 	"strings"
+	"sync"
 
 	"github.com/ecs-image/ecs-image/env"
 	"go.yaml.in/yaml/v3"
@@ -344,10 +345,10 @@ func nonASCII(file string, data []byte) *env.Problem {
 	return nil
 }
 
-var yamlLineRe = regexp.MustCompile(`line (\d+)`)
+var yamlLineRe = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`line (\d+)`) })
 
 func yamlErrLine(err error) int {
-	m := yamlLineRe.FindStringSubmatch(err.Error())
+	m := yamlLineRe().FindStringSubmatch(err.Error())
 	if m == nil {
 		return 0
 	}
@@ -356,7 +357,9 @@ func yamlErrLine(err error) int {
 	return n
 }
 
-var hostRe = regexp.MustCompile(`^(\*|\.?[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*\.?)$`)
+var hostRe = sync.OnceValue(func() *regexp.Regexp {
+	return regexp.MustCompile(`^(\*|\.?[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*\.?)$`)
+})
 
 func checkHosts(n *yaml.Node) string {
 	hosts := strings.Fields(n.Value)
@@ -364,7 +367,7 @@ func checkHosts(n *yaml.Node) string {
 		return "want one or more host names separated by spaces"
 	}
 	for _, h := range hosts {
-		if !hostRe.MatchString(h) {
+		if !hostRe().MatchString(h) {
 			return fmt.Sprintf("%q is not a host name", h)
 		}
 	}

@@ -11,6 +11,7 @@ import (
 	"regexp"
 	"sort"
 	"strings"
+	"sync"
 
 	"go.yaml.in/yaml/v3"
 )
@@ -144,7 +145,7 @@ func (c *Catalog) Names() []string {
 }
 
 var (
-	nameRE     = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]*$`)
+	nameRE     = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[a-z0-9][a-z0-9._-]*$`) })
 	hexDigests = map[string]int{"sha256": 64, "sha512": 128}
 )
 
@@ -207,11 +208,11 @@ func ParseCatalog(file string, data []byte) (*Catalog, error) {
 			}
 			return &CatalogError{File: file, Line: at.Line, Column: at.Column, Field: label, Msg: msg}
 		}
-		if !nameRE.MatchString(e.Name) {
+		if !nameRE().MatchString(e.Name) {
 			return nil, fail("name", fmt.Sprintf("%q: want lower-case letters, digits, '.', '_', '-'", e.Name))
 		}
 		for _, a := range append([]string{e.Name}, e.Aliases...) {
-			if !nameRE.MatchString(a) {
+			if !nameRE().MatchString(a) {
 				return nil, fail("aliases", fmt.Sprintf("%q is not a valid name", a))
 			}
 			if prev, dup := seen[a]; dup {
@@ -240,7 +241,7 @@ func ParseCatalog(file string, data []byte) (*Catalog, error) {
 		if e.Firmware != "bios" && e.Firmware != "uefi" {
 			return nil, fail("firmware", fmt.Sprintf("%q: want bios or uefi", e.Firmware))
 		}
-		if !nameRE.MatchString(e.User) {
+		if !nameRE().MatchString(e.User) {
 			return nil, fail("user", fmt.Sprintf("%q: want the image's default user name", e.User))
 		}
 		c.Entries = append(c.Entries, e)

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
 
 	"github.com/sirupsen/logrus"
 
@@ -107,7 +108,7 @@ func imageID(file, format string) string {
 	return h.String()
 }
 
-var fileNameRe = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]*$`)
+var fileNameRe = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]*$`) })
 
 // Type implements Provisioner.
 func (*Containers) Type() string { return "containers" }
@@ -199,7 +200,7 @@ func (c *Containers) Check(dir string) []FieldError {
 		}
 		if im.Name == "images.json" || im.Name == "manifest.json" {
 			errs = append(errs, fieldErr(f+".name", "%q is reserved for the image indexes", im.Name))
-		} else if !fileNameRe.MatchString(im.Name) {
+		} else if !fileNameRe().MatchString(im.Name) {
 			errs = append(errs, fieldErr(f+".name", "%q is not a plain file name", im.Name))
 		} else if names[im.Name] {
 			errs = append(errs, fieldErr(f+".name", "%q is used twice", im.Name))

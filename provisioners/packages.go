@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"regexp"
 	"strings"
+	"sync"
 )
 
 // Packages installs Debian packages with apt-get: non-interactive, with
@@ -26,7 +27,7 @@ type Packages struct {
 	Retries *int `yaml:"retries"`
 }
 
-var debName = regexp.MustCompile(`^[a-z0-9][a-z0-9+.-]+(=[A-Za-z0-9.+~:-]+)?$`)
+var debName = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[a-z0-9][a-z0-9+.-]+(=[A-Za-z0-9.+~:-]+)?$`) })
 
 // Type implements Provisioner.
 func (*Packages) Type() string { return "packages" }
@@ -38,7 +39,7 @@ func (p *Packages) Check(string) []FieldError {
 		errs = append(errs, fieldErr("packages", "required (a list of package names)"))
 	}
 	for i, n := range p.Packages {
-		if !debName.MatchString(n) {
+		if !debName().MatchString(n) {
 			errs = append(errs, fieldErr(fmt.Sprintf("packages[%d]", i), "%q is not a Debian package name", n))
 		}
 	}

@@ -7,6 +7,7 @@ import (
 	"os"
 	"regexp"
 	"strings"
+	"sync"
 )
 
 // Shell runs an inline script or a local script file in the guest, with
@@ -26,7 +27,7 @@ type Shell struct {
 	Interpreter string `yaml:"interpreter"`
 }
 
-var envName = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+var envName = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`) })
 
 // Type implements Provisioner.
 func (*Shell) Type() string { return "shell" }
@@ -48,7 +49,7 @@ func (s *Shell) Check(dir string) []FieldError {
 		}
 	}
 	for k := range s.Env {
-		if !envName.MatchString(k) {
+		if !envName().MatchString(k) {
 			errs = append(errs, fieldErr("env."+k, "%q is not a valid environment variable name", k))
 		}
 	}

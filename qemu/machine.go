@@ -218,7 +218,9 @@ var KVMStallTimeout = 30 * time.Second
 // alive matches console lines that only a running kernel or user space
 // prints: a printk timestamp, systemd, a login prompt, cloud-init, or a
 // marker of ecs-image's own guests.
-var alive = regexp.MustCompile(`^\[\s*[0-9]+\.[0-9]+\]|systemd|login:|cloud-init|Cloud-init|ECS-|ecs-offline|Run /init`)
+var alive = sync.OnceValue(func() *regexp.Regexp {
+	return regexp.MustCompile(`^\[\s*[0-9]+\.[0-9]+\]|systemd|login:|cloud-init|Cloud-init|ECS-|ecs-offline|Run /init`)
+})
 
 // fallbackAllowed tells whether a KVM guest that stalls may be restarted
 // under TCG: not when the template or ECS_IMAGE_ACCEL=kvm asked for KVM.
@@ -258,7 +260,7 @@ func (m *Machine) watchKVM(ctx context.Context, p *proc, stall time.Duration) {
 				}
 				line := cleanLine(partial[:i])
 				partial = partial[i+1:]
-				if alive.MatchString(line) {
+				if alive().MatchString(line) {
 					return
 				}
 			}

@@ -6,6 +6,7 @@ import (
 	"os"
 	"regexp"
 	"strings"
+	"sync"
 )
 
 // tailRead is how much of the end of a serial log SerialTail reads.
@@ -41,7 +42,9 @@ func readAllTail(path string, max int64) ([]byte, int64) {
 
 // ansi matches terminal escape sequences (CSI and OSC) and stray control
 // characters that systemd and the boot loader write to the console.
-var ansi = regexp.MustCompile(`\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(\x07|\x1b\\)|\x1b[()][0-9A-Za-z]|\x1b[=>c78]|[\x00-\x08\x0b-\x1f\x7f]`)
+var ansi = sync.OnceValue(func() *regexp.Regexp {
+	return regexp.MustCompile(`\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(\x07|\x1b\\)|\x1b[()][0-9A-Za-z]|\x1b[=>c78]|[\x00-\x08\x0b-\x1f\x7f]`)
+})
 
 // cleanLine strips escape sequences, control characters and the trailing
 // carriage return from one console line.
@@ -51,7 +54,7 @@ func cleanLine(b []byte) string {
 		// A carriage return inside the line: the console overwrote it.
 		s = s[i+1:]
 	}
-	return strings.TrimRight(ansi.ReplaceAllString(s, ""), " \t")
+	return strings.TrimRight(ansi().ReplaceAllString(s, ""), " \t")
 }
 
 // tailLines returns the last n non-empty cleaned lines of data.

@@ -18,6 +18,7 @@ import (
 	"path"
 	"regexp"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/ecs-image/ecs-image/agent/status"
@@ -287,7 +288,7 @@ func (a *Agent) setTLSWarning(msg string) {
 
 // acmeToken is the alphabet of an ACME token (base64url, RFC 8555 §8.3):
 // it names a file in the webroot, so nothing else is accepted.
-var acmeToken = regexp.MustCompile(`^[A-Za-z0-9_-]{16,256}$`)
+var acmeToken = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[A-Za-z0-9_-]{16,256}$`) })
 
 // obtainCertificate runs one ACME order for names: account (key created
 // once, kept in ACMEAccountKey), order, HTTP-01 challenges answered from
@@ -336,7 +337,7 @@ func (a *Agent) obtainCertificate(ctx context.Context, dir string, hc *http.Clie
 		if chal == nil {
 			return nil, nil, nil, fmt.Errorf("%s: the ACME server offers no http-01 challenge", z.Identifier.Value)
 		}
-		if !acmeToken.MatchString(chal.Token) {
+		if !acmeToken().MatchString(chal.Token) {
 			return nil, nil, nil, fmt.Errorf("%s: the ACME server sent a malformed http-01 token", z.Identifier.Value)
 		}
 		body, err := c.HTTP01ChallengeResponse(chal.Token)

@@ -13,6 +13,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/ecs-image/ecs-image/agent/host"
@@ -352,14 +353,14 @@ func (a *Agent) pgTool(confDir, name string) (string, []string) {
 	}
 	port := "5432"
 	if conf, err := a.Host.ReadFile(confDir + "/postgresql.conf"); err == nil {
-		if m := pgPortRE.FindSubmatch(conf); m != nil {
+		if m := pgPortRE().FindSubmatch(conf); m != nil {
 			port = string(m[1])
 		}
 	}
 	return bin, []string{"-p", port}
 }
 
-var pgPortRE = regexp.MustCompile(`(?m)^[ \t]*port[ \t]*=[ \t]*'?([0-9]+)'?`)
+var pgPortRE = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`(?m)^[ \t]*port[ \t]*=[ \t]*'?([0-9]+)'?`) })
 
 // Database names: the role is fixed, the database is ecs.database
 // (default DBName), as in the original appliance.
@@ -368,7 +369,7 @@ const (
 	DBRole = "ecs"
 )
 
-var dbNameRE = regexp.MustCompile(`^[a-z_][a-z0-9_]{0,62}$`)
+var dbNameRE = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[a-z_][a-z0-9_]{0,62}$`) })
 
 // dbName returns the database name of ecs.database, default DBName.
 func dbName(e *Env) (string, error) {
@@ -376,7 +377,7 @@ func dbName(e *Env) (string, error) {
 	if n == "" {
 		return DBName, nil
 	}
-	if !dbNameRE.MatchString(n) {
+	if !dbNameRE().MatchString(n) {
 		return "", fmt.Errorf("ecs.database: %q is not a database name (lower-case letters, digits, _)", n)
 	}
 	return n, nil

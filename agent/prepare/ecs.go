@@ -9,6 +9,7 @@ import (
 	"regexp"
 	"sort"
 	"strings"
+	"sync"
 )
 
 // PrepareECS loads the baked container images, renders the compose file
@@ -28,8 +29,8 @@ func imageStamp(fi os.FileInfo) string {
 }
 
 var (
-	unsafeName = regexp.MustCompile(`[^A-Za-z0-9_.-]+`)
-	serviceRE  = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]*$`)
+	unsafeName = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`[^A-Za-z0-9_.-]+`) })
+	serviceRE  = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]*$`) })
 )
 
 // stepImages runs `docker load` for every tarball of the images manifest
@@ -49,7 +50,7 @@ func (a *Agent) stepImages(ctx context.Context, e *Env) error {
 		if err != nil {
 			return fmt.Errorf("%s entry %d: %w", ImagesIndex, i, err)
 		}
-		stampPath := path.Join(TagsDir, "images", unsafeName.ReplaceAllString(im.File, "_")+".loaded")
+		stampPath := path.Join(TagsDir, "images", unsafeName().ReplaceAllString(im.File, "_")+".loaded")
 		stamp := imageStamp(fi)
 		if !force {
 			if old, err := a.Host.ReadFile(stampPath); err == nil && string(old) == stamp {
@@ -188,7 +189,7 @@ func (a *Agent) PlanCompose() (*ComposePlan, error) {
 		if name == "" {
 			name = serviceName(im.Tags[0])
 		}
-		if !serviceRE.MatchString(name) {
+		if !serviceRE().MatchString(name) {
 			return nil, fmt.Errorf("%s entry %d: bad service name %q", ImagesIndex, i, name)
 		}
 		base := name
@@ -236,7 +237,7 @@ func serviceName(tag string) string {
 		repo = repo[:i]
 	}
 	repo = path.Base(repo)
-	return strings.Trim(unsafeName.ReplaceAllString(strings.ToLower(repo), "-"), "-.")
+	return strings.Trim(unsafeName().ReplaceAllString(strings.ToLower(repo), "-"), "-.")
 }
 
 func (a *Agent) stepCompose(ctx context.Context, e *Env) error {

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"regexp"
 	"strings"
+	"sync"
 )
 
 // DKIMSelector is the DKIM selector the appliance signs with.
@@ -20,7 +21,7 @@ const DKIMSelector = "default"
 const PostfixPort = 10025
 
 // postfixOpen10025 matches a master.cf entry for port 10025 on every address.
-var postfixOpen10025 = regexp.MustCompile(`(?m)^10025[ \t]+inet[ \t]`)
+var postfixOpen10025 = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`(?m)^10025[ \t]+inet[ \t]`) })
 
 // SMTPDPort is where the ECS container's smtpd listens (published on the
 // loopback by the compose file when an image exposes it); stunnel forwards
@@ -93,7 +94,7 @@ func (a *Agent) stepMail(ctx context.Context, e *Env) error {
 	if _, err := a.Host.Run(ctx, "postconf", "-M#", "smtp/inet"); err != nil {
 		return err
 	}
-	if master, err := a.Host.ReadFile(PostfixMasterCf); err == nil && postfixOpen10025.Match(master) {
+	if master, err := a.Host.ReadFile(PostfixMasterCf); err == nil && postfixOpen10025().Match(master) {
 		// The entry of earlier agents, on every address.
 		if _, err := a.Host.Run(ctx, "postconf", "-MX", "10025/inet"); err != nil {
 			return err

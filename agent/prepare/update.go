@@ -238,7 +238,7 @@ func (a *Agent) imagesChanged() bool {
 		if err != nil {
 			continue
 		}
-		stamp, err := a.Host.ReadFile(path.Join(TagsDir, "images", unsafeName.ReplaceAllString(im.File, "_")+".loaded"))
+		stamp, err := a.Host.ReadFile(path.Join(TagsDir, "images", unsafeName().ReplaceAllString(im.File, "_")+".loaded"))
 		if err != nil || string(stamp) != imageStamp(fi) {
 			return true
 		}

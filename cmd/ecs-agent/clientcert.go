@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strconv"
+	"sync"
 	"text/tabwriter"
 	"time"
 
@@ -14,7 +15,7 @@ import (
 	"github.com/spf13/cobra"
 )
 
-var unsafeFileChars = regexp.MustCompile(`[^A-Za-z0-9_.@-]+`)
+var unsafeFileChars = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`[^A-Za-z0-9_.@-]+`) })
 
 func init() {
 	cmd := &cobra.Command{
@@ -60,7 +61,7 @@ password to the user over different channels.`,
 				defer unlock()
 				file := out
 				if file == "" {
-					file = unsafeFileChars.ReplaceAllString(args[1], "_") + ".p12"
+					file = unsafeFileChars().ReplaceAllString(args[1], "_") + ".p12"
 				}
 				if _, err := os.Lstat(file); err == nil {
 					return usageError{fmt.Errorf("%s exists; choose another file with -o", file)}

@@ -161,9 +161,9 @@ type vmtestMarkers struct {
 }
 
 var (
-	vmtestFailedRE  = regexp.MustCompile(regexp.QuoteMeta(vmtestFailed) + `(?::\s*(.*))?`)
-	vmtestStandbyRE = regexp.MustCompile(regexp.QuoteMeta(vmtestStandby) + `(?::\s*(.*))?`)
-	vmtestPanicRE   = regexp.MustCompile(`Kernel panic - not syncing(?::\s*(.*))?`)
+	vmtestFailedRE  = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(regexp.QuoteMeta(vmtestFailed) + `(?::\s*(.*))?`) })
+	vmtestStandbyRE = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(regexp.QuoteMeta(vmtestStandby) + `(?::\s*(.*))?`) })
+	vmtestPanicRE   = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`Kernel panic - not syncing(?::\s*(.*))?`) })
 )
 
 func newVMTestMarkers(ready string) (*vmtestMarkers, error) {
@@ -171,20 +171,20 @@ func newVMTestMarkers(ready string) (*vmtestMarkers, error) {
 	if err != nil {
 		return nil, fmt.Errorf("--ready-marker: %v", err)
 	}
-	all := regexp.MustCompile("(?:" + ready + ")|" + vmtestFailedRE.String() + "|" + vmtestStandbyRE.String() + "|" + vmtestPanicRE.String())
+	all := regexp.MustCompile("(?:" + ready + ")|" + vmtestFailedRE().String() + "|" + vmtestStandbyRE().String() + "|" + vmtestPanicRE().String())
 	return &vmtestMarkers{ready: re, all: all}, nil
 }
 
 // classify returns the state a console line announces ("ready", "failed",
 // "standby", "panic") and the reason it gives.
 func (v *vmtestMarkers) classify(line string) (state, reason string) {
-	if m := vmtestFailedRE.FindStringSubmatch(line); m != nil {
+	if m := vmtestFailedRE().FindStringSubmatch(line); m != nil {
 		return "failed", strings.TrimSpace(m[1])
 	}
-	if m := vmtestStandbyRE.FindStringSubmatch(line); m != nil {
+	if m := vmtestStandbyRE().FindStringSubmatch(line); m != nil {
 		return "standby", strings.TrimSpace(m[1])
 	}
-	if m := vmtestPanicRE.FindStringSubmatch(line); m != nil {
+	if m := vmtestPanicRE().FindStringSubmatch(line); m != nil {
 		return "panic", "kernel panic: " + strings.TrimSpace(m[1])
 	}
 	if v.ready.MatchString(line) {
@@ -384,7 +384,7 @@ func vmtestCheck(ctx context.Context, m *qemu.Machine, markers *vmtestMarkers, d
 	// no seed — and its final line will never come.
 	wait := markers.all
 	if domain == "" {
-		wait = regexp.MustCompile(markers.all.String() + "|" + cidata.ConsoleGettyRE.String())
+		wait = regexp.MustCompile(markers.all.String() + "|" + cidata.ConsoleGettyRE().String())
 	}
 	var line string
 	for {
@@ -397,11 +397,11 @@ func vmtestCheck(ctx context.Context, m *qemu.Machine, markers *vmtestMarkers, d
 			}
 			return err
 		}
-		if s, _ := markers.classify(line); s != "" || !cidata.ConsoleGettyRE.MatchString(line) {
+		if s, _ := markers.classify(line); s != "" || !cidata.ConsoleGettyRE().MatchString(line) {
 			break
 		}
 		wait = markers.all
-		if !vmtestConsoleHas(m, cidata.ConsoleCloudInitRE) {
+		if !vmtestConsoleHas(m, cidata.ConsoleCloudInitRE()) {
 			rep.State, rep.Line, rep.ReadySeconds = "no-seed", line, since()
 			rep.Reason = "the guest reached its login prompt and cloud-init never ran: ds-identify found no seed (the guest's kernel has no driver for the seed on " + rep.SeedBus + ", or no cidata label)"
 			return fmt.Errorf("the appliance reported no-seed, want %s: %s", expect, rep.Reason)
@@ -646,14 +646,16 @@ func vmtestPrint(w io.Writer, r *vmtestReport, asJSON bool) {
 }
 
 var (
-	vmtestHTMLDrop = regexp.MustCompile(`(?is)<(script|style|head)\b.*?</(script|style|head)>`)
-	vmtestHTMLTag  = regexp.MustCompile(`(?s)<[^>]*>`)
+	vmtestHTMLDrop = sync.OnceValue(func() *regexp.Regexp {
+		return regexp.MustCompile(`(?is)<(script|style|head)\b.*?</(script|style|head)>`)
+	})
+	vmtestHTMLTag = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`(?s)<[^>]*>`) })
 )
 
 // vmtestPageText is the visible text of an HTML page, whitespace collapsed, cut
 // at max bytes.
 func vmtestPageText(body string, max int) string {
-	t := vmtestHTMLTag.ReplaceAllString(vmtestHTMLDrop.ReplaceAllString(body, " "), " ")
+	t := vmtestHTMLTag().ReplaceAllString(vmtestHTMLDrop().ReplaceAllString(body, " "), " ")
 	t = strings.NewReplacer("&amp;", "&", "&lt;", "<", "&gt;", ">", "&quot;", `"`, "&#39;", "'", "&nbsp;", " ").Replace(t)
 	t = strings.Join(strings.Fields(t), " ")
 	if len(t) > max {
