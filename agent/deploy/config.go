@@ -10,6 +10,7 @@ import (
 	"os"
 	"regexp"
 	"strings"
+	"sync"
 )
 
 // Defaults.
@@ -48,9 +49,11 @@ type Deployment struct {
 	Image string   `json:"image,omitempty"`
 }
 
-var imageRE = regexp.MustCompile(`^[a-z0-9][a-z0-9._/-]*(:[A-Za-z0-9_][A-Za-z0-9._-]{0,127})?$`)
+var imageRE = sync.OnceValue(func() *regexp.Regexp {
+	return regexp.MustCompile(`^[a-z0-9][a-z0-9._/-]*(:[A-Za-z0-9_][A-Za-z0-9._-]{0,127})?$`)
+})
 
-var nameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9_.-]{0,62}$`)
+var nameRE = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[a-z0-9][a-z0-9_.-]{0,62}$`) })
 
 // LoadConfig reads and checks a config file.
 func LoadConfig(path string) (*Config, error) {
@@ -95,15 +98,15 @@ func ParseConfig(file string, data []byte) (*Config, error) {
 	}
 	seen := map[string]bool{}
 	for i, d := range c.Deployments {
-		if !nameRE.MatchString(d.Name) {
-			return nil, fmt.Errorf("%s: deployments[%d].name: %q must match %s", file, i, d.Name, nameRE)
+		if !nameRE().MatchString(d.Name) {
+			return nil, fmt.Errorf("%s: deployments[%d].name: %q must match %s", file, i, d.Name, nameRE())
 		}
 		if seen[d.Name] {
 			return nil, fmt.Errorf("%s: deployments[%d].name: %q is not unique", file, i, d.Name)
 		}
 		seen[d.Name] = true
 		if d.Image != "" {
-			if !imageRE.MatchString(d.Image) {
+			if !imageRE().MatchString(d.Image) {
 				return nil, fmt.Errorf("%s: deployments[%d].image: %q is not an image name (NAME[:TAG])", file, i, d.Image)
 			}
 			if len(d.Args) > 0 {
