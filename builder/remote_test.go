@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -376,5 +377,108 @@ func TestRemoteCacheInterruptedUploadLeavesNoObject(t *testing.T) {
 	b, baseB, workB := testCache(t)
 	if r2.fetch(ctx, b, workB, keyS1, keyBase, baseB, "qcow2") == nil {
 		t.Fatalf("re-uploaded object not usable: %v", warnings(hook))
+	}
+}
+
+const remoteBuildTemplate = `
+name: remotetest
+base:
+  file: base.qcow2
+disk_size: 2G
+outputs: [qcow2]
+stages:
+  - name: system
+    mode: boot
+    provisioners:
+      - type: shell
+        inline: ["echo system"]
+  - name: app
+    mode: boot
+    provisioners:
+      - type: shell
+        inline: ["echo app"]
+`
+
+// TestBuildFromRemoteCacheOnly: builder B, with an empty local cache, builds
+// a template whose every stage (and generalised disk) builder A uploaded:
+// nothing is built (no VM runs), every entry is downloaded, verified and
+// committed locally, and the artifact is made from them. A's entries are
+// made here with the build's own keys (PlanJobs), as a real build would
+// commit them.
+func TestBuildFromRemoteCacheOnly(t *testing.T) {
+	f := newRemoteFixture(t)
+	ctx := context.Background()
+	dir := t.TempDir()
+	t.Setenv("ECS_IMAGE_CACHE", filepath.Join(dir, "imgcache"))
+	base := filepath.Join(dir, "base.qcow2")
+	if _, err := qemuimg.Run(ctx, "create", "-q", "-f", "qcow2", base, "2G"); err != nil {
+		t.Fatal(err)
+	}
+	tmplPath := filepath.Join(dir, "t.yml")
+	os.WriteFile(tmplPath, []byte(remoteBuildTemplate), 0o644)
+	tmpl, err := LoadTemplate(tmplPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b0, err := ResolveBase(ctx, tmpl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	jobs, err := PlanJobs(tmpl, b0.Digest, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	job := jobs[0]
+
+	// Builder A's cache, uploaded.
+	a, _, workA := testCache(t)
+	parentDisk := b0.Path
+	for _, s := range job.Stages {
+		addStage(t, a, workA, &StageEntry{Key: s.Key, Parent: s.Parent, Name: s.Name, Template: "remotetest", Booted: true, BootFrom: s.Key}, parentDisk, true)
+		parentDisk = a.Disk(s.Key)
+	}
+	last := job.Stages[len(job.Stages)-1]
+	addStage(t, a, workA, &StageEntry{Key: job.GeneraliseKey, Parent: last.Key, Name: "generalise", Template: "remotetest", BootFrom: last.Key, Packages: []string{"base-files"}}, parentDisk, false)
+	ra, _ := testRemote(f.store, RemoteWrite)
+	for _, s := range job.Stages {
+		ra.push(ctx, a, workA, s.Key)
+	}
+	ra.push(ctx, a, workA, job.GeneraliseKey)
+
+	// Builder B, with qemu-img but no QEMU on PATH: a stage it would build
+	// fails at once instead of booting.
+	bin := filepath.Join(dir, "bin")
+	os.Mkdir(bin, 0o755)
+	qi, _ := exec.LookPath("qemu-img")
+	os.Symlink(qi, filepath.Join(bin, "qemu-img"))
+	t.Setenv("PATH", bin)
+	log, hook := logtest.NewNullLogger()
+	log.SetLevel(logrus.DebugLevel)
+	bc := &StageCache{Dir: filepath.Join(dir, "b-stages")}
+	art, err := Build(ctx, Options{Template: tmplPath, OutputDir: filepath.Join(dir, "out"), Cache: bc, Log: log, Remote: f.store, RemoteMode: RemoteRead})
+	var msgs []string
+	for _, e := range hook.AllEntries() {
+		msgs = append(msgs, e.Level.String()+": "+e.Message)
+	}
+	if err != nil {
+		t.Fatalf("build from the remote: %v\n%s", err, strings.Join(msgs, "\n"))
+	}
+	all := strings.Join(msgs, "\n")
+	if strings.Contains(all, ": building (") {
+		t.Fatalf("a stage was built:\n%s", all)
+	}
+	for _, k := range append([]string{job.GeneraliseKey}, job.Stages[0].Key, job.Stages[1].Key) {
+		if !strings.Contains(all, "remote cache: "+k[:12]+" downloaded and verified") {
+			t.Errorf("%s not downloaded:\n%s", k[:12], all)
+		}
+		if bc.Lookup(k) == nil {
+			t.Errorf("%s not in B's local cache", k[:12])
+		}
+	}
+	if got := backingOf(t, bc.Disk(job.Stages[0].Key)); got != b0.Path {
+		t.Errorf("first stage backing %q, want B's base %q", got, b0.Path)
+	}
+	if _, err := qemuimg.Inspect(ctx, art.Files[0].Path, qemuimg.Policy{Formats: []string{"qcow2"}}); err != nil {
+		t.Errorf("artifact: %v", err)
 	}
 }
