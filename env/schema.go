@@ -37,7 +37,7 @@ func anything() *spec                     { return &spec{kind: kNull} }
 
 var gitSpec = map[string]*spec{"branch": str(), "source": str()}
 
-var schema = func() *spec {
+var schema = sync.OnceValue(func() *spec {
 	root := mapOf(map[string]*spec{
 		"ssh_authorized_keys": listOf(strCheck(checkSSHKey(false))),
 		"ssh_deprecated_keys": listOf(strCheck(checkSSHKey(true))),
@@ -116,7 +116,7 @@ var schema = func() *spec {
 		}
 	}
 	return root
-}()
+})
 
 // cloudInitKeys are cloud-init's own top-level cloud-config keys (cloud-init
 // 22.4 schema plus later and legacy ones); env.yml is also user-data.
@@ -145,7 +145,7 @@ var cloudInitKeys = strings.Fields(`
 
 // checkSchema checks the document against the schema.
 func (c *checker) checkSchema(root *yaml.Node) {
-	c.checkValue(schema, root, "", root)
+	c.checkValue(schema(), root, "", root)
 }
 
 // checkValue checks n (possibly an alias) against sp; at is the node whose
@@ -443,7 +443,7 @@ func SchemaKeys() []SchemaKey {
 			walk(f, joinPath(path, name))
 		}
 	}
-	walk(schema, "")
+	walk(schema(), "")
 	sort.Slice(out, func(i, j int) bool { return out[i].Path < out[j].Path })
 	return out
 }

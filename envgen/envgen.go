@@ -23,13 +23,15 @@ import (
 //go:embed env.yml.tmpl
 var templateText string
 
-var tmpl = template.Must(template.New("env.yml").Funcs(template.FuncMap{
-	"indent": indentLines,
-	// Replaced per execution by the overrides' methods.
-	"has":   func(string) bool { return false },
-	"entry": func(string, int) (string, error) { return "", nil },
-	"items": func(string, int) (string, error) { return "", nil },
-}).Parse(templateText))
+var tmpl = sync.OnceValue(func() *template.Template {
+	return template.Must(template.New("env.yml").Funcs(template.FuncMap{
+		"indent": indentLines,
+		// Replaced per execution by the overrides' methods.
+		"has":   func(string) bool { return false },
+		"entry": func(string, int) (string, error) { return "", nil },
+		"items": func(string, int) (string, error) { return "", nil },
+	}).Parse(templateText))
+})
 
 // Options configure Generate.
 type Options struct {
@@ -133,7 +135,7 @@ func Generate(ctx context.Context, opts Options) ([]byte, error) {
 	}
 
 	var buf bytes.Buffer
-	t, err := tmpl.Clone()
+	t, err := tmpl().Clone()
 	if err != nil {
 		return nil, err
 	}

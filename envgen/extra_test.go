@@ -111,7 +111,7 @@ func TestExtraEveryKey(t *testing.T) {
 			}
 		}
 	}
-	emit(extraSchema, "")
+	emit(extraSchema(), "")
 	data, err := quick(t, Options{Domain: "ecs.example.org", Extra: []byte(b.String()), ExtraFile: "every.yml"})
 	if err != nil {
 		t.Fatalf("%v\nextra:\n%s", err, b.String())

@@ -12,6 +12,7 @@ import (
 	"io"
 	"os"
 	"strings"
+	"sync"
 	"text/template"
 	"time"
 
@@ -34,7 +35,8 @@ type ovfParams struct {
 
 // rasd elements are in alphabetical order, as the CIM schema's sequence
 // requires.
-var ovfTemplate = template.Must(template.New("ovf").Funcs(template.FuncMap{"x": xmlEscape}).Parse(`<?xml version="1.0" encoding="UTF-8"?>
+var ovfTemplate = sync.OnceValue(func() *template.Template {
+	return template.Must(template.New("ovf").Funcs(template.FuncMap{"x": xmlEscape}).Parse(`<?xml version="1.0" encoding="UTF-8"?>
 <Envelope xmlns="http://schemas.dmtf.org/ovf/envelope/1" xmlns:cim="http://schemas.dmtf.org/wbem/wscim/1/common" xmlns:ovf="http://schemas.dmtf.org/ovf/envelope/1" xmlns:rasd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_ResourceAllocationSettingData" xmlns:vmw="http://www.vmware.com/schema/ovf" xmlns:vssd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_VirtualSystemSettingData" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance">
   <References>
     <File ovf:href="{{x .DiskFile}}" ovf:id="file1" ovf:size="{{.DiskFileSize}}"/>
@@ -118,6 +120,7 @@ var ovfTemplate = template.Must(template.New("ovf").Funcs(template.FuncMap{"x": 
   </VirtualSystem>
 </Envelope>
 `))
+})
 
 func xmlEscape(s string) string {
 	var b strings.Builder
@@ -127,7 +130,7 @@ func xmlEscape(s string) string {
 
 func renderOVF(p ovfParams) ([]byte, error) {
 	var b bytes.Buffer
-	if err := ovfTemplate.Execute(&b, p); err != nil {
+	if err := ovfTemplate().Execute(&b, p); err != nil {
 		return nil, err
 	}
 	return b.Bytes(), nil

@@ -14,6 +14,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
@@ -47,7 +48,7 @@ type DebianImage struct {
 	Ports      []int    `yaml:"ports"`
 }
 
-var pkgNameRe = regexp.MustCompile(`^[a-z0-9][a-z0-9+.-]+$`)
+var pkgNameRe = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[a-z0-9][a-z0-9+.-]+$`) })
 
 // Debian image defaults.
 const (
@@ -63,7 +64,7 @@ func (d *DebianImage) check(f string) []FieldError {
 	if d.Mirror == "" {
 		d.Mirror = DefaultDebianMirror
 	}
-	if !pkgNameRe.MatchString(d.Suite) {
+	if !pkgNameRe().MatchString(d.Suite) {
 		errs = append(errs, fieldErr(f+".suite", "%q is not a suite codename", d.Suite))
 	}
 	if !strings.HasPrefix(d.Mirror, "http://") && !strings.HasPrefix(d.Mirror, "https://") && !strings.HasPrefix(d.Mirror, "file:/") {
@@ -73,7 +74,7 @@ func (d *DebianImage) check(f string) []FieldError {
 		errs = append(errs, fieldErr(f+".packages", "required: the packages the image runs"))
 	}
 	for i, p := range d.Packages {
-		if !pkgNameRe.MatchString(p) {
+		if !pkgNameRe().MatchString(p) {
 			errs = append(errs, fieldErr(fmt.Sprintf("%s.packages[%d]", f, i), "%q is not a package name", p))
 		}
 	}

@@ -7,6 +7,7 @@ import (
 	"path"
 	"regexp"
 	"strings"
+	"sync"
 
 	"github.com/ecs-image/ecs-image/contract"
 )
@@ -54,7 +55,7 @@ type StackProxy struct {
 	Port int    `yaml:"port"`
 }
 
-var locationRe = regexp.MustCompile(`^/[A-Za-z0-9._~/-]*$`)
+var locationRe = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^/[A-Za-z0-9._~/-]*$`) })
 
 // Type implements Provisioner.
 func (*Stack) Type() string { return "stack" }
@@ -65,7 +66,7 @@ func (s *Stack) Check(dir string) []FieldError {
 	if s.Project == "" {
 		s.Project = "ecs"
 	}
-	if !serviceNameRe.MatchString(s.Project) {
+	if !serviceNameRe().MatchString(s.Project) {
 		errs = append(errs, fieldErr("project", "%q: want letters, digits, - and _", s.Project))
 	}
 	s.images = &Containers{Images: s.Images, Dir: s.Dir}
@@ -102,7 +103,7 @@ func (s *Stack) Check(dir string) []FieldError {
 	for i, p := range s.Proxies {
 		f := fmt.Sprintf("proxies[%d]", i)
 		switch {
-		case !locationRe.MatchString(p.Path) || p.Path == "/" || strings.Contains(p.Path, ".."):
+		case !locationRe().MatchString(p.Path) || p.Path == "/" || strings.Contains(p.Path, ".."):
 			errs = append(errs, fieldErr(f+".path", "%q: want an absolute URL path other than /", p.Path))
 		case seen[p.Path]:
 			errs = append(errs, fieldErr(f+".path", "%q is listed twice", p.Path))
@@ -118,7 +119,7 @@ func (s *Stack) Check(dir string) []FieldError {
 	return errs
 }
 
-var serviceNameRe = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]*$`)
+var serviceNameRe = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[a-z0-9][a-z0-9_-]*$`) })
 
 func (s *Stack) bakedTags() map[string]bool {
 	baked := map[string]bool{}

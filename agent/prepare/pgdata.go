@@ -6,6 +6,7 @@ import (
 	"path"
 	"regexp"
 	"strings"
+	"sync"
 
 	"github.com/ecs-image/ecs-image/contract"
 )
@@ -14,7 +15,7 @@ import (
 // de_DE.utf8), used when the image generated it (/etc/locale.gen).
 const DBLocale = "de_DE.UTF-8"
 
-var dataDirRE = regexp.MustCompile(`(?m)^[ \t]*data_directory[ \t]*=[ \t]*'([^']*)'.*$`)
+var dataDirRE = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`(?m)^[ \t]*data_directory[ \t]*=[ \t]*'([^']*)'.*$`) })
 
 // pgDataDir moves the cluster configured in confDir
 // (/etc/postgresql/<version>/main) to /data/postgresql/<version>/main, on
@@ -27,7 +28,7 @@ func (a *Agent) pgDataDir(ctx context.Context, confDir string) (bool, error) {
 	target := path.Join(contract.PostgreSQLDir, version, "main")
 	confFile := confDir + "/postgresql.conf"
 	conf, err := a.Host.ReadFile(confFile)
-	m := dataDirRE.FindSubmatchIndex(conf)
+	m := dataDirRE().FindSubmatchIndex(conf)
 	if err != nil || m == nil {
 		a.logf("prepare-appliance/postgresql: no data_directory in %s; the cluster stays where it is", confFile)
 		return false, nil
