@@ -70,7 +70,7 @@ require (
 	github.com/pkg/xattr v0.4.12 // indirect
 	github.com/skip2/go-qrcode v0.0.0-20200617195104-da1b6568686e
 	github.com/spf13/pflag v1.1.0
-	github.com/ulikunitz/xz v0.5.15 // indirect
+	github.com/ulikunitz/xz v0.5.17
 	golang.org/x/crypto v0.59.0
 	golang.org/x/sync v0.22.0 // indirect
 	golang.org/x/sys v0.50.0

@@ -76,7 +76,7 @@ func TestDynamicCLIAsHelper(t *testing.T) {
 	dep := "kernel/fs/ext4/ext4.ko:\nkernel/drivers/block/virtio_blk.ko:\nkernel/drivers/virtio/virtio_pci.ko:\n"
 	mods := map[string]string{"kernel/fs/ext4/ext4.ko": "e", "kernel/drivers/block/virtio_blk.ko": "b", "kernel/drivers/virtio/virtio_pci.ko": "p"}
 	out := filepath.Join(t.TempDir(), "slim.img")
-	if err := writeSlimInitrd(out, testInitrd(t, dep, mods), h); err != nil {
+	if err := writeSlimInitrd(out, testInitrd(t, dep, mods), h, true); err != nil {
 		t.Fatal(err)
 	}
 	files := initrdFiles(t, out)

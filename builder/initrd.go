@@ -10,8 +10,9 @@ package builder
 // (/ecs-modules), /dev/console, and ecs-image as /ecs-offline-helper (with
 // its loader and libraries when it is dynamically linked: helperlibs.go). The
 // helper loads the modules itself (finit_module), so no modprobe, libc or
-// udev is needed. When the initrd cannot be read (an unknown compression,
-// compressed modules, a module missing) the caller falls back to the whole
+// udev is needed. Compressed modules (.ko.xz, .ko.zst, .ko.gz: Debian 13)
+// are stored decompressed where the caller allows them. When the initrd cannot be read (an unknown
+// compression, a module missing) the caller falls back to the whole
 // initrd with ecs-image appended.
 
 import (
@@ -28,6 +29,7 @@ import (
 	"strings"
 
 	"github.com/klauspost/compress/zstd"
+	"github.com/ulikunitz/xz"
 )
 
 // slimModules are the drivers the helper needs, by module name
@@ -51,12 +53,17 @@ var errUnsupportedInitrd = errors.New("unsupported initrd")
 // writeSlimInitrd writes the slim initrd for baseInitrd with h as the
 // helper. It returns errUnsupportedInitrd (wrapped) when the caller should
 // use the whole initrd instead.
-func writeSlimInitrd(out, baseInitrd string, h *helperProgram, extra ...string) error {
+//
+// Compressed modules are taken (decompressed) only with compressed set:
+// the offline helper sets it for a dynamically linked ecs-image, which
+// cannot use the whole-initrd fallback (offline.go); otherwise such an
+// initrd keeps to the fallback.
+func writeSlimInitrd(out, baseInitrd string, h *helperProgram, compressed bool, extra ...string) error {
 	files, err := readInitrd(baseInitrd)
 	if err != nil {
 		return err
 	}
-	order, err := moduleOrder(files, extra...)
+	order, err := moduleOrder(files, compressed, extra...)
 	if err != nil {
 		return err
 	}
@@ -64,13 +71,15 @@ func writeSlimInitrd(out, baseInitrd string, h *helperProgram, extra ...string) 
 	w := newCpio(&buf)
 	w.mkdirs("dev/console")
 	w.device("dev/console", 0o020600, 5, 1)
-	for _, m := range order {
-		w.mkdirs(m)
-		w.file(m, 0o644, files[m])
-	}
 	var list strings.Builder
 	for _, m := range order {
-		list.WriteString("/" + m + "\n")
+		name, data, err := decompressModule(m, files[m])
+		if err != nil {
+			return err
+		}
+		w.mkdirs(name)
+		w.file(name, 0o644, data)
+		list.WriteString("/" + name + "\n")
 	}
 	w.file(strings.TrimPrefix(modulesList, "/"), 0o644, []byte(list.String()))
 	if err := h.write(w); err != nil {
@@ -85,7 +94,7 @@ func writeSlimInitrd(out, baseInitrd string, h *helperProgram, extra ...string) 
 
 // moduleOrder resolves slimModules and the extra modules with their
 // dependencies from the initrd's modules.dep, dependencies first.
-func moduleOrder(files map[string][]byte, extra ...string) ([]string, error) {
+func moduleOrder(files map[string][]byte, compressed bool, extra ...string) ([]string, error) {
 	var depFile, dir string
 	for name := range files {
 		if path.Base(name) == "modules.dep" {
@@ -125,7 +134,7 @@ func moduleOrder(files map[string][]byte, extra ...string) ([]string, error) {
 			}
 		}
 		full := path.Join(dir, mod)
-		if !strings.HasSuffix(mod, ".ko") {
+		if c, ok := moduleCompression(mod); !ok || (c != "" && !compressed) {
 			return fmt.Errorf("%w: compressed module %s", errUnsupportedInitrd, mod)
 		}
 		if _, ok := files[full]; !ok {
@@ -147,6 +156,53 @@ func moduleOrder(files map[string][]byte, extra ...string) ([]string, error) {
 		}
 	}
 	return order, nil
+}
+
+// moduleCompression returns the compression suffix of a module file
+// (".ko": none; ".ko.xz", ".ko.zst", ".ko.gz" as kmod writes them).
+func moduleCompression(p string) (string, bool) {
+	for _, ext := range []string{".ko", ".ko.xz", ".ko.zst", ".ko.gz"} {
+		if strings.HasSuffix(p, ext) {
+			return strings.TrimPrefix(ext, ".ko"), true
+		}
+	}
+	return "", false
+}
+
+// decompressModule returns a module file decompressed (finit_module takes
+// a plain ELF object from the helper) and its name without the suffix.
+func decompressModule(p string, data []byte) (string, []byte, error) {
+	comp, _ := moduleCompression(p)
+	name := strings.TrimSuffix(p, comp)
+	var r io.Reader
+	switch comp {
+	case "":
+		return p, data, nil
+	case ".xz":
+		xr, err := xz.NewReader(bytes.NewReader(data))
+		if err != nil {
+			return "", nil, fmt.Errorf("%w: %s: %v", errUnsupportedInitrd, p, err)
+		}
+		r = xr
+	case ".zst":
+		zr, err := zstd.NewReader(bytes.NewReader(data))
+		if err != nil {
+			return "", nil, fmt.Errorf("%w: %s: %v", errUnsupportedInitrd, p, err)
+		}
+		defer zr.Close()
+		r = zr
+	case ".gz":
+		zr, err := gzip.NewReader(bytes.NewReader(data))
+		if err != nil {
+			return "", nil, fmt.Errorf("%w: %s: %v", errUnsupportedInitrd, p, err)
+		}
+		r = zr
+	}
+	out, err := io.ReadAll(io.LimitReader(r, 256<<20))
+	if err != nil {
+		return "", nil, fmt.Errorf("%w: %s: %v", errUnsupportedInitrd, p, err)
+	}
+	return name, out, nil
 }
 
 // moduleName is a module's name as modprobe knows it: "kernel/fs/ext4/

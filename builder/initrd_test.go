@@ -3,10 +3,14 @@ package builder
 import (
 	"bytes"
 	"compress/gzip"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/klauspost/compress/zstd"
+	"github.com/ulikunitz/xz"
 )
 
 // testInitrd writes an initrd like initramfs-tools makes: an uncompressed
@@ -58,7 +62,7 @@ func TestSlimInitrd(t *testing.T) {
 	exe := filepath.Join(t.TempDir(), "helper")
 	os.WriteFile(exe, []byte("helper binary"), 0o755)
 	out := filepath.Join(t.TempDir(), "slim.img")
-	if err := writeSlimInitrd(out, base, &helperProgram{Exe: exe}); err != nil {
+	if err := writeSlimInitrd(out, base, &helperProgram{Exe: exe}, false); err != nil {
 		t.Fatal(err)
 	}
 	files, err := readInitrd(out)
@@ -97,7 +101,7 @@ func TestSlimInitrd(t *testing.T) {
 
 	// A module the VMs need is missing: the caller must fall back.
 	delete(mods, "kernel/fs/ext4/ext4.ko")
-	if err := writeSlimInitrd(out, testInitrd(t, dep, mods), &helperProgram{Exe: exe}); err == nil || !strings.Contains(err.Error(), "ext4.ko is not in the initrd") {
+	if err := writeSlimInitrd(out, testInitrd(t, dep, mods), &helperProgram{Exe: exe}, false); err == nil || !strings.Contains(err.Error(), "ext4.ko is not in the initrd") {
 		t.Errorf("missing module: %v", err)
 	}
 }
@@ -113,18 +117,97 @@ func TestSlimInitrdReal(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	order, err := moduleOrder(files)
+	order, err := moduleOrder(files, true)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Logf("%d files read, load order %v", len(files), order)
-	for _, m := range []string{"/virtio_blk.ko", "/ext4.ko"} {
+	for _, m := range []string{"virtio_blk", "ext4"} {
 		found := false
 		for _, o := range order {
-			found = found || strings.HasSuffix(o, m)
+			found = found || moduleName(o) == m
 		}
 		if !found {
 			t.Errorf("%s not in the load order", m)
 		}
+	}
+	// The slim initrd holds the modules as plain ELF objects.
+	exe := filepath.Join(t.TempDir(), "helper")
+	os.WriteFile(exe, []byte("helper binary"), 0o755)
+	out := filepath.Join(t.TempDir(), "slim.img")
+	if err := writeSlimInitrd(out, p, &helperProgram{Exe: exe}, true); err != nil {
+		t.Fatal(err)
+	}
+	data, _ := os.ReadFile(out)
+	slim := map[string][]byte{}
+	if err := readCpio(&countReader{r: bytes.NewReader(data)}, slim, func(string) bool { return true }); err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for name, b := range slim {
+		if strings.HasSuffix(name, ".ko") {
+			n++
+			if !bytes.HasPrefix(b, []byte("\x7fELF")) {
+				t.Errorf("%s is not an ELF object", name)
+			}
+		}
+	}
+	t.Logf("slim initrd: %d KiB, %d modules", len(data)>>10, n)
+}
+
+// TestSlimInitrdCompressedModules: Debian 13 compresses modules (.ko.xz);
+// the slim initrd stores them decompressed, listed without the suffix.
+func TestSlimInitrdCompressedModules(t *testing.T) {
+	xzed := func(s string) string {
+		var b bytes.Buffer
+		w, err := xz.WriterConfig{CheckSum: xz.CRC32}.NewWriter(&b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		w.Write([]byte(s))
+		w.Close()
+		return b.String()
+	}
+	zsted := func(s string) string {
+		enc, _ := zstd.NewWriter(nil)
+		return string(enc.EncodeAll([]byte(s), nil))
+	}
+	dep := "kernel/fs/ext4/ext4.ko.xz: kernel/fs/jbd2/jbd2.ko.zst\nkernel/fs/jbd2/jbd2.ko.zst:\n" +
+		"kernel/drivers/block/virtio_blk.ko.xz:\nkernel/drivers/virtio/virtio_pci.ko.xz:\n"
+	mods := map[string]string{
+		"kernel/fs/ext4/ext4.ko.xz":              xzed("ELF ext4"),
+		"kernel/fs/jbd2/jbd2.ko.zst":             zsted("ELF jbd2"),
+		"kernel/drivers/block/virtio_blk.ko.xz":  xzed("ELF virtio_blk"),
+		"kernel/drivers/virtio/virtio_pci.ko.xz": xzed("ELF virtio_pci"),
+	}
+	exe := filepath.Join(t.TempDir(), "helper")
+	os.WriteFile(exe, []byte("helper binary"), 0o755)
+	out := filepath.Join(t.TempDir(), "slim.img")
+	if err := writeSlimInitrd(out, testInitrd(t, dep, mods), &helperProgram{Exe: exe}, false); !errors.Is(err, errUnsupportedInitrd) {
+		t.Errorf("compressed modules not allowed: %v", err)
+	}
+	if err := writeSlimInitrd(out, testInitrd(t, dep, mods), &helperProgram{Exe: exe}, true); err != nil {
+		t.Fatal(err)
+	}
+	data, _ := os.ReadFile(out)
+	files := map[string][]byte{}
+	if err := readCpio(&countReader{r: bytes.NewReader(data)}, files, func(string) bool { return true }); err != nil {
+		t.Fatal(err)
+	}
+	d := "usr/lib/modules/6.1.0-9-amd64/"
+	for name, want := range map[string]string{"kernel/fs/ext4/ext4.ko": "ELF ext4", "kernel/fs/jbd2/jbd2.ko": "ELF jbd2", "kernel/drivers/block/virtio_blk.ko": "ELF virtio_blk"} {
+		if got := string(files[d+name]); got != want {
+			t.Errorf("%s: %q, want %q", name, got, want)
+		}
+	}
+	list := string(files["ecs-modules"])
+	if strings.Contains(list, ".xz") || strings.Contains(list, ".zst") || !strings.Contains(list, "/"+d+"kernel/fs/jbd2/jbd2.ko\n/"+d+"kernel/fs/ext4/ext4.ko\n") {
+		t.Errorf("module list:\n%s", list)
+	}
+
+	// A corrupt compressed module: the caller falls back.
+	mods["kernel/fs/ext4/ext4.ko.xz"] = "not xz"
+	if err := writeSlimInitrd(out, testInitrd(t, dep, mods), &helperProgram{Exe: exe}, true); !errors.Is(err, errUnsupportedInitrd) {
+		t.Errorf("corrupt module: %v", err)
 	}
 }

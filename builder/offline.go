@@ -207,7 +207,7 @@ func (r *offlineRun) run(ctx context.Context) error {
 // runWith is run with the given helper program.
 func (r *offlineRun) runWith(ctx context.Context, helper *helperProgram) error {
 	initrd := filepath.Join(r.WorkDir, "helper-initrd.img")
-	if err := writeSlimInitrd(initrd, r.Boot.initrd(), helper); err != nil {
+	if err := writeSlimInitrd(initrd, r.Boot.initrd(), helper, len(helper.Libs) > 0); err != nil {
 		if !errors.Is(err, errUnsupportedInitrd) {
 			return err
 		}

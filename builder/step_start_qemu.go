@@ -57,7 +57,7 @@ func (s *stepStartQEMU) Run(ctx context.Context, state multistep.StateBag) multi
 		cfg.ExtraArgs = []string{"-vga", "none"}
 		if helper, err := helperBinary(); err != nil {
 			b.log.Debugf("the image's own initrd: %v", err)
-		} else if err := writeSlimInitrd(filepath.Join(sr.dir, "boot-initrd.img"), sr.kernel.initrd(), helper, bootModules...); err != nil {
+		} else if err := writeSlimInitrd(filepath.Join(sr.dir, "boot-initrd.img"), sr.kernel.initrd(), helper, false, bootModules...); err != nil {
 			b.log.Debugf("the image's own initrd: %v", err)
 		} else {
 			cfg.Initrd = filepath.Join(sr.dir, "boot-initrd.img")
