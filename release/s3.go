@@ -302,3 +302,13 @@ func (t *S3Target) List(ctx context.Context, sub string) ([]ObjectInfo, error) {
 	}
 	return out, nil
 }
+
+// ReadPrefix returns the first n bytes of key (fewer when it is shorter).
+func (t *S3Target) ReadPrefix(ctx context.Context, key string, n int64) ([]byte, error) {
+	out, err := t.client.GetObject(ctx, &s3.GetObjectInput{Bucket: &t.bucket, Key: aws.String(t.key(key)), Range: aws.String(fmt.Sprintf("bytes=0-%d", n-1))})
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", t.key(key), err)
+	}
+	defer out.Body.Close()
+	return io.ReadAll(io.LimitReader(out.Body, n))
+}

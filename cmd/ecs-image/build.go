@@ -263,11 +263,18 @@ stage's parent, definition and uploaded files' content.`,
 }
 
 var cacheLsCmd = &cobra.Command{
-	Use:     "ls",
-	Short:   "List cached stages",
-	Example: `  ecs-image cache ls`,
-	Args:    exactArgs(0),
+	Use:   "ls",
+	Short: "List cached stages",
+	Example: `  ecs-image cache ls
+  ecs-image cache ls --remote    # $ECS_IMAGE_CACHE_REMOTE`,
+	Args: exactArgs(0),
 	RunE: func(cmd *cobra.Command, args []string) error {
+		if t, err := cacheRemote(cmd); err != nil || t != nil {
+			if err != nil {
+				return err
+			}
+			return cacheLsRemote(cmd, t)
+		}
 		c := builder.DefaultStageCache()
 		ents, err := c.List()
 		if err != nil {
@@ -299,6 +306,7 @@ var cacheLsCmd = &cobra.Command{
 var cachePruneFlags struct {
 	all       bool
 	olderThan time.Duration
+	keep      int
 }
 
 var cachePruneCmd = &cobra.Command{
@@ -306,18 +314,37 @@ var cachePruneCmd = &cobra.Command{
 	Short: "Remove stages not used recently (and the stages built on them)",
 	Long: `Remove cached stages not used within --older-than (default 168h), or all
 with --all, together with every stage built on a removed one, and the work
-directories of builds that are no longer running.`,
+directories of builds that are no longer running.
+
+With --remote (the shared stage cache of --cache-remote s3://bucket/prefix,
+default $ECS_IMAGE_CACHE_REMOTE) it is pruned instead: objects uploaded before
+--older-than, beyond the --keep newest of each template's stage, unreadable
+ones, and every object built on a removed one. A build re-uploads a stage
+it needs that was pruned.`,
 	Example: `  ecs-image cache prune
   ecs-image cache prune --older-than 24h
-  ecs-image cache prune --all`,
+  ecs-image cache prune --all
+  ecs-image cache prune --cache-remote s3://ci-cache/ecs-image --older-than 720h --keep 3`,
 	Args: exactArgs(0),
 	RunE: func(cmd *cobra.Command, args []string) error {
 		if cachePruneFlags.olderThan < 0 {
 			return badInputf("--older-than: must not be negative")
 		}
+		if cachePruneFlags.keep < 0 {
+			return badInputf("--keep: must not be negative")
+		}
 		before := time.Now().Add(-cachePruneFlags.olderThan)
 		if cachePruneFlags.all {
 			before = time.Now().Add(time.Hour)
+		}
+		if t, err := cacheRemote(cmd); err != nil || t != nil {
+			if err != nil {
+				return err
+			}
+			return cachePruneRemote(cmd, t, before, cachePruneFlags.keep)
+		}
+		if cachePruneFlags.keep != 0 {
+			return badInputf("--keep: only with --remote")
 		}
 		removed, err := builder.DefaultStageCache().Prune(before)
 		var freed int64
@@ -347,6 +374,9 @@ func init() {
 	buildCmd.Flags().StringVar(&buildFlags.accel, "accel", "", "accelerator: auto, kvm or tcg (default: the template's)")
 	cachePruneCmd.Flags().BoolVar(&cachePruneFlags.all, "all", false, "remove every cached stage")
 	cachePruneCmd.Flags().DurationVar(&cachePruneFlags.olderThan, "older-than", 7*24*time.Hour, "remove stages not used for this long")
+	cachePruneCmd.Flags().IntVar(&cachePruneFlags.keep, "keep", 0, "with --remote: keep only the N newest objects of each template's stage (0: no limit)")
+	addRemoteFlags(cacheLsCmd)
+	addRemoteFlags(cachePruneCmd)
 	cacheCmd.AddCommand(cacheLsCmd, cachePruneCmd)
 	rootCmd.AddCommand(validateCmd, buildCmd, cacheCmd)
 	badInputCheckers = append(badInputCheckers, builder.IsTemplateError, formats.IsDriverError)
