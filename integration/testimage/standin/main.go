@@ -270,6 +270,19 @@ func web() error {
 	if err := os.MkdirAll(vaultDir, 0o755); err != nil {
 		return err
 	}
+	mux := webMux(db)
+	errc := make(chan error, 2)
+	for _, addr := range []string{":" + env("PORT", "5000"), ":1717"} {
+		go func(addr string) {
+			log.Printf("web %s listening on %s", version(), addr)
+			errc <- (&http.Server{Addr: addr, Handler: mux, ReadHeaderTimeout: 10 * time.Second}).ListenAndServe()
+		}(addr)
+	}
+	return <-errc
+}
+
+// webMux is the web stand-in's handler.
+func webMux(db *sql.DB) *http.ServeMux {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path != "/" {
@@ -370,14 +383,7 @@ func web() error {
 		w.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(w).Encode(list)
 	})
-	errc := make(chan error, 2)
-	for _, addr := range []string{":" + env("PORT", "5000"), ":1717"} {
-		go func(addr string) {
-			log.Printf("web %s listening on %s", version(), addr)
-			errc <- (&http.Server{Addr: addr, Handler: mux, ReadHeaderTimeout: 10 * time.Second}).ListenAndServe()
-		}(addr)
-	}
-	return <-errc
+	return mux
 }
 
 var safeName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
@@ -446,6 +452,10 @@ func smtpd(addr string) error {
 		return err
 	}
 	log.Printf("smtpd %s listening on %s", version(), addr)
+	return serveSMTP(ln, db)
+}
+
+func serveSMTP(ln net.Listener, db *sql.DB) error {
 	for {
 		c, err := ln.Accept()
 		if err != nil {
