@@ -99,7 +99,7 @@ func lookTool(name string) (string, error) {
 // dir, the given buckets) on a loopback port and returns its endpoint, with
 // AWS credentials set in the environment. It stops with the test.
 // Install: go install github.com/versity/versitygw/cmd/versitygw@v1.8.0
-func VersityGW(t *testing.T, buckets ...string) string {
+func VersityGW(t testing.TB, buckets ...string) string {
 	t.Helper()
 	bin := Tool(t, "versitygw", "go install github.com/versity/versitygw/cmd/versitygw@v1.8.0")
 	l, err := net.Listen("tcp", "127.0.0.1:0")

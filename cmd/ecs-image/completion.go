@@ -12,6 +12,8 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/ecs-image/ecs-image/builder"
+
 	"github.com/spf13/cobra"
 	"go.yaml.in/yaml/v3"
 
@@ -44,7 +46,7 @@ func registerCompletions() {
 		flag(rootCmd, "log-level", fixed([]string{"trace", "debug", "info", "warn", "error"}, none))
 		flag(rootCmd, "log-format", fixed([]string{"text", "json"}, none))
 
-		for _, c := range []*cobra.Command{find("validate"), find("build")} {
+		for _, c := range []*cobra.Command{find("validate"), find("build"), find("plan")} {
 			c.ValidArgsFunction = templateArgs
 		}
 		build := find("build")
@@ -52,6 +54,7 @@ func registerCompletions() {
 		flag(build, "accel", fixed([]string{"auto", "kvm", "tcg"}, none))
 		flag(build, "set", setCompletion)
 		flag(build, "output", dirCompletion)
+		flag(build, "cache-remote-mode", fixed(builder.RemoteModes, none))
 
 		convert := find("convert")
 		convert.ValidArgsFunction = fileArgs("qcow2")
