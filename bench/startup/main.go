@@ -1,0 +1,196 @@
+// Command startup measures what it costs to start the ecs-image CLI, side
+// by side with /bin/true (the floor of any process) and cloud-localds (the
+// tool a user would otherwise run for a seed): `ecs-image version`, and
+// `ecs-image cidata` of one seed per process.
+//
+//	go run ./bench/startup [-runs 200] [-ecs-image bin/ecs-image]
+//
+// The commands run round-robin, so that load from other jobs falls on all
+// of them alike; each row gives the median and minimum wall time and the
+// median CPU time (user+system of the child), which is the steadier number
+// on a loaded machine. `make bench` runs it through BenchmarkStartup.
+package main
+
+import (
+	"bytes"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"text/tabwriter"
+	"time"
+)
+
+// Config selects what the comparison runs.
+type Config struct {
+	Runs     int    // runs of each command
+	ECSImage string // ecs-image binary; "" builds one as `make build` does
+	EnvFile  string // env.yml for the cidata rows (default: cidata/testdata/env.yml)
+	Out      io.Writer
+}
+
+// Row is one command's measurements.
+type Row struct {
+	Name string
+	Wall time.Duration // median
+	Min  time.Duration // minimum wall time
+	CPU  time.Duration // median user+system of the process (and its children)
+}
+
+// Result holds the rows, in the order printed.
+type Result struct{ Rows []Row }
+
+// Get returns the row named name.
+func (r *Result) Get(name string) Row {
+	for _, row := range r.Rows {
+		if row.Name == name {
+			return row
+		}
+	}
+	return Row{}
+}
+
+// Row names.
+const (
+	True    = "/bin/true"
+	Version = "ecs-image version"
+	CIData  = "ecs-image cidata (one seed)"
+	Localds = "cloud-localds (one seed)"
+)
+
+func main() {
+	cfg := Config{Out: os.Stdout}
+	flag.IntVar(&cfg.Runs, "runs", 200, "runs of each command")
+	flag.StringVar(&cfg.ECSImage, "ecs-image", "", `ecs-image binary ("" builds one with make build's flags)`)
+	flag.StringVar(&cfg.EnvFile, "env", "", "env.yml for the cidata rows (default: cidata/testdata/env.yml)")
+	flag.Parse()
+	if _, err := Run(cfg); err != nil {
+		fmt.Fprintln(os.Stderr, "startup bench:", err)
+		os.Exit(1)
+	}
+}
+
+// Run performs the comparison and prints the table to cfg.Out.
+func Run(cfg Config) (*Result, error) {
+	if cfg.Runs <= 0 {
+		return nil, errors.New("-runs must be positive")
+	}
+	work, err := os.MkdirTemp("", "startup-bench-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(work)
+	bin := cfg.ECSImage
+	if bin == "" {
+		if bin, err = buildECSImage(work); err != nil {
+			return nil, err
+		}
+	}
+	envFile, err := findEnv(cfg.EnvFile)
+	if err != nil {
+		return nil, err
+	}
+	meta := filepath.Join(work, "meta-data")
+	if err := os.WriteFile(meta, []byte("instance-id: iid-bench\nlocal-hostname: seed.example.org\n"), 0o600); err != nil {
+		return nil, err
+	}
+	cmds := []struct {
+		name string
+		argv []string
+	}{
+		{True, []string{"/bin/true"}},
+		{Version, []string{bin, "version"}},
+		{CIData, []string{bin, "--log-level", "warn", "cidata", "-e", envFile, "-o", filepath.Join(work, "go.iso")}},
+	}
+	if p, err := exec.LookPath("cloud-localds"); err == nil {
+		cmds = append(cmds, struct {
+			name string
+			argv []string
+		}{Localds, []string{p, filepath.Join(work, "cl.iso"), envFile, meta}})
+	} else {
+		fmt.Fprintln(cfg.Out, "note: cloud-localds not installed (apt-get install cloud-image-utils genisoimage); its row is skipped")
+	}
+	walls := make([][]time.Duration, len(cmds))
+	cpus := make([][]time.Duration, len(cmds))
+	for r := -1; r < cfg.Runs; r++ { // r == -1 warms the page cache
+		for i, c := range cmds {
+			cmd := exec.Command(c.argv[0], c.argv[1:]...)
+			var stderr bytes.Buffer
+			cmd.Stderr = &stderr
+			start := time.Now()
+			if err := cmd.Run(); err != nil {
+				return nil, fmt.Errorf("%s: %v: %s", c.name, err, strings.TrimSpace(stderr.String()))
+			}
+			wall := time.Since(start)
+			if r >= 0 {
+				walls[i] = append(walls[i], wall)
+				cpus[i] = append(cpus[i], cmd.ProcessState.UserTime()+cmd.ProcessState.SystemTime())
+			}
+		}
+	}
+	res := &Result{}
+	for i, c := range cmds {
+		slices.Sort(walls[i])
+		slices.Sort(cpus[i])
+		res.Rows = append(res.Rows, Row{Name: c.name, Wall: walls[i][len(walls[i])/2], Min: walls[i][0], CPU: cpus[i][len(cpus[i])/2]})
+	}
+	res.print(cfg)
+	return res, nil
+}
+
+func (res *Result) print(cfg Config) {
+	load, _ := os.ReadFile("/proc/loadavg")
+	fmt.Fprintf(cfg.Out, "\nCLI start-up: %d runs each, round-robin; load average %s\n", cfg.Runs, strings.Join(strings.Fields(string(load))[:min(3, len(strings.Fields(string(load))))], " "))
+	tw := tabwriter.NewWriter(cfg.Out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "command\tmedian wall\tmin wall\tmedian CPU\tover /bin/true (median wall)")
+	fmt.Fprintln(tw, "-------\t-----------\t--------\t----------\t----------------------------")
+	base := res.Rows[0]
+	for _, r := range res.Rows {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", r.Name, ms(r.Wall), ms(r.Min), ms(r.CPU), ms(r.Wall-base.Wall))
+	}
+	tw.Flush()
+	if l := res.Get(Localds); l.Wall > 0 {
+		c := res.Get(CIData)
+		fmt.Fprintf(cfg.Out, "ecs-image cidata / cloud-localds: %.2f× median wall, %.2f× min wall, %.2f× CPU\n",
+			float64(c.Wall)/float64(l.Wall), float64(c.Min)/float64(l.Min), float64(c.CPU)/float64(max(l.CPU, 1)))
+	}
+	fmt.Fprintln(cfg.Out)
+}
+
+func ms(d time.Duration) string { return fmt.Sprintf("%.2f ms", float64(d)/float64(time.Millisecond)) }
+
+// findEnv returns file, or the cidata package's test env.yml found from
+// the working directory.
+func findEnv(file string) (string, error) {
+	if file != "" {
+		return file, nil
+	}
+	for _, c := range []string{"cidata/testdata/env.yml", "../../cidata/testdata/env.yml"} {
+		if _, err := os.Stat(c); err == nil {
+			return filepath.Abs(c)
+		}
+	}
+	return "", errors.New("cidata/testdata/env.yml not found (run from the module root or pass -env)")
+}
+
+// buildECSImage builds ./cmd/ecs-image as `make build` does (static,
+// trimmed, stripped: the size of the binary matters here).
+func buildECSImage(dir string) (string, error) {
+	gomod, err := exec.Command("go", "env", "GOMOD").Output()
+	if err != nil {
+		return "", err
+	}
+	bin := filepath.Join(dir, "ecs-image")
+	cmd := exec.Command("go", "build", "-trimpath", "-ldflags", "-s -w", "-o", bin, "./cmd/ecs-image")
+	cmd.Dir = filepath.Dir(strings.TrimSpace(string(gomod)))
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("go build ./cmd/ecs-image: %v\n%s", err, out)
+	}
+	return bin, nil
+}
