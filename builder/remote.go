@@ -15,6 +15,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/klauspost/compress/zstd"
 	"github.com/sirupsen/logrus"
 
 	"github.com/ecs-image/ecs-image/qemuimg"
@@ -40,9 +41,9 @@ const (
 // RemoteModes are the valid remote cache modes.
 var RemoteModes = []string{RemoteRead, RemoteWrite, RemoteReadWrite}
 
-// RemoteObject is the object key of a stage in a remote store: one tar of
-// stage.json, disk.qcow2 and boot/.
-func RemoteObject(key string) string { return "stages/" + key + ".tar" }
+// RemoteObject is the object key of a stage in a remote store: one
+// zstd-compressed tar of stage.json (first), disk.qcow2 and boot/.
+func RemoteObject(key string) string { return "stages/" + key + ".tar.zst" }
 
 // remoteCache is a build's view of the remote store.
 type remoteCache struct {
@@ -235,9 +236,19 @@ func hashFile(p string) (string, int64, error) {
 	return hex.EncodeToString(h.Sum(nil)), n, nil
 }
 
-// tarStage writes stage.json, disk.qcow2 and boot/* of a cache entry.
-func tarStage(w io.Writer, dir string) error {
-	tw := tar.NewWriter(w)
+// tarStage writes stage.json, disk.qcow2 and boot/* of a cache entry as a
+// zstd-compressed tar.
+func tarStage(w io.Writer, dir string) (err error) {
+	zw, err := zstd.NewWriter(w, zstd.WithEncoderLevel(zstd.SpeedFastest))
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if cerr := zw.Close(); err == nil {
+			err = cerr
+		}
+	}()
+	tw := tar.NewWriter(zw)
 	names := []string{"stage.json", "disk.qcow2"}
 	if ents, err := os.ReadDir(filepath.Join(dir, "boot")); err == nil {
 		names = append(names, "boot/")
@@ -284,7 +295,12 @@ func untarStage(obj, dir string) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
-	tr := tar.NewReader(f)
+	zr, err := zstd.NewReader(f)
+	if err != nil {
+		return fmt.Errorf("zstd: %v", err)
+	}
+	defer zr.Close()
+	tr := tar.NewReader(zr)
 	for {
 		h, err := tr.Next()
 		if err == io.EOF {

@@ -3,11 +3,13 @@ package builder
 import (
 	"archive/tar"
 	"context"
+	"crypto/rand"
 	"encoding/json"
 	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -15,6 +17,7 @@ import (
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
+	"github.com/klauspost/compress/zstd"
 	"github.com/sirupsen/logrus"
 	logtest "github.com/sirupsen/logrus/hooks/test"
 
@@ -65,7 +68,8 @@ func testCache(t *testing.T) (*StageCache, string, string) {
 }
 
 // addStage commits an overlay stage on parentDisk with size bytes of data.
-// createOpts are extra qemu-img create options of the disk (-o ...).
+// createOpts are extra qemu-img create options of the disk (-o ...), or
+// "random=MiB": that much random data.
 func addStage(t *testing.T, c *StageCache, work string, e *StageEntry, parentDisk string, boot bool, createOpts ...string) {
 	t.Helper()
 	dir, err := os.MkdirTemp(work, "stage-")
@@ -73,7 +77,18 @@ func addStage(t *testing.T, c *StageCache, work string, e *StageEntry, parentDis
 		t.Fatal(err)
 	}
 	disk := filepath.Join(dir, "disk.qcow2")
-	if _, err := qemuimg.Run(context.Background(), append(append([]string{"create", "-q", "-f", "qcow2"}, createOpts...), "-b", parentDisk, "-F", "qcow2", disk)...); err != nil {
+	if len(createOpts) == 1 && strings.HasPrefix(createOpts[0], "random=") {
+		// An overlay of random (incompressible) data.
+		n, _ := strconv.Atoi(strings.TrimPrefix(createOpts[0], "random="))
+		raw := filepath.Join(dir, "random.raw")
+		data := make([]byte, n<<20)
+		rand.Read(data)
+		os.WriteFile(raw, data, 0o644)
+		if _, err := qemuimg.Run(context.Background(), "convert", "-f", "raw", "-O", "qcow2", "-B", parentDisk, "-F", "qcow2", raw, disk); err != nil {
+			t.Fatal(err)
+		}
+		os.Remove(raw)
+	} else if _, err := qemuimg.Run(context.Background(), append(append([]string{"create", "-q", "-f", "qcow2"}, createOpts...), "-b", parentDisk, "-F", "qcow2", disk)...); err != nil {
 		t.Fatal(err)
 	}
 	if boot {
@@ -322,7 +337,9 @@ func TestUntarStageRefusesOtherEntries(t *testing.T) {
 }
 
 func writeTar(t *testing.T, w io.Writer, name string) {
-	tw := tar.NewWriter(w)
+	zw, _ := zstd.NewWriter(w)
+	defer zw.Close()
+	tw := tar.NewWriter(zw)
 	if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: name, Mode: 0o644, Size: 1}); err != nil {
 		t.Fatal(err)
 	}
@@ -357,8 +374,8 @@ func TestRemoteCacheInterruptedUploadLeavesNoObject(t *testing.T) {
 	f := newRemoteFixture(t)
 	ctx := context.Background()
 	a, base, work := testCache(t)
-	// A 96 MiB disk: multipart (6 parts of 16 MiB).
-	addStage(t, a, work, &StageEntry{Key: keyS1, Parent: keyBase, Name: "s1", BootFrom: keyS1}, base, true, "-o", "preallocation=full,extended_l2=on", "-o", "size=96M")
+	// 64 MiB of random data: multipart (5 parts of 16 MiB).
+	addStage(t, a, work, &StageEntry{Key: keyS1, Parent: keyBase, Name: "s1", BootFrom: keyS1}, base, true, "random=64")
 	r, hook := testRemote(cancelOnMultipart{f.store, f.client}, RemoteWrite)
 	r.push(ctx, a, work, keyS1)
 	if w := warnings(hook); len(w) != 1 || !strings.Contains(w[0], "uploading") {
@@ -483,7 +500,8 @@ func TestBuildFromRemoteCacheOnly(t *testing.T) {
 	}
 }
 
-// BenchmarkRemoteCacheTransfer pushes and fetches a 512 MiB stage through
+// BenchmarkRemoteCacheTransfer pushes and fetches a 512 MiB stage (half
+// random, half zeros; the rate counts the disk file's size) through
 // versitygw and reports both rates (MB/s); pack/hash/unpack/inspect are in
 // them.
 func BenchmarkRemoteCacheTransfer(b *testing.B) {
@@ -507,9 +525,15 @@ func benchTransfer(b *testing.B) {
 	work, _ := a.WorkDir()
 	sdir, _ := os.MkdirTemp(work, "s")
 	disk := filepath.Join(sdir, "disk.qcow2")
-	if _, err := qemuimg.Run(ctx, "create", "-q", "-f", "qcow2", "-o", "preallocation=full,extended_l2=on", "-b", base, "-F", "qcow2", disk, "512M"); err != nil {
+	raw := filepath.Join(dir, "data.raw")
+	// Half random (incompressible), half zeros.
+	data := make([]byte, 512<<20)
+	rand.Read(data[:256<<20])
+	os.WriteFile(raw, data, 0o644)
+	if _, err := qemuimg.Run(ctx, "convert", "-f", "raw", "-O", "qcow2", "-B", base, "-F", "qcow2", raw, disk); err != nil {
 		b.Fatal(err)
 	}
+	os.Remove(raw)
 	if err := a.Commit(sdir, &StageEntry{Key: keyS1, Parent: keyBase, Name: "s1", Backing: base}); err != nil {
 		b.Fatal(err)
 	}

@@ -12,6 +12,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/klauspost/compress/zstd"
 	"github.com/spf13/cobra"
 
 	"github.com/ecs-image/ecs-image/builder"
@@ -38,7 +39,7 @@ func listRemote(ctx context.Context, t *release.S3Target) ([]*remoteEntry, error
 	}
 	var out []*remoteEntry
 	for _, o := range objs {
-		if !strings.HasSuffix(o.Key, ".tar") {
+		if !strings.HasSuffix(o.Key, ".tar.zst") {
 			continue
 		}
 		e := &remoteEntry{Object: o.Key, Size: o.Size, Uploaded: o.Modified}
@@ -57,7 +58,12 @@ func readRemoteEntry(ctx context.Context, t *release.S3Target, key string, e *bu
 	if err != nil {
 		return err
 	}
-	tr := tar.NewReader(bytes.NewReader(head))
+	zr, err := zstd.NewReader(bytes.NewReader(head))
+	if err != nil {
+		return err
+	}
+	defer zr.Close()
+	tr := tar.NewReader(zr)
 	h, err := tr.Next()
 	if err != nil || h.Name != "stage.json" {
 		return fmt.Errorf("no stage.json first")
@@ -145,7 +151,7 @@ func cacheLsRemote(cmd *cobra.Command, t *release.S3Target) error {
 	for _, e := range ents {
 		total += e.Size
 		if e.Err != nil {
-			fmt.Fprintf(w, "%s\t?\t?\t%.0fM\t%s\tunreadable: %v\n", strings.TrimSuffix(strings.TrimPrefix(e.Object, "stages/"), ".tar"), float64(e.Size)/(1<<20), e.Uploaded.Local().Format("2006-01-02 15:04"), e.Err)
+			fmt.Fprintf(w, "%s\t?\t?\t%.0fM\t%s\tunreadable: %v\n", strings.TrimSuffix(strings.TrimPrefix(e.Object, "stages/"), ".tar.zst"), float64(e.Size)/(1<<20), e.Uploaded.Local().Format("2006-01-02 15:04"), e.Err)
 			continue
 		}
 		parent := e.Parent
@@ -172,7 +178,7 @@ func cachePruneRemote(cmd *cobra.Command, t *release.S3Target, before time.Time,
 		}
 		n++
 		freed += e.Size
-		fmt.Fprintf(cmd.OutOrStdout(), "removed %s (%s/%s)\n", strings.TrimSuffix(strings.TrimPrefix(e.Object, "stages/"), ".tar")[:12], e.Template, e.Name)
+		fmt.Fprintf(cmd.OutOrStdout(), "removed %s (%s/%s)\n", strings.TrimSuffix(strings.TrimPrefix(e.Object, "stages/"), ".tar.zst")[:12], e.Template, e.Name)
 	}
 	fmt.Fprintf(cmd.ErrOrStderr(), "removed %d stages from %s, freed %.0f MiB\n", n, t, float64(freed)/(1<<20))
 	return nil

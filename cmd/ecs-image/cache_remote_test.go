@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/klauspost/compress/zstd"
 	"github.com/spf13/cobra"
 
 	"github.com/ecs-image/ecs-image/builder"
@@ -22,7 +23,8 @@ func putStageObject(t *testing.T, st *release.S3Target, e builder.StageEntry) {
 	t.Helper()
 	file := filepath.Join(t.TempDir(), "o.tar")
 	f, _ := os.Create(file)
-	tw := tar.NewWriter(f)
+	zw, _ := zstd.NewWriter(f)
+	tw := tar.NewWriter(zw)
 	data, _ := json.Marshal(e)
 	for _, x := range []struct {
 		name string
@@ -32,6 +34,7 @@ func putStageObject(t *testing.T, st *release.S3Target, e builder.StageEntry) {
 		tw.Write(x.data)
 	}
 	tw.Close()
+	zw.Close()
 	f.Close()
 	fi, _ := os.Stat(file)
 	if err := st.Put(context.Background(), builder.RemoteObject(e.Key), file, "0", fi.Size()); err != nil {
