@@ -83,6 +83,20 @@ func (r *remoteCache) fetch(ctx context.Context, c *StageCache, work, key, paren
 	if r == nil || !r.read || r.down {
 		return nil
 	}
+	// A HEAD first, bounded: a miss costs no more, and a remote that does
+	// not answer stops the build for remoteTimeout at most.
+	hctx, cancel := context.WithTimeout(ctx, remoteTimeout)
+	_, _, ok, err := r.store.Digest(hctx, RemoteObject(key))
+	cancel()
+	if err != nil {
+		if ctx.Err() == nil {
+			r.fail(err)
+		}
+		return nil
+	}
+	if !ok {
+		return nil
+	}
 	dir, err := os.MkdirTemp(work, "remote-")
 	if err != nil {
 		r.log.Warnf("remote cache: %v", err)
