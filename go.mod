@@ -12,11 +12,7 @@ require (
 	software.sslmate.com/src/go-pkcs12 v0.7.4
 )
 
-require (
-	github.com/cpuguy83/go-md2man/v2 v2.0.7 // indirect
-	github.com/russross/blackfriday/v2 v2.1.0 // indirect
-	gotest.tools/v3 v3.5.2 // indirect
-)
+require gotest.tools/v3 v3.5.2 // indirect
 
 require (
 	github.com/ProtonMail/go-crypto v1.5.2

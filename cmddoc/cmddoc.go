@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
-	"github.com/spf13/cobra/doc"
 )
 
 // Command returns the hidden command `__gendocs DIR` for root: it writes
@@ -65,8 +64,7 @@ func Write(root *cobra.Command, dir, source string, date time.Time) error {
 	root.InitDefaultHelpCmd()
 	root.InitDefaultCompletionCmd()
 	root.DisableAutoGenTag = true
-	hdr := &doc.GenManHeader{Section: "1", Source: source, Manual: root.Name() + " manual", Date: &date}
-	if err := doc.GenManTree(root, hdr, man); err != nil {
+	if err := manTree(root, man, source, root.Name()+" manual", date); err != nil {
 		return fmt.Errorf("man pages: %v", err)
 	}
 	for _, c := range []struct {

@@ -42,3 +42,26 @@ func TestWrite(t *testing.T) {
 		t.Errorf("undated: %v", err)
 	}
 }
+
+func TestManPage(t *testing.T) {
+	root := &cobra.Command{Use: "tool", Short: "A tool"}
+	sub := &cobra.Command{Use: "run", Short: "Run", Example: "  tool run", Run: func(*cobra.Command, []string) {},
+		Long: "First \\ paragraph\n.starts with a dot.\n\nTable:\n  a   one\n  b   two"}
+	sub.Flags().BoolP("fast", "f", false, "go fast")
+	root.AddCommand(sub)
+	page := string(manPage(sub, "tool 1", "tool manual", time.Date(2026, 1, 2, 0, 0, 0, 0, time.UTC)))
+	for _, w := range []string{
+		`.TH "TOOL-RUN" "1" "Jan 2026" "tool 1" "tool manual"`,
+		"tool-run \\- Run\n",
+		"First \\e paragraph\n\\&.starts with a dot.\n",
+		".PP\n.nf\nTable:\n  a   one\n  b   two\n.fi\n",
+		"\\fB-f\\fP, \\fB--fast\\fP[=false]\n.RS\ngo fast\n.RE\n",
+		"\\fB-h\\fP, \\fB--help\\fP",
+		".SH EXAMPLE\n",
+		".SH SEE ALSO\n\\fBtool(1)\\fP\n",
+	} {
+		if !strings.Contains(page, w) {
+			t.Errorf("page lacks %q:\n%s", w, page)
+		}
+	}
+}
