@@ -259,7 +259,8 @@ var cacheCmd = &cobra.Command{
 	Short: "Inspect and prune the builder's stage cache",
 	Long: `The builder caches every stage of every build as a qcow2 overlay under
 $ECS_IMAGE_CACHE/stages (default ~/.cache/ecs-image/stages), keyed by the
-stage's parent, definition and uploaded files' content.`,
+stage's parent, definition and uploaded files' content. With --remote, ls
+and prune work on the stage cache shared on S3 ('build --cache-remote').`,
 }
 
 var cacheLsCmd = &cobra.Command{
