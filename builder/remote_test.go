@@ -498,6 +498,29 @@ func TestBuildFromRemoteCacheOnly(t *testing.T) {
 	if _, err := qemuimg.Inspect(ctx, art.Files[0].Path, qemuimg.Policy{Formats: []string{"qcow2"}}); err != nil {
 		t.Errorf("artifact: %v", err)
 	}
+
+	// B again, all local now, in readwrite mode on an empty prefix: its
+	// local hits are uploaded there; in read mode nothing is.
+	for _, mode := range []string{RemoteRead, RemoteReadWrite} {
+		st2, err := release.NewS3Target(ctx, "cache", "second-"+mode, release.S3Options{Endpoint: f.endpoint})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := Build(ctx, Options{Template: tmplPath, OutputDir: filepath.Join(dir, "out-"+mode), Cache: bc, Log: log, Remote: st2, RemoteMode: mode}); err != nil {
+			t.Fatalf("%s: %v", mode, err)
+		}
+		objs, err := st2.List(ctx, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := 0
+		if mode == RemoteReadWrite {
+			want = 3
+		}
+		if len(objs) != want {
+			t.Errorf("%s: %d objects uploaded, want %d", mode, len(objs), want)
+		}
+	}
 }
 
 // BenchmarkRemoteCacheTransfer pushes and fetches a 512 MiB stage (half
