@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -57,6 +58,21 @@ var buildFlags struct {
 // cacheRemoteEnv sets --cache-remote when the flag is not given (CI).
 const cacheRemoteEnv = "ECS_IMAGE_CACHE_REMOTE"
 
+// remoteOptions checks the --cache-remote flags and sets the build's remote.
+func remoteOptions(cmd *cobra.Command, o *builder.Options, url, mode, endpoint string) error {
+	if !slices.Contains(builder.RemoteModes, mode) {
+		return badInputf("--cache-remote-mode %q: want one of %s", mode, strings.Join(builder.RemoteModes, ", "))
+	}
+	remote, err := openRemote(cmd, url, endpoint)
+	if err != nil {
+		return err
+	}
+	if remote != nil {
+		o.Remote, o.RemoteMode = remote, mode
+	}
+	return nil
+}
+
 // openRemote opens the remote stage cache s3://bucket/prefix ("" and no
 // ECS_IMAGE_CACHE_REMOTE: none). The endpoint is --cache-remote-endpoint,
 // else AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL (path-style addressing).
@@ -76,7 +92,11 @@ func openRemote(cmd *cobra.Command, url, endpoint string) (*release.S3Target, er
 	if endpoint == "" {
 		endpoint = os.Getenv("AWS_ENDPOINT_URL")
 	}
-	t, err := release.OpenTarget(cmd.Context(), url, release.S3Options{Endpoint: endpoint})
+	ctx := cmd.Context()
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	t, err := release.OpenTarget(ctx, url, release.S3Options{Endpoint: endpoint})
 	if err != nil {
 		var re *release.Error
 		if errors.As(err, &re) {
@@ -229,15 +249,8 @@ terminal (stdin must be one).`,
 		if err := parseSet(buildFlags.set, &opts); err != nil {
 			return err
 		}
-		if !slices.Contains(builder.RemoteModes, buildFlags.cacheRemoteMode) {
-			return badInputf("--cache-remote-mode %q: want one of %s", buildFlags.cacheRemoteMode, strings.Join(builder.RemoteModes, ", "))
-		}
-		remote, err := openRemote(cmd, buildFlags.cacheRemote, buildFlags.cacheRemoteEndpoint)
-		if err != nil {
+		if err := remoteOptions(cmd, &opts, buildFlags.cacheRemote, buildFlags.cacheRemoteMode, buildFlags.cacheRemoteEndpoint); err != nil {
 			return err
-		}
-		if remote != nil {
-			opts.Remote, opts.RemoteMode = remote, buildFlags.cacheRemoteMode
 		}
 		if err := onErrorOptions(buildFlags.onError, &opts, cmd.InOrStdin(), cmd.ErrOrStderr()); err != nil {
 			return err

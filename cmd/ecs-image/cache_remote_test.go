@@ -121,3 +121,28 @@ func TestPruneRemoteChildren(t *testing.T) {
 		t.Fatalf("an old parent takes its children: %d removed", len(got))
 	}
 }
+
+func TestBuildCacheRemoteOptions(t *testing.T) {
+	t.Setenv(cacheRemoteEnv, "")
+	for _, c := range [][2]string{
+		{"s3://bucket/prefix", "sometimes"},
+		{"http://bucket/prefix", "read"},
+		{"s3:///prefix", "read"},
+	} {
+		var o builder.Options
+		if err := remoteOptions(buildCmd, &o, c[0], c[1], ""); !isBadInput(err) || o.Remote != nil {
+			t.Errorf("%v: %v, want bad input", c, err)
+		}
+	}
+	var o builder.Options
+	if err := remoteOptions(buildCmd, &o, "", "read", ""); err != nil || o.Remote != nil {
+		t.Errorf("no remote: %v %v", err, o.Remote)
+	}
+	t.Setenv(cacheRemoteEnv, "s3://ci-cache/ecs")
+	t.Setenv("AWS_ACCESS_KEY_ID", "x")
+	t.Setenv("AWS_SECRET_ACCESS_KEY", "y")
+	if err := remoteOptions(buildCmd, &o, "", "read", "http://127.0.0.1:1"); err != nil || o.Remote == nil || o.RemoteMode != "read" ||
+		o.Remote.String() != "s3://ci-cache/ecs" {
+		t.Errorf("from the env: %v %v %q", err, o.Remote, o.RemoteMode)
+	}
+}
