@@ -122,8 +122,8 @@ func TestACMEInGuest(t *testing.T) {
 		t.Errorf("second run:\n%s", j)
 	}
 	// An unreachable CA: exit 1, certificate kept, warning shown.
-	if out, err := c.Output(ctx, "SSL_CERT_FILE=/etc/ecs-it/pebble.pem ecs-agent acme --force --timeout 30s --directory https://pebble.test:1/dir 2>&1", true); err == nil {
-		t.Errorf("acme with an unreachable directory succeeded:\n%s", out)
+	if out, err := c.Output(ctx, "SSL_CERT_FILE=/etc/ecs-it/pebble.pem ecs-agent acme --force --timeout 30s --directory https://pebble.test:1/dir 2>&1", true); err == nil || !strings.Contains(out, "pebble.test:1") {
+		t.Errorf("acme with an unreachable directory: %v, want a failure naming it:\n%s", err, out)
 	}
 	if out := root("ecs-agent status"); !strings.Contains(out, "serving the installed certificate") {
 		t.Errorf("status after a failed renewal:\n%s", out)

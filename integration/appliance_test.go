@@ -179,19 +179,8 @@ func TestAppliance(t *testing.T) {
 		}
 		// The agent does not wait for cloud-init, so the appliance can be
 		// ready before cloud-init's final stage has written its result.
-		run(t, "timeout 600 cloud-init status --wait >/dev/null || true")
-		ds := run(t, "cat /run/cloud-init/result.json")
-		var res struct {
-			V1 struct {
-				Datasource string   `json:"datasource"`
-				Errors     []string `json:"errors"`
-			} `json:"v1"`
-		}
-		if err := json.Unmarshal([]byte(ds), &res); err != nil {
-			t.Fatalf("/run/cloud-init/result.json: %v\n%s", err, ds)
-		}
-		if !strings.Contains(res.V1.Datasource, "NoCloud") || len(res.V1.Errors) != 0 {
-			t.Errorf("cloud-init result: datasource %q, errors %q", res.V1.Datasource, res.V1.Errors)
+		if ds := cloudInitDone(t, context.Background(), ssh); !strings.Contains(ds, "NoCloud") {
+			t.Errorf("cloud-init datasource %q, want NoCloud", ds)
 		}
 		if h := strings.TrimSpace(run(t, "cat /etc/hostname")); h != "a.ecs.test" {
 			t.Errorf("hostname %q", h)
@@ -353,9 +342,10 @@ apparmor_parser -S /etc/apparmor.d/docker-default | cmp -s - /sys/kernel/securit
 				break
 			}
 		}
-		sig := regexp.MustCompile(`(?m)^DKIM-Signature: .*`).FindString(mail)
-		if sig == "" || !strings.Contains(mail, "d=a.ecs.test") || !strings.Contains(mail, "s="+prepare.DKIMSelector) {
-			t.Errorf("no DKIM signature for d=a.ecs.test s=%s in the delivered mail:\n%s\n%s", prepare.DKIMSelector, mail,
+		// The signature verifies against the DNS record env create wrote
+		// for the operator to publish.
+		if msg := verifyDKIM(mail, "a.ecs.test", dkimRecord(t, envA, "a.ecs.test")); msg != "" {
+			t.Errorf("the delivered mail's DKIM signature (d=a.ecs.test s=%s): %s\n%s\n%s", prepare.DKIMSelector, msg, mail,
 				run(t, "journalctl -b --no-pager -q -t opendkim -t postfix/local -t postfix/cleanup | tail -20; true"))
 		}
 	})
@@ -385,23 +375,27 @@ apparmor_parser -S /etc/apparmor.d/docker-default | cmp -s - /sys/kernel/securit
 		if err := os.WriteFile(serverCert, []byte(run(t, "cat /app/etc/server.cert.pem")), 0o644); err != nil {
 			t.Fatal(err)
 		}
-		// Without a client certificate the handshake (or the request) fails.
-		conn, err := tls.Dial("tcp", net.JoinHostPort("127.0.0.1", fmt.Sprint(port)), &tls.Config{InsecureSkipVerify: true})
-		if err == nil {
-			conn.SetDeadline(time.Now().Add(10 * time.Second))
-			fmt.Fprintf(conn, "GET /v1/deployments HTTP/1.1\r\nHost: a.ecs.test\r\n\r\n")
-			buf := make([]byte, 64)
-			n, rerr := conn.Read(buf)
-			conn.Close()
-			if rerr == nil && strings.HasPrefix(string(buf[:n]), "HTTP/1.1 200") {
-				t.Errorf("the deploy API answered 200 without a client certificate")
-			}
+		// Without a client certificate the server ends the handshake with
+		// TLS 1.3's certificate_required alert; a certificate from another
+		// CA, presented anyway, with unknown_ca.
+		addr := net.JoinHostPort("127.0.0.1", fmt.Sprint(port))
+		if err := deployTLSRefusal(addr, nil); err == nil || !strings.Contains(err.Error(), "tls: certificate required") {
+			t.Errorf("without a client certificate: %v, want the TLS alert certificate required", err)
 		}
-		// With a certificate from another CA the command fails.
 		other := newDeployPKI(t, filepath.Join(work, "pki-other"))
-		if _, _, err := ecsImageRun("deploy", fmt.Sprintf("127.0.0.1:%d", port), "-", "--action", "status",
-			"--cert", other.cert, "--key", other.key, "--ca", serverCert, "--server-name", "a.ecs.test"); err == nil {
-			t.Errorf("the deploy API accepted a client certificate from an unknown CA")
+		otherPair, err := tls.LoadX509KeyPair(other.cert, other.key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := deployTLSRefusal(addr, &otherPair); err == nil || !strings.Contains(err.Error(), "tls: unknown certificate authority") {
+			t.Errorf("a client certificate from another CA: %v, want the TLS alert unknown certificate authority", err)
+		}
+		// ecs-image deploy offers only a certificate whose issuer the
+		// server names as acceptable, so with the other CA's it offers
+		// none: exit 1 on certificate_required.
+		if _, e, err := ecsImageRun("deploy", fmt.Sprintf("127.0.0.1:%d", port), "-", "--action", "status",
+			"--cert", other.cert, "--key", other.key, "--ca", serverCert, "--server-name", "a.ecs.test"); exitCode(err) != 1 || !strings.Contains(e, "remote error: tls: certificate required") {
+			t.Errorf("ecs-image deploy with another CA's certificate: %v, want exit 1 on the TLS alert certificate required:\n%s", err, e)
 		}
 		common := []string{"--cert", pki.cert, "--key", pki.key, "--ca", serverCert, "--server-name", "a.ecs.test"}
 		hostArg := fmt.Sprintf("127.0.0.1:%d", port)
@@ -485,8 +479,8 @@ apparmor_parser -S /etc/apparmor.d/docker-default | cmp -s - /sys/kernel/securit
 		}
 		brokenPath := filepath.Join(work, "broken-env.yml")
 		os.WriteFile(brokenPath, broken, 0o600)
-		if _, _, err := ecsImageRun("cidata", "-e", brokenPath, "-o", filepath.Join(work, "refused.iso")); err == nil {
-			t.Error("ecs-image cidata accepted an env.yml without appliance.domain")
+		if _, e, err := ecsImageRun("cidata", "-e", brokenPath, "-o", filepath.Join(work, "refused.iso")); exitCode(err) != 2 || !strings.Contains(e, "appliance.domain: is required but missing") {
+			t.Errorf("ecs-image cidata on an env.yml without appliance.domain: %v, want exit 2 naming the key:\n%s", err, e)
 		}
 		seed := filepath.Join(work, "broken-seed.iso")
 		if err := cidata.Write(seed, cidata.Options{UserData: broken, UserDataName: "broken env.yml", Raw: true, Hostname: "broken"}); err != nil {
@@ -552,6 +546,28 @@ func checkChrootStages(t *testing.T, tmplPath, manifest string) {
 	if n == 0 {
 		t.Errorf("the ci variant has no mode: chroot stage; the template changed?")
 	}
+}
+
+// deployTLSRefusal connects to the deploy API at addr presenting cert (none
+// when nil, and cert even when the server does not name its issuer as
+// acceptable), sends a request and returns the error that ends the
+// exchange: the server's TLS alert, or nil when it answered.
+func deployTLSRefusal(addr string, cert *tls.Certificate) error {
+	conn, err := tls.Dial("tcp", addr, &tls.Config{InsecureSkipVerify: true,
+		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+			if cert == nil {
+				return &tls.Certificate{}, nil
+			}
+			return cert, nil
+		}})
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(10 * time.Second))
+	fmt.Fprintf(conn, "GET /v1/deployments HTTP/1.1\r\nHost: a.ecs.test\r\n\r\n")
+	_, err = conn.Read(make([]byte, 64))
+	return err
 }
 
 func sec(d time.Duration) string {

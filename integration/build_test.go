@@ -177,7 +177,9 @@ func bootBuiltImage(t *testing.T, img, marker string) {
 	t.Helper()
 	g := bootBase(t, bootOptions{Name: "built-it", Image: img, Timeout: 25 * time.Minute, User: "tester", SSHTimeout: 15 * time.Minute})
 	ctx, c, key := g.Ctx, g.C, g.Key
-	c.Output(ctx, "cloud-init status --wait", false)
+	if ds := cloudInitDone(t, ctx, c); !strings.Contains(ds, "NoCloud") {
+		t.Errorf("cloud-init datasource %q, want NoCloud (the test's seed)", ds)
+	}
 	check := func(cmd, want string) {
 		t.Helper()
 		out, err := c.Output(ctx, cmd, true)

@@ -100,6 +100,11 @@ func TestBuildChroot(t *testing.T) {
 			t.Errorf("%s: got %q (%v), want %q", cmd, strings.TrimSpace(out), err, want)
 		}
 	}
+	// cloud-init on the chroot-built image (whose machine-id and instance
+	// state the build reset) runs again and ends cleanly, from our seed.
+	if ds := cloudInitDone(t, ctx, c); !strings.Contains(ds, "NoCloud") {
+		t.Errorf("cloud-init datasource %q, want NoCloud (the test's seed)", ds)
+	}
 	check("cat /etc/ecs-build-marker", marker)
 	check("cat /etc/ecs-build-uid", "0")
 	// The chroot saw the image's own hostname, not the build host's.

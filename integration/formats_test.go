@@ -38,9 +38,11 @@ func cmdRun(t *testing.T, dir string, env []string, name string, args ...string)
 	return string(out)
 }
 
-// TestFormatsBootRawVMDK converts the base image to raw and vmdk and boots
-// each with `ecs-image test` until cloud-init has finished.
-func TestFormatsBootRawVMDK(t *testing.T) {
+// TestFormatsBoot converts the base image to raw, vmdk, ova and vhdx and
+// boots raw, the OVA (whose disk is the vmdk output, byte for byte: one
+// boot covers both) and vhdx with `ecs-image test`, unmodified, until
+// cloud-init has finished.
+func TestFormatsBoot(t *testing.T) {
 	base := baseImage(t)
 	dir := t.TempDir()
 	in := filepath.Join(dir, "base.qcow2")
@@ -49,13 +51,28 @@ func TestFormatsBootRawVMDK(t *testing.T) {
 	}
 	out := filepath.Join(dir, "out")
 	os.Mkdir(out, 0o755)
-	ecsImage(t, "convert", in, "-f", "raw,vmdk", "-d", out)
-	for _, f := range []string{"base.raw", "base.vmdk"} {
-		t.Run(f, func(t *testing.T) {
-			p := filepath.Join(out, f)
-			rep := ecsImage(t, "test", p, "--no-https", "--memory", "1024", "--timeout", "12m",
+	ecsImage(t, "convert", in, "-f", "raw,vmdk,ova,vhdx", "-d", out)
+	x := filepath.Join(dir, "ova")
+	os.Mkdir(x, 0o755)
+	cmdRun(t, x, nil, "tar", "-xf", filepath.Join(out, "base.ova"))
+	if got, want := fileSHA256(t, filepath.Join(x, "base-disk1.vmdk")), fileSHA256(t, filepath.Join(out, "base.vmdk")); got != want {
+		t.Fatalf("the OVA's disk differs from the vmdk output (%s vs %s): booting the OVA does not cover the vmdk", got, want)
+	}
+	os.RemoveAll(x)
+	for _, tc := range []struct{ file, format string }{{"base.raw", "raw"}, {"base.ova", "ova/vmdk"}, {"base.vhdx", "vhdx"}} {
+		t.Run(tc.file, func(t *testing.T) {
+			p := filepath.Join(out, tc.file)
+			rep := ecsImage(t, "test", p, "--json", "--no-https", "--memory", "1024", "--timeout", "12m",
 				"--ready-marker", `Cloud-init v\. \S+ finished at`)
-			t.Logf("ecs-image test %s:\n%s", f, rep)
+			var r struct {
+				Format string `json:"format"`
+				State  string `json:"state"`
+				OK     bool   `json:"ok"`
+			}
+			if err := json.Unmarshal([]byte(rep), &r); err != nil || !r.OK || r.State != "ready" || r.Format != tc.format {
+				t.Errorf("ecs-image test %s: %v, want ok, ready, format %s:\n%s", tc.file, err, tc.format, rep)
+			}
+			t.Logf("ecs-image test %s:\n%s", tc.file, rep)
 		})
 	}
 }
@@ -281,8 +298,11 @@ func TestFormatsVagrantLibvirt(t *testing.T) {
 	box := filepath.Join(dir, "ecs-dev.libvirt.box")
 	ecsImage(t, "convert", img, "-f", "vagrant-libvirt", "--variant", "dev", "--memory", "1024", "-o", box)
 	// Production variants never get a box.
-	if _, _, err := ecsImageRun("convert", img, "-f", "vagrant-libvirt", "--variant", "production", "-o", box+".prod"); err == nil {
-		t.Fatal("convert made a Vagrant box for a production variant")
+	if _, e, err := ecsImageRun("convert", img, "-f", "vagrant-libvirt", "--variant", "production", "-o", box+".prod"); exitCode(err) != 2 || !strings.Contains(e, `not from variant "production"`) {
+		t.Fatalf("convert -f vagrant-libvirt --variant production: %v, want exit 2 naming the variant:\n%s", err, e)
+	}
+	if _, err := os.Stat(box + ".prod"); !os.IsNotExist(err) {
+		t.Errorf("a refused production box was written: %v", err)
 	}
 
 	// Box checks: gzip integrity (Vagrant itself misses corruption) and
@@ -315,8 +335,9 @@ func TestFormatsVagrantLibvirt(t *testing.T) {
 	const boxName = "ecs-it/dev"
 	cmdRun(t, dir, venv, "vagrant", "box", "add", "--name", boxName, "--provider", "libvirt", "--checksum", sum, "--checksum-type", "sha256", box)
 	// A wrong checksum is refused.
-	if _, err := exec.Command("env", append(venv, "vagrant", "box", "add", "--name", "ecs-it/bad", "--provider", "libvirt", "--checksum", strings.Repeat("0", 64), "--checksum-type", "sha256", box)...).CombinedOutput(); err == nil {
-		t.Fatal("vagrant accepted a wrong checksum")
+	if out, err := exec.Command("env", append(venv, "vagrant", "box", "add", "--name", "ecs-it/bad", "--provider", "libvirt", "--checksum", strings.Repeat("0", 64), "--checksum-type", "sha256", box)...).CombinedOutput(); err == nil ||
+		!strings.Contains(string(out), "checksum") || !strings.Contains(string(out), strings.Repeat("0", 64)) || !strings.Contains(string(out), sum) {
+		t.Fatalf("vagrant box add with a wrong checksum: %v, want a checksum mismatch naming both digests:\n%s", err, out)
 	}
 
 	proj := filepath.Join(dir, "project")

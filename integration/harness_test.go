@@ -5,6 +5,7 @@ package integration
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -254,4 +255,33 @@ func (g *bootedGuest) Put(t *testing.T, remote, content string, mode os.FileMode
 	if err := g.C.Upload(g.Ctx, local, remote, communicator.UploadOptions{Mode: mode, Sudo: true}); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// cloudInitDone waits for cloud-init in the guest and fails the test
+// unless it finished cleanly: `cloud-init status --wait` exits 0 with
+// status done, and /run/cloud-init/result.json lists no errors. It returns
+// the datasource cloud-init used.
+func cloudInitDone(t *testing.T, ctx context.Context, c *communicator.Client) string {
+	t.Helper()
+	out, err := c.Output(ctx, "timeout 900 cloud-init status --wait --long; echo \"exit=$?\"", false)
+	if err != nil || !strings.Contains(out, "\nexit=0\n") || !strings.Contains(out, "status: done") {
+		t.Errorf("cloud-init did not finish cleanly (%v):\n%s", err, out)
+	}
+	res, err := c.Output(ctx, "cat /run/cloud-init/result.json", false)
+	if err != nil {
+		t.Errorf("/run/cloud-init/result.json: %v", err)
+		return ""
+	}
+	var r struct {
+		V1 struct {
+			Datasource string   `json:"datasource"`
+			Errors     []string `json:"errors"`
+		} `json:"v1"`
+	}
+	if err := json.Unmarshal([]byte(res), &r); err != nil {
+		t.Errorf("/run/cloud-init/result.json: %v\n%s", err, res)
+	} else if len(r.V1.Errors) != 0 {
+		t.Errorf("cloud-init reported errors: %q", r.V1.Errors)
+	}
+	return r.V1.Datasource
 }
