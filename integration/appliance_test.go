@@ -621,6 +621,11 @@ func prepareTemplate(t *testing.T, dir string) string {
 		t.Fatal(err)
 	}
 	os.Remove(img) // a copy of `make appliance`'s demo image, if any
+	// files/images/ holds only the (gitignored) demo image: a fresh clone
+	// has no such directory.
+	if err := os.MkdirAll(filepath.Dir(img), 0o755); err != nil {
+		t.Fatal(err)
+	}
 	if err := testimage.Build(context.Background(), img, testimage.Options{}); err != nil {
 		t.Fatal(err)
 	}
