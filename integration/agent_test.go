@@ -114,7 +114,7 @@ func TestAgentInGuest(t *testing.T) {
 		"    ignore:\n      data: false\n      volatile: %s\n"
 	put("/app/env.yml", strings.Replace(storageEnv, "%s", "false", 1), 0o600)
 	out, err := c.Output(ctx, "ecs-agent prepare-env 2>&1 && ecs-agent prepare-appliance 2>&1", true)
-	if err == nil || !strings.Contains(out, "appliance.storage.setup is not supported by ecs-agent and is ignored") {
+	if err == nil || !strings.Contains(out, "prepare-env: appliance.storage.setup: not supported by this image") {
 		t.Errorf("prepare-appliance without ecs-volatile: %v\n%s", err, out)
 	}
 	waitSerial("ECS-APPLIANCE-FAILED: prepare-appliance/storage: appliance.storage.ignore.volatile is false, but no filesystem labelled ecs-volatile was found")
