@@ -366,6 +366,41 @@ apparmor_parser -S /etc/apparmor.d/docker-default | cmp -s - /sys/kernel/securit
 		}
 	})
 
+	// appliance.metric unset (env A): none of the baked metric services
+	// runs or listens (issue 17).
+	t.Run("metrics-off-nothing-listens", func(t *testing.T) {
+		out := run(t, "ss -Hltn; systemctl is-active prometheus prometheus-alertmanager prometheus-node-exporter ecs-agent-metrics.timer || true")
+		for _, port := range metricPorts {
+			if strings.Contains(out, port+" ") {
+				t.Errorf("something listens on %s with appliance.metric unset:\n%s", port, out)
+			}
+		}
+		if strings.Contains(out, "\nactive") {
+			t.Errorf("a metric unit is active:\n%s", out)
+		}
+	})
+
+	// Container output reaches the journal through appliance.service,
+	// each line with its container's name (manual §4.7).
+	t.Run("container-logs-in-journal", func(t *testing.T) {
+		names := strings.Fields(run(t, "docker ps --format '{{.Names}}'"))
+		if len(names) == 0 {
+			t.Fatal("no container runs")
+		}
+		journal := run(t, "journalctl -u appliance --no-pager -o cat")
+		prefixed := 0
+		for _, n := range names {
+			lines := regexp.MustCompile(`(?m)^`+regexp.QuoteMeta(n)+`\s+\| `).FindAllString(journal, -1)
+			prefixed += len(lines)
+			if len(lines) == 0 && !regexp.MustCompile(`(?m)^Attaching to .*\b`+regexp.QuoteMeta(n)+`\b`).MatchString(journal) {
+				t.Errorf("container %s is not in journalctl -u appliance", n)
+			}
+		}
+		if prefixed == 0 {
+			t.Errorf("no container output line (NAME | ...) in journalctl -u appliance:\n%s", tail([]byte(journal), 20))
+		}
+	})
+
 	hostKeyA := strings.TrimSpace(run(t, "ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub"))
 	machineIDA := strings.TrimSpace(run(t, "cat /etc/machine-id"))
 
@@ -435,6 +470,7 @@ apparmor_parser -S /etc/apparmor.d/docker-default | cmp -s - /sys/kernel/securit
 	// q35's SATA CD-ROM.
 	t.Run("second-boot-other-env", func(t *testing.T) {
 		envB := makeEnv(t, work, "b.ecs.test", key.AuthorizedKey, pki.caPEM)
+		enableMetrics(t, envB)
 		seedB := filepath.Join(work, "b-seed.iso")
 		ecsImage(t, "cidata", "-e", envB, "-o", seedB)
 		vmB := bootApplianceOn(t, work, "b", artifact, seedB, qemu.MachinePC, qemu.SeedIDE)
@@ -464,6 +500,16 @@ apparmor_parser -S /etc/apparmor.d/docker-default | cmp -s - /sys/kernel/securit
 		if err != nil || status != 200 || !strings.Contains(body, "host=b.ecs.test") {
 			t.Errorf("https://b.ecs.test/: %d %v %q", status, err, body)
 		}
+		runB := func(t *testing.T, cmd string) string {
+			t.Helper()
+			out, err := c.Output(context.Background(), cmd, false)
+			if err != nil {
+				t.Fatalf("%s: %v\n%s", cmd, err, out)
+			}
+			return out
+		}
+		t.Run("metrics", func(t *testing.T) { checkMetrics(t, runB) })
+		t.Run("ssh-key-rotation", func(t *testing.T) { checkSSHRotation(t, vmB, runB, key, envB) })
 	})
 
 	// A broken env.yml: no appliance.domain. `ecs-image cidata` refuses it,
@@ -934,4 +980,113 @@ func TestApplianceInputs(t *testing.T) {
 		t.Errorf("ssh_authorized_keys: %v", keys)
 	}
 	ecsImage(t, "cidata", "-e", p, "-o", filepath.Join(work, "seed.iso"))
+}
+
+// metricPorts are where the metric services listen when enabled.
+var metricPorts = []string{":9100", ":9113", ":9187", ":9256", ":9090", ":9093", ":9094", ":8090"}
+
+// enableMetrics sets appliance.metric.exporter and .server in an env.
+func enableMetrics(t *testing.T, envFile string) {
+	t.Helper()
+	data, err := os.ReadFile(envFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := string(data)
+	if strings.Count(s, "\nappliance:\n") != 1 {
+		t.Fatalf("%s: no single top-level appliance: mapping", envFile)
+	}
+	s = strings.Replace(s, "\nappliance:\n", "\nappliance:\n  metric:\n    exporter: true\n    server: true\n", 1)
+	if err := os.WriteFile(envFile, []byte(s), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// checkMetrics: with appliance.metric.exporter and .server, every exporter
+// answers with its metric families on loopback, Prometheus (on the docker
+// bridge) has every target up, and a rule fires and its mail reaches
+// root's mailbox (issue 17).
+func checkMetrics(t *testing.T, run func(*testing.T, string) string) {
+	families := map[string]string{
+		"127.0.0.1:9100": "node_filesystem_avail_bytes",
+		"127.0.0.1:9113": "nginx_connections_active",
+		"127.0.0.1:9187": "pg_up 1",
+		"127.0.0.1:9256": "namedprocess_namegroup_num_procs",
+	}
+	for addr, fam := range families {
+		out := run(t, "for i in $(seq 60); do curl -fsS http://"+addr+"/metrics && break; sleep 2; done")
+		if !strings.Contains(out, fam) {
+			t.Errorf("http://%s/metrics lacks %s", addr, fam)
+		}
+	}
+	node := run(t, "curl -fsS http://127.0.0.1:9100/metrics")
+	for _, fam := range []string{"appliance_failed 0", "appliance_container_running", "appliance_docker_up 1"} {
+		if !strings.Contains(node, fam) {
+			t.Errorf("node exporter's textfile metrics lack %q", fam)
+		}
+	}
+	if out := run(t, "ss -Hltn"); strings.Contains(out, "0.0.0.0:9100") || strings.Contains(out, "*:9100") || strings.Contains(out, "0.0.0.0:9094") {
+		t.Errorf("an exporter or alertmanager's cluster port listens beyond loopback/bridge:\n%s", out)
+	}
+	// Every target up (Prometheus scrapes every 15 s).
+	targets := run(t, `for i in $(seq 90); do t=$(curl -fsS http://172.17.0.1:9090/api/v1/targets) && `+
+		`[ "$(echo "$t" | jq '[.data.activeTargets[] | select(.health != "up")] | length')" = 0 ] && `+
+		`[ "$(echo "$t" | jq '.data.activeTargets | length')" -ge 6 ] && break; sleep 2; done; echo "$t" | jq -r '.data.activeTargets[] | .labels.job + " " + .health'`)
+	for _, job := range []string{"node", "nginx", "postgres", "process", "prometheus", "alertmanager"} {
+		if !strings.Contains(targets, job+" up") {
+			t.Errorf("target %s not up:\n%s", job, targets)
+		}
+	}
+	// Fill a small filesystem past the threshold: NodeFilesystemFree fires
+	// (for 1m) and Alertmanager mails root through postfix.
+	run(t, "truncate -s 24M /root/fill.img && mkfs.ext4 -q /root/fill.img && mkdir -p /mnt/fill && mount -o loop /root/fill.img /mnt/fill && "+
+		"(dd if=/dev/zero of=/mnt/fill/x bs=1M count=40 2>/dev/null || true)")
+	mail := run(t, `for i in $(seq 150); do grep -q NodeFilesystemFree /var/mail/root 2>/dev/null && break; sleep 2; done; `+
+		`umount /mnt/fill; cat /var/mail/root 2>/dev/null; curl -fsS http://172.17.0.1:9090/api/v1/alerts | jq -r '.data.alerts[] | .labels.alertname + " " + .state'`)
+	if !strings.Contains(mail, "NodeFilesystemFree") || !strings.Contains(mail, "/mnt/fill") {
+		t.Errorf("no NodeFilesystemFree mail for /mnt/fill in root's mailbox:\n%s", mail)
+	}
+	if mem := run(t, "systemctl show -p MemoryCurrent --value prometheus prometheus-alertmanager prometheus-node-exporter prometheus-postgres-exporter prometheus-nginx-exporter prometheus-process-exporter"); mem != "" {
+		var total float64
+		for _, f := range strings.Fields(mem) {
+			if v, err := strconv.ParseFloat(f, 64); err == nil {
+				total += v
+			}
+		}
+		t.Logf("metric services' memory: %.0f MiB (%s)", total/(1<<20), strings.Join(strings.Fields(mem), " "))
+	}
+}
+
+// checkSSHRotation rotates root's key through /app/env.yml (which comes
+// before the seed) and a restart: the new key logs in, the old one is
+// refused (issue 17).
+func checkSSHRotation(t *testing.T, vm *applianceVM, run func(*testing.T, string) string, old *communicator.Key, envFile string) {
+	newKey, err := communicator.GenerateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, err := os.ReadFile(envFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	oldLine := strings.TrimSpace(old.AuthorizedKey)
+	s := strings.Replace(string(data), "\""+oldLine+"\"", "\""+strings.TrimSpace(newKey.AuthorizedKey)+"\"", 1)
+	if s == string(data) {
+		t.Fatal("the old key is not in the env")
+	}
+	s = regexp.MustCompile(`(?m)^ssh_deprecated_keys:.*\n(^\s+(#.*|- .*)\n)*`).ReplaceAllString(s, "")
+	s = strings.Replace(s, "\nappliance:\n", "\nssh_deprecated_keys:\n  - \""+oldLine+"\"\nappliance:\n", 1)
+	run(t, "install -m 0600 /dev/null /app/env.yml.new && cat > /app/env.yml.new <<'ECSEOF'\n"+s+"ECSEOF\nmv /app/env.yml.new /app/env.yml && systemctl restart appliance")
+	vm.waitState(t, "ready")
+	c2, err := communicator.Dial(context.Background(), vm.addr(22), "root", newKey.Signer, 2*time.Minute, vm.m.Done())
+	if err != nil {
+		t.Fatalf("the new key is refused: %v", err)
+	}
+	c2.Close()
+	if c3, err := communicator.Dial(context.Background(), vm.addr(22), "root", old.Signer, 20*time.Second, vm.m.Done()); err == nil {
+		c3.Close()
+		t.Error("the deprecated key still logs in")
+	} else if !strings.Contains(err.Error(), "unable to authenticate") && !strings.Contains(err.Error(), "no supported methods remain") {
+		t.Errorf("the deprecated key: %v, want an authentication failure", err)
+	}
 }
