@@ -380,24 +380,23 @@ apparmor_parser -S /etc/apparmor.d/docker-default | cmp -s - /sys/kernel/securit
 		}
 	})
 
-	// Container output reaches the journal through appliance.service,
-	// each line with its container's name (manual §4.7).
+	// Container output reaches the journal through appliance.service
+	// (docker-compose up in the foreground): every running container is
+	// attached there, and what it prints is prefixed with its name
+	// (manual §4.7). The demo image prints nothing, so only the attach
+	// line is certain.
 	t.Run("container-logs-in-journal", func(t *testing.T) {
 		names := strings.Fields(run(t, "docker ps --format '{{.Names}}'"))
 		if len(names) == 0 {
 			t.Fatal("no container runs")
 		}
 		journal := run(t, "journalctl -u appliance --no-pager -o cat")
-		prefixed := 0
 		for _, n := range names {
-			lines := regexp.MustCompile(`(?m)^`+regexp.QuoteMeta(n)+`\s+\| `).FindAllString(journal, -1)
-			prefixed += len(lines)
-			if len(lines) == 0 && !regexp.MustCompile(`(?m)^Attaching to .*\b`+regexp.QuoteMeta(n)+`\b`).MatchString(journal) {
-				t.Errorf("container %s is not in journalctl -u appliance", n)
+			prefixed := regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(n) + `\s+\| `).MatchString(journal)
+			attached := regexp.MustCompile(`(?m)^Attaching to .*\b` + regexp.QuoteMeta(n) + `\b`).MatchString(journal)
+			if !prefixed && !attached {
+				t.Errorf("container %s is not attached in journalctl -u appliance:\n%s", n, tail([]byte(journal), 20))
 			}
-		}
-		if prefixed == 0 {
-			t.Errorf("no container output line (NAME | ...) in journalctl -u appliance:\n%s", tail([]byte(journal), 20))
 		}
 	})
 
