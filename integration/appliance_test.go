@@ -386,7 +386,7 @@ apparmor_parser -S /etc/apparmor.d/docker-default | cmp -s - /sys/kernel/securit
 	// (manual §4.7). The demo image prints nothing, so only the attach
 	// line is certain.
 	t.Run("container-logs-in-journal", func(t *testing.T) {
-		names := strings.Fields(run(t, "docker ps --format '{{.Names}}'"))
+		names := strings.Fields(run(t, "docker ps --filter label=com.docker.compose.project --format '{{.Names}}'"))
 		if len(names) == 0 {
 			t.Fatal("no container runs")
 		}
