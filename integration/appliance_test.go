@@ -1018,8 +1018,10 @@ func checkMetrics(t *testing.T, run func(*testing.T, string) string) {
 			t.Errorf("http://%s/metrics lacks %s", addr, fam)
 		}
 	}
-	node := run(t, "curl -fsS http://127.0.0.1:9100/metrics")
-	for _, fam := range []string{"appliance_failed 0", "appliance_container_running", "appliance_docker_up 1"} {
+	// ecs-agent metrics collect runs every 30 s: the stack's containers
+	// appear once compose has started them.
+	node := run(t, "for i in $(seq 60); do m=$(curl -fsS http://127.0.0.1:9100/metrics) && echo \"$m\" | grep -q '^appliance_container_running{' && break; sleep 2; done; echo \"$m\"")
+	for _, fam := range []string{"appliance_failed 0", "appliance_container_running{", "appliance_docker_up 1"} {
 		if !strings.Contains(node, fam) {
 			t.Errorf("node exporter's textfile metrics lack %q", fam)
 		}
