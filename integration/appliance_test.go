@@ -392,11 +392,12 @@ apparmor_parser -S /etc/apparmor.d/docker-default | cmp -s - /sys/kernel/securit
 		}
 		journal := run(t, "journalctl -u appliance --no-pager -o cat")
 		for _, n := range names {
-			prefixed := regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(n) + `\s+\| `).MatchString(journal)
-			attached := regexp.MustCompile(`(?m)^Attaching to .*\b` + regexp.QuoteMeta(n) + `\b`).MatchString(journal)
-			if !prefixed && !attached {
+			if !regexp.MustCompile(`(?m)^Attaching to .*\b` + regexp.QuoteMeta(n) + `\b`).MatchString(journal) {
 				t.Errorf("container %s is not attached in journalctl -u appliance:\n%s", n, tail([]byte(journal), 20))
 			}
+		}
+		if !regexp.MustCompile(`(?m)^\S+\s+\| \S`).MatchString(journal) {
+			t.Errorf("no container output line (NAME | ...) in journalctl -u appliance:\n%s", tail([]byte(journal), 20))
 		}
 	})
 
