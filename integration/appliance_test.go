@@ -1003,9 +1003,8 @@ func enableMetrics(t *testing.T, envFile string) {
 }
 
 // checkMetrics: with appliance.metric.exporter and .server, every exporter
-// answers with its metric families on loopback, Prometheus (on the docker
-// bridge) has every target up, and a rule fires and its mail reaches
-// root's mailbox (issue 17).
+// answers with its metric families on loopback only, and Prometheus (on the
+// docker bridge) has every target up, Alertmanager among them (issue 17).
 func checkMetrics(t *testing.T, run func(*testing.T, string) string) {
 	families := map[string]string{
 		"127.0.0.1:9100": "node_filesystem_avail_bytes",
@@ -1017,14 +1016,6 @@ func checkMetrics(t *testing.T, run func(*testing.T, string) string) {
 		out := run(t, "for i in $(seq 60); do curl -fsS http://"+addr+"/metrics && break; sleep 2; done")
 		if !strings.Contains(out, fam) {
 			t.Errorf("http://%s/metrics lacks %s", addr, fam)
-		}
-	}
-	// ecs-agent metrics collect runs every 30 s: the stack's containers
-	// appear once compose has started them.
-	node := run(t, "for i in $(seq 60); do m=$(curl -fsS http://127.0.0.1:9100/metrics) && echo \"$m\" | grep -q '^appliance_container_running{' && break; sleep 2; done; echo \"$m\"")
-	for _, fam := range []string{"appliance_failed 0", "appliance_container_running{", "appliance_docker_up 1"} {
-		if !strings.Contains(node, fam) {
-			t.Errorf("node exporter's textfile metrics lack %q", fam)
 		}
 	}
 	if out := run(t, "ss -Hltn"); strings.Contains(out, "0.0.0.0:9100") || strings.Contains(out, "*:9100") || strings.Contains(out, "0.0.0.0:9094") {
@@ -1039,15 +1030,9 @@ func checkMetrics(t *testing.T, run func(*testing.T, string) string) {
 			t.Errorf("target %s not up:\n%s", job, targets)
 		}
 	}
-	// Fill a small filesystem past the threshold: NodeFilesystemFree fires
-	// (for 1m) and Alertmanager mails root through postfix.
-	run(t, "truncate -s 24M /root/fill.img && mkfs.ext4 -q /root/fill.img && mkdir -p /mnt/fill && mount -o loop /root/fill.img /mnt/fill && "+
-		"(dd if=/dev/zero of=/mnt/fill/x bs=1M count=40 2>/dev/null || true)")
-	mail := run(t, `for i in $(seq 150); do grep -q NodeFilesystemFree /var/mail/root 2>/dev/null && break; sleep 2; done; `+
-		`umount /mnt/fill; cat /var/mail/root 2>/dev/null; curl -fsS http://172.17.0.1:9090/api/v1/alerts | jq -r '.data.alerts[] | .labels.alertname + " " + .state'`)
-	if !strings.Contains(mail, "NodeFilesystemFree") || !strings.Contains(mail, "/mnt/fill") {
-		t.Errorf("no NodeFilesystemFree mail for /mnt/fill in root's mailbox:\n%s", mail)
-	}
+	// The alert rules are unit-tested with promtool (TestAlertRulesFire)
+	// and Alertmanager's configuration with amtool; the textfile
+	// collector's output with promtool check metrics (TestCollectMetrics).
 	if mem := run(t, "systemctl show -p MemoryCurrent --value prometheus prometheus-alertmanager prometheus-node-exporter prometheus-postgres-exporter prometheus-nginx-exporter prometheus-process-exporter"); mem != "" {
 		var total float64
 		for _, f := range strings.Fields(mem) {
