@@ -301,6 +301,21 @@ func (l *lockedWriter) Write(p []byte) (int, error) {
 	return w.Write(p)
 }
 
+// openBackupTarget imports the backup key and prepares the target (see
+// prepareBackupTarget): what a backup and a recover both do first. It
+// returns the key's fingerprint and the target's unmount.
+func (a *Agent) openBackupTarget(ctx context.Context, c *BackupConfig) (string, func(), error) {
+	fpr, err := a.backupKey(ctx, c)
+	if err != nil {
+		return "", nil, err
+	}
+	unmount, err := a.prepareBackupTarget(ctx, c)
+	if err != nil {
+		return "", nil, err
+	}
+	return fpr, unmount, nil
+}
+
 // prepareBackupTarget writes the known_hosts file and mounts the target
 // when configured; the returned function unmounts it.
 func (a *Agent) prepareBackupTarget(ctx context.Context, c *BackupConfig) (func(), error) {
@@ -483,11 +498,7 @@ func (a *Agent) Backup(ctx context.Context, o BackupOptions) (err error) {
 	if files == 0 {
 		return fmt.Errorf("backup refused: %s holds no file", StorageVault)
 	}
-	fpr, err := a.backupKey(ctx, c)
-	if err != nil {
-		return err
-	}
-	unmount, err := a.prepareBackupTarget(ctx, c)
+	fpr, unmount, err := a.openBackupTarget(ctx, c)
 	if err != nil {
 		return err
 	}

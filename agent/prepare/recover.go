@@ -76,11 +76,7 @@ func (a *Agent) Recover(ctx context.Context, o RecoverOptions) error {
 	if err := a.systemctl(ctx, "stop", "appliance.service"); err != nil {
 		return err
 	}
-	fpr, err := a.backupKey(ctx, c)
-	if err != nil {
-		return err
-	}
-	unmount, err := a.prepareBackupTarget(ctx, c)
+	fpr, unmount, err := a.openBackupTarget(ctx, c)
 	if err != nil {
 		return err
 	}
