@@ -29,6 +29,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 
+	"github.com/ecs-image/ecs-image/childproc"
 	"github.com/ecs-image/ecs-image/communicator"
 )
 
@@ -115,9 +116,10 @@ func (s *chrootSession) startExport(ctx context.Context, disk string) error {
 	s.qsd.Stdout, s.qsd.Stderr = &s.qsdErr, &s.qsdErr
 	// Killed with ecs-image, so no FUSE mount outlives the build; unless
 	// the session may be kept (--on-error), when its output goes to a file.
-	s.qsd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM, Setpgid: true}
+	s.qsd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	sig := syscall.SIGTERM
 	if s.detachable {
-		s.qsd.SysProcAttr.Pdeathsig = 0
+		sig = 0
 		f, err := os.OpenFile(filepath.Join(filepath.Dir(s.export), "qemu-storage-daemon.log"), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
 		if err != nil {
 			return err
@@ -125,11 +127,12 @@ func (s *chrootSession) startExport(ctx context.Context, disk string) error {
 		defer f.Close()
 		s.qsd.Stdout, s.qsd.Stderr = f, f
 	}
-	if err := s.qsd.Start(); err != nil {
+	wait, err := childproc.Start(s.qsd, sig)
+	if err != nil {
 		return fmt.Errorf("qemu-storage-daemon: %w", err)
 	}
 	s.qsdDone = make(chan struct{})
-	go func() { s.qsd.Wait(); close(s.qsdDone) }()
+	go func() { wait(); close(s.qsdDone) }()
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		if fi, err := os.Stat(s.export); err == nil && fi.Size() > 0 && isFUSE(s.export) {

@@ -18,6 +18,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/ecs-image/ecs-image/atomicfile"
+	"github.com/ecs-image/ecs-image/childproc"
 )
 
 // Machine is a running QEMU virtual machine.
@@ -663,16 +664,18 @@ func launch(bin string, args []string, detachable bool) (*proc, error) {
 	// Own process group: a terminal's Ctrl-C reaches ecs-image, which
 	// decides how QEMU stops. Pdeathsig: QEMU never outlives ecs-image.
 	// Detachable: it may (Machine.Detach).
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	sig := syscall.SIGKILL
 	if detachable {
-		cmd.SysProcAttr.Pdeathsig = 0
+		sig = 0
 	}
-	if err := cmd.Start(); err != nil {
+	wait, err := childproc.Start(cmd, sig)
+	if err != nil {
 		return nil, err
 	}
 	p.cmd = cmd
 	go func() {
-		p.err = cmd.Wait()
+		p.err = wait()
 		close(p.exited)
 	}()
 	return p, nil

@@ -13,6 +13,9 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
+
+	"github.com/ecs-image/ecs-image/childproc"
 )
 
 // DefaultMaxVirtualSize is the largest virtual disk size Inspect accepts
@@ -161,7 +164,7 @@ func check(ctx context.Context, path, abs, format string) error {
 	cmd := command(ctx, "check", "--output=json", "-U", "-f", format, abs)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	err := cmd.Run()
+	err := childproc.Run(cmd, syscall.SIGKILL)
 	if ctx.Err() != nil {
 		return ctx.Err()
 	}

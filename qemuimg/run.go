@@ -21,18 +21,18 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/ecs-image/ecs-image/childproc"
 	"github.com/ecs-image/ecs-image/progress"
 )
 
 // Binary is the qemu-img executable.
 var Binary = "qemu-img"
 
-// command makes the exec.Cmd for qemu-img args: SIGKILL when ctx ends, and
-// SIGKILL when this process dies, so a killed ecs-image never leaves a
-// qemu-img writing on behind it.
+// command makes the exec.Cmd for qemu-img args: SIGKILL when ctx ends.
+// Started through start or run, it also gets SIGKILL when this process
+// dies, so a killed ecs-image never leaves a qemu-img writing on behind it.
 func command(ctx context.Context, args ...string) *exec.Cmd {
 	cmd := exec.CommandContext(ctx, Binary, args...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGKILL) }
 	cmd.WaitDelay = 10 * time.Second
 	return cmd
@@ -44,7 +44,7 @@ func Run(ctx context.Context, args ...string) ([]byte, error) {
 	cmd := command(ctx, args...)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	err := cmd.Run()
+	err := childproc.Run(cmd, syscall.SIGKILL)
 	if ctx.Err() != nil {
 		return nil, ctx.Err()
 	}
@@ -67,7 +67,8 @@ func RunProgress(ctx context.Context, tr *progress.Tracker, total int64, args ..
 	if err != nil {
 		return err
 	}
-	if err := cmd.Start(); err != nil {
+	wait, err := childproc.Start(cmd, syscall.SIGKILL)
+	if err != nil {
 		return fmt.Errorf("qemu-img (apt-get install qemu-utils): %w", err)
 	}
 	var reported int64
@@ -85,7 +86,7 @@ func RunProgress(ctx context.Context, tr *progress.Tracker, total int64, args ..
 			}
 		}
 	}
-	err = cmd.Wait()
+	err = wait()
 	if ctx.Err() != nil {
 		return ctx.Err()
 	}
