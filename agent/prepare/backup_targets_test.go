@@ -102,7 +102,16 @@ func TestBackupS3(t *testing.T) {
 		t.Fatalf("objects in the bucket: %v", objs)
 	}
 	noPlaintext(t, filepath.Join(store, "backups"), m, "ethics committee vote", "Study "+m)
-	recoverFresh(t, envText, a.snapshot(t), nil)
+	// A new appliance with the same env finds the backup through duplicity
+	// collection-status (no local cache) and stops for its empty database.
+	recoverFresh(t, envText, a.snapshot(t), func(b *appliance) {
+		b.pg.sql(t, "postgres", "CREATE ROLE ecs LOGIN")
+		b.pg.sql(t, "postgres", "CREATE DATABASE ecs OWNER ecs")
+		err := b.checkEmptyDatabase(context.Background(), mustEnv(t, b.Agent))
+		if err == nil || !strings.Contains(err.Error(), "empty database: restore with `ecs-agent recover --yes-i-am-sure` (the backup target boto3+s3://backups/ecs.example.org holds a backup of ") {
+			t.Fatalf("empty-database check against S3: %v", err)
+		}
+	})
 
 	// Unreachable target: a clear failure, recorded; the target keeps the
 	// chain (the same appliance backs up fine afterwards).

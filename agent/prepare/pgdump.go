@@ -127,9 +127,10 @@ func (a *Agent) DumpDatabase(ctx context.Context, db, dest string) (int64, error
 
 // RestoreDatabase replaces database db with the dump at src (an
 // in-appliance path): the database is dropped (connections terminated) and
-// created again, owned by role ecs, and pg_restore loads the dump in one
-// transaction as role ecs (so the application owns every object), stopping
-// at the first error.
+// created again, owned by role ecs with the locale prepare-appliance gives
+// it (DBLocale when the image generates it), and pg_restore loads the dump
+// in one transaction as role ecs (so the application owns every object),
+// stopping at the first error.
 func (a *Agent) RestoreDatabase(ctx context.Context, db, src string) error {
 	f, err := os.Open(a.Host.Path(src))
 	if err != nil {
@@ -138,8 +139,8 @@ func (a *Agent) RestoreDatabase(ctx context.Context, db, src string) error {
 	defer f.Close()
 	sql := fmt.Sprintf(`SELECT 'CREATE ROLE %[1]s LOGIN' WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '%[1]s')\gexec
 DROP DATABASE IF EXISTS %[2]s WITH (FORCE);
-CREATE DATABASE %[2]s OWNER %[1]s TEMPLATE template0 ENCODING 'UTF8';
-`, DBRole, db)
+CREATE DATABASE %[2]s OWNER %[1]s TEMPLATE template0 ENCODING 'UTF8'%[3]s;
+`, DBRole, db, strings.ReplaceAll(a.dbLocaleSQL(), "''", "'"))
 	if _, err := a.psqlQuery(ctx, "postgres", sql); err != nil {
 		return fmt.Errorf("creating an empty database %s: %w", db, err)
 	}
