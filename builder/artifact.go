@@ -3,6 +3,7 @@ package builder
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"time"
 )
 
@@ -56,14 +57,32 @@ type ManifestBase struct {
 
 // StageRecord is one stage of the build.
 type StageRecord struct {
-	Name    string `json:"name"`
-	Key     string `json:"key"`
-	Cached  bool   `json:"cached"`
-	Offline bool   `json:"offline"`
-	// Chroot: its provisioners ran in a chroot on the build host.
-	Chroot bool `json:"chroot,omitempty"`
+	Name   string `json:"name"`
+	Key    string `json:"key"`
+	Cached bool   `json:"cached"`
+	// Mode is how it was built: ModeBoot, ModeChroot or ModeOffline.
+	Mode Mode `json:"mode"`
 	// Merged: applied in the generalisation's helper boot.
 	Merged bool `json:"merged,omitempty"`
+}
+
+// UnmarshalJSON reads a stage of a build manifest; one written before the
+// mode was recorded gets it from its offline and chroot fields.
+func (r *StageRecord) UnmarshalJSON(data []byte) error {
+	type record StageRecord // without this method
+	var v struct {
+		record
+		Offline bool `json:"offline"`
+		Chroot  bool `json:"chroot"`
+	}
+	if err := json.Unmarshal(data, &v); err != nil {
+		return err
+	}
+	*r = StageRecord(v.record)
+	if r.Mode == ModeAuto {
+		r.Mode = legacyMode(!v.Offline && !v.Chroot, v.Chroot)
+	}
+	return nil
 }
 
 func sha256Hex(b []byte) string {

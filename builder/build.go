@@ -101,16 +101,14 @@ type buildState struct {
 
 // stageRun is one stage of the plan being built (state bag key "stage").
 type stageRun struct {
-	stage   *Stage
-	index   int
-	shared  bool
-	key     string
-	parent  string
-	offline bool
-	// chrootMode: the provisioners run in a chroot on the build host.
-	chrootMode bool
-	vars       map[string]string
-	cached     bool
+	stage  *Stage
+	index  int
+	shared bool
+	key    string
+	parent string
+	mode   Mode // ModeBoot, ModeChroot or ModeOffline
+	vars   map[string]string
+	cached bool
 	// merged: applied in the generalise helper run (see buildState.deferred).
 	merged bool
 

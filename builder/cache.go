@@ -49,11 +49,9 @@ type StageEntry struct {
 	Name   string `json:"name"`
 	// Template is the template's name (for humans).
 	Template string `json:"template"`
-	// Booted tells whether the stage ran in a booted VM (false: offline
-	// or in a chroot).
-	Booted bool `json:"booted"`
-	// Chroot tells whether it ran in a chroot on the build host.
-	Chroot bool `json:"chroot,omitempty"`
+	// Mode is how the stage was built: ModeBoot, ModeChroot or
+	// ModeOffline (the generalised disk too).
+	Mode Mode `json:"mode"`
 	// BootFrom is the key of the entry whose boot/ directory holds the
 	// kernel and initrd for this disk.
 	BootFrom string `json:"boot_from,omitempty"`
@@ -68,6 +66,36 @@ type StageEntry struct {
 	Kernel   *KernelInfo `json:"kernel,omitempty"`
 	Size     int64       `json:"size"` // disk file size, filled by List
 	LastUsed time.Time   `json:"-"`
+}
+
+// UnmarshalJSON reads a stage.json; one written before the mode was
+// recorded gets it from its booted and chroot fields.
+func (e *StageEntry) UnmarshalJSON(data []byte) error {
+	type entry StageEntry // without this method
+	var v struct {
+		entry
+		Booted bool `json:"booted"`
+		Chroot bool `json:"chroot"`
+	}
+	if err := json.Unmarshal(data, &v); err != nil {
+		return err
+	}
+	*e = StageEntry(v.entry)
+	if e.Mode == ModeAuto {
+		e.Mode = legacyMode(v.Booted, v.Chroot)
+	}
+	return nil
+}
+
+// legacyMode is the mode recorded as booted/offline and chroot flags.
+func legacyMode(booted, chroot bool) Mode {
+	switch {
+	case booted:
+		return ModeBoot
+	case chroot:
+		return ModeChroot
+	}
+	return ModeOffline
 }
 
 // Path is the directory of key.
@@ -302,8 +330,8 @@ func RootKey(baseDigest string, diskSize int64) string {
 
 // StageKey is hash(parent key, stage definition, content of every file the
 // stage uploads, variables its shell provisioners see, and how it is built:
-// mode is ModeBoot, ModeChroot or modeOffline).
-func StageKey(parent string, s *Stage, vars map[string]string, mode string) (string, error) {
+// mode is ModeBoot, ModeChroot or ModeOffline).
+func StageKey(parent string, s *Stage, vars map[string]string, mode Mode) (string, error) {
 	var provs []string
 	var inputs []string
 	for _, p := range s.Provisioners {
@@ -324,7 +352,7 @@ func StageKey(parent string, s *Stage, vars map[string]string, mode string) (str
 	}
 	k := map[string]any{
 		"v": Version, "parent": parent, "name": s.Name, "provisioners": provs,
-		"inputs": inputs, "vars": vars, "offline": mode == modeOffline,
+		"inputs": inputs, "vars": vars, "offline": mode == ModeOffline,
 	}
 	if mode == ModeChroot {
 		k["chroot"] = true // services enabled but never started: not the booted result

@@ -57,7 +57,7 @@ func planKeys(t *testing.T, dir, text, variant string) []string {
 	for i := range p.Stages {
 		mode := ModeBoot
 		if !p.Stages[i].NeedsBoot() {
-			mode = modeOffline
+			mode = ModeOffline
 		}
 		k, err := StageKey(parent, &p.Stages[i], p.VarsFor(i), mode)
 		if err != nil {
@@ -137,9 +137,9 @@ func TestStageKeysBaseAndOffline(t *testing.T) {
 		t.Fatal(err)
 	}
 	s := &tp.Stages[1]
-	k1, _ := StageKey("base:"+RootKey("sha256:a", 0), s, nil, modeOffline)
-	k2, _ := StageKey("base:"+RootKey("sha256:b", 0), s, nil, modeOffline)
-	k3, _ := StageKey("base:"+RootKey("sha256:a", 8<<30), s, nil, modeOffline)
+	k1, _ := StageKey("base:"+RootKey("sha256:a", 0), s, nil, ModeOffline)
+	k2, _ := StageKey("base:"+RootKey("sha256:b", 0), s, nil, ModeOffline)
+	k3, _ := StageKey("base:"+RootKey("sha256:a", 8<<30), s, nil, ModeOffline)
 	k4, _ := StageKey("base:"+RootKey("sha256:a", 0), s, nil, ModeBoot)
 	k5, _ := StageKey("base:"+RootKey("sha256:a", 0), s, nil, ModeChroot)
 	if k1 == k2 || k1 == k3 || k1 == k4 || k1 == k5 || k4 == k5 {

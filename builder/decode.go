@@ -102,6 +102,12 @@ func (d *decoder) decode(n *yaml.Node, v reflect.Value, path string) {
 			nd.decodeNode(d, n, path)
 			return
 		}
+		if u, ok := v.Addr().Interface().(yaml.Unmarshaler); ok {
+			if err := u.UnmarshalYAML(n); err != nil {
+				d.add(n, path, "%s", err)
+			}
+			return
+		}
 	}
 	if v.Type() == durationType {
 		if n.Kind != yaml.ScalarNode {

@@ -112,7 +112,7 @@ const (
 // chainA is a cache holding base → s1 (booted, boot/) → s2 (offline).
 func chainA(t *testing.T) (*StageCache, string) {
 	c, base, work := testCache(t)
-	addStage(t, c, work, &StageEntry{Key: keyS1, Parent: keyBase, Name: "s1", Template: "t", Booted: true, BootFrom: keyS1}, base, true)
+	addStage(t, c, work, &StageEntry{Key: keyS1, Parent: keyBase, Name: "s1", Template: "t", Mode: ModeBoot, BootFrom: keyS1}, base, true)
 	addStage(t, c, work, &StageEntry{Key: keyS2, Parent: keyS1, Name: "s2", Template: "t", BootFrom: keyS1}, c.Disk(keyS1), false)
 	return c, work
 }
@@ -451,7 +451,7 @@ func TestBuildFromRemoteCacheOnly(t *testing.T) {
 	a, _, workA := testCache(t)
 	parentDisk := b0.Path
 	for _, s := range job.Stages {
-		addStage(t, a, workA, &StageEntry{Key: s.Key, Parent: s.Parent, Name: s.Name, Template: "remotetest", Booted: true, BootFrom: s.Key}, parentDisk, true)
+		addStage(t, a, workA, &StageEntry{Key: s.Key, Parent: s.Parent, Name: s.Name, Template: "remotetest", Mode: ModeBoot, BootFrom: s.Key}, parentDisk, true)
 		parentDisk = a.Disk(s.Key)
 	}
 	last := job.Stages[len(job.Stages)-1]

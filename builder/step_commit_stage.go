@@ -30,7 +30,7 @@ func (s *stepCommitStage) Run(ctx context.Context, state multistep.StateBag) mul
 	}
 	e := &StageEntry{
 		Key: sr.key, Parent: sr.parent, Name: sr.stage.Name, Template: b.tmpl.Name,
-		Booted: !sr.offline && !sr.chrootMode, Chroot: sr.chrootMode, BootFrom: sr.bootFrom, Backing: b.parentDisk, Created: timeNow().UTC(),
+		Mode: sr.mode, BootFrom: sr.bootFrom, Backing: b.parentDisk, Created: timeNow().UTC(),
 		Seconds: timeNow().Sub(sr.started).Seconds(),
 	}
 	if err := b.cache.Commit(sr.dir, e); err != nil {

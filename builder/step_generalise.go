@@ -68,7 +68,7 @@ func (s *stepGeneralise) Run(ctx context.Context, state multistep.StateBag) mult
 	if r.Kernel == nil {
 		b.log.Warnf("generalise: the image kernel's drivers are unknown (%s): the output formats' drivers are not checked", r.KernelUnknown)
 	}
-	e := &StageEntry{Key: b.genKey, Parent: b.parentKey, Name: "generalise", Template: b.tmpl.Name,
+	e := &StageEntry{Key: b.genKey, Parent: b.parentKey, Name: "generalise", Template: b.tmpl.Name, Mode: ModeOffline,
 		BootFrom: b.bootFrom, Backing: b.parentDisk, Created: timeNow().UTC(), Seconds: timeNow().Sub(start).Seconds(), Packages: r.Packages, Kernel: r.Kernel}
 	if b.opts.NoCache {
 		b.cache.Remove(b.genKey)

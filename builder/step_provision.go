@@ -23,7 +23,7 @@ func (s *stepProvision) Run(ctx context.Context, state multistep.StateBag) multi
 		env := &provisioners.Env{Guest: sr.guest, Log: log, Vars: sr.vars}
 		start := time.Now()
 		var err error
-		if r, ok := ps.P.(provisioners.Runner); ok && provisioners.NeedsBoot(ps.P) {
+		if r, ok := ps.P.(provisioners.Runner); ok && ps.P.Requires().NeedsBoot() {
 			err = r.Run(ctx, env)
 		} else if p, ok := ps.P.(provisioners.Placer); ok {
 			err = provisioners.RunPlacer(ctx, p, env)

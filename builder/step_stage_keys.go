@@ -10,9 +10,6 @@ import (
 	"github.com/hashicorp/packer-plugin-sdk/multistep"
 )
 
-// modeOffline is a stage applied by the offline helper VM.
-const modeOffline = "offline"
-
 // stepStageKeys computes every stage's cache key and decides how each
 // stage is built (chooseMode).
 type stepStageKeys struct{}
@@ -30,7 +27,7 @@ func (s *stepStageKeys) Run(ctx context.Context, state multistep.StateBag) multi
 		}
 		st := &b.plan.Stages[i]
 		b.stages = append(b.stages, &stageRun{stage: st, index: i, shared: k.Shared, key: k.Key, parent: k.Parent,
-			offline: k.Mode == modeOffline, chrootMode: k.Mode == ModeChroot, vars: b.plan.VarsFor(i)})
+			mode: k.Mode, vars: b.plan.VarsFor(i)})
 		lines = append(lines, fmt.Sprintf("%s=%s(%s)", k.Name, k.Key[:12], k.Mode))
 	}
 	b.log.Infof("stages: %s", strings.Join(lines, " "))
@@ -51,8 +48,8 @@ type PlannedStage struct {
 	Name   string `json:"name"`
 	Key    string `json:"key"`
 	Parent string `json:"parent"`
-	// Mode is boot, chroot or offline.
-	Mode   string `json:"mode"`
+	// Mode is ModeBoot, ModeChroot or ModeOffline.
+	Mode   Mode   `json:"mode"`
 	Shared bool   `json:"shared"` // a template stage (not the variant's)
 	Note   string `json:"-"`
 }
@@ -71,7 +68,7 @@ func planStageKeys(p *Plan, baseDigest string, env modeEnv) ([]PlannedStage, err
 		}
 		out = append(out, PlannedStage{Name: st.Name, Key: key, Parent: parent, Mode: mode, Shared: i < p.Shared, Note: note})
 		parent = key
-		if mode != modeOffline {
+		if mode != ModeOffline {
 			env.haveBoot = true // booted and chroot stages record a kernel
 		}
 	}
@@ -128,15 +125,15 @@ type modeEnv struct {
 }
 
 // chooseMode decides how a stage is built — ModeBoot, ModeChroot or
-// modeOffline — and returns a note when it falls back from what the
+// ModeOffline — and returns a note when it falls back from what the
 // stage asked for or would get by default.
-func chooseMode(st *Stage, env modeEnv) (mode, note string) {
+func chooseMode(st *Stage, env modeEnv) (mode Mode, note string) {
 	if st.Mode == ModeBoot {
 		return ModeBoot, ""
 	}
 	if !st.NeedsBoot() && st.Mode != ModeChroot {
 		if env.haveBoot && env.helperErr == nil {
-			return modeOffline, ""
+			return ModeOffline, ""
 		}
 		why := "no earlier stage recorded a kernel"
 		if env.helperErr != nil {

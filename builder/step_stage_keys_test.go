@@ -22,10 +22,10 @@ func TestChooseMode(t *testing.T) {
 		name  string
 		st    Stage
 		env   modeEnv
-		want  string
+		want  Mode
 		noted bool
 	}{
-		{"files after a boot: helper", files, modeEnv{haveBoot: true}, modeOffline, false},
+		{"files after a boot: helper", files, modeEnv{haveBoot: true}, ModeOffline, false},
 		{"files first: chroot", files, modeEnv{}, ModeChroot, true},
 		{"files first, no chroot: boot", files, modeEnv{chrootErr: no}, ModeBoot, true},
 		{"files, no helper: chroot", files, modeEnv{haveBoot: true, helperErr: no}, ModeChroot, true},

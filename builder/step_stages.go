@@ -10,8 +10,7 @@ import (
 
 // stepStages builds the plan's stages in order. A stage whose key is in
 // the cache is not run at all (unless --no-cache); the others run their
-// own step list (bootedStageSteps, chrootStageSteps or offlineStageSteps) with a nested
-// runner, and are committed to the cache.
+// own step list (stageModes) with a nested runner, and are committed to the cache.
 type stepStages struct{}
 
 func (s *stepStages) Run(ctx context.Context, state multistep.StateBag) multistep.StepAction {
@@ -23,7 +22,7 @@ func (s *stepStages) Run(ctx context.Context, state multistep.StateBag) multiste
 		}
 		// A file-only last stage is applied in the same helper boot as the
 		// generalisation; its result is cached as the generalised disk.
-		if i == len(b.stages)-1 && sr.offline && b.tmpl.Generalise.On() {
+		if i == len(b.stages)-1 && sr.mode == ModeOffline && b.tmpl.Generalise.On() {
 			if e := b.lookup(ctx, sr.key, sr.parent); e == nil || b.opts.NoCache {
 				sr.merged = true
 				b.deferred = sr
@@ -42,19 +41,10 @@ func (s *stepStages) Run(ctx context.Context, state multistep.StateBag) multiste
 				continue
 			}
 		}
-		how := "booted VM"
-		steps := bootedStageSteps()
-		switch {
-		case sr.offline:
-			how = "offline helper"
-			steps = offlineStageSteps()
-		case sr.chrootMode:
-			how = "chroot on the build host"
-			steps = chrootStageSteps()
-		}
-		b.log.Infof("stage %s: building (%s, key %s)", sr.stage.Name, how, sr.key[:12])
+		run := stageModes[sr.mode]
+		b.log.Infof("stage %s: building (%s, key %s)", sr.stage.Name, run.how, sr.key[:12])
 		state.Put("stage", sr)
-		runner := &multistep.BasicRunner{Steps: onErrorSteps(timedSteps(steps))}
+		runner := &multistep.BasicRunner{Steps: onErrorSteps(timedSteps(run.steps()))}
 		runner.Run(ctx, state)
 		state.Remove("stage")
 		if raw, ok := state.GetOk("error"); ok {

@@ -7,8 +7,8 @@ import (
 	"github.com/hashicorp/packer-plugin-sdk/multistep"
 )
 
-// buildSteps is the whole pipeline, in order. Each stage runs its own step
-// list (bootedStageSteps, chrootStageSteps or offlineStageSteps) inside stepStages.
+// buildSteps is the whole pipeline, in order. Each stage runs the step list
+// of its mode (stageModes) inside stepStages.
 func buildSteps() []multistep.Step {
 	return []multistep.Step{
 		&stepValidate{},    // load and validate the template, resolve the variant
@@ -21,6 +21,17 @@ func buildSteps() []multistep.Step {
 		&stepCompact{},     // qemu-img convert -c: one standalone qcow2
 		&stepArtifact{},    // other formats, manifest, rename into OutputDir
 	}
+}
+
+// stageModes is how a stage of each built mode runs: its step list and,
+// for the log, where.
+var stageModes = map[Mode]struct {
+	how   string
+	steps func() []multistep.Step
+}{
+	ModeBoot:    {"booted VM", bootedStageSteps},
+	ModeChroot:  {"chroot on the build host", chrootStageSteps},
+	ModeOffline: {"offline helper", offlineStageSteps},
 }
 
 // bootedStageSteps build a stage that runs commands in the guest.

@@ -24,10 +24,23 @@ func TestStepOrder(t *testing.T) {
 		{buildSteps(), "validate, fetch base, work dir, stage keys, stages, generalise, driver check, compact, artifact"},
 		{bootedStageSteps(), "overlay disk, seed iso, direct boot, start qemu, wait ssh, provision, boot files, shutdown, commit stage"},
 		{offlineStageSteps(), "overlay disk, offline place, commit stage"},
+		{chrootStageSteps(), "overlay disk, chroot mount, provision, chroot boot files, chroot finish, commit stage"},
 	} {
 		if got := names(c.steps); got != c.want {
 			t.Errorf("steps:\n got %s\nwant %s", got, c.want)
 		}
+	}
+}
+
+// TestStageModes: every mode chooseMode can return has a step list.
+func TestStageModes(t *testing.T) {
+	for _, m := range []Mode{ModeBoot, ModeChroot, ModeOffline} {
+		if r, ok := stageModes[m]; !ok || r.how == "" || len(r.steps()) == 0 {
+			t.Errorf("%s: no step list", m)
+		}
+	}
+	if _, ok := stageModes[ModeAuto]; ok {
+		t.Error("auto is resolved before a stage runs")
 	}
 }
 

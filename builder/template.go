@@ -123,27 +123,18 @@ type Base struct {
 // qcow2 overlay on the previous one.
 type Stage struct {
 	Name string `yaml:"name"`
-	// Mode is where the provisioners run: "auto" (the default: file-only
-	// stages in the offline helper, packages and files in a chroot on the
-	// build host when it can, anything else in the booted image), "boot"
-	// (always the booted image) or "chroot" (the build host, chrooted
-	// into the disk; booted when the host cannot).
-	Mode         string            `yaml:"mode"`
+	// Mode is where the provisioners run: auto (the default), boot
+	// (always the booted image) or chroot (the build host, chrooted into
+	// the disk; booted when the host cannot). See Mode.
+	Mode         Mode              `yaml:"mode"`
 	Provisioners []ProvisionerSpec `yaml:"provisioners"`
 }
-
-// Stage modes.
-const (
-	ModeAuto   = "auto"
-	ModeBoot   = "boot"
-	ModeChroot = "chroot"
-)
 
 // ChrootDefault reports whether the stage runs in a chroot when its mode
 // is auto: every provisioner does the same there as in the booted image.
 func (s *Stage) ChrootDefault() bool {
 	for _, p := range s.Provisioners {
-		if p.P == nil || !provisioners.ChrootSafe(p.P) {
+		if p.P == nil || !p.P.Requires().ChrootSafe() {
 			return false
 		}
 	}
@@ -154,7 +145,7 @@ func (s *Stage) ChrootDefault() bool {
 // guest; a stage that only places files is applied offline.
 func (s *Stage) NeedsBoot() bool {
 	for _, p := range s.Provisioners {
-		if p.P != nil && provisioners.NeedsBoot(p.P) {
+		if p.P != nil && p.P.Requires().NeedsBoot() {
 			return true
 		}
 	}
@@ -490,11 +481,6 @@ func (t *Template) checkStages(d *decoder, path string, stages []Stage, names ma
 		if len(s.Provisioners) == 0 {
 			d.at(p+".provisioners", "required: at least one provisioner")
 		}
-		switch s.Mode {
-		case "", ModeAuto, ModeBoot, ModeChroot:
-		default:
-			d.at(p+".mode", "%q: want auto, boot or chroot", s.Mode)
-		}
 		for j := range s.Provisioners {
 			ps := &s.Provisioners[j]
 			pp := fmt.Sprintf("%s.provisioners[%d]", p, j)
@@ -502,7 +488,7 @@ func (t *Template) checkStages(d *decoder, path string, stages []Stage, names ma
 				continue
 			}
 			if s.Mode == ModeChroot {
-				if why := provisioners.NeedsRunningSystem(ps.P); why != "" {
+				if why := ps.P.Requires().NeedsRunningSystem(); why != "" {
 					d.at(pp, "cannot run in a chroot (stage mode chroot): %s", why)
 				}
 			}

@@ -579,7 +579,7 @@ func checkChrootStages(t *testing.T, tmplPath, manifest string) {
 	}
 	ran := map[string]bool{}
 	for _, s := range readManifest(t, manifest).Stages {
-		ran[s.Name] = s.Chroot
+		ran[s.Name] = s.Mode == builder.ModeChroot
 	}
 	n := 0
 	for _, s := range plan.Stages {

@@ -87,7 +87,7 @@ func TestBuildSmall(t *testing.T) {
 		t.Fatalf("stdout does not name the image: %q", stdout)
 	}
 	m := readManifest(t, filepath.Join(out, "it-small.build.json"))
-	if len(m.Stages) != 2 || m.Stages[0].Cached || m.Stages[1].Cached || !m.Stages[1].Offline || m.Stages[0].Offline {
+	if len(m.Stages) != 2 || m.Stages[0].Cached || m.Stages[1].Cached || m.Stages[1].Mode != builder.ModeOffline || m.Stages[0].Mode == builder.ModeOffline {
 		t.Errorf("manifest stages: %+v", m.Stages)
 	}
 	hasJQ := false

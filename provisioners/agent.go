@@ -86,6 +86,9 @@ func (g *Agent) Check(dir string) []FieldError {
 	return errs
 }
 
+// Requires implements Provisioner: it only places files.
+func (*Agent) Requires() Requirement { return Requirement{Need: NeedFiles} }
+
 // Inputs implements Provisioner.
 func (g *Agent) Inputs() []string { return append([]string{g.Binary}, g.units...) }
 

@@ -113,15 +113,14 @@ var fileNameRe = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompil
 // Type implements Provisioner.
 func (*Containers) Type() string { return "containers" }
 
-// NeedsBoot reports whether docker load runs at build time.
-func (c *Containers) NeedsBoot() bool { return c.Load }
-
-// NeedsRunningSystem: `docker load` needs the image's dockerd running.
-func (c *Containers) NeedsRunningSystem() string {
+// Requires implements Provisioner: the archives are placed as files,
+// unless load: true runs `docker load`, which needs the image's dockerd
+// running.
+func (c *Containers) Requires() Requirement {
 	if c.Load {
-		return "load: true runs docker load, which needs the image's dockerd running"
+		return Requirement{Need: NeedRunning, Why: "load: true runs docker load, which needs the image's dockerd running"}
 	}
-	return ""
+	return Requirement{Need: NeedFiles}
 }
 
 // Check implements Provisioner.

@@ -70,6 +70,9 @@ func (f *File) Check(dir string) []FieldError {
 	return errs
 }
 
+// Requires implements Provisioner: it only places files.
+func (*File) Requires() Requirement { return Requirement{Need: NeedFiles} }
+
 // Inputs implements Provisioner.
 func (f *File) Inputs() []string {
 	if f.Source == "" {

@@ -95,9 +95,9 @@ EOT
 	return b.String()
 }
 
-// ChrootSafe: apt installs the same in a chroot (services are enabled, not
-// started).
-func (p *Packages) ChrootSafe() bool { return true }
+// Requires implements Provisioner: apt installs the same in a chroot
+// (services are enabled, not started).
+func (*Packages) Requires() Requirement { return Requirement{Need: NeedChroot} }
 
 // Run implements Runner.
 func (p *Packages) Run(ctx context.Context, e *Env) error {

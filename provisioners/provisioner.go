@@ -29,6 +29,9 @@ type Provisioner interface {
 	// Inputs lists the local files and directories whose content the
 	// provisioner uses; the stage cache key hashes them.
 	Inputs() []string
+	// Requires says where the provisioner can run: NeedFiles for a Placer,
+	// a higher Need for a Runner.
+	Requires() Requirement
 }
 
 // Placer is a provisioner that only places files in the image.
@@ -45,35 +48,55 @@ type Runner interface {
 	Run(ctx context.Context, e *Env) error
 }
 
-// NeedsBoot reports whether p needs a booted guest.
-func NeedsBoot(p Provisioner) bool {
-	if nb, ok := p.(interface{ NeedsBoot() bool }); ok {
-		return nb.NeedsBoot()
-	}
-	_, placer := p.(Placer)
-	return !placer
+// Need is what a provisioner needs of the system it changes, from the
+// least to the most. The builder chooses a stage's mode from its
+// provisioners' needs.
+type Need int
+
+const (
+	// NeedFiles: it only places files (a Placer), so it runs offline, in a
+	// chroot on the build host or in the booted image.
+	NeedFiles Need = iota
+	// NeedChroot: it runs commands (a Runner) that do the same in a chroot
+	// on the build host as in the booted image — installing packages:
+	// services are enabled but not started, which the generalised image
+	// does not keep anyway. A stage made of such provisioners (and file
+	// placers) runs in a chroot by default.
+	NeedChroot
+	// NeedBoot: its commands may need the running system (shell), so it
+	// runs booted unless the stage asks for a chroot.
+	NeedBoot
+	// NeedRunning: it needs the running system and never runs in a chroot
+	// (Requirement.Why says why).
+	NeedRunning
+)
+
+// Requirement is what a provisioner declares about where it can run.
+type Requirement struct {
+	Need Need
+	// Why says why the provisioner needs the running system (NeedRunning).
+	Why string
 }
 
-// ChrootSafe reports whether p does the same in a chroot on the build host
-// as in the booted image, so that a stage made only of such provisioners
-// runs in a chroot by default: placing files and installing packages
-// (services are enabled but not started, which the generalised image does
-// not keep anyway). Shell commands may need the running system and run in
-// a chroot only when the stage asks for it.
-func ChrootSafe(p Provisioner) bool {
-	if cs, ok := p.(interface{ ChrootSafe() bool }); ok {
-		return cs.ChrootSafe()
-	}
-	_, placer := p.(Placer)
-	return placer && NeedsRunningSystem(p) == ""
-}
+// NeedsBoot reports whether the provisioner runs commands (a booted guest
+// or a chroot), rather than only placing files.
+func (r Requirement) NeedsBoot() bool { return r.Need > NeedFiles }
 
-// NeedsRunningSystem says why p cannot run in a chroot ("" if it can).
-func NeedsRunningSystem(p Provisioner) string {
-	if rs, ok := p.(interface{ NeedsRunningSystem() string }); ok {
-		return rs.NeedsRunningSystem()
+// ChrootSafe reports whether the provisioner does the same in a chroot on
+// the build host as in the booted image, so that a stage made only of such
+// provisioners runs in a chroot when its mode is auto.
+func (r Requirement) ChrootSafe() bool { return r.Need <= NeedChroot }
+
+// NeedsRunningSystem says why the provisioner cannot run in a chroot (""
+// if it can).
+func (r Requirement) NeedsRunningSystem() string {
+	if r.Need < NeedRunning {
+		return ""
 	}
-	return ""
+	if r.Why == "" {
+		return "needs the running system"
+	}
+	return r.Why
 }
 
 // Guest is a running build VM (or a chroot into its disk).

@@ -295,7 +295,7 @@ func TestContainersManifest(t *testing.T) {
 	if errs := c.Check(dir); len(errs) > 0 {
 		t.Fatal(errs)
 	}
-	if NeedsBoot(c) {
+	if c.Requires().NeedsBoot() {
 		t.Error("containers without load must not need a boot")
 	}
 	var buf bytes.Buffer
@@ -346,5 +346,42 @@ func TestContainersManifest(t *testing.T) {
 	os.WriteFile(filepath.Join(dir, "t.yml"), []byte("not a tar"), 0o644)
 	if errs := bad.Check(dir); len(errs) != 1 || !strings.Contains(errs[0].Msg, "not a tar") {
 		t.Errorf("non-tar image accepted: %v", errs)
+	}
+}
+
+// TestRequires checks each type's declared requirement against what it
+// implements: NeedFiles only for a Placer, a higher need only for a
+// Runner, and the modes the builder derives from it.
+func TestRequires(t *testing.T) {
+	seen := map[string]bool{}
+	for _, tc := range []struct {
+		p                     Provisioner
+		need                  Need
+		boot, chroot, running bool
+	}{
+		{&File{}, NeedFiles, false, true, false},
+		{&Agent{}, NeedFiles, false, true, false},
+		{&Stack{}, NeedFiles, false, true, false},
+		{&Containers{}, NeedFiles, false, true, false},
+		{&Containers{Load: true}, NeedRunning, true, false, true},
+		{&Packages{}, NeedChroot, true, true, false},
+		{&Shell{}, NeedBoot, true, false, false},
+	} {
+		r := tc.p.Requires()
+		seen[tc.p.Type()] = true
+		name := tc.p.Type()
+		if r.Need != tc.need || r.NeedsBoot() != tc.boot || r.ChrootSafe() != tc.chroot || (r.NeedsRunningSystem() != "") != tc.running {
+			t.Errorf("%s: need %d boot %v chroot-safe %v running %q", name, r.Need, r.NeedsBoot(), r.ChrootSafe(), r.NeedsRunningSystem())
+		}
+		_, placer := tc.p.(Placer)
+		_, runner := tc.p.(Runner)
+		if r.Need == NeedFiles && !placer || r.Need > NeedFiles && !runner {
+			t.Errorf("%s: placer %v runner %v", name, placer, runner)
+		}
+	}
+	for _, typ := range Types() {
+		if !seen[typ] {
+			t.Errorf("type %s: not in the table", typ)
+		}
 	}
 }

@@ -59,6 +59,10 @@ func (s *Shell) Check(dir string) []FieldError {
 	return errs
 }
 
+// Requires implements Provisioner: commands may need the running system,
+// so they run booted unless the stage asks for a chroot.
+func (*Shell) Requires() Requirement { return Requirement{Need: NeedBoot} }
+
 // Inputs implements Provisioner.
 func (s *Shell) Inputs() []string {
 	if s.Script == "" {

@@ -156,6 +156,9 @@ func (s *Stack) CheckProduction() []FieldError {
 	return errs
 }
 
+// Requires implements Provisioner: it only places files.
+func (*Stack) Requires() Requirement { return Requirement{Need: NeedFiles} }
+
 // Inputs implements Provisioner.
 func (s *Stack) Inputs() []string {
 	in := []string{s.Compose}

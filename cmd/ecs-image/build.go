@@ -295,20 +295,13 @@ var cacheLsCmd = &cobra.Command{
 			return err
 		}
 		w := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-		fmt.Fprintln(w, "KEY\tTEMPLATE\tSTAGE\tKIND\tSIZE\tCREATED\tLAST USED\tPARENT")
+		fmt.Fprintln(w, "KEY\tTEMPLATE\tSTAGE\tMODE\tSIZE\tCREATED\tLAST USED\tPARENT")
 		for _, e := range ents {
-			kind := "offline"
-			switch {
-			case e.Booted:
-				kind = "booted"
-			case e.Chroot:
-				kind = "chroot"
-			}
 			parent := e.Parent
 			if len(parent) > 17 {
 				parent = parent[:17]
 			}
-			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%.0fM\t%s\t%s\t%s\n", e.Key[:12], e.Template, e.Name, kind,
+			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%.0fM\t%s\t%s\t%s\n", e.Key[:12], e.Template, e.Name, e.Mode,
 				float64(e.Size)/(1<<20), e.Created.Local().Format("2006-01-02 15:04"), e.LastUsed.Local().Format("2006-01-02 15:04"), parent)
 		}
 		w.Flush()

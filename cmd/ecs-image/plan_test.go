@@ -98,7 +98,7 @@ func TestPlanCLI(t *testing.T) {
 		t.Errorf("variant stages: %+v %+v", dev.Stages[2], prod.Stages[2])
 	}
 	for _, j := range p.Jobs {
-		if !strings.HasPrefix(j.Stages[0].Parent, "base:") || j.Stages[0].Mode != "boot" {
+		if !strings.HasPrefix(j.Stages[0].Parent, "base:") || j.Stages[0].Mode.String() != "boot" {
 			t.Errorf("%s: first stage %+v", j.Variant, j.Stages[0])
 		}
 		for i := 1; i < len(j.Stages); i++ {
