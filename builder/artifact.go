@@ -64,6 +64,9 @@ type StageRecord struct {
 	Mode Mode `json:"mode"`
 	// Merged: applied in the generalisation's helper boot.
 	Merged bool `json:"merged,omitempty"`
+	// Remote: cached, downloaded from the shared stage cache
+	// (--cache-remote) in this build.
+	Remote bool `json:"remote,omitempty"`
 }
 
 // UnmarshalJSON reads a stage of a build manifest; one written before the

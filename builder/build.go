@@ -78,6 +78,9 @@ type buildState struct {
 	parentKey  string
 	parentDisk string
 	bootFrom   string
+	// parentID is the ID of parentKey's entry (StageEntry.ID; "" on the
+	// base).
+	parentID string
 
 	// deferred is a file-only last stage applied together with the
 	// generalisation, in one helper boot (not cached on its own).
@@ -97,6 +100,7 @@ type buildState struct {
 	timings     []StepTiming
 	started     time.Time
 	genCached   bool
+	genRemote   bool
 }
 
 // stageRun is one stage of the plan being built (state bag key "stage").
@@ -109,6 +113,8 @@ type stageRun struct {
 	mode   Mode // ModeBoot, ModeChroot or ModeOffline
 	vars   map[string]string
 	cached bool
+	// remote: downloaded from the shared cache in this build.
+	remote bool
 	// merged: applied in the generalise helper run (see buildState.deferred).
 	merged bool
 

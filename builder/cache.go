@@ -1,6 +1,7 @@
 package builder
 
 import (
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -18,6 +19,7 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/ecs-image/ecs-image/atomicfile"
 	"github.com/ecs-image/ecs-image/images"
 )
 
@@ -66,6 +68,45 @@ type StageEntry struct {
 	Kernel   *KernelInfo `json:"kernel,omitempty"`
 	Size     int64       `json:"size"` // disk file size, filled by List
 	LastUsed time.Time   `json:"-"`
+	// ID names this build of the stage (random, given at commit; copies
+	// of the entry through the shared cache keep it). Two builds of one
+	// key are not the same bytes, and an overlay is only valid on the very
+	// disk it was written on: ParentID is the ID of the parent entry the
+	// disk was built on ("" on the base, which its digest names).
+	ID       string `json:"id,omitempty"`
+	ParentID string `json:"parent_id,omitempty"`
+}
+
+// onBase tells whether a parent key is the base image (not a stage).
+func onBase(parentKey string) bool { return strings.HasPrefix(parentKey, "base:") }
+
+// newEntryID is a fresh StageEntry.ID.
+func newEntryID() string {
+	b := make([]byte, 16)
+	if _, err := rand.Read(b); err != nil {
+		panic(err)
+	}
+	return hex.EncodeToString(b)
+}
+
+// ensureIDs gives an entry committed before entries had IDs (an older
+// ecs-image) its ID, and its ParentID from parentID (the local parent
+// entry's: a local entry was built on the local parent), and rewrites its
+// stage.json. It returns e's ID.
+func (c *StageCache) ensureIDs(e *StageEntry, parentID string) string {
+	if e.ID != "" && (e.ParentID != "" || onBase(e.Parent)) {
+		return e.ID
+	}
+	if e.ID == "" {
+		e.ID = newEntryID()
+	}
+	if e.ParentID == "" && !onBase(e.Parent) {
+		e.ParentID = parentID
+	}
+	if data, err := json.MarshalIndent(e, "", "  "); err == nil {
+		atomicfile.Write(filepath.Join(c.Path(e.Key), "stage.json"), append(data, '\n'), 0o644)
+	}
+	return e.ID
 }
 
 // UnmarshalJSON reads a stage.json; one written before the mode was
@@ -136,6 +177,9 @@ func (c *StageCache) Lookup(key string) *StageEntry {
 // as key, writing its stage.json. An existing entry of the same key (a
 // concurrent build) wins; dir is then removed.
 func (c *StageCache) Commit(dir string, e *StageEntry) error {
+	if e.ID == "" {
+		e.ID = newEntryID()
+	}
 	data, err := json.MarshalIndent(e, "", "  ")
 	if err != nil {
 		return err

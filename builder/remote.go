@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path"
 	"path/filepath"
@@ -22,14 +23,25 @@ import (
 )
 
 // RemoteStore is an object store holding stage objects (release's
-// S3Target is one): Put makes an object visible only when it is whole, with
-// its sha256 as metadata; Get downloads one and returns that metadata.
+// S3Target is one). PutMeta makes an object visible only when it is whole,
+// with user metadata (meta: "sha256" and the stage's IDs); with ifAbsent it
+// writes nothing when the object exists (the error wraps fs.ErrExist).
+// Head and GetMeta return that metadata.
 type RemoteStore interface {
-	Digest(ctx context.Context, key string) (sum string, size int64, ok bool, err error)
-	Put(ctx context.Context, key, file, sum string, size int64) error
-	Get(ctx context.Context, key, file string) (sum string, found bool, err error)
+	Head(ctx context.Context, key string) (meta map[string]string, size int64, found bool, err error)
+	PutMeta(ctx context.Context, key, file string, size int64, meta map[string]string, ifAbsent bool) error
+	GetMeta(ctx context.Context, key, file string) (meta map[string]string, found bool, err error)
 	String() string
 }
+
+// Object metadata of a stage object: its sha256, and the StageEntry's ID
+// and ParentID (so that a HEAD tells which build of a stage and of its
+// parent an object is).
+const (
+	metaSHA256   = "sha256"
+	metaID       = "stage-id"
+	metaParentID = "parent-id"
+)
 
 // Remote cache modes (--cache-remote-mode).
 const (
@@ -56,13 +68,45 @@ type remoteCache struct {
 	// bad are keys whose remote object was refused: replaced by the
 	// rebuilt stage.
 	bad map[string]bool
+	// ids are the IDs (StageEntry.ID) of the remote objects seen in this
+	// build, by key: a stage is uploaded only on the remote copy of its
+	// parent, so that the objects of the shared cache always form chains
+	// of overlays built on each other.
+	ids map[string]string
 }
 
 func newRemoteCache(store RemoteStore, mode string, log logrus.FieldLogger) *remoteCache {
 	if store == nil {
 		return nil
 	}
-	return &remoteCache{store: store, read: mode != RemoteWrite, write: mode != RemoteRead, log: log, bad: map[string]bool{}}
+	return &remoteCache{store: store, read: mode != RemoteWrite, write: mode != RemoteRead, log: log, bad: map[string]bool{}, ids: map[string]string{}}
+}
+
+// head asks for key's object (bounded: a remote that does not answer
+// stops the build for remoteTimeout at most) and records its ID.
+func (r *remoteCache) head(ctx context.Context, key string) (meta map[string]string, found bool, err error) {
+	hctx, cancel := context.WithTimeout(ctx, remoteTimeout)
+	meta, _, found, err = r.store.Head(hctx, RemoteObject(key))
+	cancel()
+	if err != nil {
+		if ctx.Err() == nil {
+			r.fail(err)
+		}
+		return nil, false, err
+	}
+	if found {
+		r.ids[key] = meta[metaID]
+	} else {
+		delete(r.ids, key)
+	}
+	return meta, found, nil
+}
+
+// onRemoteParent tells whether a stage built on parentKey/parentID may go
+// to the remote: its parent is the base, or the remote's object of the
+// parent is that very build of it.
+func (r *remoteCache) onRemoteParent(parentKey, parentID string) bool {
+	return onBase(parentKey) || (parentID != "" && r.ids[parentKey] == parentID)
 }
 
 // remoteTimeout bounds one request that should be quick (HEAD).
@@ -76,25 +120,32 @@ func (r *remoteCache) fail(err error) {
 }
 
 // fetch looks key up in the remote store and, on a hit, downloads it,
-// verifies it (digest, names, its parent key, the disk with qemuimg.Inspect),
-// rebases its disk onto parentDisk and commits it to c. It returns the local
-// entry, or nil (a miss, a refused object, the store unreachable).
-func (r *remoteCache) fetch(ctx context.Context, c *StageCache, work, key, parentKey, parentDisk, parentFormat string) *StageEntry {
+// verifies it (digest, names, its parent key and the ID of the parent
+// build it was made on, the disk with qemuimg.Inspect), rebases its disk
+// onto parentDisk and commits it to c. parentID is the ID of the local
+// parent entry (the disk parentDisk). It returns the local entry, or nil (a
+// miss, a refused object, the store unreachable).
+func (r *remoteCache) fetch(ctx context.Context, c *StageCache, work, key, parentKey, parentID, parentDisk, parentFormat string) *StageEntry {
 	if r == nil || !r.read || r.down {
 		return nil
 	}
-	// A HEAD first, bounded: a miss costs no more, and a remote that does
-	// not answer stops the build for remoteTimeout at most.
-	hctx, cancel := context.WithTimeout(ctx, remoteTimeout)
-	_, _, ok, err := r.store.Digest(hctx, RemoteObject(key))
-	cancel()
-	if err != nil {
-		if ctx.Err() == nil {
-			r.fail(err)
-		}
+	// A HEAD first: a miss costs no more, and the metadata tells on which
+	// build of the parent the object was made.
+	meta, ok, err := r.head(ctx, key)
+	if err != nil || !ok {
 		return nil
 	}
-	if !ok {
+	if !onBase(parentKey) && meta[metaParentID] != parentID {
+		// Built on another build of the parent stage than ours: its
+		// overlay is not valid on our parent's disk.
+		if r.onRemoteParent(parentKey, parentID) {
+			// The remote's parent is ours: the object is stale (its
+			// parent object was replaced); the rebuilt stage replaces it.
+			r.bad[key] = true
+			r.log.Warnf("remote cache: object %s was built on a parent no longer in the remote, rebuilding the stage", RemoteObject(key))
+		} else {
+			r.log.Infof("remote cache: %s was built on another build of stage %s than the local one, building it here", key[:min(12, len(key))], parentKey[:min(12, len(parentKey))])
+		}
 		return nil
 	}
 	dir, err := os.MkdirTemp(work, "remote-")
@@ -105,7 +156,7 @@ func (r *remoteCache) fetch(ctx context.Context, c *StageCache, work, key, paren
 	defer os.RemoveAll(dir)
 	start := time.Now()
 	obj := filepath.Join(dir, "object.tar")
-	sum, found, err := r.store.Get(ctx, RemoteObject(key), obj)
+	meta, found, err := r.store.GetMeta(ctx, RemoteObject(key), obj)
 	if err != nil {
 		if ctx.Err() == nil {
 			r.fail(err)
@@ -115,11 +166,14 @@ func (r *remoteCache) fetch(ctx context.Context, c *StageCache, work, key, paren
 	if !found {
 		return nil
 	}
-	e, err := r.unpack(ctx, c, obj, sum, filepath.Join(dir, "stage"), key, parentKey, parentDisk, parentFormat)
+	r.ids[key] = meta[metaID]
+	e, err := r.unpack(ctx, c, obj, meta, filepath.Join(dir, "stage"), key, parentKey, parentID, parentDisk, parentFormat)
 	if err != nil {
 		if ctx.Err() == nil {
 			r.log.Warnf("remote cache: object %s refused, rebuilding the stage: %v", RemoteObject(key), err)
-			r.bad[key] = true
+			if r.onRemoteParent(parentKey, parentID) {
+				r.bad[key] = true
+			}
 		}
 		return nil
 	}
@@ -131,12 +185,12 @@ func (r *remoteCache) fetch(ctx context.Context, c *StageCache, work, key, paren
 }
 
 // unpack checks and extracts obj into dir and commits it.
-func (r *remoteCache) unpack(ctx context.Context, c *StageCache, obj, sum, dir, key, parentKey, parentDisk, parentFormat string) (*StageEntry, error) {
+func (r *remoteCache) unpack(ctx context.Context, c *StageCache, obj string, meta map[string]string, dir, key, parentKey, parentID, parentDisk, parentFormat string) (*StageEntry, error) {
 	got, _, err := hashFile(obj)
 	if err != nil {
 		return nil, err
 	}
-	if sum == "" || got != sum {
+	if sum := meta[metaSHA256]; sum == "" || got != sum {
 		return nil, fmt.Errorf("sha256 %s, its metadata says %q (corrupt or truncated)", got, sum)
 	}
 	if err := untarStage(obj, dir); err != nil {
@@ -155,6 +209,12 @@ func (r *remoteCache) unpack(ctx context.Context, c *StageCache, obj, sum, dir, 
 	}
 	if e.Parent != parentKey {
 		return nil, fmt.Errorf("stage.json: parent %q, want %s (chain broken)", e.Parent, parentKey)
+	}
+	if e.ID == "" || e.ID != meta[metaID] {
+		return nil, fmt.Errorf("stage.json: id %q, the object's metadata says %q", e.ID, meta[metaID])
+	}
+	if !onBase(parentKey) && e.ParentID != parentID {
+		return nil, fmt.Errorf("stage.json: built on build %q of its parent, want %q (chain broken)", e.ParentID, parentID)
 	}
 	if e.BootFrom != "" && e.BootFrom != key && c.Lookup(e.BootFrom) == nil {
 		return nil, fmt.Errorf("stage.json: boot files of %s, not in the local cache", e.BootFrom)
@@ -186,25 +246,28 @@ func (r *remoteCache) unpack(ctx context.Context, c *StageCache, obj, sum, dir, 
 	return c.Lookup(key), nil
 }
 
-// push uploads the local entry key unless the store already holds a good
-// object for it.
+// push uploads the local entry key unless the store already holds an
+// object for it that was not refused, or holds another build of its parent
+// (the entry's overlay would not be valid on the remote's parent: the
+// remote keeps chains whole). The upload is a conditional create, except
+// when it replaces a refused object: of two builders racing on one key the
+// first completed upload wins, and the other learns the winner's ID.
 func (r *remoteCache) push(ctx context.Context, c *StageCache, work, key string) {
 	if r == nil || !r.write || r.down {
 		return
 	}
+	e := c.Lookup(key)
+	if e == nil {
+		return
+	}
 	if !r.bad[key] {
-		hctx, cancel := context.WithTimeout(ctx, remoteTimeout)
-		_, _, ok, err := r.store.Digest(hctx, RemoteObject(key))
-		cancel()
-		if err != nil {
-			if ctx.Err() == nil {
-				r.fail(err)
-			}
+		if _, ok, err := r.head(ctx, key); err != nil || ok {
 			return
 		}
-		if ok {
-			return
-		}
+	}
+	if !r.onRemoteParent(e.Parent, e.ParentID) {
+		r.log.Infof("remote cache: %s not uploaded: the remote holds another build of its parent stage %s", key[:min(12, len(key))], e.Parent[:min(12, len(e.Parent))])
+		return
 	}
 	f, err := os.CreateTemp(work, "upload-*.tar")
 	if err != nil {
@@ -226,13 +289,25 @@ func (r *remoteCache) push(ctx context.Context, c *StageCache, work, key string)
 		return
 	}
 	start := time.Now()
-	if err := r.store.Put(ctx, RemoteObject(key), f.Name(), hex.EncodeToString(h.Sum(nil)), fi.Size()); err != nil {
+	meta := map[string]string{metaSHA256: hex.EncodeToString(h.Sum(nil)), metaID: e.ID}
+	if e.ParentID != "" {
+		meta[metaParentID] = e.ParentID
+	}
+	replace := r.bad[key]
+	if err := r.store.PutMeta(ctx, RemoteObject(key), f.Name(), fi.Size(), meta, !replace); err != nil {
+		if errors.Is(err, fs.ErrExist) {
+			// Another builder's upload of this key completed first.
+			r.log.Infof("remote cache: %s uploaded by another builder meanwhile", key[:12])
+			r.head(ctx, key)
+			return
+		}
 		if ctx.Err() == nil {
 			r.log.Warnf("remote cache: uploading %s failed (nothing left half-written; the next build uploads it): %v", key[:12], err)
 		}
 		return
 	}
 	delete(r.bad, key)
+	r.ids[key] = e.ID
 	r.log.Infof("remote cache: %s uploaded (%.0f MiB in %.1fs)", key[:12], float64(fi.Size())/(1<<20), time.Since(start).Seconds())
 }
 

@@ -21,6 +21,7 @@ import (
 	"github.com/sirupsen/logrus"
 	logtest "github.com/sirupsen/logrus/hooks/test"
 
+	"github.com/ecs-image/ecs-image/images"
 	"github.com/ecs-image/ecs-image/qemuimg"
 	"github.com/ecs-image/ecs-image/release"
 	"github.com/ecs-image/ecs-image/testenv"
@@ -113,8 +114,18 @@ const (
 func chainA(t *testing.T) (*StageCache, string) {
 	c, base, work := testCache(t)
 	addStage(t, c, work, &StageEntry{Key: keyS1, Parent: keyBase, Name: "s1", Template: "t", Mode: ModeBoot, BootFrom: keyS1}, base, true)
-	addStage(t, c, work, &StageEntry{Key: keyS2, Parent: keyS1, Name: "s2", Template: "t", BootFrom: keyS1}, c.Disk(keyS1), false)
+	addStage(t, c, work, &StageEntry{Key: keyS2, Parent: keyS1, ParentID: c.Lookup(keyS1).ID, Name: "s2", Template: "t", BootFrom: keyS1}, c.Disk(keyS1), false)
 	return c, work
+}
+
+// idOf is the ID of key's entry in c.
+func idOf(t *testing.T, c *StageCache, key string) string {
+	t.Helper()
+	e := c.Lookup(key)
+	if e == nil || e.ID == "" {
+		t.Fatalf("%s: no entry or no ID: %+v", key, e)
+	}
+	return e.ID
 }
 
 func testRemote(store RemoteStore, mode string) (*remoteCache, *logtest.Hook) {
@@ -162,7 +173,7 @@ func TestRemoteCacheRoundTrip(t *testing.T) {
 	// Builder B: empty cache, its own base at another path.
 	b, baseB, workB := testCache(t)
 	rb, hook := testRemote(f.store, RemoteRead)
-	e1 := rb.fetch(ctx, b, workB, keyS1, keyBase, baseB, "qcow2")
+	e1 := rb.fetch(ctx, b, workB, keyS1, keyBase, "", baseB, "qcow2")
 	if e1 == nil {
 		t.Fatalf("s1 not fetched: %v", warnings(hook))
 	}
@@ -172,15 +183,18 @@ func TestRemoteCacheRoundTrip(t *testing.T) {
 	if data, _ := os.ReadFile(filepath.Join(b.BootDir(keyS1), "vmlinuz")); string(data) != "kernel "+keyS1 {
 		t.Fatalf("boot/vmlinuz = %q", data)
 	}
+	if e1.ID != idOf(t, a, keyS1) {
+		t.Fatalf("downloaded s1 has ID %q, the uploader's is %q", e1.ID, idOf(t, a, keyS1))
+	}
 	// Wrong parent: refused (the chain must match).
-	if e := rb.fetch(ctx, b, workB, keyS2, keyBase, b.Disk(keyS1), "qcow2"); e != nil {
+	if e := rb.fetch(ctx, b, workB, keyS2, keyBase, "", b.Disk(keyS1), "qcow2"); e != nil {
 		t.Fatal("s2 accepted with the wrong parent key")
 	}
 	if w := warnings(hook); len(w) != 1 || !strings.Contains(w[0], "chain broken") {
 		t.Fatalf("warnings %v", w)
 	}
-	e2 := rb.fetch(ctx, b, workB, keyS2, keyS1, b.Disk(keyS1), "qcow2")
-	if e2 == nil || e2.BootFrom != keyS1 {
+	e2 := rb.fetch(ctx, b, workB, keyS2, keyS1, e1.ID, b.Disk(keyS1), "qcow2")
+	if e2 == nil || e2.BootFrom != keyS1 || e2.ParentID != e1.ID {
 		t.Fatalf("s2 fetched: %+v", e2)
 	}
 	if got := backingOf(t, b.Disk(keyS2)); got != b.Disk(keyS1) {
@@ -192,7 +206,7 @@ func TestRemoteCacheRoundTrip(t *testing.T) {
 	// Read mode never writes; a miss is nil without a warning.
 	n := len(warnings(hook))
 	rb.push(ctx, b, workB, keyS2)
-	if e := rb.fetch(ctx, b, workB, "33333333333333333333333333333333", keyS2, b.Disk(keyS2), "qcow2"); e != nil || len(warnings(hook)) != n {
+	if e := rb.fetch(ctx, b, workB, "33333333333333333333333333333333", keyS2, e2.ID, b.Disk(keyS2), "qcow2"); e != nil || len(warnings(hook)) != n {
 		t.Fatalf("miss: %v %v", e, warnings(hook))
 	}
 }
@@ -203,14 +217,14 @@ func corrupt(t *testing.T, f *remoteFixture, key string, mangle func([]byte) []b
 	t.Helper()
 	ctx := context.Background()
 	tmp := filepath.Join(t.TempDir(), "obj")
-	sum, found, err := f.store.Get(ctx, RemoteObject(key), tmp)
+	meta, found, err := f.store.GetMeta(ctx, RemoteObject(key), tmp)
 	if err != nil || !found {
 		t.Fatal(found, err)
 	}
 	data, _ := os.ReadFile(tmp)
 	data = mangle(data)
 	os.WriteFile(tmp, data, 0o644)
-	if err := f.store.Put(ctx, RemoteObject(key), tmp, sum, int64(len(data))); err != nil {
+	if err := f.store.PutMeta(ctx, RemoteObject(key), tmp, int64(len(data)), meta, false); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -231,7 +245,7 @@ func TestRemoteCacheCorruptObjectRebuiltAndReplaced(t *testing.T) {
 			corrupt(t, f, keyS1, mangle)
 			b, baseB, workB := testCache(t)
 			rb, hook := testRemote(f.store, RemoteReadWrite)
-			if e := rb.fetch(ctx, b, workB, keyS1, keyBase, baseB, "qcow2"); e != nil {
+			if e := rb.fetch(ctx, b, workB, keyS1, keyBase, "", baseB, "qcow2"); e != nil {
 				t.Fatal("corrupt object used")
 			}
 			if w := warnings(hook); len(w) != 1 || !strings.Contains(w[0], "corrupt or truncated") {
@@ -245,8 +259,8 @@ func TestRemoteCacheCorruptObjectRebuiltAndReplaced(t *testing.T) {
 			rb.push(ctx, b, workB, keyS1)
 			c, baseC, workC := testCache(t)
 			rc, hook := testRemote(f.store, RemoteRead)
-			if e := rc.fetch(ctx, c, workC, keyS1, keyBase, baseC, "qcow2"); e == nil {
-				t.Fatalf("replaced object not usable: %v", warnings(hook))
+			if e := rc.fetch(ctx, c, workC, keyS1, keyBase, "", baseC, "qcow2"); e == nil || e.ID != idOf(t, b, keyS1) {
+				t.Fatalf("replaced object not usable or not B's: %+v %v", e, warnings(hook))
 			}
 			if sum, _, _, _ := f.store.Digest(ctx, RemoteObject(keyS1)); sum == good {
 				t.Log("same digest as the first upload (deterministic tar)")
@@ -255,6 +269,11 @@ func TestRemoteCacheCorruptObjectRebuiltAndReplaced(t *testing.T) {
 	}
 }
 
+// TestRemoteCacheConcurrentUploadsLeaveOneGoodObject: two builders with
+// their own builds of s1 → s2 upload both at once. Each key ends up as one
+// whole object (digest right, usable), and the chain stays whole: the
+// remote's s2 was built on the remote's s1 (the builder whose s1 lost the
+// race does not upload its s2).
 func TestRemoteCacheConcurrentUploadsLeaveOneGoodObject(t *testing.T) {
 	f := newRemoteFixture(t)
 	ctx := context.Background()
@@ -272,6 +291,7 @@ func TestRemoteCacheConcurrentUploadsLeaveOneGoodObject(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			x.r.push(ctx, x.c, x.work, keyS1)
+			x.r.push(ctx, x.c, x.work, keyS2)
 		}()
 	}
 	wg.Wait()
@@ -282,21 +302,119 @@ func TestRemoteCacheConcurrentUploadsLeaveOneGoodObject(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(out.Contents) != 1 || aws.ToString(out.Contents[0].Key) != "ecs/"+RemoteObject(keyS1) {
-		t.Fatalf("bucket holds %d objects", len(out.Contents))
+	if len(out.Contents) != 2 {
+		t.Fatalf("bucket holds %d objects, want 2", len(out.Contents))
 	}
-	tmp := filepath.Join(t.TempDir(), "obj")
-	sum, _, err := f.store.Get(ctx, RemoteObject(keyS1), tmp)
-	if err != nil {
-		t.Fatal(err)
+	ids := map[string]string{}
+	for _, k := range []string{keyS1, keyS2} {
+		tmp := filepath.Join(t.TempDir(), "obj")
+		meta, _, err := f.store.GetMeta(ctx, RemoteObject(k), tmp)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, _, _ := hashFile(tmp); got != meta[metaSHA256] {
+			t.Fatalf("%s: object sha256 %s, metadata %s", k, got, meta[metaSHA256])
+		}
+		ids[k] = meta[metaID]
+		if k == keyS2 && meta[metaParentID] != ids[keyS1] {
+			t.Fatalf("the remote's s2 was built on s1 build %s, the remote's s1 is %s", meta[metaParentID], ids[keyS1])
+		}
 	}
-	if got, _, _ := hashFile(tmp); got != sum {
-		t.Fatalf("object sha256 %s, metadata %s", got, sum)
+	if ids[keyS1] != idOf(t, a, keyS1) && ids[keyS1] != idOf(t, b, keyS1) {
+		t.Fatalf("s1 object is neither builder's")
 	}
 	c, baseC, workC := testCache(t)
 	rc, hook := testRemote(f.store, RemoteRead)
-	if rc.fetch(ctx, c, workC, keyS1, keyBase, baseC, "qcow2") == nil {
+	e1 := rc.fetch(ctx, c, workC, keyS1, keyBase, "", baseC, "qcow2")
+	if e1 == nil {
 		t.Fatalf("raced object not usable: %v", warnings(hook))
+	}
+	if rc.fetch(ctx, c, workC, keyS2, keyS1, e1.ID, c.Disk(keyS1), "qcow2") == nil {
+		t.Fatalf("raced s2 not usable on the remote's s1: %v", warnings(hook))
+	}
+}
+
+// TestRemoteCacheOverlayOnlyOnItsOwnParent: a builder whose local s1 is
+// its own build does not take another builder's s2 (an overlay written on
+// another disk), nor uploads its own s2 over a remote chain it is not part
+// of; a builder on the remote's s1 does take it. An object whose parent
+// object was replaced is refused and replaced by the rebuilt stage.
+func TestRemoteCacheOverlayOnlyOnItsOwnParent(t *testing.T) {
+	f := newRemoteFixture(t)
+	ctx := context.Background()
+	y, workY := chainA(t)
+	ry, _ := testRemote(f.store, RemoteReadWrite)
+	ry.push(ctx, y, workY, keyS1)
+	ry.push(ctx, y, workY, keyS2)
+
+	// X built s1 itself (before the remote was there).
+	x, baseX, workX := testCache(t)
+	addStage(t, x, workX, &StageEntry{Key: keyS1, Parent: keyBase, Name: "s1", BootFrom: keyS1}, baseX, true)
+	rx, hook := testRemote(f.store, RemoteReadWrite)
+	rx.push(ctx, x, workX, keyS1) // a local hit: the remote has s1 (Y's)
+	if e := rx.fetch(ctx, x, workX, keyS2, keyS1, idOf(t, x, keyS1), x.Disk(keyS1), "qcow2"); e != nil {
+		t.Fatal("Y's s2 used on X's own build of s1")
+	}
+	if w := warnings(hook); len(w) != 0 {
+		t.Fatalf("warnings %v (a stage on another parent build is no fault)", w)
+	}
+	// X builds s2 on its s1: not uploaded over Y's chain.
+	addStage(t, x, workX, &StageEntry{Key: keyS2, Parent: keyS1, ParentID: idOf(t, x, keyS1), Name: "s2", BootFrom: keyS1}, x.Disk(keyS1), false)
+	rx.push(ctx, x, workX, keyS2)
+	if meta, _, _, _ := f.store.Head(ctx, RemoteObject(keyS2)); meta[metaID] != idOf(t, y, keyS2) {
+		t.Fatalf("remote s2 is %s, want Y's %s", meta[metaID], idOf(t, y, keyS2))
+	}
+
+	// s1 is replaced on the remote by Z's build (as after a corrupt
+	// object): Y's s2 is stale there. Z refuses it and replaces it.
+	z, baseZ, workZ := testCache(t)
+	addStage(t, z, workZ, &StageEntry{Key: keyS1, Parent: keyBase, Name: "s1", BootFrom: keyS1}, baseZ, true)
+	rz, hook := testRemote(f.store, RemoteReadWrite)
+	rz.bad[keyS1] = true
+	rz.push(ctx, z, workZ, keyS1)
+	if e := rz.fetch(ctx, z, workZ, keyS2, keyS1, idOf(t, z, keyS1), z.Disk(keyS1), "qcow2"); e != nil {
+		t.Fatal("stale s2 used")
+	}
+	if w := warnings(hook); len(w) != 1 || !strings.Contains(w[0], "no longer in the remote") {
+		t.Fatalf("warnings %v", w)
+	}
+	addStage(t, z, workZ, &StageEntry{Key: keyS2, Parent: keyS1, ParentID: idOf(t, z, keyS1), Name: "s2", BootFrom: keyS1}, z.Disk(keyS1), false)
+	rz.push(ctx, z, workZ, keyS2)
+	if meta, _, _, _ := f.store.Head(ctx, RemoteObject(keyS2)); meta[metaID] != idOf(t, z, keyS2) || meta[metaParentID] != idOf(t, z, keyS1) {
+		t.Fatalf("remote s2 %v, want Z's on Z's s1", meta)
+	}
+}
+
+// TestLookupMigratesAndChecksParentBuild: a local entry of an older
+// ecs-image (no IDs) gets them on use; a local entry built on another build
+// of its parent (whose entry was replaced) is removed.
+func TestLookupMigratesAndChecksParentBuild(t *testing.T) {
+	testenv.Tool(t, "qemu-img", "make deps")
+	c, base, work := testCache(t)
+	addStage(t, c, work, &StageEntry{Key: keyS1, Parent: keyBase, Name: "s1", BootFrom: keyS1}, base, true)
+	addStage(t, c, work, &StageEntry{Key: keyS2, Parent: keyS1, Name: "s2", BootFrom: keyS1}, c.Disk(keyS1), false)
+	// As an older ecs-image wrote them: no IDs.
+	for _, k := range []string{keyS1, keyS2} {
+		e := c.Lookup(k)
+		e.ID, e.ParentID = "", ""
+		data, _ := json.Marshal(e)
+		os.WriteFile(filepath.Join(c.Path(k), "stage.json"), data, 0o644)
+	}
+	log, _ := logtest.NewNullLogger()
+	b := &buildState{cache: c, log: log, work: work, parentKey: keyBase, parentDisk: base, base: &images.Base{Path: base, Format: "qcow2"}}
+	e1, _ := b.lookup(context.Background(), keyS1, keyBase)
+	if e1 == nil || e1.ID == "" || idOf(t, c, keyS1) != e1.ID {
+		t.Fatalf("s1 not given an ID: %+v", e1)
+	}
+	(&stepStages{}).advance(b, keyS1, keyS1)
+	e2, _ := b.lookup(context.Background(), keyS2, keyS1)
+	if e2 == nil || e2.ParentID != e1.ID || c.Lookup(keyS2).ParentID != e1.ID {
+		t.Fatalf("s2 not given its parent's ID: %+v", e2)
+	}
+	// s2 now names another build of s1 than the local one.
+	b.parentID = "another"
+	if e, _ := b.lookup(context.Background(), keyS2, keyS1); e != nil || c.Lookup(keyS2) != nil {
+		t.Fatal("an entry built on another build of its parent was used")
 	}
 }
 
@@ -313,11 +431,11 @@ func TestRemoteCacheUnreachableWarnsOnce(t *testing.T) {
 	}
 	a, workA := chainA(t)
 	r, hook := testRemote(st, RemoteReadWrite)
-	if r.fetch(ctx, a, workA, "33333333333333333333333333333333", keyS2, a.Disk(keyS2), "qcow2") != nil {
+	if r.fetch(ctx, a, workA, "33333333333333333333333333333333", keyS2, idOf(t, a, keyS2), a.Disk(keyS2), "qcow2") != nil {
 		t.Fatal("hit on an unreachable store")
 	}
 	r.push(ctx, a, workA, keyS1)
-	r.fetch(ctx, a, workA, "44444444444444444444444444444444", keyS2, a.Disk(keyS2), "qcow2")
+	r.fetch(ctx, a, workA, "44444444444444444444444444444444", keyS2, idOf(t, a, keyS2), a.Disk(keyS2), "qcow2")
 	if w := warnings(hook); len(w) != 1 || !strings.Contains(w[0], "unreachable") {
 		t.Fatalf("warnings %v", w)
 	}
@@ -354,7 +472,7 @@ type cancelOnMultipart struct {
 	client *s3.Client
 }
 
-func (c cancelOnMultipart) Put(ctx context.Context, key, file, sum string, size int64) error {
+func (c cancelOnMultipart) PutMeta(ctx context.Context, key, file string, size int64, meta map[string]string, ifAbsent bool) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	go func() {
@@ -367,7 +485,7 @@ func (c cancelOnMultipart) Put(ctx context.Context, key, file, sum string, size 
 			time.Sleep(5 * time.Millisecond)
 		}
 	}()
-	return c.S3Target.Put(ctx, key, file, sum, size)
+	return c.S3Target.PutMeta(ctx, key, file, size, meta, ifAbsent)
 }
 
 func TestRemoteCacheInterruptedUploadLeavesNoObject(t *testing.T) {
@@ -392,7 +510,7 @@ func TestRemoteCacheInterruptedUploadLeavesNoObject(t *testing.T) {
 	r2, hook := testRemote(f.store, RemoteReadWrite)
 	r2.push(ctx, a, work, keyS1)
 	b, baseB, workB := testCache(t)
-	if r2.fetch(ctx, b, workB, keyS1, keyBase, baseB, "qcow2") == nil {
+	if r2.fetch(ctx, b, workB, keyS1, keyBase, "", baseB, "qcow2") == nil {
 		t.Fatalf("re-uploaded object not usable: %v", warnings(hook))
 	}
 }
@@ -449,13 +567,13 @@ func TestBuildFromRemoteCacheOnly(t *testing.T) {
 
 	// Builder A's cache, uploaded.
 	a, _, workA := testCache(t)
-	parentDisk := b0.Path
+	parentDisk, parentID := b0.Path, ""
 	for _, s := range job.Stages {
-		addStage(t, a, workA, &StageEntry{Key: s.Key, Parent: s.Parent, Name: s.Name, Template: "remotetest", Mode: ModeBoot, BootFrom: s.Key}, parentDisk, true)
-		parentDisk = a.Disk(s.Key)
+		addStage(t, a, workA, &StageEntry{Key: s.Key, Parent: s.Parent, ParentID: parentID, Name: s.Name, Template: "remotetest", Mode: ModeBoot, BootFrom: s.Key}, parentDisk, true)
+		parentDisk, parentID = a.Disk(s.Key), idOf(t, a, s.Key)
 	}
 	last := job.Stages[len(job.Stages)-1]
-	addStage(t, a, workA, &StageEntry{Key: job.GeneraliseKey, Parent: last.Key, Name: "generalise", Template: "remotetest", BootFrom: last.Key, Packages: []string{"base-files"}}, parentDisk, false)
+	addStage(t, a, workA, &StageEntry{Key: job.GeneraliseKey, Parent: last.Key, ParentID: parentID, Name: "generalise", Template: "remotetest", BootFrom: last.Key, Packages: []string{"base-files"}}, parentDisk, false)
 	ra, _ := testRemote(f.store, RemoteWrite)
 	for _, s := range job.Stages {
 		ra.push(ctx, a, workA, s.Key)
@@ -490,6 +608,11 @@ func TestBuildFromRemoteCacheOnly(t *testing.T) {
 		}
 		if bc.Lookup(k) == nil {
 			t.Errorf("%s not in B's local cache", k[:12])
+		}
+	}
+	for _, st := range append(art.Manifest.Stages, art.Manifest.Generalise) {
+		if !st.Cached || !st.Remote {
+			t.Errorf("manifest: %+v, want cached and remote", st)
 		}
 	}
 	if got := backingOf(t, bc.Disk(job.Stages[0].Key)); got != b0.Path {
@@ -571,7 +694,7 @@ func benchTransfer(b *testing.B) {
 	c := &StageCache{Dir: filepath.Join(dir, "c")}
 	cwork, _ := c.WorkDir()
 	start = time.Now()
-	if r.fetch(ctx, c, cwork, keyS1, keyBase, base, "qcow2") == nil {
+	if r.fetch(ctx, c, cwork, keyS1, keyBase, "", base, "qcow2") == nil {
 		b.Fatalf("fetch: %v", hook.AllEntries())
 	}
 	down := time.Since(start)

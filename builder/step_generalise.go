@@ -32,9 +32,15 @@ func (s *stepGeneralise) Run(ctx context.Context, state multistep.StateBag) mult
 	}
 	b.genKey = GeneraliseKey(lastKey, g)
 	if !b.opts.NoCache {
-		if e := b.lookup(ctx, b.genKey, b.parentKey); e != nil {
-			b.log.Infof("generalise: cached (%s)", b.genKey[:12])
-			b.genDisk, b.packages, b.genCached, b.kernel = b.cache.Disk(b.genKey), e.Packages, true, e.Kernel
+		if e, remote := b.lookup(ctx, b.genKey, b.parentKey); e != nil {
+			// A merged last stage looked its generalised disk up first.
+			remote = remote || (b.deferred != nil && b.deferred.remote)
+			from := ""
+			if remote {
+				from = ", from the shared cache"
+			}
+			b.log.Infof("generalise: cached (%s%s)", b.genKey[:12], from)
+			b.genDisk, b.packages, b.genCached, b.genRemote, b.kernel = b.cache.Disk(b.genKey), e.Packages, true, remote, e.Kernel
 			return multistep.ActionContinue
 		}
 	}
@@ -69,7 +75,7 @@ func (s *stepGeneralise) Run(ctx context.Context, state multistep.StateBag) mult
 		b.log.Warnf("generalise: the image kernel's drivers are unknown (%s): the output formats' drivers are not checked", r.KernelUnknown)
 	}
 	e := &StageEntry{Key: b.genKey, Parent: b.parentKey, Name: "generalise", Template: b.tmpl.Name, Mode: ModeOffline,
-		BootFrom: b.bootFrom, Backing: b.parentDisk, Created: timeNow().UTC(), Seconds: timeNow().Sub(start).Seconds(), Packages: r.Packages, Kernel: r.Kernel}
+		BootFrom: b.bootFrom, Backing: b.parentDisk, Created: timeNow().UTC(), Seconds: timeNow().Sub(start).Seconds(), Packages: r.Packages, Kernel: r.Kernel, ParentID: b.parentID}
 	if b.opts.NoCache {
 		b.cache.Remove(b.genKey)
 	}

@@ -16,6 +16,9 @@ type stepStages struct{}
 func (s *stepStages) Run(ctx context.Context, state multistep.StateBag) multistep.StepAction {
 	b := getBuild(state)
 	b.parentDisk = b.base.Path
+	if len(b.stages) > 0 {
+		b.parentKey = b.stages[0].parent
+	}
 	for i, sr := range b.stages {
 		if ctx.Err() != nil {
 			return halt(state, ctx.Err())
@@ -23,20 +26,26 @@ func (s *stepStages) Run(ctx context.Context, state multistep.StateBag) multiste
 		// A file-only last stage is applied in the same helper boot as the
 		// generalisation; its result is cached as the generalised disk.
 		if i == len(b.stages)-1 && sr.mode == ModeOffline && b.tmpl.Generalise.On() {
-			if e := b.lookup(ctx, sr.key, sr.parent); e == nil || b.opts.NoCache {
+			if e, _ := b.lookup(ctx, sr.key, sr.parent); e == nil || b.opts.NoCache {
 				sr.merged = true
 				b.deferred = sr
-				if !b.opts.NoCache && b.lookup(ctx, GeneraliseKey(sr.key, b.tmpl.Generalise), b.parentKey) != nil {
-					sr.cached = true
+				if !b.opts.NoCache {
+					if e, remote := b.lookup(ctx, GeneraliseKey(sr.key, b.tmpl.Generalise), b.parentKey); e != nil {
+						sr.cached, sr.remote = true, remote
+					}
 				}
 				b.log.Infof("stage %s: applied with the generalisation (one offline helper boot)", sr.stage.Name)
 				continue
 			}
 		}
 		if !b.opts.NoCache {
-			if e := b.lookup(ctx, sr.key, sr.parent); e != nil {
-				sr.cached = true
-				b.log.Infof("stage %s: cached (%s)", sr.stage.Name, sr.key[:12])
+			if e, remote := b.lookup(ctx, sr.key, sr.parent); e != nil {
+				sr.cached, sr.remote = true, remote
+				from := ""
+				if remote {
+					from = ", from the shared cache"
+				}
+				b.log.Infof("stage %s: cached (%s%s)", sr.stage.Name, sr.key[:12], from)
 				s.advance(b, sr.key, e.BootFrom)
 				continue
 			}
@@ -81,22 +90,40 @@ func (s *stepStages) Run(ctx context.Context, state multistep.StateBag) multiste
 
 // lookup finds key in the local cache, else in the remote one (committed
 // locally on a verified hit; its disk is rebased onto b.parentDisk, so
-// parentKey must be the key of that disk). A local hit missing from the
-// remote is uploaded.
-func (b *buildState) lookup(ctx context.Context, key, parentKey string) *StageEntry {
+// parentKey must be the key of that disk and b.parentID the ID of its
+// entry). A local hit missing from the remote is uploaded. remote tells
+// that the entry was downloaded.
+func (b *buildState) lookup(ctx context.Context, key, parentKey string) (e *StageEntry, remote bool) {
 	if e := b.cache.Lookup(key); e != nil {
-		b.remote.push(ctx, b.cache, b.work, key)
-		return e
+		if !onBase(parentKey) && e.ParentID != "" && b.parentID != "" && e.ParentID != b.parentID {
+			// Built on another build of its parent (whose entry was
+			// replaced under it): its overlay is not valid on this one.
+			b.log.Warnf("stage cache: %s was built on another build of its parent, removed", key[:12])
+			if err := b.cache.Remove(key); err != nil {
+				b.log.Warnf("stage cache: %v", err)
+				return nil, false
+			}
+		} else {
+			b.cache.ensureIDs(e, b.parentID)
+			b.remote.push(ctx, b.cache, b.work, key)
+			return e, false
+		}
 	}
 	if b.opts.NoCache {
-		return nil
+		return nil, false
 	}
-	return b.remote.fetch(ctx, b.cache, b.work, key, parentKey, b.parentDisk, b.parentFormat())
+	e = b.remote.fetch(ctx, b.cache, b.work, key, parentKey, b.parentID, b.parentDisk, b.parentFormat())
+	return e, e != nil
 }
 
+// advance makes key's entry the parent of the next stage.
 func (s *stepStages) advance(b *buildState, key, bootFrom string) {
 	b.parentKey = key
 	b.parentDisk = b.cache.Disk(key)
+	b.parentID = ""
+	if e := b.cache.Lookup(key); e != nil {
+		b.parentID = e.ID
+	}
 	if bootFrom != "" {
 		b.bootFrom = bootFrom
 	}

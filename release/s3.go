@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net/http"
 	"os"
 	"path"
@@ -89,15 +90,35 @@ func (t *S3Target) String() string { return "s3://" + path.Join(t.bucket, t.pref
 
 // Digest reads the sha256 metadata of the object at key.
 func (t *S3Target) Digest(ctx context.Context, key string) (string, int64, bool, error) {
+	meta, size, found, err := t.Head(ctx, key)
+	sum, ok := meta[digestMeta]
+	return sum, size, found && ok, err
+}
+
+// Head returns the user metadata (x-amz-meta-*, lower-case names; "sha256"
+// is the digest Put records) and size of the object at key; found is false
+// when there is none.
+func (t *S3Target) Head(ctx context.Context, key string) (meta map[string]string, size int64, found bool, err error) {
 	out, err := t.client.HeadObject(ctx, &s3.HeadObjectInput{Bucket: &t.bucket, Key: aws.String(t.key(key))})
 	if isNotFound(err) {
-		return "", 0, false, nil
+		return nil, 0, false, nil
 	}
 	if err != nil {
-		return "", 0, false, fmt.Errorf("%s: %w", t.key(key), err)
+		return nil, 0, false, fmt.Errorf("%s: %w", t.key(key), err)
 	}
-	sum, ok := out.Metadata[digestMeta]
-	return sum, aws.ToInt64(out.ContentLength), ok, nil
+	return out.Metadata, aws.ToInt64(out.ContentLength), true, nil
+}
+
+// isExists tells whether err is a conditional write refused because the
+// object exists (412 Precondition Failed) or is being written by a
+// concurrent conditional request (409 ConditionalRequestConflict).
+func isExists(err error) bool {
+	var re *awshttp.ResponseError
+	if errors.As(err, &re) && (re.HTTPStatusCode() == http.StatusPreconditionFailed || re.HTTPStatusCode() == http.StatusConflict) {
+		return true
+	}
+	var ae smithy.APIError
+	return errors.As(err, &ae) && (ae.ErrorCode() == "PreconditionFailed" || ae.ErrorCode() == "ConditionalRequestConflict")
 }
 
 func isNotFound(err error) bool {
@@ -146,6 +167,24 @@ func (t *S3Target) abortAll(ctx context.Context, key *string) {
 // Put uploads file, multipart when large; a failed or cancelled multipart
 // upload is aborted so no partial object or stray parts remain.
 func (t *S3Target) Put(ctx context.Context, key, file, sum string, size int64) error {
+	return t.PutMeta(ctx, key, file, size, map[string]string{digestMeta: sum}, false)
+}
+
+// PutMeta is Put with the object's whole user metadata (meta holds
+// "sha256" too). ifAbsent makes it a conditional write (If-None-Match: *
+// on the PUT or on completing the multipart upload): when the object
+// already exists, or another conditional write of it is under way, nothing
+// is written and the error wraps fs.ErrExist. A server that ignores the
+// condition overwrites (last completed upload wins).
+func (t *S3Target) PutMeta(ctx context.Context, key, file string, size int64, meta map[string]string, ifAbsent bool) error {
+	err := t.putMeta(ctx, key, file, size, meta, ifAbsent)
+	if ifAbsent && isExists(err) {
+		return fmt.Errorf("%s: %w (%v)", t.key(key), fs.ErrExist, err)
+	}
+	return err
+}
+
+func (t *S3Target) putMeta(ctx context.Context, key, file string, size int64, meta map[string]string, ifAbsent bool) error {
 	f, err := os.Open(file)
 	if err != nil {
 		return err
@@ -153,11 +192,14 @@ func (t *S3Target) Put(ctx context.Context, key, file, sum string, size int64) e
 	defer f.Close()
 	tr := progress.New("upload "+key, size)
 	defer tr.Done()
-	meta := map[string]string{digestMeta: sum}
+	var ifNoneMatch *string
+	if ifAbsent {
+		ifNoneMatch = aws.String("*")
+	}
 	k := aws.String(t.key(key))
 	if size < multipartThreshold {
 		_, err := t.client.PutObject(ctx, &s3.PutObjectInput{Bucket: &t.bucket, Key: k, Body: io.NewSectionReader(f, 0, size),
-			ContentLength: aws.Int64(size), Metadata: meta})
+			ContentLength: aws.Int64(size), Metadata: meta, IfNoneMatch: ifNoneMatch})
 		if err == nil {
 			tr.Add(size)
 		}
@@ -229,7 +271,7 @@ func (t *S3Target) Put(ctx context.Context, key, file, sum string, size int64) e
 	}
 	sort.Slice(parts, func(i, j int) bool { return *parts[i].PartNumber < *parts[j].PartNumber })
 	if _, err := t.client.CompleteMultipartUpload(ctx, &s3.CompleteMultipartUploadInput{Bucket: &t.bucket, Key: k, UploadId: cr.UploadId,
-		MultipartUpload: &types.CompletedMultipartUpload{Parts: parts}}); err != nil {
+		MultipartUpload: &types.CompletedMultipartUpload{Parts: parts}, IfNoneMatch: ifNoneMatch}); err != nil {
 		return err
 	}
 	completed = true
@@ -249,26 +291,32 @@ func (t *S3Target) Delete(ctx context.Context, key string) error {
 // object's sha256 metadata ("" when it has none); found is false when there
 // is no such object. The caller verifies the digest.
 func (t *S3Target) Get(ctx context.Context, key, file string) (sum string, found bool, err error) {
+	meta, found, err := t.GetMeta(ctx, key, file)
+	return meta[digestMeta], found, err
+}
+
+// GetMeta is Get returning the object's whole user metadata.
+func (t *S3Target) GetMeta(ctx context.Context, key, file string) (meta map[string]string, found bool, err error) {
 	out, err := t.client.GetObject(ctx, &s3.GetObjectInput{Bucket: &t.bucket, Key: aws.String(t.key(key))})
 	if isNotFound(err) {
-		return "", false, nil
+		return nil, false, nil
 	}
 	if err != nil {
-		return "", false, fmt.Errorf("%s: %w", t.key(key), err)
+		return nil, false, fmt.Errorf("%s: %w", t.key(key), err)
 	}
 	defer out.Body.Close()
 	f, err := os.Create(file)
 	if err != nil {
-		return "", true, err
+		return nil, true, err
 	}
 	if _, err := io.Copy(f, out.Body); err != nil {
 		f.Close()
-		return "", true, fmt.Errorf("%s: %w", t.key(key), err)
+		return nil, true, fmt.Errorf("%s: %w", t.key(key), err)
 	}
 	if err := f.Close(); err != nil {
-		return "", true, err
+		return nil, true, err
 	}
-	return out.Metadata[digestMeta], true, nil
+	return out.Metadata, true, nil
 }
 
 // ObjectInfo is one object of List.
@@ -311,4 +359,50 @@ func (t *S3Target) ReadPrefix(ctx context.Context, key string, n int64) ([]byte,
 	}
 	defer out.Body.Close()
 	return io.ReadAll(io.LimitReader(out.Body, n))
+}
+
+// UploadInfo is an open (never completed nor aborted) multipart upload.
+type UploadInfo struct {
+	Key       string // relative to the target's prefix
+	ID        string
+	Initiated time.Time
+}
+
+// ListUploads returns the open multipart uploads whose keys (relative to
+// the target's prefix) start with sub: what an uploader killed mid-upload
+// left behind (its parts are stored but no object is visible).
+func (t *S3Target) ListUploads(ctx context.Context, sub string) ([]UploadInfo, error) {
+	var out []UploadInfo
+	full := t.key(sub)
+	if t.prefix != "" && sub == "" {
+		full = t.prefix + "/"
+	}
+	in := &s3.ListMultipartUploadsInput{Bucket: &t.bucket, Prefix: aws.String(full)}
+	for {
+		page, err := t.client.ListMultipartUploads(ctx, in)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", t, err)
+		}
+		for _, u := range page.Uploads {
+			k := aws.ToString(u.Key)
+			if t.prefix != "" {
+				k = k[len(t.prefix)+1:]
+			}
+			out = append(out, UploadInfo{Key: k, ID: aws.ToString(u.UploadId), Initiated: aws.ToTime(u.Initiated)})
+		}
+		if !aws.ToBool(page.IsTruncated) {
+			return out, nil
+		}
+		in.KeyMarker, in.UploadIdMarker = page.NextKeyMarker, page.NextUploadIdMarker
+	}
+}
+
+// AbortUpload aborts an open multipart upload (its stored parts are freed).
+func (t *S3Target) AbortUpload(ctx context.Context, u UploadInfo) error {
+	_, err := t.client.AbortMultipartUpload(ctx, &s3.AbortMultipartUploadInput{Bucket: &t.bucket, Key: aws.String(t.key(u.Key)), UploadId: aws.String(u.ID)})
+	var nu *types.NoSuchUpload
+	if isNotFound(err) || errors.As(err, &nu) {
+		return nil
+	}
+	return err
 }

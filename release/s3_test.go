@@ -4,9 +4,11 @@ import (
 	"context"
 	"errors"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -104,5 +106,70 @@ func TestPublishS3RoundTrip(t *testing.T) {
 	rep, err = Publish(ctx, dir, tgt, PublishOptions{})
 	if err != nil || len(rep.Uploaded) != 0 || len(rep.Skipped) != len(want) {
 		t.Fatalf("re-publish %+v %v", rep, err)
+	}
+}
+
+// TestS3PutMetaIfAbsent: a conditional put (single and multipart) writes
+// nothing over an existing object and says so with fs.ErrExist; metadata
+// round-trips through Head and GetMeta; open multipart uploads are listed
+// and aborted.
+func TestS3PutMetaIfAbsent(t *testing.T) {
+	endpoint := versityGW(t)
+	ctx := context.Background()
+	tgt, err := NewS3Target(ctx, "releases", "cache", S3Options{Endpoint: endpoint})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	for _, size := range []int64{1 << 10, multipartThreshold + 1<<20} {
+		first, second := filepath.Join(dir, "first"), filepath.Join(dir, "second")
+		for i, p := range []string{first, second} {
+			data := make([]byte, size)
+			data[0] = byte('a' + i)
+			if err := os.WriteFile(p, data, 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+		key := "stages/" + strconv.FormatInt(size, 10)
+		if err := tgt.PutMeta(ctx, key, first, size, map[string]string{"sha256": "1", "stage-id": "first"}, true); err != nil {
+			t.Fatalf("%d bytes: first conditional put: %v", size, err)
+		}
+		err := tgt.PutMeta(ctx, key, second, size, map[string]string{"sha256": "2", "stage-id": "second"}, true)
+		if !errors.Is(err, fs.ErrExist) {
+			t.Fatalf("%d bytes: second conditional put = %v, want fs.ErrExist", size, err)
+		}
+		meta, gotSize, found, err := tgt.Head(ctx, key)
+		if err != nil || !found || gotSize != size || meta["stage-id"] != "first" || meta["sha256"] != "1" {
+			t.Fatalf("%d bytes: head %v %d %v %v", size, meta, gotSize, found, err)
+		}
+		out := filepath.Join(dir, "out")
+		meta, _, err = tgt.GetMeta(ctx, key, out)
+		if data, _ := os.ReadFile(out); err != nil || meta["stage-id"] != "first" || len(data) == 0 || data[0] != 'a' {
+			t.Fatalf("%d bytes: the second put changed the object (%v, %v)", size, meta, err)
+		}
+		// Unconditional: replaced.
+		if err := tgt.PutMeta(ctx, key, second, size, map[string]string{"sha256": "2", "stage-id": "second"}, false); err != nil {
+			t.Fatal(err)
+		}
+		if meta, _, _, _ := tgt.Head(ctx, key); meta["stage-id"] != "second" {
+			t.Fatalf("%d bytes: not replaced: %v", size, meta)
+		}
+	}
+	if ups, err := tgt.ListUploads(ctx, ""); err != nil || len(ups) != 0 {
+		t.Fatalf("uploads %v %v", ups, err)
+	}
+	client, _ := NewS3Client(ctx, S3Options{Endpoint: endpoint})
+	if _, err := client.CreateMultipartUpload(ctx, &s3.CreateMultipartUploadInput{Bucket: aws.String("releases"), Key: aws.String("cache/stages/x")}); err != nil {
+		t.Fatal(err)
+	}
+	ups, err := tgt.ListUploads(ctx, "")
+	if err != nil || len(ups) != 1 || ups[0].Key != "stages/x" || ups[0].Initiated.IsZero() {
+		t.Fatalf("uploads %+v %v", ups, err)
+	}
+	if err := tgt.AbortUpload(ctx, ups[0]); err != nil {
+		t.Fatal(err)
+	}
+	if ups, err := tgt.ListUploads(ctx, ""); err != nil || len(ups) != 0 {
+		t.Fatalf("after abort: uploads %v %v", ups, err)
 	}
 }

@@ -201,10 +201,13 @@ $ECS_IMAGE_CACHE/stages (default ~/.cache/ecs-image/stages); see
 --cache-remote s3://bucket/prefix (or $ECS_IMAGE_CACHE_REMOTE) shares the
 stage cache between builders through S3 or any S3-compatible server: a
 stage missing locally is downloaded from the remote when it is there,
-verified (sha256, its parent key, the disk's structure) and rebased onto the
-local parent; a stage built or found locally is uploaded when the remote
-lacks it. A corrupt object is reported and rebuilt (and replaced); an
-unreachable remote is one warning and the build goes on locally.
+verified (sha256, its parent key and the build of the parent it was made
+on, the disk's structure) and rebased onto the local parent; a stage built
+or found locally is uploaded when the remote lacks it and holds the very
+build of its parent it was made on (the first of racing builders wins). A
+corrupt object is reported and rebuilt (and replaced); an unreachable remote
+is one warning and the build goes on locally. The manifest marks the stages
+downloaded ("remote": true).
 --cache-remote-mode read lets pull-request builds read without writing.
 
 Ctrl-C stops QEMU and removes temporary files: nothing is left at the
@@ -325,9 +328,11 @@ directories of builds that are no longer running.
 
 With --remote (the shared stage cache of --cache-remote s3://bucket/prefix,
 default $ECS_IMAGE_CACHE_REMOTE) it is pruned instead: objects uploaded before
---older-than, beyond the --keep newest of each template's stage, unreadable
-ones, and every object built on a removed one. A build re-uploads a stage
-it needs that was pruned.`,
+--older-than, beyond the --keep newest of each template's stage, unusable
+ones (unreadable, from an older ecs-image, or built on another build of their
+parent than the remote's), and every object built on a removed one; uploads
+left open (a builder killed mid-upload) started before --older-than are
+aborted. A build re-uploads a stage it needs that was pruned.`,
 	Example: `  ecs-image cache prune
   ecs-image cache prune --older-than 24h
   ecs-image cache prune --all

@@ -77,14 +77,27 @@ func readRemoteEntry(ctx context.Context, t *release.S3Target, key string, e *bu
 
 // pruneRemote chooses the objects to delete: uploaded before before, or
 // beyond the keep newest of their template and stage name (keep > 0),
-// unreadable ones, and every object built on a chosen one.
+// unusable ones (unreadable; without a stage ID, as an older ecs-image
+// wrote them; built on another build of their parent stage than the
+// remote's, or on a parent stage no longer there), and every object built
+// on a chosen one.
 func pruneRemote(ents []*remoteEntry, before time.Time, keep int) []*remoteEntry {
 	dead := map[string]bool{}
 	seen := map[string]int{}
+	byObject := map[string]*remoteEntry{}
+	for _, e := range ents {
+		byObject[e.Object] = e
+	}
 	for _, e := range ents { // newest first
-		if e.Err != nil {
+		if e.Err != nil || e.ID == "" {
 			dead[e.Object] = true
 			continue
+		}
+		if !strings.HasPrefix(e.Parent, "base:") {
+			if p := byObject[builder.RemoteObject(e.Parent)]; p == nil || p.Err != nil || p.ID != e.ParentID {
+				dead[e.Object] = true
+				continue
+			}
 		}
 		seen[e.Template+"\x00"+e.Name]++
 		if e.Uploaded.Before(before) || (keep > 0 && seen[e.Template+"\x00"+e.Name] > keep) {
@@ -181,5 +194,19 @@ func cachePruneRemote(cmd *cobra.Command, t *release.S3Target, before time.Time,
 		fmt.Fprintf(cmd.OutOrStdout(), "removed %s (%s/%s)\n", strings.TrimSuffix(strings.TrimPrefix(e.Object, "stages/"), ".tar.zst")[:12], e.Template, e.Name)
 	}
 	fmt.Fprintf(cmd.ErrOrStderr(), "removed %d stages from %s, freed %.0f MiB\n", n, t, float64(freed)/(1<<20))
+	// Uploads never completed nor aborted (a builder killed mid-upload):
+	// their parts take room but no object is visible.
+	ups, err := t.ListUploads(cmd.Context(), "stages/")
+	if err != nil {
+		return err
+	}
+	for _, u := range ups {
+		if u.Initiated.Before(before) {
+			if err := t.AbortUpload(cmd.Context(), u); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "aborted the upload of %s started %s\n", u.Key, u.Initiated.Local().Format("2006-01-02 15:04"))
+		}
+	}
 	return nil
 }
