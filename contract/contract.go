@@ -101,6 +101,10 @@ type ImageEntry struct {
 	// ID is the image's config digest (sha256:…), when the builder knows
 	// it: the agent checks that the loaded image is this one.
 	ID string `json:"id,omitempty"`
+	// Ref is the registry reference the builder pulled the image from (the
+	// template's ref:): `ecs-agent update` looks it up again and replaces
+	// the tarball with a newer image, unless it is pinned by digest.
+	Ref string `json:"ref,omitempty"`
 	// Service names the compose service (default: derived from the first
 	// tag). Not used with a declared stack.
 	Service string `json:"service,omitempty"`

@@ -350,7 +350,7 @@ func (c *Containers) Place(ctx context.Context, a *Archive) error {
 			return err
 		}
 		man.Images = append(man.Images, ImageManifestEntry{File: im.Name, Format: im.format, Source: source, SHA256: sum, Size: size})
-		index = append(index, AgentIndexEntry{File: im.Name, Tags: im.Tags, ID: imageID(src, im.format), Service: im.Service, Web: im.Web,
+		index = append(index, AgentIndexEntry{File: im.Name, Tags: im.Tags, ID: imageID(src, im.format), Ref: im.Ref, Service: im.Service, Web: im.Web,
 			Port: im.Port, Command: im.Command, NoCompose: im.NoCompose})
 	}
 	idata, err := json.MarshalIndent(index, "", "  ")

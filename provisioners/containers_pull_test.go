@@ -81,8 +81,8 @@ func TestContainersPullFromRegistry(t *testing.T) {
 		t.Errorf("images.json %s (%v): want the reference as source", files["app/images/images.json"], err)
 	}
 	var index []AgentIndexEntry
-	if err := json.Unmarshal(files["app/images/manifest.json"], &index); err != nil || len(index) != 1 || strings.Join(index[0].Tags, ",") != ref {
-		t.Errorf("agent index %s (%v): want tag %s", files["app/images/manifest.json"], err, ref)
+	if err := json.Unmarshal(files["app/images/manifest.json"], &index); err != nil || len(index) != 1 || strings.Join(index[0].Tags, ",") != ref || index[0].Ref != ref {
+		t.Errorf("agent index %s (%v): want tag and ref %s (ecs-agent update pulls the ref again)", files["app/images/manifest.json"], err, ref)
 	}
 
 	// A reference the registry does not have fails with the reference named.

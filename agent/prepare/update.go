@@ -97,6 +97,8 @@ type UpdateReport struct {
 	Flags        []string `json:"flags,omitempty"`
 	Reboot       bool     `json:"reboot"`
 	RestartStack bool     `json:"restart"`
+	// Images are the registry lookups of the images with a ref.
+	Images []PullResult `json:"images,omitempty"`
 }
 
 // Update is `ecs-agent update` (appliance-update.service, manual §4.5):
@@ -198,6 +200,11 @@ func (a *Agent) Update(ctx context.Context) (err error) {
 			a.logf("%s: warning: certificate renewal: %v (the tls warning of the status page)", step, err)
 		}
 	}
+	pulled, res, err := a.pullImages(ctx)
+	rep.Images = res
+	if err != nil {
+		return fail("container images", err)
+	}
 	if flags["ecs"] || flags["appliance"] {
 		// Reload every baked or pushed image on the restart.
 		if _, err := a.Host.WriteFile(ForceLoadFlag, nil, 0o644); err != nil {
@@ -210,7 +217,7 @@ func (a *Agent) Update(ctx context.Context) (err error) {
 		}
 	}
 	rep.Reboot = a.Host.Exists(RebootRequired)
-	rep.RestartStack = stopped || rep.Docker || rep.Postgres || flags["ecs"] || flags["appliance"] || a.imagesChanged()
+	rep.RestartStack = stopped || rep.Docker || rep.Postgres || flags["ecs"] || flags["appliance"] || pulled || a.imagesChanged()
 	if rep.Reboot {
 		a.logf("%s: a package asks for a reboot (%s): rebooting", step, RebootRequired)
 		a.writeUpdateMetrics(start, rep, nil)
@@ -294,6 +301,13 @@ func (a *Agent) writeUpdateMetrics(start time.Time, rep UpdateReport, err error)
 	metric("appliance_update_last_success", "1 if the last update run succeeded, else 0.", ok)
 	metric("appliance_update_last_upgradable_packages", "Packages the last update run found upgradable.", float64(len(rep.Upgradable)))
 	metric("appliance_update_last_reboot", "1 if the last update run rebooted the machine.", map[bool]float64{true: 1}[rep.Reboot])
+	updated := 0
+	for _, r := range rep.Images {
+		if r.Result == "updated" {
+			updated++
+		}
+	}
+	metric("appliance_update_last_images_updated", "Container images the last update run pulled in a newer version of.", float64(updated))
 	if _, werr := a.Host.WriteFile(UpdateMetrics, []byte(b.String()), 0o644); werr != nil {
 		a.logf("appliance-update: metrics: %v", werr)
 	}

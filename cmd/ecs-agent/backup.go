@@ -138,7 +138,10 @@ func init() {
 upgradable packages decide the precautions: docker or PostgreSQL packages
 stop the appliance first (PostgreSQL after a dump of the database to
 /data/ecs-pgdump/ecs-update.pgdump); unattended-upgrade upgrades the
-system; the Let's Encrypt certificate is renewed when due; then the machine
+system; the Let's Encrypt certificate is renewed when due; container
+images baked from a registry tag (their ref in /app/images/manifest.json,
+not pinned by digest) are pulled again when the registry has a newer image
+(an unreachable registry is a warning: the loaded image stays); then the machine
 reboots when a package asks for it (/run/reboot-required, e.g. a kernel),
 or the appliance restarts when docker, PostgreSQL or a container image
 changed (prepare-ecs loads the new images and migrates after a dump).
