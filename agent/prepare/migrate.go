@@ -2,8 +2,10 @@ package prepare
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 
 	"github.com/ecs-image/ecs-image/agent/host"
@@ -19,6 +21,53 @@ const MigrateService = "ecs.web"
 // to completion: an unchanged image does not migrate (nor dump) again, as
 // the original migrated only when the ecs version changed.
 const MigratedTag = TagsDir + "/last_migrated_image"
+
+// MigratedHistory lists every image ID of MigrateService whose migrations
+// ran to completion on this data, oldest first (TagsDir is on the ecs-data
+// volume: the list travels with the disks). An image in the list that is
+// not the last migrated before a newer one: it is older than the schema,
+// and it is refused (ErrOlderImage) instead of starting on it.
+const MigratedHistory = TagsDir + "/migrated_images"
+
+// ErrOlderImage: the image's migrations ran on this data before a newer
+// image's did.
+var ErrOlderImage = errors.New("this image is older than the data")
+
+// migratedImages reads MigratedHistory (or, from before it existed, the
+// last migrated image).
+func (a *Agent) migratedImages() []string {
+	data, err := a.Host.ReadFile(MigratedHistory)
+	if err != nil {
+		data, _ = a.Host.ReadFile(MigratedTag)
+	}
+	return strings.Fields(string(data))
+}
+
+// checkNotOlder refuses imageID when it migrated this data before the last
+// migrated image: going back to an older image on a schema a newer one
+// moved on would run old code on it.
+func (a *Agent) checkNotOlder(image, imageID string) error {
+	hist := a.migratedImages()
+	if len(hist) == 0 || imageID == "" || hist[len(hist)-1] == imageID || !slices.Contains(hist, imageID) {
+		return nil
+	}
+	return fmt.Errorf("%w: %s (%s) migrated the database before %s did (%s): going back to an older image on data a newer one migrated is refused; "+
+		"boot the newer image, or roll back with the dump taken before its migration (%s) or a backup (ecs-agent recover --force --time …) and remove %s and %s",
+		ErrOlderImage, image, imageID, hist[len(hist)-1], MigratedHistory, MigrateDump, MigratedTag, MigratedHistory)
+}
+
+// recordMigrated notes that imageID's migrations ran to completion.
+func (a *Agent) recordMigrated(imageID string) error {
+	hist := a.migratedImages()
+	if !slices.Contains(hist, imageID) {
+		hist = append(hist, imageID)
+	}
+	if _, err := a.Host.WriteFile(MigratedHistory, []byte(strings.Join(hist, "\n")+"\n"), 0o644); err != nil {
+		return err
+	}
+	_, err := a.Host.WriteFile(MigratedTag, []byte(imageID+"\n"), 0o644)
+	return err
+}
 
 // composeCommand returns the command line that runs compose with args on
 // the appliance's project and compose file: the same Compose, project and
@@ -78,6 +127,9 @@ func (a *Agent) stepMigrate(ctx context.Context, e *Env) error {
 			a.logf("prepare-ecs/migrate: %s (%s) migrated already", image, imageID)
 			return nil
 		}
+		if err := a.checkNotOlder(image, imageID); err != nil {
+			return err
+		}
 	}
 	if err := a.dumpBeforeMigration(ctx, e); err != nil {
 		return err
@@ -92,8 +144,7 @@ func (a *Agent) stepMigrate(ctx context.Context, e *Env) error {
 		if _, err := a.Host.RunCmd(ctx, hostCmd(name, args, a.migrateEnv(e))); err != nil {
 			return fmt.Errorf("migration (%s migrate) failed: %w%s", MigrateService, err, dumpNote)
 		}
-		_, err := a.Host.WriteFile(MigratedTag, []byte(imageID+"\n"), 0o644)
-		return err
+		return a.recordMigrated(imageID)
 	}
 	envv := append(a.migrateEnv(e), "COMPOSE_FILE="+ComposeFile, "COMPOSE_PROJECT_NAME="+ComposeProject)
 	a.logf("prepare-ecs/migrate: running %s", MigrateHook)

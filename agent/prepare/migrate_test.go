@@ -140,3 +140,60 @@ func TestMigrateOffOrNothingToRun(t *testing.T) {
 		t.Errorf("no ecs.web: %v %q", err, rec2.Recorded())
 	}
 }
+
+// Image upgrades on the same data disks: v1 then v2 migrate; v1 again is
+// refused (its migrations ran before v2's: the schema moved on) without
+// running anything, naming the way back; v2 starts again without
+// migrating; a data volume from before the history (only the last
+// migrated image recorded) counts that image.
+func TestMigrateRefusesOlderImage(t *testing.T) {
+	a, _ := testAgent(t)
+	r := &migrateRunner{}
+	activate(t, a, clientCertEnv)
+	a.Host.Runner = r
+	put(t, a, ComposeFile, []byte(migrateCompose), 0o644)
+	e, err := a.loadActive()
+	if err != nil {
+		t.Fatal(err)
+	}
+	migrate := func(id string) (bool, error) {
+		t.Helper()
+		r.imageID = id
+		err := a.stepMigrate(context.Background(), e)
+		return strings.Contains(strings.Join(r.take(), "\n"), " run --no-deps --rm -T ecs.web migrate"), err
+	}
+	for _, id := range []string{"sha256:v1", "sha256:v2"} {
+		if ran, err := migrate(id); err != nil || !ran {
+			t.Fatalf("%s: ran %v, %v", id, ran, err)
+		}
+	}
+	ran, err := migrate("sha256:v1")
+	if !errors.Is(err, ErrOlderImage) || ran {
+		t.Fatalf("v1 after v2: ran %v, %v", ran, err)
+	}
+	for _, want := range []string{"ecs/ecs:latest (sha256:v1) migrated the database before sha256:v2 did", "going back to an older image", MigrateDump, "ecs-agent recover"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("the refusal lacks %q: %v", want, err)
+		}
+	}
+	if ran, err := migrate("sha256:v2"); err != nil || ran {
+		t.Errorf("v2 again: ran %v, %v", ran, err)
+	}
+	if got := read(t, a, MigratedHistory); got != "sha256:v1\nsha256:v2\n" {
+		t.Errorf("history %q", got)
+	}
+
+	// A volume from before the history: only the last migrated image.
+	if err := a.Host.Remove(MigratedHistory); err != nil {
+		t.Fatal(err)
+	}
+	if ran, err := migrate("sha256:v3"); err != nil || !ran {
+		t.Fatalf("v3: ran %v, %v", ran, err)
+	}
+	if got := read(t, a, MigratedHistory); got != "sha256:v2\nsha256:v3\n" {
+		t.Errorf("history %q", got)
+	}
+	if _, err := migrate("sha256:v2"); !errors.Is(err, ErrOlderImage) {
+		t.Errorf("v2 after v3: %v", err)
+	}
+}
