@@ -2,8 +2,11 @@ package prepare
 
 import (
 	"context"
+	"crypto/sha256"
 	_ "embed"
 	"fmt"
+	"path/filepath"
+	"sort"
 	"strings"
 )
 
@@ -44,6 +47,12 @@ type metricService struct {
 	Env  string // other lines of /etc/default/<unit>
 }
 
+// nodeMountPointsExclude is Debian's default for the node exporter's
+// filesystem collector without its /mnt and /media: the manual mounts the
+// backup target under /mnt (appliance.backup.mount.target), and
+// NodeFilesystemFree must see it filling up.
+const nodeMountPointsExclude = `^/(dev|proc|run|sys|var/lib/docker/.+|var/lib/containers/storage/.+)($|/)`
+
 // exporters are the units appliance.metric.exporter starts, listening on
 // loopback only.
 var exporters = []metricService{
@@ -52,6 +61,9 @@ var exporters = []metricService{
 			"--collector.diskstats --collector.entropy --collector.filefd --collector.filesystem --collector.hwmon " +
 			"--collector.loadavg --collector.mdadm --collector.meminfo --collector.netdev --collector.netstat " +
 			"--collector.stat --collector.textfile --collector.time --collector.uname --collector.vmstat " +
+			// NodeLoadHigh divides by the number of CPUs (node_cpu_seconds_total).
+			"--collector.cpu " +
+			"--collector.filesystem.mount-points-exclude=" + nodeMountPointsExclude + " " +
 			"--collector.textfile.directory=" + MetricsDir},
 	{Unit: "prometheus-nginx-exporter", Job: "nginx", Addr: "127.0.0.1:9113",
 		Args: "-web.listen-address=127.0.0.1:9113 -nginx.scrape-uri=http://" + nginxStatusAddr + "/stub_status"},
@@ -145,12 +157,15 @@ func (a *Agent) stepMetrics(ctx context.Context, e *Env) error {
 		}
 	}
 	if server {
-		changed, err := a.metricsServerFiles(e)
+		promChanged, amChanged, err := a.metricsServerFiles(ctx, e)
 		if err != nil {
 			return err
 		}
-		if changed {
-			start, restart = moveUnits(start, restart, "prometheus.service", "prometheus-alertmanager.service")
+		if promChanged {
+			start, restart = moveUnits(start, restart, "prometheus.service")
+		}
+		if amChanged {
+			start, restart = moveUnits(start, restart, "prometheus-alertmanager.service")
 		}
 	}
 	if reload {
@@ -240,36 +255,117 @@ GRANT pg_monitor TO prometheus;
 	return nil
 }
 
-// metricsServerFiles writes Prometheus' and Alertmanager's configuration
-// and the alert rules; it reports whether any changed.
-func (a *Agent) metricsServerFiles(e *Env) (bool, error) {
+// alertTimings are Prometheus' and Alertmanager's intervals: production
+// uses productionTimings; the host test of the whole alert chain renders
+// the same templates with short ones.
+type alertTimings struct {
+	Scrape, Evaluation                       string // Prometheus
+	GroupWait, GroupInterval, RepeatInterval string // Alertmanager
+}
+
+var productionTimings = alertTimings{Scrape: "15s", Evaluation: "15s", GroupWait: "30s", GroupInterval: "5m", RepeatInterval: "12h"}
+
+// serverConfig is what Prometheus' and Alertmanager's configurations are
+// rendered from.
+type serverConfig struct {
+	Domain           string
+	AlertmanagerAddr string
+	RulesFile        string
+	CustomRules      string
+	// CustomDigest is a digest of the custom rule files, written into
+	// prometheus.yml as a comment: Prometheus reads rule files only when
+	// it (re)loads, so changed custom rules change its configuration.
+	CustomDigest string
+	Targets      []metricService
+	// Smarthost is postfix's smtpd (plain SMTP on the loopback: no
+	// STARTTLS is required), MailTo the alerts' recipient.
+	Smarthost string
+	MailTo    string
+	alertTimings
+}
+
+// applianceServerConfig is the appliance's configuration for a domain.
+func applianceServerConfig(domain string) serverConfig {
 	var targets []metricService
 	targets = append(targets, exporters...)
 	targets = append(targets, servers...)
-	prom, err := render("prometheus.yml.tmpl", map[string]any{
-		"Domain": e.Doc.Domain(), "AlertmanagerAddr": servers[1].Addr,
-		"RulesFile": PromRules, "CustomRules": PromCustomRules, "Targets": targets,
-	})
-	if err != nil {
-		return false, err
+	return serverConfig{
+		Domain: domain, AlertmanagerAddr: servers[1].Addr,
+		RulesFile: PromRules, CustomRules: PromCustomRules, Targets: targets,
+		Smarthost: fmt.Sprintf("127.0.0.1:%d", PostfixPort), MailTo: "root@localhost",
+		alertTimings: productionTimings,
 	}
-	am, err := render("alertmanager.yml.tmpl", map[string]any{"Domain": e.Doc.Domain()})
-	if err != nil {
-		return false, err
+}
+
+// renderServerConfig renders prometheus.yml and alertmanager.yml.
+func renderServerConfig(c serverConfig) (prom, am []byte, err error) {
+	if prom, err = render("prometheus.yml.tmpl", c); err != nil {
+		return nil, nil, err
 	}
-	any := false
-	for _, f := range []struct {
-		path string
-		data []byte
-	}{{PromConfig, prom}, {PromRules, alertRules}, {AlertConfig, am}} {
-		changed, err := a.Host.WriteFile(f.path, f.data, 0o644)
-		if err != nil {
-			return false, err
+	if am, err = render("alertmanager.yml.tmpl", c); err != nil {
+		return nil, nil, err
+	}
+	return prom, am, nil
+}
+
+// metricsServerFiles writes Prometheus' configuration and alert rules and
+// Alertmanager's configuration; it reports which changed. Changed custom
+// rules are first checked with promtool: a broken one is an error naming
+// it (Prometheus would not start with it).
+func (a *Agent) metricsServerFiles(ctx context.Context, e *Env) (promChanged, amChanged bool, err error) {
+	if err := a.Host.MkdirAll(filepath.Dir(PromCustomRules), 0o755); err != nil {
+		return false, false, err
+	}
+	custom, digest, err := a.customRules()
+	if err != nil {
+		return false, false, err
+	}
+	c := applianceServerConfig(e.Doc.Domain())
+	c.CustomDigest = digest
+	prom, am, err := renderServerConfig(c)
+	if err != nil {
+		return false, false, err
+	}
+	if promChanged, err = a.Host.WriteFile(PromConfig, prom, 0o644); err != nil {
+		return false, false, err
+	}
+	if promChanged && len(custom) > 0 {
+		if out, err := a.Host.Run(ctx, "promtool", append([]string{"check", "rules"}, custom...)...); err != nil {
+			// Rewritten at the next start, and checked again then.
+			if rerr := a.Host.Remove(PromConfig); rerr != nil {
+				a.logf("metrics: %v", rerr)
+			}
+			return false, false, fmt.Errorf("custom Prometheus rules %s (appliance.extra.files): %w\n%s", PromCustomRules, err, strings.TrimSpace(string(out)))
 		}
-		any = any || changed
 	}
-	if err := a.Host.MkdirAll("/app/etc/prometheus-rules.d", 0o755); err != nil {
-		return false, err
+	rulesChanged, err := a.Host.WriteFile(PromRules, alertRules, 0o644)
+	if err != nil {
+		return false, false, err
 	}
-	return any, nil
+	if amChanged, err = a.Host.WriteFile(AlertConfig, am, 0o644); err != nil {
+		return false, false, err
+	}
+	return promChanged || rulesChanged, amChanged, nil
+}
+
+// customRules lists the custom rule files (paths on the appliance) and
+// digests their names and contents.
+func (a *Agent) customRules() (files []string, digest string, err error) {
+	matches, err := filepath.Glob(a.Host.Path(PromCustomRules))
+	if err != nil {
+		return nil, "", err
+	}
+	sort.Strings(matches)
+	h := sha256.New()
+	for _, m := range matches {
+		p := filepath.Join(filepath.Dir(PromCustomRules), filepath.Base(m))
+		data, err := a.Host.ReadFile(p)
+		if err != nil {
+			return nil, "", err
+		}
+		fmt.Fprintf(h, "%s\x00%d\x00", p, len(data))
+		h.Write(data)
+		files = append(files, p)
+	}
+	return files, fmt.Sprintf("%x", h.Sum(nil)), nil
 }

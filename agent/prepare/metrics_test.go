@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ecs-image/ecs-image/agent/host"
 	"github.com/ecs-image/ecs-image/testenv"
 )
 
@@ -109,13 +110,50 @@ func TestMetricsExporterAndServer(t *testing.T) {
 		}
 	}
 
-	// Unchanged: nothing is restarted again.
+	// Prometheus reads rule files only when it starts or reloads: the new
+	// custom rule file is checked with promtool and restarts Prometheus
+	// (not Alertmanager).
 	n := len(rec.Recorded())
 	if err := a.stepMetrics(context.Background(), e); err != nil {
 		t.Fatal(err)
 	}
-	if again := strings.Join(rec.Recorded()[n:], "\n"); strings.Contains(again, "restart") {
-		t.Errorf("a second run restarted:\n%s", again)
+	again := strings.Join(rec.Recorded()[n:], "\n")
+	if !strings.Contains(again, "promtool check rules /app/etc/prometheus-rules.d/site.rules.yml") ||
+		!strings.Contains(again, "restart prometheus.service\n") {
+		t.Errorf("a new custom rule file: commands\n%s", again)
+	}
+
+	// Unchanged: nothing is restarted again, nothing checked.
+	n = len(rec.Recorded())
+	if err := a.stepMetrics(context.Background(), e); err != nil {
+		t.Fatal(err)
+	}
+	if again := strings.Join(rec.Recorded()[n:], "\n"); strings.Contains(again, "restart") || strings.Contains(again, "promtool") {
+		t.Errorf("a run without changes restarted or checked:\n%s", again)
+	}
+
+	// A broken custom rule is an error naming the files, with promtool's
+	// words; prometheus.yml is left to be rewritten (and checked) next time.
+	put(t, a, "/app/etc/prometheus-rules.d/site.rules.yml", []byte("groups: [{name: x, rules: [{alert: A, expr: 'up =='}]}]\n"), 0o644)
+	rec.Responses["promtool check rules"] = host.Response{Stdout: "FAILED: parse error", Err: fmt.Errorf("exit status 1")}
+	err := a.stepMetrics(context.Background(), e)
+	if err == nil || !strings.Contains(err.Error(), "/app/etc/prometheus-rules.d/*.rules.yml") || !strings.Contains(err.Error(), "FAILED: parse error") {
+		t.Errorf("broken custom rule: %v", err)
+	}
+	if a.Host.Exists(PromConfig) {
+		t.Error("prometheus.yml kept after a failed check: the next run would not check again")
+	}
+}
+
+// A promtool run over a custom rule file that does not parse fails (what
+// the agent's check relies on).
+func TestPromtoolRefusesBrokenRules(t *testing.T) {
+	promtool := testenv.Tool(t, "promtool", "apt-get install prometheus (make deps)")
+	f := filepath.Join(t.TempDir(), "x.rules.yml")
+	os.WriteFile(f, []byte("groups: [{name: x, rules: [{alert: A, expr: 'up =='}]}]\n"), 0o644)
+	out, err := exec.Command(promtool, "check", "rules", f).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "x.rules.yml") {
+		t.Errorf("promtool check rules of a broken file: %v\n%s", err, out)
 	}
 }
 
