@@ -1,7 +1,9 @@
 // Package formats turns a finished qcow2 disk image into the artifacts a
 // release ships: qcow2, raw, vmdk, OVA, vhdx, vhd, GCE and AMI images and
 // Vagrant boxes. Every format is one entry of a single table (after
-// LinuxKit's output table); disk conversions go through qemu-img only.
+// LinuxKit's output table). qemu-img reads the input and does the disk
+// conversions; the stream VMDK can instead be deflated on every core by
+// package vmdkstream from qemu-img's raw disk (VMDKWriterEnv).
 package formats
 
 import (

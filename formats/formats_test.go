@@ -634,3 +634,39 @@ func TestWriteRemovesStaleWorkDirs(t *testing.T) {
 		}
 	}
 }
+
+// TestVMDKWriters: the stream VMDK is package vmdkstream's (grain
+// directory in the footer) with ECS_IMAGE_VMDK_WRITER=ecs-image and
+// qemu-img's (tables after the header) with qemu-img; unset is
+// defaultVMDKWriter; all hold the input. Any other value is bad input.
+func TestVMDKWriters(t *testing.T) {
+	dir := t.TempDir()
+	const size = 40*mib + 512
+	in := testImage(t, dir, size, 3)
+	img, err := Inspect(context.Background(), in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, w := range []string{"", "ecs-image", "qemu-img"} {
+		t.Setenv(VMDKWriterEnv, w)
+		out := filepath.Join(dir, "out-"+w+".vmdk")
+		if err := Write(context.Background(), img, "vmdk", out, Options{}); err != nil {
+			t.Fatalf("%s=%q: %v", VMDKWriterEnv, w, err)
+		}
+		checkStreamVMDK(t, out, size, true)
+		same(t, in, out, "vmdk")
+		hdr := make([]byte, 512)
+		f, _ := os.Open(out)
+		f.ReadAt(hdr, 0)
+		f.Close()
+		gdAtEnd := binary.LittleEndian.Uint64(hdr[56:]) == ^uint64(0)
+		if gdAtEnd != (w == "ecs-image" || w == "" && defaultVMDKWriter == "ecs-image") {
+			t.Errorf("%s=%q: grain directory in the footer: %v", VMDKWriterEnv, w, gdAtEnd)
+		}
+	}
+	t.Setenv(VMDKWriterEnv, "vmware")
+	err = Write(context.Background(), img, "ova", filepath.Join(dir, "x.ova"), Options{})
+	if err == nil || !IsBadInput(err) || !strings.Contains(err.Error(), VMDKWriterEnv) {
+		t.Fatalf("%s=vmware: %v, want bad input naming the variable", VMDKWriterEnv, err)
+	}
+}

@@ -12,7 +12,8 @@ import (
 
 // shared holds intermediate disks several formats of one run need (the
 // stream VMDK for vmdk, ova, ami and the VirtualBox box; the compressed
-// qcow2 for qcow2 and the libvirt box; the raw disk for raw and gce): each
+// qcow2 for qcow2 and the libvirt box; the raw disk for raw, gce and the
+// stream VMDK): each
 // is converted once, by the first writer that asks, while the others wait.
 type shared struct {
 	dir   string
@@ -70,11 +71,19 @@ func (s *shared) get(ctx context.Context, j *job, key string, produce func(path 
 // diskKey names an intermediate disk by format and virtual size.
 func diskKey(kind string, size int64) string { return fmt.Sprintf("%s-%d", kind, size) }
 
-// streamVMDK returns the stream-optimized VMDK of the input at size
-// (rounded up beforehand by the caller's alignment).
+// streamVMDK returns the stream-optimized VMDK of the input at its size
+// rounded up to align: written by package vmdkstream from the run's raw
+// disk, or with VMDKWriterEnv=qemu-img by qemu-img.
 func (j *job) streamVMDK(ctx context.Context, align int64) (string, int64, error) {
 	size := roundUp(j.in.VirtualSize, align)
+	writer, err := vmdkWriter()
+	if err != nil {
+		return "", 0, err
+	}
 	p, err := j.shared.get(ctx, j, diskKey("vmdk", size), func(out string) error {
+		if writer == "ecs-image" {
+			return j.deflateVMDK(ctx, align, out)
+		}
 		src, format, size, err := resized(ctx, j.in, j.shared.dir, align)
 		if err != nil {
 			return err

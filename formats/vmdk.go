@@ -1,0 +1,70 @@
+package formats
+
+import (
+	"context"
+	"fmt"
+	"os"
+
+	"github.com/ecs-image/ecs-image/vmdkstream"
+)
+
+// VMDKWriterEnv names the environment variable that chooses how stream
+// VMDKs (vmdk, ova, ami, vagrant-virtualbox) are written: "ecs-image" for
+// package vmdkstream (grains deflated on every core), "qemu-img" for
+// `qemu-img convert -O vmdk` (one thread); unset: defaultVMDKWriter.
+const VMDKWriterEnv = "ECS_IMAGE_VMDK_WRITER"
+
+// defaultVMDKWriter is the writer used when VMDKWriterEnv is unset.
+const defaultVMDKWriter = "qemu-img"
+
+// vmdkWriter returns "ecs-image" or "qemu-img" from VMDKWriterEnv.
+func vmdkWriter() (string, error) {
+	switch v := os.Getenv(VMDKWriterEnv); v {
+	case "":
+		return defaultVMDKWriter, nil
+	case "ecs-image", "qemu-img":
+		return v, nil
+	default:
+		return "", &InputError{Msg: fmt.Sprintf("%s=%q: want ecs-image or qemu-img", VMDKWriterEnv, v)}
+	}
+}
+
+// deflateVMDK writes the stream VMDK of the input, at its size rounded up
+// to align, to out with package vmdkstream. Its source is the run's sparse
+// raw disk (qemu-img reads the image, so no image format is parsed here;
+// raw and gce share it), of which only the data regions are read.
+func (j *job) deflateVMDK(ctx context.Context, align int64, out string) error {
+	raw, size, err := j.rawDisk(ctx, align)
+	if err != nil {
+		return err
+	}
+	src, err := os.Open(raw)
+	if err != nil {
+		return err
+	}
+	defer src.Close()
+	rs, err := dataRegions(src, size)
+	if err != nil {
+		return fmt.Errorf("%s: %w", raw, err)
+	}
+	regions := make([]vmdkstream.Region, len(rs))
+	for i, r := range rs {
+		regions[i] = vmdkstream.Region{Off: r.off, Len: r.len}
+	}
+	f, err := os.OpenFile(out, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+	if err != nil {
+		return err
+	}
+	tr := j.tracker("deflate", size)
+	defer tr.Done()
+	err = vmdkstream.Write(ctx, f, src, size, regions, vmdkstream.Options{
+		AdapterType: "lsilogic",
+		HWVersion:   vmwareHWVersion,
+		ExtentName:  j.base + ".vmdk",
+		Progress:    tr.Add,
+	})
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
