@@ -297,7 +297,7 @@ func (t *Template) check(d *decoder) {
 	}
 	t.checkBase(d)
 	if t.DiskSize != "" {
-		n, err := ParseSize(t.DiskSize)
+		n, err := images.ParseSize(t.DiskSize)
 		switch {
 		case err != nil:
 			d.at("disk_size", "%v", err)
@@ -715,31 +715,4 @@ func (p *Plan) VarsFor(i int) map[string]string {
 		return map[string]string{"ECS_IMAGE_TEMPLATE": p.Template.Name}
 	}
 	return p.Vars
-}
-
-// ParseSize parses a size like "20G", "512M", "20GiB" or a byte count.
-func ParseSize(s string) (int64, error) {
-	str := strings.TrimSpace(s)
-	str = strings.TrimSuffix(strings.TrimSuffix(str, "iB"), "B")
-	mult := int64(1)
-	if str != "" {
-		switch strings.ToUpper(str[len(str)-1:]) {
-		case "K":
-			mult = 1 << 10
-		case "M":
-			mult = 1 << 20
-		case "G":
-			mult = 1 << 30
-		case "T":
-			mult = 1 << 40
-		}
-		if mult > 1 {
-			str = str[:len(str)-1]
-		}
-	}
-	n, err := strconv.ParseInt(str, 10, 64)
-	if err != nil || n <= 0 || n > (1<<50)/mult {
-		return 0, fmt.Errorf("size %q: want a positive size like 20G or 512M", s)
-	}
-	return n * mult, nil
 }

@@ -174,19 +174,6 @@ func TestVagrantStage(t *testing.T) {
 	}
 }
 
-func TestParseSize(t *testing.T) {
-	for in, want := range map[string]int64{"20G": 20 << 30, "512M": 512 << 20, "1GiB": 1 << 30, "4096": 4096, "1T": 1 << 40} {
-		if got, err := ParseSize(in); err != nil || got != want {
-			t.Errorf("ParseSize(%q) = %d, %v; want %d", in, got, err, want)
-		}
-	}
-	for _, in := range []string{"", "G", "-1G", "1.5G", "lots"} {
-		if _, err := ParseSize(in); err == nil {
-			t.Errorf("ParseSize(%q) accepted", in)
-		}
-	}
-}
-
 // TestRepoTemplates validates the templates shipped in templates/.
 func TestRepoTemplates(t *testing.T) {
 	tp, err := LoadTemplate("../templates/test-small.yml")

@@ -253,43 +253,6 @@ type InputError struct {
 
 func (e *InputError) Error() string { return e.Field + ": " + e.Msg }
 
-// ParseSize parses sizes like "4G", "4GiB", "512M", "10737418240".
-func ParseSize(s string) (int64, error) {
-	t := strings.TrimSpace(strings.ToUpper(s))
-	t = strings.TrimSuffix(strings.TrimSuffix(t, "B"), "I")
-	mult := int64(1)
-	if n := len(t); n > 0 {
-		switch t[n-1] {
-		case 'K':
-			mult = 1 << 10
-		case 'M':
-			mult = 1 << 20
-		case 'G':
-			mult = 1 << 30
-		case 'T':
-			mult = 1 << 40
-		}
-		if mult != 1 {
-			t = t[:n-1]
-		}
-	}
-	f, err := strconv.ParseFloat(t, 64)
-	if err != nil || f <= 0 || f*float64(mult) > 1<<50 {
-		return 0, fmt.Errorf("%q is not a size (e.g. 4G, 512M)", s)
-	}
-	return int64(f * float64(mult)), nil
-}
-
-func formatSize(n int64) string {
-	switch {
-	case n%(1<<30) == 0:
-		return fmt.Sprintf("%dG", n>>30)
-	case n%(1<<20) == 0:
-		return fmt.Sprintf("%dM", n>>20)
-	}
-	return strconv.FormatInt(n, 10)
-}
-
 // BuildBase builds (or takes from the cache) the base described by opts and
 // returns it. It needs root and mmdebstrap (or debootstrap), sfdisk, mke2fs,
 // chroot and qemu-img.

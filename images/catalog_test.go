@@ -224,20 +224,6 @@ func TestRecipe(t *testing.T) {
 	}
 }
 
-func TestParseSize(t *testing.T) {
-	for in, want := range map[string]int64{"4G": 4 << 30, "4GiB": 4 << 30, "512M": 512 << 20, "1.5G": 3 << 29, "1024": 1024, "2t": 2 << 40} {
-		got, err := ParseSize(in)
-		if err != nil || got != want {
-			t.Errorf("%s: %d %v", in, got, err)
-		}
-	}
-	for _, bad := range []string{"", "G", "-1G", "4X", "four"} {
-		if _, err := ParseSize(bad); err == nil {
-			t.Errorf("%q accepted", bad)
-		}
-	}
-}
-
 func TestBuildNeedsRoot(t *testing.T) {
 	defer func(f func() int) { geteuid = f }(geteuid)
 	geteuid = func() int { return 1000 }
