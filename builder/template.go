@@ -364,9 +364,10 @@ func (t *Template) check(d *decoder) {
 				d.add(d.keys[p+".env."+k], p+".env."+k, "%q is not a valid environment variable name", k)
 			}
 		}
-		t.checkOutputs(d, p+".outputs", v.Outputs, v.Production)
+		t.checkOutputs(d, p+".outputs", v.Outputs)
 		checkKernel(d, p+".kernel", v.Kernel)
 		if v.Production {
+			checkProductionOutputs(d, p+".outputs", v.Outputs, name)
 			checkProduction(d, "stages", t.Stages)
 			checkProduction(d, p+".stages", v.Stages)
 		}
@@ -383,7 +384,12 @@ func (t *Template) check(d *decoder) {
 	if len(t.Outputs) == 0 {
 		t.Outputs = []string{"qcow2"}
 	}
-	t.checkOutputs(d, "outputs", t.Outputs, false)
+	t.checkOutputs(d, "outputs", t.Outputs)
+	for _, name := range variantNames {
+		if v := t.Variants[name]; v.Production && len(v.Outputs) == 0 {
+			checkProductionOutputs(d, "outputs", t.Outputs, name) // inherited
+		}
+	}
 	for i, c := range t.Generalise.Commands {
 		if strings.TrimSpace(c) == "" {
 			d.at(fmt.Sprintf("generalise.commands[%d]", i), "empty command")
@@ -527,20 +533,28 @@ func checkProduction(d *decoder, path string, stages []Stage) {
 	}
 }
 
-func (t *Template) checkOutputs(d *decoder, path string, outs []string, production bool) {
+func (t *Template) checkOutputs(d *decoder, path string, outs []string) {
 	seen := map[string]bool{}
 	for i, o := range outs {
 		p := fmt.Sprintf("%s[%d]", path, i)
-		f, err := formats.Lookup(o)
+		_, err := formats.Lookup(o)
 		switch {
 		case err != nil:
 			d.at(p, "%v", err)
 		case seen[o]:
 			d.at(p, "%q is listed twice", o)
-		case production && f.NonProduction:
-			d.at(p, "format %q must not be built for a production variant", o)
 		}
 		seen[o] = true
+	}
+}
+
+// checkProductionOutputs applies the production rule
+// (formats.CheckProduction) to each output of a production variant.
+func checkProductionOutputs(d *decoder, path string, outs []string, variant string) {
+	for i, o := range outs {
+		if err := formats.CheckProduction(variant, true, []string{o}); err != nil {
+			d.at(fmt.Sprintf("%s[%d]", path, i), "%v", err)
+		}
 	}
 }
 
@@ -599,12 +613,8 @@ func (t *Template) Plan(variant string) (*Plan, error) {
 			p.Vars[k] = val
 		}
 	}
-	if p.Production {
-		for _, o := range p.Outputs {
-			if f, err := formats.Lookup(o); err == nil && f.NonProduction {
-				return nil, fmt.Errorf("%s: format %q must not be built for the production variant %q", t.File, o, variant)
-			}
-		}
+	if err := formats.CheckProduction(variant, p.Production, p.Outputs); err != nil {
+		return nil, fmt.Errorf("%s: %w", t.File, err)
 	}
 	if len(p.Stages) == 0 {
 		return nil, fmt.Errorf("%s: no stages to build (variant %q)", t.File, variant)
@@ -616,7 +626,7 @@ func (t *Template) Plan(variant string) (*Plan, error) {
 		}
 		p.Stages = append(p.Stages, st)
 	}
-	if !p.Production && emitsNonProduction(p.Outputs) {
+	if !p.Production && len(formats.NonProduction(p.Outputs)) > 0 {
 		st, err := vagrantStage()
 		if err != nil {
 			return nil, err
@@ -633,15 +643,6 @@ func (t *Template) Plan(variant string) (*Plan, error) {
 // that emits a Vagrant box: it gives the image Vagrant's conventions
 // (formats.VagrantProvisionScript). Production plans never get it.
 const VagrantStageName = "vagrant"
-
-func emitsNonProduction(outputs []string) bool {
-	for _, o := range outputs {
-		if f, err := formats.Lookup(o); err == nil && f.NonProduction {
-			return true
-		}
-	}
-	return false
-}
 
 // vagrantStage is the booted stage that runs formats.VagrantProvisionScript;
 // its node is hashed into the stage key like a template's own stage.

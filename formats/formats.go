@@ -78,30 +78,39 @@ func Names() []string {
 	return names
 }
 
-// RequiresNonProduction reports whether format name must only be built from
-// a dev/test variant (false for unknown names).
-func RequiresNonProduction(name string) bool {
-	return table[name].NonProduction
-}
-
-// CheckVariant returns an error when any of the named formats may not be
-// built from variant ("production", "prod" count as production).
-func CheckVariant(variant string, names []string) error {
-	v := strings.ToLower(strings.TrimSpace(variant))
-	if v != "production" && v != "prod" {
-		return nil
-	}
-	var bad []string
+// NonProduction lists the formats of names that are built from dev/test
+// variants only (Vagrant boxes); unknown names are not listed.
+func NonProduction(names []string) []string {
+	var out []string
 	for _, n := range names {
-		if RequiresNonProduction(n) {
-			bad = append(bad, n)
+		if table[n].NonProduction {
+			out = append(out, n)
 		}
 	}
-	if len(bad) > 0 {
-		return &InputError{Msg: fmt.Sprintf("format(s) %s carry Vagrant's public insecure key and are built from dev/test variants only, not from variant %q",
+	return out
+}
+
+// CheckProduction is the production rule: a production variant must not
+// be built as a NonProduction format (Vagrant boxes carry Vagrant's public
+// insecure key). It returns the bad-input error naming those of names and
+// variant; nil when production is false or none is. The builder checks
+// templates and plans with it, convert --variant through CheckVariant.
+func CheckProduction(variant string, production bool, names []string) error {
+	if !production {
+		return nil
+	}
+	if bad := NonProduction(names); len(bad) > 0 {
+		return &InputError{Msg: fmt.Sprintf("%s: Vagrant boxes carry Vagrant's public insecure key and are built from dev/test variants only, not from the production variant %q",
 			strings.Join(bad, ", "), variant)}
 	}
 	return nil
+}
+
+// CheckVariant is CheckProduction for a variant known only by its name
+// (ecs-image convert --variant): "production" and "prod" are production.
+func CheckVariant(variant string, names []string) error {
+	v := strings.ToLower(strings.TrimSpace(variant))
+	return CheckProduction(variant, v == "production" || v == "prod", names)
 }
 
 // Options describe the virtual machine written into OVF descriptors and

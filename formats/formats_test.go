@@ -127,8 +127,14 @@ func TestTable(t *testing.T) {
 	if _, err := Lookup("vdi"); !errors.Is(err, ErrUnknownFormat) || !IsBadInput(err) || !strings.Contains(err.Error(), "vmdk") {
 		t.Fatalf("Lookup(vdi) error = %v", err)
 	}
-	if !RequiresNonProduction("vagrant-libvirt") || !RequiresNonProduction("vagrant-virtualbox") || RequiresNonProduction("ova") {
-		t.Fatal("RequiresNonProduction wrong")
+	if got := strings.Join(NonProduction([]string{"vagrant-libvirt", "ova", "vagrant-virtualbox", "nope"}), ","); got != "vagrant-libvirt,vagrant-virtualbox" {
+		t.Fatalf("NonProduction = %s", got)
+	}
+	if err := CheckProduction("live", true, []string{"vagrant-virtualbox"}); err == nil || !IsBadInput(err) || !strings.Contains(err.Error(), `"live"`) {
+		t.Fatalf("CheckProduction(live, box) = %v", err)
+	}
+	if err := CheckProduction("dev", false, []string{"vagrant-virtualbox"}); err != nil {
+		t.Fatalf("CheckProduction(dev) = %v", err)
 	}
 	if err := CheckVariant("production", []string{"qcow2", "vagrant-libvirt"}); err == nil || !IsBadInput(err) || !strings.Contains(err.Error(), "vagrant-libvirt") {
 		t.Fatalf("CheckVariant(production, box) = %v", err)

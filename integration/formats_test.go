@@ -298,7 +298,7 @@ func TestFormatsVagrantLibvirt(t *testing.T) {
 	box := filepath.Join(dir, "ecs-dev.libvirt.box")
 	ecsImage(t, "convert", img, "-f", "vagrant-libvirt", "--variant", "dev", "--memory", "1024", "-o", box)
 	// Production variants never get a box.
-	if _, e, err := ecsImageRun("convert", img, "-f", "vagrant-libvirt", "--variant", "production", "-o", box+".prod"); exitCode(err) != 2 || !strings.Contains(e, `not from variant "production"`) {
+	if _, e, err := ecsImageRun("convert", img, "-f", "vagrant-libvirt", "--variant", "production", "-o", box+".prod"); exitCode(err) != 2 || !strings.Contains(e, `not from the production variant "production"`) {
 		t.Fatalf("convert -f vagrant-libvirt --variant production: %v, want exit 2 naming the variant:\n%s", err, e)
 	}
 	if _, err := os.Stat(box + ".prod"); !os.IsNotExist(err) {
