@@ -307,8 +307,14 @@ func (r *remoteCache) push(ctx context.Context, c *StageCache, work, key string)
 		return
 	}
 	delete(r.bad, key)
-	r.ids[key] = e.ID
-	r.log.Infof("remote cache: %s uploaded (%.0f MiB in %.1fs)", key[:12], float64(fi.Size())/(1<<20), time.Since(start).Seconds())
+	took := time.Since(start)
+	// Read it back: a server whose conditional writes are not atomic may
+	// have let a racing upload complete over ours.
+	if meta, ok, err := r.head(ctx, key); err == nil && ok && meta[metaID] != e.ID {
+		r.log.Infof("remote cache: %s uploaded, then replaced by another builder's upload", key[:12])
+		return
+	}
+	r.log.Infof("remote cache: %s uploaded (%.0f MiB in %.1fs)", key[:12], float64(fi.Size())/(1<<20), took.Seconds())
 }
 
 func hashFile(p string) (string, int64, error) {
