@@ -1,29 +1,18 @@
 package main
 
 import (
-	"archive/tar"
 	"context"
-	"crypto/tls"
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
-	"net/http"
 	"os"
-	"path/filepath"
-	"regexp"
 	"strings"
-	"sync"
 	"time"
 
-	"github.com/sirupsen/logrus"
 	"github.com/spf13/cobra"
 
-	"github.com/ecs-image/ecs-image/cidata"
-	"github.com/ecs-image/ecs-image/communicator"
-	"github.com/ecs-image/ecs-image/env"
+	"github.com/ecs-image/ecs-image/boottest"
 	"github.com/ecs-image/ecs-image/qemu"
-	"github.com/ecs-image/ecs-image/qemuimg"
 )
 
 var vmtestFlags struct {
@@ -99,6 +88,7 @@ anyway). Ctrl-C at any time stops QEMU and removes the temporary files.`,
 }
 
 func init() {
+	badInputCheckers = append(badInputCheckers, boottest.IsBadInput)
 	f := vmtestCmd.Flags()
 	f.StringVarP(&vmtestFlags.env, "env", "e", "", "env.yml to put on the seed ISO (required unless --no-https)")
 	f.DurationVar(&vmtestFlags.timeout, "timeout", 15*time.Minute, "give up after this long (boot to ready)")
@@ -106,7 +96,7 @@ func init() {
 	f.IntVar(&vmtestFlags.memory, "memory", 2048, "guest memory in MiB")
 	f.IntVar(&vmtestFlags.cpus, "cpus", 2, "guest CPUs")
 	f.StringVar(&vmtestFlags.firmware, "firmware", "bios", "guest firmware: bios or uefi (OVMF)")
-	f.StringVar(&vmtestFlags.readyMarker, "ready-marker", "", "regular expression of the console line that means ready (default: "+vmtestReady+"; without --env: cloud-init's final message)")
+	f.StringVar(&vmtestFlags.readyMarker, "ready-marker", "", "regular expression of the console line that means ready (default: "+boottest.Ready+"; without --env: cloud-init's final message)")
 	f.BoolVar(&vmtestFlags.noHTTPS, "no-https", false, "do not require HTTPS 200 on the forwarded 443 port")
 	f.StringVar(&vmtestFlags.expect, "expect", "ready", "state that passes: ready, failed or standby")
 	f.StringVar(&vmtestFlags.serialLog, "serial-log", "", "also keep the serial console log in this file")
@@ -115,105 +105,6 @@ func init() {
 	f.StringVar(&vmtestFlags.seedBus, "seed-bus", "", "where the seed is attached: "+strings.Join(qemu.SeedBuses, ", ")+
 		" (sata/ide/scsi/pvscsi: a CD-ROM on AHCI, PIIX IDE, virtio-scsi, VMware PVSCSI; virtio: a read-only virtio disk; default: the machine's CD-ROM, sata on q35, ide on pc)")
 	rootCmd.AddCommand(vmtestCmd)
-}
-
-// Console markers of the in-VM agent (agent/status).
-const (
-	vmtestReady   = "ECS-APPLIANCE-READY"
-	vmtestFailed  = "ECS-APPLIANCE-FAILED"
-	vmtestStandby = "ECS-APPLIANCE-STANDBY"
-	// cloud-init's final message ("Cloud-init v. 22.4.2 finished at …").
-	vmtestCloudInitDone = `Cloud-init v\. \S+ finished at`
-	vmtestUser          = "ecs-test"
-)
-
-// vmtestForwards are the guest ports forwarded to host loopback ports.
-var vmtestForwards = []int{22, 80, 443}
-
-// vmtestReport is what `ecs-image test` found.
-type vmtestReport struct {
-	Artifact     string         `json:"artifact"`
-	Format       string         `json:"format"`
-	Accel        string         `json:"accel"`
-	Memory       int            `json:"memory_mib"`
-	CPUs         int            `json:"cpus"`
-	Machine      string         `json:"machine"`
-	SeedBus      string         `json:"seed_bus"`
-	Ports        map[string]int `json:"ports"`
-	Datasource   string         `json:"datasource,omitempty"`
-	SSHSeconds   float64        `json:"ssh_seconds,omitempty"`
-	ReadySeconds float64        `json:"ready_seconds,omitempty"`
-	HTTPSSeconds float64        `json:"https_seconds,omitempty"`
-	HTTPSStatus  int            `json:"https_status,omitempty"`
-	StatusPage   string         `json:"status_page,omitempty"`
-	State        string         `json:"state"`
-	Line         string         `json:"console_line,omitempty"`
-	Reason       string         `json:"reason,omitempty"`
-	OK           bool           `json:"ok"`
-	Error        string         `json:"error,omitempty"`
-	SerialTail   string         `json:"serial_tail,omitempty"`
-}
-
-// vmtestMarkers classifies console lines.
-type vmtestMarkers struct {
-	ready *regexp.Regexp
-	all   *regexp.Regexp
-}
-
-var (
-	vmtestFailedRE  = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(regexp.QuoteMeta(vmtestFailed) + `(?::\s*(.*))?`) })
-	vmtestStandbyRE = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(regexp.QuoteMeta(vmtestStandby) + `(?::\s*(.*))?`) })
-	vmtestPanicRE   = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`Kernel panic - not syncing(?::\s*(.*))?`) })
-)
-
-func newVMTestMarkers(ready string) (*vmtestMarkers, error) {
-	re, err := regexp.Compile(ready)
-	if err != nil {
-		return nil, fmt.Errorf("--ready-marker: %v", err)
-	}
-	all := regexp.MustCompile("(?:" + ready + ")|" + vmtestFailedRE().String() + "|" + vmtestStandbyRE().String() + "|" + vmtestPanicRE().String())
-	return &vmtestMarkers{ready: re, all: all}, nil
-}
-
-// classify returns the state a console line announces ("ready", "failed",
-// "standby", "panic") and the reason it gives.
-func (v *vmtestMarkers) classify(line string) (state, reason string) {
-	if m := vmtestFailedRE().FindStringSubmatch(line); m != nil {
-		return "failed", strings.TrimSpace(m[1])
-	}
-	if m := vmtestStandbyRE().FindStringSubmatch(line); m != nil {
-		return "standby", strings.TrimSpace(m[1])
-	}
-	if m := vmtestPanicRE().FindStringSubmatch(line); m != nil {
-		return "panic", "kernel panic: " + strings.TrimSpace(m[1])
-	}
-	if v.ready.MatchString(line) {
-		if ds, noSeed, _ := cidata.ConsoleDatasource(line); noSeed {
-			// cloud-init finished without the seed (a bare base's ready line).
-			return "no-seed", "cloud-init found no seed (" + ds + "): the guest's kernel has no driver for the seed's controller, or no cidata label was found"
-		}
-		return "ready", ""
-	}
-	return "", ""
-}
-
-// vmtestConsoleHas reports whether a console line so far matches re.
-func vmtestConsoleHas(m *qemu.Machine, re *regexp.Regexp) bool {
-	ctx, cancel := context.WithCancel(context.Background())
-	cancel() // read what is there, do not wait
-	_, err := m.WaitSerialMatch(ctx, re)
-	return err == nil
-}
-
-// vmtestDatasource is the datasource cloud-init named on the console so far.
-func vmtestDatasource(m *qemu.Machine) string {
-	found := ""
-	for _, l := range strings.Split(m.SerialTail(5000), "\n") {
-		if ds, _, ok := cidata.ConsoleDatasource(l); ok {
-			found = ds
-		}
-	}
-	return found
 }
 
 func runVMTest(cmd *cobra.Command, args []string) error {
@@ -243,369 +134,40 @@ func runVMTest(cmd *cobra.Command, args []string) error {
 	if _, err := os.Stat(artifact); err != nil {
 		return badInput(err)
 	}
-	readyMarker := f.readyMarker
-	if readyMarker == "" {
-		readyMarker = regexp.QuoteMeta(vmtestReady)
-		if f.env == "" {
-			readyMarker = vmtestCloudInitDone
-		}
-	}
-	markers, err := newVMTestMarkers(readyMarker)
-	if err != nil {
-		return badInput(err)
-	}
-
-	// Leftovers of a killed earlier run go first.
-	qemu.RemoveStaleDirs(filepath.Join(os.TempDir(), "ecs-image-test-*"))
-	work, err := os.MkdirTemp("", "ecs-image-test-")
-	if err != nil {
-		return err
-	}
-	defer os.RemoveAll(work)
-	if err := qemu.WriteOwner(work); err != nil {
-		return err
-	}
-
-	// The seed.
-	var seed cidata.Options
-	var domain string
-	var key *communicator.Key
+	o := boottest.Options{Artifact: artifact, ReadyMarker: f.readyMarker, Expect: f.expect, HTTPS: !f.noHTTPS,
+		Timeout: f.timeout, Memory: f.memory, CPUs: f.cpus, Firmware: f.firmware, Machine: f.machine, SeedBus: f.seedBus,
+		SerialLog: f.serialLog}
 	if f.env != "" {
 		data, err := readInput("env", f.env)
 		if err != nil {
 			return err
 		}
-		doc, err := env.Parse(f.env, data)
-		if err != nil {
-			return err // *env.Error: bad input, with file:line
-		}
-		domain = doc.Domain()
-		seed = cidata.Options{UserData: data, UserDataName: f.env}
-	} else {
-		if key, err = communicator.GenerateKey(); err != nil {
-			return err
-		}
-		if err := os.WriteFile(filepath.Join(work, "id_ed25519"), key.PrivatePEM, 0o600); err != nil {
-			return err
-		}
-		seed = cidata.Options{UserData: vmtestCloudConfig(key.AuthorizedKey), UserDataName: "generated cloud-config", Raw: true, Hostname: "ecs-test"}
+		o.Env, o.EnvName = data, f.env
 	}
-	seedPath := filepath.Join(work, "seed.iso")
-	if err := cidata.Write(seedPath, seed); err != nil {
-		return err
-	}
-
-	// The disk: an overlay on the artifact, which stays untouched.
-	disk, diskFormat, format, err := vmtestDisk(ctx, artifact, work)
+	vm, err := boottest.Start(ctx, o)
 	if err != nil {
 		return err
 	}
-	overlay := filepath.Join(work, "overlay.qcow2")
-	if err := qemu.Overlay(ctx, disk, diskFormat, overlay, 0); err != nil {
-		return err
-	}
-
-	serialLog := filepath.Join(work, "serial.log")
-	if f.serialLog != "" {
-		serialLog = f.serialLog
-	}
-	cfg := qemu.Config{
-		Name: "ecs-test-" + strings.TrimSuffix(filepath.Base(artifact), filepath.Ext(artifact)),
-		Disk: overlay, DiskFormat: "qcow2", CDROMs: []string{seedPath}, Machine: f.machine, SeedBus: f.seedBus,
-		Memory: f.memory, CPUs: f.cpus, Firmware: f.firmware, SerialLog: serialLog,
-	}
-	for _, p := range vmtestForwards {
-		cfg.Forwards = append(cfg.Forwards, qemu.Forward{Guest: p})
-	}
-	rep := &vmtestReport{Artifact: artifact, Format: format, Memory: f.memory, CPUs: f.cpus, Ports: map[string]int{},
-		Machine: cfg.Machine, SeedBus: cfg.SeedBusUsed()}
-	logrus.Infof("booting %s (%s) on an overlay (machine %s, seed on %s), seed from %s", artifact, format, rep.Machine, rep.SeedBus, vmtestNameOr(f.env, "a generated cloud-config"))
-	m, err := qemu.Start(ctx, cfg)
-	if err != nil {
-		return err
-	}
-	defer func() {
-		m.Kill()
-		<-m.Done()
-	}()
-	rep.Accel = string(m.Config.Accel)
-	for _, p := range vmtestForwards {
-		rep.Ports[fmt.Sprint(p)] = m.HostPort(p)
-	}
-
-	deadline, cancel := context.WithTimeout(ctx, f.timeout)
-	defer cancel()
-	stopWaiting := m.Waiting(logrus.StandardLogger(), "the appliance to come up")
-	checkErr := vmtestCheck(deadline, m, markers, domain, f.expect, !f.noHTTPS, rep)
-	stopWaiting()
-	rep.Accel = string(m.Accel())
+	defer vm.Close()
+	checkErr := vm.Check(ctx)
 	if ctx.Err() != nil {
-		return fmt.Errorf("interrupted: %w", ctx.Err())
+		return checkErr
 	}
-	rep.OK = checkErr == nil
-	rep.Datasource = vmtestDatasource(m)
-	if checkErr != nil {
-		rep.Error = checkErr.Error()
-		rep.SerialTail = m.SerialTail(40)
-	}
-	vmtestPrint(cmd.OutOrStdout(), rep, f.json)
+	vmtestPrint(cmd.OutOrStdout(), vm.Report, f.json)
 	if f.keep {
-		vmtestKeep(ctx, cmd.ErrOrStderr(), m, rep, key, work)
+		vmtestKeep(ctx, cmd.ErrOrStderr(), vm)
 	}
 	if checkErr != nil {
 		if !f.json {
-			fmt.Fprintf(cmd.ErrOrStderr(), "last serial console lines:\n%s\n", rep.SerialTail)
+			fmt.Fprintf(cmd.ErrOrStderr(), "last serial console lines:\n%s\n", vm.Report.SerialTail)
 		}
 		return checkErr
 	}
 	return nil
 }
 
-// vmtestCheck waits for the console marker, the SSH banner and HTTPS 200,
-// filling rep as they come.
-func vmtestCheck(ctx context.Context, m *qemu.Machine, markers *vmtestMarkers, domain, expect string, https bool, rep *vmtestReport) error {
-	since := func() float64 { return time.Since(m.Started).Round(100 * time.Millisecond).Seconds() }
-
-	// The SSH banner, in the background (informational).
-	sshCtx, stopSSH := context.WithCancel(ctx)
-	var sshWG sync.WaitGroup
-	sshWG.Add(1)
-	go func() {
-		defer sshWG.Done()
-		if vmtestWaitSSH(sshCtx, m.HostPort(22)) == nil {
-			rep.SSHSeconds = since()
-			logrus.Infof("SSH is up after %.1fs", rep.SSHSeconds)
-		}
-	}()
-	defer func() { stopSSH(); sshWG.Wait() }()
-
-	// A bare base (no env.yml): its boot reaching the serial getty without
-	// a line from cloud-init means cloud-init never ran — ds-identify saw
-	// no seed — and its final line will never come.
-	wait := markers.all
-	if domain == "" {
-		wait = regexp.MustCompile(markers.all.String() + "|" + cidata.ConsoleGettyRE().String())
-	}
-	var line string
-	for {
-		var err error
-		line, err = m.WaitSerialMatch(ctx, wait)
-		if err != nil {
-			rep.State = "timeout"
-			if m.Exited() {
-				rep.State = "exited"
-			}
-			return err
-		}
-		if s, _ := markers.classify(line); s != "" || !cidata.ConsoleGettyRE().MatchString(line) {
-			break
-		}
-		wait = markers.all
-		if !vmtestConsoleHas(m, cidata.ConsoleCloudInitRE()) {
-			rep.State, rep.Line, rep.ReadySeconds = "no-seed", line, since()
-			rep.Reason = "the guest reached its login prompt and cloud-init never ran: ds-identify found no seed (the guest's kernel has no driver for the seed on " + rep.SeedBus + ", or no cidata label)"
-			return fmt.Errorf("the appliance reported no-seed, want %s: %s", expect, rep.Reason)
-		}
-	}
-	state, reason := markers.classify(line)
-	rep.State, rep.Reason, rep.Line = state, reason, line
-	rep.ReadySeconds = since()
-	logrus.Infof("console after %.1fs: %s", rep.ReadySeconds, line)
-	addr := net.JoinHostPort("127.0.0.1", fmt.Sprint(m.HostPort(443)))
-	if https && (state == "failed" || state == "standby") {
-		// The agent's status page shows the reason: report what it says.
-		pctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		status, body, err := vmtestWaitHTTPS(pctx, addr, domain, false, m.Done())
-		cancel()
-		if err == nil {
-			rep.HTTPSStatus, rep.StatusPage = status, vmtestPageText(body, 500)
-		}
-	}
-	if state != expect {
-		if reason != "" {
-			return fmt.Errorf("the appliance reported %s, want %s: %s", state, expect, reason)
-		}
-		return fmt.Errorf("the appliance reported %s, want %s (%s)", state, expect, line)
-	}
-	if !https || state != "ready" {
-		return nil
-	}
-	status, _, err := vmtestWaitHTTPS(ctx, addr, domain, true, m.Done())
-	rep.HTTPSStatus = status
-	if err != nil {
-		return err
-	}
-	rep.HTTPSSeconds = since()
-	logrus.Infof("HTTPS answered %d after %.1fs", status, rep.HTTPSSeconds)
-	return nil
-}
-
-// vmtestWaitSSH waits until the forwarded port answers with an SSH banner.
-func vmtestWaitSSH(ctx context.Context, port int) error {
-	addr := net.JoinHostPort("127.0.0.1", fmt.Sprint(port))
-	for {
-		var d net.Dialer
-		c, err := d.DialContext(ctx, "tcp", addr)
-		if err == nil {
-			stop := context.AfterFunc(ctx, func() { c.Close() })
-			c.SetReadDeadline(time.Now().Add(5 * time.Second))
-			buf := make([]byte, 4)
-			_, err = io.ReadFull(c, buf)
-			stop()
-			c.Close()
-			if err == nil && string(buf) == "SSH-" {
-				return nil
-			}
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(time.Second):
-		}
-	}
-}
-
-// vmtestWaitHTTPS polls https://DOMAIN/ at addr (the forwarded 443 port) until
-// it answers 200 (want200) or anything (otherwise), stopped is closed (QEMU
-// exited) or ctx ends.
-func vmtestWaitHTTPS(ctx context.Context, addr, domain string, want200 bool, stopped <-chan struct{}) (int, string, error) {
-	host := domain
-	if host == "" {
-		host = "localhost"
-	}
-	tr := &http.Transport{
-		// The appliance's certificate is self-signed (or for a domain that
-		// does not resolve to this loopback forward): skip verification.
-		TLSClientConfig: &tls.Config{InsecureSkipVerify: true, ServerName: host},
-		DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, network, addr)
-		},
-		DisableKeepAlives: true,
-	}
-	defer tr.CloseIdleConnections()
-	client := &http.Client{Transport: tr, Timeout: 15 * time.Second,
-		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
-	url := "https://" + host + "/"
-	var last string
-	status := 0
-	for {
-		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-		resp, err := client.Do(req)
-		if err == nil {
-			body, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-			resp.Body.Close()
-			status = resp.StatusCode
-			if status == http.StatusOK || !want200 {
-				return status, string(body), nil
-			}
-			if msg := fmt.Sprintf("HTTP %d", status); msg != last {
-				logrus.Infof("%s via %s answered %s, waiting for 200", url, addr, msg)
-				last = msg
-			}
-		} else {
-			last = err.Error()
-		}
-		select {
-		case <-ctx.Done():
-			return status, "", fmt.Errorf("%s via %s: no 200 before the time-out (last: %s)", url, addr, last)
-		case <-stopped:
-			return status, "", fmt.Errorf("%s via %s: QEMU exited before it answered 200", url, addr)
-		case <-time.After(2 * time.Second):
-		}
-	}
-}
-
-// vmtestCloudConfig is the seed for booting a bare base without an env.yml.
-func vmtestCloudConfig(authorizedKey string) []byte {
-	return []byte(`#cloud-config
-users:
-  - default
-  - name: ` + vmtestUser + `
-    sudo: "ALL=(ALL) NOPASSWD:ALL"
-    shell: /bin/bash
-    lock_passwd: true
-    ssh_authorized_keys:
-      - "` + authorizedKey + `"
-`)
-}
-
-// vmtestPolicy: the artifacts `ecs-image test` boots, inspected like every
-// image a user hands in (no backing, data or extent files).
-var vmtestPolicy = qemuimg.Policy{
-	Formats: []string{"qcow2", "raw", "vmdk", "vhdx", "vpc"},
-	Hint:    "(want qcow2, raw, vmdk, vhdx, vhd or an OVA)",
-}
-
-// vmtestDisk returns the disk to put the overlay on, its format and the
-// format's label for reports: the artifact itself, or the first disk of an
-// OVA extracted into work.
-func vmtestDisk(ctx context.Context, artifact, work string) (disk, format, label string, err error) {
-	if vmtestIsTar(artifact) {
-		disk, err := vmtestExtractOVA(artifact, work)
-		if err != nil {
-			return "", "", "", badInput(err)
-		}
-		info, err := qemuimg.Inspect(ctx, disk, vmtestPolicy)
-		if err != nil {
-			return "", "", "", badInput(fmt.Errorf("%s: %w", artifact, err))
-		}
-		return disk, info.Format, "ova/" + info.Format, nil
-	}
-	info, err := qemuimg.Inspect(ctx, artifact, vmtestPolicy)
-	if err != nil {
-		return "", "", "", badInput(err)
-	}
-	return artifact, info.Format, info.Format, nil
-}
-
-// vmtestIsTar reports whether path is a tar archive (an OVA).
-func vmtestIsTar(path string) bool {
-	f, err := os.Open(path)
-	if err != nil {
-		return false
-	}
-	defer f.Close()
-	buf := make([]byte, 262)
-	if _, err := io.ReadFull(f, buf); err != nil {
-		return false
-	}
-	return string(buf[257:262]) == "ustar"
-}
-
-// vmtestExtractOVA copies the first .vmdk of an OVA into dir.
-func vmtestExtractOVA(ova, dir string) (string, error) {
-	f, err := os.Open(ova)
-	if err != nil {
-		return "", err
-	}
-	defer f.Close()
-	tr := tar.NewReader(f)
-	for {
-		h, err := tr.Next()
-		if err == io.EOF {
-			return "", fmt.Errorf("%s: an OVA without a .vmdk disk", ova)
-		}
-		if err != nil {
-			return "", fmt.Errorf("%s: %w", ova, err)
-		}
-		if h.Typeflag != tar.TypeReg || !strings.HasSuffix(strings.ToLower(h.Name), ".vmdk") {
-			continue
-		}
-		out := filepath.Join(dir, "ova-disk.vmdk")
-		w, err := os.OpenFile(out, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-		if err != nil {
-			return "", err
-		}
-		if _, err := io.Copy(w, tr); err != nil {
-			w.Close()
-			return "", fmt.Errorf("%s: %s: %w", ova, h.Name, err)
-		}
-		return out, w.Close()
-	}
-}
-
-func vmtestPrint(w io.Writer, r *vmtestReport, asJSON bool) {
+// vmtestPrint writes the report: as text, or JSON with --json.
+func vmtestPrint(w io.Writer, r *boottest.Report, asJSON bool) {
 	if asJSON {
 		enc := json.NewEncoder(w)
 		enc.SetIndent("", "  ")
@@ -645,25 +207,6 @@ func vmtestPrint(w io.Writer, r *vmtestReport, asJSON bool) {
 	}
 }
 
-var (
-	vmtestHTMLDrop = sync.OnceValue(func() *regexp.Regexp {
-		return regexp.MustCompile(`(?is)<(script|style|head)\b.*?</(script|style|head)>`)
-	})
-	vmtestHTMLTag = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`(?s)<[^>]*>`) })
-)
-
-// vmtestPageText is the visible text of an HTML page, whitespace collapsed, cut
-// at max bytes.
-func vmtestPageText(body string, max int) string {
-	t := vmtestHTMLTag().ReplaceAllString(vmtestHTMLDrop().ReplaceAllString(body, " "), " ")
-	t = strings.NewReplacer("&amp;", "&", "&lt;", "<", "&gt;", ">", "&quot;", `"`, "&#39;", "'", "&nbsp;", " ").Replace(t)
-	t = strings.Join(strings.Fields(t), " ")
-	if len(t) > max {
-		t = t[:max] + "…"
-	}
-	return t
-}
-
 func vmtestFirstLine(s string) string {
 	if i := strings.IndexByte(s, '\n'); i >= 0 {
 		return s[:i]
@@ -673,11 +216,12 @@ func vmtestFirstLine(s string) string {
 
 // vmtestKeep prints how to reach the VM and waits for Ctrl-C or for the
 // guest to power off.
-func vmtestKeep(ctx context.Context, w io.Writer, m *qemu.Machine, r *vmtestReport, key *communicator.Key, work string) {
+func vmtestKeep(ctx context.Context, w io.Writer, vm *boottest.VM) {
+	m, r := vm.Machine, vm.Report
 	fmt.Fprintln(w, "\nThe VM keeps running; press Ctrl-C to stop it and discard its overlay.")
-	if key != nil {
+	if vm.Key != nil {
 		fmt.Fprintf(w, "  ssh -i %s -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -p %d %s@127.0.0.1\n",
-			filepath.Join(work, "id_ed25519"), r.Ports["22"], vmtestUser)
+			vm.KeyFile, r.Ports["22"], boottest.User)
 	} else {
 		fmt.Fprintf(w, "  ssh -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -p %d root@127.0.0.1   (keys from the env.yml)\n", r.Ports["22"])
 	}
@@ -688,11 +232,4 @@ func vmtestKeep(ctx context.Context, w io.Writer, m *qemu.Machine, r *vmtestRepo
 	case <-m.Done():
 		fmt.Fprintln(w, "The VM has stopped.")
 	}
-}
-
-func vmtestNameOr(s, def string) string {
-	if s == "" {
-		return def
-	}
-	return s
 }

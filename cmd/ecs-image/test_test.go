@@ -3,21 +3,18 @@ package main
 import (
 	"archive/tar"
 	"bytes"
-	"context"
 	"crypto/sha256"
 	"encoding/json"
-	"net/http"
-	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/spf13/pflag"
 
+	"github.com/ecs-image/ecs-image/boottest"
 	"github.com/ecs-image/ecs-image/qemu/qemutest"
 	"github.com/ecs-image/ecs-image/testenv"
 )
@@ -29,7 +26,7 @@ func vmtestNeedVM(t *testing.T) {
 
 // runVMTestCLI runs `ecs-image test args...` in-process with fresh flags and
 // returns the exit code and the JSON report (when --json was given).
-func runVMTestCLI(t *testing.T, args ...string) (int, *vmtestReport, string) {
+func runVMTestCLI(t *testing.T, args ...string) (int, *boottest.Report, string) {
 	t.Helper()
 	vmtestCmd.Flags().VisitAll(func(f *pflag.Flag) {
 		f.Value.Set(f.DefValue)
@@ -39,7 +36,7 @@ func runVMTestCLI(t *testing.T, args ...string) (int, *vmtestReport, string) {
 	rootCmd.SetOut(&out)
 	defer rootCmd.SetOut(nil)
 	code := runCLI(append([]string{"test"}, args...))
-	var rep vmtestReport
+	var rep boottest.Report
 	if json.Unmarshal(out.Bytes(), &rep) != nil {
 		return code, nil, out.String()
 	}
@@ -221,93 +218,5 @@ func TestVMTestBadInput(t *testing.T) {
 		if code, _, _ := runVMTestCLI(t, args...); code != exitUsage {
 			t.Errorf("%s: exit %d, want 2", name, code)
 		}
-	}
-}
-
-func TestVMTestClassify(t *testing.T) {
-	m, err := newVMTestMarkers(`ECS-APPLIANCE-READY`)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for line, want := range map[string][2]string{
-		"ECS-APPLIANCE-READY":                               {"ready", ""},
-		"[   42.1] ecs-agent[312]: ECS-APPLIANCE-READY":     {"ready", ""},
-		"ECS-APPLIANCE-FAILED: postgresql: role missing":    {"failed", "postgresql: role missing"},
-		"ECS-APPLIANCE-FAILED":                              {"failed", ""},
-		"ECS-APPLIANCE-STANDBY: appliance.standby is true":  {"standby", "appliance.standby is true"},
-		"[ 3.2] Kernel panic - not syncing: VFS: Unable to": {"panic", "kernel panic: VFS: Unable to"},
-		"Started ssh.service":                               {"", ""},
-	} {
-		s, r := m.classify(line)
-		if s != want[0] || r != want[1] {
-			t.Errorf("classify(%q) = %q, %q; want %q, %q", line, s, r, want[0], want[1])
-		}
-		if (want[0] != "") != m.all.MatchString(line) {
-			t.Errorf("combined pattern on %q: %v", line, m.all.MatchString(line))
-		}
-	}
-}
-
-// A bare base's ready line names cloud-init's datasource: DataSourceNone
-// means the seed was not read.
-func TestVMTestClassifyNoSeed(t *testing.T) {
-	m, err := newVMTestMarkers(vmtestCloudInitDone)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if s, _ := m.classify("Cloud-init v. 22.4.2 finished at Sun, 06 Dec 2026. Datasource DataSourceNoCloud [seed=/dev/sr0][dsmode=net].  Up 40.1 seconds"); s != "ready" {
-		t.Errorf("NoCloud: %q", s)
-	}
-	if s, r := m.classify("Cloud-init v. 22.4.2 finished at Sun, 06 Dec 2026. Datasource DataSourceNone.  Up 40.1 seconds"); s != "no-seed" || !strings.Contains(r, "DataSourceNone") {
-		t.Errorf("None: %q %q", s, r)
-	}
-}
-
-func TestVMTestPageText(t *testing.T) {
-	page := `<html><head><title>x</title><style>p{}</style></head><body><h1>ECS appliance: failed</h1>
-<p>Reason: appliance.domain &amp; more   missing</p><script>var a=1;</script></body></html>`
-	if got := vmtestPageText(page, 500); got != "ECS appliance: failed Reason: appliance.domain & more missing" {
-		t.Errorf("vmtestPageText = %q", got)
-	}
-	if got := vmtestPageText("abcdef", 3); got != "abc…" {
-		t.Errorf("cut = %q", got)
-	}
-}
-
-func TestVMTestWaitHTTPS(t *testing.T) {
-	var calls atomic.Int32
-	var host, sni atomic.Value
-	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		host.Store(r.Host)
-		sni.Store(r.TLS.ServerName)
-		if calls.Add(1) < 2 {
-			http.Error(w, "preparing", http.StatusServiceUnavailable)
-			return
-		}
-		w.Write([]byte("ok"))
-	}))
-	srv.StartTLS()
-	defer srv.Close()
-	addr := strings.TrimPrefix(srv.URL, "https://")
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	status, body, err := vmtestWaitHTTPS(ctx, addr, "ecs.example.org", true, nil)
-	if err != nil || status != 200 || calls.Load() != 2 || body != "ok" {
-		t.Fatalf("status %d, %d calls, %v", status, calls.Load(), err)
-	}
-	if host.Load() != "ecs.example.org" || sni.Load() != "ecs.example.org" {
-		t.Errorf("Host %v, SNI %v", host.Load(), sni.Load())
-	}
-	// Not wanting 200, the first answer (503) is enough.
-	calls.Store(0)
-	if status, body, err := vmtestWaitHTTPS(ctx, addr, "", false, nil); err != nil || status != 503 || body != "preparing\n" {
-		t.Errorf("status %d %q %v", status, body, err)
-	}
-	// QEMU exiting ends the wait.
-	stopped := make(chan struct{})
-	close(stopped)
-	srv.Close()
-	if _, _, err := vmtestWaitHTTPS(ctx, addr, "x", true, stopped); err == nil || !strings.Contains(err.Error(), "QEMU exited") {
-		t.Errorf("err = %v", err)
 	}
 }
