@@ -108,6 +108,17 @@ func TestPrepareAppliancePreloadsImages(t *testing.T) {
 	if !a.Host.Exists(PostfixQueueDir+"/quick-start") || !slices.Contains(cmds, "systemctl start postfix.service") {
 		t.Error("postfix started without its quick-start file")
 	}
+	// The queue directories the skipped check would have created.
+	var queue []string
+	for _, d := range postfixQueueDirs {
+		queue = append(queue, PostfixQueueDir+"/"+d)
+		if st, err := os.Stat(a.Host.Path(PostfixQueueDir + "/" + d)); err != nil || !st.IsDir() || st.Mode().Perm() != 0o700 {
+			t.Errorf("queue directory %s: %v %v", d, st, err)
+		}
+	}
+	if !slices.Contains(cmds, "chown postfix "+strings.Join(queue, " ")) {
+		t.Errorf("queue directories not given to postfix:\n%s", strings.Join(cmds, "\n"))
+	}
 	for _, c := range cmds {
 		if strings.HasPrefix(c, "postconf -n") || c == "postconf -M" {
 			t.Errorf("prepare-appliance ran %q (reads main.cf and master.cf instead)", c)

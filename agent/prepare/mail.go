@@ -129,6 +129,10 @@ func (a *Agent) postfixConfig() string {
 	return string(n) + "\x00" + string(m)
 }
 
+// postfixQueueDirs are the queue directories Postfix's postfix-files lists
+// as owned by mail_owner (postfix), mode 0700, created when missing.
+var postfixQueueDirs = []string{"active", "bounce", "corrupt", "defer", "deferred", "flush", "hold", "incoming", "saved", "trace"}
+
 // startPostfix restarts (changed) or starts postfix. It first creates
 // Postfix's own quick-start file, which makes `postfix start` skip its
 // integrity checks once (postfix-script check-fatal and check-warn: half
@@ -136,6 +140,24 @@ func (a *Agent) postfixConfig() string {
 // installed); `postfix check` runs them by hand.
 func (a *Agent) startPostfix(ctx context.Context, changed bool) error {
 	if a.Host.Exists(PostfixQueueDir) {
+		// What the skipped check would have created (post-install
+		// create-missing): the queue directories postfix makes at its first
+		// start, not the package. Without hold, mailq (showq) fails.
+		var missing []string
+		for _, d := range postfixQueueDirs {
+			p := PostfixQueueDir + "/" + d
+			if !a.Host.Exists(p) {
+				if err := a.Host.MkdirAll(p, 0o700); err != nil {
+					return err
+				}
+				missing = append(missing, p)
+			}
+		}
+		if len(missing) > 0 {
+			if _, err := a.Host.Run(ctx, "chown", append([]string{"postfix"}, missing...)...); err != nil {
+				return err
+			}
+		}
 		if _, err := a.Host.WriteFile(PostfixQueueDir+"/quick-start", nil, 0o644); err != nil {
 			return err
 		}
