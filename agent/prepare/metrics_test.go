@@ -178,6 +178,17 @@ tests:
         values: '0 0 1 1 1'
       - series: 'appliance_update_last_success'
         values: '1 1 0 0 0'
+      # two CPUs, load15 5: 2.5 per CPU
+      - series: 'node_load15{instance="n",job="node"}'
+        values: '5x30'
+      - series: 'node_cpu_seconds_total{instance="n",job="node",cpu="0",mode="idle"}'
+        values: '0+60x30'
+      - series: 'node_cpu_seconds_total{instance="n",job="node",cpu="1",mode="idle"}'
+        values: '0+60x30'
+      - series: 'node_memory_MemAvailable_bytes{instance="n",job="node"}'
+        values: '5x30'
+      - series: 'node_memory_MemTotal_bytes{instance="n",job="node"}'
+        values: '100x30'
     alert_rule_test:
       - eval_time: 3m
         alertname: NodeFilesystemFree
@@ -197,6 +208,22 @@ tests:
       - eval_time: 5m
         alertname: BackupTooOld
         exp_alerts: []
+      - eval_time: 10m
+        alertname: NodeLoadHigh
+        exp_alerts: []
+      - eval_time: 16m
+        alertname: NodeLoadHigh
+        exp_alerts:
+          - exp_labels: {severity: warning, instance: n, job: node}
+            exp_annotations: {summary: 'load15 per CPU is 2.5'}
+      - eval_time: 5m
+        alertname: NodeMemoryUsageHigh
+        exp_alerts: []
+      - eval_time: 11m
+        alertname: NodeMemoryUsageHigh
+        exp_alerts:
+          - exp_labels: {severity: warning, instance: n, job: node}
+            exp_annotations: {summary: 'memory 95% used'}
       - eval_time: 30m
         alertname: BackupTooOld
         exp_alerts:
