@@ -1,4 +1,5 @@
-// Package scripts holds the tests of the shell scripts beside them.
+// Package scripts holds the tests of the shell scripts beside them and of
+// README.md's architecture table (architecture_test.go).
 package scripts
 
 import (
