@@ -47,6 +47,14 @@ func (a *Agent) Compose() ComposeTool {
 	return ComposeTool{Name: "docker-compose"}
 }
 
+// composeCommand returns the command line that runs compose with args on
+// the appliance's project and compose file, with the Compose found by
+// Compose(): the one place that builds it, for the appliance command's
+// `up` (runStack) and the migrations' `run`.
+func (a *Agent) composeCommand(args ...string) (string, []string) {
+	return a.Compose().Command(append([]string{"-p", a.composeProject(), "-f", a.Host.Path(ComposeFile)}, args...)...)
+}
+
 // isScript reports whether file starts with "#!".
 func isScript(file string) bool {
 	f, err := os.Open(file)

@@ -69,13 +69,6 @@ func (a *Agent) recordMigrated(imageID string) error {
 	return err
 }
 
-// composeCommand returns the command line that runs compose with args on
-// the appliance's project and compose file: the same Compose, project and
-// file as the appliance command's `up` (runStack); change both together.
-func (a *Agent) composeCommand(args ...string) (string, []string) {
-	return a.Compose().Command(append([]string{"-p", a.composeProject(), "-f", a.Host.Path(ComposeFile)}, args...)...)
-}
-
 // composeServiceImage returns the image of service in the compose file,
 // and whether the service exists.
 func (a *Agent) composeServiceImage(service string) (string, bool) {

@@ -138,9 +138,9 @@ func (a *Agent) runStack(ctx context.Context, o RunOptions, e *Env) error {
 	if err != nil {
 		return runFailure{err}
 	}
-	webPort, project := WebPort, ComposeProject
+	webPort := WebPort
 	if st != nil {
-		hasWeb, webPort, project = true, st.Web.Port, st.Project
+		hasWeb, webPort = true, st.Web.Port
 	}
 	if o.Probe == nil {
 		if hasWeb {
@@ -156,7 +156,7 @@ func (a *Agent) runStack(ctx context.Context, o RunOptions, e *Env) error {
 	done := make(chan error, 1)
 	if a.Host.Exists(ComposeFile) {
 		go func() {
-			name, args := a.Compose().Command("-p", project, "-f", a.Host.Path(ComposeFile), "up", "--no-color", "--remove-orphans")
+			name, args := a.composeCommand("up", "--no-color", "--remove-orphans")
 			_, err := a.Host.RunCmd(runCtx, host.Cmd{Name: name, Args: args, Stdout: os.Stderr, Stderr: os.Stderr})
 			done <- err
 		}()

@@ -11,6 +11,7 @@ import (
 
 	"github.com/ecs-image/ecs-image/agent/host"
 	"github.com/ecs-image/ecs-image/agent/status"
+	"github.com/ecs-image/ecs-image/contract"
 )
 
 // fakeCompose puts an executable docker-compose shell script with body
@@ -154,5 +155,29 @@ func TestApplianceStopIsNotAFailure(t *testing.T) {
 	}
 	if a.Host.Exists(FailuresFile) {
 		t.Error("a stop was counted as a failed run")
+	}
+}
+
+// The appliance's `up` and the migrations' `run` use one Compose, project
+// and file (composeCommand): a declared stack's project with the v2 plugin.
+func TestApplianceAndMigrateShareComposeCommand(t *testing.T) {
+	a, rec := testAgent(t)
+	activate(t, a, siteEnv)
+	put(t, a, contract.StackFile, []byte(`{"project":"site","web":{"service":"ecs.web","port":5000},"services":["ecs.web"]}`), 0o644)
+	put(t, a, ComposeFile, []byte(migrateCompose), 0o644)
+	put(t, a, "/usr/libexec/docker/cli-plugins/docker-compose", []byte("\x7fELF"), 0o755)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	// The recorded `up` returns at once: a failed run after ready, which
+	// is not what is tested here.
+	_ = a.Appliance(ctx, RunOptions{Probe: func(context.Context) bool { return true }, Interval: 10 * time.Millisecond})
+	prefix := "docker compose -p site -f " + a.Host.Path(ComposeFile) + " "
+	up := prefix + "up --no-color --remove-orphans"
+	if !strings.Contains(strings.Join(rec.Commands, "\n"), up) {
+		t.Errorf("appliance ran\n%s\nwant %s", strings.Join(rec.Commands, "\n"), up)
+	}
+	name, args := a.composeCommand("run", "--no-deps", "--rm", "-T", MigrateService, "migrate")
+	if got := (host.Cmd{Name: name, Args: args}).String(); got != prefix+"run --no-deps --rm -T ecs.web migrate" {
+		t.Errorf("migrate runs %q", got)
 	}
 }
