@@ -17,6 +17,16 @@ import (
 // `docker-compose run --no-deps --rm ecs.web migrate`.
 const MigrateService = "ecs.web"
 
+// migrateArgs are compose's arguments that run the migrations. Unlike the
+// original, without --no-deps: Compose v2 links a `run` container to every
+// container of its linked services, stopped ones included, and the engine
+// refuses to start a container linked to a stopped one ("Cannot link to a
+// non running container") — which the stack's are after a restart of
+// appliance.service (a deploy of a new ecs image migrates then). Compose
+// starts the linked services (redis, memcached) first instead; `up` keeps
+// them.
+var migrateArgs = []string{"run", "--rm", "-T", MigrateService, "migrate"}
+
 // MigratedTag records the image ID of MigrateService whose migrations ran
 // to completion: an unchanged image does not migrate (nor dump) again, as
 // the original migrated only when the ecs version changed.
@@ -132,7 +142,7 @@ func (a *Agent) stepMigrate(ctx context.Context, e *Env) error {
 		dumpNote = "; the dump taken before it is kept in " + MigrateDump + " (pg_restore it to roll back)"
 	}
 	if viaCompose {
-		name, args := a.composeCommand("run", "--no-deps", "--rm", "-T", MigrateService, "migrate")
+		name, args := a.composeCommand(migrateArgs...)
 		a.logf("prepare-ecs/migrate: running %s migrate (%s)", MigrateService, image)
 		if _, err := a.Host.RunCmd(ctx, hostCmd(name, args, a.migrateEnv(e))); err != nil {
 			return fmt.Errorf("migration (%s migrate) failed: %w%s", MigrateService, err, dumpNote)

@@ -72,7 +72,7 @@ func TestMigrateDumpsThenRunsECSWebMigrate(t *testing.T) {
 		t.Fatal(err)
 	}
 	cmds := strings.Join(r.take(), "\n")
-	want := "docker-compose -p ecs -f " + a.Host.Path(ComposeFile) + " run --no-deps --rm -T ecs.web migrate"
+	want := "docker-compose -p ecs -f " + a.Host.Path(ComposeFile) + " run --rm -T ecs.web migrate"
 	if !strings.Contains(cmds, want) {
 		t.Errorf("commands:\n%s\nwant %s", cmds, want)
 	}
@@ -160,7 +160,7 @@ func TestMigrateRefusesOlderImage(t *testing.T) {
 		t.Helper()
 		r.imageID = id
 		err := a.stepMigrate(context.Background(), e)
-		return strings.Contains(strings.Join(r.take(), "\n"), " run --no-deps --rm -T ecs.web migrate"), err
+		return strings.Contains(strings.Join(r.take(), "\n"), " run --rm -T ecs.web migrate"), err
 	}
 	for _, id := range []string{"sha256:v1", "sha256:v2"} {
 		if ran, err := migrate(id); err != nil || !ran {

@@ -176,8 +176,8 @@ func TestApplianceAndMigrateShareComposeCommand(t *testing.T) {
 	if !strings.Contains(strings.Join(rec.Commands, "\n"), up) {
 		t.Errorf("appliance ran\n%s\nwant %s", strings.Join(rec.Commands, "\n"), up)
 	}
-	name, args := a.composeCommand("run", "--no-deps", "--rm", "-T", MigrateService, "migrate")
-	if got := (host.Cmd{Name: name, Args: args}).String(); got != prefix+"run --no-deps --rm -T ecs.web migrate" {
+	name, args := a.composeCommand(migrateArgs...)
+	if got := (host.Cmd{Name: name, Args: args}).String(); got != prefix+"run --rm -T ecs.web migrate" {
 		t.Errorf("migrate runs %q", got)
 	}
 }
