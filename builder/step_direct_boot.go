@@ -5,35 +5,54 @@ import (
 	"path/filepath"
 
 	"github.com/hashicorp/packer-plugin-sdk/multistep"
+	"github.com/sirupsen/logrus"
 )
 
 // stepDirectBoot chooses the kernel the build VM boots directly (see
 // kernel.go): the parent stage's recorded kernel, or for the first stage
 // the base image's own, read from the image without booting it. Without
 // one the VM boots from its disk through the firmware and GRUB.
-type stepDirectBoot struct{}
+type stepDirectBoot struct {
+	// Base and BaseFormat: the base image, when the stage builds on it.
+	Base, BaseFormat string
+	// BootDir holds the kernel the parent stage recorded ("": none).
+	BootDir string
+	Log     logrus.FieldLogger
+}
+
+// directBootStep is the stage's stepDirectBoot: the base's kernel for the
+// first stage, else the one recorded for the parent disk.
+func (b *buildState) directBootStep() *stepDirectBoot {
+	s := &stepDirectBoot{Log: b.log}
+	if b.parentDisk == b.base.Path {
+		s.Base, s.BaseFormat = b.base.Path, b.base.Format
+	} else if b.bootFrom != "" {
+		s.BootDir = b.cache.BootDir(b.bootFrom)
+	}
+	return s
+}
 
 func (s *stepDirectBoot) Run(ctx context.Context, state multistep.StateBag) multistep.StepAction {
-	b, sr := getBuild(state), getStage(state)
+	sr := getStage(state)
 	var bf bootFiles
-	if b.parentDisk == b.base.Path {
+	if s.Base != "" {
 		bf = bootFiles{Dir: filepath.Join(sr.dir, "base-boot")}
-		if err := extractBaseBootFiles(ctx, b.base.Path, b.base.Format, sr.dir, bf.Dir); err != nil {
+		if err := extractBaseBootFiles(ctx, s.Base, s.BaseFormat, sr.dir, bf.Dir); err != nil {
 			if ctx.Err() != nil {
 				return halt(state, ctx.Err())
 			}
-			b.log.Infof("the base's kernel cannot be read (%v): booting from the disk", err)
+			s.Log.Infof("the base's kernel cannot be read (%v): booting from the disk", err)
 			return multistep.ActionContinue
 		}
-	} else if b.bootFrom != "" {
-		bf = bootFiles{Dir: b.cache.BootDir(b.bootFrom)}
+	} else if s.BootDir != "" {
+		bf = bootFiles{Dir: s.BootDir}
 	}
 	if bf.Dir == "" || !directBootOK(bf) {
-		b.log.Infof("no kernel recorded for the parent disk: booting from the disk")
+		s.Log.Infof("no kernel recorded for the parent disk: booting from the disk")
 		return multistep.ActionContinue
 	}
 	sr.kernel = &bf
-	b.log.Debugf("direct kernel boot: %s", buildAppend(bf.cmdline(), bf.root()))
+	s.Log.Debugf("direct kernel boot: %s", buildAppend(bf.cmdline(), bf.root()))
 	return multistep.ActionContinue
 }
 

@@ -6,18 +6,37 @@ import (
 	"time"
 
 	"github.com/hashicorp/packer-plugin-sdk/multistep"
+	"github.com/sirupsen/logrus"
 
 	"github.com/ecs-image/ecs-image/provisioners"
+	"github.com/ecs-image/ecs-image/qemu"
 )
 
 // stepOfflinePlace applies a file-only stage without booting the image:
 // the offline helper VM unpacks the provisioners' archive into the disk.
-type stepOfflinePlace struct{}
+type stepOfflinePlace struct {
+	// BootFrom is the cache entry whose kernel the helper boots, BootDir
+	// its boot/ directory.
+	BootFrom, BootDir string
+	Accel             qemu.Accel
+	AccelForced       bool
+	Log               logrus.FieldLogger
+}
+
+// offlinePlaceStep is the stage's stepOfflinePlace with the kernel recorded
+// for the parent disk.
+func (b *buildState) offlinePlaceStep() *stepOfflinePlace {
+	s := &stepOfflinePlace{BootFrom: b.bootFrom, Accel: b.accel, AccelForced: b.accelForced, Log: b.log}
+	if b.bootFrom != "" {
+		s.BootDir = b.cache.BootDir(b.bootFrom)
+	}
+	return s
+}
 
 func (s *stepOfflinePlace) Run(ctx context.Context, state multistep.StateBag) multistep.StepAction {
-	b, sr := getBuild(state), getStage(state)
-	boot := bootFiles{Dir: b.cache.BootDir(b.bootFrom)}
-	if b.bootFrom == "" || !boot.ok() {
+	sr := getStage(state)
+	boot := bootFiles{Dir: s.BootDir}
+	if s.BootFrom == "" || !boot.ok() {
 		return halt(state, errNoBootFiles)
 	}
 	var placers []provisioners.Placer
@@ -29,11 +48,11 @@ func (s *stepOfflinePlace) Run(ctx context.Context, state multistep.StateBag) mu
 		placers = append(placers, p)
 	}
 	r := &offlineRun{Disk: sr.disk, Boot: boot, Placers: placers, WorkDir: sr.dir,
-		Accel: b.accel, AccelForced: b.accelForced, Timeout: 10 * time.Minute, Log: b.log.WithField("stage", sr.stage.Name)}
+		Accel: s.Accel, AccelForced: s.AccelForced, Timeout: 10 * time.Minute, Log: s.Log.WithField("stage", sr.stage.Name)}
 	if err := r.run(ctx); err != nil {
 		return halt(state, err)
 	}
-	sr.bootFrom = b.bootFrom
+	sr.bootFrom = s.BootFrom
 	return multistep.ActionContinue
 }
 

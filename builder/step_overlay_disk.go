@@ -12,23 +12,38 @@ import (
 
 // stepOverlayDisk creates the stage's disk: a qcow2 overlay whose backing
 // file is the parent stage's disk (or the cached base, grown to disk_size
-// for the first stage).
-type stepOverlayDisk struct{}
+// for the first stage). It makes the stage's work directory (sr.dir) with
+// the disk in it (sr.disk).
+type stepOverlayDisk struct {
+	WorkDir      string // the build's work directory
+	Parent       string // the parent disk
+	ParentFormat string
+	// Size grows the disk to this many bytes (0: the parent's size).
+	Size int64
+	// KeepOnError keeps the work directory of a failed stage.
+	KeepOnError bool
+}
+
+// overlayStep is the stage's stepOverlayDisk on the build's parent disk;
+// the first stage's disk (on the base) is grown to disk_size.
+func (b *buildState) overlayStep() *stepOverlayDisk {
+	s := &stepOverlayDisk{WorkDir: b.work, Parent: b.parentDisk, ParentFormat: b.parentFormat(), KeepOnError: b.opts.KeepOnError}
+	if b.parentDisk == b.base.Path {
+		s.Size = b.tmpl.DiskSizeBytes()
+	}
+	return s
+}
 
 func (s *stepOverlayDisk) Run(ctx context.Context, state multistep.StateBag) multistep.StepAction {
-	b, sr := getBuild(state), getStage(state)
+	sr := getStage(state)
 	sr.started = timeNow()
-	dir, err := os.MkdirTemp(b.work, "stage-"+sr.stage.Name+"-")
+	dir, err := os.MkdirTemp(s.WorkDir, "stage-"+sr.stage.Name+"-")
 	if err != nil {
 		return halt(state, err)
 	}
 	sr.dir = dir
 	sr.disk = filepath.Join(dir, "disk.qcow2")
-	var size int64
-	if b.parentDisk == b.base.Path {
-		size = b.tmpl.DiskSizeBytes()
-	}
-	if err := qemu.Overlay(ctx, b.parentDisk, b.parentFormat(), sr.disk, size); err != nil {
+	if err := qemu.Overlay(ctx, s.Parent, s.ParentFormat, sr.disk, s.Size); err != nil {
 		return halt(state, err)
 	}
 	return multistep.ActionContinue
@@ -39,7 +54,7 @@ func (s *stepOverlayDisk) Cleanup(state multistep.StateBag) {
 	sr := getStage(state)
 	if sr.dir != "" {
 		if _, err := os.Stat(sr.dir); err == nil {
-			if _, failed := state.GetOk("error"); !failed || !getBuild(state).opts.KeepOnError {
+			if _, failed := state.GetOk("error"); !failed || !s.KeepOnError {
 				os.RemoveAll(sr.dir)
 			}
 		}

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/packer-plugin-sdk/multistep"
+	"github.com/sirupsen/logrus"
 
 	"github.com/ecs-image/ecs-image/communicator"
 )
@@ -21,10 +22,13 @@ var forcedPoweroffWait = time.Minute
 // power-off. If that fails, the ACPI power button is pressed, waited for up
 // to shutdown_timeout, then QEMU is stopped (and the stage fails: a disk of
 // an unclean shutdown is not cached).
-type stepShutdown struct{}
+type stepShutdown struct {
+	Timeout time.Duration // the template's shutdown_timeout
+	Log     logrus.FieldLogger
+}
 
 func (s *stepShutdown) Run(ctx context.Context, state multistep.StateBag) multistep.StepAction {
-	b, sr := getBuild(state), getStage(state)
+	sr := getStage(state)
 	if sr.client != nil {
 		sr.client.Run(ctx, "sync", communicator.RunOptions{})
 		// The connection drops as the guest goes down: no exit status.
@@ -32,7 +36,7 @@ func (s *stepShutdown) Run(ctx context.Context, state multistep.StateBag) multis
 		select {
 		case <-sr.machine.Done():
 		case <-time.After(forcedPoweroffWait):
-			b.log.Warnf("the guest did not power off within %s of systemctl poweroff --force: pressing the ACPI power button", forcedPoweroffWait)
+			s.Log.Warnf("the guest did not power off within %s of systemctl poweroff --force: pressing the ACPI power button", forcedPoweroffWait)
 		case <-ctx.Done():
 			return halt(state, ctx.Err())
 		}
@@ -46,7 +50,7 @@ func (s *stepShutdown) Run(ctx context.Context, state multistep.StateBag) multis
 		}
 		return multistep.ActionContinue
 	}
-	if err := sr.machine.Shutdown(ctx, b.tmpl.ShutdownTimeout); err != nil {
+	if err := sr.machine.Shutdown(ctx, s.Timeout); err != nil {
 		return halt(state, fmt.Errorf("shutdown: %w", err))
 	}
 	return multistep.ActionContinue

@@ -53,7 +53,7 @@ func (s *stepStages) Run(ctx context.Context, state multistep.StateBag) multiste
 		run := stageModes[sr.mode]
 		b.log.Infof("stage %s: building (%s, key %s)", sr.stage.Name, run.how, sr.key[:12])
 		state.Put("stage", sr)
-		runner := &multistep.BasicRunner{Steps: onErrorSteps(timedSteps(run.steps()))}
+		runner := &multistep.BasicRunner{Steps: onErrorSteps(timedSteps(run.steps(b)))}
 		runner.Run(ctx, state)
 		state.Remove("stage")
 		if raw, ok := state.GetOk("error"); ok {

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/packer-plugin-sdk/multistep"
+	"github.com/sirupsen/logrus"
 
 	"github.com/ecs-image/ecs-image/qemu"
 )
@@ -16,14 +17,30 @@ var timeNow = time.Now
 // works, else TCG (qemu.DetectAccel warns); the serial console goes to a
 // log file in the stage's work directory; QMP controls the VM. Cleanup
 // kills a VM that is still running (failure, Ctrl-C).
-type stepStartQEMU struct{}
+type stepStartQEMU struct {
+	Memory, CPUs int    // the template's memory (MiB) and cpus
+	Firmware     string // qemu.FirmwareBIOS or qemu.FirmwareUEFI (the base's)
+	Accel        qemu.Accel
+	// AccelForced: the template or --accel asked for KVM (no TCG fallback).
+	AccelForced bool
+	// Detachable: --on-error=abort|ask may keep the VM running after
+	// ecs-image exits.
+	Detachable bool
+	Log        logrus.FieldLogger
+}
 
-func (s *stepStartQEMU) Run(ctx context.Context, state multistep.StateBag) multistep.StepAction {
-	b, sr := getBuild(state), getStage(state)
+// startQEMUStep is the stage's stepStartQEMU from the template and base.
+func (b *buildState) startQEMUStep() *stepStartQEMU {
 	fw := qemu.FirmwareBIOS
 	if b.base.Firmware == "uefi" {
 		fw = qemu.FirmwareUEFI
 	}
+	return &stepStartQEMU{Memory: b.tmpl.Memory, CPUs: b.tmpl.CPUs, Firmware: fw, Accel: b.accel, AccelForced: b.accelForced,
+		Detachable: b.keepable(), Log: b.log}
+}
+
+func (s *stepStartQEMU) Run(ctx context.Context, state multistep.StateBag) multistep.StepAction {
+	sr := getStage(state)
 	cfg := qemu.Config{
 		Name:       "ecs-build-" + sr.stage.Name,
 		Disk:       sr.disk,
@@ -37,15 +54,14 @@ func (s *stepStartQEMU) Run(ctx context.Context, state multistep.StateBag) multi
 		// controllers it has drivers for (Debian's cloud kernel has no AHCI).
 		CDROMs:      []string{sr.seed},
 		SeedBus:     qemu.SeedVirtio,
-		Memory:      b.tmpl.Memory,
-		CPUs:        b.tmpl.CPUs,
-		Firmware:    fw,
-		Accel:       b.accel,
-		AccelForced: b.accelForced,
+		Memory:      s.Memory,
+		CPUs:        s.CPUs,
+		Firmware:    s.Firmware,
+		Accel:       s.Accel,
+		AccelForced: s.AccelForced,
 		Forwards:    []qemu.Forward{{Guest: 22}},
 		SerialLog:   filepath.Join(sr.dir, "serial.log"),
-		// --on-error=abort|ask may keep it running after ecs-image exits.
-		Detachable: b.keepable(),
+		Detachable:  s.Detachable,
 	}
 	if sr.kernel != nil {
 		// No firmware boot loader, no VGA: the serial console only. The
@@ -56,9 +72,9 @@ func (s *stepStartQEMU) Run(ctx context.Context, state multistep.StateBag) multi
 		cfg.Append = buildAppend(sr.kernel.cmdline(), sr.kernel.root())
 		cfg.ExtraArgs = []string{"-vga", "none"}
 		if helper, err := helperBinary(); err != nil {
-			b.log.Debugf("the image's own initrd: %v", err)
+			s.Log.Debugf("the image's own initrd: %v", err)
 		} else if err := writeSlimInitrd(filepath.Join(sr.dir, "boot-initrd.img"), sr.kernel.initrd(), helper, false, bootModules...); err != nil {
-			b.log.Debugf("the image's own initrd: %v", err)
+			s.Log.Debugf("the image's own initrd: %v", err)
 		} else {
 			cfg.Initrd = filepath.Join(sr.dir, "boot-initrd.img")
 			cfg.Append = "rdinit=/" + HelperName + " ecs.boot=switch " + cfg.Append
@@ -69,7 +85,7 @@ func (s *stepStartQEMU) Run(ctx context.Context, state multistep.StateBag) multi
 		return halt(state, err)
 	}
 	sr.machine = m
-	b.log.Infof("qemu started (%s, %d MiB, %d CPUs), ssh on 127.0.0.1:%d, serial log %s", m.Accel(), cfg.Memory, cfg.CPUs, m.HostPort(22), cfg.SerialLog)
+	s.Log.Infof("qemu started (%s, %d MiB, %d CPUs), ssh on 127.0.0.1:%d, serial log %s", m.Accel(), cfg.Memory, cfg.CPUs, m.HostPort(22), cfg.SerialLog)
 	return multistep.ActionContinue
 }
 

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/packer-plugin-sdk/multistep"
+	"github.com/sirupsen/logrus"
 
 	"github.com/ecs-image/ecs-image/cidata"
 	"github.com/ecs-image/ecs-image/communicator"
@@ -19,19 +20,22 @@ import (
 // stepWaitSSH waits until the build user can log in over SSH (bounded by
 // ssh_timeout) and cloud-init has finished. If QEMU exits first, it fails
 // at once with the serial console's last lines.
-type stepWaitSSH struct{}
+type stepWaitSSH struct {
+	Timeout time.Duration // the template's ssh_timeout
+	Log     logrus.FieldLogger
+}
 
 func (s *stepWaitSSH) Run(ctx context.Context, state multistep.StateBag) multistep.StepAction {
-	b, sr := getBuild(state), getStage(state)
+	sr := getStage(state)
 	addr := fmt.Sprintf("127.0.0.1:%d", sr.machine.HostPort(22))
-	defer sr.machine.Waiting(b.log, "SSH and the end of the boot")()
+	defer sr.machine.Waiting(s.Log, "SSH and the end of the boot")()
 	dctx, stop := context.WithCancelCause(ctx)
 	watched := make(chan struct{})
 	go func() {
 		defer close(watched)
 		watchSeed(dctx, sr.machine, seedLoginGrace, stop)
 	}()
-	c, err := communicator.Dial(dctx, addr, BuildUser, sr.sshKey.Signer, b.tmpl.SSHTimeout, sr.machine.Done())
+	c, err := communicator.Dial(dctx, addr, BuildUser, sr.sshKey.Signer, s.Timeout, sr.machine.Done())
 	stop(nil)
 	<-watched
 	var noSeed *noSeedError
@@ -50,7 +54,7 @@ func (s *stepWaitSSH) Run(ctx context.Context, state multistep.StateBag) multist
 	}
 	sr.client = c
 	sr.guest = guest{c}
-	wctx, cancel := context.WithTimeout(ctx, b.tmpl.SSHTimeout)
+	wctx, cancel := context.WithTimeout(ctx, s.Timeout)
 	defer cancel()
 	if sr.kernel != nil {
 		// Direct boot masks cloud-init's config and final stages, so its
@@ -61,7 +65,7 @@ func (s *stepWaitSSH) Run(ctx context.Context, state multistep.StateBag) multist
 			return halt(state, fmt.Errorf("systemctl is-system-running: %w", err))
 		}
 		if st := strings.TrimSpace(out); st != "running" {
-			b.log.Warnf("the build VM finished booting %s", st)
+			s.Log.Warnf("the build VM finished booting %s", st)
 		}
 		return multistep.ActionContinue
 	}
@@ -72,7 +76,7 @@ func (s *stepWaitSSH) Run(ctx context.Context, state multistep.StateBag) multist
 		return halt(state, fmt.Errorf("cloud-init status: %w", err))
 	}
 	if code := strings.TrimSpace(out); code != "0" && code != "2" {
-		b.log.Warnf("cloud-init status exited %s", code)
+		s.Log.Warnf("cloud-init status exited %s", code)
 	}
 	return multistep.ActionContinue
 }

@@ -27,33 +27,40 @@ func buildSteps() []multistep.Step {
 // for the log, where.
 var stageModes = map[Mode]struct {
 	how   string
-	steps func() []multistep.Step
+	steps func(*buildState) []multistep.Step
 }{
 	ModeBoot:    {"booted VM", bootedStageSteps},
 	ModeChroot:  {"chroot on the build host", chrootStageSteps},
 	ModeOffline: {"offline helper", offlineStageSteps},
 }
 
+// The stage step lists are made when the stage starts, each step with its
+// inputs from the template and the build so far as fields (the parent disk,
+// the kernel recorded for it); the stage's own results (its work
+// directory, disk, VM) go into its stageRun.
+
 // bootedStageSteps build a stage that runs commands in the guest.
-func bootedStageSteps() []multistep.Step {
+func bootedStageSteps(b *buildState) []multistep.Step {
 	return []multistep.Step{
-		&stepOverlayDisk{}, // qcow2 overlay on the parent (resized)
+		b.overlayStep(),    // qcow2 overlay on the parent (resized)
 		&stepSeedISO{},     // cidata seed: ephemeral ed25519 key, build user
-		&stepDirectBoot{},  // the kernel to boot directly (parent's or base's)
-		&stepStartQEMU{},   // KVM or TCG, serial log, QMP
-		&stepWaitSSH{},     // until SSH answers and cloud-init is done
-		&stepProvision{},   // the stage's provisioners, in order
-		&stepBootFiles{},   // keep kernel + initrd for offline stages
-		&stepShutdown{},    // ACPI power off, time-out, kill
+		b.directBootStep(), // the kernel to boot directly (parent's or base's)
+		b.startQEMUStep(),  // KVM or TCG, serial log, QMP
+		// until SSH answers and cloud-init is done
+		&stepWaitSSH{Timeout: b.tmpl.SSHTimeout, Log: b.log},
+		&stepProvision{}, // the stage's provisioners, in order
+		&stepBootFiles{}, // keep kernel + initrd for offline stages
+		// ACPI power off, time-out, kill
+		&stepShutdown{Timeout: b.tmpl.ShutdownTimeout, Log: b.log},
 		&stepCommitStage{}, // into the stage cache
 	}
 }
 
 // chrootStageSteps build a stage whose provisioners run natively on the
 // build host, chrooted into the stage's disk (no VM).
-func chrootStageSteps() []multistep.Step {
+func chrootStageSteps(b *buildState) []multistep.Step {
 	return []multistep.Step{
-		&stepOverlayDisk{},
+		b.overlayStep(),
 		&stepChrootMount{},     // FUSE export, loop mount in a private namespace
 		&stepProvision{},       // the stage's provisioners, in order
 		&stepChrootBootFiles{}, // keep kernel + initrd for later stages
@@ -63,10 +70,10 @@ func chrootStageSteps() []multistep.Step {
 }
 
 // offlineStageSteps build a stage that only places files.
-func offlineStageSteps() []multistep.Step {
+func offlineStageSteps(b *buildState) []multistep.Step {
 	return []multistep.Step{
-		&stepOverlayDisk{},
-		&stepOfflinePlace{}, // helper VM unpacks the files into the disk
+		b.overlayStep(),
+		b.offlinePlaceStep(), // helper VM unpacks the files into the disk
 		&stepCommitStage{},
 	}
 }

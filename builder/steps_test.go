@@ -1,10 +1,18 @@
 package builder
 
 import (
+	"context"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/ecs-image/ecs-image/images"
+	"github.com/ecs-image/ecs-image/qemu"
+	"github.com/ecs-image/ecs-image/qemuimg"
+	"github.com/ecs-image/ecs-image/testenv"
 	"github.com/hashicorp/packer-plugin-sdk/multistep"
+	"github.com/sirupsen/logrus"
 	"go.yaml.in/yaml/v3"
 )
 
@@ -16,15 +24,22 @@ func names(steps []multistep.Step) string {
 	return strings.Join(n, ", ")
 }
 
+// testStageBuild is a build with a template, a base and a cache, enough to
+// make the stage step lists.
+func testStageBuild(t *testing.T) *buildState {
+	return &buildState{tmpl: &Template{}, log: logrus.New(), base: &images.Base{Path: "/base.qcow2"}, cache: &StageCache{Dir: t.TempDir()}}
+}
+
 func TestStepOrder(t *testing.T) {
+	b := testStageBuild(t)
 	for _, c := range []struct {
 		steps []multistep.Step
 		want  string
 	}{
 		{buildSteps(), "validate, fetch base, work dir, stage keys, stages, generalise, driver check, compact, artifact"},
-		{bootedStageSteps(), "overlay disk, seed iso, direct boot, start qemu, wait ssh, provision, boot files, shutdown, commit stage"},
-		{offlineStageSteps(), "overlay disk, offline place, commit stage"},
-		{chrootStageSteps(), "overlay disk, chroot mount, provision, chroot boot files, chroot finish, commit stage"},
+		{bootedStageSteps(b), "overlay disk, seed iso, direct boot, start qemu, wait ssh, provision, boot files, shutdown, commit stage"},
+		{offlineStageSteps(b), "overlay disk, offline place, commit stage"},
+		{chrootStageSteps(b), "overlay disk, chroot mount, provision, chroot boot files, chroot finish, commit stage"},
 	} {
 		if got := names(c.steps); got != c.want {
 			t.Errorf("steps:\n got %s\nwant %s", got, c.want)
@@ -35,12 +50,77 @@ func TestStepOrder(t *testing.T) {
 // TestStageModes: every mode chooseMode can return has a step list.
 func TestStageModes(t *testing.T) {
 	for _, m := range []Mode{ModeBoot, ModeChroot, ModeOffline} {
-		if r, ok := stageModes[m]; !ok || r.how == "" || len(r.steps()) == 0 {
+		if r, ok := stageModes[m]; !ok || r.how == "" || len(r.steps(testStageBuild(t))) == 0 {
 			t.Errorf("%s: no step list", m)
 		}
 	}
 	if _, ok := stageModes[ModeAuto]; ok {
 		t.Error("auto is resolved before a stage runs")
+	}
+}
+
+// TestStageStepInputs: the stage steps take the parent disk and the kernel
+// recorded for it as fields, set when the stage starts.
+func TestStageStepInputs(t *testing.T) {
+	b := testStageBuild(t)
+	b.tmpl.diskSize = 8 << 30
+	b.work = "/work"
+	// The first stage: on the base, grown to disk_size; the base's kernel.
+	b.parentDisk, b.base.Format = b.base.Path, "raw"
+	if o := b.overlayStep(); o.Parent != "/base.qcow2" || o.ParentFormat != "raw" || o.Size != 8<<30 || o.WorkDir != "/work" {
+		t.Errorf("first stage's overlay: %+v", o)
+	}
+	if d := b.directBootStep(); d.Base != "/base.qcow2" || d.BaseFormat != "raw" || d.BootDir != "" {
+		t.Errorf("first stage's direct boot: %+v", d)
+	}
+	// A later stage: on its parent's disk, the parent's recorded kernel.
+	b.parentDisk, b.bootFrom = "/cache/k1/disk.qcow2", "k0"
+	if o := b.overlayStep(); o.Parent != "/cache/k1/disk.qcow2" || o.ParentFormat != "qcow2" || o.Size != 0 {
+		t.Errorf("later stage's overlay: %+v", o)
+	}
+	if d := b.directBootStep(); d.Base != "" || d.BootDir != b.cache.BootDir("k0") {
+		t.Errorf("later stage's direct boot: %+v", d)
+	}
+	if p := b.offlinePlaceStep(); p.BootFrom != "k0" || p.BootDir != b.cache.BootDir("k0") {
+		t.Errorf("offline place: %+v", p)
+	}
+	b.base.Firmware = "uefi"
+	b.tmpl.Memory, b.tmpl.CPUs = 1024, 3
+	if q := b.startQEMUStep(); q.Firmware != qemu.FirmwareUEFI || q.Memory != 1024 || q.CPUs != 3 {
+		t.Errorf("start qemu: %+v", q)
+	}
+}
+
+// TestStepOverlayDisk runs the step from plain values on a real qcow2.
+func TestStepOverlayDisk(t *testing.T) {
+	testenv.Tool(t, "qemu-img", "qemu-utils")
+	ctx := context.Background()
+	dir := t.TempDir()
+	parent := filepath.Join(dir, "parent.qcow2")
+	if _, err := qemuimg.Run(ctx, "create", "-q", "-f", "qcow2", parent, "1G"); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		size, want int64
+		fail       bool
+	}{{0, 1 << 30, false}, {2 << 30, 2 << 30, false}, {1 << 20, 0, true}} {
+		sr := &stageRun{stage: &Stage{Name: "s"}}
+		state := new(multistep.BasicStateBag)
+		state.Put("stage", sr)
+		s := &stepOverlayDisk{WorkDir: dir, Parent: parent, ParentFormat: "qcow2", Size: c.size}
+		if got := s.Run(ctx, state); (got == multistep.ActionHalt) != c.fail {
+			t.Fatalf("size %d: %v %v", c.size, got, state.Get("error"))
+		}
+		if !c.fail {
+			info, err := qemuimg.ReadInfo(ctx, sr.disk, "qcow2")
+			if err != nil || info.VirtualSize != c.want || filepath.Dir(sr.disk) != sr.dir || !strings.HasPrefix(sr.dir, dir) {
+				t.Errorf("size %d: %+v %v (disk %s)", c.size, info, err, sr.disk)
+			}
+		}
+		s.Cleanup(state)
+		if _, err := os.Stat(sr.dir); sr.dir != "" && !os.IsNotExist(err) {
+			t.Errorf("size %d: the work directory %s stays: %v", c.size, sr.dir, err)
+		}
 	}
 }
 
