@@ -26,11 +26,11 @@ import (
 // S3Target is one). PutMeta makes an object visible only when it is whole,
 // with user metadata (meta: "sha256" and the stage's IDs); with ifAbsent it
 // writes nothing when the object exists (the error wraps fs.ErrExist).
-// Head and GetMeta return that metadata.
+// Head and Open (a download, streamed) return that metadata.
 type RemoteStore interface {
 	Head(ctx context.Context, key string) (meta map[string]string, size int64, found bool, err error)
 	PutMeta(ctx context.Context, key, file string, size int64, meta map[string]string, ifAbsent bool) error
-	GetMeta(ctx context.Context, key, file string) (meta map[string]string, found bool, err error)
+	Open(ctx context.Context, key string) (body io.ReadCloser, meta map[string]string, found bool, err error)
 	String() string
 }
 
@@ -155,8 +155,7 @@ func (r *remoteCache) fetch(ctx context.Context, c *StageCache, work, key, paren
 	}
 	defer os.RemoveAll(dir)
 	start := time.Now()
-	obj := filepath.Join(dir, "object.tar")
-	meta, found, err := r.store.GetMeta(ctx, RemoteObject(key), obj)
+	body, meta, found, err := r.store.Open(ctx, RemoteObject(key))
 	if err != nil {
 		if ctx.Err() == nil {
 			r.fail(err)
@@ -167,7 +166,21 @@ func (r *remoteCache) fetch(ctx context.Context, c *StageCache, work, key, paren
 		return nil
 	}
 	r.ids[key] = meta[metaID]
-	e, err := r.unpack(ctx, c, obj, meta, filepath.Join(dir, "stage"), key, parentKey, parentID, parentDisk, parentFormat)
+	// Streamed: hashed and extracted as it arrives (into the work
+	// directory; nothing is used before the digest is checked).
+	size, err := r.download(body, meta, filepath.Join(dir, "stage"))
+	body.Close()
+	var be *bodyError
+	if errors.As(err, &be) {
+		if ctx.Err() == nil {
+			r.fail(be.err)
+		}
+		return nil
+	}
+	var e *StageEntry
+	if err == nil {
+		e, err = r.unpack(ctx, c, meta, filepath.Join(dir, "stage"), key, parentKey, parentID, parentDisk, parentFormat)
+	}
 	if err != nil {
 		if ctx.Err() == nil {
 			r.log.Warnf("remote cache: object %s refused, rebuilding the stage: %v", RemoteObject(key), err)
@@ -177,25 +190,65 @@ func (r *remoteCache) fetch(ctx context.Context, c *StageCache, work, key, paren
 		}
 		return nil
 	}
-	if fi, err := os.Stat(obj); err == nil {
-		secs := time.Since(start).Seconds()
-		r.log.Infof("remote cache: %s downloaded and verified (%.0f MiB in %.1fs)", key[:12], float64(fi.Size())/(1<<20), secs)
-	}
+	r.log.Infof("remote cache: %s downloaded and verified (%.0f MiB in %.1fs)", key[:12], float64(size)/(1<<20), time.Since(start).Seconds())
 	return e
 }
 
-// unpack checks and extracts obj into dir and commits it.
-func (r *remoteCache) unpack(ctx context.Context, c *StageCache, obj string, meta map[string]string, dir, key, parentKey, parentID, parentDisk, parentFormat string) (*StageEntry, error) {
-	got, _, err := hashFile(obj)
-	if err != nil {
-		return nil, err
+// bodyError is a failure to read the object from the store (the network),
+// not a fault of its content.
+type bodyError struct{ err error }
+
+func (e *bodyError) Error() string { return e.err.Error() }
+
+// bodyReader keeps the store's read errors apart from the content's.
+type bodyReader struct {
+	r   io.Reader
+	err error
+}
+
+func (b *bodyReader) Read(p []byte) (int, error) {
+	n, err := b.r.Read(p)
+	if err != nil && err != io.EOF {
+		b.err = err
 	}
+	return n, err
+}
+
+// download extracts the object read from body into dir while hashing it,
+// and checks its sha256 against meta. It returns the object's size. A
+// content that does not extract is read to its end first, so that a
+// corrupt or truncated object is reported as such.
+func (r *remoteCache) download(body io.Reader, meta map[string]string, dir string) (int64, error) {
+	br := &bodyReader{r: body}
+	h := sha256.New()
+	cr := &countingReader{r: io.TeeReader(br, h)}
+	uerr := untarStage(cr, dir)
+	if _, err := io.Copy(io.Discard, cr); err != nil && br.err == nil && uerr == nil {
+		uerr = err
+	}
+	if br.err != nil {
+		return cr.n, &bodyError{br.err}
+	}
+	got := hex.EncodeToString(h.Sum(nil))
 	if sum := meta[metaSHA256]; sum == "" || got != sum {
-		return nil, fmt.Errorf("sha256 %s, its metadata says %q (corrupt or truncated)", got, sum)
+		return cr.n, fmt.Errorf("sha256 %s, its metadata says %q (corrupt or truncated)", got, sum)
 	}
-	if err := untarStage(obj, dir); err != nil {
-		return nil, err
-	}
+	return cr.n, uerr
+}
+
+type countingReader struct {
+	r io.Reader
+	n int64
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	return n, err
+}
+
+// unpack checks the extracted object in dir and commits it.
+func (r *remoteCache) unpack(ctx context.Context, c *StageCache, meta map[string]string, dir, key, parentKey, parentID, parentDisk, parentFormat string) (*StageEntry, error) {
 	data, err := os.ReadFile(filepath.Join(dir, "stage.json"))
 	if err != nil {
 		return nil, errors.New("no stage.json")
@@ -379,18 +432,14 @@ func tarStage(w io.Writer, dir string) (err error) {
 	return tw.Close()
 }
 
-// untarStage extracts a stage object into dir, refusing anything but
-// stage.json, disk.qcow2, boot/ and regular files directly in boot/.
-func untarStage(obj, dir string) error {
-	f, err := os.Open(obj)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
+// untarStage extracts a stage object read from r into dir, refusing
+// anything but stage.json, disk.qcow2, boot/ and regular files directly in
+// boot/.
+func untarStage(r io.Reader, dir string) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
-	zr, err := zstd.NewReader(f)
+	zr, err := zstd.NewReader(r)
 	if err != nil {
 		return fmt.Errorf("zstd: %v", err)
 	}

@@ -2,9 +2,11 @@ package builder
 
 import (
 	"archive/tar"
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/json"
+	"errors"
 	"io"
 	"os"
 	"os/exec"
@@ -444,11 +446,9 @@ func TestRemoteCacheUnreachableWarnsOnce(t *testing.T) {
 func TestUntarStageRefusesOtherEntries(t *testing.T) {
 	dir := t.TempDir()
 	for _, name := range []string{"../x", "boot/../../x", "etc/passwd", "boot/a/b"} {
-		obj := filepath.Join(dir, "o.tar")
-		f, _ := os.Create(obj)
-		writeTar(t, f, name)
-		f.Close()
-		if err := untarStage(obj, filepath.Join(dir, "out-"+strings.ReplaceAll(name, "/", "_"))); err == nil {
+		var obj bytes.Buffer
+		writeTar(t, &obj, name)
+		if err := untarStage(&obj, filepath.Join(dir, "out-"+strings.ReplaceAll(name, "/", "_"))); err == nil {
 			t.Errorf("%q accepted", name)
 		}
 	}
@@ -700,4 +700,55 @@ func benchTransfer(b *testing.B) {
 	down := time.Since(start)
 	b.ReportMetric(mb/up.Seconds(), "upMB/s")
 	b.ReportMetric(mb/down.Seconds(), "downMB/s")
+}
+
+// brokenStream is a store whose downloads fail after a few bytes (the
+// connection lost mid-object).
+type brokenStream struct{ *release.S3Target }
+
+type brokenBody struct {
+	io.ReadCloser
+	left int
+}
+
+func (b *brokenBody) Read(p []byte) (int, error) {
+	if b.left <= 0 {
+		return 0, errors.New("connection reset by peer")
+	}
+	if len(p) > b.left {
+		p = p[:b.left]
+	}
+	n, err := b.ReadCloser.Read(p)
+	b.left -= n
+	return n, err
+}
+
+func (s brokenStream) Open(ctx context.Context, key string) (io.ReadCloser, map[string]string, bool, error) {
+	body, meta, found, err := s.S3Target.Open(ctx, key)
+	if err != nil || !found {
+		return body, meta, found, err
+	}
+	return &brokenBody{ReadCloser: body, left: 64}, meta, true, nil
+}
+
+// TestRemoteCacheDownloadCutIsNoFault: a download cut mid-object is the
+// remote failing (one warning, the remote not asked again), not a corrupt
+// object to replace; nothing reaches the cache.
+func TestRemoteCacheDownloadCutIsNoFault(t *testing.T) {
+	f := newRemoteFixture(t)
+	ctx := context.Background()
+	a, workA := chainA(t)
+	ra, _ := testRemote(f.store, RemoteWrite)
+	ra.push(ctx, a, workA, keyS1)
+	b, baseB, workB := testCache(t)
+	rb, hook := testRemote(brokenStream{f.store}, RemoteReadWrite)
+	if rb.fetch(ctx, b, workB, keyS1, keyBase, "", baseB, "qcow2") != nil || b.Lookup(keyS1) != nil {
+		t.Fatal("a cut download was used")
+	}
+	if w := warnings(hook); len(w) != 1 || !strings.Contains(w[0], "unreachable") || !strings.Contains(w[0], "connection reset") {
+		t.Fatalf("warnings %v", w)
+	}
+	if rb.bad[keyS1] || !rb.down {
+		t.Fatalf("bad %v down %v", rb.bad, rb.down)
+	}
 }

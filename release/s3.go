@@ -295,28 +295,39 @@ func (t *S3Target) Get(ctx context.Context, key, file string) (sum string, found
 	return meta[digestMeta], found, err
 }
 
-// GetMeta is Get returning the object's whole user metadata.
-func (t *S3Target) GetMeta(ctx context.Context, key, file string) (meta map[string]string, found bool, err error) {
+// Open starts downloading key: its content (to be closed) and user
+// metadata; found is false when there is no such object. The caller
+// verifies the digest.
+func (t *S3Target) Open(ctx context.Context, key string) (body io.ReadCloser, meta map[string]string, found bool, err error) {
 	out, err := t.client.GetObject(ctx, &s3.GetObjectInput{Bucket: &t.bucket, Key: aws.String(t.key(key))})
 	if isNotFound(err) {
-		return nil, false, nil
+		return nil, nil, false, nil
 	}
 	if err != nil {
-		return nil, false, fmt.Errorf("%s: %w", t.key(key), err)
+		return nil, nil, false, fmt.Errorf("%s: %w", t.key(key), err)
 	}
-	defer out.Body.Close()
+	return out.Body, out.Metadata, true, nil
+}
+
+// GetMeta is Get returning the object's whole user metadata.
+func (t *S3Target) GetMeta(ctx context.Context, key, file string) (meta map[string]string, found bool, err error) {
+	body, meta, found, err := t.Open(ctx, key)
+	if err != nil || !found {
+		return nil, found, err
+	}
+	defer body.Close()
 	f, err := os.Create(file)
 	if err != nil {
 		return nil, true, err
 	}
-	if _, err := io.Copy(f, out.Body); err != nil {
+	if _, err := io.Copy(f, body); err != nil {
 		f.Close()
 		return nil, true, fmt.Errorf("%s: %w", t.key(key), err)
 	}
 	if err := f.Close(); err != nil {
 		return nil, true, err
 	}
-	return out.Metadata, true, nil
+	return meta, true, nil
 }
 
 // ObjectInfo is one object of List.
