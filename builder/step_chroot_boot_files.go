@@ -31,6 +31,24 @@ func (s *stepChrootBootFiles) Run(ctx context.Context, state multistep.StateBag)
 		b.log.Warnf("no kernel with an initrd in /boot; later stages boot from the disk")
 		return multistep.ActionContinue
 	}
+	grub, _ := os.ReadFile(sr.chroot.hostPath("/boot/grub/grub.cfg"))
+	args, root := bootConfig(string(grub), func() string {
+		fstab, _ := os.ReadFile(sr.chroot.hostPath("/etc/fstab"))
+		return string(fstab)
+	})
+	if root == "" {
+		b.log.Warnf("%v; later stages boot from the disk", errNoRoot)
+		return multistep.ActionContinue
+	}
+	source := strings.Join(lines, "\n")
+	if prev := (bootFiles{Dir: b.cache.BootDir(b.bootFrom)}); b.bootFrom != "" && prev.ok() &&
+		prev.source() == source && prev.root() == root && prev.cmdline() == args {
+		// The kernel and initrd the stage started with (same paths, sizes
+		// and times) are kept by an earlier entry: not copied again (they
+		// are most of a small stage's cache entry and shared object).
+		b.log.Debugf("kernel and initrd unchanged: boot files of %s", b.bootFrom[:min(12, len(b.bootFrom))])
+		return multistep.ActionContinue
+	}
 	dir := filepath.Join(sr.dir, "boot")
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return halt(state, err)
@@ -41,17 +59,7 @@ func (s *stepChrootBootFiles) Run(ctx context.Context, state multistep.StateBag)
 			return halt(state, fmt.Errorf("copy %s: %w", src, err))
 		}
 	}
-	grub, _ := os.ReadFile(sr.chroot.hostPath("/boot/grub/grub.cfg"))
-	args, root := bootConfig(string(grub), func() string {
-		fstab, _ := os.ReadFile(sr.chroot.hostPath("/etc/fstab"))
-		return string(fstab)
-	})
-	if root == "" {
-		b.log.Warnf("%v; later stages boot from the disk", errNoRoot)
-		os.RemoveAll(dir)
-		return multistep.ActionContinue
-	}
-	if err := (bootFiles{Dir: dir}).writeMeta(root, strings.Join(lines, "\n"), args); err != nil {
+	if err := (bootFiles{Dir: dir}).writeMeta(root, source, args); err != nil {
 		return halt(state, err)
 	}
 	sr.bootFrom = sr.key

@@ -391,6 +391,17 @@ func TestSharedStageCacheBuilders(t *testing.T) {
 			t.Errorf("the remote's %s is neither d's nor e's build", kp[0][:12])
 		}
 	}
+	// app left the kernel alone: its entry refers to system's boot files
+	// instead of copying them, and its object is small.
+	if data, err := os.ReadFile(filepath.Join(d.Cache, "stages", c1[1][0], "stage.json")); err != nil || !strings.Contains(string(data), `"boot_from": "`+c1[0][0]+`"`) {
+		t.Errorf("app's stage.json (%v):\n%s", err, data)
+	}
+	if _, err := os.Stat(filepath.Join(d.Cache, "stages", c1[1][0], "boot")); err == nil {
+		t.Errorf("app's entry has its own copy of the boot files")
+	}
+	if objs, _ := st.List(ctx, builder.RemoteObject(c1[1][0])); len(objs) != 1 || objs[0].Size > 8<<20 {
+		t.Errorf("app's object: %+v, want one under 8 MiB", objs)
+	}
 
 	// F: both stages from the remote.
 	f := startBuilder(t, dir, "f", t1, remote...)()
