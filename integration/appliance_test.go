@@ -462,6 +462,7 @@ apparmor_parser -S /etc/apparmor.d/docker-default | cmp -s - /sys/kernel/securit
 	t.Run("mandatory-client-certs-and-key-report", func(t *testing.T) {
 		checkMandatoryCertsAndKeyReport(t, vm, run, envA, "a.ecs.test")
 	})
+	t.Run("data-lifecycle", func(t *testing.T) { checkDataLifecycle(t, vm, run, "a.ecs.test") }) // issue 16 (appliance_data_test.go)
 	vm.stop(t)
 
 	// Second boot of the same artifact with another env, on an i440fx
