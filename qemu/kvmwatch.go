@@ -92,15 +92,24 @@ func (m *Machine) watchKVM(ctx context.Context, p *proc, stall time.Duration) {
 }
 
 // restartTCG starts the machine again under TCG after the watchdog
-// stopped it, with the same disks, ports, serial log (appended) and QMP
-// socket.
+// stopped it.
 func (m *Machine) restartTCG(ctx context.Context, bin string) error {
+	if err := m.restartAs(ctx, bin, AccelTCG, fmt.Sprintf("%v for %s; restarting under TCG", errKVMStall, KVMStallTimeout)); err != nil {
+		return err
+	}
+	logrus.Infof("qemu %s: restarted under TCG", m.Config.Name)
+	return nil
+}
+
+// restartAs starts the machine again under accel, with the same disks,
+// ports, serial log (appended, after a line saying why) and QMP socket.
+func (m *Machine) restartAs(ctx context.Context, bin string, accel Accel, why string) error {
 	m.qmp.Close()
 	cfg := m.Config
-	cfg.Accel = AccelTCG
+	cfg.Accel = accel
 	cfg.serialAppend = true
 	if f, err := os.OpenFile(cfg.SerialLog, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600); err == nil {
-		fmt.Fprintf(f, "\n--- ecs-image: %v for %s; restarting under TCG ---\n", errKVMStall, KVMStallTimeout)
+		fmt.Fprintf(f, "\n--- ecs-image: %s ---\n", why)
 		f.Close()
 	}
 	args, err := cfg.Args()
@@ -114,7 +123,7 @@ func (m *Machine) restartTCG(ctx context.Context, bin string) error {
 	}
 	WriteOwner(m.runDir, p.cmd.Process.Pid)
 	m.mu.Lock()
-	m.proc, m.Config.Accel, m.restart = p, AccelTCG, false
+	m.proc, m.Config.Accel, m.restart = p, accel, false
 	m.mu.Unlock()
 	q, err := m.connect(ctx)
 	if err != nil {
@@ -125,6 +134,5 @@ func (m *Machine) restartTCG(ctx context.Context, bin string) error {
 	m.mu.Lock()
 	m.qmp = q
 	m.mu.Unlock()
-	logrus.Infof("qemu %s: restarted under TCG", cfg.Name)
 	return nil
 }

@@ -37,10 +37,12 @@ type Machine struct {
 	mu         sync.Mutex
 	err        error
 	killReason error
-	restart    bool   // the KVM watchdog stopped QEMU: start it under TCG
-	detached   bool   // left running when ecs-image exits (Detach)
-	saved      []byte // serial log content kept after exit
-	savedBase  int64  // file offset of saved[0]
+	restart    bool // the KVM watchdog stopped QEMU: start it under TCG
+	// crashRestarted: QEMU died of a crash signal once and was restarted.
+	crashRestarted bool
+	detached       bool   // left running when ecs-image exits (Detach)
+	saved          []byte // serial log content kept after exit
+	savedBase      int64  // file offset of saved[0]
 }
 
 // ErrKilled is the exit error of a machine stopped with Kill.
@@ -261,7 +263,26 @@ func (m *Machine) monitor(ctx context.Context, bin string) {
 		}
 		m.mu.Lock()
 		restart := m.restart && m.killReason == nil
+		crash := !restart && m.killReason == nil && !m.crashRestarted && qemuCrashed(p.err)
+		if crash {
+			m.crashRestarted = true
+		}
 		m.mu.Unlock()
+		if crash {
+			// QEMU itself died (a QEMU bug, seen as a rare SIGSEGV under
+			// TCG), not the guest: one more try on the same disks.
+			logrus.Warnf("qemu %s crashed (%v) after %s: a QEMU bug, not the guest; restarting it once. QEMU's last output: %s",
+				m.Config.Name, p.err, time.Since(m.Started).Round(time.Second), lastOutput(p.out.String()))
+			if err := m.restartAs(ctx, bin, m.Config.Accel, fmt.Sprintf("qemu crashed (%v); restarting it", p.err)); err != nil {
+				m.mu.Lock()
+				if m.killReason == nil {
+					m.killReason = fmt.Errorf("qemu %s: restart after a crash: %w", m.Config.Name, err)
+				}
+				m.mu.Unlock()
+				break
+			}
+			continue
+		}
 		if !restart {
 			break
 		}
@@ -545,4 +566,35 @@ func (m *Machine) Waiting(log logrus.FieldLogger, what string) (stop func()) {
 	}()
 	var once sync.Once
 	return func() { once.Do(func() { close(done) }) }
+}
+
+// qemuCrashed tells whether QEMU's exit was a crash of QEMU itself (a
+// fatal signal it did not ask for), not a guest power off or a kill.
+func qemuCrashed(err error) bool {
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) {
+		return false
+	}
+	ws, ok := ee.Sys().(syscall.WaitStatus)
+	if !ok || !ws.Signaled() {
+		return false
+	}
+	switch ws.Signal() {
+	case syscall.SIGSEGV, syscall.SIGBUS, syscall.SIGILL, syscall.SIGFPE, syscall.SIGABRT:
+		return true
+	}
+	return false
+}
+
+// lastOutput is the end of QEMU's own output, on one line.
+func lastOutput(out string) string {
+	out = strings.TrimSpace(out)
+	if out == "" {
+		return "(none)"
+	}
+	lines := strings.Split(out, "\n")
+	if len(lines) > 3 {
+		lines = lines[len(lines)-3:]
+	}
+	return strings.Join(lines, " | ")
 }

@@ -675,3 +675,79 @@ func TestDetach(t *testing.T) {
 		t.Errorf("run directory: %v", err)
 	}
 }
+
+// crashingQEMU writes a QEMU wrapper that runs the real QEMU and, on its
+// first n starts, dies of SIGSEGV a second after QEMU is up (as QEMU does
+// on a rare TCG bug).
+func crashingQEMU(t *testing.T, n int) string {
+	t.Helper()
+	dir := t.TempDir()
+	p := filepath.Join(dir, "qemu-crashing")
+	script := `#!/bin/sh
+c=$(cat "` + dir + `/count" 2>/dev/null || echo 0)
+echo $((c + 1)) > "` + dir + `/count"
+if [ "$c" -ge ` + itoa(n) + ` ]; then exec qemu-system-x86_64 "$@"; fi
+qemu-system-x86_64 "$@" & pid=$!
+sleep 1
+kill -KILL $pid
+echo "crashing on purpose" >&2
+kill -SEGV $$
+`
+	if err := os.WriteFile(p, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// TestCrashRestartsOnce: QEMU dying of a crash signal mid-boot is restarted
+// once on the same disks; a second crash is the machine's exit error.
+func TestCrashRestartsOnce(t *testing.T) {
+	disk := bootDisk(t, "booting\r\nECS-TEST-BOOT-OK\r\n")
+	m := startTest(t, Config{Disk: disk, DiskFormat: "raw", Binary: crashingQEMU(t, 1)})
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	if err := m.WaitSerial(ctx, "qemu crashed"); err != nil {
+		t.Fatalf("no restart note in the serial log: %v", err)
+	}
+	// The guest printed its lines again after the note: the restarted
+	// QEMU runs it.
+	for !strings.HasSuffix(m.SerialTail(4), "qemu crashed (signal: segmentation fault); restarting it ---\nbooting\nECS-TEST-BOOT-OK") {
+		if ctx.Err() != nil || m.Exited() {
+			t.Fatalf("no boot after the restart; serial tail:\n%s\nerr %v", m.SerialTail(6), m.Err())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if m.Exited() {
+		t.Fatalf("exited: %v", m.Err())
+	}
+
+	m2 := startTest(t, Config{Disk: bootDisk(t, "x\r\n"), DiskFormat: "raw", Binary: crashingQEMU(t, 2)})
+	select {
+	case <-m2.Done():
+	case <-time.After(30 * time.Second):
+		t.Fatal("a machine crashing twice is still running")
+	}
+	var ee *ExitError
+	if !errors.As(m2.Err(), &ee) || !strings.Contains(m2.Err().Error(), "segmentation fault") || !strings.Contains(ee.Output, "crashing on purpose") {
+		t.Errorf("Err = %v", m2.Err())
+	}
+}
+
+func TestQEMUCrashed(t *testing.T) {
+	for _, c := range []struct {
+		script string
+		want   bool
+	}{
+		{"kill -SEGV $$", true},
+		{"kill -ABRT $$", true},
+		{"kill -KILL $$", false},
+		{"kill -TERM $$", false},
+		{"exit 1", false},
+		{"exit 0", false},
+	} {
+		err := exec.Command("sh", "-c", c.script).Run()
+		if got := qemuCrashed(err); got != c.want {
+			t.Errorf("%s: qemuCrashed(%v) = %v", c.script, err, got)
+		}
+	}
+}
