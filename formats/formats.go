@@ -2,8 +2,9 @@
 // release ships: qcow2, raw, vmdk, OVA, vhdx, vhd, GCE and AMI images and
 // Vagrant boxes. Every format is one entry of a single table (after
 // LinuxKit's output table). qemu-img reads the input and does the disk
-// conversions; the stream VMDK can instead be deflated on every core by
-// package vmdkstream from qemu-img's raw disk (VMDKWriterEnv).
+// conversions, except the stream VMDK's compression: package vmdkstream
+// deflates it on every core from qemu-img's raw disk (VMDKWriterEnv=qemu-img
+// goes back to qemu-img's single-threaded writer).
 package formats
 
 import (

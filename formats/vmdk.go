@@ -10,12 +10,13 @@ import (
 
 // VMDKWriterEnv names the environment variable that chooses how stream
 // VMDKs (vmdk, ova, ami, vagrant-virtualbox) are written: "ecs-image" for
-// package vmdkstream (grains deflated on every core), "qemu-img" for
-// `qemu-img convert -O vmdk` (one thread); unset: defaultVMDKWriter.
+// package vmdkstream (grains deflated on every core; the default),
+// "qemu-img" for `qemu-img convert -O vmdk` (one thread), the way back if
+// a hypervisor ever refuses vmdkstream's files.
 const VMDKWriterEnv = "ECS_IMAGE_VMDK_WRITER"
 
 // defaultVMDKWriter is the writer used when VMDKWriterEnv is unset.
-const defaultVMDKWriter = "qemu-img"
+const defaultVMDKWriter = "ecs-image"
 
 // vmdkWriter returns "ecs-image" or "qemu-img" from VMDKWriterEnv.
 func vmdkWriter() (string, error) {
