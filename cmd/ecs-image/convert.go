@@ -29,7 +29,10 @@ func init() {
 		Long: `Convert a standalone qcow2 image into one or more output formats with the
 same writers the builder uses. The input is inspected like a base (header,
 qemu-img info, qemu-img check): images with a backing file, an external data
-file, or a damaged structure are refused. Conversions go through qemu-img.
+file, or a damaged structure are refused. Conversions go through qemu-img;
+the stream VMDK (vmdk, ova, ami, vagrant-virtualbox) is deflated on every
+core from qemu-img's raw disk (ECS_IMAGE_VMDK_WRITER=qemu-img: qemu-img's
+own single-threaded writer).
 
 With one format, -o names the output file. With several formats (or -d),
 the outputs are written into DIR as BASE+extension, in parallel (at most one
