@@ -16,7 +16,8 @@
 //	                size) and the zlib stream, padded to a sector;
 //	                after the grains of each 32 MiB span, that span's
 //	                grain table behind a metadata marker (type 1); spans
-//	                without data have no table (grain directory entry 0)
+//	                without data have no table (grain directory entry 0,
+//	                as VMware's and VirtualBox's writers do)
 //	then            the grain directory behind a metadata marker (type 2),
 //	                the footer marker (type 3) and a copy of the header
 //	                with the grain directory's offset, and the
