@@ -72,9 +72,10 @@ type buildState struct {
 	// accelForced: the template or --accel asked for KVM (no TCG fallback).
 	accelForced bool
 
+	// stages are the plan's stages and, last, the generalisation.
 	stages []*stageRun
 	// parentKey/parentDisk/bootFrom describe the disk the next stage
-	// builds on.
+	// builds on (after the last stage: the generalised disk).
 	parentKey  string
 	parentDisk string
 	bootFrom   string
@@ -82,15 +83,10 @@ type buildState struct {
 	// base).
 	parentID string
 
-	// deferred is a file-only last stage applied together with the
-	// generalisation, in one helper boot (not cached on its own).
-	deferred *stageRun
-	genKey   string
-	genDisk  string
+	// packages is the image's package list and kernel its kernel and
+	// drivers (nil when unknown), from the generalisation.
 	packages []string
-	// kernel is the image's kernel and its drivers (from the generalise
-	// helper; nil when unknown).
-	kernel *KernelInfo
+	kernel   *KernelInfo
 
 	compacted   string // the compacted qcow2 (temporary name in OutputDir)
 	compactSum  string // its sha256 (hex) and size
@@ -99,8 +95,6 @@ type buildState struct {
 	artifact    *Artifact
 	timings     []StepTiming
 	started     time.Time
-	genCached   bool
-	genRemote   bool
 }
 
 // stageRun is one stage of the plan being built (state bag key "stage").
@@ -115,8 +109,15 @@ type stageRun struct {
 	cached bool
 	// remote: downloaded from the shared cache in this build.
 	remote bool
-	// merged: applied in the generalise helper run (see buildState.deferred).
+	// merged: a file-only last stage applied in the generalisation's
+	// helper run (not cached on its own).
 	merged bool
+	// generalise: the generalisation, the last stage (key GeneraliseKey),
+	// applying merge's files (nil: none) and finding packages and kernel.
+	generalise bool
+	merge      *stageRun
+	packages   []string
+	kernelInfo *KernelInfo
 
 	dir     string // work directory of this stage
 	disk    string

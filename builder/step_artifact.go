@@ -96,9 +96,12 @@ func (b *buildState) manifest(files []ArtifactFile) *Manifest {
 		m.Packages = []string{}
 	}
 	for _, sr := range b.stages {
+		if sr.generalise {
+			m.Generalise = StageRecord{Name: sr.stage.Name, Key: sr.key, Cached: sr.cached, Mode: sr.mode, Remote: sr.remote}
+			continue
+		}
 		m.Stages = append(m.Stages, StageRecord{Name: sr.stage.Name, Key: sr.key, Cached: sr.cached, Mode: sr.mode, Merged: sr.merged, Remote: sr.remote})
 	}
-	m.Generalise = StageRecord{Name: "generalise", Key: b.genKey, Cached: b.genCached, Mode: ModeOffline, Remote: b.genRemote}
 	m.Seconds = timeNow().Sub(b.started).Seconds()
 	return m
 }

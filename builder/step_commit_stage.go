@@ -32,6 +32,7 @@ func (s *stepCommitStage) Run(ctx context.Context, state multistep.StateBag) mul
 		Key: sr.key, Parent: sr.parent, Name: sr.stage.Name, Template: b.tmpl.Name,
 		Mode: sr.mode, BootFrom: sr.bootFrom, Backing: b.parentDisk, Created: timeNow().UTC(),
 		Seconds: timeNow().Sub(sr.started).Seconds(), ParentID: b.parentID,
+		Packages: sr.packages, Kernel: sr.kernelInfo,
 	}
 	if err := b.cache.Commit(sr.dir, e); err != nil {
 		return halt(state, fmt.Errorf("commit to the stage cache: %w", err))

@@ -51,14 +51,14 @@ func (b *buildState) formatOptions() formats.Options {
 func (s *stepCompact) Run(ctx context.Context, state multistep.StateBag) multistep.StepAction {
 	b := getBuild(state)
 	if others := b.otherOutputs(); len(others) > 0 {
-		info, err := qemuimg.ReadInfo(ctx, b.genDisk, "qcow2")
+		info, err := qemuimg.ReadInfo(ctx, b.parentDisk, "qcow2")
 		if err != nil {
 			return halt(state, err)
 		}
 		ectx, cancel := context.WithCancel(ctx)
 		e := &emission{cancel: cancel, done: make(chan struct{})}
 		b.emit = e
-		img := &qemuimg.Info{Path: b.genDisk, Format: "qcow2", VirtualSize: info.VirtualSize}
+		img := &qemuimg.Info{Path: b.parentDisk, Format: "qcow2", VirtualSize: info.VirtualSize}
 		go func() {
 			defer close(e.done)
 			e.arts, e.err = formats.Emit(ectx, img, b.opts.OutputDir, b.baseName(), others, b.formatOptions())
@@ -71,7 +71,7 @@ func (s *stepCompact) Run(ctx context.Context, state multistep.StateBag) multist
 	f.Close()
 	b.compacted = f.Name()
 	if _, err := qemuimg.Run(ctx, "convert", "-f", "qcow2", "-c", "-O", "qcow2", "-o", compactOptions,
-		"-m", "8", "-W", b.genDisk, b.compacted); err != nil {
+		"-m", "8", "-W", b.parentDisk, b.compacted); err != nil {
 		return halt(state, err)
 	}
 	b.compactSum, b.compactSize, err = atomicfile.SHA256File(ctx, b.compacted)

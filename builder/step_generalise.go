@@ -5,10 +5,10 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
-	"path/filepath"
 	"time"
 
 	"github.com/hashicorp/packer-plugin-sdk/multistep"
+	"github.com/sirupsen/logrus"
 
 	"github.com/ecs-image/ecs-image/formats"
 	"github.com/ecs-image/ecs-image/provisioners"
@@ -16,75 +16,58 @@ import (
 )
 
 // stepGeneralise makes the image safe to clone, offline in the helper VM
-// on a last overlay (cached like a stage): removes the build user and its
-// key, cloud-init state (clean --logs --seed), machine-id (truncated), SSH
-// host keys, apt lists and caches, logs; records the package list; trims
-// free blocks. It also runs, without the clean-up, when generalisation is
-// off, for the package list.
-type stepGeneralise struct{}
+// on the generalisation stage's overlay (cached like a stage): removes the
+// build user and its key, cloud-init state (clean --logs --seed),
+// machine-id (truncated), SSH host keys, apt lists and caches, logs;
+// records the package list and the kernel's drivers; trims free blocks. A
+// merged file-only last stage's files are placed in the same helper boot.
+// It also runs, without the clean-up, when generalisation is off, for the
+// package list.
+type stepGeneralise struct {
+	Generalise Generalise
+	// BootFrom is the cache entry whose kernel the helper boots, BootDir
+	// its boot/ directory.
+	BootFrom, BootDir string
+	Accel             qemu.Accel
+	AccelForced       bool
+	Log               logrus.FieldLogger
+}
+
+// generaliseStep is the generalisation's stepGeneralise with the kernel
+// recorded for the parent disk.
+func (b *buildState) generaliseStep() *stepGeneralise {
+	s := &stepGeneralise{Generalise: b.tmpl.Generalise, BootFrom: b.bootFrom, Accel: b.accel, AccelForced: b.accelForced, Log: b.log}
+	if b.bootFrom != "" {
+		s.BootDir = b.cache.BootDir(b.bootFrom)
+	}
+	return s
+}
 
 func (s *stepGeneralise) Run(ctx context.Context, state multistep.StateBag) multistep.StepAction {
-	b := getBuild(state)
-	g := b.tmpl.Generalise
-	lastKey := b.parentKey
-	if b.deferred != nil {
-		lastKey = b.deferred.key
-	}
-	b.genKey = GeneraliseKey(lastKey, g)
-	if !b.opts.NoCache {
-		if e, remote := b.lookup(ctx, b.genKey, b.parentKey); e != nil {
-			// A merged last stage looked its generalised disk up first.
-			remote = remote || (b.deferred != nil && b.deferred.remote)
-			from := ""
-			if remote {
-				from = ", from the shared cache"
-			}
-			b.log.Infof("generalise: cached (%s%s)", b.genKey[:12], from)
-			b.genDisk, b.packages, b.genCached, b.genRemote, b.kernel = b.cache.Disk(b.genKey), e.Packages, true, remote, e.Kernel
-			return multistep.ActionContinue
-		}
-	}
-	boot := bootFiles{Dir: b.cache.BootDir(b.bootFrom)}
-	if b.bootFrom == "" || !boot.ok() {
+	sr := getStage(state)
+	g := s.Generalise
+	boot := bootFiles{Dir: s.BootDir}
+	if s.BootFrom == "" || !boot.ok() {
 		return halt(state, fmt.Errorf("generalise: %w", errNoBootFiles))
 	}
-	start := timeNow()
-	dir, err := os.MkdirTemp(b.work, "generalise-")
-	if err != nil {
-		return halt(state, err)
-	}
-	disk := filepath.Join(dir, "disk.qcow2")
-	if err := qemu.Overlay(ctx, b.parentDisk, b.parentFormat(), disk, 0); err != nil {
-		return halt(state, err)
-	}
 	var placers []provisioners.Placer
-	if b.deferred != nil {
-		for _, ps := range b.deferred.stage.Provisioners {
+	if sr.merge != nil {
+		for _, ps := range sr.merge.stage.Provisioners {
 			placers = append(placers, ps.P.(provisioners.Placer))
 		}
 	}
-	r := &offlineRun{Disk: disk, Boot: boot, WorkDir: dir, Accel: b.accel, AccelForced: b.accelForced, Timeout: 10 * time.Minute, Placers: placers,
-		Log: b.log.WithField("step", "generalise"),
+	r := &offlineRun{Disk: sr.disk, Boot: boot, WorkDir: sr.dir, Accel: s.Accel, AccelForced: s.AccelForced, Timeout: 10 * time.Minute, Placers: placers,
+		Log: s.Log.WithField("step", "generalise"),
 		Job: helperJob{Generalise: g.On(), GeneraliseScript: generaliseScript(g), Packages: true, Trim: g.Trim(), Drivers: formats.AllDrivers()}}
 	if err := r.run(ctx); err != nil {
 		return halt(state, fmt.Errorf("generalise: %w", err))
 	}
 	os.Remove(r.SerialLog)
-	b.packages, b.kernel = r.Packages, r.Kernel
+	sr.packages, sr.kernelInfo, sr.bootFrom = r.Packages, r.Kernel, s.BootFrom
 	if r.Kernel == nil {
-		b.log.Warnf("generalise: the image kernel's drivers are unknown (%s): the output formats' drivers are not checked", r.KernelUnknown)
+		s.Log.Warnf("generalise: the image kernel's drivers are unknown (%s): the output formats' drivers are not checked", r.KernelUnknown)
 	}
-	e := &StageEntry{Key: b.genKey, Parent: b.parentKey, Name: "generalise", Template: b.tmpl.Name, Mode: ModeOffline,
-		BootFrom: b.bootFrom, Backing: b.parentDisk, Created: timeNow().UTC(), Seconds: timeNow().Sub(start).Seconds(), Packages: r.Packages, Kernel: r.Kernel, ParentID: b.parentID}
-	if b.opts.NoCache {
-		b.cache.Remove(b.genKey)
-	}
-	if err := b.cache.Commit(dir, e); err != nil {
-		return halt(state, err)
-	}
-	b.genDisk = b.cache.Disk(b.genKey)
-	b.remote.push(ctx, b.cache, b.work, b.genKey)
-	b.log.Infof("generalise: %d packages in the image", len(b.packages))
+	s.Log.Infof("generalise: %d packages in the image", len(r.Packages))
 	return multistep.ActionContinue
 }
 

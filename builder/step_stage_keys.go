@@ -31,8 +31,14 @@ func (s *stepStageKeys) Run(ctx context.Context, state multistep.StateBag) multi
 		lines = append(lines, fmt.Sprintf("%s=%s(%s)", k.Name, k.Key[:12], k.Mode))
 	}
 	b.log.Infof("stages: %s", strings.Join(lines, " "))
+	last := keys[len(keys)-1].Key
+	b.stages = append(b.stages, &stageRun{stage: &Stage{Name: GeneraliseStageName}, index: len(keys), key: GeneraliseKey(last, b.tmpl.Generalise),
+		mode: ModeOffline, generalise: true})
 	return multistep.ActionContinue
 }
+
+// GeneraliseStageName names the build's last stage, the generalisation.
+const GeneraliseStageName = "generalise"
 
 // hostModeEnv is what this host offers for building stages.
 func hostModeEnv(noChroot bool) modeEnv {

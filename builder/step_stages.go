@@ -8,7 +8,7 @@ import (
 	"github.com/hashicorp/packer-plugin-sdk/multistep"
 )
 
-// stepStages builds the plan's stages in order. A stage whose key is in
+// stepStages builds the plan's stages in order, the generalisation last. A stage whose key is in
 // the cache is not run at all (unless --no-cache); the others run their
 // own step list (stageModes) with a nested runner, and are committed to the cache.
 type stepStages struct{}
@@ -23,14 +23,18 @@ func (s *stepStages) Run(ctx context.Context, state multistep.StateBag) multiste
 		if ctx.Err() != nil {
 			return halt(state, ctx.Err())
 		}
+		if sr.generalise {
+			// Built on the last stage committed (a merged one is not).
+			sr.parent = b.parentKey
+		}
 		// A file-only last stage is applied in the same helper boot as the
 		// generalisation; its result is cached as the generalised disk.
-		if i == len(b.stages)-1 && sr.mode == ModeOffline && b.tmpl.Generalise.On() {
+		if gen := b.stages[len(b.stages)-1]; i == len(b.stages)-2 && gen.generalise && sr.mode == ModeOffline && b.tmpl.Generalise.On() {
 			if e, _ := b.lookup(ctx, sr.key, sr.parent); e == nil || b.opts.NoCache {
 				sr.merged = true
-				b.deferred = sr
+				gen.merge = sr
 				if !b.opts.NoCache {
-					if e, remote := b.lookup(ctx, GeneraliseKey(sr.key, b.tmpl.Generalise), b.parentKey); e != nil {
+					if e, remote := b.lookup(ctx, gen.key, b.parentKey); e != nil {
 						sr.cached, sr.remote = true, remote
 					}
 				}
@@ -40,17 +44,25 @@ func (s *stepStages) Run(ctx context.Context, state multistep.StateBag) multiste
 		}
 		if !b.opts.NoCache {
 			if e, remote := b.lookup(ctx, sr.key, sr.parent); e != nil {
+				// A merged last stage looked its generalised disk up first.
+				remote = remote || (sr.merge != nil && sr.merge.remote)
 				sr.cached, sr.remote = true, remote
 				from := ""
 				if remote {
 					from = ", from the shared cache"
 				}
 				b.log.Infof("stage %s: cached (%s%s)", sr.stage.Name, sr.key[:12], from)
+				if sr.generalise {
+					b.packages, b.kernel = e.Packages, e.Kernel
+				}
 				s.advance(b, sr.key, e.BootFrom)
 				continue
 			}
 		}
 		run := stageModes[sr.mode]
+		if sr.generalise {
+			run = generaliseStage
+		}
 		b.log.Infof("stage %s: building (%s, key %s)", sr.stage.Name, run.how, sr.key[:12])
 		state.Put("stage", sr)
 		runner := &multistep.BasicRunner{Steps: onErrorSteps(timedSteps(run.steps(b)))}
@@ -82,6 +94,9 @@ func (s *stepStages) Run(ctx context.Context, state multistep.StateBag) multiste
 		}
 		if ctx.Err() != nil {
 			return halt(state, ctx.Err())
+		}
+		if sr.generalise {
+			b.packages, b.kernel = sr.packages, sr.kernelInfo
 		}
 		s.advance(b, sr.key, sr.bootFrom)
 	}

@@ -15,20 +15,27 @@ func buildSteps() []multistep.Step {
 		&stepFetchBase{},   // resolve/fetch/verify the base image (cached)
 		&stepWorkDir{},     // output dir, work directory with pid file; clean crashed builds
 		&stepStageKeys{},   // cache keys of every stage; choose booted/offline
-		&stepStages{},      // build each stage not in the cache (see below)
-		&stepGeneralise{},  // offline helper: clean-up, package list, kernel drivers, fstrim
+		&stepStages{},      // build each stage not in the cache, the generalisation last (see below)
 		&stepDriverCheck{}, // the kernel has the drivers of every output's hypervisors
 		&stepCompact{},     // qemu-img convert -c: one standalone qcow2
 		&stepArtifact{},    // other formats, manifest, rename into OutputDir
 	}
 }
 
-// stageModes is how a stage of each built mode runs: its step list and,
-// for the log, where.
-var stageModes = map[Mode]struct {
+// stageMode is how a stage runs: its step list and, for the log, where.
+type stageMode struct {
 	how   string
 	steps func(*buildState) []multistep.Step
-}{
+}
+
+// generaliseStage is how the generalisation runs: like an offline stage,
+// with the clean-up, package list, kernel drivers and fstrim added to the
+// helper's job.
+var generaliseStage = stageMode{"offline helper: generalise", generaliseStageSteps}
+
+// stageModes is how a stage of each built mode runs: its step list and,
+// for the log, where.
+var stageModes = map[Mode]stageMode{
 	ModeBoot:    {"booted VM", bootedStageSteps},
 	ModeChroot:  {"chroot on the build host", chrootStageSteps},
 	ModeOffline: {"offline helper", offlineStageSteps},
@@ -75,6 +82,15 @@ func offlineStageSteps(b *buildState) []multistep.Step {
 		b.overlayStep(),
 		b.offlinePlaceStep(), // helper VM unpacks the files into the disk
 		&stepCommitStage{},
+	}
+}
+
+// generaliseStageSteps build the generalised disk.
+func generaliseStageSteps(b *buildState) []multistep.Step {
+	return []multistep.Step{
+		b.overlayStep(),
+		b.generaliseStep(), // helper VM: the merged stage's files, clean-up, package list, drivers, fstrim
+		&stepCommitStage{}, // with the package list and kernel
 	}
 }
 

@@ -36,10 +36,11 @@ func TestStepOrder(t *testing.T) {
 		steps []multistep.Step
 		want  string
 	}{
-		{buildSteps(), "validate, fetch base, work dir, stage keys, stages, generalise, driver check, compact, artifact"},
+		{buildSteps(), "validate, fetch base, work dir, stage keys, stages, driver check, compact, artifact"},
 		{bootedStageSteps(b), "overlay disk, seed iso, direct boot, start qemu, wait ssh, provision, boot files, shutdown, commit stage"},
 		{offlineStageSteps(b), "overlay disk, offline place, commit stage"},
 		{chrootStageSteps(b), "overlay disk, chroot mount, provision, chroot boot files, chroot finish, commit stage"},
+		{generaliseStageSteps(b), "overlay disk, generalise, commit stage"},
 	} {
 		if got := names(c.steps); got != c.want {
 			t.Errorf("steps:\n got %s\nwant %s", got, c.want)
