@@ -35,6 +35,14 @@ import (
 // the helper when started under this name.
 const HelperName = "ecs-offline-helper"
 
+// IsHelper tells whether a process started with args is the helper: its
+// name (args[0]) is HelperName, as the helper VM's initramfs starts it.
+// ecs-image's main (and a test binary serving as the helper) then runs
+// HelperMain and nothing else.
+func IsHelper(args []string) bool {
+	return len(args) > 0 && (args[0] == HelperName || strings.HasSuffix(args[0], "/"+HelperName))
+}
+
 // helperVersion is part of the generalise key; bump it when the helper's
 // output changes.
 const helperVersion = 4

@@ -4,7 +4,6 @@ import (
 	"context"
 	"os"
 	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 
@@ -17,7 +16,7 @@ import (
 // TestMain lets the test binary serve as the offline helper, like
 // ecs-image does, when the helper VM starts it as /ecs-offline-helper.
 func TestMain(m *testing.M) {
-	if strings.HasSuffix(os.Args[0], "/"+HelperName) || os.Args[0] == HelperName {
+	if IsHelper(os.Args) {
 		os.Exit(HelperMain())
 	}
 	os.Exit(m.Run())

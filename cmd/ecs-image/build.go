@@ -370,9 +370,6 @@ aborted. A build re-uploads a stage it needs that was pruned.`,
 }
 
 func init() {
-	if len(os.Args) > 0 && (os.Args[0] == "/"+builder.HelperName || strings.HasSuffix(os.Args[0], "/"+builder.HelperName)) {
-		os.Exit(builder.HelperMain())
-	}
 	buildCmd.Flags().StringVarP(&buildFlags.output, "output", "o", "output", "output directory")
 	buildCmd.Flags().StringVar(&buildFlags.variant, "variant", "", "variant to build (default: the template's default_variant)")
 	buildCmd.Flags().BoolVar(&buildFlags.noCache, "no-cache", false, "rebuild every stage instead of using cached ones")
