@@ -20,6 +20,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/ecs-image/ecs-image/atomicfile"
+	"github.com/ecs-image/ecs-image/builder/offlinehelper"
 	"github.com/ecs-image/ecs-image/images"
 )
 
@@ -406,7 +407,7 @@ func StageKey(parent string, s *Stage, vars map[string]string, mode Mode) (strin
 
 // GeneraliseKey is the key of the generalised disk built on parent.
 func GeneraliseKey(parent string, g Generalise) string {
-	return hashJSON(map[string]any{"v": Version, "parent": parent, "generalise": g.On(), "keep_logs": g.KeepLogs, "fstrim": g.Trim(), "commands": g.Commands, "helper": helperVersion})
+	return hashJSON(map[string]any{"v": Version, "parent": parent, "generalise": g.On(), "keep_logs": g.KeepLogs, "fstrim": g.Trim(), "commands": g.Commands, "helper": offlinehelper.Version})
 }
 
 func hashJSON(v any) string {

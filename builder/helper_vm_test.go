@@ -9,6 +9,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 
+	"github.com/ecs-image/ecs-image/builder/offlinehelper"
 	"github.com/ecs-image/ecs-image/provisioners"
 	"github.com/ecs-image/ecs-image/qemu"
 )
@@ -16,8 +17,8 @@ import (
 // TestMain lets the test binary serve as the offline helper, like
 // ecs-image does, when the helper VM starts it as /ecs-offline-helper.
 func TestMain(m *testing.M) {
-	if IsHelper(os.Args) {
-		os.Exit(HelperMain())
+	if offlinehelper.IsHelper(os.Args) {
+		os.Exit(offlinehelper.Main())
 	}
 	os.Exit(m.Run())
 }
@@ -43,7 +44,7 @@ func TestOfflineHelperVM(t *testing.T) {
 	r := &offlineRun{Disk: disk, Boot: bootFiles{Dir: filepath.Join(stage, "boot")}, WorkDir: dir,
 		Accel: qemu.AccelTCG, Timeout: 10 * time.Minute, Log: logrus.StandardLogger(),
 		Placers: []provisioners.Placer{&provisioners.File{Content: &content, Destination: "/etc/ecs-offline-test"}},
-		Job:     helperJob{Generalise: true, GeneraliseScript: generaliseScript(Generalise{}), Packages: true, Trim: true}}
+		Job:     offlinehelper.Job{Generalise: true, GeneraliseScript: generaliseScript(Generalise{}), Packages: true, Trim: true}}
 	if errs := r.Placers[0].Check(""); len(errs) > 0 {
 		t.Fatal(errs)
 	}

@@ -16,6 +16,8 @@ import (
 	"path"
 	"path/filepath"
 	"strings"
+
+	"github.com/ecs-image/ecs-image/builder/offlinehelper"
 )
 
 // helperProgram is what the initrd needs to run ecs-image as its first
@@ -160,7 +162,7 @@ func findLib(name string, dirs []string) string {
 	return ""
 }
 
-// write adds the helper (as HelperName) and its libraries to w.
+// write adds the helper (as offlinehelper.Name) and its libraries to w.
 func (h *helperProgram) write(w *cpioWriter) error {
 	bin, err := os.ReadFile(h.Exe)
 	if err != nil {
@@ -174,6 +176,6 @@ func (h *helperProgram) write(w *cpioWriter) error {
 		w.mkdirs(l.Name)
 		w.file(l.Name, 0o755, data)
 	}
-	w.file(HelperName, 0o755, bin)
+	w.file(offlinehelper.Name, 0o755, bin)
 	return nil
 }

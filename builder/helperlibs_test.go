@@ -14,6 +14,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 
+	"github.com/ecs-image/ecs-image/builder/offlinehelper"
 	"github.com/ecs-image/ecs-image/testenv"
 )
 
@@ -80,7 +81,7 @@ func TestDynamicCLIAsHelper(t *testing.T) {
 		t.Fatal(err)
 	}
 	files := initrdFiles(t, out)
-	for _, n := range append(names, HelperName) {
+	for _, n := range append(names, offlinehelper.Name) {
 		if len(files[n]) == 0 {
 			t.Errorf("%s is not in the slim initrd", n)
 		}
@@ -104,7 +105,7 @@ func TestDynamicCLIAsHelper(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	cmd := exec.Command("/" + HelperName)
+	cmd := exec.Command("/" + offlinehelper.Name)
 	cmd.Args = []string{"ecs-image", "version"} // not the helper's name: the CLI
 	cmd.SysProcAttr = &syscall.SysProcAttr{Chroot: root}
 	cmd.Dir = "/"

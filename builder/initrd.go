@@ -28,6 +28,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/ecs-image/ecs-image/builder/offlinehelper"
 	"github.com/klauspost/compress/zstd"
 	"github.com/ulikunitz/xz"
 )
@@ -43,9 +44,6 @@ var slimModules = []string{"virtio_pci", "virtio_blk", "ext4", "crc32c_intel", "
 // after the image's own initramfs. The seed is a virtio disk (virtio_blk is
 // loaded anyway), so cloud-init's ds-identify finds its cidata label then.
 var bootModules = []string{"virtio_net"}
-
-// modulesList is the slim initrd's list of modules to load, in order.
-const modulesList = "/ecs-modules"
 
 // errUnsupportedInitrd marks an initrd the slim one cannot be made from.
 var errUnsupportedInitrd = errors.New("unsupported initrd")
@@ -81,7 +79,7 @@ func writeSlimInitrd(out, baseInitrd string, h *helperProgram, compressed bool, 
 		w.file(name, 0o644, data)
 		list.WriteString("/" + name + "\n")
 	}
-	w.file(strings.TrimPrefix(modulesList, "/"), 0o644, []byte(list.String()))
+	w.file(strings.TrimPrefix(offlinehelper.ModulesList, "/"), 0o644, []byte(list.String()))
 	if err := h.write(w); err != nil {
 		return err
 	}

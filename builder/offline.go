@@ -23,6 +23,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 
+	"github.com/ecs-image/ecs-image/builder/offlinehelper"
 	"github.com/ecs-image/ecs-image/formats"
 	"github.com/ecs-image/ecs-image/provisioners"
 	"github.com/ecs-image/ecs-image/qemu"
@@ -58,7 +59,7 @@ func generaliseScript(g Generalise) string {
 	var b strings.Builder
 	b.WriteString("set -u\nexec 2>&1\n")
 	// Progress lines with the guest's uptime, shown in the build log.
-	b.WriteString(`step() { echo "` + markerLog + `[$(cut -d' ' -f1 /proc/uptime 2>/dev/null) s] generalise: $*"; }` + "\n")
+	b.WriteString(`step() { echo "` + offlinehelper.MarkerLog + `[$(cut -d' ' -f1 /proc/uptime 2>/dev/null) s] generalise: $*"; }` + "\n")
 	if len(g.Commands) > 0 {
 		b.WriteString("step commands\n")
 	}
@@ -133,7 +134,7 @@ find /var/log -type f -exec truncate -s 0 {} +
 type offlineRun struct {
 	Disk    string // the qcow2 to change
 	Boot    bootFiles
-	Job     helperJob
+	Job     offlinehelper.Job
 	Placers []provisioners.Placer
 	WorkDir string
 	Accel   qemu.Accel
@@ -230,7 +231,7 @@ func (r *offlineRun) runWith(ctx context.Context, helper *helperProgram) error {
 	if r.SerialLog == "" {
 		r.SerialLog = filepath.Join(r.WorkDir, "helper-serial.log")
 	}
-	appendArgs := "rdinit=/" + HelperName + " console=ttyS0,115200 loglevel=4 panic=-1 mitigations=off"
+	appendArgs := "rdinit=/" + offlinehelper.Name + " console=ttyS0,115200 loglevel=4 panic=-1 mitigations=off"
 	if root := r.Boot.root(); root != "" {
 		appendArgs += " ecs.root=" + root
 	}
@@ -277,20 +278,20 @@ func (r *offlineRun) parse(exitErr error) error {
 	for sc.Scan() {
 		l := strings.TrimRight(sc.Text(), "\r")
 		switch {
-		case strings.HasPrefix(l, markerPackages):
-			r.Packages = append(r.Packages, strings.TrimPrefix(l, markerPackages))
-		case strings.HasPrefix(l, markerKernel):
-			f := strings.Fields(strings.TrimPrefix(l, markerKernel))
+		case strings.HasPrefix(l, offlinehelper.MarkerPackages):
+			r.Packages = append(r.Packages, strings.TrimPrefix(l, offlinehelper.MarkerPackages))
+		case strings.HasPrefix(l, offlinehelper.MarkerKernel):
+			f := strings.Fields(strings.TrimPrefix(l, offlinehelper.MarkerKernel))
 			if len(f) > 0 {
 				r.Kernel = &KernelInfo{Version: f[0], Asked: r.Job.Drivers, Drivers: f[1:]}
 			}
-		case strings.HasPrefix(l, markerNoKernel):
-			r.KernelUnknown = strings.TrimPrefix(l, markerNoKernel)
-		case strings.HasPrefix(l, markerLog):
-			r.Log.Info("helper: " + strings.TrimPrefix(l, markerLog))
-		case strings.HasPrefix(l, markerFailed):
-			failed = strings.TrimPrefix(l, markerFailed)
-		case l == markerOK:
+		case strings.HasPrefix(l, offlinehelper.MarkerNoKernel):
+			r.KernelUnknown = strings.TrimPrefix(l, offlinehelper.MarkerNoKernel)
+		case strings.HasPrefix(l, offlinehelper.MarkerLog):
+			r.Log.Info("helper: " + strings.TrimPrefix(l, offlinehelper.MarkerLog))
+		case strings.HasPrefix(l, offlinehelper.MarkerFailed):
+			failed = strings.TrimPrefix(l, offlinehelper.MarkerFailed)
+		case l == offlinehelper.MarkerOK:
 			ok = true
 		}
 	}
@@ -315,7 +316,7 @@ func (r *offlineRun) writeJob(ctx context.Context, path string) error {
 	bw := bufio.NewWriterSize(f, 1<<20)
 	a := provisioners.NewArchive(bw)
 	job, _ := json.Marshal(r.Job)
-	if err := a.Bytes("/"+jobEntryName, job, 0o600, provisioners.Owner{User: "0", Group: "0"}); err != nil {
+	if err := a.Bytes("/"+offlinehelper.JobEntryName, job, 0o600, provisioners.Owner{User: "0", Group: "0"}); err != nil {
 		return err
 	}
 	for _, p := range r.Placers {

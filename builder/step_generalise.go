@@ -10,6 +10,7 @@ import (
 	"github.com/hashicorp/packer-plugin-sdk/multistep"
 	"github.com/sirupsen/logrus"
 
+	"github.com/ecs-image/ecs-image/builder/offlinehelper"
 	"github.com/ecs-image/ecs-image/formats"
 	"github.com/ecs-image/ecs-image/provisioners"
 	"github.com/ecs-image/ecs-image/qemu"
@@ -58,7 +59,7 @@ func (s *stepGeneralise) Run(ctx context.Context, state multistep.StateBag) mult
 	}
 	r := &offlineRun{Disk: sr.disk, Boot: boot, WorkDir: sr.dir, Accel: s.Accel, AccelForced: s.AccelForced, Timeout: 10 * time.Minute, Placers: placers,
 		Log: s.Log.WithField("step", "generalise"),
-		Job: helperJob{Generalise: g.On(), GeneraliseScript: generaliseScript(g), Packages: true, Trim: g.Trim(), Drivers: formats.AllDrivers()}}
+		Job: offlinehelper.Job{Generalise: g.On(), GeneraliseScript: generaliseScript(g), Packages: true, Trim: g.Trim(), Drivers: formats.AllDrivers()}}
 	if err := r.run(ctx); err != nil {
 		return halt(state, fmt.Errorf("generalise: %w", err))
 	}

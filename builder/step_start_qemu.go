@@ -8,6 +8,7 @@ import (
 	"github.com/hashicorp/packer-plugin-sdk/multistep"
 	"github.com/sirupsen/logrus"
 
+	"github.com/ecs-image/ecs-image/builder/offlinehelper"
 	"github.com/ecs-image/ecs-image/qemu"
 )
 
@@ -77,7 +78,7 @@ func (s *stepStartQEMU) Run(ctx context.Context, state multistep.StateBag) multi
 			s.Log.Debugf("the image's own initrd: %v", err)
 		} else {
 			cfg.Initrd = filepath.Join(sr.dir, "boot-initrd.img")
-			cfg.Append = "rdinit=/" + HelperName + " ecs.boot=switch " + cfg.Append
+			cfg.Append = "rdinit=/" + offlinehelper.Name + " ecs.boot=switch " + cfg.Append
 		}
 	}
 	m, err := qemu.Start(ctx, cfg)

@@ -10,7 +10,7 @@ import (
 	"strings"
 	"syscall"
 
-	"github.com/ecs-image/ecs-image/builder"
+	"github.com/ecs-image/ecs-image/builder/offlinehelper"
 	"github.com/ecs-image/ecs-image/buildinfo"
 	"github.com/ecs-image/ecs-image/cmddoc"
 	"github.com/sirupsen/logrus"
@@ -201,8 +201,8 @@ func resetContext(c *cobra.Command, ctx context.Context) {
 
 func main() {
 	// The offline helper VM starts this binary as its initramfs's init.
-	if builder.IsHelper(os.Args) {
-		os.Exit(builder.HelperMain())
+	if offlinehelper.IsHelper(os.Args) {
+		os.Exit(offlinehelper.Main())
 	}
 	os.Exit(run(os.Args[1:]))
 }

@@ -1,11 +1,14 @@
-package builder
-
-// The guest side of the offline helper: ecs-image itself, started by the
-// kernel as the initramfs's first process (rdinit=/ecs-offline-helper) with
-// the image's own kernel and initrd. It mounts the image's root file system,
-// unpacks the job archive from the job disk, optionally generalises the
-// image in a chroot, and powers the VM off. Everything it reports goes to
-// the serial console between markers that the host parses.
+// Package offlinehelper is the guest side of the builder's offline helper:
+// ecs-image itself, started by the kernel as the initramfs's first process
+// (rdinit=/ecs-offline-helper) with the image's own kernel and initrd. It
+// mounts the image's root file system, unpacks the job archive from the
+// job disk, optionally generalises the image in a chroot, and powers the VM
+// off. Everything it reports goes to the serial console between markers
+// that the host side (package builder) parses. The slim initrd's
+// ecs.boot=switch mode only mounts the root and switches to its init.
+//
+// ecs-image's main calls Main when IsHelper(os.Args).
+package offlinehelper
 
 import (
 	"archive/tar"
@@ -31,36 +34,40 @@ import (
 	"github.com/ecs-image/ecs-image/formats"
 )
 
-// HelperName is the helper's file name in the initramfs; ecs-image runs as
+// Name is the helper's file name in the initramfs; ecs-image runs as
 // the helper when started under this name.
-const HelperName = "ecs-offline-helper"
+const Name = "ecs-offline-helper"
 
 // IsHelper tells whether a process started with args is the helper: its
-// name (args[0]) is HelperName, as the helper VM's initramfs starts it.
+// name (args[0]) is Name, as the helper VM's initramfs starts it.
 // ecs-image's main (and a test binary serving as the helper) then runs
-// HelperMain and nothing else.
+// Main and nothing else.
 func IsHelper(args []string) bool {
-	return len(args) > 0 && (args[0] == HelperName || strings.HasSuffix(args[0], "/"+HelperName))
+	return len(args) > 0 && (args[0] == Name || strings.HasSuffix(args[0], "/"+Name))
 }
 
-// helperVersion is part of the generalise key; bump it when the helper's
+// ModulesList is the slim initrd's list of modules to load, in order (the
+// builder writes it).
+const ModulesList = "/ecs-modules"
+
+// Version is part of the generalise key; bump it when the helper's
 // output changes.
-const helperVersion = 4
+const Version = 4
 
 // Serial console markers of the helper protocol.
 const (
-	markerStart    = "ECS-OFFLINE-START"
-	markerOK       = "ECS-OFFLINE-OK"
-	markerFailed   = "ECS-OFFLINE-FAILED: "
-	markerPackages = "ECS-OFFLINE-PACKAGE "
-	markerKernel   = "ECS-OFFLINE-KERNEL "
-	markerNoKernel = "ECS-OFFLINE-KERNEL-UNKNOWN: "
-	markerLog      = "ECS-OFFLINE: "
-	jobEntryName   = ".ecs-job.json"
+	MarkerStart    = "ECS-OFFLINE-START"
+	MarkerOK       = "ECS-OFFLINE-OK"
+	MarkerFailed   = "ECS-OFFLINE-FAILED: "
+	MarkerPackages = "ECS-OFFLINE-PACKAGE "
+	MarkerKernel   = "ECS-OFFLINE-KERNEL "
+	MarkerNoKernel = "ECS-OFFLINE-KERNEL-UNKNOWN: "
+	MarkerLog      = "ECS-OFFLINE: "
+	JobEntryName   = ".ecs-job.json"
 )
 
-// helperJob is the first entry of the job archive.
-type helperJob struct {
+// Job is the first entry of the job archive.
+type Job struct {
 	// Generalise runs GeneraliseScript in the image (chroot) after
 	// unpacking.
 	Generalise       bool   `json:"generalise"`
@@ -74,15 +81,15 @@ type helperJob struct {
 	Drivers []string `json:"drivers,omitempty"`
 }
 
-// HelperMain is the helper's entry point; it never returns normally.
-func HelperMain() int {
+// Main is the helper's entry point; it never returns normally.
+func Main() int {
 	con := os.Stdout
 	if f, err := os.OpenFile("/dev/console", os.O_WRONLY, 0); err == nil {
 		con = f
 	}
 	logf := func(format string, args ...any) {
 		up, _ := os.ReadFile("/proc/uptime")
-		fmt.Fprintf(con, markerLog+"[%s s] "+format+"\n", append([]any{strings.Fields(string(up) + " ?")[0]}, args...)...)
+		fmt.Fprintf(con, MarkerLog+"[%s s] "+format+"\n", append([]any{strings.Fields(string(up) + " ?")[0]}, args...)...)
 	}
 	if slices.Contains(kernelArgs(), "ecs.boot=switch") {
 		// The slim initrd of a directly booted build VM: mount the root
@@ -94,12 +101,12 @@ func HelperMain() int {
 		syscall.Reboot(syscall.LINUX_REBOOT_CMD_POWER_OFF)
 		return 1
 	}
-	fmt.Fprintln(con, markerStart)
+	fmt.Fprintln(con, MarkerStart)
 	err := helperRun(con, logf)
 	if err != nil {
-		fmt.Fprintf(con, "%s%s\n", markerFailed, strings.ReplaceAll(err.Error(), "\n", " | "))
+		fmt.Fprintf(con, "%s%s\n", MarkerFailed, strings.ReplaceAll(err.Error(), "\n", " | "))
 	} else {
-		fmt.Fprintln(con, markerOK)
+		fmt.Fprintln(con, MarkerOK)
 	}
 	syscall.Sync()
 	if os.Getpid() == 1 {
@@ -250,7 +257,7 @@ func helperRun(con io.Writer, logf func(string, ...any)) error {
 		}
 		for _, l := range strings.Split(strings.TrimSpace(out.String()), "\n") {
 			if l != "" {
-				fmt.Fprintf(con, "%s%s\n", markerPackages, l)
+				fmt.Fprintf(con, "%s%s\n", MarkerPackages, l)
 			}
 		}
 	}
@@ -279,7 +286,7 @@ func helperRun(con io.Writer, logf func(string, ...any)) error {
 func reportDrivers(con io.Writer, drivers []string) {
 	var u unix.Utsname
 	if err := unix.Uname(&u); err != nil {
-		fmt.Fprintf(con, "%suname: %v\n", markerNoKernel, err)
+		fmt.Fprintf(con, "%suname: %v\n", MarkerNoKernel, err)
 		return
 	}
 	ver := unix.ByteSliceToString(u.Release[:])
@@ -287,18 +294,18 @@ func reportDrivers(con io.Writer, drivers []string) {
 	for _, dir := range []string{"lib/modules", "usr/lib/modules"} {
 		var k *formats.KernelDrivers
 		if k, err = formats.ReadKernelDrivers(filepath.Join(helperRoot, dir, ver)); err == nil {
-			fmt.Fprintf(con, "%s%s %s\n", markerKernel, ver, strings.Join(k.Present(drivers), " "))
+			fmt.Fprintf(con, "%s%s %s\n", MarkerKernel, ver, strings.Join(k.Present(drivers), " "))
 			return
 		}
 	}
-	fmt.Fprintf(con, "%s%v\n", markerNoKernel, strings.ReplaceAll(err.Error(), helperRoot, ""))
+	fmt.Fprintf(con, "%s%v\n", MarkerNoKernel, strings.ReplaceAll(err.Error(), helperRoot, ""))
 }
 
 // loadModules loads the drivers for virtio disks and common root file
 // systems: those a slim initrd lists (see initrd.go), else with the
 // initrd's modprobe (built-in drivers need nothing).
 func loadModules(logf func(string, ...any)) {
-	if list, err := os.ReadFile(modulesList); err == nil {
+	if list, err := os.ReadFile(ModulesList); err == nil {
 		for _, m := range strings.Fields(string(list)) {
 			if err := finitModule(m); err != nil && !errors.Is(err, syscall.EEXIST) {
 				logf("load %s: %v", m, err)
@@ -404,7 +411,7 @@ func probeFS(dev string) (uuid, label string, ok bool) {
 
 // openJob finds the job disk (a raw disk holding a tar archive whose first
 // entry is the job) and returns the job and the archive positioned after it.
-func openJob() (*helperJob, *tar.Reader, *os.File, error) {
+func openJob() (*Job, *tar.Reader, *os.File, error) {
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		ents, _ := os.ReadDir("/sys/class/block")
@@ -415,11 +422,11 @@ func openJob() (*helperJob, *tar.Reader, *os.File, error) {
 			}
 			tr := tar.NewReader(bufio.NewReaderSize(f, 1<<20))
 			h, err := tr.Next()
-			if err != nil || h.Name != jobEntryName {
+			if err != nil || h.Name != JobEntryName {
 				f.Close()
 				continue
 			}
-			var job helperJob
+			var job Job
 			if err := json.NewDecoder(tr).Decode(&job); err != nil {
 				f.Close()
 				return nil, nil, nil, fmt.Errorf("job: %v", err)
