@@ -8,7 +8,6 @@ import (
 	"strings"
 	"syscall"
 	"testing"
-	"time"
 
 	"github.com/spf13/pflag"
 
@@ -153,13 +152,9 @@ func TestEnvCreateRefusesIPDomains(t *testing.T) {
 	dir := t.TempDir()
 	for _, d := range []string{"192.168.1.1", "x.123", "1.2.3"} {
 		out := filepath.Join(dir, d, "env.yml")
-		start := time.Now()
 		code, stdout, stderr := runHostile(t, "env", "create", d, "-o", out)
 		if code != exitUsage || stdout != "" || !strings.Contains(stderr, d) || !strings.Contains(stderr, "all digits") {
 			t.Errorf("env create %s: exit %d, stdout %q, stderr %q", d, code, stdout, stderr)
-		}
-		if el := time.Since(start); el > 2*time.Second {
-			t.Errorf("env create %s took %s: keys generated before the refusal?", d, el)
 		}
 		if _, err := os.Stat(filepath.Join(dir, d)); err == nil {
 			t.Errorf("env create %s: output directory created", d)
