@@ -106,9 +106,8 @@ awk -v ac="$a_cold" -v aw="$a_warm" -v b="$b_remote" -v c="$c_remote" -v l0="$l0
 echo
 echo "transfers (from the builders' logs):"
 grep -ho 'remote cache: [0-9a-f]* \(uploaded\|downloaded and verified\) ([0-9.]* MiB in [0-9.]*s)' "$work"/*.log |
-  sed -E 's/remote cache: ([0-9a-f]*) (uploaded|downloaded and verified) \(([0-9.]*) MiB in ([0-9.]*)s\)/\2 \1 \3 \4/' |
-  awk '{ op = ($1 == "uploaded") ? "up  " : "down"; rate = ($4 > 0) ? $3 / $4 : 0
-         printf "  %s %s %7.1f MiB in %6.1f s  %6.1f MiB/s\n", op, $2, $3, $4, rate }' || true
+  sed -E 's/downloaded and verified/down/; s/ uploaded / up /; s/remote cache: ([0-9a-f]*) (up|down) \(([0-9.]*) MiB in ([0-9.]*)s\)/\2 \1 \3 \4/' |
+  awk '{ rate = ($4 > 0) ? $3 / $4 : 0; printf "  %-4s %s %7.1f MiB in %5.1f s  %6.1f MiB/s\n", $1, $2, $3, $4, rate }' || true
 echo
 echo "B's steps (seconds):"
 jq -r '.steps[] | select(.seconds >= 0.05) | "  \(.step)\(if .stage then " [" + .stage + "]" else "" end)\t\(.seconds * 10 | round / 10)"' \
