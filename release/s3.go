@@ -330,6 +330,15 @@ func (t *S3Target) GetMeta(ctx context.Context, key, file string) (meta map[stri
 	return meta, true, nil
 }
 
+// listPrefix is the full key prefix of the objects under sub (relative to
+// the target's prefix); the whole target lists with a trailing slash.
+func (t *S3Target) listPrefix(sub string) string {
+	if t.prefix != "" && sub == "" {
+		return t.prefix + "/"
+	}
+	return t.key(sub)
+}
+
 // ObjectInfo is one object of List.
 type ObjectInfo struct {
 	Key      string // relative to the target's prefix
@@ -341,10 +350,7 @@ type ObjectInfo struct {
 // start with sub.
 func (t *S3Target) List(ctx context.Context, sub string) ([]ObjectInfo, error) {
 	var out []ObjectInfo
-	full := t.key(sub)
-	if t.prefix != "" && sub == "" {
-		full = t.prefix + "/"
-	}
+	full := t.listPrefix(sub)
 	p := s3.NewListObjectsV2Paginator(t.client, &s3.ListObjectsV2Input{Bucket: &t.bucket, Prefix: aws.String(full)})
 	for p.HasMorePages() {
 		page, err := p.NextPage(ctx)
@@ -384,10 +390,7 @@ type UploadInfo struct {
 // left behind (its parts are stored but no object is visible).
 func (t *S3Target) ListUploads(ctx context.Context, sub string) ([]UploadInfo, error) {
 	var out []UploadInfo
-	full := t.key(sub)
-	if t.prefix != "" && sub == "" {
-		full = t.prefix + "/"
-	}
+	full := t.listPrefix(sub)
 	in := &s3.ListMultipartUploadsInput{Bucket: &t.bucket, Prefix: aws.String(full)}
 	for {
 		page, err := t.client.ListMultipartUploads(ctx, in)
