@@ -62,7 +62,12 @@ func DetectAccel(ctx context.Context) Accel {
 		}
 		return nil
 	})
-	if a == AccelTCG {
+	switch {
+	case a == AccelTCG && reason == AccelEnv+"=tcg":
+		tcgWarning.Do(func() {
+			logrus.Infof("using TCG software emulation as %s=tcg asks (KVM not probed); boots will be slow", AccelEnv)
+		})
+	case a == AccelTCG:
 		warnTCG(reason)
 	}
 	return a

@@ -133,3 +133,25 @@ func TestProbeFirmwareNeedsLongMode(t *testing.T) {
 		t.Errorf("err = %v, want the triple fault's reset to end QEMU (-no-reboot)", err)
 	}
 }
+
+// ECS_IMAGE_ACCEL=tcg is a choice, not a failure: the log says so once and
+// does not claim KVM is unusable.
+func TestAccelTCGByRequestIsNotAWarning(t *testing.T) {
+	probeOnce, tcgWarning = sync.Once{}, sync.Once{}
+	t.Cleanup(func() { probeOnce, tcgWarning = sync.Once{}, sync.Once{} })
+	t.Setenv(AccelEnv, "tcg")
+	logs := logtest.NewLocal(logrus.StandardLogger())
+	t.Cleanup(func() { logrus.StandardLogger().ReplaceHooks(make(logrus.LevelHooks)) })
+	for i := 0; i < 2; i++ {
+		if a := DetectAccel(context.Background()); a != AccelTCG {
+			t.Fatalf("accel = %s, want tcg", a)
+		}
+	}
+	if n := len(logs.AllEntries()); n != 1 {
+		t.Fatalf("%d log lines, want 1: %v", n, logs.AllEntries())
+	}
+	e := logs.LastEntry()
+	if e.Level != logrus.InfoLevel || !strings.Contains(e.Message, AccelEnv+"=tcg asks") || strings.Contains(e.Message, "not usable") {
+		t.Errorf("log = %s %q", e.Level, e.Message)
+	}
+}
