@@ -39,8 +39,9 @@ type PublishOptions struct {
 	VerifyKey string
 }
 
-// Publish verifies the release in dir (every file SHA256SUMS lists, and the
-// signature when asked) and uploads it to t: artifacts first, then
+// Publish verifies the release in dir (every file SHA256SUMS lists, its
+// disk images as `release` does (CheckDisk), and the signature when asked)
+// and uploads it to t: artifacts first, then
 // SHA256SUMS and its signature, manifest.json last, so that a reader who
 // finds a manifest finds the whole release. Objects already there with the
 // same digest are skipped, so re-running is cheap and safe. A different
@@ -49,6 +50,13 @@ func Publish(ctx context.Context, dir string, t Target, opts PublishOptions) (*R
 	sums, err := Verify(ctx, dir)
 	if err != nil {
 		return nil, err
+	}
+	// A release made by hand (its own SHA256SUMS) is held to what
+	// `release` checks: no disk image that names a host file is shipped.
+	for _, s := range sums {
+		if err := CheckDisk(ctx, filepath.Join(dir, s.Name)); err != nil {
+			return nil, err
+		}
 	}
 	sigPath := filepath.Join(dir, SignatureFile)
 	_, sigErr := os.Stat(sigPath)
