@@ -238,6 +238,82 @@ tests:
 	}
 }
 
+// The other rules fire as meant (promtool's rule unit tests, one group of
+// series each): NodeRebootsTooOften after a fourth boot in a day, not the
+// third; BackupMissing only after 26 hours of uptime without any backup
+// metric, and not when a backup reported; ContainerDown after 5 minutes.
+func TestAlertRulesFireRebootsBackupMissingContainerDown(t *testing.T) {
+	promtool := testenv.Tool(t, "promtool", "apt-get install prometheus (make deps)")
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "rules.yml"), alertRules, 0o644)
+	test := `rule_files: [rules.yml]
+evaluation_interval: 1m
+tests:
+  - interval: 1m
+    input_series:
+      # a boot (new boot time) every minute
+      - series: 'node_boot_time_seconds{instance="n",job="node"}'
+        values: '0 60 120 180 240x20'
+    alert_rule_test:
+      - eval_time: 3m
+        alertname: NodeRebootsTooOften
+        exp_alerts: []
+      - eval_time: 4m
+        alertname: NodeRebootsTooOften
+        exp_alerts:
+          - exp_labels: {severity: warning, instance: n, job: node}
+            exp_annotations: {summary: 'n rebooted 4 times in a day'}
+      - eval_time: 4m
+        alertname: BackupMissing
+        exp_alerts: []
+  - interval: 1m
+    input_series:
+      # up 25 h 50 min at time 0: 26 h after 10 min, then 10 min pending
+      - series: 'node_boot_time_seconds{instance="n",job="node"}'
+        values: '-93000x40'
+    alert_rule_test:
+      - eval_time: 20m
+        alertname: BackupMissing
+        exp_alerts: []
+      - eval_time: 22m
+        alertname: BackupMissing
+        exp_alerts:
+          - exp_labels: {severity: critical}
+            exp_annotations: {summary: 'no backup has ever reported in 26 hours of uptime'}
+  - interval: 1m
+    input_series:
+      - series: 'node_boot_time_seconds{instance="n",job="node"}'
+        values: '-93000x40'
+      - series: 'appliance_backup_last_success_time_seconds'
+        values: '0x40'
+    alert_rule_test:
+      - eval_time: 22m
+        alertname: BackupMissing
+        exp_alerts: []
+  - interval: 1m
+    input_series:
+      - series: 'appliance_container_running{name="ecs-web-1"}'
+        values: '1 1 0x20'
+      - series: 'appliance_container_running{name="ecs-redis-1"}'
+        values: '1x22'
+    alert_rule_test:
+      - eval_time: 6m
+        alertname: ContainerDown
+        exp_alerts: []
+      - eval_time: 8m
+        alertname: ContainerDown
+        exp_alerts:
+          - exp_labels: {severity: warning, name: ecs-web-1}
+            exp_annotations: {summary: 'container ecs-web-1 is not running'}
+`
+	os.WriteFile(filepath.Join(dir, "test.yml"), []byte(test), 0o644)
+	cmd := exec.Command(promtool, "test", "rules", "test.yml")
+	cmd.Dir = dir
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("promtool test rules: %v\n%s", err, out)
+	}
+}
+
 // fakeEngine serves the two Docker API calls CollectMetrics makes on a
 // unix socket (the engine cannot run on the build host).
 func fakeEngine(t *testing.T, sock string, containers []map[string]any) {
