@@ -8,6 +8,8 @@ import (
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/ecs-image/ecs-image/agent/host"
 )
 
 // activeEnvWithSentry writes the compat env with appliance.sentry.dsn as
@@ -71,5 +73,29 @@ func TestSentryUnset(t *testing.T) {
 	a.fail("x", errors.New("y")) // must not panic or block
 	if err := a.SentryTest("hi"); !errors.Is(err, errNoSentry) {
 		t.Errorf("err = %v", err)
+	}
+}
+
+// A failed update (manual §4.5) reaches the DSN too, naming its step and
+// the reason, through the same path that marks the appliance failed.
+func TestUpdateFailureReportedToSentry(t *testing.T) {
+	rec := &envelopes{}
+	srv := httptest.NewServer(rec)
+	defer srv.Close()
+	a, hr := testAgent(t)
+	dsn := strings.Replace(srv.URL, "http://", "http://pubkey@", 1) + "/5"
+	activate(t, a, strings.Replace(siteEnv, "\nappliance:\n", "\nappliance:\n  sentry:\n    dsn: '"+dsn+"'\n", 1))
+	if n := len(rec.all()); n != 0 {
+		t.Fatalf("%d reports before the update", n)
+	}
+	hr.Responses["apt-get -s"] = host.Response{Stdout: aptSim}
+	hr.Responses["unattended-upgrade"] = host.Response{Err: errors.New("dpkg: error processing package docker.io (--configure)")}
+	if err := a.Update(t.Context()); err == nil {
+		t.Fatal("no error")
+	}
+	got := rec.all()
+	want := "appliance failed: appliance-update: unattended-upgrade: dpkg: error processing package docker.io"
+	if len(got) != 1 || !strings.Contains(got[0], want) || !strings.HasPrefix(got[0], "/api/5/envelope/\n") || !strings.Contains(got[0], `"step":"appliance-update"`) {
+		t.Fatalf("reports %q, want one naming %q", got, want)
 	}
 }
