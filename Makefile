@@ -17,7 +17,8 @@ DEB_PACKAGES := \
 	zbar-tools poppler-utils gnupg duplicity openssh-client sudo \
 	postgresql python3-boto3 python3-paramiko openssh-server \
 	ca-certificates curl git make python3-dotenv python3-yaml \
-	prometheus prometheus-alertmanager prometheus-node-exporter redis-server memcached nginx systemd
+	prometheus prometheus-alertmanager prometheus-node-exporter redis-server memcached nginx systemd \
+	gcc libc6-dev
 # Vagrant and libvirt for the box tests (slow; CI installs them too).
 DEB_VAGRANT := vagrant vagrant-libvirt libvirt-daemon libvirt-daemon-driver-qemu \
 	libvirt-clients libvirt-daemon-system dnsmasq-base ebtables iptables iproute2

@@ -22,7 +22,7 @@ import (
 // compiler is found: CGO_ENABLED=1, so dynamically linked against glibc.
 func buildCLI(t *testing.T) string {
 	t.Helper()
-	testenv.Tool(t, "gcc", "a C compiler for cgo: apt-get install gcc")
+	testenv.Tool(t, "gcc", "a C compiler for cgo: make deps (gcc, libc6-dev)")
 	bin := filepath.Join(t.TempDir(), "ecs-image")
 	cmd := exec.Command("go", "build", "-o", bin, "../cmd/ecs-image")
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=1")
