@@ -488,29 +488,36 @@ func TestLoadRejectsBadArchives(t *testing.T) {
 	e := startServer(t, 64<<10)
 	c := e.goodClient(t)
 	url := e.srv.URL + "/v1/deployments/website/load"
-	cases := map[string][]byte{
-		"dot-dot entry":    archive(t, false, &tar.Header{Name: "../../etc/cron.d/evil"}),
-		"nested dot-dot":   archive(t, true, &tar.Header{Name: "l1/../../x"}),
-		"absolute entry":   archive(t, false, &tar.Header{Name: "/etc/passwd"}),
-		"escaping symlink": archive(t, false, &tar.Header{Name: "l1/link", Typeflag: tar.TypeSymlink, Linkname: "../../../etc"}),
-		"absolute symlink": archive(t, false, &tar.Header{Name: "l1/link", Typeflag: tar.TypeSymlink, Linkname: "/etc/shadow"}),
-		"device node":      archive(t, false, &tar.Header{Name: "dev", Typeflag: tar.TypeChar}),
-		"not a tar":        []byte("hello world, definitely not a tarball"),
-		"tar without manifest": func() []byte {
+	// Each refusal names its reason: a 400 for any other fault (a server
+	// that refuses everything) does not pass.
+	cases := map[string]struct {
+		body []byte
+		want string
+	}{
+		"dot-dot entry":    {archive(t, false, &tar.Header{Name: "../../etc/cron.d/evil"}), `entry "../../etc/cron.d/evil": ".." in path`},
+		"nested dot-dot":   {archive(t, true, &tar.Header{Name: "l1/../../x"}), `entry "l1/../../x": ".." in path`},
+		"absolute entry":   {archive(t, false, &tar.Header{Name: "/etc/passwd"}), `entry "/etc/passwd": absolute path`},
+		"escaping symlink": {archive(t, false, &tar.Header{Name: "l1/link", Typeflag: tar.TypeSymlink, Linkname: "../../../etc"}), `l1/link: link to "../../../etc" leaves the archive`},
+		"absolute symlink": {archive(t, false, &tar.Header{Name: "l1/link", Typeflag: tar.TypeSymlink, Linkname: "/etc/shadow"}), `l1/link: link to "/etc/shadow" leaves the archive`},
+		"device node":      {archive(t, false, &tar.Header{Name: "dev", Typeflag: tar.TypeChar}), "dev: device or fifo entry"},
+		"not a tar":        {[]byte("hello world, definitely not a tarball"), "bad image archive: "},
+		"tar without manifest": {func() []byte {
 			var b bytes.Buffer
 			tw := tar.NewWriter(&b)
 			tw.WriteHeader(&tar.Header{Name: "a", Size: 1, Mode: 0o644})
 			tw.Write([]byte("a"))
 			tw.Close()
 			return b.Bytes()
-		}(),
-		"empty body": {},
+		}(), "not a docker-archive or OCI layout"},
+		"empty body": {[]byte{}, "empty upload"},
 	}
-	for name, body := range cases {
+	for name, tc := range cases {
 		t.Run(name, func(t *testing.T) {
-			code, msg := post(t, c, url, body)
-			if code != http.StatusBadRequest {
-				t.Fatalf("%d %s", code, msg)
+			code, body := post(t, c, url, tc.body)
+			var msg struct{ Error string }
+			json.Unmarshal([]byte(body), &msg)
+			if code != http.StatusBadRequest || !strings.HasPrefix(msg.Error, "bad image archive: ") || !strings.Contains(msg.Error, tc.want) {
+				t.Fatalf("%d %q, want 400 naming %q", code, body, tc.want)
 			}
 		})
 	}
