@@ -17,6 +17,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -481,6 +482,59 @@ func TestNginxServesACMEChallenge(t *testing.T) {
 	}
 }
 
+// The appliance's site logs its requests and errors to the journal's
+// syslog socket, tagged nginx, not to /var/log/nginx (manual §4.7: "all
+// logging (except postgres) is going through journald", "journalctl -u
+// nginx"): a request to the real nginx arrives there as a syslog line.
+func TestNginxLogsToTheJournal(t *testing.T) {
+	bin := nginxBin(t)
+	a, _ := testAgent(t)
+	fakeSystem(t, a)
+	activate(t, a, siteEnv)
+	if err := a.PrepareAppliance(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	site := read(t, a, NginxSite)
+	for _, want := range []string{"access_log syslog:server=unix:/dev/log,", "error_log syslog:server=unix:/dev/log,"} {
+		if n := strings.Count(site, want); n != 2 {
+			t.Errorf("%d servers with %q, want both", n, want)
+		}
+	}
+	sock := a.Host.Path(NginxSyslog)
+	if err := os.MkdirAll(filepath.Dir(sock), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	httpPort, _, ngx := startTestNginx(t, bin, a)
+	noRedirect := &http.Client{Timeout: 5 * time.Second, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	for i := 0; ; i++ {
+		res, err := noRedirect.Get(fmt.Sprintf("http://127.0.0.1:%d/journal-check", httpPort))
+		if err == nil {
+			res.Body.Close()
+			break
+		}
+		ngx.Exited(t)
+		if i > 50 {
+			t.Fatal(err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	buf := make([]byte, 4096)
+	n, err := conn.Read(buf)
+	if err != nil {
+		t.Fatalf("nothing logged to the syslog socket: %v", err)
+	}
+	line := string(buf[:n])
+	if !regexp.MustCompile(`^<\d+>\w{3} [ \d]\d \d\d:\d\d:\d\d nginx: `).MatchString(line) || !strings.Contains(line, `"GET /journal-check HTTP/1.1" 301`) {
+		t.Errorf("syslog line %q, want a tagged nginx access line for GET /journal-check", line)
+	}
+}
+
 // Names Let's Encrypt cannot issue for (the test appliances' *.ecs.test)
 // are refused before any request: no traffic, the reason as the warning.
 func TestACMEReservedNamesNotRequested(t *testing.T) {
@@ -553,6 +607,9 @@ func startTestNginx(t *testing.T, bin string, a *Agent) (httpPort, httpsPort int
 	for _, p := range []string{ACMEWebroot, status.StateFile, filepath.Dir(status.StatusPage), ServerCert, ServerKey, ClientCACert, ClientCACRL} {
 		site = strings.ReplaceAll(site, " "+p, " "+a.Host.Path(p))
 	}
+	// The journal's syslog socket, under the test root too (nothing
+	// listens there unless the test does).
+	site = strings.ReplaceAll(site, "unix:"+NginxSyslog+",", "unix:"+a.Host.Path(NginxSyslog)+",")
 	dir := t.TempDir()
 	conf := fmt.Sprintf(`daemon off;
 master_process off;

@@ -186,6 +186,7 @@ func (a *Agent) stepNginx(ctx context.Context, e *Env) error {
 		"Key":          ServerKey,
 		"MaxBody":      "200m",
 		"ACMEWebroot":  ACMEWebroot,
+		"Syslog":       NginxSyslog,
 	})
 	if err != nil {
 		return err

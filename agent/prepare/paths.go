@@ -31,7 +31,10 @@ const (
 	DKIMRecord   = "/app/etc/dkim.dns.txt"
 	NginxSite    = "/etc/nginx/sites-available/ecs-appliance"
 	NginxEnabled = "/etc/nginx/sites-enabled/ecs-appliance"
-	StunnelConf  = "/etc/stunnel/ecs.conf"
+	// NginxSyslog is journald's syslog socket: the appliance's site logs
+	// there, so `journalctl -u nginx` shows its requests (manual §4.7).
+	NginxSyslog = "/dev/log"
+	StunnelConf = "/etc/stunnel/ecs.conf"
 	// Postfix's configuration files and queue directory.
 	PostfixMainCf   = "/etc/postfix/main.cf"
 	PostfixMasterCf = "/etc/postfix/master.cf"
