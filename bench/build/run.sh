@@ -10,60 +10,34 @@
 #   BENCH_LOGS=DIR                # keep each build's log
 #   BENCH_KV=FILE                 # also write cold=… warm_qcow2=… lines
 set -euo pipefail
-root=$(cd "$(dirname "$0")/../.." && pwd)
-bin=${ECS_IMAGE:-$root/bin/ecs-image}
-[ -x "$bin" ] || (cd "$root" && make build >/dev/null)
+# root, bin, base, workload, new_blob, since
+source "$(dirname "$0")/workload.sh"
 work=$(mktemp -d /tmp/ecs-bench-build.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 # BENCH_LOGS=DIR keeps each build's log (-v: per-step durations) and manifest.
 logs=${BENCH_LOGS:-}
 [ -z "$logs" ] || mkdir -p "$logs"
 
-base=$("$bin" base build)   # cached after the first time, not timed
-
-template() { # $1 = outputs
-  cat <<YAML
-name: bench
-base:
-  file: $base
-disk_size: 8G
-memory: 2048
-cpus: 2
-stages:
-  - name: packages
-    provisioners:
-      - type: packages
-        packages: [nginx, postgresql, stunnel4]
-  - name: upload
-    provisioners:
-      - type: file
-        source: blob
-        destination: /opt/bench/blob
-outputs: [$1]
-YAML
-}
-
 secs() { # $1 = run name; run the rest, print elapsed seconds
-  local name=$1 t0 t1
+  local name=$1 t0
   shift
   t0=$(date +%s.%N)
   "$@" >"$work/last.log" 2>&1 || { cat "$work/last.log" >&2; exit 1; }
-  t1=$(date +%s.%N)
+  since "$t0"
   [ -z "$logs" ] || cp "$work/last.log" "$logs/$name.log"
-  awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", b - a }'
 }
 
-head -c 64M /dev/urandom >"$work/blob"
-template "qcow2, vmdk, vhdx" >"$work/all.yml"
-template "qcow2" >"$work/qcow2.yml"
+new_blob "$work/blob"
+workload "qcow2, vmdk, vhdx" >"$work/all.yml"
+workload "qcow2" >"$work/qcow2.yml"
 
 cold=$(secs cold "$bin" build "$work/all.yml" -o "$work/out" --no-cache)
 size=$(stat -c %s "$work/out/bench.qcow2")
 
-head -c 64M /dev/urandom >"$work/blob"
+new_blob "$work/blob"
 warm_qcow2=$(secs warm-qcow2 "$bin" build "$work/qcow2.yml" -o "$work/out-q")
 
-head -c 64M /dev/urandom >"$work/blob"
+new_blob "$work/blob"
 warm_all=$(secs warm-all "$bin" build "$work/all.yml" -o "$work/out")
 
 printf 'cold (all formats)          %8.1f s\n' "$cold"

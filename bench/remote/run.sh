@@ -23,9 +23,8 @@
 #   ECS_IMAGE=... VERSITYGW=... bench/remote/run.sh
 #   BENCH_LOGS=DIR                    # keep each build's log and manifest
 set -euo pipefail
-root=$(cd "$(dirname "$0")/../.." && pwd)
-bin=${ECS_IMAGE:-$root/bin/ecs-image}
-[ -x "$bin" ] || (cd "$root" && make build >/dev/null)
+# root, bin, base, workload, new_blob, since: bench/build's workload
+source "$(dirname "$0")/../build/workload.sh"
 gw=${VERSITYGW:-$(command -v versitygw || echo "$HOME/go/bin/versitygw")}
 [ -x "$gw" ] || { echo "versitygw not found (go install github.com/versity/versitygw/cmd/versitygw@v1.8.0)" >&2; exit 1; }
 work=$(mktemp -d /tmp/ecs-bench-remote.XXXXXX)
@@ -35,8 +34,6 @@ trap cleanup EXIT
 logs=${BENCH_LOGS:-}
 [ -z "$logs" ] || mkdir -p "$logs"
 load() { cut -d' ' -f1-3 /proc/loadavg; }
-
-base=$("$bin" base build)   # cached after the first time, not timed
 
 # versitygw on a free loopback port, posix backend, bucket "cache" (its
 # sidecar directory must not even share the root's path as a prefix).
@@ -50,46 +47,24 @@ for _ in $(seq 150); do (echo >"/dev/tcp/127.0.0.1/$port") 2>/dev/null && { up=1
 export AWS_ACCESS_KEY_ID=benchkey AWS_SECRET_ACCESS_KEY=benchsecret AWS_REGION=us-east-1
 export AWS_ENDPOINT_URL=http://127.0.0.1:$port AWS_CONFIG_FILE=$work/none AWS_SHARED_CREDENTIALS_FILE=$work/none
 
-template() {
-  cat <<YAML
-name: bench
-base:
-  file: $base
-disk_size: 8G
-memory: 2048
-cpus: 2
-stages:
-  - name: packages
-    provisioners:
-      - type: packages
-        packages: [nginx, postgresql, stunnel4]
-  - name: upload
-    provisioners:
-      - type: file
-        source: blob
-        destination: /opt/bench/blob
-outputs: [qcow2]
-YAML
-}
-
 build() { # $1 = run name, $2 = runner (its own ECS_IMAGE_CACHE); prints seconds
-  local name=$1 runner=$2 t0 t1
+  local name=$1 runner=$2 t0 secs
   t0=$(date +%s.%N)
   ECS_IMAGE_CACHE=$work/runner-$runner "$bin" build "$work/bench.yml" -o "$work/out-$name" \
     --cache-remote s3://cache/ci >"$work/$name.log" 2>&1 || { cat "$work/$name.log" >&2; exit 1; }
-  t1=$(date +%s.%N)
+  secs=$(since "$t0")
   if grep -q unreachable "$work/$name.log"; then grep unreachable "$work/$name.log" >&2; exit 1; fi
   [ -z "$logs" ] || { cp "$work/$name.log" "$logs/$name.log"; cp "$work/out-$name/bench.build.json" "$logs/$name.build.json"; }
-  awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", b - a }'
+  echo "$secs"
 }
 
-head -c 64M /dev/urandom >"$work/blob"
-template >"$work/bench.yml"
+new_blob "$work/blob"
+workload qcow2 >"$work/bench.yml"
 l0=$(load)
 a_cold=$(build a-cold a)
 a_warm=$(build a-warm a)
 b_remote=$(build b-remote b)
-head -c 64M /dev/urandom >"$work/blob"
+new_blob "$work/blob"
 c_remote=$(build c-remote c)
 l1=$(load)
 objs=$(du -sm "$work/s3/cache" | cut -f1)
