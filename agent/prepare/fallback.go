@@ -28,8 +28,10 @@ server {
     listen 80;
     listen [::]:80;
     server_name _;
-    root %s;
-    error_page 503 /%s;
+    access_log syslog:server=unix:%[4]s,nohostname,tag=nginx;
+    error_log syslog:server=unix:%[4]s,nohostname,tag=nginx;
+    root %[1]s;
+    error_page 503 /%[2]s;
     location = /%[2]s {
         internal;
         add_header Cache-Control "no-store" always;
@@ -37,13 +39,13 @@ server {
     location = /ecs-status.json {
         default_type application/json;
         add_header Cache-Control "no-store" always;
-        alias %s;
+        alias %[3]s;
     }
     location / {
         return 503;
     }
 }
-`, path.Dir(status.StatusPage), path.Base(status.StatusPage), status.StateFile)
+`, path.Dir(status.StatusPage), path.Base(status.StatusPage), status.StateFile, NginxSyslog)
 }
 
 // serveStatusPage starts nginx with the fallback status site when nginx

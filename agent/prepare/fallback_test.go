@@ -22,7 +22,8 @@ func TestFailedServesStatusPage(t *testing.T) {
 		t.Fatal(err)
 	}
 	conf := read(t, a, FallbackSite)
-	for _, want := range []string{"listen 80;", "return 503;", "error_page 503 /503.html;", "alias " + status.StateFile + ";", "root /var/www/html;"} {
+	for _, want := range []string{"listen 80;", "return 503;", "error_page 503 /503.html;", "alias " + status.StateFile + ";", "root /var/www/html;",
+		"access_log syslog:server=unix:/dev/log,nohostname,tag=nginx;", "error_log syslog:server=unix:/dev/log,nohostname,tag=nginx;"} {
 		if !strings.Contains(conf, want) {
 			t.Errorf("fallback site lacks %q:\n%s", want, conf)
 		}
