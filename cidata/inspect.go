@@ -27,7 +27,7 @@ import (
 
 // Info describes a seed image read back from disk.
 type Info struct {
-	FS     string // "iso9660" or "vfat"
+	FS     string // FSISO9660 or FSVFAT
 	Label  string // volume label
 	Format Format // nocloud, config-2 or vfat; "" when the label and files fit none
 	Files  []FileInfo
@@ -170,19 +170,22 @@ func openSeed(f *os.File) (img *seedImage, err error) {
 			img, err = nil, fmt.Errorf("corrupt image: %v", r)
 		}
 	}()
-	st, err := f.Stat()
+	// The size by seeking: Stat says 0 for a block device.
+	size, err := f.Seek(0, io.SeekEnd)
 	if err != nil {
 		return nil, err
 	}
-	var magic [6]byte
-	var boot [fatSector]byte
+	fstype, _, err := probe(f)
+	if err != nil {
+		return nil, err
+	}
 	switch {
-	case readAtOK(f, magic[:], 16*isoBlock) && string(magic[1:6]) == "CD001":
+	case fstype == FSISO9660:
 		img, err = openISO(f)
-	case readAtOK(f, boot[:], 0) && boot[510] == 0x55 && boot[511] == 0xaa && st.Size() >= 64<<10:
-		img, err = openFAT(f, st.Size())
+	case size >= 64<<10:
+		img, err = openFAT(f, size)
 	default:
-		return nil, errors.New("not a seed image: neither ISO9660 nor FAT")
+		return nil, fmt.Errorf("FAT file system of %d bytes: too small for a seed", size)
 	}
 	if err != nil {
 		return nil, err
@@ -191,11 +194,6 @@ func openSeed(f *os.File) (img *seedImage, err error) {
 	img.info.Format = detectFormat(img.info)
 	img.readMetaData()
 	return img, nil
-}
-
-func readAtOK(f *os.File, b []byte, off int64) bool {
-	n, _ := f.ReadAt(b, off)
-	return n == len(b)
 }
 
 func openISO(f *os.File) (*seedImage, error) {
@@ -214,7 +212,7 @@ func openISO(f *os.File) (*seedImage, error) {
 	if err != nil {
 		return nil, fmt.Errorf("iso9660: %w", err)
 	}
-	info := &Info{FS: "iso9660", Label: strings.TrimRight(label, " \x00")}
+	info := &Info{FS: FSISO9660, Label: strings.TrimRight(label, " \x00")}
 	files := map[string]*iso9660.File{}
 	var walk func(d *iso9660.File, prefix string, depth int) error
 	walk = func(d *iso9660.File, prefix string, depth int) error {
@@ -267,7 +265,7 @@ func openFAT(f *os.File, size int64) (*seedImage, error) {
 		errs = append(errs, err, err16, err32)
 		return nil, fmt.Errorf("not a FAT12/16/32 file system: %w", errors.Join(errs...))
 	}
-	info := &Info{FS: "vfat", Label: strings.TrimRight(fsys.Label(), " \x00")}
+	info := &Info{FS: FSVFAT, Label: strings.TrimRight(fsys.Label(), " \x00")}
 	var walk func(dir string, depth int) error
 	walk = func(dir string, depth int) error {
 		if depth > maxDepth {
@@ -324,7 +322,7 @@ func detectFormat(info *Info) Format {
 	switch strings.ToLower(info.Label) {
 	case "cidata":
 		if has("user-data") && has("meta-data") {
-			if info.FS == "vfat" {
+			if info.FS == FSVFAT {
 				return VFAT
 			}
 			return NoCloud

@@ -390,19 +390,3 @@ func TestOrderCidataBeforeMetadata(t *testing.T) {
 		t.Fatalf("source = %s", res.Source)
 	}
 }
-
-func TestProbeLabel(t *testing.T) {
-	for _, f := range []cidata.Format{cidata.NoCloud, cidata.VFAT, cidata.ConfigDrive} {
-		fstype, label, err := ProbeLabel(seed(t, f, "x.example.org"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		wantFS := FSISO9660
-		if f == cidata.VFAT {
-			wantFS = FSVFAT
-		}
-		if fstype != wantFS || !strings.EqualFold(label, f.Label()) {
-			t.Errorf("%s: %s %q", f, fstype, label)
-		}
-	}
-}
