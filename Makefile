@@ -23,8 +23,9 @@ DEB_PACKAGES := \
 DEB_VAGRANT := vagrant vagrant-libvirt libvirt-daemon libvirt-daemon-driver-qemu \
 	libvirt-clients libvirt-daemon-system dnsmasq-base ebtables iptables iproute2
 
-# The demo web image (a container tarball) the appliance template bakes in.
-DEMO_IMAGE := templates/files/images/testapp.tar
+# The ECS stand-in images (container tarballs: ecs/ecs, ecs/pdfas, ecs/mocca)
+# the appliance template's stack bakes in; one go run writes all three.
+DEMO_IMAGE := templates/files/images/ecs-standin.tar
 
 # Let's Encrypt's ACME test server for the ACME tests (pebbletest.Version).
 PEBBLE_VERSION := v2.10.1
@@ -82,19 +83,19 @@ bench:
 	$(GO) test -run '^$$' -bench . -benchtime 3s ./cidata/ ./bench/...
 
 # The reference appliance (root, after `make deps`): the local Debian base
-# (cached), the demo web image, templates/ecs-appliance.yml built into
+# (cached, Debian 13), the ECS stand-in images, templates/ecs-appliance.yml built into
 # $(APPLIANCE_OUT)/ (stages cached), a demo env.yml (kept when it exists) and
 # its seed ISO. Prints the command that boots it. See docs/e2e.md.
 APPLIANCE_OUT     ?= out
 APPLIANCE_VARIANT ?= prod
 DEMO_DOMAIN       ?= demo.ecs.test
 
-$(DEMO_IMAGE): $(wildcard integration/testimage/*.go integration/testimage/server/*.go integration/testimage/cmd/testimage/*.go)
+$(DEMO_IMAGE): $(wildcard integration/testimage/*.go integration/testimage/standin/*.go integration/testimage/cmd/testimage/*.go)
 	@mkdir -p $(dir $@)
-	$(GO) run ./integration/testimage/cmd/testimage -o $@
+	$(GO) run ./integration/testimage/cmd/testimage -standins $(dir $@)
 
 appliance: build $(DEMO_IMAGE)
-	$(BIN)/ecs-image base build
+	$(BIN)/ecs-image base build --suite trixie
 	$(BIN)/ecs-image build templates/ecs-appliance.yml -o $(APPLIANCE_OUT) --variant $(APPLIANCE_VARIANT)
 	@mkdir -p $(APPLIANCE_OUT)/demo && chmod 0700 $(APPLIANCE_OUT)/demo
 	@if [ -f $(APPLIANCE_OUT)/demo/env.yml ]; then echo "keeping $(APPLIANCE_OUT)/demo/env.yml"; \

@@ -185,7 +185,9 @@ func TestRepoTemplates(t *testing.T) {
 	}
 	// `make test` builds both; a bare `go test` outside CI skips the rest.
 	testenv.File(t, "../bin/ecs-agent", "ecs-appliance.yml needs it: make build")
-	testenv.File(t, "../templates/files/images/testapp.tar", "ecs-appliance.yml needs the demo image: make templates/files/images/testapp.tar")
+	for _, f := range []string{"ecs-standin.tar", "pdfas-standin.tar", "mocca-standin.tar"} {
+		testenv.File(t, "../templates/files/images/"+f, "ecs-appliance.yml needs the ECS stand-in images: make templates/files/images/ecs-standin.tar")
+	}
 	tp, err = LoadTemplate("../templates/ecs-appliance.yml")
 	if err != nil {
 		t.Fatal(err)

@@ -51,7 +51,9 @@ import (
 
 const (
 	applianceTemplate = "../templates/ecs-appliance.yml"
-	ciVariant         = "ci"
+	// applianceSuite is the template's base (catalog: build:trixie).
+	applianceSuite = "trixie"
+	ciVariant      = "ci"
 	// deployPort is appliance.deploy.port in the test envs.
 	deployPort = 8866
 	// deployAppPort is where the deploy API's container is published in
@@ -61,9 +63,11 @@ const (
 	bootTimeout = 20 * time.Minute
 )
 
-// ciVariantYAML is added to the template's variants: nothing booted, only
-// the qcow2 output, so CI spends its time on the shared stages.
+// ciVariantYAML is added to the template's variants: prod without the
+// vmdk/vhdx/ova conversions (production rules, qcow2 only), so CI spends
+// its time on the shared stages.
 const ciVariantYAML = `
+production: true
 env: {ECS_VARIANT: ci}
 stages:
   - name: ci-flags
@@ -107,7 +111,8 @@ func TestAppliance(t *testing.T) {
 		t.Logf("chroot stages cannot run on this host (%v): the builder boots them instead", chrootErr)
 	}
 
-	base := baseImage(t)
+	// The template's base (Debian 13).
+	base := suiteBase(t, applianceSuite)
 	work := t.TempDir()
 
 	// The bare base, booted by `ecs-image test` to cloud-init's final
@@ -145,12 +150,14 @@ func TestAppliance(t *testing.T) {
 		t.Fatal(err)
 	}
 	pki := newDeployPKI(t, filepath.Join(work, "pki"))
-	envA := makeEnv(t, work, "a.ecs.test", key.AuthorizedKey, pki.caPEM)
+	envA := makeEnv(t, work, "a.ecs.test", key.AuthorizedKey, pki.caPEM, storageEnv)
 	seedA := filepath.Join(work, "a-seed.iso")
 	ecsImage(t, "cidata", "-e", envA, "-o", seedA)
 
-	// First boot.
-	vm := bootAppliance(t, work, "a", artifact, seedA)
+	// First boot, with the ecs-data and ecs-volatile volumes attached
+	// (vdb, vdc): everything of the runtime layout lands on them.
+	disks := storageDisks(t, work)
+	vm := bootAppliance(t, work, "a", artifact, seedA, disks...)
 	sawStatusPage := make(chan string, 1)
 	go watchStatusPage(vm, "a.ecs.test", sawStatusPage)
 	ssh, err := communicator.Dial(context.Background(), vm.addr(22), "root", key.Signer, bootTimeout, vm.m.Done())
@@ -228,25 +235,24 @@ func TestAppliance(t *testing.T) {
 		if err != nil || status != 200 {
 			t.Fatalf("GET https://a.ecs.test/ via 127.0.0.1:%d: %d %v\n%s", vm.m.HostPort(443), status, err, body)
 		}
-		if !strings.HasPrefix(body, "ecs-testapp version=1 host=a.ecs.test proto=https") {
-			t.Errorf("body %q: not the test container behind nginx", body)
+		if !strings.HasPrefix(body, "ecs-standin web version=1 host=a.ecs.test proto=https") {
+			t.Errorf("body %q: not the web stand-in behind nginx", body)
 		}
 	})
 
 	t.Run("baked-image-loaded-without-registry", func(t *testing.T) {
-		want := testImageID(t, testimage.Options{})
-		id := strings.TrimSpace(run(t, "docker image inspect --format '{{.Id}}' "+testimage.DefaultTag))
+		want := testImageID(t, testimage.Standins("")[0].Options)
+		id := strings.TrimSpace(run(t, "docker image inspect --format '{{.Id}}' ecs/ecs:latest"))
 		if id != want {
 			t.Errorf("image ID %s, want %s (the baked tarball's config digest)", id, want)
 		}
-		if d := strings.TrimSpace(run(t, "docker image inspect --format '{{len .RepoDigests}}' "+testimage.DefaultTag)); d != "0" {
-			t.Errorf("the image has %s registry digests: it was pulled, not loaded", d)
-		}
-		ps := run(t, "docker ps --format '{{.Names}} {{.Image}}'")
-		if !regexp.MustCompile(`(?m)^ecs[_-]testapp[_-]1 ` + regexp.QuoteMeta(testimage.DefaultTag) + `$`).MatchString(ps) {
-			t.Errorf("docker ps: %q", ps)
+		if d := strings.TrimSpace(run(t, "docker image inspect --format '{{len .RepoDigests}}' ecs/ecs:latest ecs/redis:local")); d != "0\n0" {
+			t.Errorf("the images have %q registry digests: pulled, not loaded", d)
 		}
 	})
+
+	// The declared stack (templates/files/ecs/docker-compose.yml).
+	doc := checkStack(t, run, vm, "a.ecs.test")
 
 	t.Run("start-up-off-the-critical-path", func(t *testing.T) {
 		// docs/e2e.md, First-boot overhead: apparmor.service loaded the
@@ -470,6 +476,10 @@ apparmor_parser -S /etc/apparmor.d/docker-default | cmp -s - /sys/kernel/securit
 			body := waitGuestHTTP(t, run, fmt.Sprintf("http://127.0.0.1:%d/", deployAppPort), "version="+v)
 			t.Logf("ed_testapp answers %q", strings.TrimSpace(body))
 		}
+		checkStackDeploy(t, vm, "a.ecs.test", doc, func(tarball string) {
+			out := ecsImage(t, append([]string{"deploy", hostArg, "ecs", tarball}, common...)...)
+			t.Logf("deploy ecs: %s", strings.Join(strings.Fields(out), " "))
+		})
 	})
 	// Issue 15, the agent's side (appliance_agent_test.go).
 	t.Run("client-certificates", func(t *testing.T) { checkClientCertificates(t, vm, run, "a.ecs.test") })
@@ -681,17 +691,13 @@ func prepareTemplate(t *testing.T, dir string) string {
 	if err := os.CopyFS(tdir, os.DirFS("../templates")); err != nil {
 		t.Fatal(err)
 	}
-	img := filepath.Join(tdir, "files", "images", "testapp.tar")
-	if err := os.MkdirAll(filepath.Dir(img), 0o755); err != nil { // not in git
+	imgDir := filepath.Join(tdir, "files", "images")
+	if err := os.MkdirAll(imgDir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	os.Remove(img) // a copy of `make appliance`'s demo image, if any
-	// files/images/ holds only the (gitignored) demo image: a fresh clone
-	// has no such directory.
-	if err := os.MkdirAll(filepath.Dir(img), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := testimage.Build(context.Background(), img, testimage.Options{}); err != nil {
+	// The ECS stand-ins where the template expects them (a copy of `make
+	// appliance`'s, if any, is replaced).
+	if _, err := testimage.BuildStandins(context.Background(), imgDir, ""); err != nil {
 		t.Fatal(err)
 	}
 	tmpl := filepath.Join(tdir, "ecs-appliance.yml")
@@ -715,7 +721,11 @@ func prepareTemplate(t *testing.T, dir string) string {
 // testImageID is the image ID Docker gives the test image: its config digest.
 func testImageID(t *testing.T, o testimage.Options) string {
 	t.Helper()
-	bin, err := testimage.BuildServer(context.Background(), t.TempDir())
+	build := testimage.BuildServer
+	if o.Binary == testimage.StandinPath {
+		build = testimage.BuildStandin
+	}
+	bin, err := build(context.Background(), t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -734,7 +744,10 @@ func testImageID(t *testing.T, o testimage.Options) string {
 // SSH key through --extra and appliance.deploy added (env create does not
 // set it): the deploy API on deployPort trusting caPEM, with one
 // deployment "testapp" published on the guest's loopback deployAppPort.
-func makeEnv(t *testing.T, dir, domain, authorizedKey, caPEM string) string {
+// storageEnv makes the env use the ecs-data and ecs-volatile volumes.
+const storageEnv = "  storage:\n    ignore:\n      data: false\n      volatile: false\n"
+
+func makeEnv(t *testing.T, dir, domain, authorizedKey, caPEM string, applianceExtra ...string) string {
 	t.Helper()
 	extra := filepath.Join(dir, domain+"-extra.yml")
 	if err := os.WriteFile(extra, []byte("ssh_authorized_keys:\n  - \""+authorizedKey+"\"\n"), 0o600); err != nil {
@@ -751,7 +764,9 @@ func makeEnv(t *testing.T, dir, domain, authorizedKey, caPEM string) string {
 		ca.WriteString("      " + l + "\n")
 	}
 	deploy := "appliance:\n  deploy:\n    port: " + fmt.Sprint(deployPort) + "\n    client_ca: |\n" + ca.String() +
-		"    deployments:\n      - name: testapp\n        args: [\"-p\", \"127.0.0.1:" + fmt.Sprint(deployAppPort) + ":8080\"]\n"
+		"    deployments:\n      - name: testapp\n        args: [\"-p\", \"127.0.0.1:" + fmt.Sprint(deployAppPort) + ":8080\"]\n" +
+		"      - name: ecs\n        image: ecs/ecs:latest\n" +
+		strings.Join(applianceExtra, "")
 	s := string(data)
 	if strings.Count(s, "\nappliance:\n") != 1 {
 		t.Fatalf("%s: no single top-level appliance: mapping", p)
@@ -835,7 +850,8 @@ func bootApplianceOn(t *testing.T, dir, name, artifact, seed, machine, seedBus s
 	cfg := qemu.Config{
 		Name: "e2e-" + name, Disk: overlay, CDROMs: []string{seed}, Machine: machine, SeedBus: seedBus, Memory: 2048, CPUs: 2,
 		SerialLog: filepath.Join(dir, name+"-serial.log"),
-		Forwards:  []qemu.Forward{{Guest: 22}, {Guest: 80}, {Guest: 443}, {Guest: deployPort}},
+		Forwards:  []qemu.Forward{{Guest: 22}, {Guest: 80}, {Guest: 443}, {Guest: deployPort}, {Guest: 25}, {Guest: 465}},
+		ExtraArgs: extraArgs,
 	}
 	m, err := qemu.Start(context.Background(), cfg)
 	if err != nil {
@@ -976,7 +992,7 @@ func TestApplianceInputs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !strings.Contains(string(data), "ci-flags") || !strings.Contains(string(data), "files/images/testapp.tar") {
+	if !strings.Contains(string(data), "ci-flags") || !strings.Contains(string(data), "files/images/ecs-standin.tar") {
 		t.Errorf("derived template:\n%s", data)
 	}
 	key, err := communicator.GenerateKey()
