@@ -25,7 +25,7 @@ DEB_VAGRANT := vagrant vagrant-libvirt libvirt-daemon libvirt-daemon-driver-qemu
 
 # The ECS stand-in images (container tarballs: ecs/ecs, ecs/pdfas, ecs/mocca)
 # the appliance template's stack bakes in; one go run writes all three.
-DEMO_IMAGE := templates/files/images/ecs-standin.tar
+STANDIN_IMAGES := $(addprefix templates/files/images/,ecs-standin.tar pdfas-standin.tar mocca-standin.tar)
 
 # Let's Encrypt's ACME test server for the ACME tests (pebbletest.Version).
 PEBBLE_VERSION := v2.10.1
@@ -58,9 +58,9 @@ build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN)/ecs-agent ./cmd/ecs-agent
 
 # Unit tests: fast, no VM. TestRepoTemplates validates
-# templates/ecs-appliance.yml, which needs bin/ecs-agent and the demo image.
+# templates/ecs-appliance.yml, which needs bin/ecs-agent and the stand-in images.
 # TESTFLAGS adds go test flags to test and integration (CI: -json).
-test: build $(DEMO_IMAGE)
+test: build $(STANDIN_IMAGES)
 	$(GO) test -count=1 $(TESTFLAGS) ./...
 
 # VM tests: real QEMU boots (TCG here), real cloud-init, real qemu-img.
@@ -90,11 +90,11 @@ APPLIANCE_OUT     ?= out
 APPLIANCE_VARIANT ?= prod
 DEMO_DOMAIN       ?= demo.ecs.test
 
-$(DEMO_IMAGE): $(wildcard integration/testimage/*.go integration/testimage/standin/*.go integration/testimage/cmd/testimage/*.go)
-	@mkdir -p $(dir $@)
-	$(GO) run ./integration/testimage/cmd/testimage -standins $(dir $@)
+$(STANDIN_IMAGES) &: $(wildcard integration/testimage/*.go integration/testimage/standin/*.go integration/testimage/cmd/testimage/*.go)
+	@mkdir -p templates/files/images
+	$(GO) run ./integration/testimage/cmd/testimage -standins templates/files/images
 
-appliance: build $(DEMO_IMAGE)
+appliance: build $(STANDIN_IMAGES)
 	$(BIN)/ecs-image base build --suite trixie
 	$(BIN)/ecs-image build templates/ecs-appliance.yml -o $(APPLIANCE_OUT) --variant $(APPLIANCE_VARIANT)
 	@mkdir -p $(APPLIANCE_OUT)/demo && chmod 0700 $(APPLIANCE_OUT)/demo
