@@ -327,8 +327,8 @@ apparmor_parser -S /etc/apparmor.d/docker-default | cmp -s - /sys/kernel/securit
 		}
 		// SMTPS on 465: stunnel terminates TLS with the appliance's
 		// certificate (the one nginx serves on 443) and hands the plain
-		// connection to the application's smtpd (127.0.0.1:8025, which
-		// the test image does not run).
+		// connection to the application's smtpd (the stack's ecs.smtpd on
+		// 127.0.0.1:5025; stack-mail-reaches-smtpd sends mail through it).
 		fp := func(port int, sni string) string {
 			return strings.TrimSpace(run(t, fmt.Sprintf("timeout 30 openssl s_client -connect 127.0.0.1:%d -servername %s </dev/null 2>/dev/null | openssl x509 -noout -fingerprint -sha256; true", port, sni)))
 		}
