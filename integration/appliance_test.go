@@ -267,7 +267,7 @@ echo "basic $(mono basic.target ActiveEnterTimestampMonotonic)"
 echo "modules $(systemctl is-active systemd-modules-load.service)"
 echo "cycles $(journalctl -b --no-pager | grep -c 'ordering cycle')"
 echo "weight $(mono cloud-config.service CPUWeight) $(mono cloud-final.service CPUWeight)"
-journalctl -b -k -o short-monotonic --no-pager | grep -F 'name="docker-default"' | sed -n 's/^\[ *\([0-9.]*\)\].*operation="\([a-z_]*\)".*/aa \1 \2/p'
+journalctl -b -o short-monotonic --no-pager | grep -F 'name="docker-default"' | sed -n 's/^\[ *\([0-9.]*\)\].*operation="\([a-z_]*\)".*/aa \1 \2/p'
 apparmor_parser -S /etc/apparmor.d/docker-default | cmp -s - /sys/kernel/security/apparmor/policy/profiles/docker-default.*/raw_data && echo "policy same" || echo "policy differs"
 `)
 		usec := map[string]int64{}
@@ -398,7 +398,10 @@ apparmor_parser -S /etc/apparmor.d/docker-default | cmp -s - /sys/kernel/securit
 		}
 		journal := run(t, "journalctl -u appliance --no-pager -o cat")
 		for _, n := range names {
-			if !regexp.MustCompile(`(?m)^Attaching to .*\b` + regexp.QuoteMeta(n) + `\b`).MatchString(journal) {
+			// Compose v2 names them without the project ("ecs-ecs.web-1"
+			// attaches as "ecs.web-1"); v1 by the container's name.
+			short := strings.TrimPrefix(n, prepare.ComposeProject+"-")
+			if !regexp.MustCompile(`(?m)^Attaching to (.*, )?(` + regexp.QuoteMeta(n) + `|` + regexp.QuoteMeta(short) + `)(,|\s*$)`).MatchString(journal) {
 				t.Errorf("container %s is not attached in journalctl -u appliance:\n%s", n, tail([]byte(journal), 20))
 			}
 		}
