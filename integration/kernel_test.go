@@ -11,13 +11,14 @@ import (
 )
 
 // Issue 21: bases as they come. A base with Debian's cloud kernel (no
-// AHCI) and a Debian 13 base each go through a booted build stage (the
+// AHCI) goes through a booted build stage (the
 // build seed is a read-only virtio disk) and `ecs-image test` of the
 // artifact with its seed on a CD-ROM the kernel can read; the cloud
 // kernel's qcow2 is refused by the driver check (libvirt q35's SATA
 // CD-ROM), and `kernel: generic` makes one that reads its seed there. The
 // generic bookworm base goes through the same in TestBuildSmall (booted
-// stage) and TestAppliance (`ecs-image test` of the bare base).
+// stage) and TestMachineTestCommandBareBase (`ecs-image test`), the
+// Debian 13 base in TestAppliance (the appliance is built on it).
 func TestBaseKernels(t *testing.T) {
 	t.Run("cloud", func(t *testing.T) {
 		base := strings.TrimSpace(ecsImage(t, "base", "build", "--kernel", "cloud"))
@@ -56,18 +57,6 @@ func TestBaseKernels(t *testing.T) {
 			t.Errorf("kernel: generic left the packages:\n%s", grepLines(pk, "linux-image"))
 		}
 		vmtestPasses(t, filepath.Join(out, "kernels-generic.qcow2"))
-	})
-
-	t.Run("debian-13", func(t *testing.T) {
-		base := strings.TrimSpace(ecsImage(t, "base", "build", "--suite", "trixie"))
-		dir := t.TempDir()
-		tmpl := writeKernelTemplate(t, dir, base, "-amd64", `
-  trixie:
-    outputs: [qcow2]
-`)
-		out := filepath.Join(dir, "out")
-		ecsImage(t, "build", tmpl, "-o", out, "--variant", "trixie")
-		vmtestPasses(t, filepath.Join(out, "kernels-trixie.qcow2"))
 	})
 }
 
