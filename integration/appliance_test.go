@@ -265,6 +265,7 @@ func TestAppliance(t *testing.T) {
 # the data disks are attached): systemd's job message for the unit.
 echo "dockerd $(journalctl -b -o short-monotonic --no-pager UNIT=docker.service | sed -n '0,/Start/s/^\[ *\([0-9]*\)\.\([0-9]*\)\].*Start.*/\1\2/p')"
 echo "containerd $(mono containerd.service InactiveExitTimestampMonotonic)"
+echo "apparmor $(mono apparmor.service ActiveEnterTimestampMonotonic)"
 echo "basic $(mono basic.target ActiveEnterTimestampMonotonic)"
 echo "modules $(systemctl is-active systemd-modules-load.service)"
 echo "cycles $(journalctl -b --no-pager | grep -c 'ordering cycle')"
@@ -288,9 +289,18 @@ apparmor_parser -S /etc/apparmor.d/docker-default | cmp -s - /sys/kernel/securit
 				}
 			}
 		}
-		if len(loads) != 1 || !strings.HasPrefix(loads[0], "profile_load@") {
+		switch {
+		case len(loads) == 0:
+			// No audit records in this boot's journal (as on Debian 13,
+			// where journald does not collect them here): the profile
+			// came from apparmor.service, done before dockerd's first
+			// start, and dockerd skips a profile already loaded.
+			if usec["apparmor"] == 0 || usec["dockerd"] == 0 || usec["apparmor"] >= usec["dockerd"] {
+				t.Errorf("apparmor.service done at %d µs, dockerd started at %d µs: want apparmor.service first\n%s", usec["apparmor"], usec["dockerd"], out)
+			}
+		case len(loads) != 1 || !strings.HasPrefix(loads[0], "profile_load@"):
 			t.Errorf("docker-default loaded %v in this boot, want once (by apparmor.service)\n%s", loads, out)
-		} else if usec["dockerd"] == 0 || loadUsec[0] >= usec["dockerd"] {
+		case usec["dockerd"] == 0 || loadUsec[0] >= usec["dockerd"]:
 			t.Errorf("docker-default loaded at %d µs, dockerd started at %d µs: dockerd compiled it\n%s", loadUsec[0], usec["dockerd"], out)
 		}
 		if !strings.Contains(out, "policy same\n") {
