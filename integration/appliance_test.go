@@ -1154,7 +1154,12 @@ func checkSSHRotation(t *testing.T, vm *applianceVM, run func(*testing.T, string
 	s = regexp.MustCompile(`(?m)^ssh_deprecated_keys:.*\n(^\s+(#.*|- .*)\n)*`).ReplaceAllString(s, "")
 	s = strings.Replace(s, "\nappliance:\n", "\nssh_deprecated_keys:\n  - \""+oldLine+"\"\nappliance:\n", 1)
 	run(t, "install -m 0600 /dev/null /app/env.yml.new && cat > /app/env.yml.new <<'ECSEOF'\n"+s+"ECSEOF\nmv /app/env.yml.new /app/env.yml && systemctl restart appliance")
-	vm.waitState(t, "ready")
+	// Wait (over the open session) until the agent has rotated the keys,
+	// so that no login fails before: OpenSSH 9.8+ (Debian 13) penalises a
+	// source address after failed logins (PerSourcePenalties), and every
+	// connection through QEMU's user network comes from one address.
+	newB64, oldB64 := strings.Fields(newKey.AuthorizedKey)[1], strings.Fields(oldLine)[1]
+	run(t, "for i in $(seq 300); do grep -qF '"+newB64+"' /root/.ssh/authorized_keys && ! grep -qF '"+oldB64+"' /root/.ssh/authorized_keys && exit 0; sleep 1; done; echo 'keys not rotated after 300 s'; exit 1")
 	c2, err := communicator.Dial(context.Background(), vm.addr(22), "root", newKey.Signer, 2*time.Minute, vm.m.Done())
 	if err != nil {
 		t.Fatalf("the new key is refused: %v", err)
