@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/ecs-image/ecs-image/agent/host"
 )
@@ -49,6 +50,9 @@ func (d Docker) RestartStack(ctx context.Context) error {
 // Docker is the Runtime backed by the docker CLI.
 type Docker struct {
 	Runner host.Runner
+	// StopReapWait bounds Stop's wait for a killed container's process to
+	// be reaped (default 2 min).
+	StopReapWait time.Duration
 }
 
 func (d Docker) docker(ctx context.Context, args ...string) (string, error) {
@@ -96,10 +100,35 @@ func (d Docker) Start(ctx context.Context, name string) error {
 	return err
 }
 
-// Stop implements Runtime.
+// Stop implements Runtime. dockerd gives up on a container whose process
+// was killed but not yet reaped by its containerd shim ("PID … is zombie
+// and can not be killed"), which a loaded host can take longer than
+// dockerd's 10 s to do; Stop then waits up to StopReapWait for the
+// container to be reported stopped before it fails.
 func (d Docker) Stop(ctx context.Context, name string) error {
 	_, err := d.docker(ctx, "stop", name)
-	return err
+	if err == nil || !strings.Contains(err.Error(), "zombie") {
+		return err
+	}
+	wait := d.StopReapWait
+	if wait == 0 {
+		wait = 2 * time.Minute
+	}
+	deadline := time.Now().Add(wait)
+	for {
+		c, ierr := d.Inspect(ctx, name)
+		if ierr == nil && !c.Running {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%w (still running after %s)", err, wait)
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(time.Second):
+		}
+	}
 }
 
 // Remove implements Runtime.
