@@ -33,10 +33,10 @@ func (f *flipRunner) Run(ctx context.Context, c host.Cmd) ([]byte, error) {
 	return nil, errors.New("unexpected " + c.String())
 }
 
-var zombie = errors.New("docker: exit status 1: Error response from daemon: cannot stop container: x: container 4f70 PID 3220 is zombie and can not be killed. Use the --init option")
+var errZombie = errors.New("docker: exit status 1: Error response from daemon: cannot stop container: x: container 4f70 PID 3220 is zombie and can not be killed. Use the --init option")
 
 func TestStopWaitsForAZombieToBeReaped(t *testing.T) {
-	r := &flipRunner{stopErr: zombie, reapedAt: 2}
+	r := &flipRunner{stopErr: errZombie, reapedAt: 2}
 	if err := (Docker{Runner: r, StopReapWait: 10 * time.Second}).Stop(context.Background(), "x"); err != nil {
 		t.Fatalf("Stop = %v, want nil once the container is reported stopped", err)
 	}
@@ -46,7 +46,7 @@ func TestStopWaitsForAZombieToBeReaped(t *testing.T) {
 }
 
 func TestStopFailsWhenTheZombieStays(t *testing.T) {
-	r := &flipRunner{stopErr: zombie, reapedAt: 1 << 30}
+	r := &flipRunner{stopErr: errZombie, reapedAt: 1 << 30}
 	err := (Docker{Runner: r, StopReapWait: 1500 * time.Millisecond}).Stop(context.Background(), "x")
 	if err == nil || !strings.Contains(err.Error(), "zombie") || !strings.Contains(err.Error(), "still running after 1.5s") {
 		t.Fatalf("Stop = %v, want the zombie error and how long it waited", err)
