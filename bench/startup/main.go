@@ -1,7 +1,9 @@
 // Command startup measures what it costs to start the ecs-image CLI, side
-// by side with /bin/true (the floor of any process) and cloud-localds (the
-// tool a user would otherwise run for a seed): `ecs-image version`, and
-// `ecs-image cidata` of one seed per process.
+// by side with /bin/true (the floor of any process), a minimal Go program
+// built with the same flags (the floor of any Go binary: the runtime's own
+// start-up) and cloud-localds (the tool a user would otherwise run for a
+// seed): `ecs-image version`, and `ecs-image cidata` of one seed per
+// process.
 //
 //	go run ./bench/startup [-runs 200] [-ecs-image bin/ecs-image]
 //
@@ -58,6 +60,7 @@ func (r *Result) Get(name string) Row {
 // Row names.
 const (
 	True    = "/bin/true"
+	GoFloor = "minimal Go program"
 	Version = "ecs-image version"
 	CIData  = "ecs-image cidata (one seed)"
 	Localds = "cloud-localds (one seed)"
@@ -91,6 +94,10 @@ func Run(cfg Config) (*Result, error) {
 			return nil, err
 		}
 	}
+	floor, err := buildGoFloor(work)
+	if err != nil {
+		return nil, err
+	}
 	envFile, err := findEnv(cfg.EnvFile)
 	if err != nil {
 		return nil, err
@@ -104,6 +111,7 @@ func Run(cfg Config) (*Result, error) {
 		argv []string
 	}{
 		{True, []string{"/bin/true"}},
+		{GoFloor, []string{floor}},
 		{Version, []string{bin, "version"}},
 		{CIData, []string{bin, "--log-level", "warn", "cidata", "-e", envFile, "-o", filepath.Join(work, "go.iso")}},
 	}
@@ -191,6 +199,29 @@ func buildECSImage(dir string) (string, error) {
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return "", fmt.Errorf("go build ./cmd/ecs-image: %v\n%s", err, out)
+	}
+	return bin, nil
+}
+
+// buildGoFloor builds a Go program that only writes a line, with the flags
+// of buildECSImage: what any Go binary costs to start.
+func buildGoFloor(dir string) (string, error) {
+	src := filepath.Join(dir, "floor")
+	if err := os.MkdirAll(src, 0o755); err != nil {
+		return "", err
+	}
+	if err := os.WriteFile(filepath.Join(src, "go.mod"), []byte("module floor\n"), 0o644); err != nil {
+		return "", err
+	}
+	if err := os.WriteFile(filepath.Join(src, "main.go"), []byte("package main\n\nimport \"os\"\n\nfunc main() { os.Stdout.WriteString(\"floor\\n\") }\n"), 0o644); err != nil {
+		return "", err
+	}
+	bin := filepath.Join(dir, "go-floor")
+	cmd := exec.Command("go", "build", "-trimpath", "-ldflags", "-s -w", "-o", bin, ".")
+	cmd.Dir = src
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOFLAGS=", "GOWORK=off")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("go build (minimal Go program): %v\n%s", err, out)
 	}
 	return bin, nil
 }

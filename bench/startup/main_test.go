@@ -15,7 +15,7 @@ func TestStartupSmall(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, name := range []string{True, Version, CIData} {
+	for _, name := range []string{True, GoFloor, Version, CIData} {
 		if r := res.Get(name); r.Wall <= 0 || r.Min > r.Wall {
 			t.Errorf("%s: %+v", name, r)
 		}
@@ -33,6 +33,7 @@ func BenchmarkStartup(b *testing.B) {
 		b.Fatal(err)
 	}
 	b.ReportMetric(float64(res.Get(Version).Wall-res.Get(True).Wall)/1e6, "ms-over-true")
+	b.ReportMetric(float64(res.Get(GoFloor).Wall-res.Get(True).Wall)/1e6, "go-floor-ms-over-true")
 	if l := res.Get(Localds); l.Wall > 0 {
 		b.ReportMetric(float64(res.Get(CIData).Wall)/float64(l.Wall), "x-of-localds")
 	}
