@@ -253,8 +253,8 @@ func TestAgentInGuest(t *testing.T) {
 	tw.Close()
 	evilPath := local("evil.tar", evil.Bytes())
 	_, e, err := ecsImageRun(append([]string{"deploy", hostAddr, "website", evilPath}, good...)...)
-	if err == nil || !strings.Contains(e, "..") {
-		t.Errorf("traversal upload: %v %s", err, e)
+	if exitCode(err) != 2 || !strings.Contains(e, "bad image archive") || !strings.Contains(e, "cron.d/x") || !strings.Contains(e, "in path") {
+		t.Errorf("traversal upload: %v, want exit 2 and the agent's refusal of the entry (bad image archive: entry \"../../etc/cron.d/x\": \"..\" in path):\n%s", err, e)
 	}
 	if out := root("journalctl -u ecs-agent-deploy --no-pager"); !strings.Contains(out, `client "operator"`) {
 		t.Errorf("audit log lacks the client CN:\n%s", out)
