@@ -164,18 +164,11 @@ func findLib(name string, dirs []string) string {
 
 // write adds the helper (as offlinehelper.Name) and its libraries to w.
 func (h *helperProgram) write(w *cpioWriter) error {
-	bin, err := os.ReadFile(h.Exe)
-	if err != nil {
-		return err
-	}
 	for _, l := range h.Libs {
-		data, err := os.ReadFile(l.Src)
-		if err != nil {
+		w.mkdirs(l.Name)
+		if err := w.fileFrom(l.Name, 0o755, l.Src); err != nil {
 			return fmt.Errorf("offline helper: %v", err)
 		}
-		w.mkdirs(l.Name)
-		w.file(l.Name, 0o755, data)
 	}
-	w.file(offlinehelper.Name, 0o755, bin)
-	return nil
+	return w.fileFrom(offlinehelper.Name, 0o755, h.Exe)
 }

@@ -65,29 +65,51 @@ func writeSlimInitrd(out, baseInitrd string, h *helperProgram, compressed bool, 
 	if err != nil {
 		return err
 	}
-	var buf bytes.Buffer
-	w := newCpio(&buf)
-	w.mkdirs("dev/console")
-	w.device("dev/console", 0o020600, 5, 1)
-	var list strings.Builder
-	for _, m := range order {
-		name, data, err := decompressModule(m, files[m])
-		if err != nil {
+	return writeInitrdFile(out, func(w *cpioWriter) error {
+		w.mkdirs("dev/console")
+		w.device("dev/console", 0o020600, 5, 1)
+		var list strings.Builder
+		for _, m := range order {
+			name, data, err := decompressModule(m, files[m])
+			if err != nil {
+				return err
+			}
+			w.mkdirs(name)
+			w.file(name, 0o644, data)
+			list.WriteString("/" + name + "\n")
+		}
+		w.file(strings.TrimPrefix(offlinehelper.ModulesList, "/"), 0o644, []byte(list.String()))
+		if err := h.write(w); err != nil {
 			return err
 		}
-		w.mkdirs(name)
-		w.file(name, 0o644, data)
-		list.WriteString("/" + name + "\n")
-	}
-	w.file(strings.TrimPrefix(offlinehelper.ModulesList, "/"), 0o644, []byte(list.String()))
-	if err := h.write(w); err != nil {
+		w.trailer()
+		return w.err
+	})
+}
+
+// writeInitrdFile writes an initrd to out through fill; on an error out is
+// removed. The archive streams to the file: ecs-image itself (tens of MiB)
+// is copied from its file into it, never held in memory (issue 19: a
+// build's memory). The initrd is a scratch file of the work directory
+// (removed after the boot): it is not synced.
+func writeInitrdFile(out string, fill func(w *cpioWriter) error) (err error) {
+	f, err := os.OpenFile(out, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
+	if err != nil {
 		return err
 	}
-	w.trailer()
-	if w.err != nil {
-		return w.err
+	defer func() {
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			os.Remove(out)
+		}
+	}()
+	bw := bufio.NewWriterSize(f, 1<<20)
+	if err := fill(newCpio(bw)); err != nil {
+		return err
 	}
-	return os.WriteFile(out, buf.Bytes(), 0o600)
+	return bw.Flush()
 }
 
 // moduleOrder resolves slimModules and the extra modules with their
@@ -217,48 +239,59 @@ func moduleName(p string) string {
 // initrd: concatenated newc cpio archives, uncompressed (early microcode)
 // or compressed with gzip or zstd. Paths are without a leading slash.
 func readInitrd(p string) (map[string][]byte, error) {
-	data, err := os.ReadFile(p)
+	f, err := os.Open(p)
 	if err != nil {
 		return nil, err
 	}
+	defer f.Close()
+	// Streamed, not read whole: a distribution initrd is tens of MiB.
+	br := bufio.NewReaderSize(f, 1<<20)
+	cr := &countReader{r: br}
 	files := map[string][]byte{}
 	keep := func(name string) bool {
 		b := path.Base(name)
 		return strings.Contains(name, "lib/modules/") &&
 			(strings.Contains(b, ".ko") || b == "modules.dep" || b == "modules.builtin")
 	}
-	for off := 0; off < len(data); {
-		for off < len(data) && data[off] == 0 {
-			off++
-		}
-		rest := data[off:]
-		switch {
-		case len(rest) == 0:
-			return files, nil
-		case bytes.HasPrefix(rest, []byte("0707")):
-			r := &countReader{r: bytes.NewReader(rest)}
-			if err := readCpio(r, files, keep); err != nil {
+	for {
+		// NULs pad between archives.
+		for {
+			b, err := br.ReadByte()
+			if err == io.EOF {
+				return files, nil
+			}
+			if err != nil {
 				return nil, err
 			}
-			off += int(r.n)
-		case bytes.HasPrefix(rest, []byte{0x1f, 0x8b}):
-			zr, err := gzip.NewReader(bytes.NewReader(rest))
+			if b != 0 {
+				br.UnreadByte()
+				break
+			}
+			cr.n++
+		}
+		magic, _ := br.Peek(4)
+		switch {
+		case bytes.HasPrefix(magic, []byte("0707")):
+			if err := readCpio(cr, files, keep); err != nil {
+				return nil, err
+			}
+		case bytes.HasPrefix(magic, []byte{0x1f, 0x8b}):
+			zr, err := gzip.NewReader(br)
 			if err != nil {
 				return nil, err
 			}
 			return files, readCpioStream(bufio.NewReaderSize(zr, 1<<20), files, keep)
-		case bytes.HasPrefix(rest, []byte{0x28, 0xb5, 0x2f, 0xfd}):
-			zr, err := zstd.NewReader(bytes.NewReader(rest))
+		case bytes.HasPrefix(magic, []byte{0x28, 0xb5, 0x2f, 0xfd}):
+			zr, err := zstd.NewReader(br, zstd.WithDecoderConcurrency(1), zstd.WithDecoderLowmem(true))
 			if err != nil {
 				return nil, err
 			}
 			defer zr.Close()
 			return files, readCpioStream(bufio.NewReaderSize(zr, 1<<20), files, keep)
 		default:
-			return nil, fmt.Errorf("%w: unknown compression at offset %d", errUnsupportedInitrd, off)
+			return nil, fmt.Errorf("%w: unknown compression at offset %d", errUnsupportedInitrd, cr.n)
 		}
 	}
-	return files, nil
 }
 
 // readCpioStream reads the archives of a decompressed stream (one or more

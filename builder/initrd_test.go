@@ -6,6 +6,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 
@@ -209,5 +210,83 @@ func TestSlimInitrdCompressedModules(t *testing.T) {
 	mods["kernel/fs/ext4/ext4.ko.xz"] = "not xz"
 	if err := writeSlimInitrd(out, testInitrd(t, dep, mods), &helperProgram{Exe: exe}, true); !errors.Is(err, errUnsupportedInitrd) {
 		t.Errorf("corrupt module: %v", err)
+	}
+}
+
+// TestInitrdsStreamTheHelper: the helper binary (ecs-image, tens of MiB) and
+// a whole base initrd are copied into the initrd file through small
+// buffers, not read into memory (issue 19: a build's peak memory was
+// ≈225 MiB, most of it ecs-image and the initrd held twice over). The
+// process allocates well under the helper's size, and the copy is exact.
+func TestInitrdsStreamTheHelper(t *testing.T) {
+	dep := "kernel/fs/ext4/ext4.ko:\nkernel/drivers/block/virtio_blk.ko:\nkernel/drivers/virtio/virtio_pci.ko:\n"
+	mods := map[string]string{}
+	for _, l := range strings.Split(dep, "\n") {
+		if m, _, ok := strings.Cut(l, ":"); ok {
+			mods[m] = "ELF " + m
+		}
+	}
+	base := testInitrd(t, dep, mods)
+	const size = 48 << 20
+	exe := filepath.Join(t.TempDir(), "helper")
+	f, err := os.Create(exe)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tail := []byte("the helper's last bytes")
+	if _, err := f.WriteAt(tail, size-int64(len(tail))); err != nil { // sparse: cheap to write
+		t.Fatal(err)
+	}
+	f.Close()
+	for _, tc := range []struct {
+		name  string
+		write func(out string) error
+	}{
+		{"slim", func(out string) error { return writeSlimInitrd(out, base, &helperProgram{Exe: exe}, false) }},
+		{"whole initrd + helper", func(out string) error { return writeHelperInitrd(out, exe, &helperProgram{Exe: exe}) }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			out := filepath.Join(t.TempDir(), "initrd.img")
+			var before, after runtime.MemStats
+			runtime.ReadMemStats(&before)
+			if err := tc.write(out); err != nil {
+				t.Fatal(err)
+			}
+			runtime.ReadMemStats(&after)
+			if alloc := after.TotalAlloc - before.TotalAlloc; alloc > size/4 {
+				t.Errorf("allocated %d MiB writing an initrd with a %d MiB helper: the helper is held in memory", alloc>>20, size>>20)
+			}
+			data, err := os.ReadFile(out)
+			if err != nil {
+				t.Fatal(err)
+			}
+			i := bytes.Index(data, []byte("ecs-offline-helper\x00"))
+			if i < 0 {
+				t.Fatal("no helper in the initrd")
+			}
+			start := (i + len("ecs-offline-helper\x00") + 3) &^ 3
+			if got := data[start : start+size]; !bytes.HasSuffix(got, tail) || bytes.IndexByte(got[:size-len(tail)], 1) >= 0 {
+				t.Error("the helper's content differs in the initrd")
+			}
+			if !bytes.HasSuffix(data, []byte("TRAILER!!!\x00\x00\x00\x00")) || len(data)%4 != 0 {
+				t.Errorf("the archive does not end with its trailer, 4-byte aligned (%d bytes)", len(data))
+			}
+		})
+	}
+}
+
+// TestInitrdWriteFailureLeavesNothing: an initrd that cannot be written
+// whole (the helper is gone) is not left half-written.
+func TestInitrdWriteFailureLeavesNothing(t *testing.T) {
+	dir := t.TempDir()
+	base := filepath.Join(dir, "initrd")
+	os.WriteFile(base, []byte("BASE"), 0o644)
+	out := filepath.Join(dir, "out")
+	err := writeHelperInitrd(out, base, &helperProgram{Exe: filepath.Join(dir, "missing")})
+	if err == nil || !strings.Contains(err.Error(), "missing") {
+		t.Errorf("err = %v, want one naming the missing helper", err)
+	}
+	if _, err := os.Stat(out); !os.IsNotExist(err) {
+		t.Errorf("a half-written initrd is left: %v", err)
 	}
 }

@@ -8,12 +8,12 @@ package builder
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"path"
 	"path/filepath"
@@ -353,24 +353,17 @@ func (r *offlineRun) writeJob(ctx context.Context, path string) error {
 // replaces an earlier one of the same path). The caller passes a static
 // helper: a dynamic one's loader and libraries would replace the image's.
 func writeHelperInitrd(out, baseInitrd string, h *helperProgram) error {
-	base, err := os.ReadFile(baseInitrd)
-	if err != nil {
-		return err
-	}
-	var buf bytes.Buffer
-	buf.Write(base)
-	for buf.Len()%4 != 0 {
-		buf.WriteByte(0)
-	}
-	w := newCpio(&buf)
-	if err := h.write(w); err != nil {
-		return err
-	}
-	w.trailer()
-	if w.err != nil {
+	return writeInitrdFile(out, func(w *cpioWriter) error {
+		if err := w.copyFile(baseInitrd); err != nil {
+			return err
+		}
+		w.pad()
+		if err := h.write(w); err != nil {
+			return err
+		}
+		w.trailer()
 		return w.err
-	}
-	return os.WriteFile(out, buf.Bytes(), 0o600)
+	})
 }
 
 // cpioWriter writes the "newc" cpio format the kernel's initramfs reads.
@@ -424,18 +417,77 @@ func (c *cpioWriter) device(name string, mode, major, minor uint32) {
 }
 
 func (c *cpioWriter) node(name string, mode uint32, data []byte, major, minor uint32) {
+	c.header(name, mode, int64(len(data)), major, minor)
+	c.write(data)
+	c.pad()
+}
+
+// header writes an entry's header and name; size bytes of data follow.
+func (c *cpioWriter) header(name string, mode uint32, size int64, major, minor uint32) {
 	c.ino++
 	hdr := fmt.Sprintf("070701%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X",
-		c.ino, mode, 0, 0, 1, 0, len(data), 0, 0, major, minor, len(name)+1, 0)
+		c.ino, mode, 0, 0, 1, 0, size, 0, 0, major, minor, len(name)+1, 0)
 	c.write([]byte(hdr))
 	c.write(append([]byte(name), 0))
-	c.pad()
-	c.write(data)
 	c.pad()
 }
 
 func (c *cpioWriter) file(name string, perm uint32, data []byte) {
 	c.entry(name, 0o100000|perm, data)
+}
+
+// fileFrom writes a regular file with the content of the host's file src
+// (symlinks followed), copied through a small buffer.
+func (c *cpioWriter) fileFrom(name string, perm uint32, src string) error {
+	if c.err != nil {
+		return c.err
+	}
+	f, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	if !fi.Mode().IsRegular() || fi.Size() > math.MaxUint32 {
+		return fmt.Errorf("%s: not a regular file of at most 4 GiB", src)
+	}
+	c.header(name, 0o100000|perm, fi.Size(), 0, 0)
+	if c.err != nil {
+		return c.err
+	}
+	n, err := io.Copy(c.w, io.LimitReader(f, fi.Size()))
+	c.n += n
+	if err == nil && n != fi.Size() {
+		err = fmt.Errorf("%s: changed while read (%d of %d bytes)", src, n, fi.Size())
+	}
+	if err != nil {
+		c.err = err
+		return err
+	}
+	c.pad()
+	return c.err
+}
+
+// copyFile writes the host's file src as it is (an archive to precede the
+// next ones).
+func (c *cpioWriter) copyFile(src string) error {
+	if c.err != nil {
+		return c.err
+	}
+	f, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	n, err := io.Copy(c.w, f)
+	c.n += n
+	if err != nil {
+		c.err = err
+	}
+	return err
 }
 
 func (c *cpioWriter) trailer() { c.entry("TRAILER!!!", 0, nil) }
