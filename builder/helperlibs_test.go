@@ -48,7 +48,7 @@ func initrdFiles(t *testing.T, p string) map[string][]byte {
 		t.Fatal(err)
 	}
 	files := map[string][]byte{}
-	if err := readCpio(&countReader{r: bytes.NewReader(data)}, files, func(string) bool { return true }); err != nil {
+	if err := readCpio(&countReader{r: bytes.NewReader(data)}, mapStore(files), func(string) bool { return true }); err != nil {
 		t.Fatal(err)
 	}
 	return files

@@ -18,17 +18,18 @@ package builder
 import (
 	"bufio"
 	"bytes"
-	"compress/gzip"
 	"errors"
 	"fmt"
 	"io"
 	"os"
 	"path"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 
 	"github.com/ecs-image/ecs-image/builder/offlinehelper"
+	"github.com/klauspost/compress/gzip"
 	"github.com/klauspost/compress/zstd"
 	"github.com/ulikunitz/xz"
 )
@@ -57,10 +58,11 @@ var errUnsupportedInitrd = errors.New("unsupported initrd")
 // cannot use the whole-initrd fallback (offline.go); otherwise such an
 // initrd keeps to the fallback.
 func writeSlimInitrd(out, baseInitrd string, h *helperProgram, compressed bool, extra ...string) error {
-	files, err := readInitrd(baseInitrd)
+	files, err := readInitrd(baseInitrd, filepath.Dir(out))
 	if err != nil {
 		return err
 	}
+	defer files.Close()
 	order, err := moduleOrder(files, compressed, extra...)
 	if err != nil {
 		return err
@@ -70,7 +72,11 @@ func writeSlimInitrd(out, baseInitrd string, h *helperProgram, compressed bool, 
 		w.device("dev/console", 0o020600, 5, 1)
 		var list strings.Builder
 		for _, m := range order {
-			name, data, err := decompressModule(m, files[m])
+			data, err := files.get(m)
+			if err != nil {
+				return err
+			}
+			name, data, err := decompressModule(m, data)
 			if err != nil {
 				return err
 			}
@@ -114,9 +120,9 @@ func writeInitrdFile(out string, fill func(w *cpioWriter) error) (err error) {
 
 // moduleOrder resolves slimModules and the extra modules with their
 // dependencies from the initrd's modules.dep, dependencies first.
-func moduleOrder(files map[string][]byte, compressed bool, extra ...string) ([]string, error) {
+func moduleOrder(files *initrdModules, compressed bool, extra ...string) ([]string, error) {
 	var depFile, dir string
-	for name := range files {
+	for name := range files.meta {
 		if path.Base(name) == "modules.dep" {
 			depFile, dir = name, path.Dir(name)
 		}
@@ -126,7 +132,7 @@ func moduleOrder(files map[string][]byte, compressed bool, extra ...string) ([]s
 	}
 	deps := map[string][]string{} // module path (relative to dir) → its dependencies
 	byName := map[string]string{}
-	for _, l := range strings.Split(string(files[depFile]), "\n") {
+	for _, l := range strings.Split(string(files.meta[depFile]), "\n") {
 		mod, rest, ok := strings.Cut(l, ":")
 		if !ok {
 			continue
@@ -135,7 +141,7 @@ func moduleOrder(files map[string][]byte, compressed bool, extra ...string) ([]s
 		byName[moduleName(mod)] = mod
 	}
 	builtin := map[string]bool{}
-	for _, l := range strings.Split(string(files[path.Join(dir, "modules.builtin")]), "\n") {
+	for _, l := range strings.Split(string(files.meta[path.Join(dir, "modules.builtin")]), "\n") {
 		if l != "" {
 			builtin[moduleName(l)] = true
 		}
@@ -157,7 +163,7 @@ func moduleOrder(files map[string][]byte, compressed bool, extra ...string) ([]s
 		if c, ok := moduleCompression(mod); !ok || (c != "" && !compressed) {
 			return fmt.Errorf("%w: compressed module %s", errUnsupportedInitrd, mod)
 		}
-		if _, ok := files[full]; !ok {
+		if !files.has(full) {
 			return fmt.Errorf("%w: %s is not in the initrd", errUnsupportedInitrd, mod)
 		}
 		order = append(order, full)
@@ -235,19 +241,136 @@ func moduleName(p string) string {
 	return strings.ReplaceAll(n, "-", "_")
 }
 
+// initrdModules are the module indexes (modules.dep, modules.builtin) and
+// kernel modules read from an initrd. The indexes are kept in memory; the
+// modules' contents go to an unlinked spill file and are read back by get
+// for the dozen the slim initrd takes: Debian's generic kernel's initrd
+// holds ≈750 modules, 110 MiB (issue 19: a build's memory).
+type initrdModules struct {
+	meta  map[string][]byte
+	spill *os.File
+	spans map[string]span
+	size  int64 // bytes in spill
+}
+
+type span struct{ off, n int64 }
+
+func (f *initrdModules) has(name string) bool {
+	_, ok := f.spans[name]
+	return ok
+}
+
+// get returns a module's contents.
+func (f *initrdModules) get(name string) ([]byte, error) {
+	sp, ok := f.spans[name]
+	if !ok {
+		return nil, fmt.Errorf("initrd: %s: not read", name)
+	}
+	b := make([]byte, sp.n)
+	if _, err := f.spill.ReadAt(b, sp.off); err != nil {
+		return nil, fmt.Errorf("initrd: %s: %w", name, err)
+	}
+	return b, nil
+}
+
+// Close removes the spill file.
+func (f *initrdModules) Close() error { return f.spill.Close() }
+
+// cpioStore receives the files readCpio keeps.
+type cpioStore interface {
+	put(name string, size int64, r io.Reader) error
+}
+
+// mapStore keeps files in memory.
+type mapStore map[string][]byte
+
+func (m mapStore) put(name string, size int64, r io.Reader) error {
+	data := make([]byte, size)
+	if _, err := io.ReadFull(r, data); err != nil {
+		return err
+	}
+	m[name] = data
+	return nil
+}
+
 // readInitrd reads the kernel modules (*.ko) and module indexes of an
 // initrd: concatenated newc cpio archives, uncompressed (early microcode)
-// or compressed with gzip or zstd. Paths are without a leading slash.
-func readInitrd(p string) (map[string][]byte, error) {
+// or compressed with gzip or zstd. Paths are without a leading slash. The
+// modules' contents are spilled to an unlinked file in spillDir; the
+// caller closes the result.
+func readInitrd(p, spillDir string) (_ *initrdModules, err error) {
 	f, err := os.Open(p)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
+	spill, err := os.CreateTemp(spillDir, ".initrd-modules-*")
+	if err != nil {
+		return nil, err
+	}
+	os.Remove(spill.Name()) // gone with the last descriptor, even on a crash
+	files := &initrdModules{meta: map[string][]byte{}, spill: spill, spans: map[string]span{}}
+	defer func() {
+		if err != nil {
+			spill.Close()
+		}
+	}()
+	bw := bufio.NewWriterSize(spill, 1<<20)
+	store := &bufferedStore{files: files, w: bw}
+	if err := readInitrdArchives(f, store); err != nil {
+		return nil, err
+	}
+	if err := bw.Flush(); err != nil {
+		return nil, err
+	}
+	return files, nil
+}
+
+// bufferedStore keeps the module indexes in memory and appends the
+// modules to the spill file through w (flushed by readInitrd before
+// anything is read back).
+type bufferedStore struct {
+	files *initrdModules
+	w     *bufio.Writer
+	buf   []byte
+}
+
+func (b *bufferedStore) put(name string, size int64, r io.Reader) error {
+	f := b.files
+	if base := path.Base(name); base == "modules.dep" || base == "modules.builtin" {
+		return mapStore(f.meta).put(name, size, r)
+	}
+	if b.buf == nil {
+		b.buf = make([]byte, 64<<10)
+	}
+	// Not io.Copy: through bufio.Writer's ReadFrom and the file's, that
+	// allocates a buffer per module.
+	var n int64
+	for n < size {
+		m, err := r.Read(b.buf[:min(int64(len(b.buf)), size-n)])
+		if m > 0 {
+			if _, werr := b.w.Write(b.buf[:m]); werr != nil {
+				return werr
+			}
+			n += int64(m)
+		}
+		if err == io.EOF && n < size {
+			return io.ErrUnexpectedEOF
+		}
+		if err != nil && err != io.EOF {
+			return err
+		}
+	}
+	f.spans[name] = span{f.size, n}
+	f.size += n
+	return nil
+}
+
+// readInitrdArchives reads the archives of an initrd file into store.
+func readInitrdArchives(f io.Reader, store cpioStore) error {
 	// Streamed, not read whole: a distribution initrd is tens of MiB.
 	br := bufio.NewReaderSize(f, 1<<20)
 	cr := &countReader{r: br}
-	files := map[string][]byte{}
 	keep := func(name string) bool {
 		b := path.Base(name)
 		return strings.Contains(name, "lib/modules/") &&
@@ -258,10 +381,10 @@ func readInitrd(p string) (map[string][]byte, error) {
 		for {
 			b, err := br.ReadByte()
 			if err == io.EOF {
-				return files, nil
+				return nil
 			}
 			if err != nil {
-				return nil, err
+				return err
 			}
 			if b != 0 {
 				br.UnreadByte()
@@ -272,31 +395,31 @@ func readInitrd(p string) (map[string][]byte, error) {
 		magic, _ := br.Peek(4)
 		switch {
 		case bytes.HasPrefix(magic, []byte("0707")):
-			if err := readCpio(cr, files, keep); err != nil {
-				return nil, err
+			if err := readCpio(cr, store, keep); err != nil {
+				return err
 			}
 		case bytes.HasPrefix(magic, []byte{0x1f, 0x8b}):
 			zr, err := gzip.NewReader(br)
 			if err != nil {
-				return nil, err
+				return err
 			}
-			return files, readCpioStream(bufio.NewReaderSize(zr, 1<<20), files, keep)
+			return readCpioStream(bufio.NewReaderSize(zr, 1<<20), store, keep)
 		case bytes.HasPrefix(magic, []byte{0x28, 0xb5, 0x2f, 0xfd}):
 			zr, err := zstd.NewReader(br, zstd.WithDecoderConcurrency(1), zstd.WithDecoderLowmem(true))
 			if err != nil {
-				return nil, err
+				return err
 			}
 			defer zr.Close()
-			return files, readCpioStream(bufio.NewReaderSize(zr, 1<<20), files, keep)
+			return readCpioStream(bufio.NewReaderSize(zr, 1<<20), store, keep)
 		default:
-			return nil, fmt.Errorf("%w: unknown compression at offset %d", errUnsupportedInitrd, cr.n)
+			return fmt.Errorf("%w: unknown compression at offset %d", errUnsupportedInitrd, cr.n)
 		}
 	}
 }
 
 // readCpioStream reads the archives of a decompressed stream (one or more
 // concatenated, each ending with its trailer).
-func readCpioStream(r io.Reader, files map[string][]byte, keep func(string) bool) error {
+func readCpioStream(r io.Reader, files cpioStore, keep func(string) bool) error {
 	cr := &countReader{r: r}
 	for {
 		if err := readCpio(cr, files, keep); err != nil {
@@ -321,7 +444,7 @@ func readCpioStream(r io.Reader, files map[string][]byte, keep func(string) bool
 
 // readCpio reads one newc archive up to its trailer, keeping the contents
 // of the regular files keep selects.
-func readCpio(r *countReader, files map[string][]byte, keep func(string) bool) error {
+func readCpio(r *countReader, files cpioStore, keep func(string) bool) error {
 	hdr := make([]byte, 110)
 	for {
 		if _, err := io.ReadFull(r, hdr); err != nil {
@@ -348,11 +471,9 @@ func readCpio(r *countReader, files map[string][]byte, keep func(string) bool) e
 			return r.err
 		}
 		if mode&0o170000 == 0o100000 && keep(n) {
-			data := make([]byte, size)
-			if _, err := io.ReadFull(r, data); err != nil {
+			if err := files.put(strings.TrimPrefix(n, "/"), size, r); err != nil {
 				return fmt.Errorf("initrd: %s: %w", n, err)
 			}
-			files[strings.TrimPrefix(n, "/")] = data
 		} else {
 			r.skip(size)
 		}
