@@ -23,9 +23,18 @@ func (a *Agent) PrepareECS(ctx context.Context) error {
 	})
 }
 
-// imageStamp identifies a tarball version (size and mtime) for the "loaded" tags.
-func imageStamp(fi os.FileInfo) string {
-	return fmt.Sprintf("%d %d\n", fi.Size(), fi.ModTime().UnixNano())
+// imageStamp identifies a tarball version for the "loaded" tags: its size,
+// its mtime and the image ID the index records for it (the build's config
+// digest). The ID matters: the builder gives every baked file the same
+// mtime, and two builds' tarballs of an image can have the same size (a
+// version in the config, one digit for another); the stamp on the data
+// volume, written by the image before, must not pass for the new one's
+// when the data disks move to a newer appliance.
+func imageStamp(fi os.FileInfo, id string) string {
+	if id == "" {
+		return fmt.Sprintf("%d %d\n", fi.Size(), fi.ModTime().UnixNano())
+	}
+	return fmt.Sprintf("%d %d %s\n", fi.Size(), fi.ModTime().UnixNano(), id)
 }
 
 var (
@@ -51,7 +60,7 @@ func (a *Agent) stepImages(ctx context.Context, e *Env) error {
 			return fmt.Errorf("%s entry %d: %w", ImagesIndex, i, err)
 		}
 		stampPath := path.Join(TagsDir, "images", unsafeName().ReplaceAllString(im.File, "_")+".loaded")
-		stamp := imageStamp(fi)
+		stamp := imageStamp(fi, im.ID)
 		if !force {
 			if old, err := a.Host.ReadFile(stampPath); err == nil && string(old) == stamp {
 				if _, err := a.Host.Run(ctx, "docker", "image", "inspect", "--format", "{{.Id}}", im.Tags[0]); err == nil {

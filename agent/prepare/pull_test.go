@@ -61,7 +61,7 @@ func bake(t *testing.T, a *Agent, file, tag string, img v1.Image) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	put(t, a, path.Join(TagsDir, "images", unsafeName().ReplaceAllString(file, "_")+".loaded"), []byte(imageStamp(fi)), 0o644)
+	put(t, a, path.Join(TagsDir, "images", unsafeName().ReplaceAllString(file, "_")+".loaded"), []byte(imageStamp(fi, configName(t, img))), 0o644)
 }
 
 // tarballImage reads the config digest and the tag of a docker-archive in
@@ -191,4 +191,14 @@ func mustRead(t *testing.T, a *Agent) []ImageEntry {
 		t.Fatal(err)
 	}
 	return list
+}
+
+// configName is img's config digest (its image ID in Docker).
+func configName(t *testing.T, img v1.Image) string {
+	t.Helper()
+	id, err := img.ConfigName()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return id.String()
 }

@@ -3,6 +3,7 @@ package prepare
 import (
 	"context"
 	"encoding/json"
+	"os"
 	"strings"
 	"testing"
 
@@ -128,5 +129,50 @@ func TestImagesVerifiedAgainstBuildDigest(t *testing.T) {
 				t.Errorf("second boot: %v", err)
 			}
 		}
+	}
+}
+
+// TestNewerApplianceLoadsItsImage: the data disks of an appliance move to a
+// newer one (an upgrade by image). Its baked tarball has the same name,
+// size and mtime (the builder's fixed one) as the old appliance's, but
+// another image ID: the stamp on the data volume is the old image's, so
+// the new image is loaded, not the old one kept.
+func TestNewerApplianceLoadsItsImage(t *testing.T) {
+	a, rec := testAgent(t)
+	put(t, a, ImagesDir+"/ecs.tar", []byte("v1"), 0o644)
+	put(t, a, ImagesIndex, []byte(`[{"file": "ecs.tar", "tags": ["ecs/ecs:latest"], "id": "sha256:v1"}]`), 0o644)
+	rec.Responses["docker load"] = host.Response{Stdout: "Loaded image: ecs/ecs:latest\n"}
+	rec.Responses["docker image inspect --format {{.Id}} ecs/ecs:latest"] = host.Response{Stdout: "sha256:v1\n"}
+	if err := a.stepImages(context.Background(), nil); err != nil {
+		t.Fatal(err)
+	}
+	// The same boot again: loaded already.
+	rec.Commands = nil
+	if err := a.stepImages(context.Background(), nil); err != nil || countPrefix(rec.Recorded(), "docker load") != 0 {
+		t.Fatalf("unchanged image: %v, loads:\n%s", err, strings.Join(rec.Recorded(), "\n"))
+	}
+	if a.imagesChanged() {
+		t.Error("imagesChanged with the loaded image")
+	}
+	// The newer appliance: a tarball of the same size and mtime, another ID.
+	fi, err := os.Stat(a.Host.Path(ImagesDir + "/ecs.tar"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	put(t, a, ImagesDir+"/ecs.tar", []byte("v2"), 0o644)
+	if err := os.Chtimes(a.Host.Path(ImagesDir+"/ecs.tar"), fi.ModTime(), fi.ModTime()); err != nil {
+		t.Fatal(err)
+	}
+	put(t, a, ImagesIndex, []byte(`[{"file": "ecs.tar", "tags": ["ecs/ecs:latest"], "id": "sha256:v2"}]`), 0o644)
+	if !a.imagesChanged() {
+		t.Error("imagesChanged misses the newer appliance's image")
+	}
+	rec.Commands = nil
+	rec.Responses["docker image inspect --format {{.Id}} ecs/ecs:latest"] = host.Response{Stdout: "sha256:v2\n"}
+	if err := a.stepImages(context.Background(), nil); err != nil {
+		t.Fatal(err)
+	}
+	if n := countPrefix(rec.Recorded(), "docker load"); n != 1 {
+		t.Errorf("the newer appliance's image loaded %d times, want once:\n%s", n, strings.Join(rec.Recorded(), "\n"))
 	}
 }

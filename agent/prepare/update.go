@@ -246,7 +246,7 @@ func (a *Agent) imagesChanged() bool {
 			continue
 		}
 		stamp, err := a.Host.ReadFile(path.Join(TagsDir, "images", unsafeName().ReplaceAllString(im.File, "_")+".loaded"))
-		if err != nil || string(stamp) != imageStamp(fi) {
+		if err != nil || string(stamp) != imageStamp(fi, im.ID) {
 			return true
 		}
 	}

@@ -10,7 +10,8 @@
 //	standin worker        ecs.worker: takes jobs from redis, heartbeat in memcached
 //	standin run … beat    ecs.beat: queues a job in redis every 5 s
 //	standin smtpd         ecs.smtpd: SMTP on 8025, each mail stored in PostgreSQL
-//	standin migrate       creates its tables in PostgreSQL and exits
+//	standin migrate       migrates its tables in PostgreSQL to the image's
+//	                      schema version and exits (refuses a newer schema)
 //	standin pdfas|mocca   HTTP on 8080 under /pdf-as-web or /bkuonline:
 //	                      reads /app/import/server.cert.pem, shows $HOSTNAME
 //
@@ -71,7 +72,6 @@ func main() {
 	case "migrate":
 		// What the agent runs before the stack (compose run ecs.web migrate).
 		if err = migrate(); err == nil {
-			log.Printf("migrate: schema ready")
 			return
 		}
 	case "pdfas":
@@ -115,7 +115,33 @@ func openDB() (*sql.DB, error) {
 	return db, nil
 }
 
-// migrate creates the stand-in's tables, retrying while PostgreSQL starts.
+// migrations are the stand-in's schema changes, in order; an image of
+// version N (its $APP_VERSION) knows the first min(N, len(migrations)).
+// Like an application's migrations they run once each, the schema version
+// (how many ran) is recorded in the database (standin_schema), and a
+// database whose schema is newer than the image knows is refused: an older
+// image does not run on data a newer one migrated.
+var migrations = []string{
+	// 1: the mail table of the smtpd.
+	`CREATE TABLE IF NOT EXISTS standin_mail (
+		id serial PRIMARY KEY, received timestamptz NOT NULL DEFAULT now(),
+		mail_from text NOT NULL, rcpt_to text NOT NULL, data text NOT NULL)`,
+	// 2: an index.
+	`CREATE INDEX IF NOT EXISTS standin_mail_received ON standin_mail (received)`,
+	// 3: a column filled from the rows there are (a data migration).
+	`ALTER TABLE standin_mail ADD COLUMN IF NOT EXISTS subject text;
+	UPDATE standin_mail SET subject = coalesce(substring(data from '(?n)^Subject: ([^\r\n]*)'), '') WHERE subject IS NULL`,
+}
+
+// knownSchema is the schema version this image migrates to.
+func knownSchema() int {
+	n := 0
+	fmt.Sscan(version(), &n)
+	return max(1, min(n, len(migrations)))
+}
+
+// migrate brings the database to knownSchema, retrying while PostgreSQL
+// starts.
 func migrate() error {
 	db, err := openDB()
 	if err != nil {
@@ -123,18 +149,65 @@ func migrate() error {
 	}
 	defer db.Close()
 	for i := 0; ; i++ {
-		if err = ensureSchema(db); err == nil || i == 30 {
+		var from, to int
+		if from, to, err = migrateDB(db, knownSchema()); err == nil {
+			log.Printf("migrate: schema %d → %d (image version %s)", from, to, version())
+			return nil
+		}
+		if errors.Is(err, errNewerSchema) || i == 30 {
 			return err
 		}
 		time.Sleep(time.Second)
 	}
 }
 
+var errNewerSchema = errors.New("the database schema is newer than this image")
+
+// migrateDB runs the migrations after the recorded schema version up to
+// want in one transaction, and returns the version before and after.
+func migrateDB(db *sql.DB, want int) (int, int, error) {
+	tx, err := db.Begin()
+	if err != nil {
+		return 0, 0, err
+	}
+	defer tx.Rollback()
+	if _, err := tx.Exec(`CREATE TABLE IF NOT EXISTS standin_schema (version int NOT NULL);
+		LOCK TABLE standin_schema`); err != nil {
+		return 0, 0, err
+	}
+	have := 0
+	if err := tx.QueryRow(`SELECT coalesce(max(version), 0) FROM standin_schema`).Scan(&have); err != nil {
+		return 0, 0, err
+	}
+	if have > want {
+		return have, have, fmt.Errorf("%w: schema %d, this image (version %s) knows %d", errNewerSchema, have, version(), want)
+	}
+	for v := have + 1; v <= want; v++ {
+		if _, err := tx.Exec(migrations[v-1]); err != nil {
+			return have, have, fmt.Errorf("migration %d: %w", v, err)
+		}
+	}
+	if _, err := tx.Exec(`DELETE FROM standin_schema`); err != nil {
+		return have, have, err
+	}
+	if _, err := tx.Exec(`INSERT INTO standin_schema (version) VALUES ($1)`, want); err != nil {
+		return have, have, err
+	}
+	return have, want, tx.Commit()
+}
+
+// ensureSchema creates the mail table when the migrations have not run
+// (the smtpd and /mails need it).
 func ensureSchema(db *sql.DB) error {
-	_, err := db.Exec(`CREATE TABLE IF NOT EXISTS standin_mail (
-		id serial PRIMARY KEY, received timestamptz NOT NULL DEFAULT now(),
-		mail_from text NOT NULL, rcpt_to text NOT NULL, data text NOT NULL)`)
+	_, err := db.Exec(migrations[0])
 	return err
+}
+
+// schemaVersion is the recorded schema version (0: none).
+func schemaVersion(db *sql.DB) int {
+	v := 0
+	_ = db.QueryRow(`SELECT coalesce(max(version), 0) FROM standin_schema`).Scan(&v)
+	return v
 }
 
 // hostPort returns host:port of a redis:// or memcached:// URL.
@@ -252,6 +325,7 @@ func memcachedGet(key string) (string, error) {
 // health is what /health reports.
 type health struct {
 	Version   string            `json:"version"`
+	Schema    int               `json:"schema"`
 	Postgres  string            `json:"postgres"`
 	Database  string            `json:"database,omitempty"`
 	Collation string            `json:"collation,omitempty"`
@@ -302,6 +376,7 @@ func webMux(db *sql.DB) *http.ServeMux {
 			}
 		}
 		check("postgres", &h.Postgres, func() error {
+			h.Schema = schemaVersion(db)
 			return db.QueryRowContext(r.Context(), "SELECT current_database(), datcollate FROM pg_database WHERE datname = current_database()").Scan(&h.Database, &h.Collation)
 		})
 		check("redis", &h.Redis, func() error {

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -159,4 +160,66 @@ func TestStandinAgainstRealServices(t *testing.T) {
 	if len(mails) != 1 || !strings.Contains(mails[0].Data, "Subject: host test") || mails[0].To != "<ecs@a.ecs.test>" {
 		t.Errorf("/mails: %+v", mails)
 	}
+}
+
+// TestMigrateVersions: each image version migrates the schema to what it
+// knows, once; version 3's data migration fills the new column from the
+// rows there are; an older image refuses the newer schema and changes
+// nothing.
+func TestMigrateVersions(t *testing.T) {
+	t.Setenv("DATABASE_URL", startPostgres(t))
+	db, err := openDB()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	schema := func(want int) {
+		t.Helper()
+		if got := schemaVersion(db); got != want {
+			t.Fatalf("schema version %d, want %d", got, want)
+		}
+	}
+	t.Setenv("APP_VERSION", "1")
+	if err := migrate(); err != nil {
+		t.Fatal(err)
+	}
+	schema(1)
+	if _, err := db.Exec(`INSERT INTO standin_mail (mail_from, rcpt_to, data) VALUES ('<a@example.org>', '<b@example.org>', E'From: a@example.org\r\nSubject: vote 7\r\n\r\nyes\r\n')`); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("APP_VERSION", "2")
+	if err := migrate(); err != nil {
+		t.Fatal(err)
+	}
+	schema(2)
+	// Again: nothing to do.
+	if from, to, err := migrateDB(db, knownSchema()); err != nil || from != 2 || to != 2 {
+		t.Fatalf("second migrate of version 2: %d → %d, %v", from, to, err)
+	}
+	t.Setenv("APP_VERSION", "3")
+	if err := migrate(); err != nil {
+		t.Fatal(err)
+	}
+	schema(3)
+	var subject string
+	var rows int
+	if err := db.QueryRow(`SELECT subject, (SELECT count(*) FROM standin_mail) FROM standin_mail`).Scan(&subject, &rows); err != nil || subject != "vote 7" || rows != 1 {
+		t.Fatalf("after migration 3: subject %q, %d rows, %v", subject, rows, err)
+	}
+	// Version 9 knows no more than 3.
+	t.Setenv("APP_VERSION", "9")
+	if knownSchema() != 3 {
+		t.Errorf("version 9 knows schema %d, want 3", knownSchema())
+	}
+	// The older image refuses, at once (no retries), naming both versions.
+	t.Setenv("APP_VERSION", "1")
+	start := time.Now()
+	err = migrate()
+	if !errors.Is(err, errNewerSchema) || !strings.Contains(err.Error(), "schema 3, this image (version 1) knows 1") {
+		t.Fatalf("version 1 on schema 3: %v", err)
+	}
+	if time.Since(start) > 5*time.Second {
+		t.Errorf("the refusal took %s: retried", time.Since(start))
+	}
+	schema(3)
 }
