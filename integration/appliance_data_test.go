@@ -10,15 +10,13 @@ import (
 	"encoding/json"
 	"fmt"
 	"io/fs"
-	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/ecs-image/ecs-image/testenv"
+	"github.com/ecs-image/ecs-image/testenv/backuptarget"
 )
 
 // Issue 16 in the appliance's first boot (checkDataLifecycle, called from
@@ -30,9 +28,9 @@ const (
 	// guestHost is the build host as the guest sees it under QEMU's user
 	// networking: slirp hands connections to it to the host's loopback.
 	guestHost = "10.0.2.2"
-	s3Access  = "ecsbackupkey"
-	s3Secret  = "ecsbackupsecret"
-	s3Bucket  = "backups"
+	s3Access  = backuptarget.S3Access
+	s3Secret  = backuptarget.S3Secret
+	s3Bucket  = backuptarget.S3Bucket
 	// defaultBackupURL is appliance.backup.url as `ecs-image env create`
 	// writes it.
 	defaultBackupURL = "    url: file:///volatile/ecs-backup-test/\n"
@@ -41,101 +39,27 @@ const (
 	guestBackupMetrics = "/var/lib/prometheus/node-exporter/appliance_backup.prom"
 )
 
-// guestS3 runs versitygw (posix backend) on the host's loopback, reachable
-// from the guest at guestHost; it returns the port and the backend
-// directory (bucket s3Bucket created).
+// guestS3 runs versitygw (package backuptarget) on the host's loopback,
+// reachable from the guest at guestHost; it returns the port and the
+// backend directory (bucket s3Bucket created).
 func guestS3(t *testing.T) (int, string) {
 	t.Helper()
-	bin := testenv.Tool(t, "versitygw", "go install github.com/versity/versitygw/cmd/versitygw@v1.8.0")
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := l.Addr().(*net.TCPAddr).Port
-	l.Close()
-	root := t.TempDir()
-	if err := os.Mkdir(filepath.Join(root, s3Bucket), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	addr := fmt.Sprintf("127.0.0.1:%d", port)
-	cmd := exec.Command(bin, "--access", s3Access, "--secret", s3Secret, "--port", addr, "--quiet", "posix", "--sidecar", t.TempDir(), root)
-	var log bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &log, &log
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		cmd.Wait()
-		if t.Failed() {
-			t.Logf("versitygw:\n%s", log.String())
-		}
-	})
-	waitTCP(t, addr)
-	return port, root
+	s3 := backuptarget.StartS3(t)
+	return s3.Port, s3.Root
 }
 
-// guestSSHD runs OpenSSH's sshd on the host's loopback (fresh host and
-// client keys, root with the client key only, internal-sftp), reachable
-// from the guest at guestHost. It returns the port, the known_hosts line
-// of its host key as the guest names it, and the client's private key.
+// guestSSHD runs OpenSSH's sshd (package backuptarget) on the host's
+// loopback, reachable from the guest at guestHost. It returns the port, the
+// known_hosts line of its host key as the guest names it, and the client's
+// private key.
 func guestSSHD(t *testing.T) (int, string, []byte) {
 	t.Helper()
-	sshd := testenv.File(t, "/usr/sbin/sshd", "make deps: openssh-server")
-	testenv.Tools(t, "ssh-keygen")
-	dir, err := os.MkdirTemp("", "ecs-it-sshd-")
+	s := backuptarget.StartSSHD(t)
+	key, err := os.ReadFile(s.ClientKey)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	for _, k := range []string{"host", "client"} {
-		if out, err := exec.Command("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", filepath.Join(dir, k), "-C", k).CombinedOutput(); err != nil {
-			t.Fatalf("ssh-keygen: %v: %s", err, out)
-		}
-	}
-	pub, _ := os.ReadFile(filepath.Join(dir, "client.pub"))
-	os.WriteFile(filepath.Join(dir, "authorized_keys"), pub, 0o600)
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := l.Addr().(*net.TCPAddr).Port
-	l.Close()
-	conf := fmt.Sprintf("Port %d\nListenAddress 127.0.0.1\nHostKey %[2]s/host\nPidFile %[2]s/sshd.pid\nAuthorizedKeysFile %[2]s/authorized_keys\n"+
-		"PermitRootLogin prohibit-password\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nStrictModes no\nUsePAM no\nSubsystem sftp internal-sftp\n", port, dir)
-	os.WriteFile(filepath.Join(dir, "sshd_config"), []byte(conf), 0o600)
-	os.MkdirAll("/run/sshd", 0o755)
-	cmd := exec.Command(sshd, "-D", "-e", "-f", filepath.Join(dir, "sshd_config"))
-	var log bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &log, &log
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		cmd.Wait()
-		if t.Failed() {
-			t.Logf("sshd:\n%s", log.String())
-		}
-	})
-	waitTCP(t, fmt.Sprintf("127.0.0.1:%d", port))
-	hostPub, _ := os.ReadFile(filepath.Join(dir, "host.pub"))
-	f := strings.Fields(string(hostPub))
-	key, _ := os.ReadFile(filepath.Join(dir, "client"))
-	return port, fmt.Sprintf("[%s]:%d %s %s", guestHost, port, f[0], f[1]), key
-}
-
-func waitTCP(t *testing.T, addr string) {
-	t.Helper()
-	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(100 * time.Millisecond) {
-		if c, err := net.Dial("tcp", addr); err == nil {
-			c.Close()
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("nothing listens on %s", addr)
-		}
-	}
+	return s.Port, s.KnownHosts(guestHost), key
 }
 
 // agentState is the part of `ecs-agent status` and /ecs-status.json the
@@ -424,9 +348,7 @@ EOF`, guestVault, m, docs, size))
 	// Disaster recovery (manual §4.4): the data disk's contents are lost;
 	// the appliance, started with the same env, stops for the empty
 	// database; `ecs-agent recover` brings back every document and row.
-	snapshot := `cd ` + guestVault + ` && find . -type f -print0 | sort -z | xargs -0r sha256sum
-cd / && runuser -u postgres -- psql -XAtq -d ecs -c "SELECT 'table ' || schemaname || '.' || tablename || ' ' || tableowner || ' ' || (xpath('/row/c/text()', query_to_xml(format('SELECT count(*) AS c FROM %I.%I', schemaname, tablename), false, true, '')))[1]::text FROM pg_tables WHERE schemaname NOT IN ('pg_catalog', 'information_schema') ORDER BY 1" -c "SELECT 'database ' || datcollate || ' ' || pg_get_userbyid(datdba) FROM pg_database WHERE datname = 'ecs'"`
-	before := run(t, snapshot)
+	before := run(t, dataSnapshot)
 	if !strings.Contains(before, "e2e-backup/"+m2+"/") || !strings.Contains(before, "table public.e2e_submission ecs 800\n") {
 		t.Fatalf("snapshot before the loss lacks the seeded data:\n%s", before)
 	}
@@ -466,7 +388,7 @@ find `+guestVault+` -mindepth 1 -delete; rm -rf /data/ecs-pgdump/* /var/lib/ecs-
 		}
 		// Before the application runs again (the recover starts it without
 		// waiting).
-		after := run(t, snapshot)
+		after := run(t, dataSnapshot)
 		if after != before {
 			t.Errorf("after the recovery:\n%s\nwant (before the loss):\n%s", after, before)
 		}
@@ -488,6 +410,12 @@ find `+guestVault+` -mindepth 1 -delete; rm -rf /data/ecs-pgdump/* /var/lib/ecs-
 		}
 	})
 }
+
+// dataSnapshot prints what an appliance must not lose: every document of
+// the storage vault with its sha256, every table of the database with its
+// owner and row count, and the database's collation and owner.
+const dataSnapshot = `cd ` + guestVault + ` && find . -type f -print0 | sort -z | xargs -0r sha256sum
+cd / && runuser -u postgres -- psql -XAtq -d ecs -c "SELECT 'table ' || schemaname || '.' || tablename || ' ' || tableowner || ' ' || (xpath('/row/c/text()', query_to_xml(format('SELECT count(*) AS c FROM %I.%I', schemaname, tablename), false, true, '')))[1]::text FROM pg_tables WHERE schemaname NOT IN ('pg_catalog', 'information_schema') ORDER BY 1" -c "SELECT 'database ' || datcollate || ' ' || pg_get_userbyid(datdba) FROM pg_database WHERE datname = 'ecs'"`
 
 func randomHex(t *testing.T, n int) string {
 	t.Helper()

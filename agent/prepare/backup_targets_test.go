@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -14,6 +13,7 @@ import (
 
 	"github.com/ecs-image/ecs-image/agent/status"
 	"github.com/ecs-image/ecs-image/testenv"
+	"github.com/ecs-image/ecs-image/testenv/backuptarget"
 )
 
 // recoverFresh boots "appliance B" with envText (a new root and cluster),
@@ -31,53 +31,21 @@ func recoverFresh(t *testing.T, envText string, want map[string]string, setup fu
 	return b
 }
 
-// startVersity runs versitygw (posix backend) and returns its endpoint and
-// backend directory (bucket "backups" created).
+// startVersity runs versitygw (package backuptarget) and returns its
+// endpoint and backend directory (bucket "backups" created).
 func startVersity(t *testing.T) (string, string) {
 	t.Helper()
-	bin := testenv.Tool(t, "versitygw", "go install github.com/versity/versitygw/cmd/versitygw@v1.8.0")
-	addr := freeAddr(t)
-	root := t.TempDir()
-	os.Mkdir(filepath.Join(root, "backups"), 0o755)
-	cmd := exec.Command(bin, "--access", "ecsbackupkey", "--secret", "ecsbackupsecret", "--port", addr, "--quiet", "posix", "--sidecar", t.TempDir(), root)
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	waitListen(t, addr)
+	s3 := backuptarget.StartS3(t)
 	// Only the env's URL carries credentials: no AWS configuration of the
 	// test machine may stand in for them.
-	t.Setenv("AWS_CONFIG_FILE", filepath.Join(root, "none"))
-	t.Setenv("AWS_SHARED_CREDENTIALS_FILE", filepath.Join(root, "none"))
+	t.Setenv("AWS_CONFIG_FILE", filepath.Join(s3.Root, "none"))
+	t.Setenv("AWS_SHARED_CREDENTIALS_FILE", filepath.Join(s3.Root, "none"))
 	os.Unsetenv("AWS_ACCESS_KEY_ID")
 	os.Unsetenv("AWS_SECRET_ACCESS_KEY")
-	return "http://" + addr, root
+	return s3.Endpoint(), s3.Root
 }
 
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
-
-func waitListen(t *testing.T, addr string) {
-	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		if c, err := net.Dial("tcp", addr); err == nil {
-			c.Close()
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("nothing listens on %s", addr)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-}
+func freeAddr(t *testing.T) string { return backuptarget.FreeAddr(t) }
 
 // TestBackupS3: boto3+s3 against versitygw, credentials only in the env's
 // URL; the objects hold no plaintext; a fresh appliance recovers it.
@@ -138,58 +106,12 @@ func TestBackupS3(t *testing.T) {
 	}
 }
 
-// startSSHD runs OpenSSH's sshd on a loopback port with a fresh host key,
-// accepting root with a fresh client key. It returns the port, the host
-// key's known_hosts line and the client key path.
+// startSSHD runs OpenSSH's sshd (package backuptarget). It returns the
+// port, the host key's known_hosts line and the client key path.
 func startSSHD(t *testing.T) (port, knownHosts, clientKey string) {
 	t.Helper()
-	sshd := testenv.File(t, "/usr/sbin/sshd", "make deps: openssh-server")
-	testenv.Tools(t, "ssh-keygen")
-	dir, err := os.MkdirTemp("", "ecs-sshd-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	for _, k := range []string{"host", "client"} {
-		if out, err := exec.Command("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", filepath.Join(dir, k), "-C", k).CombinedOutput(); err != nil {
-			t.Fatalf("ssh-keygen: %v: %s", err, out)
-		}
-	}
-	pub, _ := os.ReadFile(filepath.Join(dir, "client.pub"))
-	os.WriteFile(filepath.Join(dir, "authorized_keys"), pub, 0o600)
-	addr := freeAddr(t)
-	_, port, _ = net.SplitHostPort(addr)
-	conf := fmt.Sprintf(`Port %s
-ListenAddress 127.0.0.1
-HostKey %[2]s/host
-PidFile %[2]s/sshd.pid
-AuthorizedKeysFile %[2]s/authorized_keys
-PermitRootLogin prohibit-password
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-StrictModes no
-UsePAM no
-Subsystem sftp internal-sftp
-`, port, dir)
-	os.WriteFile(filepath.Join(dir, "sshd_config"), []byte(conf), 0o600)
-	os.MkdirAll("/run/sshd", 0o755)
-	cmd := exec.Command(sshd, "-D", "-e", "-f", filepath.Join(dir, "sshd_config"))
-	var log syncBuffer
-	cmd.Stdout, cmd.Stderr = &log, &log
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		cmd.Wait()
-		if t.Failed() {
-			t.Logf("sshd log:\n%s", log.String())
-		}
-	})
-	waitListen(t, addr)
-	hostPub, _ := os.ReadFile(filepath.Join(dir, "host.pub"))
-	f := strings.Fields(string(hostPub))
-	return port, fmt.Sprintf("[127.0.0.1]:%s %s %s", port, f[0], f[1]), filepath.Join(dir, "client")
+	s := backuptarget.StartSSHD(t)
+	return fmt.Sprint(s.Port), s.KnownHosts("127.0.0.1"), s.ClientKey
 }
 
 // TestBackupSFTP: sftp to OpenSSH with the host key from
