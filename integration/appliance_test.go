@@ -3,6 +3,7 @@
 package integration
 
 import (
+	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -80,12 +81,12 @@ outputs: [qcow2]
 
 // timings collects the measurements printed at the end.
 type timings struct {
-	build, bareCloudInit, applianceSSH, applianceReady, secondReady time.Duration
+	build, bareCloudInit, applianceSSH, applianceReady, secondReady, buildV2 time.Duration
 }
 
 func TestAppliance(t *testing.T) {
 	if os.Getenv("ECS_IMAGE_SKIP_APPLIANCE") == "1" {
-		t.Skip("ECS_IMAGE_SKIP_APPLIANCE=1: skipping the appliance end-to-end test (build + 4 boots, 30-45 min under TCG)")
+		t.Skip("ECS_IMAGE_SKIP_APPLIANCE=1: skipping the appliance end-to-end test (build of appliance v1 and v2 + 4 boots, 30-45 min under TCG)")
 	}
 	var tm timings
 	defer func() {
@@ -93,8 +94,8 @@ func TestAppliance(t *testing.T) {
 		if tm.applianceReady > 0 && tm.bareCloudInit > 0 {
 			over = fmt.Sprintf("%+.1fs", (tm.applianceReady - tm.bareCloudInit).Seconds())
 		}
-		summary := fmt.Sprintf("APPLIANCE TIMINGS (accel %s): build %s; bare base boot to cloud-init done %s; appliance first boot: SSH %s, ready %s (agent overhead over the bare boot %s); second boot ready %s",
-			qemu.DetectAccel(context.Background()), sec(tm.build), sec(tm.bareCloudInit), sec(tm.applianceSSH), sec(tm.applianceReady), over, sec(tm.secondReady))
+		summary := fmt.Sprintf("APPLIANCE TIMINGS (accel %s): build %s; bare base boot to cloud-init done %s; appliance first boot: SSH %s, ready %s (agent overhead over the bare boot %s); second boot ready %s (appliance v2 on v1's disks; its build %s)",
+			qemu.DetectAccel(context.Background()), sec(tm.build), sec(tm.bareCloudInit), sec(tm.applianceSSH), sec(tm.applianceReady), over, sec(tm.secondReady), sec(tm.buildV2))
 		t.Log(summary)
 		fmt.Println(summary)
 	}()
@@ -131,7 +132,7 @@ func TestAppliance(t *testing.T) {
 	})
 
 	// The template, built once.
-	tmplPath := prepareTemplate(t, work)
+	tmplPath := prepareTemplate(t, work, false)
 	outDir := filepath.Join(work, "out")
 	start := time.Now()
 	ecsImage(t, "build", tmplPath, "-o", outDir, "--variant", ciVariant)
@@ -504,18 +505,28 @@ apparmor_parser -S /etc/apparmor.d/docker-default | cmp -s - /sys/kernel/securit
 		checkMandatoryCertsAndKeyReport(t, vm, run, envA, "a.ecs.test")
 	})
 	t.Run("data-lifecycle", func(t *testing.T) { checkDataLifecycle(t, vm, run, "a.ecs.test") }) // issue 16 (appliance_data_test.go)
+	// Appliance v1's data, which appliance v2 must find again (issue 16,
+	// appliance_upgrade_test.go); then it is powered off as an operator
+	// would before moving its disks.
+	var v1State upgradeState
+	t.Run("upgrade-v1-state", func(t *testing.T) { v1State = recordUpgradeState(t, run) })
+	ssh.Close()
+	if err := vm.m.Shutdown(context.Background(), 5*time.Minute); err != nil {
+		t.Errorf("powering appliance v1 off: %v", err)
+	}
 	vm.stop(t)
 
-	// Second boot of the same artifact with another env, on an i440fx
+	// Second boot: appliance v2 (a later build of the template) on the
+	// first boot's data disks, with env A plus metrics, on an i440fx
 	// machine: the seed on a PIIX IDE CD-ROM (libvirt's older default,
 	// Hyper-V generation 1, VMware's IDE CD-ROM). The first boot read it on
 	// q35's SATA CD-ROM.
-	t.Run("second-boot-other-env", func(t *testing.T) {
-		envB := makeEnv(t, work, "b.ecs.test", key.AuthorizedKey, pki.caPEM)
-		enableMetrics(t, envB)
-		seedB := filepath.Join(work, "b-seed.iso")
+	t.Run("second-boot-upgrade", func(t *testing.T) {
+		artifactV2 := buildUpgrade(t, work, &tm.buildV2)
+		envB := upgradeEnv(t, work, envA)
+		seedB := filepath.Join(work, "v2-seed.iso")
 		ecsImage(t, "cidata", "-e", envB, "-o", seedB)
-		vmB := bootApplianceOn(t, work, "b", artifact, seedB, qemu.MachinePC, qemu.SeedIDE)
+		vmB := bootApplianceOn(t, work, "v2", artifactV2, seedB, qemu.MachinePC, qemu.SeedIDE, disks...)
 		defer vmB.stop(t)
 		c, err := communicator.Dial(context.Background(), vmB.addr(22), "root", key.Signer, bootTimeout, vmB.m.Done())
 		if err != nil {
@@ -532,15 +543,12 @@ apparmor_parser -S /etc/apparmor.d/docker-default | cmp -s - /sys/kernel/securit
 		if len(l) != 3 {
 			t.Fatalf("output %q", out)
 		}
+		// A new machine (root disk) with the old data: its own identity.
 		if l[0] == hostKeyA || l[1] == machineIDA || l[1] == "" {
-			t.Errorf("second boot shares identity with the first: host key %q vs %q, machine-id %q vs %q", l[0], hostKeyA, l[1], machineIDA)
+			t.Errorf("appliance v2 shares identity with v1: host key %q vs %q, machine-id %q vs %q", l[0], hostKeyA, l[1], machineIDA)
 		}
-		if l[2] != "b.ecs.test" && l[2] != "b" {
+		if l[2] != "a.ecs.test" && l[2] != "a" {
 			t.Errorf("hostname %q", l[2])
-		}
-		status, body, err := httpsGet(vmB.m.HostPort(443), "b.ecs.test", "/")
-		if err != nil || status != 200 || !strings.Contains(body, "host=b.ecs.test") {
-			t.Errorf("https://b.ecs.test/: %d %v %q", status, err, body)
 		}
 		runB := func(t *testing.T, cmd string) string {
 			t.Helper()
@@ -550,8 +558,22 @@ apparmor_parser -S /etc/apparmor.d/docker-default | cmp -s - /sys/kernel/securit
 			}
 			return out
 		}
-		t.Run("metrics", func(t *testing.T) { checkMetrics(t, runB) })
+		upgrade := len(v1State.Migrated) > 0
+		if !upgrade {
+			t.Error("appliance v1's state was not recorded: the upgrade is not checked")
+		}
+		if upgrade {
+			t.Run("image-upgrade", func(t *testing.T) { checkUpgrade(t, vmB, runB, v1State, doc, "a.ecs.test") })
+		}
+		t.Run("metrics", func(t *testing.T) { checkMetrics(t, runB, "a.ecs.test") })
 		t.Run("ssh-key-rotation", func(t *testing.T) { checkSSHRotation(t, vmB, runB, key, envB) })
+		// Last: it leaves the appliance failed.
+		if !upgrade {
+			return
+		}
+		t.Run("downgrade-refused", func(t *testing.T) {
+			checkDowngradeRefused(t, c, runB, filepath.Join(work, "templates", "files", "images", "ecs-standin.tar"), v1State)
+		})
 	})
 
 	// A broken env.yml: no appliance.domain. `ecs-image cidata` refuses it,
@@ -671,8 +693,10 @@ func sec(d time.Duration) string {
 // into dir/templates, adds the ci variant, writes the test image where the
 // template expects the demo image and the agent where it expects it
 // (../bin/ecs-agent). The shared stages' definitions and files are
-// unchanged, so their cache keys are those of `make appliance`.
-func prepareTemplate(t *testing.T, dir string) string {
+// unchanged, so their cache keys are those of `make appliance`. With
+// upgrade it is appliance v2 of the upgrade test (appliance_upgrade_test.go):
+// the stand-ins at upgradeVersion and the ci variant with upgradeStageYAML.
+func prepareTemplate(t *testing.T, dir string, upgrade bool) string {
 	t.Helper()
 	data, err := os.ReadFile(applianceTemplate)
 	if err != nil {
@@ -697,6 +721,24 @@ func prepareTemplate(t *testing.T, dir string) string {
 	if err := yaml.Unmarshal([]byte(ciVariantYAML), &ci); err != nil {
 		t.Fatal(err)
 	}
+	standins := ""
+	if upgrade {
+		standins = upgradeVersion
+		var stage yaml.Node
+		if err := yaml.Unmarshal([]byte(upgradeStageYAML), &stage); err != nil {
+			t.Fatal(err)
+		}
+		added := false
+		for i := 0; i+1 < len(ci.Content[0].Content); i += 2 {
+			if ci.Content[0].Content[i].Value == "stages" {
+				ci.Content[0].Content[i+1].Content = append(ci.Content[0].Content[i+1].Content, stage.Content[0])
+				added = true
+			}
+		}
+		if !added {
+			t.Fatal("the ci variant has no stages")
+		}
+	}
 	variants.Content = append(variants.Content, &yaml.Node{Kind: yaml.ScalarNode, Value: ciVariant}, ci.Content[0])
 	out, err := yaml.Marshal(&doc)
 	if err != nil {
@@ -712,7 +754,7 @@ func prepareTemplate(t *testing.T, dir string) string {
 	}
 	// The ECS stand-ins where the template expects them (a copy of `make
 	// appliance`'s, if any, is replaced).
-	if _, err := testimage.BuildStandins(context.Background(), imgDir, ""); err != nil {
+	if _, err := testimage.BuildStandins(context.Background(), imgDir, standins); err != nil {
 		t.Fatal(err)
 	}
 	tmpl := filepath.Join(tdir, "ecs-appliance.yml")
@@ -1002,13 +1044,26 @@ func redact(line string) string {
 // env (SSH key, appliance.deploy) validates and makes a seed.
 func TestApplianceInputs(t *testing.T) {
 	work := t.TempDir()
-	tmpl := prepareTemplate(t, work)
+	tmpl := prepareTemplate(t, work, false)
 	data, err := os.ReadFile(tmpl)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if !strings.Contains(string(data), "ci-flags") || !strings.Contains(string(data), "files/images/ecs-standin.tar") {
 		t.Errorf("derived template:\n%s", data)
+	}
+	// Appliance v2 of the upgrade test: the same template with the package
+	// stage added (validated by prepareTemplate) and other stand-ins.
+	v2 := prepareTemplate(t, filepath.Join(work, "v2"), true)
+	if data, err := os.ReadFile(v2); err != nil || !strings.Contains(string(data), "ci-upgrade-package") || !strings.Contains(string(data), upgradePackage) {
+		t.Errorf("derived template of appliance v2: %v\n%s", err, data)
+	}
+	for _, f := range []string{"ecs-standin.tar", "pdfas-standin.tar"} {
+		a, _ := os.ReadFile(filepath.Join(work, "templates", "files", "images", f))
+		b, _ := os.ReadFile(filepath.Join(work, "v2", "templates", "files", "images", f))
+		if len(a) == 0 || bytes.Equal(a, b) {
+			t.Errorf("%s: appliance v2's stand-in is v1's (%d bytes)", f, len(a))
+		}
 	}
 	key, err := communicator.GenerateKey()
 	if err != nil {
@@ -1060,7 +1115,7 @@ func enableMetrics(t *testing.T, envFile string) {
 // checkMetrics: with appliance.metric.exporter and .server, every exporter
 // answers with its metric families on loopback only, and Prometheus (on the
 // docker bridge) has every target up, Alertmanager among them (issue 17).
-func checkMetrics(t *testing.T, run func(*testing.T, string) string) {
+func checkMetrics(t *testing.T, run func(*testing.T, string) string, domain string) {
 	// A small filesystem filled past NodeFilesystemFree's threshold under
 	// /mnt, where the manual mounts the backup target (Debian's node
 	// exporter leaves /mnt out unless told otherwise). Filled first: the
@@ -1113,8 +1168,8 @@ func checkMetrics(t *testing.T, run func(*testing.T, string) string) {
 				"curl -fsS http://127.0.0.1:9100/metrics | grep 'mountpoint=\"/mnt/fill\"'; ls /var/spool/postfix; "+
 				"journalctl -b --no-pager -q -u prometheus-alertmanager | tail -15; journalctl -b --no-pager -q -t postfix/smtpd -t postfix/local -t postfix/qmgr -t postfix/cleanup | tail -20; true"))
 	}
-	if !strings.Contains(mail, "Return-Path: <alertmanager@b.ecs.test>") {
-		t.Errorf("alert mail's sender is not alertmanager@b.ecs.test:\n%s", tail([]byte(mail), 30))
+	if !strings.Contains(mail, "Return-Path: <alertmanager@"+domain+">") {
+		t.Errorf("alert mail's sender is not alertmanager@%s:\n%s", domain, tail([]byte(mail), 30))
 	}
 	// The queue directories are all there: mailq works.
 	if out := run(t, "postqueue -p 2>&1; echo rc=$?"); !strings.Contains(out, "rc=0") {
