@@ -203,3 +203,57 @@ func mustAbs(t *testing.T, p string) string {
 	}
 	return abs
 }
+
+// The force.update.* flags of manual §4.3 with nothing upgradable: each
+// forces its part and is removed by the run.
+func TestUpdateFlags(t *testing.T) {
+	for _, c := range []struct {
+		flag           string
+		stop, dump     bool
+		system, reload bool
+		restart        bool
+	}{
+		{flag: "docker", stop: true, restart: true},
+		{flag: "postgres", stop: true, dump: true, restart: true},
+		{flag: "system", system: true},
+		{flag: "ecs", reload: true, restart: true},
+		{flag: "appliance", reload: true, restart: true},
+	} {
+		t.Run(c.flag, func(t *testing.T) {
+			a, rec := testAgent(t)
+			activate(t, a, siteEnv)
+			fakeSystem(t, a)
+			rec.Responses["apt-get -s"] = host.Response{Stdout: "Reading package lists...\n0 upgraded, 0 newly installed.\n"}
+			rec.Responses["runuser -u postgres -- psql"] = host.Response{Stdout: "1\n"}
+			put(t, a, updateFlag(c.flag), nil, 0o644)
+			if err := a.Update(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			cmds := rec.Recorded()
+			has := func(prefix string) bool {
+				return slices.ContainsFunc(cmds, func(s string) bool { return strings.HasPrefix(s, prefix) })
+			}
+			for _, w := range []struct {
+				what string
+				got  bool
+				want bool
+			}{
+				{"stop the appliance", has("systemctl stop appliance.service"), c.stop},
+				{"dump the database", has("runuser -u postgres -- pg_dump") && a.Host.Exists(UpdateDump), c.dump},
+				{"unattended-upgrade", has("unattended-upgrade"), c.system},
+				{"reload every image (" + ForceLoadFlag + ")", a.Host.Exists(ForceLoadFlag), c.reload},
+				{"restart the appliance", has("systemctl restart --no-block appliance.service"), c.restart},
+			} {
+				if w.got != w.want {
+					t.Errorf("force.update.%s: %s: %v, want %v\n%s", c.flag, w.what, w.got, w.want, strings.Join(cmds, "\n"))
+				}
+			}
+			if a.Host.Exists(updateFlag(c.flag)) {
+				t.Errorf("force.update.%s not removed", c.flag)
+			}
+			if prom := read(t, a, UpdateMetrics); !strings.Contains(prom, "appliance_update_last_success 1\n") {
+				t.Errorf("metrics:\n%s", prom)
+			}
+		})
+	}
+}
