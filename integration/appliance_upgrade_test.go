@@ -27,7 +27,8 @@ import (
 // there are, and one more Debian package — on the same disks, with the same
 // env (plus metrics). checkUpgrade asserts the dump taken before the
 // migration, the migration, and every document and row; checkDowngradeRefused,
-// the last check of that boot, puts v1's ecs image back and restarts.
+// the last check of that boot, puts v1's ecs image back and restarts
+// prepare-ecs.
 
 const (
 	// upgradeVersion is the stand-ins' version in appliance v2. The first
@@ -181,8 +182,8 @@ func checkUpgrade(t *testing.T, vm *applianceVM, run func(*testing.T, string) st
 
 // checkDowngradeRefused: going back to v1 on the migrated data is refused.
 // Not by booting appliance v1 again (another ~5 min of CI): v1's baked ecs
-// image (the same image ID) is loaded into appliance v2's Docker and the
-// appliance restarted, which is what v1's prepare-ecs would find — its
+// image (the same image ID) is loaded into appliance v2's Docker and
+// prepare-ecs restarted, which is what v1's prepare-ecs would find — its
 // image among the migrated ones, before the last. It leaves the appliance
 // failed: the last check of its boot.
 func checkDowngradeRefused(t *testing.T, c *communicator.Client, run func(*testing.T, string) string, v1Tarball string, before upgradeState) {
@@ -204,7 +205,9 @@ func checkDowngradeRefused(t *testing.T, c *communicator.Client, run func(*testi
 	if id := strings.TrimSpace(run(t, "docker image inspect --format '{{.Id}}' ecs/ecs:latest")); len(before.Migrated) == 0 || id != before.Migrated[0] {
 		t.Fatalf("ecs/ecs:latest is %s after loading v1's tarball, want v1's image %v", id, before.Migrated)
 	}
-	out, err := runErr(run, t, "timeout 900 systemctl restart appliance")
+	// prepare-ecs again (and the appliance, which requires it): the step a
+	// boot of v1 would fail in, without prepare-env and prepare-appliance.
+	out, err := runErr(run, t, "timeout 900 systemctl restart prepare-ecs")
 	if err == nil {
 		t.Fatalf("the appliance started with v1's image on data appliance v2 migrated:\n%s", out)
 	}
