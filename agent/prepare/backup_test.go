@@ -392,3 +392,28 @@ func TestBackupRecoverFile(t *testing.T) {
 		t.Errorf("old vault kept: %v", kept)
 	}
 }
+
+// TestDumpsInOneSecond: a dump replacing one of the same second gets a later
+// mtime (whole seconds), so duplicity, which compares mode and mtime only,
+// saves it (two backups in a row kept the first dump: a restore gave the
+// older database).
+func TestDumpsInOneSecond(t *testing.T) {
+	a := newAppliance(t, backupEnv(t, "    url: file:///volatile/ecs-backup-test/\n"))
+	a.seed(t, marker(), 1)
+	ctx := context.Background()
+	var last int64
+	for i := 0; i < 3; i++ {
+		if _, err := a.DumpDatabase(ctx, "ecs", BackupDump); err != nil {
+			t.Fatal(err)
+		}
+		fi, err := os.Stat(a.Host.Path(BackupDump))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if s := fi.ModTime().Unix(); s <= last {
+			t.Fatalf("dump %d: mtime %d s, the one before %d s", i+1, s, last)
+		} else {
+			last = s
+		}
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/ecs-image/ecs-image/agent/host"
 	"github.com/ecs-image/ecs-image/atomicfile"
@@ -121,6 +122,17 @@ func (a *Agent) DumpDatabase(ctx context.Context, db, dest string) (int64, error
 	if err != nil {
 		f.Abort()
 		return 0, err
+	}
+	// duplicity takes a file whose mode and mtime (in whole seconds) are
+	// those of its last backup for unchanged, without reading it: a dump
+	// replacing one written in the same second (two backups in a row) gets
+	// the next second, or the next backup would keep the old dump.
+	if old, err := os.Stat(a.Host.Path(dest)); err == nil && st.ModTime().Unix() <= old.ModTime().Unix() {
+		next := time.Unix(old.ModTime().Unix()+1, 0)
+		if err := os.Chtimes(f.Name(), next, next); err != nil {
+			f.Abort()
+			return 0, err
+		}
 	}
 	return st.Size(), f.Commit()
 }
