@@ -1,3 +1,8 @@
+// Package builder turns a template's plan (package builder/template) into
+// a provisioned, generalised disk image: a multistep pipeline (steps.go lists it) that boots the base under
+// QEMU with a build-time cidata seed, runs the provisioners of each stage
+// over SSH, caches every stage as a qcow2 overlay, places files of file-only
+// stages offline with a small helper VM, generalises and compacts the result.
 package builder
 
 import (
@@ -10,6 +15,7 @@ import (
 	"github.com/hashicorp/packer-plugin-sdk/multistep"
 	"github.com/sirupsen/logrus"
 
+	"github.com/ecs-image/ecs-image/builder/template"
 	"github.com/ecs-image/ecs-image/communicator"
 	"github.com/ecs-image/ecs-image/images"
 	"github.com/ecs-image/ecs-image/provisioners"
@@ -64,8 +70,8 @@ type buildState struct {
 	cache  *StageCache
 	remote *remoteCache // nil: none
 
-	tmpl  *Template
-	plan  *Plan
+	tmpl  *template.Template
+	plan  *template.Plan
 	work  string // work directory (tmp/build-*), removed at the end
 	base  *images.Base
 	accel qemu.Accel
@@ -99,7 +105,7 @@ type buildState struct {
 
 // stageRun is one stage of the plan being built (state bag key "stage").
 type stageRun struct {
-	stage  *Stage
+	stage  *template.Stage
 	index  int
 	shared bool
 	key    string

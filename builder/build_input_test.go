@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/ecs-image/ecs-image/builder/template"
 	"github.com/ecs-image/ecs-image/qemuimg"
 	"github.com/ecs-image/ecs-image/qemuimg/qemuimgtest"
 	"github.com/ecs-image/ecs-image/testenv"
@@ -40,7 +41,7 @@ func TestBuildRefusedBaseLeavesNoOutput(t *testing.T) {
 // TestUnknownVariantMessage: --variant zzz names the template's variants,
 // or says it has none (issue 13: "(variants: )").
 func TestUnknownVariantMessage(t *testing.T) {
-	tp, err := ParseTemplate("t.yml", []byte("base:\n  catalog: debian-12\nstages:\n  - name: one\n    provisioners:\n      - type: shell\n        inline: [\"true\"]\n"))
+	tp, err := template.Parse("t.yml", []byte("base:\n  catalog: debian-12\nstages:\n  - name: one\n    provisioners:\n      - type: shell\n        inline: [\"true\"]\n"))
 	if err != nil {
 		t.Fatal(err)
 	}

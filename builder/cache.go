@@ -17,10 +17,9 @@ import (
 	"syscall"
 	"time"
 
-	"go.yaml.in/yaml/v3"
-
 	"github.com/ecs-image/ecs-image/atomicfile"
 	"github.com/ecs-image/ecs-image/builder/offlinehelper"
+	"github.com/ecs-image/ecs-image/builder/template"
 	"github.com/ecs-image/ecs-image/images"
 )
 
@@ -376,11 +375,11 @@ func RootKey(baseDigest string, diskSize int64) string {
 // StageKey is hash(parent key, stage definition, content of every file the
 // stage uploads, variables its shell provisioners see, and how it is built:
 // mode is ModeBoot, ModeChroot or ModeOffline).
-func StageKey(parent string, s *Stage, vars map[string]string, mode Mode) (string, error) {
+func StageKey(parent string, s *template.Stage, vars map[string]string, mode Mode) (string, error) {
 	var provs []string
 	var inputs []string
 	for _, p := range s.Provisioners {
-		provs = append(provs, canonicalYAML(p.Node))
+		provs = append(provs, p.Canonical())
 		if p.P == nil {
 			continue
 		}
@@ -406,7 +405,7 @@ func StageKey(parent string, s *Stage, vars map[string]string, mode Mode) (strin
 }
 
 // GeneraliseKey is the key of the generalised disk built on parent.
-func GeneraliseKey(parent string, g Generalise) string {
+func GeneraliseKey(parent string, g template.Generalise) string {
 	return hashJSON(map[string]any{"v": Version, "parent": parent, "generalise": g.On(), "keep_logs": g.KeepLogs, "fstrim": g.Trim(), "commands": g.Commands, "helper": offlinehelper.Version})
 }
 
@@ -417,30 +416,6 @@ func hashJSON(v any) string {
 	}
 	s := sha256.Sum256(data)
 	return hex.EncodeToString(s[:16])
-}
-
-// canonicalYAML renders a node without comments or styles, so that
-// reformatting a template does not change keys.
-func canonicalYAML(n *yaml.Node) string {
-	if n == nil {
-		return ""
-	}
-	var strip func(*yaml.Node) *yaml.Node
-	strip = func(n *yaml.Node) *yaml.Node {
-		if n.Kind == yaml.AliasNode && n.Alias != nil {
-			return strip(n.Alias)
-		}
-		c := &yaml.Node{Kind: n.Kind, Tag: n.ShortTag(), Value: n.Value}
-		for _, ch := range n.Content {
-			c.Content = append(c.Content, strip(ch))
-		}
-		return c
-	}
-	data, err := yaml.Marshal(strip(n))
-	if err != nil {
-		return n.Value
-	}
-	return string(data)
 }
 
 // hashInput hashes a local file or directory tree: names, modes, symlink

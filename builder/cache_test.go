@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/ecs-image/ecs-image/builder/template"
 )
 
 const keyTemplate = `
@@ -41,10 +43,20 @@ variants:
             inline: ["echo prod"]
 `
 
+// writeFile writes content to dir/name and returns its path.
+func writeFile(t *testing.T, dir, name, content string) string {
+	t.Helper()
+	p := filepath.Join(dir, name)
+	if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
 // planKeys loads the template text and returns its stage keys for variant.
 func planKeys(t *testing.T, dir, text, variant string) []string {
 	t.Helper()
-	tp, err := LoadTemplate(writeFile(t, dir, "t.yml", text))
+	tp, err := template.Load(writeFile(t, dir, "t.yml", text))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -132,7 +144,7 @@ func TestStageKeysVariantsShareStages(t *testing.T) {
 
 func TestStageKeysBaseAndOffline(t *testing.T) {
 	dir := keyDir(t)
-	tp, err := LoadTemplate(writeFile(t, dir, "t.yml", keyTemplate))
+	tp, err := template.Load(writeFile(t, dir, "t.yml", keyTemplate))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -145,7 +157,7 @@ func TestStageKeysBaseAndOffline(t *testing.T) {
 	if k1 == k2 || k1 == k3 || k1 == k4 || k1 == k5 || k4 == k5 {
 		t.Errorf("keys must depend on the base digest, disk size and mode: %s %s %s %s %s", k1, k2, k3, k4, k5)
 	}
-	if GeneraliseKey(k1, Generalise{}) == GeneraliseKey(k1, Generalise{KeepLogs: true}) {
+	if GeneraliseKey(k1, template.Generalise{}) == GeneraliseKey(k1, template.Generalise{KeepLogs: true}) {
 		t.Error("generalise key ignores its options")
 	}
 }

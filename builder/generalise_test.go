@@ -11,6 +11,7 @@ import (
 	"github.com/sirupsen/logrus"
 	logtest "github.com/sirupsen/logrus/hooks/test"
 
+	"github.com/ecs-image/ecs-image/builder/template"
 	"github.com/ecs-image/ecs-image/qemuimg"
 	"github.com/ecs-image/ecs-image/testenv"
 )
@@ -48,7 +49,7 @@ func TestGeneraliseStageMergedFromCache(t *testing.T) {
 	}
 	tmplPath := filepath.Join(dir, "t.yml")
 	os.WriteFile(tmplPath, []byte(mergedTemplate), 0o644)
-	tmpl, err := LoadTemplate(tmplPath)
+	tmpl, err := template.Load(tmplPath)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -16,6 +16,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/ecs-image/ecs-image/builder/offlinehelper"
+	"github.com/ecs-image/ecs-image/builder/template"
 	"github.com/ecs-image/ecs-image/formats"
 	"github.com/ecs-image/ecs-image/provisioners"
 )
@@ -116,7 +117,7 @@ func TestHelperInitrd(t *testing.T) {
 }
 
 func TestGeneraliseScript(t *testing.T) {
-	s := generaliseScript(Generalise{Commands: []string{"echo custom"}})
+	s := generaliseScript(template.Generalise{Commands: []string{"echo custom"}})
 	for _, want := range []string{"echo custom", "userdel --remove --force", "rm -rf /var/lib/cloud/*", "/etc/cloud/clean.d", ": > /etc/machine-id",
 		"rm -f /var/lib/dbus/machine-id", "rm -f /etc/ssh/ssh_host_*", "rm -rf /var/lib/apt/lists/*", "truncate -s 0",
 		"apparmor_parser --skip-kernel-load --write-cache", "TIMESTAMP_NSEC=", "touch -r /usr"} {
@@ -124,7 +125,7 @@ func TestGeneraliseScript(t *testing.T) {
 			t.Errorf("generalise script lacks %q", want)
 		}
 	}
-	if strings.Contains(generaliseScript(Generalise{KeepLogs: true}), "truncate -s 0") {
+	if strings.Contains(generaliseScript(template.Generalise{KeepLogs: true}), "truncate -s 0") {
 		t.Error("keep_logs ignored")
 	}
 	// The script is valid shell.

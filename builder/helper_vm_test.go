@@ -10,6 +10,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/ecs-image/ecs-image/builder/offlinehelper"
+	"github.com/ecs-image/ecs-image/builder/template"
 	"github.com/ecs-image/ecs-image/provisioners"
 	"github.com/ecs-image/ecs-image/qemu"
 )
@@ -44,7 +45,7 @@ func TestOfflineHelperVM(t *testing.T) {
 	r := &offlineRun{Disk: disk, Boot: bootFiles{Dir: filepath.Join(stage, "boot")}, WorkDir: dir,
 		Accel: qemu.AccelTCG, Timeout: 10 * time.Minute, Log: logrus.StandardLogger(),
 		Placers: []provisioners.Placer{&provisioners.File{Content: &content, Destination: "/etc/ecs-offline-test"}},
-		Job:     offlinehelper.Job{Generalise: true, GeneraliseScript: generaliseScript(Generalise{}), Packages: true, Trim: true}}
+		Job:     offlinehelper.Job{Generalise: true, GeneraliseScript: generaliseScript(template.Generalise{}), Packages: true, Trim: true}}
 	if errs := r.Placers[0].Check(""); len(errs) > 0 {
 		t.Fatal(errs)
 	}

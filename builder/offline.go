@@ -24,6 +24,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/ecs-image/ecs-image/builder/offlinehelper"
+	"github.com/ecs-image/ecs-image/builder/template"
 	"github.com/ecs-image/ecs-image/formats"
 	"github.com/ecs-image/ecs-image/provisioners"
 	"github.com/ecs-image/ecs-image/qemu"
@@ -55,7 +56,7 @@ func (b bootFiles) ok() bool {
 }
 
 // generaliseScript is run as root in the image (chroot) by the helper.
-func generaliseScript(g Generalise) string {
+func generaliseScript(g template.Generalise) string {
 	var b strings.Builder
 	b.WriteString("set -u\nexec 2>&1\n")
 	// Progress lines with the guest's uptime, shown in the build log.

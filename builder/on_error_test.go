@@ -6,6 +6,8 @@ import (
 	"testing"
 
 	"github.com/hashicorp/packer-plugin-sdk/multistep"
+
+	"github.com/ecs-image/ecs-image/builder/template"
 )
 
 // fakeStep fails its first fails runs; it records runs and clean-ups.
@@ -40,7 +42,7 @@ func runOnError(t *testing.T, ctx context.Context, mode string, answers ...strin
 	}
 	state = new(multistep.BasicStateBag)
 	state.Put("build", b)
-	state.Put("stage", &stageRun{stage: &Stage{Name: "s"}})
+	state.Put("stage", &stageRun{stage: &template.Stage{Name: "s"}})
 	(&multistep.BasicRunner{Steps: onErrorSteps([]multistep.Step{first, second})}).Run(ctx, state)
 	return first, second, state, asked
 }
@@ -83,7 +85,7 @@ func TestOnError(t *testing.T) {
 	b := &buildState{opts: Options{OnError: OnErrorAbort}, log: quietLog()}
 	st = new(multistep.BasicStateBag)
 	st.Put("build", b)
-	st.Put("stage", &stageRun{stage: &Stage{Name: "s"}})
+	st.Put("stage", &stageRun{stage: &template.Stage{Name: "s"}})
 	(&onErrorStep{step: first, name: "first"}).Run(cctx, st)
 	if aborted(st) {
 		t.Error("a cancelled build was kept")

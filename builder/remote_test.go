@@ -23,6 +23,7 @@ import (
 	"github.com/sirupsen/logrus"
 	logtest "github.com/sirupsen/logrus/hooks/test"
 
+	"github.com/ecs-image/ecs-image/builder/template"
 	"github.com/ecs-image/ecs-image/images"
 	"github.com/ecs-image/ecs-image/qemuimg"
 	"github.com/ecs-image/ecs-image/release"
@@ -551,7 +552,7 @@ func TestBuildFromRemoteCacheOnly(t *testing.T) {
 	}
 	tmplPath := filepath.Join(dir, "t.yml")
 	os.WriteFile(tmplPath, []byte(remoteBuildTemplate), 0o644)
-	tmpl, err := LoadTemplate(tmplPath)
+	tmpl, err := template.Load(tmplPath)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -6,6 +6,7 @@ import (
 
 	"github.com/hashicorp/packer-plugin-sdk/multistep"
 
+	"github.com/ecs-image/ecs-image/builder/template"
 	"github.com/ecs-image/ecs-image/images"
 	"github.com/ecs-image/ecs-image/qemu"
 )
@@ -42,7 +43,7 @@ func (s *stepFetchBase) Cleanup(multistep.StateBag) {}
 
 // ResolveBase resolves the template's base (catalog name, URL with
 // checksum, or local file) to a verified, cached local image.
-func ResolveBase(ctx context.Context, t *Template) (*images.Base, error) {
+func ResolveBase(ctx context.Context, t *template.Template) (*images.Base, error) {
 	tb := t.Base
 	ref := tb.Catalog
 	opts := images.ResolveOptions{User: tb.User}

@@ -11,6 +11,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/ecs-image/ecs-image/builder/offlinehelper"
+	"github.com/ecs-image/ecs-image/builder/template"
 	"github.com/ecs-image/ecs-image/formats"
 	"github.com/ecs-image/ecs-image/provisioners"
 	"github.com/ecs-image/ecs-image/qemu"
@@ -25,7 +26,7 @@ import (
 // It also runs, without the clean-up, when generalisation is off, for the
 // package list.
 type stepGeneralise struct {
-	Generalise Generalise
+	Generalise template.Generalise
 	// BootFrom is the cache entry whose kernel the helper boots, BootDir
 	// its boot/ directory.
 	BootFrom, BootDir string

@@ -8,6 +8,8 @@ import (
 	"strings"
 
 	"github.com/hashicorp/packer-plugin-sdk/multistep"
+
+	"github.com/ecs-image/ecs-image/builder/template"
 )
 
 // stepStageKeys computes every stage's cache key and decides how each
@@ -32,7 +34,7 @@ func (s *stepStageKeys) Run(ctx context.Context, state multistep.StateBag) multi
 	}
 	b.log.Infof("stages: %s", strings.Join(lines, " "))
 	last := keys[len(keys)-1].Key
-	b.stages = append(b.stages, &stageRun{stage: &Stage{Name: GeneraliseStageName}, index: len(keys), key: GeneraliseKey(last, b.tmpl.Generalise),
+	b.stages = append(b.stages, &stageRun{stage: &template.Stage{Name: GeneraliseStageName}, index: len(keys), key: GeneraliseKey(last, b.tmpl.Generalise),
 		mode: ModeOffline, generalise: true})
 	return multistep.ActionContinue
 }
@@ -62,7 +64,7 @@ type PlannedStage struct {
 
 // planStageKeys computes every stage's key and mode, on the base of the
 // given digest.
-func planStageKeys(p *Plan, baseDigest string, env modeEnv) ([]PlannedStage, error) {
+func planStageKeys(p *template.Plan, baseDigest string, env modeEnv) ([]PlannedStage, error) {
 	parent := "base:" + RootKey(baseDigest, p.Template.DiskSizeBytes())
 	var out []PlannedStage
 	for i := range p.Stages {
@@ -95,7 +97,7 @@ type PlanJob struct {
 // alone when it has none) with its outputs and stage keys — on the base of
 // the given digest, with the stage modes this host would use (noChroot as
 // --no-chroot).
-func PlanJobs(t *Template, baseDigest string, noChroot bool) ([]PlanJob, error) {
+func PlanJobs(t *template.Template, baseDigest string, noChroot bool) ([]PlanJob, error) {
 	variants := []string{""}
 	if len(t.Variants) > 0 {
 		variants = variants[:0]
@@ -133,7 +135,7 @@ type modeEnv struct {
 // chooseMode decides how a stage is built — ModeBoot, ModeChroot or
 // ModeOffline — and returns a note when it falls back from what the
 // stage asked for or would get by default.
-func chooseMode(st *Stage, env modeEnv) (mode Mode, note string) {
+func chooseMode(st *template.Stage, env modeEnv) (mode Mode, note string) {
 	if st.Mode == ModeBoot {
 		return ModeBoot, ""
 	}

@@ -4,23 +4,26 @@ import (
 	"errors"
 	"testing"
 
+	"github.com/ecs-image/ecs-image/builder/template"
 	"github.com/ecs-image/ecs-image/provisioners"
 )
 
 func TestChooseMode(t *testing.T) {
-	spec := func(p provisioners.Provisioner) ProvisionerSpec { return ProvisionerSpec{Type: p.Type(), P: p} }
-	files := Stage{Name: "files", Provisioners: []ProvisionerSpec{spec(&provisioners.File{})}}
-	pkgs := Stage{Name: "pkgs", Provisioners: []ProvisionerSpec{spec(&provisioners.Packages{}), spec(&provisioners.File{})}}
-	shell := Stage{Name: "shell", Provisioners: []ProvisionerSpec{spec(&provisioners.Packages{}), spec(&provisioners.Shell{})}}
+	spec := func(p provisioners.Provisioner) template.ProvisionerSpec {
+		return template.ProvisionerSpec{Type: p.Type(), P: p}
+	}
+	files := template.Stage{Name: "files", Provisioners: []template.ProvisionerSpec{spec(&provisioners.File{})}}
+	pkgs := template.Stage{Name: "pkgs", Provisioners: []template.ProvisionerSpec{spec(&provisioners.Packages{}), spec(&provisioners.File{})}}
+	shell := template.Stage{Name: "shell", Provisioners: []template.ProvisionerSpec{spec(&provisioners.Packages{}), spec(&provisioners.Shell{})}}
 	shellChroot := shell
 	shellChroot.Mode = ModeChroot
 	pkgsBoot := pkgs
 	pkgsBoot.Mode = ModeBoot
-	load := Stage{Name: "load", Provisioners: []ProvisionerSpec{spec(&provisioners.Containers{Load: true})}}
+	load := template.Stage{Name: "load", Provisioners: []template.ProvisionerSpec{spec(&provisioners.Containers{Load: true})}}
 	no := errors.New("no")
 	for _, c := range []struct {
 		name  string
-		st    Stage
+		st    template.Stage
 		env   modeEnv
 		want  Mode
 		noted bool

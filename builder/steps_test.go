@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/ecs-image/ecs-image/builder/template"
 	"github.com/ecs-image/ecs-image/images"
 	"github.com/ecs-image/ecs-image/qemu"
 	"github.com/ecs-image/ecs-image/qemuimg"
@@ -27,7 +28,7 @@ func names(steps []multistep.Step) string {
 // testStageBuild is a build with a template, a base and a cache, enough to
 // make the stage step lists.
 func testStageBuild(t *testing.T) *buildState {
-	return &buildState{tmpl: &Template{}, log: logrus.New(), base: &images.Base{Path: "/base.qcow2"}, cache: &StageCache{Dir: t.TempDir()}}
+	return &buildState{tmpl: &template.Template{}, log: logrus.New(), base: &images.Base{Path: "/base.qcow2"}, cache: &StageCache{Dir: t.TempDir()}}
 }
 
 func TestStepOrder(t *testing.T) {
@@ -64,7 +65,11 @@ func TestStageModes(t *testing.T) {
 // recorded for it as fields, set when the stage starts.
 func TestStageStepInputs(t *testing.T) {
 	b := testStageBuild(t)
-	b.tmpl.diskSize = 8 << 30
+	tp, err := template.Parse("t.yml", []byte("disk_size: 8G\nbase: {catalog: build}\nstages: [{name: s, provisioners: [{type: shell, inline: [\"true\"]}]}]\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.tmpl = tp
 	b.work = "/work"
 	// The first stage: on the base, grown to disk_size; the base's kernel.
 	b.parentDisk, b.base.Format = b.base.Path, "raw"
@@ -105,7 +110,7 @@ func TestStepOverlayDisk(t *testing.T) {
 		size, want int64
 		fail       bool
 	}{{0, 1 << 30, false}, {2 << 30, 2 << 30, false}, {1 << 20, 0, true}} {
-		sr := &stageRun{stage: &Stage{Name: "s"}}
+		sr := &stageRun{stage: &template.Stage{Name: "s"}}
 		state := new(multistep.BasicStateBag)
 		state.Put("stage", sr)
 		s := &stepOverlayDisk{WorkDir: dir, Parent: parent, ParentFormat: "qcow2", Size: c.size}

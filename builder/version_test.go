@@ -17,6 +17,7 @@ import (
 	"github.com/hashicorp/packer-plugin-sdk/multistep"
 	"github.com/sirupsen/logrus"
 
+	"github.com/ecs-image/ecs-image/builder/template"
 	"github.com/ecs-image/ecs-image/formats"
 	"github.com/ecs-image/ecs-image/images"
 	"github.com/ecs-image/ecs-image/qemuimg"
@@ -37,8 +38,8 @@ func versionTemplate(t *testing.T, version string) string {
 // TestTemplateVersion: the version field, its default, YAML numbers kept
 // as written, and the --set override validated like the field.
 func TestTemplateVersion(t *testing.T) {
-	for in, want := range map[string]string{"": DefaultVersion, "1.4.0": "1.4.0", "1.10": "1.10", "2026.12.1-rc.1+git.abc": "2026.12.1-rc.1+git.abc", `"7"`: "7"} {
-		tp, err := LoadTemplate(versionTemplate(t, in))
+	for in, want := range map[string]string{"": template.DefaultVersion, "1.4.0": "1.4.0", "1.10": "1.10", "2026.12.1-rc.1+git.abc": "2026.12.1-rc.1+git.abc", `"7"`: "7"} {
+		tp, err := template.Load(versionTemplate(t, in))
 		if err != nil {
 			t.Fatalf("version %q: %v", in, err)
 		}
@@ -47,8 +48,8 @@ func TestTemplateVersion(t *testing.T) {
 		}
 	}
 	for _, bad := range []string{"", "-1", "1.0 beta", "1/2", "a$b", strings.Repeat("1", 65), "é"} {
-		if CheckVersion(bad) == nil {
-			t.Errorf("CheckVersion(%q) accepted", bad)
+		if template.CheckVersion(bad) == nil {
+			t.Errorf("template.CheckVersion(%q) accepted", bad)
 		}
 	}
 
@@ -68,7 +69,7 @@ func TestTemplateVersion(t *testing.T) {
 	if b, err := run("1.0.1"); err != nil || b.tmpl.Version != "1.0.1" {
 		t.Fatalf("override: %v %q", err, b.tmpl.Version)
 	}
-	if _, err := run("1.0 beta"); !IsTemplateError(err) || !strings.Contains(err.Error(), `version: --set version=1.0 beta: "1.0 beta": want`) {
+	if _, err := run("1.0 beta"); !template.IsError(err) || !strings.Contains(err.Error(), `version: --set version=1.0 beta: "1.0 beta": want`) {
 		t.Fatalf("bad override: %v", err)
 	}
 }
@@ -78,7 +79,7 @@ func TestTemplateVersion(t *testing.T) {
 // manifest's (ecs-image release reads the build manifest).
 func TestVersionReachesOutputs(t *testing.T) {
 	testenv.Tool(t, "qemu-img", "make deps")
-	tp, err := LoadTemplate(versionTemplate(t, "1.4.0-rc.2"))
+	tp, err := template.Load(versionTemplate(t, "1.4.0-rc.2"))
 	if err != nil {
 		t.Fatal(err)
 	}

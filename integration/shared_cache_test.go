@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/ecs-image/ecs-image/builder"
+	"github.com/ecs-image/ecs-image/builder/template"
 	"github.com/ecs-image/ecs-image/release"
 	"github.com/ecs-image/ecs-image/testenv"
 )
@@ -295,7 +296,7 @@ func stopTemplate(base, marker, app string) string {
 // its parent's key ("" for the first), as the build computes them.
 func planChain(t *testing.T, tmpl string) [][2]string {
 	t.Helper()
-	tp, err := builder.LoadTemplate(tmpl)
+	tp, err := template.Load(tmpl)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -16,6 +16,7 @@ import (
 	"golang.org/x/term"
 
 	"github.com/ecs-image/ecs-image/builder"
+	"github.com/ecs-image/ecs-image/builder/template"
 	"github.com/ecs-image/ecs-image/formats"
 	"github.com/ecs-image/ecs-image/release"
 )
@@ -31,7 +32,7 @@ Exit code 2 when the template has problems.`,
   ecs-image validate templates/test-small.yml && echo ok`,
 	Args: exactArgs(1),
 	RunE: func(cmd *cobra.Command, args []string) error {
-		t, err := builder.LoadTemplate(args[0])
+		t, err := template.Load(args[0])
 		if err != nil {
 			return err
 		}
@@ -164,7 +165,7 @@ func parseSet(sets []string, o *builder.Options) error {
 		}
 		switch k {
 		case "version":
-			if err := builder.CheckVersion(v); err != nil {
+			if err := template.CheckVersion(v); err != nil {
 				return badInputf("--set version: %v", err)
 			}
 			o.Version = v
@@ -388,5 +389,5 @@ func init() {
 	addRemoteFlags(cachePruneCmd)
 	cacheCmd.AddCommand(cacheLsCmd, cachePruneCmd)
 	rootCmd.AddCommand(validateCmd, buildCmd, cacheCmd)
-	badInputCheckers = append(badInputCheckers, builder.IsTemplateError, formats.IsDriverError)
+	badInputCheckers = append(badInputCheckers, template.IsError, formats.IsDriverError)
 }

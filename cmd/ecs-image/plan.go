@@ -9,6 +9,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/ecs-image/ecs-image/builder"
+	"github.com/ecs-image/ecs-image/builder/template"
 )
 
 var planFlags struct {
@@ -46,7 +47,7 @@ ${{ fromJSON(needs.plan.outputs.matrix) }}) or a GitLab parallel:matrix.`,
   ecs-image plan templates/ecs-appliance.yml --json | jq -c .matrix`,
 	Args: exactArgs(1),
 	RunE: func(cmd *cobra.Command, args []string) error {
-		t, err := builder.LoadTemplate(args[0])
+		t, err := template.Load(args[0])
 		if err != nil {
 			return err
 		}

@@ -1,9 +1,12 @@
-// Package builder turns a template into a provisioned, generalised disk
-// image: a multistep pipeline (steps.go lists it) that boots the base under
-// QEMU with a build-time cidata seed, runs the provisioners of each stage
-// over SSH, caches every stage as a qcow2 overlay, places files of file-only
-// stages offline with a small helper VM, generalises and compacts the result.
-package builder
+// Package template is the build template language: the YAML template
+// decoded strictly (unknown keys, duplicate keys and wrong kinds are
+// problems at FILE:LINE:COL, and every problem is reported before anything
+// runs), its validation (names, base, disk size, stages and their modes,
+// variants, outputs and the production rule), and the plan of one variant
+// (the shared stages, the variant's, and the stages the builder appends:
+// the kernel flavour and Vagrant's conventions). Package builder runs
+// the plan.
+package template
 
 import (
 	"errors"
@@ -26,10 +29,10 @@ import (
 // like an env.yml problem (FILE:LINE:COL: field.path: message).
 type Problem = env.Problem
 
-// TemplateError lists every problem of an invalid template.
-type TemplateError struct{ Problems []Problem }
+// Error lists every problem of an invalid template.
+type Error struct{ Problems []Problem }
 
-func (e *TemplateError) Error() string {
+func (e *Error) Error() string {
 	s := make([]string, len(e.Problems))
 	for i, p := range e.Problems {
 		s[i] = p.String()
@@ -37,9 +40,9 @@ func (e *TemplateError) Error() string {
 	return strings.Join(s, "\n")
 }
 
-// IsTemplateError reports whether err is (or wraps) a *TemplateError.
-func IsTemplateError(err error) bool {
-	var te *TemplateError
+// IsError reports whether err is (or wraps) a *Error.
+func IsError(err error) bool {
+	var te *Error
 	return errors.As(err, &te)
 }
 
@@ -156,6 +159,32 @@ type ProvisionerSpec struct {
 	Node *yaml.Node
 }
 
+// Canonical renders the provisioner's mapping without comments or
+// styles (aliases expanded): what the stage key hashes, so that
+// reformatting a template does not change keys.
+func (s *ProvisionerSpec) Canonical() string {
+	n := s.Node
+	if n == nil {
+		return ""
+	}
+	var strip func(*yaml.Node) *yaml.Node
+	strip = func(n *yaml.Node) *yaml.Node {
+		if n.Kind == yaml.AliasNode && n.Alias != nil {
+			return strip(n.Alias)
+		}
+		c := &yaml.Node{Kind: n.Kind, Tag: n.ShortTag(), Value: n.Value}
+		for _, ch := range n.Content {
+			c.Content = append(c.Content, strip(ch))
+		}
+		return c
+	}
+	data, err := yaml.Marshal(strip(n))
+	if err != nil {
+		return n.Value
+	}
+	return string(data)
+}
+
 func (s *ProvisionerSpec) decodeNode(d *decoder, n *yaml.Node, path string) {
 	s.Node = n
 	if n.Kind != yaml.MappingNode {
@@ -230,13 +259,13 @@ var (
 	sumRe     = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^(sha256:)?[0-9a-f]{64}$|^sha512:[0-9a-f]{128}$`) })
 )
 
-// LoadTemplate reads and validates the template at path.
-func LoadTemplate(path string) (*Template, error) {
+// Load reads and validates the template at path.
+func Load(path string) (*Template, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
-		return nil, &TemplateError{[]Problem{{File: path, Msg: cleanPathErr(err)}}}
+		return nil, &Error{[]Problem{{File: path, Msg: cleanPathErr(err)}}}
 	}
-	return ParseTemplate(path, data)
+	return Parse(path, data)
 }
 
 func cleanPathErr(err error) string {
@@ -247,16 +276,16 @@ func cleanPathErr(err error) string {
 	return err.Error()
 }
 
-// ParseTemplate parses and validates a template in full: every problem is
-// reported (as a *TemplateError) before anything runs.
-func ParseTemplate(file string, data []byte) (*Template, error) {
+// Parse parses and validates a template in full: every problem is
+// reported (as a *Error) before anything runs.
+func Parse(file string, data []byte) (*Template, error) {
 	var doc yaml.Node
 	if err := yaml.Unmarshal(data, &doc); err != nil {
 		line, col, msg := env.SyntaxErrorAt(data, err)
-		return nil, &TemplateError{[]Problem{{File: file, Line: line, Column: col, Msg: "YAML syntax error: " + msg}}}
+		return nil, &Error{[]Problem{{File: file, Line: line, Column: col, Msg: "YAML syntax error: " + msg}}}
 	}
 	if len(doc.Content) == 0 || doc.Content[0].Kind != yaml.MappingNode {
-		return nil, &TemplateError{[]Problem{{File: file, Line: 1, Column: 1, Msg: "template is not a mapping"}}}
+		return nil, &Error{[]Problem{{File: file, Line: 1, Column: 1, Msg: "template is not a mapping"}}}
 	}
 	abs, err := filepath.Abs(file)
 	if err != nil {
@@ -274,7 +303,7 @@ func ParseTemplate(file string, data []byte) (*Template, error) {
 			}
 			return a.Column < b.Column
 		})
-		return nil, &TemplateError{d.problems}
+		return nil, &Error{d.problems}
 	}
 	return t, nil
 }

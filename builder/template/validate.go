@@ -1,4 +1,4 @@
-package builder
+package template
 
 import (
 	"fmt"
@@ -134,6 +134,17 @@ func CheckVersion(v string) error {
 	if !versionRe().MatchString(v) {
 		return fmt.Errorf("%q: want 1 to 64 letters, digits and . + ~ _ - starting with a letter or digit (e.g. 1.4.0)", v)
 	}
+	return nil
+}
+
+// SetVersion overrides the template's version (`ecs-image build --set
+// version=V`), validated like the field: a bad value is an *Error at the
+// version field.
+func (t *Template) SetVersion(v string) error {
+	if err := CheckVersion(v); err != nil {
+		return &Error{Problems: []Problem{{File: t.File, Path: "version", Msg: "--set version=" + v + ": " + err.Error()}}}
+	}
+	t.Version = v
 	return nil
 }
 

@@ -1,4 +1,4 @@
-package builder
+package template
 
 import (
 	"os"
@@ -28,12 +28,12 @@ func TestBadTemplates(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			_, err = LoadTemplate(f)
+			_, err = Load(f)
 			if err == nil {
 				t.Fatal("template accepted")
 			}
-			if !IsTemplateError(err) {
-				t.Fatalf("error is not a *TemplateError: %T %v", err, err)
+			if !IsError(err) {
+				t.Fatalf("error is not a *Error: %T %v", err, err)
 			}
 			got := strings.ReplaceAll(err.Error(), absDir+"/", "")
 			got = strings.ReplaceAll(got, "testdata/bad/", "")
@@ -103,7 +103,7 @@ func TestGoodTemplate(t *testing.T) {
 	dir := t.TempDir()
 	writeFile(t, dir, "base.qcow2", "x")
 	writeFile(t, dir, "motd", "hello\n")
-	tp, err := LoadTemplate(writeFile(t, dir, "t.yml", goodTemplate))
+	tp, err := Load(writeFile(t, dir, "t.yml", goodTemplate))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -145,7 +145,7 @@ func TestVagrantStage(t *testing.T) {
 	writeFile(t, dir, "motd", "hello\n")
 	src := strings.Replace(goodTemplate, "          - type: packages\n            packages: [strace]\n",
 		"          - type: packages\n            packages: [strace]\n    outputs: [qcow2, vagrant-libvirt]\n", 1)
-	tp, err := LoadTemplate(writeFile(t, dir, "t.yml", src))
+	tp, err := Load(writeFile(t, dir, "t.yml", src))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -165,7 +165,7 @@ func TestVagrantStage(t *testing.T) {
 		t.Errorf("prod plan: %v", err)
 	}
 	bad := strings.Replace(goodTemplate, "outputs: [qcow2, vmdk]", "outputs: [qcow2, vagrant-libvirt]", 1)
-	btp, err := LoadTemplate(writeFile(t, dir, "bad.yml", bad))
+	btp, err := Load(writeFile(t, dir, "bad.yml", bad))
 	if err == nil {
 		_, err = btp.Plan("prod")
 	}
@@ -176,7 +176,7 @@ func TestVagrantStage(t *testing.T) {
 
 // TestRepoTemplates validates the templates shipped in templates/.
 func TestRepoTemplates(t *testing.T) {
-	tp, err := LoadTemplate("../templates/test-small.yml")
+	tp, err := Load("../../templates/test-small.yml")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -184,11 +184,11 @@ func TestRepoTemplates(t *testing.T) {
 		t.Errorf("test-small: want a booted then a file-only stage")
 	}
 	// `make test` builds both; a bare `go test` outside CI skips the rest.
-	testenv.File(t, "../bin/ecs-agent", "ecs-appliance.yml needs it: make build")
+	testenv.File(t, "../../bin/ecs-agent", "ecs-appliance.yml needs it: make build")
 	for _, f := range []string{"ecs-standin.tar", "pdfas-standin.tar", "mocca-standin.tar"} {
-		testenv.File(t, "../templates/files/images/"+f, "ecs-appliance.yml needs the ECS stand-in images: make templates/files/images/ecs-standin.tar")
+		testenv.File(t, "../../templates/files/images/"+f, "ecs-appliance.yml needs the ECS stand-in images: make templates/files/images/ecs-standin.tar")
 	}
-	tp, err = LoadTemplate("../templates/ecs-appliance.yml")
+	tp, err = Load("../../templates/ecs-appliance.yml")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -219,7 +219,7 @@ func TestKernelStage(t *testing.T) {
 	writeFile(t, dir, "motd", "hello\n")
 	src := "kernel: generic\n" + strings.Replace(goodTemplate, "    outputs: [qcow2, vagrant-libvirt]\n", "", 1)
 	src = strings.Replace(src, "  prod:\n", "  prod:\n    kernel: cloud\n", 1)
-	tp, err := LoadTemplate(writeFile(t, dir, "t.yml", src))
+	tp, err := Load(writeFile(t, dir, "t.yml", src))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -236,7 +236,7 @@ func TestKernelStage(t *testing.T) {
 		if want := map[string]string{"generic": "linux-image-amd64", "cloud": "linux-image-cloud-amd64"}[flavour]; len(pk.Packages) != 1 || pk.Packages[0] != want {
 			t.Errorf("%s: installs %v", variant, pk.Packages)
 		}
-		if !strings.Contains(canonicalYAML(last.Provisioners[1].Node), "linux-image") {
+		if !strings.Contains(last.Provisioners[1].Canonical(), "linux-image") {
 			t.Errorf("%s: the packages node (the stage key) does not name the kernel", variant)
 		}
 	}
