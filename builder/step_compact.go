@@ -33,7 +33,23 @@ const compactOptions = "compat=1.1,compression_type=zstd,cluster_size=256K"
 // the same chain (formats.Emit; qemu-img reads through backing files), so
 // that the formats do not wait for the compaction nor decompress its
 // result.
-type stepCompact struct{}
+type stepCompact struct {
+	// Disk is the generalised disk (the top of the overlay chain).
+	Disk string
+	// Outputs are the plan's formats; OutputDir and BaseName where and
+	// under which name they are written; Formats the metadata of OVF
+	// descriptors and boxes.
+	Outputs   []string
+	OutputDir string
+	BaseName  string
+	Formats   formats.Options
+}
+
+// compactStep compacts the generalised disk and writes the plan's outputs.
+func (b *buildState) compactStep() *stepCompact {
+	return &stepCompact{Disk: b.parentDisk, Outputs: b.plan.Outputs, OutputDir: b.opts.OutputDir, BaseName: b.baseName(),
+		Formats: formats.Options{Version: b.tmpl.Version}}
+}
 
 // emission is the other formats being written alongside the compaction.
 type emission struct {
@@ -43,35 +59,30 @@ type emission struct {
 	err    error
 }
 
-// formatOptions are the metadata written into the OVF descriptors and boxes.
-func (b *buildState) formatOptions() formats.Options {
-	return formats.Options{Version: b.tmpl.Version}
-}
-
 func (s *stepCompact) Run(ctx context.Context, state multistep.StateBag) multistep.StepAction {
-	b := getBuild(state)
-	if others := b.otherOutputs(); len(others) > 0 {
-		info, err := qemuimg.ReadInfo(ctx, b.parentDisk, "qcow2")
+	b := getBuild(state) // receives the results
+	if others := otherOutputs(s.Outputs); len(others) > 0 {
+		info, err := qemuimg.ReadInfo(ctx, s.Disk, "qcow2")
 		if err != nil {
 			return halt(state, err)
 		}
 		ectx, cancel := context.WithCancel(ctx)
 		e := &emission{cancel: cancel, done: make(chan struct{})}
 		b.emit = e
-		img := &qemuimg.Info{Path: b.parentDisk, Format: "qcow2", VirtualSize: info.VirtualSize}
+		img := &qemuimg.Info{Path: s.Disk, Format: "qcow2", VirtualSize: info.VirtualSize}
 		go func() {
 			defer close(e.done)
-			e.arts, e.err = formats.Emit(ectx, img, b.opts.OutputDir, b.baseName(), others, b.formatOptions())
+			e.arts, e.err = formats.Emit(ectx, img, s.OutputDir, s.BaseName, others, s.Formats)
 		}()
 	}
-	f, err := os.CreateTemp(b.opts.OutputDir, tempName(b.baseName()+".qcow2"))
+	f, err := os.CreateTemp(s.OutputDir, tempName(s.BaseName+".qcow2"))
 	if err != nil {
 		return halt(state, err)
 	}
 	f.Close()
 	b.compacted = f.Name()
 	if _, err := qemuimg.Run(ctx, "convert", "-f", "qcow2", "-c", "-O", "qcow2", "-o", compactOptions,
-		"-m", "8", "-W", b.parentDisk, b.compacted); err != nil {
+		"-m", "8", "-W", s.Disk, b.compacted); err != nil {
 		return halt(state, err)
 	}
 	b.compactSum, b.compactSize, err = atomicfile.SHA256File(ctx, b.compacted)
@@ -102,9 +113,9 @@ func (s *stepCompact) Cleanup(state multistep.StateBag) {
 }
 
 // otherOutputs are the output formats besides the qcow2.
-func (b *buildState) otherOutputs() []string {
+func otherOutputs(outputs []string) []string {
 	var others []string
-	for _, o := range b.plan.Outputs {
+	for _, o := range outputs {
 		if o != "qcow2" {
 			others = append(others, o)
 		}

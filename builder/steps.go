@@ -1,6 +1,7 @@
 package builder
 
 import (
+	"context"
 	"fmt"
 	"strings"
 
@@ -11,14 +12,43 @@ import (
 // of its mode (stageModes) inside stepStages.
 func buildSteps() []multistep.Step {
 	return []multistep.Step{
-		&stepValidate{},    // load and validate the template, resolve the variant
-		&stepFetchBase{},   // resolve/fetch/verify the base image (cached)
-		&stepWorkDir{},     // output dir, work directory with pid file; clean crashed builds
-		&stepStageKeys{},   // cache keys of every stage; choose booted/offline
-		&stepStages{},      // build each stage not in the cache, the generalisation last (see below)
-		&stepDriverCheck{}, // the kernel has the drivers of every output's hypervisors
-		&stepCompact{},     // qemu-img convert -c: one standalone qcow2
-		&stepArtifact{},    // other formats, manifest, rename into OutputDir
+		&stepValidate{},  // load and validate the template, resolve the variant
+		&stepFetchBase{}, // resolve/fetch/verify the base image (cached)
+		&stepWorkDir{},   // output dir, work directory with pid file; clean crashed builds
+		&stepStageKeys{}, // cache keys of every stage; choose booted/offline
+		&stepStages{},    // build each stage not in the cache, the generalisation last (see below)
+		// The steps after the stages are made when they start, with their
+		// inputs (the generalised disk, its kernel, the plan's outputs) as
+		// fields.
+		late((*buildState).driverCheckStep), // the kernel has the drivers of every output's hypervisors
+		late((*buildState).compactStep),     // qemu-img convert -c: one standalone qcow2
+		&stepArtifact{},                     // other formats, manifest, rename into OutputDir
+	}
+}
+
+// lateStep is a step made when it starts, from the build so far: a step
+// whose inputs exist only after earlier steps (the plan, the stages) still
+// takes them as fields, and can be tested from plain values.
+type lateStep struct {
+	name string // the made step's, for the log and the timings
+	make func(*buildState) multistep.Step
+	step multistep.Step
+}
+
+// late returns a lateStep made by make.
+func late[S multistep.Step](make func(*buildState) S) *lateStep {
+	var zero S
+	return &lateStep{name: stepName(zero), make: func(b *buildState) multistep.Step { return make(b) }}
+}
+
+func (l *lateStep) Run(ctx context.Context, state multistep.StateBag) multistep.StepAction {
+	l.step = l.make(getBuild(state))
+	return l.step.Run(ctx, state)
+}
+
+func (l *lateStep) Cleanup(state multistep.StateBag) {
+	if l.step != nil {
+		l.step.Cleanup(state)
 	}
 }
 
@@ -96,6 +126,9 @@ func generaliseStageSteps(b *buildState) []multistep.Step {
 
 // stepName is a step's name for logs: its type without "step", in words.
 func stepName(s multistep.Step) string {
+	if l, ok := s.(*lateStep); ok {
+		return l.name
+	}
 	n := strings.TrimPrefix(fmt.Sprintf("%T", s), "*builder.step")
 	var b strings.Builder
 	for i, r := range n {

@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/ecs-image/ecs-image/builder/template"
+	"github.com/ecs-image/ecs-image/formats"
 	"github.com/ecs-image/ecs-image/images"
 	"github.com/ecs-image/ecs-image/qemu"
 	"github.com/ecs-image/ecs-image/qemuimg"
@@ -153,5 +154,48 @@ func TestBuildUserData(t *testing.T) {
 	if len(cfg.Users) != 1 || cfg.Users[0].Name != BuildUser || cfg.Users[0].Sudo != "ALL=(ALL) NOPASSWD:ALL" ||
 		!cfg.Users[0].LockPasswd || len(cfg.Users[0].Keys) != 1 || cfg.Users[0].Keys[0] != "ssh-ed25519 AAAAC3 ecs-image" || cfg.SSHPwauth {
 		t.Errorf("user-data: %+v\n%s", cfg, ud)
+	}
+}
+
+// TestDriverCheckStep: the driver check runs from plain values (the
+// kernel's drivers, the outputs), made from the build when it starts.
+func TestDriverCheckStep(t *testing.T) {
+	all := formats.AllDrivers()
+	run := func(s multistep.Step, b *buildState) error {
+		t.Helper()
+		state := new(multistep.BasicStateBag)
+		state.Put("build", b)
+		s.Run(context.Background(), state)
+		if err, ok := state.GetOk("error"); ok {
+			return err.(error)
+		}
+		return nil
+	}
+	log := logrus.New()
+	bare := &KernelInfo{Version: "6.1.0-cloud", Asked: all}
+	if err := run(&stepDriverCheck{Kernel: bare, Outputs: []string{"qcow2"}, Log: log}, nil); err == nil {
+		t.Error("a kernel without drivers passed the check for qcow2")
+	}
+	full := &KernelInfo{Version: "6.1.0", Asked: all, Drivers: all}
+	if err := run(&stepDriverCheck{Kernel: full, Outputs: []string{"qcow2", "vmdk"}, Log: log}, nil); err != nil {
+		t.Errorf("a kernel with every driver: %v", err)
+	}
+	// Unknown or partly known drivers: skipped, not failed.
+	for _, k := range []*KernelInfo{nil, {Version: "x", Asked: all[:1]}} {
+		if err := run(&stepDriverCheck{Kernel: k, Outputs: []string{"qcow2"}, Log: log}, nil); err != nil {
+			t.Errorf("kernel %+v: %v", k, err)
+		}
+	}
+	// In the pipeline, the step is made from the build's kernel and plan
+	// when it starts.
+	b := testStageBuild(t)
+	b.plan = &template.Plan{Outputs: []string{"qcow2"}}
+	late := buildSteps()[5]
+	if stepName(late) != "driver check" {
+		t.Fatalf("step 5 is %s", stepName(late))
+	}
+	b.kernel = bare
+	if err := run(late, b); err == nil {
+		t.Error("the pipeline's driver check did not use the build's kernel")
 	}
 }

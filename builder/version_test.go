@@ -98,7 +98,7 @@ func TestVersionReachesOutputs(t *testing.T) {
 	if err := os.Mkdir(out, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	arts, err := formats.Emit(context.Background(), &qemuimg.Info{Path: in, Format: "qcow2", VirtualSize: 8 << 20}, out, "v", []string{"ova"}, b.formatOptions())
+	arts, err := formats.Emit(context.Background(), &qemuimg.Info{Path: in, Format: "qcow2", VirtualSize: 8 << 20}, out, "v", []string{"ova"}, b.compactStep().Formats)
 	if err != nil {
 		t.Fatal(err)
 	}
