@@ -86,6 +86,9 @@ func (g *Agent) Check(dir string) []FieldError {
 	return errs
 }
 
+// CheckProduction implements Provisioner: nothing a production variant refuses.
+func (*Agent) CheckProduction() []FieldError { return nil }
+
 // Requires implements Provisioner: it only places files.
 func (*Agent) Requires() Requirement { return Requirement{Need: NeedFiles} }
 

@@ -113,6 +113,9 @@ var fileNameRe = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompil
 // Type implements Provisioner.
 func (*Containers) Type() string { return "containers" }
 
+// CheckProduction implements Provisioner: nothing a production variant refuses.
+func (*Containers) CheckProduction() []FieldError { return nil }
+
 // Requires implements Provisioner: the archives are placed as files,
 // unless load: true runs `docker load`, which needs the image's dockerd
 // running.

@@ -70,6 +70,9 @@ func (f *File) Check(dir string) []FieldError {
 	return errs
 }
 
+// CheckProduction implements Provisioner: nothing a production variant refuses.
+func (*File) CheckProduction() []FieldError { return nil }
+
 // Requires implements Provisioner: it only places files.
 func (*File) Requires() Requirement { return Requirement{Need: NeedFiles} }
 

@@ -95,6 +95,9 @@ EOT
 	return b.String()
 }
 
+// CheckProduction implements Provisioner: nothing a production variant refuses.
+func (*Packages) CheckProduction() []FieldError { return nil }
+
 // Requires implements Provisioner: apt installs the same in a chroot
 // (services are enabled, not started).
 func (*Packages) Requires() Requirement { return Requirement{Need: NeedChroot} }

@@ -32,6 +32,11 @@ type Provisioner interface {
 	// Requires says where the provisioner can run: NeedFiles for a Placer,
 	// a higher Need for a Runner.
 	Requires() Requirement
+	// CheckProduction is the provisioner's part of the production rule:
+	// what a production variant must not build from its configuration
+	// (a stack's registry images without a digest); nil when nothing.
+	// The template checks it for every stage of a production variant.
+	CheckProduction() []FieldError
 }
 
 // Placer is a provisioner that only places files in the image.

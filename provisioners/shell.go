@@ -59,6 +59,9 @@ func (s *Shell) Check(dir string) []FieldError {
 	return errs
 }
 
+// CheckProduction implements Provisioner: nothing a production variant refuses.
+func (*Shell) CheckProduction() []FieldError { return nil }
+
 // Requires implements Provisioner: commands may need the running system,
 // so they run booted unless the stage asks for a chroot.
 func (*Shell) Requires() Requirement { return Requirement{Need: NeedBoot} }

@@ -131,9 +131,9 @@ func (s *Stack) bakedTags() map[string]bool {
 	return baked
 }
 
-// CheckProduction refuses what a production image must not have: a
-// registry image without a digest, among the stack's images or named by
-// the compose file without being baked.
+// CheckProduction implements Provisioner: it refuses what a production
+// image must not have, a registry image without a digest, among the
+// stack's images or named by the compose file without being baked.
 func (s *Stack) CheckProduction() []FieldError {
 	var errs []FieldError
 	for i, im := range s.Images {

@@ -11,7 +11,6 @@ import (
 
 	"github.com/ecs-image/ecs-image/formats"
 	"github.com/ecs-image/ecs-image/images"
-	"github.com/ecs-image/ecs-image/provisioners"
 )
 
 // check validates the decoded template's values.
@@ -252,19 +251,16 @@ func (t *Template) checkStages(d *decoder, path string, stages []Stage, names ma
 }
 
 // checkProduction reports what a production variant must not build from
-// stages (provisioners with a CheckProduction method: e.g. a stack's
-// images without a digest).
+// stages: each provisioner's CheckProduction (e.g. a stack's images
+// without a digest).
 func checkProduction(d *decoder, path string, stages []Stage) {
 	for i := range stages {
 		for j, ps := range stages[i].Provisioners {
-			pc, ok := ps.P.(interface {
-				CheckProduction() []provisioners.FieldError
-			})
-			if !ok {
+			if ps.P == nil {
 				continue
 			}
 			pp := fmt.Sprintf("%s[%d].provisioners[%d]", path, i, j)
-			for _, fe := range pc.CheckProduction() {
+			for _, fe := range ps.P.CheckProduction() {
 				fp := pp
 				if fe.Field != "" {
 					fp = pp + "." + fe.Field
