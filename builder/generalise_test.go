@@ -1,19 +1,9 @@
 package builder
 
 import (
-	"context"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
-
-	"github.com/sirupsen/logrus"
-	logtest "github.com/sirupsen/logrus/hooks/test"
-
-	"github.com/ecs-image/ecs-image/builder/template"
-	"github.com/ecs-image/ecs-image/qemuimg"
-	"github.com/ecs-image/ecs-image/testenv"
 )
 
 const mergedTemplate = `
@@ -40,28 +30,8 @@ stages:
 // records the merged stage as cached and takes the package list from the
 // generalised disk's entry.
 func TestGeneraliseStageMergedFromCache(t *testing.T) {
-	testenv.Tool(t, "qemu-img", "make deps")
-	ctx := context.Background()
-	dir := t.TempDir()
-	t.Setenv("ECS_IMAGE_CACHE", filepath.Join(dir, "imgcache"))
-	if _, err := qemuimg.Run(ctx, "create", "-q", "-f", "qcow2", filepath.Join(dir, "base.qcow2"), "1G"); err != nil {
-		t.Fatal(err)
-	}
-	tmplPath := filepath.Join(dir, "t.yml")
-	os.WriteFile(tmplPath, []byte(mergedTemplate), 0o644)
-	tmpl, err := template.Load(tmplPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b0, err := ResolveBase(ctx, tmpl)
-	if err != nil {
-		t.Fatal(err)
-	}
-	jobs, err := PlanJobs(tmpl, b0.Digest, true)
-	if err != nil {
-		t.Fatal(err)
-	}
-	job := jobs[0]
+	p := newPlannedBuild(t, mergedTemplate, "1G", true)
+	b0, job, dir := p.Base, p.Job, p.Dir
 	if job.Stages[1].Mode != ModeOffline {
 		t.Fatalf("the file stage is built %s, want offline (helper: %v)", job.Stages[1].Mode, helperUsable())
 	}
@@ -77,19 +47,7 @@ func TestGeneraliseStageMergedFromCache(t *testing.T) {
 	addStage(t, c, work, &StageEntry{Key: job.GeneraliseKey, Parent: s1.Key, ParentID: idOf(t, c, s1.Key), Name: GeneraliseStageName, Template: "mergetest",
 		Mode: ModeOffline, BootFrom: s1.Key, Packages: []string{"base-files\t12.4"}}, c.Disk(s1.Key), false)
 
-	bin := filepath.Join(dir, "bin")
-	os.Mkdir(bin, 0o755)
-	qi, _ := exec.LookPath("qemu-img")
-	os.Symlink(qi, filepath.Join(bin, "qemu-img"))
-	t.Setenv("PATH", bin)
-	log, hook := logtest.NewNullLogger()
-	log.SetLevel(logrus.DebugLevel)
-	art, err := Build(ctx, Options{Template: tmplPath, OutputDir: filepath.Join(dir, "out"), Cache: c, Log: log, NoChroot: true})
-	var msgs []string
-	for _, e := range hook.AllEntries() {
-		msgs = append(msgs, e.Level.String()+": "+e.Message)
-	}
-	all := strings.Join(msgs, "\n")
+	art, all, err := p.buildWithoutQEMU(t, Options{OutputDir: filepath.Join(dir, "out"), Cache: c, NoChroot: true})
 	if err != nil {
 		t.Fatalf("build: %v\n%s", err, all)
 	}
@@ -112,13 +70,7 @@ func TestGeneraliseStageMergedFromCache(t *testing.T) {
 	if err := c.Remove(job.GeneraliseKey); err != nil {
 		t.Fatal(err)
 	}
-	hook.Reset()
-	_, err = Build(ctx, Options{Template: tmplPath, OutputDir: filepath.Join(dir, "out2"), Cache: c, Log: log, NoChroot: true})
-	msgs = msgs[:0]
-	for _, e := range hook.AllEntries() {
-		msgs = append(msgs, e.Level.String()+": "+e.Message)
-	}
-	all = strings.Join(msgs, "\n")
+	_, all, err = p.buildWithoutQEMU(t, Options{OutputDir: filepath.Join(dir, "out2"), Cache: c, NoChroot: true})
 	if err == nil || !strings.Contains(err.Error(), "stage generalise: generalise:") || !strings.Contains(all, "stage generalise: building (offline helper: generalise, key "+job.GeneraliseKey[:12]) {
 		t.Errorf("build without the generalised disk: %v\n%s", err, all)
 	}

@@ -9,7 +9,6 @@ import (
 	"errors"
 	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -23,7 +22,6 @@ import (
 	"github.com/sirupsen/logrus"
 	logtest "github.com/sirupsen/logrus/hooks/test"
 
-	"github.com/ecs-image/ecs-image/builder/template"
 	"github.com/ecs-image/ecs-image/images"
 	"github.com/ecs-image/ecs-image/qemuimg"
 	"github.com/ecs-image/ecs-image/release"
@@ -121,6 +119,18 @@ func chainA(t *testing.T) (*StageCache, string) {
 	return c, work
 }
 
+// uploadedChainA is chainA with keys pushed to f's store: another
+// builder's upload.
+func (f *remoteFixture) uploadedChainA(t *testing.T, keys ...string) (*StageCache, string) {
+	t.Helper()
+	c, work := chainA(t)
+	r, _ := testRemote(f.store, RemoteReadWrite)
+	for _, k := range keys {
+		r.push(context.Background(), c, work, k)
+	}
+	return c, work
+}
+
 // idOf is the ID of key's entry in c.
 func idOf(t *testing.T, c *StageCache, key string) string {
 	t.Helper()
@@ -162,10 +172,7 @@ func backingOf(t *testing.T, disk string) string {
 func TestRemoteCacheRoundTrip(t *testing.T) {
 	f := newRemoteFixture(t)
 	ctx := context.Background()
-	a, workA := chainA(t)
-	ra, _ := testRemote(f.store, RemoteReadWrite)
-	ra.push(ctx, a, workA, keyS1)
-	ra.push(ctx, a, workA, keyS2)
+	a, _ := f.uploadedChainA(t, keyS1, keyS2)
 	for _, k := range []string{keyS1, keyS2} {
 		sum, _, ok, err := f.store.Digest(ctx, RemoteObject(k))
 		if err != nil || !ok || len(sum) != 64 {
@@ -235,9 +242,7 @@ func corrupt(t *testing.T, f *remoteFixture, key string, mangle func([]byte) []b
 func TestRemoteCacheCorruptObjectRebuiltAndReplaced(t *testing.T) {
 	f := newRemoteFixture(t)
 	ctx := context.Background()
-	a, workA := chainA(t)
-	ra, _ := testRemote(f.store, RemoteReadWrite)
-	ra.push(ctx, a, workA, keyS1)
+	f.uploadedChainA(t, keyS1)
 	good, _, _, _ := f.store.Digest(ctx, RemoteObject(keyS1))
 
 	for name, mangle := range map[string]func([]byte) []byte{
@@ -345,10 +350,7 @@ func TestRemoteCacheConcurrentUploadsLeaveOneGoodObject(t *testing.T) {
 func TestRemoteCacheOverlayOnlyOnItsOwnParent(t *testing.T) {
 	f := newRemoteFixture(t)
 	ctx := context.Background()
-	y, workY := chainA(t)
-	ry, _ := testRemote(f.store, RemoteReadWrite)
-	ry.push(ctx, y, workY, keyS1)
-	ry.push(ctx, y, workY, keyS2)
+	y, _ := f.uploadedChainA(t, keyS1, keyS2)
 
 	// X built s1 itself (before the remote was there).
 	x, baseX, workX := testCache(t)
@@ -544,27 +546,8 @@ stages:
 func TestBuildFromRemoteCacheOnly(t *testing.T) {
 	f := newRemoteFixture(t)
 	ctx := context.Background()
-	dir := t.TempDir()
-	t.Setenv("ECS_IMAGE_CACHE", filepath.Join(dir, "imgcache"))
-	base := filepath.Join(dir, "base.qcow2")
-	if _, err := qemuimg.Run(ctx, "create", "-q", "-f", "qcow2", base, "2G"); err != nil {
-		t.Fatal(err)
-	}
-	tmplPath := filepath.Join(dir, "t.yml")
-	os.WriteFile(tmplPath, []byte(remoteBuildTemplate), 0o644)
-	tmpl, err := template.Load(tmplPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b0, err := ResolveBase(ctx, tmpl)
-	if err != nil {
-		t.Fatal(err)
-	}
-	jobs, err := PlanJobs(tmpl, b0.Digest, false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	job := jobs[0]
+	p := newPlannedBuild(t, remoteBuildTemplate, "2G", false)
+	b0, job, dir := p.Base, p.Job, p.Dir
 
 	// Builder A's cache, uploaded.
 	a, _, workA := testCache(t)
@@ -583,23 +566,11 @@ func TestBuildFromRemoteCacheOnly(t *testing.T) {
 
 	// Builder B, with qemu-img but no QEMU on PATH: a stage it would build
 	// fails at once instead of booting.
-	bin := filepath.Join(dir, "bin")
-	os.Mkdir(bin, 0o755)
-	qi, _ := exec.LookPath("qemu-img")
-	os.Symlink(qi, filepath.Join(bin, "qemu-img"))
-	t.Setenv("PATH", bin)
-	log, hook := logtest.NewNullLogger()
-	log.SetLevel(logrus.DebugLevel)
 	bc := &StageCache{Dir: filepath.Join(dir, "b-stages")}
-	art, err := Build(ctx, Options{Template: tmplPath, OutputDir: filepath.Join(dir, "out"), Cache: bc, Log: log, Remote: f.store, RemoteMode: RemoteRead})
-	var msgs []string
-	for _, e := range hook.AllEntries() {
-		msgs = append(msgs, e.Level.String()+": "+e.Message)
-	}
+	art, all, err := p.buildWithoutQEMU(t, Options{OutputDir: filepath.Join(dir, "out"), Cache: bc, Remote: f.store, RemoteMode: RemoteRead})
 	if err != nil {
-		t.Fatalf("build from the remote: %v\n%s", err, strings.Join(msgs, "\n"))
+		t.Fatalf("build from the remote: %v\n%s", err, all)
 	}
-	all := strings.Join(msgs, "\n")
 	if strings.Contains(all, ": building (") {
 		t.Fatalf("a stage was built:\n%s", all)
 	}
@@ -630,8 +601,8 @@ func TestBuildFromRemoteCacheOnly(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, err := Build(ctx, Options{Template: tmplPath, OutputDir: filepath.Join(dir, "out-"+mode), Cache: bc, Log: log, Remote: st2, RemoteMode: mode}); err != nil {
-			t.Fatalf("%s: %v", mode, err)
+		if _, all, err := p.buildWithoutQEMU(t, Options{OutputDir: filepath.Join(dir, "out-"+mode), Cache: bc, Remote: st2, RemoteMode: mode}); err != nil {
+			t.Fatalf("%s: %v\n%s", mode, err, all)
 		}
 		objs, err := st2.List(ctx, "")
 		if err != nil {
