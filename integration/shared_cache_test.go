@@ -50,6 +50,39 @@ stages:
 `
 }
 
+// sharedCache is where the shared-cache tests start: a host that runs
+// chroot stages, the local base, a versitygw with bucket "cache" (the
+// builders find it through AWS_ENDPOINT_URL) seen through prefix ci, and
+// two templates made by tmpl with a fresh marker, whose app stage writes
+// "one" (T1) or "two" (T2).
+type sharedCache struct {
+	St                  *release.S3Target
+	Dir, Marker, T1, T2 string
+	Remote              []string // the builders' --cache-remote flags
+}
+
+func newSharedCache(t *testing.T, markerPrefix string, tmpl func(base, marker, app string) string) *sharedCache {
+	t.Helper()
+	needChroot(t)
+	base := baseImage(t)
+	endpoint := testenv.VersityGW(t, "cache")
+	t.Setenv("AWS_ENDPOINT_URL", endpoint)
+	st, err := release.NewS3Target(context.Background(), "cache", "ci", release.S3Options{Endpoint: endpoint})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rnd := make([]byte, 6)
+	rand.Read(rnd)
+	sc := &sharedCache{St: st, Dir: t.TempDir(), Marker: markerPrefix + "-" + hex.EncodeToString(rnd), Remote: []string{"--cache-remote", "s3://cache/ci"}}
+	sc.T1, sc.T2 = filepath.Join(sc.Dir, "t1.yml"), filepath.Join(sc.Dir, "t2.yml")
+	for p, app := range map[string]string{sc.T1: "one", sc.T2: "two"} {
+		if err := os.WriteFile(p, []byte(tmpl(base, sc.Marker, app)), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return sc
+}
+
 // builderRun is one `ecs-image build` of a builder with its own local
 // cache (ECS_IMAGE_CACHE), as a CI runner with an empty disk.
 type builderRun struct {
@@ -351,25 +384,10 @@ func (r *builderRun) fromRemote(t *testing.T, names []string, chain [][2]string)
 // is reported, the stage rebuilt and the object replaced; an unreachable
 // remote is one warning.
 func TestSharedStageCacheBuilders(t *testing.T) {
-	needChroot(t)
-	base := baseImage(t)
-	endpoint := testenv.VersityGW(t, "cache")
-	t.Setenv("AWS_ENDPOINT_URL", endpoint)
-	ctx := context.Background()
-	st, err := release.NewS3Target(ctx, "cache", "ci", release.S3Options{Endpoint: endpoint})
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	rnd := make([]byte, 6)
-	rand.Read(rnd)
-	marker := "race-" + hex.EncodeToString(rnd)
-	t1, t2 := filepath.Join(dir, "t1.yml"), filepath.Join(dir, "t2.yml")
-	os.WriteFile(t1, []byte(stopTemplate(base, marker, "one")), 0o644)
-	os.WriteFile(t2, []byte(stopTemplate(base, marker, "two")), 0o644)
+	sc := newSharedCache(t, "race", stopTemplate)
+	ctx, dir, t1, t2, st, remote := context.Background(), sc.Dir, sc.T1, sc.T2, sc.St, sc.Remote
 	c1, c2 := planChain(t, t1), planChain(t, t2)
 	names := []string{"system", "app"}
-	remote := []string{"--cache-remote", "s3://cache/ci"}
 
 	// D and E together.
 	waitD := startBuilder(t, dir, "d", t1, remote...)

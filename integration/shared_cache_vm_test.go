@@ -3,9 +3,6 @@
 package integration
 
 import (
-	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -14,8 +11,6 @@ import (
 	"time"
 
 	"github.com/ecs-image/ecs-image/builder"
-	"github.com/ecs-image/ecs-image/release"
-	"github.com/ecs-image/ecs-image/testenv"
 )
 
 // runBuilder is startBuilder and its wait; the test stops when it fails.
@@ -105,23 +100,8 @@ func checkImage(t *testing.T, r *builderRun, marker, app string) {
 // and e2fsck and holds both stages' files. (Races, corrupt objects,
 // read-only and unreachable remotes: TestSharedStageCacheBuilders, no VM.)
 func TestSharedStageCache(t *testing.T) {
-	needChroot(t)
-	base := baseImage(t)
-	endpoint := testenv.VersityGW(t, "cache")
-	t.Setenv("AWS_ENDPOINT_URL", endpoint)
-	ctx := context.Background()
-	st, err := release.NewS3Target(ctx, "cache", "ci", release.S3Options{Endpoint: endpoint})
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	rnd := make([]byte, 6)
-	rand.Read(rnd)
-	marker := "shared-" + hex.EncodeToString(rnd)
-	t1, t2 := filepath.Join(dir, "t1.yml"), filepath.Join(dir, "t2.yml")
-	os.WriteFile(t1, []byte(sharedTemplate(base, marker, "one")), 0o644)
-	os.WriteFile(t2, []byte(sharedTemplate(base, marker, "two")), 0o644)
-	remote := []string{"--cache-remote", "s3://cache/ci"}
+	sc := newSharedCache(t, "shared", sharedTemplate)
+	dir, marker, t1, t2, st, remote := sc.Dir, sc.Marker, sc.T1, sc.T2, sc.St, sc.Remote
 
 	// A: cold, fills the remote.
 	a := runBuilder(t, dir, "a", t1, remote...)
