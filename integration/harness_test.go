@@ -63,8 +63,14 @@ func ecsImage(t *testing.T, args ...string) string {
 }
 
 // ecsImageRun runs ecs-image and returns stdout, stderr and the exit error.
-func ecsImageRun(args ...string) (string, string, error) {
+func ecsImageRun(args ...string) (string, string, error) { return ecsImageRunEnv(nil, args...) }
+
+// ecsImageRunEnv is ecsImageRun with env (KEY=VALUE) added to the environment.
+func ecsImageRunEnv(env []string, args ...string) (string, string, error) {
 	cmd := exec.Command(ecsImagePath(), args...)
+	if env != nil {
+		cmd.Env = append(os.Environ(), env...)
+	}
 	var out, errOut bytes.Buffer
 	cmd.Stdout = &out
 	cmd.Stderr = &errOut
