@@ -423,6 +423,26 @@ apparmor_parser -S /etc/apparmor.d/docker-default | cmp -s - /sys/kernel/securit
 		}
 	})
 
+	// nginx logs through journald (manual §4.7: "journalctl -u nginx"):
+	// a request's access line is in the unit's journal, not in
+	// /var/log/nginx.
+	t.Run("nginx-logs-in-journal", func(t *testing.T) {
+		probe := "ecs-nginx-log-probe-" + strconv.FormatInt(time.Now().UnixNano(), 36)
+		out := run(t, "curl -sk -o /dev/null -w '%{http_code}' https://127.0.0.1/"+probe+"; sleep 2; "+
+			"echo; journalctl -u nginx --no-pager -o cat | grep -c "+probe+"; "+
+			"grep -rl "+probe+" /var/log/nginx 2>/dev/null | wc -l")
+		f := strings.Fields(out)
+		if len(f) != 3 {
+			t.Fatalf("unexpected output %q", out)
+		}
+		if f[1] == "0" {
+			t.Errorf("the request for /%s (HTTP %s) is not in journalctl -u nginx", probe, f[0])
+		}
+		if f[2] != "0" {
+			t.Errorf("the request for /%s was also written under /var/log/nginx", probe)
+		}
+	})
+
 	// PostgreSQL logs to its own file, not to the journal (manual §4.7:
 	// "all logging (except postgres) is going through journald"): Debian's
 	// pg_ctlcluster writes the cluster's server log to
