@@ -588,6 +588,13 @@ apparmor_parser -S /etc/apparmor.d/docker-default | cmp -s - /sys/kernel/securit
 		}
 		t.Run("metrics", func(t *testing.T) { checkMetrics(t, runB, "a.ecs.test") })
 		t.Run("ssh-key-rotation", func(t *testing.T) { checkSSHRotation(t, vmB, runB, key, envB) })
+		// Last: it leaves the appliance failed.
+		if !upgrade {
+			return
+		}
+		t.Run("downgrade-refused", func(t *testing.T) {
+			checkDowngradeRefused(t, c, runB, filepath.Join(work, "templates", "files", "images", "ecs-standin.tar"), v1State)
+		})
 	})
 
 	// A broken env.yml: no appliance.domain. `ecs-image cidata` refuses it,

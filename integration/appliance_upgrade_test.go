@@ -3,6 +3,8 @@
 package integration
 
 import (
+	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -12,6 +14,7 @@ import (
 	"time"
 
 	"github.com/ecs-image/ecs-image/agent/prepare"
+	"github.com/ecs-image/ecs-image/communicator"
 	"github.com/ecs-image/ecs-image/integration/testimage"
 )
 
@@ -23,10 +26,9 @@ import (
 // upgradeVersion, whose migration adds a column and fills it from the rows
 // there are, and one more Debian package — on the same disks, with the same
 // env (plus metrics). checkUpgrade asserts the dump taken before the
-// migration, the migration, and every document and row. Going back to v1
-// on the migrated data is refused by prepare-ecs (TestMigrateRefusesOlderImage
-// on the host); its VM check (v1's ecs image loaded into v2, prepare-ecs
-// restarted) is on branch p16-downgrade, not yet seen passing.
+// migration, the migration, and every document and row; checkDowngradeRefused,
+// the last check of that boot, puts v1's ecs image back and restarts
+// prepare-ecs.
 
 const (
 	// upgradeVersion is the stand-ins' version in appliance v2. The first
@@ -178,5 +180,51 @@ func checkUpgrade(t *testing.T, vm *applianceVM, run func(*testing.T, string) st
 	}
 	if status, got, err := httpsDo(port, domain, "GET", "/vault/e2e-doc.pdf", nil); err != nil || status != 200 || got != string(doc) {
 		t.Errorf("appliance v1's upload through appliance v2: %d %v %q", status, err, got)
+	}
+}
+
+// checkDowngradeRefused: going back to v1 on the migrated data is refused.
+// Not by booting appliance v1 again (another ~5 min of CI): v1's baked ecs
+// image (the same image ID) is loaded into appliance v2's Docker and
+// prepare-ecs restarted, which is what v1's prepare-ecs would find — its
+// image among the migrated ones, before the last. It leaves the appliance
+// failed: the last check of its boot.
+func checkDowngradeRefused(t *testing.T, c *communicator.Client, run func(*testing.T, string) string, v1Tarball string, before upgradeState) {
+	// The checks before restarted the appliance: wait until it is ready.
+	if out, err := runErr(run, t, `(for i in $(seq 450); do ecs-agent status | jq -e '.state == "ready"' >/dev/null && exit 0; sleep 2; done; ecs-agent status; exit 1)`); err != nil {
+		t.Fatalf("the appliance is not ready: %v\n%s", err, out)
+	}
+	up := guestState(t, run)
+	f, err := os.Open(v1Tarball)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var loaded []string
+	if _, err := c.Run(context.Background(), "docker load", communicator.RunOptions{Stdin: f,
+		Stdout: func(l string) { loaded = append(loaded, l) }, Stderr: func(l string) { loaded = append(loaded, l) }}); err != nil {
+		t.Fatalf("docker load of v1's %s: %v\n%s", filepath.Base(v1Tarball), err, strings.Join(loaded, "\n"))
+	}
+	if id := strings.TrimSpace(run(t, "docker image inspect --format '{{.Id}}' ecs/ecs:latest")); len(before.Migrated) == 0 || id != before.Migrated[0] {
+		t.Fatalf("ecs/ecs:latest is %s after loading v1's tarball, want v1's image %v", id, before.Migrated)
+	}
+	// prepare-ecs again (and the appliance, which requires it): the step a
+	// boot of v1 would fail in, without prepare-env and prepare-appliance.
+	out, err := runErr(run, t, "timeout 900 systemctl restart prepare-ecs")
+	if err == nil {
+		t.Fatalf("the appliance started with v1's image on data appliance v2 migrated:\n%s", out)
+	}
+	var st agentState
+	if err := json.Unmarshal([]byte(run(t, "ecs-agent status")), &st); err != nil {
+		t.Fatal(err)
+	}
+	if st.State != "failed" || !strings.Contains(st.Reason, prepare.ErrOlderImage.Error()) || !strings.Contains(st.Reason, "going back to an older image") {
+		t.Errorf("ecs-agent status: %q %q, want failed: %s", st.State, st.Reason, prepare.ErrOlderImage)
+	}
+	t.Logf("refused: %s", st.Reason)
+	// Nothing touched: no migration, no dump, the history as it was.
+	after := guestState(t, run)
+	if after.Schema != up.Schema || after.Dump != up.Dump || !slices.Equal(after.Migrated, up.Migrated) {
+		t.Errorf("after the refusal: schema %s, dump %s, migrated %v; before: %s, %s, %v", after.Schema, after.Dump, after.Migrated, up.Schema, up.Dump, up.Migrated)
 	}
 }
