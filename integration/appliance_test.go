@@ -587,6 +587,7 @@ apparmor_parser -S /etc/apparmor.d/docker-default | cmp -s - /sys/kernel/securit
 			t.Run("image-upgrade", func(t *testing.T) { checkUpgrade(t, vmB, runB, v1State, doc, "a.ecs.test") })
 		}
 		t.Run("metrics", func(t *testing.T) { checkMetrics(t, runB, "a.ecs.test") })
+		t.Run("in-place-update", func(t *testing.T) { checkInPlaceUpdate(t, runB) })
 		t.Run("ssh-key-rotation", func(t *testing.T) { checkSSHRotation(t, vmB, runB, key, envB) })
 		// Last: it leaves the appliance failed.
 		if !upgrade {

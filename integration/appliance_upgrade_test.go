@@ -228,3 +228,38 @@ func checkDowngradeRefused(t *testing.T, c *communicator.Client, run func(*testi
 		t.Errorf("after the refusal: schema %s, dump %s, migrated %v; before: %s, %s, %v", after.Schema, after.Dump, after.Migrated, up.Schema, up.Dump, up.Migrated)
 	}
 }
+
+// checkInPlaceUpdate runs an in-place update (manual §4.2, §4.5) in the
+// appliance: appliance-update.timer is enabled on its default schedule,
+// and `systemctl start appliance-update` runs unattended-upgrades against
+// the mirror, the certificate and image checks, and ends successful with
+// its textfile metrics written, the appliance still serving.
+func checkInPlaceUpdate(t *testing.T, run func(*testing.T, string) string) {
+	out := run(t, "systemctl is-enabled appliance-update.timer; systemctl show -P TimersCalendar appliance-update.timer")
+	if !strings.HasPrefix(out, "enabled") || !strings.Contains(out, "06:30:00") {
+		t.Errorf("appliance-update.timer: %q, want enabled on the default 06:30", out)
+	}
+	// force.update.system (manual §4.3) makes the run call
+	// unattended-upgrade even when nothing is upgradable.
+	run(t, "touch "+prepare.FlagsDir+"/force.update.system && systemctl start appliance-update.service")
+	out = run(t, "systemctl show -P Result appliance-update.service; cat "+prepare.UpdateMetrics+"; "+
+		"ls "+prepare.FlagsDir+"; "+
+		"journalctl -u appliance-update --no-pager -o cat | tail -n 40; "+
+		// The run restarts the stack when it changed something: wait.
+		"for i in $(seq 90); do c=$(curl -sk -o /dev/null -w '%{http_code}' https://127.0.0.1/); "+
+		"case $c in [234]*) break;; esac; sleep 2; done; echo web $c")
+	if !strings.HasPrefix(out, "success") {
+		t.Errorf("appliance-update.service did not end successfully:\n%s", out)
+	}
+	for _, want := range []string{"appliance_update_last_success 1", "appliance-update: forced by system", "upgradable packages", "appliance-update: unattended-upgrade", "appliance-update: done"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("no %q after the update run:\n%s", want, out)
+		}
+	}
+	if strings.Contains(out, "force.update.system") {
+		t.Errorf("the force.update.system flag was not removed by the run:\n%s", out)
+	}
+	if strings.Contains(out, "web 5") || !strings.Contains(out, "web ") {
+		t.Errorf("the appliance does not serve after the update:\n%s", out)
+	}
+}
