@@ -94,6 +94,11 @@ func (a *Agent) stepImages(ctx context.Context, e *Env) error {
 	if err := a.verifyImageIDs(ctx, loaded); err != nil {
 		return err
 	}
+	if len(loaded) > 0 {
+		if err := a.removeStackContainers(ctx); err != nil {
+			return err
+		}
+	}
 	if force {
 		return a.Host.Remove(ForceLoadFlag)
 	}
@@ -284,5 +289,31 @@ func (a *Agent) stepCompose(ctx context.Context, e *Env) error {
 		web = fmt.Sprintf("%s:%d", plan.Web.Name, plan.Web.WebPort)
 	}
 	a.logf("prepare-ecs/compose: %s runs %s (web: %s)", ComposeFile, strings.Join(names, ", "), web)
+	return nil
+}
+
+// removeStackContainers stops and removes the stack's containers after
+// new images were loaded (an upgrade by image, a forced reload): dockerd
+// restarts `unless-stopped` containers of the previous image when it
+// starts, and they would run the old version against the database while
+// it is dumped and migrated, and answer the ready probe. The next `up`
+// creates every service from the images just loaded. Data lives in the
+// stack's bind mounts, not in the containers.
+func (a *Agent) removeStackContainers(ctx context.Context) error {
+	out, err := a.Host.Run(ctx, "docker", "ps", "-aq", "--filter", "label=com.docker.compose.project="+a.composeProject())
+	if err != nil {
+		return fmt.Errorf("listing the stack's containers: %w", err)
+	}
+	ids := strings.Fields(string(out))
+	if len(ids) == 0 {
+		return nil
+	}
+	a.logf("prepare-ecs/images: new images loaded: removing the stack's %d containers of the previous images", len(ids))
+	if _, err := a.Host.Run(ctx, "docker", append([]string{"stop", "--time", "30"}, ids...)...); err != nil {
+		a.logf("prepare-ecs/images: docker stop: %v (removing them by force)", err)
+	}
+	if _, err := a.Host.Run(ctx, "docker", append([]string{"rm", "--force"}, ids...)...); err != nil {
+		return fmt.Errorf("removing the stack's containers of the previous images: %w", err)
+	}
 	return nil
 }

@@ -3,6 +3,7 @@ package prepare
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"os"
 	"strings"
 	"testing"
@@ -174,5 +175,43 @@ func TestNewerApplianceLoadsItsImage(t *testing.T) {
 	}
 	if n := countPrefix(rec.Recorded(), "docker load"); n != 1 {
 		t.Errorf("the newer appliance's image loaded %d times, want once:\n%s", n, strings.Join(rec.Recorded(), "\n"))
+	}
+}
+
+// TestNewImagesRemoveOldContainers: after an upgrade by image, the stack's
+// containers of the previous images (restarted by dockerd at boot) are
+// stopped and removed before the migration, so that `up` creates every
+// service from the new images; with nothing loaded they stay.
+func TestNewImagesRemoveOldContainers(t *testing.T) {
+	a, rec := testAgent(t)
+	put(t, a, ImagesDir+"/ecs.tar", []byte("v2"), 0o644)
+	put(t, a, ImagesIndex, []byte(`[{"file": "ecs.tar", "tags": ["ecs/ecs:latest"], "id": "sha256:v2"}]`), 0o644)
+	rec.Responses["docker load"] = host.Response{Stdout: "Loaded image: ecs/ecs:latest\n"}
+	rec.Responses["docker image inspect --format {{.Id}} ecs/ecs:latest"] = host.Response{Stdout: "sha256:v2\n"}
+	rec.Responses["docker ps -aq --filter label=com.docker.compose.project=ecs"] = host.Response{Stdout: "c1\nc2\n"}
+	if err := a.stepImages(context.Background(), nil); err != nil {
+		t.Fatal(err)
+	}
+	cmds := strings.Join(rec.Recorded(), "\n")
+	stop, rm := strings.Index(cmds, "docker stop --time 30 c1 c2"), strings.Index(cmds, "docker rm --force c1 c2")
+	if stop < 0 || rm < stop || strings.Index(cmds, "docker load") > stop {
+		t.Errorf("want docker load, then stop and rm of the old containers:\n%s", cmds)
+	}
+	// The next boot loads nothing and leaves the containers alone.
+	rec.Commands = nil
+	if err := a.stepImages(context.Background(), nil); err != nil {
+		t.Fatal(err)
+	}
+	if n := countPrefix(rec.Recorded(), "docker rm") + countPrefix(rec.Recorded(), "docker stop"); n != 0 {
+		t.Errorf("containers removed with no image loaded:\n%s", strings.Join(rec.Recorded(), "\n"))
+	}
+	// A failed listing fails the step (no migration under an old container).
+	a2, rec2 := testAgent(t)
+	put(t, a2, ImagesDir+"/ecs.tar", []byte("v2"), 0o644)
+	put(t, a2, ImagesIndex, []byte(`[{"file": "ecs.tar", "tags": ["ecs/ecs:latest"]}]`), 0o644)
+	rec2.Responses["docker load"] = host.Response{Stdout: "Loaded image: ecs/ecs:latest\n"}
+	rec2.Responses["docker ps"] = host.Response{Err: errors.New("docker: exit status 1")}
+	if err := a2.stepImages(context.Background(), nil); err == nil || !strings.Contains(err.Error(), "listing the stack's containers") {
+		t.Errorf("failed listing: %v", err)
 	}
 }
