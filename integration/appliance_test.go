@@ -987,10 +987,10 @@ func watchStatusPage(v *applianceVM, domain string, saw chan<- string) {
 	}
 }
 
-// httpsGet fetches https://host/path through the loopback port
-// (self-signed certificate accepted; SNI and Host are host).
-func httpsGet(port int, host, path string) (int, string, error) {
-	tr := &http.Transport{
+// guestTLS is a transport to the guest's nginx through the loopback port
+// (self-signed certificate accepted; SNI is host), one connection a request.
+func guestTLS(port int, host string) *http.Transport {
+	return &http.Transport{
 		TLSClientConfig:   &tls.Config{InsecureSkipVerify: true, ServerName: host},
 		DisableKeepAlives: true,
 		DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
@@ -998,6 +998,12 @@ func httpsGet(port int, host, path string) (int, string, error) {
 			return d.DialContext(ctx, network, net.JoinHostPort("127.0.0.1", fmt.Sprint(port)))
 		},
 	}
+}
+
+// httpsGet fetches https://host/path through the loopback port
+// (self-signed certificate accepted; SNI and Host are host).
+func httpsGet(port int, host, path string) (int, string, error) {
+	tr := guestTLS(port, host)
 	defer tr.CloseIdleConnections()
 	c := &http.Client{Transport: tr, Timeout: 10 * time.Second}
 	resp, err := c.Get("https://" + host + path)

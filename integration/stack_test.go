@@ -44,14 +44,7 @@ var stackServices = []string{"ecs.web", "ecs.worker", "ecs.beat", "ecs.smtpd", "
 
 // httpsDo sends one request to the guest's nginx (forwarded port).
 func httpsDo(port int, host, method, path string, body []byte) (int, string, error) {
-	tr := &http.Transport{
-		TLSClientConfig:   &tls.Config{InsecureSkipVerify: true, ServerName: host},
-		DisableKeepAlives: true,
-		DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, network, net.JoinHostPort("127.0.0.1", fmt.Sprint(port)))
-		},
-	}
+	tr := guestTLS(port, host)
 	defer tr.CloseIdleConnections()
 	req, err := http.NewRequest(method, "https://"+host+path, bytes.NewReader(body))
 	if err != nil {
