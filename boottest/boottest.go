@@ -293,6 +293,28 @@ func newMarkers(ready string) (*markers, error) {
 	return &markers{ready: re, all: all}, nil
 }
 
+// agentMarkers are the in-VM agent's markers (ready: Ready).
+var agentMarkers = sync.OnceValue(func() *markers {
+	m, err := newMarkers(regexp.QuoteMeta(Ready))
+	if err != nil {
+		panic(err)
+	}
+	return m
+})
+
+// WaitState waits until the console shows the in-VM agent's marker (Ready,
+// Failed or Standby) or a kernel panic, and returns the state it announces
+// ("ready", "failed", "standby" or "panic"), the reason it gives and the
+// line. It fails when ctx ends or QEMU exits first.
+func WaitState(ctx context.Context, m *qemu.Machine) (state, reason, line string, err error) {
+	mk := agentMarkers()
+	if line, err = m.WaitSerialMatch(ctx, mk.all); err != nil {
+		return "", "", "", err
+	}
+	state, reason = mk.classify(line)
+	return state, reason, line, nil
+}
+
 // classify returns the state a console line announces ("ready", "failed",
 // "standby", "panic") and the reason it gives.
 func (v *markers) classify(line string) (state, reason string) {

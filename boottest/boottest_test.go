@@ -12,11 +12,9 @@ import (
 	"github.com/sirupsen/logrus"
 )
 
+// TestClassify: the agent's markers (WaitState's) and their states.
 func TestClassify(t *testing.T) {
-	m, err := newMarkers(`ECS-APPLIANCE-READY`)
-	if err != nil {
-		t.Fatal(err)
-	}
+	m := agentMarkers()
 	for line, want := range map[string][2]string{
 		"ECS-APPLIANCE-READY":                               {"ready", ""},
 		"[   42.1] ecs-agent[312]: ECS-APPLIANCE-READY":     {"ready", ""},

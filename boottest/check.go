@@ -3,7 +3,6 @@ package boottest
 import (
 	"context"
 	"fmt"
-	"net"
 	"regexp"
 	"sync"
 	"time"
@@ -63,7 +62,7 @@ func (v *VM) check(ctx context.Context) error {
 	rep.State, rep.Reason, rep.Line = state, reason, line
 	rep.ReadySeconds = since()
 	v.log.Infof("console after %.1fs: %s", rep.ReadySeconds, line)
-	addr := net.JoinHostPort("127.0.0.1", fmt.Sprint(m.HostPort(443)))
+	addr := Loopback(m.HostPort(443))
 	if https && (state == "failed" || state == "standby") {
 		// The agent's status page shows the reason: report what it says.
 		pctx, cancel := context.WithTimeout(ctx, 30*time.Second)

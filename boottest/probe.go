@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -15,9 +16,27 @@ import (
 	"github.com/sirupsen/logrus"
 )
 
+// Loopback is the host address of a forwarded guest port.
+func Loopback(port int) string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(port)) }
+
+// Transport is an HTTPS transport to the guest's web server through addr
+// (a forwarded loopback port): the appliance's certificate is self-signed
+// (or for a domain that does not resolve to this loopback forward), so it
+// is not verified; SNI is host; one connection a request.
+func Transport(addr, host string) *http.Transport {
+	return &http.Transport{
+		TLSClientConfig: &tls.Config{InsecureSkipVerify: true, ServerName: host},
+		DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, network, addr)
+		},
+		DisableKeepAlives: true,
+	}
+}
+
 // WaitSSH waits until the forwarded port answers with an SSH banner.
 func WaitSSH(ctx context.Context, port int) error {
-	addr := net.JoinHostPort("127.0.0.1", fmt.Sprint(port))
+	addr := Loopback(port)
 	for {
 		var d net.Dialer
 		c, err := d.DialContext(ctx, "tcp", addr)
@@ -48,16 +67,7 @@ func WaitHTTPS(ctx context.Context, log logrus.FieldLogger, addr, domain string,
 	if host == "" {
 		host = "localhost"
 	}
-	tr := &http.Transport{
-		// The appliance's certificate is self-signed (or for a domain that
-		// does not resolve to this loopback forward): skip verification.
-		TLSClientConfig: &tls.Config{InsecureSkipVerify: true, ServerName: host},
-		DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, network, addr)
-		},
-		DisableKeepAlives: true,
-	}
+	tr := Transport(addr, host)
 	defer tr.CloseIdleConnections()
 	client := &http.Client{Transport: tr, Timeout: 15 * time.Second,
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}

@@ -22,6 +22,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ecs-image/ecs-image/boottest"
 	"github.com/ecs-image/ecs-image/communicator"
 	"github.com/ecs-image/ecs-image/integration/testimage"
 )
@@ -117,7 +118,7 @@ func TestAgentInGuest(t *testing.T) {
 	if err == nil || !strings.Contains(out, "prepare-env: appliance.storage.setup: not supported by this image") {
 		t.Errorf("prepare-appliance without ecs-volatile: %v\n%s", err, out)
 	}
-	waitSerial("ECS-APPLIANCE-FAILED: prepare-appliance/storage: appliance.storage.ignore.volatile is false, but no filesystem labelled ecs-volatile was found")
+	waitSerial(boottest.Failed + ": prepare-appliance/storage: appliance.storage.ignore.volatile is false, but no filesystem labelled ecs-volatile was found")
 	if out := root("ecs-agent status; findmnt -n /data || echo not-mounted"); !strings.Contains(out, "labelled ecs-volatile") || !strings.HasSuffix(out, "not-mounted\n") {
 		t.Errorf("after the missing volume: %s", out)
 	}
@@ -143,7 +144,7 @@ func TestAgentInGuest(t *testing.T) {
 		"/etc/systemd/system/appliance.service > /run/systemd/system/appliance-it.service && systemctl daemon-reload && " +
 		"systemctl start --no-block appliance-it.service")
 	start = time.Now()
-	waitSerial("ECS-APPLIANCE-FAILED: appliance: 3 consecutive failed runs, giving up; last: before ready: docker-compose: exit status 1: ERROR: simulated compose failure")
+	waitSerial(boottest.Failed + ": appliance: 3 consecutive failed runs, giving up; last: before ready: docker-compose: exit status 1: ERROR: simulated compose failure")
 	t.Logf("compose failures recorded after %s (TCG)", time.Since(start).Round(time.Second))
 	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(time.Second) {
 		got := root("systemctl show -p ActiveState -p NRestarts -p ExecMainStatus appliance-it.service")
@@ -166,7 +167,7 @@ func TestAgentInGuest(t *testing.T) {
 	// Standby through the real unit chain: /app/env.yml wins over the seed.
 	root("mkdir -p /app && printf '#cloud-config\\nappliance:\\n  domain: " + domain + "\\n  standby: true\\n' > /app/env.yml")
 	root("systemctl start appliance.service")
-	waitSerial("ECS-APPLIANCE-STANDBY")
+	waitSerial(boottest.Standby)
 	if out := root("ecs-agent status"); !strings.Contains(out, `"state": "standby"`) {
 		t.Errorf("status in standby: %s", out)
 	}
@@ -179,7 +180,7 @@ func TestAgentInGuest(t *testing.T) {
 	if out, err := c.Output(ctx, "systemctl restart appliance.service", true); err == nil || !strings.Contains(err.Error(), "appliance.service") {
 		t.Errorf("restart with an invalid env.yml: %v (want systemctl's failure naming appliance.service)\n%s", err, out)
 	}
-	waitSerial("ECS-APPLIANCE-FAILED: prepare-env: invalid env.yml")
+	waitSerial(boottest.Failed + ": prepare-env: invalid env.yml")
 	out = root("cat /run/appliance-failed; ecs-agent status")
 	if !strings.Contains(out, "appliance.domain") || !strings.Contains(out, `"state": "failed"`) {
 		t.Errorf("failed state: %s", out)
@@ -367,7 +368,7 @@ func TestAgentFullChain(t *testing.T) {
 		t.Fatalf("systemctl start appliance: %v\n%s\n%s\nserial:\n%s", err, out, journal(), m.SerialTail(20))
 	}
 	t.Logf("chain to ready: %s (TCG)", time.Since(start).Round(time.Second))
-	if data, _ := os.ReadFile(serial); !strings.Contains(string(data), "ECS-APPLIANCE-READY") {
+	if data, _ := os.ReadFile(serial); !strings.Contains(string(data), boottest.Ready) {
 		t.Errorf("no ready marker on the serial console")
 	}
 	if out := root("ecs-agent status"); !strings.Contains(out, `"state": "ready"`) {
@@ -442,7 +443,7 @@ func TestAgentFullChain(t *testing.T) {
 	if out := root("curl -sk https://localhost/"); !strings.HasPrefix(out, "ecs-testapp version=1") {
 		t.Errorf("after restart: %q", out)
 	}
-	if data, _ := os.ReadFile(serial); strings.Count(string(data), "ECS-APPLIANCE-READY") < 2 {
+	if data, _ := os.ReadFile(serial); strings.Count(string(data), boottest.Ready) < 2 {
 		t.Errorf("no second ready marker")
 	}
 }

@@ -3,12 +3,10 @@
 package integration
 
 import (
-	"context"
 	"crypto/tls"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -22,6 +20,7 @@ import (
 	"software.sslmate.com/src/go-pkcs12"
 
 	"github.com/ecs-image/ecs-image/agent/prepare"
+	"github.com/ecs-image/ecs-image/boottest"
 )
 
 // Subtests of TestAppliance's first boot for the agent's side of issue 15:
@@ -31,17 +30,9 @@ import (
 // httpsStatus fetches https://host/path through the forwarded port with an
 // optional client certificate and returns the HTTP status.
 func httpsStatus(port int, host, path string, cert *tls.Certificate) (int, error) {
-	cfg := &tls.Config{InsecureSkipVerify: true, ServerName: host}
+	tr := boottest.Transport(boottest.Loopback(port), host)
 	if cert != nil {
-		cfg.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return cert, nil }
-	}
-	tr := &http.Transport{
-		TLSClientConfig:   cfg,
-		DisableKeepAlives: true,
-		DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, network, net.JoinHostPort("127.0.0.1", fmt.Sprint(port)))
-		},
+		tr.TLSClientConfig.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return cert, nil }
 	}
 	defer tr.CloseIdleConnections()
 	res, err := (&http.Client{Transport: tr, Timeout: 20 * time.Second}).Get("https://" + host + path)

@@ -32,7 +32,9 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/ecs-image/ecs-image/agent/prepare"
+	"github.com/ecs-image/ecs-image/boottest"
 	"github.com/ecs-image/ecs-image/builder"
+	"github.com/ecs-image/ecs-image/builder/template"
 	"github.com/ecs-image/ecs-image/cidata"
 	"github.com/ecs-image/ecs-image/communicator"
 	"github.com/ecs-image/ecs-image/env"
@@ -655,7 +657,7 @@ apparmor_parser -S /etc/apparmor.d/docker-default | cmp -s - /sys/kernel/securit
 // (mode: chroot) ran in one, by the build manifest.
 func checkChrootStages(t *testing.T, tmplPath, manifest string) {
 	t.Helper()
-	tp, err := builder.LoadTemplate(tmplPath)
+	tp, err := template.Load(tmplPath)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -665,11 +667,11 @@ func checkChrootStages(t *testing.T, tmplPath, manifest string) {
 	}
 	ran := map[string]bool{}
 	for _, s := range readManifest(t, manifest).Stages {
-		ran[s.Name] = s.Mode == builder.ModeChroot
+		ran[s.Name] = s.Mode == template.ModeChroot
 	}
 	n := 0
 	for _, s := range plan.Stages {
-		if s.Mode != builder.ModeChroot {
+		if s.Mode != template.ModeChroot {
 			continue
 		}
 		n++
@@ -907,7 +909,7 @@ type applianceVM struct {
 }
 
 func (v *applianceVM) addr(guest int) string {
-	return net.JoinHostPort("127.0.0.1", fmt.Sprint(v.m.HostPort(guest)))
+	return boottest.Loopback(v.m.HostPort(guest))
 }
 
 // bootAppliance boots artifact (untouched: on an overlay) with seed,
@@ -951,20 +953,17 @@ func (v *applianceVM) stop(t *testing.T) {
 	os.Remove(v.m.Config.Disk)
 }
 
-var markerRE = regexp.MustCompile(`ECS-APPLIANCE-(READY|FAILED|STANDBY)(?::\s*(.*))?`)
-
 // waitState waits for the agent's console marker and fails unless it
 // announces want (ready, failed, standby).
 func (v *applianceVM) waitState(t *testing.T, want string) string {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), bootTimeout)
 	defer cancel()
-	line, err := v.m.WaitSerialMatch(ctx, markerRE)
+	got, _, line, err := boottest.WaitState(ctx, v.m)
 	if err != nil {
 		t.Fatalf("waiting for the agent's console marker: %v\n%s", err, v.m.SerialTail(60))
 	}
-	m := markerRE.FindStringSubmatch(line)
-	if got := strings.ToLower(m[1]); got != want {
+	if got != want {
 		t.Fatalf("the appliance reported %s, want %s: %s\n%s", got, want, line, v.m.SerialTail(60))
 	}
 	return line
@@ -987,23 +986,10 @@ func watchStatusPage(v *applianceVM, domain string, saw chan<- string) {
 	}
 }
 
-// guestTLS is a transport to the guest's nginx through the loopback port
-// (self-signed certificate accepted; SNI is host), one connection a request.
-func guestTLS(port int, host string) *http.Transport {
-	return &http.Transport{
-		TLSClientConfig:   &tls.Config{InsecureSkipVerify: true, ServerName: host},
-		DisableKeepAlives: true,
-		DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, network, net.JoinHostPort("127.0.0.1", fmt.Sprint(port)))
-		},
-	}
-}
-
 // httpsGet fetches https://host/path through the loopback port
 // (self-signed certificate accepted; SNI and Host are host).
 func httpsGet(port int, host, path string) (int, string, error) {
-	tr := guestTLS(port, host)
+	tr := boottest.Transport(boottest.Loopback(port), host)
 	defer tr.CloseIdleConnections()
 	c := &http.Client{Transport: tr, Timeout: 10 * time.Second}
 	resp, err := c.Get("https://" + host + path)

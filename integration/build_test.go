@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/ecs-image/ecs-image/builder"
+	"github.com/ecs-image/ecs-image/builder/template"
 	"github.com/ecs-image/ecs-image/qemu"
 	"github.com/ecs-image/ecs-image/qemu/qemutest"
 	"github.com/ecs-image/ecs-image/qemuimg"
@@ -107,7 +108,7 @@ func TestBuildSmall(t *testing.T) {
 		t.Fatalf("stdout does not name the image: %q", stdout)
 	}
 	m := readManifest(t, filepath.Join(out, "it-small.build.json"))
-	if len(m.Stages) != 2 || m.Stages[0].Cached || m.Stages[1].Cached || m.Stages[1].Mode != builder.ModeOffline || m.Stages[0].Mode == builder.ModeOffline {
+	if len(m.Stages) != 2 || m.Stages[0].Cached || m.Stages[1].Cached || m.Stages[1].Mode != template.ModeOffline || m.Stages[0].Mode == template.ModeOffline {
 		t.Errorf("manifest stages: %+v", m.Stages)
 	}
 	hasJQ := false

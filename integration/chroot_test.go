@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/ecs-image/ecs-image/builder"
+	"github.com/ecs-image/ecs-image/builder/template"
 	"github.com/ecs-image/ecs-image/testenv"
 )
 
@@ -78,7 +79,7 @@ func TestBuildChroot(t *testing.T) {
 	t.Logf("cold build, chroot stages: %s", time.Since(start).Round(time.Second))
 	img := filepath.Join(out, "it-chroot.qcow2")
 	m := readManifest(t, filepath.Join(out, "it-chroot.build.json"))
-	if len(m.Stages) != 2 || m.Stages[0].Mode != builder.ModeChroot || m.Stages[1].Mode != builder.ModeChroot {
+	if len(m.Stages) != 2 || m.Stages[0].Mode != template.ModeChroot || m.Stages[1].Mode != template.ModeChroot {
 		t.Errorf("manifest stages: %+v (want both in a chroot)", m.Stages)
 	}
 	for _, s := range m.Steps {

@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ecs-image/ecs-image/boottest"
 	"github.com/ecs-image/ecs-image/formats"
 	"github.com/ecs-image/ecs-image/testenv"
 )
@@ -63,7 +64,7 @@ func TestFormatsBoot(t *testing.T) {
 		t.Run(tc.file, func(t *testing.T) {
 			p := filepath.Join(out, tc.file)
 			rep := ecsImage(t, "test", p, "--json", "--no-https", "--memory", "1024", "--timeout", "12m",
-				"--ready-marker", `Cloud-init v\. \S+ finished at`)
+				"--ready-marker", boottest.CloudInitDone)
 			var r struct {
 				Format string `json:"format"`
 				State  string `json:"state"`

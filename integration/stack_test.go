@@ -20,6 +20,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ecs-image/ecs-image/boottest"
 	"github.com/ecs-image/ecs-image/integration/testimage"
 )
 
@@ -44,7 +45,7 @@ var stackServices = []string{"ecs.web", "ecs.worker", "ecs.beat", "ecs.smtpd", "
 
 // httpsDo sends one request to the guest's nginx (forwarded port).
 func httpsDo(port int, host, method, path string, body []byte) (int, string, error) {
-	tr := guestTLS(port, host)
+	tr := boottest.Transport(boottest.Loopback(port), host)
 	defer tr.CloseIdleConnections()
 	req, err := http.NewRequest(method, "https://"+host+path, bytes.NewReader(body))
 	if err != nil {
