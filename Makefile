@@ -53,8 +53,12 @@ deps-vagrant:
 deps-bench:
 	DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends packer
 
+# bin/ecs-image is the small front program (-tags ecsfront: version and
+# cidata in a few milliseconds), which executes the complete program
+# bin/libexec/ecs-image for every other command (cmd/ecs-image/main_front.go).
 build:
-	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN)/ecs-image ./cmd/ecs-image
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN)/libexec/ecs-image ./cmd/ecs-image
+	CGO_ENABLED=0 $(GO) build -tags ecsfront -trimpath -ldflags "$(LDFLAGS)" -o $(BIN)/ecs-image ./cmd/ecs-image
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN)/ecs-agent ./cmd/ecs-agent
 
 # Unit tests: fast, no VM. TestRepoTemplates validates
@@ -76,6 +80,8 @@ lint:
 	$(GO) vet ./...
 	$(GO) vet -tags integration ./integration/...
 	staticcheck ./...
+	CGO_ENABLED=0 $(GO) build -tags ecsfront -o /dev/null ./cmd/ecs-image
+	staticcheck -tags ecsfront -tests=false ./cmd/ecs-image
 	@$(GO) mod tidy -diff || { echo "go.mod/go.sum are not tidy: run 'go mod tidy'"; exit 1; }
 	bash scripts/check-large-files.sh
 

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Builds the Debian package OUT/ecs-image_<version>_amd64.deb with dpkg-deb
-# from the static binaries in BIN (make build): /usr/bin/ecs-image, the
+# from the static binaries in BIN (make build): /usr/bin/ecs-image (the
+# front program) and /usr/lib/ecs-image/ecs-image (the complete program it
+# executes for every command but version and cidata), the
 # agent as /usr/lib/ecs-image/ecs-agent, man pages and bash/zsh/fish
 # completions generated from the cobra commands (the hidden `__gendocs`).
 # `make deb` runs it; scripts/scripts_test.go checks the result.
@@ -41,7 +43,7 @@ depends="qemu-system-x86, qemu-system-common, qemu-utils, e2fsprogs, fdisk, moun
 recommends="ovmf"
 suggests="git"
 
-for b in ecs-image ecs-agent; do
+for b in ecs-image libexec/ecs-image ecs-agent; do
 	[ -x "$bin/$b" ] || { echo "deb: $bin/$b missing (make build)" >&2; exit 1; }
 done
 work=$(mktemp -d)
@@ -52,6 +54,7 @@ install -d -m 0755 "$root/DEBIAN" "$root/usr/bin" "$root/usr/lib/ecs-image" \
 	"$root/usr/share/zsh/vendor-completions" "$root/usr/share/fish/vendor_completions.d" \
 	"$root/usr/share/doc/ecs-image"
 install -m 0755 "$bin/ecs-image" "$root/usr/bin/ecs-image"
+install -m 0755 "$bin/libexec/ecs-image" "$root/usr/lib/ecs-image/ecs-image"
 install -m 0755 "$bin/ecs-agent" "$root/usr/lib/ecs-image/ecs-agent"
 
 # Pages dated by the commit (reproducible), else now.
@@ -59,7 +62,7 @@ if [ -z "${SOURCE_DATE_EPOCH:-}" ]; then
 	SOURCE_DATE_EPOCH=$(git log -1 --format=%ct 2>/dev/null || date +%s)
 fi
 export SOURCE_DATE_EPOCH
-"$bin/ecs-image" __gendocs "$work/ecs-image"
+"$bin/libexec/ecs-image" __gendocs "$work/ecs-image"
 "$bin/ecs-agent" __gendocs "$work/ecs-agent"
 for p in "$work"/ecs-image/man1/*.1 "$work"/ecs-agent/man1/*.1; do
 	gzip -9n <"$p" >"$root/usr/share/man/man1/$(basename "$p").gz"

@@ -15,11 +15,16 @@ import (
 func TestDebPackage(t *testing.T) {
 	testenv.Tool(t, "dpkg-deb", "Debian's dpkg")
 	bin, out := t.TempDir(), t.TempDir()
-	for _, c := range []string{"ecs-image", "ecs-agent"} {
-		cmd := exec.Command("go", "build", "-o", filepath.Join(bin, c), "../cmd/"+c)
+	// As make build: the front program, the complete one in libexec/, the agent.
+	for _, b := range [][]string{
+		{"ecs-image", "-tags", "ecsfront", "../cmd/ecs-image"},
+		{"libexec/ecs-image", "../cmd/ecs-image"},
+		{"ecs-agent", "../cmd/ecs-agent"},
+	} {
+		cmd := exec.Command("go", append([]string{"build", "-o", filepath.Join(bin, b[0])}, b[1:]...)...)
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 		if o, err := cmd.CombinedOutput(); err != nil {
-			t.Fatalf("go build %s: %v\n%s", c, err, o)
+			t.Fatalf("go build %s: %v\n%s", b[0], err, o)
 		}
 	}
 	script, _ := filepath.Abs("deb.sh")
@@ -65,6 +70,7 @@ func TestDebPackage(t *testing.T) {
 	}
 	for p, mode := range map[string]string{
 		"/usr/bin/ecs-image":                                  "-rwxr-xr-x root/root",
+		"/usr/lib/ecs-image/ecs-image":                        "-rwxr-xr-x root/root",
 		"/usr/lib/ecs-image/ecs-agent":                        "-rwxr-xr-x root/root",
 		"/usr/share/man/man1/ecs-image.1.gz":                  "-rw-r--r-- root/root",
 		"/usr/share/man/man1/ecs-image-build.1.gz":            "-rw-r--r-- root/root",
@@ -84,6 +90,19 @@ func TestDebPackage(t *testing.T) {
 	for p := range contents {
 		if strings.Contains(p, "__gendocs") || strings.Contains(p, "__complete") {
 			t.Errorf("hidden command documented: %s", p)
+		}
+	}
+
+	// Unpacked, /usr/bin/ecs-image runs version itself and executes
+	// /usr/lib/ecs-image/ecs-image for the other commands.
+	root := t.TempDir()
+	if o, err := exec.Command("dpkg-deb", "-x", deb, root).CombinedOutput(); err != nil {
+		t.Fatalf("dpkg-deb -x: %v\n%s", err, o)
+	}
+	for _, args := range [][]string{{"version"}, {"build", "--help"}} {
+		o, err := exec.Command(filepath.Join(root, "usr/bin/ecs-image"), args...).CombinedOutput()
+		if err != nil || !strings.Contains(string(o), "ecs-image") {
+			t.Errorf("/usr/bin/ecs-image %s: %v\n%s", strings.Join(args, " "), err, o)
 		}
 	}
 

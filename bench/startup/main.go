@@ -3,9 +3,14 @@
 // built with the same flags (the floor of any Go binary: the runtime's own
 // start-up) and cloud-localds (the tool a user would otherwise run for a
 // seed): `ecs-image version`, and `ecs-image cidata` of one seed per
-// process.
+// process, as `make build` and the .deb install ecs-image (the front
+// program, cmd/ecs-image/main_front.go) and as the complete program alone
+// (bin/libexec/ecs-image; what `go install ./cmd/ecs-image` builds).
 //
 //	go run ./bench/startup [-runs 200] [-ecs-image bin/ecs-image]
+//
+// -ecs-image names the front program; the complete one is looked for at
+// libexec/ecs-image beside it (its rows are skipped when it is not there).
 //
 // The commands run round-robin, so that load from other jobs falls on all
 // of them alike; each row gives the median and minimum wall time and the
@@ -64,6 +69,9 @@ const (
 	Version = "ecs-image version"
 	CIData  = "ecs-image cidata (one seed)"
 	Localds = "cloud-localds (one seed)"
+	// The complete program alone (go install; bin/libexec/ecs-image).
+	CompleteVersion = "complete program: version"
+	CompleteCIData  = "complete program: cidata"
 )
 
 func main() {
@@ -115,6 +123,15 @@ func Run(cfg Config) (*Result, error) {
 		{Version, []string{bin, "version"}},
 		{CIData, []string{bin, "--log-level", "warn", "cidata", "-e", envFile, "-o", filepath.Join(work, "go.iso")}},
 	}
+	if complete := filepath.Join(filepath.Dir(bin), "libexec", "ecs-image"); isFile(complete) {
+		cmds = append(cmds, []struct {
+			name string
+			argv []string
+		}{
+			{CompleteVersion, []string{complete, "version"}},
+			{CompleteCIData, []string{complete, "--log-level", "warn", "cidata", "-e", envFile, "-o", filepath.Join(work, "complete.iso")}},
+		}...)
+	}
 	if p, err := exec.LookPath("cloud-localds"); err == nil {
 		cmds = append(cmds, struct {
 			name string
@@ -163,9 +180,12 @@ func (res *Result) print(cfg Config) {
 	}
 	tw.Flush()
 	if l := res.Get(Localds); l.Wall > 0 {
-		c := res.Get(CIData)
-		fmt.Fprintf(cfg.Out, "ecs-image cidata / cloud-localds: %.2f× median wall, %.2f× min wall, %.2f× CPU\n",
-			float64(c.Wall)/float64(l.Wall), float64(c.Min)/float64(l.Min), float64(c.CPU)/float64(max(l.CPU, 1)))
+		for _, name := range []string{CIData, CompleteCIData} {
+			if c := res.Get(name); c.Wall > 0 {
+				fmt.Fprintf(cfg.Out, "%s / cloud-localds: %.2f× median wall, %.2f× min wall, %.2f× CPU\n",
+					name, float64(c.Wall)/float64(l.Wall), float64(c.Min)/float64(l.Min), float64(c.CPU)/float64(max(l.CPU, 1)))
+			}
+		}
 	}
 	fmt.Fprintln(cfg.Out)
 }
@@ -187,20 +207,31 @@ func findEnv(file string) (string, error) {
 }
 
 // buildECSImage builds ./cmd/ecs-image as `make build` does (static,
-// trimmed, stripped: the size of the binary matters here).
+// trimmed, stripped: the size of the binary matters here): the front
+// program dir/ecs-image and the complete one dir/libexec/ecs-image.
 func buildECSImage(dir string) (string, error) {
 	gomod, err := exec.Command("go", "env", "GOMOD").Output()
 	if err != nil {
 		return "", err
 	}
 	bin := filepath.Join(dir, "ecs-image")
-	cmd := exec.Command("go", "build", "-trimpath", "-ldflags", "-s -w", "-o", bin, "./cmd/ecs-image")
-	cmd.Dir = filepath.Dir(strings.TrimSpace(string(gomod)))
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("go build ./cmd/ecs-image: %v\n%s", err, out)
+	for _, b := range [][]string{
+		{filepath.Join(dir, "libexec", "ecs-image")},
+		{bin, "-tags", "ecsfront"},
+	} {
+		cmd := exec.Command("go", append([]string{"build", "-trimpath", "-ldflags", "-s -w", "-o"}, append(b, "./cmd/ecs-image")...)...)
+		cmd.Dir = filepath.Dir(strings.TrimSpace(string(gomod)))
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return "", fmt.Errorf("go build ./cmd/ecs-image: %v\n%s", err, out)
+		}
 	}
 	return bin, nil
+}
+
+func isFile(p string) bool {
+	st, err := os.Stat(p)
+	return err == nil && st.Mode().IsRegular()
 }
 
 // buildGoFloor builds a Go program that only writes a line, with the flags

@@ -15,7 +15,7 @@ func TestStartupSmall(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, name := range []string{True, GoFloor, Version, CIData} {
+	for _, name := range []string{True, GoFloor, Version, CIData, CompleteVersion, CompleteCIData} {
 		if r := res.Get(name); r.Wall <= 0 || r.Min > r.Wall {
 			t.Errorf("%s: %+v", name, r)
 		}

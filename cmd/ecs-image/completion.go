@@ -1,3 +1,5 @@
+//go:build !ecsfront
+
 package main
 
 // Dynamic shell completion (cobra's `completion bash|zsh|fish|powershell`

@@ -1,3 +1,5 @@
+//go:build !ecsfront
+
 package main
 
 import (
