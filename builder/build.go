@@ -124,6 +124,11 @@ type stageRun struct {
 	merge      *stageRun
 	packages   []string
 	kernelInfo *KernelInfo
+	// kernelVersion and aaFeatures: the image kernel's release and the
+	// directory of its recorded AppArmor feature set ("": none), for a
+	// generalisation in a chroot.
+	kernelVersion string
+	aaFeatures    string
 
 	dir     string // work directory of this stage
 	disk    string

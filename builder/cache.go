@@ -404,9 +404,15 @@ func StageKey(parent string, s *template.Stage, vars map[string]string, mode Mod
 	return hashJSON(k), nil
 }
 
-// GeneraliseKey is the key of the generalised disk built on parent.
-func GeneraliseKey(parent string, g template.Generalise) string {
-	return hashJSON(map[string]any{"v": Version, "parent": parent, "generalise": g.On(), "keep_logs": g.KeepLogs, "fstrim": g.Trim(), "commands": g.Commands, "helper": offlinehelper.Version})
+// GeneraliseKey is the key of the generalised disk built on parent, in
+// the offline helper (ModeOffline) or a chroot on the build host
+// (ModeChroot).
+func GeneraliseKey(parent string, g template.Generalise, mode Mode) string {
+	k := map[string]any{"v": Version, "parent": parent, "generalise": g.On(), "keep_logs": g.KeepLogs, "fstrim": g.Trim(), "commands": g.Commands, "helper": offlinehelper.Version}
+	if mode == ModeChroot {
+		k["chroot"] = true
+	}
+	return hashJSON(k)
 }
 
 func hashJSON(v any) string {

@@ -157,8 +157,11 @@ func TestStageKeysBaseAndOffline(t *testing.T) {
 	if k1 == k2 || k1 == k3 || k1 == k4 || k1 == k5 || k4 == k5 {
 		t.Errorf("keys must depend on the base digest, disk size and mode: %s %s %s %s %s", k1, k2, k3, k4, k5)
 	}
-	if GeneraliseKey(k1, template.Generalise{}) == GeneraliseKey(k1, template.Generalise{KeepLogs: true}) {
+	if GeneraliseKey(k1, template.Generalise{}, ModeOffline) == GeneraliseKey(k1, template.Generalise{KeepLogs: true}, ModeOffline) {
 		t.Error("generalise key ignores its options")
+	}
+	if GeneraliseKey(k1, template.Generalise{}, ModeOffline) == GeneraliseKey(k1, template.Generalise{}, ModeChroot) {
+		t.Error("generalise key ignores where it runs (helper or chroot)")
 	}
 }
 

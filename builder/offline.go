@@ -8,6 +8,7 @@ package builder
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -56,7 +57,20 @@ func (b bootFiles) ok() bool {
 }
 
 // generaliseScript is run as root in the image (chroot) by the helper.
-func generaliseScript(g template.Generalise) string {
+func generaliseScript(g template.Generalise) string { return generaliseScriptOn(g, nil) }
+
+// hostGeneralise is how a generalisation in a chroot on the build host
+// differs from the helper's: the processes seen are the host's (no pkill
+// of the build user's uid), and the AppArmor policy cache is compiled for
+// the image kernel's feature set recorded earlier (Features: its tree,
+// inside the chroot; "" when unknown: no cache, the first boot compiles).
+type hostGeneralise struct {
+	Features string
+}
+
+// generaliseScriptOn is the generalisation script, run by the helper (host
+// nil) or in a chroot on the build host.
+func generaliseScriptOn(g template.Generalise, host *hostGeneralise) string {
 	var b strings.Builder
 	b.WriteString("set -u\nexec 2>&1\n")
 	// Progress lines with the guest's uptime, shown in the build log.
@@ -67,11 +81,17 @@ func generaliseScript(g template.Generalise) string {
 	for _, c := range g.Commands {
 		b.WriteString("( set -e\n" + c + "\n) || { echo \"generalise command failed: $?\"; exit 1; }\n")
 	}
+	// On the build host, /proc is the host's: a pkill -u would kill the
+	// host's processes of that uid (nothing of the image runs there).
+	pkill := `  pkill -KILL -u "$u" 2>/dev/null
+`
+	if host != nil {
+		pkill = ""
+	}
 	fmt.Fprintf(&b, `step "build user"
 u=%s
 if id "$u" >/dev/null 2>&1; then
-  pkill -KILL -u "$u" 2>/dev/null
-  userdel --remove --force "$u" 2>/dev/null || userdel -f "$u"
+%s  userdel --remove --force "$u" 2>/dev/null || userdel -f "$u"
 fi
 rm -rf "/home/$u"
 rm -f /etc/sudoers.d/90-cloud-init-users
@@ -91,13 +111,32 @@ rm -f /root/.ssh/authorized_keys /root/.bash_history
 rm -rf /var/cache/apt/archives/*.deb /var/cache/apt/archives/partial/*
 rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /var/cache/debconf/*-old /var/lib/dpkg/*-old
 rm -rf /tmp/* /tmp/.[!.]* /var/tmp/* 2>/dev/null
-`, BuildUser)
+`, BuildUser, pkill)
 	// The AppArmor policy cache for the image's own kernel (this helper
 	// boots it): a booted build wrote it when apparmor's postinst loaded
 	// the profiles; a chroot build cannot (not the image's kernel), and
 	// without it the first boot compiles every profile before
 	// sysinit.target (seconds of CPU under emulation).
-	b.WriteString(`if [ -x /sbin/apparmor_parser ] && [ -d /etc/apparmor.d ]; then
+	switch {
+	case host != nil && host.Features != "":
+		// The recorded set as the kernel's (the compile features stay
+		// parser.conf's pin, as at boot; --features-file would set both).
+		fmt.Fprintf(&b, `if [ -x /sbin/apparmor_parser ] && [ -d /etc/apparmor.d ]; then
+  step "apparmor policy cache"
+  if /sbin/apparmor_parser --help 2>&1 | grep -q -e --kernel-features; then
+    /sbin/apparmor_parser --kernel-features %s --skip-kernel-load --write-cache --quiet -- /etc/apparmor.d || echo "apparmor_parser failed: the first boot compiles the profiles"
+  else
+    echo "apparmor_parser has no --kernel-features: the first boot compiles the profiles"
+  fi
+fi
+`, shellQuote(host.Features))
+	case host != nil:
+		b.WriteString(`if [ -x /sbin/apparmor_parser ] && [ -d /etc/apparmor.d ]; then
+  echo "the image kernel's AppArmor features are unknown: no policy cache, the first boot compiles the profiles"
+fi
+`)
+	default:
+		b.WriteString(`if [ -x /sbin/apparmor_parser ] && [ -d /etc/apparmor.d ]; then
   mkdir -p /sys/kernel/security
   [ -d /sys/kernel/security/apparmor ] || mount -t securityfs securityfs /sys/kernel/security 2>/dev/null
   if [ -d /sys/kernel/security/apparmor/features ]; then
@@ -106,6 +145,7 @@ rm -rf /tmp/* /tmp/.[!.]* /var/tmp/* 2>/dev/null
   fi
 fi
 `)
+	}
 	// What systemd's ConditionNeedsUpdate units would do at the first boot
 	// because /usr changed (ldconfig, the journal's message catalog), done
 	// now and marked done as systemd-update-done.service marks it.
@@ -150,6 +190,10 @@ type offlineRun struct {
 	// (nil when the helper could not read them: KernelUnknown says why).
 	Kernel        *KernelInfo
 	KernelUnknown string
+	// AppArmor receives the kernel's AppArmor feature set when
+	// Job.AppArmorFeatures is set (AppArmorErr: a malformed report).
+	AppArmor    aaFeatureSet
+	AppArmorErr error
 }
 
 // KernelInfo is an image's kernel and which of the drivers of the formats'
@@ -286,6 +330,12 @@ func (r *offlineRun) parse(exitErr error) error {
 			if len(f) > 0 {
 				r.Kernel = &KernelInfo{Version: f[0], Asked: r.Job.Drivers, Drivers: f[1:]}
 			}
+		case strings.HasPrefix(l, offlinehelper.MarkerAAFeature):
+			if err := r.AppArmor.addLine(strings.TrimPrefix(l, offlinehelper.MarkerAAFeature)); err != nil && r.AppArmorErr == nil {
+				r.AppArmorErr = err
+			}
+		case strings.HasPrefix(l, offlinehelper.MarkerAANone):
+			r.AppArmor.None = cmp.Or(strings.TrimPrefix(l, offlinehelper.MarkerAANone), "no reason given")
 		case strings.HasPrefix(l, offlinehelper.MarkerNoKernel):
 			r.KernelUnknown = strings.TrimPrefix(l, offlinehelper.MarkerNoKernel)
 		case strings.HasPrefix(l, offlinehelper.MarkerLog):

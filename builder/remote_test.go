@@ -546,7 +546,9 @@ stages:
 func TestBuildFromRemoteCacheOnly(t *testing.T) {
 	f := newRemoteFixture(t)
 	ctx := context.Background()
-	p := newPlannedBuild(t, remoteBuildTemplate, "2G", false)
+	// Planned as builder B builds it: without QEMU's tools on PATH it
+	// cannot chroot, so its generalisation's key is the helper's.
+	p := newPlannedBuild(t, remoteBuildTemplate, "2G", true)
 	b0, job, dir := p.Base, p.Job, p.Dir
 
 	// Builder A's cache, uploaded.

@@ -33,12 +33,15 @@ type stepGeneralise struct {
 	Accel             qemu.Accel
 	AccelForced       bool
 	Log               logrus.FieldLogger
+	// Features keeps the kernel's AppArmor feature set the helper reports
+	// (for later generalisations in a chroot).
+	Features kernelFeatures
 }
 
 // generaliseStep is the generalisation's stepGeneralise with the kernel
 // recorded for the parent disk.
 func (b *buildState) generaliseStep() *stepGeneralise {
-	s := &stepGeneralise{Generalise: b.tmpl.Generalise, BootFrom: b.bootFrom, Accel: b.accel, AccelForced: b.accelForced, Log: b.log}
+	s := &stepGeneralise{Generalise: b.tmpl.Generalise, BootFrom: b.bootFrom, Accel: b.accel, AccelForced: b.accelForced, Log: b.log, Features: kernelFeaturesOf(b.cache)}
 	if b.bootFrom != "" {
 		s.BootDir = b.cache.BootDir(b.bootFrom)
 	}
@@ -60,11 +63,16 @@ func (s *stepGeneralise) Run(ctx context.Context, state multistep.StateBag) mult
 	}
 	r := &offlineRun{Disk: sr.disk, Boot: boot, WorkDir: sr.dir, Accel: s.Accel, AccelForced: s.AccelForced, Timeout: 10 * time.Minute, Placers: placers,
 		Log: s.Log.WithField("step", "generalise"),
-		Job: offlinehelper.Job{Generalise: g.On(), GeneraliseScript: generaliseScript(g), Packages: true, Trim: g.Trim(), Drivers: formats.AllDrivers()}}
+		Job: offlinehelper.Job{Generalise: g.On(), GeneraliseScript: generaliseScript(g), Packages: true, Trim: g.Trim(), Drivers: formats.AllDrivers(), AppArmorFeatures: true}}
 	if err := r.run(ctx); err != nil {
 		return halt(state, fmt.Errorf("generalise: %w", err))
 	}
 	os.Remove(r.SerialLog)
+	if digest, err := fileDigest(boot.kernel()); err == nil && r.AppArmorErr == nil && !r.AppArmor.empty() {
+		if err := s.Features.store(digest, &r.AppArmor); err != nil {
+			s.Log.Debugf("generalise: keeping the kernel's AppArmor features: %v", err)
+		}
+	}
 	sr.packages, sr.kernelInfo, sr.bootFrom = r.Packages, r.Kernel, s.BootFrom
 	if r.Kernel == nil {
 		s.Log.Warnf("generalise: the image kernel's drivers are unknown (%s): the output formats' drivers are not checked", r.KernelUnknown)

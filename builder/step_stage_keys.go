@@ -18,7 +18,8 @@ type stepStageKeys struct{}
 
 func (s *stepStageKeys) Run(ctx context.Context, state multistep.StateBag) multistep.StepAction {
 	b := getBuild(state)
-	keys, err := planStageKeys(b.plan, b.base.Digest, hostModeEnv(b.opts.NoChroot))
+	env := hostModeEnv(b.opts.NoChroot)
+	keys, err := planStageKeys(b.plan, b.base.Digest, env)
 	if err != nil {
 		return halt(state, err)
 	}
@@ -34,8 +35,12 @@ func (s *stepStageKeys) Run(ctx context.Context, state multistep.StateBag) multi
 	}
 	b.log.Infof("stages: %s", strings.Join(lines, " "))
 	last := keys[len(keys)-1].Key
-	b.stages = append(b.stages, &stageRun{stage: &template.Stage{Name: GeneraliseStageName}, index: len(keys), key: GeneraliseKey(last, b.tmpl.Generalise),
-		mode: ModeOffline, generalise: true})
+	gm, note := generaliseMode(env)
+	if note != "" {
+		b.log.Infof("stage %s: %s", GeneraliseStageName, note)
+	}
+	b.stages = append(b.stages, &stageRun{stage: &template.Stage{Name: GeneraliseStageName}, index: len(keys), key: GeneraliseKey(last, b.tmpl.Generalise, gm),
+		mode: gm, generalise: true})
 	return multistep.ActionContinue
 }
 
@@ -89,8 +94,10 @@ type PlanJob struct {
 	Production bool           `json:"production"`
 	Outputs    []string       `json:"outputs"`
 	Stages     []PlannedStage `json:"stages"`
-	// GeneraliseKey is the key of the generalised disk (the last entry).
-	GeneraliseKey string `json:"generalise_key"`
+	// GeneraliseKey is the key of the generalised disk (the last entry),
+	// GeneraliseMode how it is built (ModeChroot or ModeOffline).
+	GeneraliseKey  string `json:"generalise_key"`
+	GeneraliseMode Mode   `json:"generalise_mode"`
 }
 
 // PlanJobs lists the builds of a template — each variant (or the template
@@ -117,8 +124,9 @@ func PlanJobs(t *template.Template, baseDigest string, noChroot bool) ([]PlanJob
 		if err != nil {
 			return nil, err
 		}
+		gm, _ := generaliseMode(env)
 		jobs = append(jobs, PlanJob{Variant: v, Production: p.Production, Outputs: p.Outputs, Stages: keys,
-			GeneraliseKey: GeneraliseKey(keys[len(keys)-1].Key, t.Generalise)})
+			GeneraliseKey: GeneraliseKey(keys[len(keys)-1].Key, t.Generalise, gm), GeneraliseMode: gm})
 	}
 	return jobs, nil
 }
@@ -132,6 +140,16 @@ type modeEnv struct {
 	chrootErr error // why chroot stages cannot run (nil: they can)
 }
 
+// generaliseMode decides how the generalisation runs: in a chroot on the
+// build host when it can (the AppArmor cache then needs the image kernel's
+// feature set, recorded once per kernel), else in the offline helper VM.
+func generaliseMode(env modeEnv) (Mode, string) {
+	if env.chrootErr == nil {
+		return ModeChroot, ""
+	}
+	return ModeOffline, "offline helper: chroot unavailable: " + env.chrootErr.Error()
+}
+
 // chooseMode decides how a stage is built — ModeBoot, ModeChroot or
 // ModeOffline — and returns a note when it falls back from what the
 // stage asked for or would get by default.
@@ -140,6 +158,11 @@ func chooseMode(st *template.Stage, env modeEnv) (mode Mode, note string) {
 		return ModeBoot, ""
 	}
 	if !st.NeedsBoot() && st.Mode != ModeChroot {
+		// Placing files natively on the build host costs no VM; the
+		// offline helper is the way without root.
+		if env.chrootErr == nil {
+			return ModeChroot, ""
+		}
 		if env.haveBoot && env.helperErr == nil {
 			return ModeOffline, ""
 		}
@@ -147,10 +170,7 @@ func chooseMode(st *template.Stage, env modeEnv) (mode Mode, note string) {
 		if env.helperErr != nil {
 			why = env.helperErr.Error()
 		}
-		if env.chrootErr == nil {
-			return ModeChroot, "only places files; offline helper unavailable (" + why + "): chroot"
-		}
-		return ModeBoot, "only places files but boots: " + why + "; chroot unavailable: " + env.chrootErr.Error()
+		return ModeBoot, "only places files but boots: chroot unavailable: " + env.chrootErr.Error() + "; offline helper: " + why
 	}
 	if st.Mode == ModeChroot || st.ChrootDefault() {
 		if env.chrootErr == nil {

@@ -2,6 +2,7 @@ package builder
 
 import (
 	"errors"
+	"strings"
 	"testing"
 
 	"github.com/ecs-image/ecs-image/builder/template"
@@ -28,10 +29,12 @@ func TestChooseMode(t *testing.T) {
 		want  Mode
 		noted bool
 	}{
-		{"files after a boot: helper", files, modeEnv{haveBoot: true}, ModeOffline, false},
-		{"files first: chroot", files, modeEnv{}, ModeChroot, true},
+		{"files after a boot: chroot", files, modeEnv{haveBoot: true}, ModeChroot, false},
+		{"files after a boot, no chroot: helper", files, modeEnv{haveBoot: true, chrootErr: no}, ModeOffline, false},
+		{"files first: chroot", files, modeEnv{}, ModeChroot, false},
 		{"files first, no chroot: boot", files, modeEnv{chrootErr: no}, ModeBoot, true},
-		{"files, no helper: chroot", files, modeEnv{haveBoot: true, helperErr: no}, ModeChroot, true},
+		{"files, no chroot, no helper: boot", files, modeEnv{haveBoot: true, chrootErr: no, helperErr: no}, ModeBoot, true},
+		{"files, no helper: chroot", files, modeEnv{haveBoot: true, helperErr: no}, ModeChroot, false},
 		{"packages: chroot", pkgs, modeEnv{}, ModeChroot, false},
 		{"packages, no chroot: boot", pkgs, modeEnv{chrootErr: no}, ModeBoot, true},
 		{"packages, mode boot", pkgsBoot, modeEnv{}, ModeBoot, false},
@@ -44,5 +47,17 @@ func TestChooseMode(t *testing.T) {
 		if got != c.want || (note != "") != c.noted {
 			t.Errorf("%s: got %s (note %q), want %s (note %v)", c.name, got, note, c.want, c.noted)
 		}
+	}
+}
+
+func TestGeneraliseMode(t *testing.T) {
+	if m, note := generaliseMode(modeEnv{}); m != ModeChroot || note != "" {
+		t.Errorf("host can chroot: %s %q, want chroot", m, note)
+	}
+	if m, note := generaliseMode(modeEnv{helperErr: errors.New("no helper")}); m != ModeChroot || note != "" {
+		t.Errorf("host can chroot, no helper: %s %q, want chroot", m, note)
+	}
+	if m, note := generaliseMode(modeEnv{chrootErr: errors.New("not root")}); m != ModeOffline || !strings.Contains(note, "not root") {
+		t.Errorf("no chroot: %s %q, want offline saying why", m, note)
 	}
 }

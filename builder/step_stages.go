@@ -6,6 +6,8 @@ import (
 	"os"
 
 	"github.com/hashicorp/packer-plugin-sdk/multistep"
+
+	"github.com/ecs-image/ecs-image/provisioners"
 )
 
 // stepStages builds the plan's stages in order, the generalisation last. A stage whose key is in
@@ -29,7 +31,7 @@ func (s *stepStages) Run(ctx context.Context, state multistep.StateBag) multiste
 		}
 		// A file-only last stage is applied in the same helper boot as the
 		// generalisation; its result is cached as the generalised disk.
-		if gen := b.stages[len(b.stages)-1]; i == len(b.stages)-2 && gen.generalise && sr.mode == ModeOffline && b.tmpl.Generalise.On() {
+		if gen := b.stages[len(b.stages)-1]; i == len(b.stages)-2 && gen.generalise && mergeable(sr, gen) && b.tmpl.Generalise.On() {
 			if e, _ := b.lookup(ctx, sr.key, sr.parent); e == nil || b.opts.NoCache {
 				sr.merged = true
 				gen.merge = sr
@@ -38,7 +40,11 @@ func (s *stepStages) Run(ctx context.Context, state multistep.StateBag) multiste
 						sr.cached, sr.remote = true, remote
 					}
 				}
-				b.log.Infof("stage %s: applied with the generalisation (one offline helper boot)", sr.stage.Name)
+				how := "one offline helper boot"
+				if gen.mode == ModeChroot {
+					how = "one chroot on the build host"
+				}
+				b.log.Infof("stage %s: applied with the generalisation (%s)", sr.stage.Name, how)
 				continue
 			}
 		}
@@ -62,6 +68,9 @@ func (s *stepStages) Run(ctx context.Context, state multistep.StateBag) multiste
 		run := stageModes[sr.mode]
 		if sr.generalise {
 			run = generaliseStage
+			if sr.mode == ModeChroot {
+				run = generaliseChrootStage
+			}
 		}
 		b.log.Infof("stage %s: building (%s, key %s)", sr.stage.Name, run.how, sr.key[:12])
 		state.Put("stage", sr)
@@ -101,6 +110,21 @@ func (s *stepStages) Run(ctx context.Context, state multistep.StateBag) multiste
 		s.advance(b, sr.key, sr.bootFrom)
 	}
 	return multistep.ActionContinue
+}
+
+// mergeable tells whether stage sr can be applied in the generalisation
+// gen: it only places files, where the generalisation runs (the offline
+// helper, or a chroot on the build host).
+func mergeable(sr, gen *stageRun) bool {
+	if sr.mode != gen.mode || (sr.mode != ModeOffline && sr.mode != ModeChroot) || sr.stage.NeedsBoot() {
+		return false
+	}
+	for _, ps := range sr.stage.Provisioners {
+		if _, ok := ps.P.(provisioners.Placer); !ok {
+			return false
+		}
+	}
+	return true
 }
 
 // lookup finds key in the local cache, else in the remote one (committed

@@ -115,6 +115,23 @@ func offlineStageSteps(b *buildState) []multistep.Step {
 	}
 }
 
+// generaliseChrootStage is the generalisation in a chroot on the build host.
+var generaliseChrootStage = stageMode{"chroot on the build host: generalise", generaliseChrootSteps}
+
+// generaliseChrootSteps build the generalised disk in a chroot on the
+// build host (no VM, unless the image's kernel is new: one helper boot
+// records its AppArmor feature set).
+func generaliseChrootSteps(b *buildState) []multistep.Step {
+	return []multistep.Step{
+		b.overlayStep(),
+		b.kernelFeaturesStep(),   // the kernel's AppArmor features: cached, else one helper boot
+		&stepChrootMount{},       // FUSE export, loop mount in a private namespace
+		b.chrootGeneraliseStep(), // the merged stage's files, clean-up, AppArmor cache, package list, drivers, fstrim
+		&stepChrootFinish{},      // unmount, stop the export, check the overlay
+		&stepCommitStage{},       // with the package list and kernel
+	}
+}
+
 // generaliseStageSteps build the generalised disk.
 func generaliseStageSteps(b *buildState) []multistep.Step {
 	return []multistep.Step{

@@ -10,6 +10,7 @@ import (
 	"github.com/ecs-image/ecs-image/builder/template"
 	"github.com/ecs-image/ecs-image/formats"
 	"github.com/ecs-image/ecs-image/images"
+	"github.com/ecs-image/ecs-image/provisioners"
 	"github.com/ecs-image/ecs-image/qemu"
 	"github.com/ecs-image/ecs-image/qemuimg"
 	"github.com/ecs-image/ecs-image/testenv"
@@ -43,6 +44,7 @@ func TestStepOrder(t *testing.T) {
 		{offlineStageSteps(b), "overlay disk, offline place, commit stage"},
 		{chrootStageSteps(b), "overlay disk, chroot mount, provision, chroot boot files, chroot finish, commit stage"},
 		{generaliseStageSteps(b), "overlay disk, generalise, commit stage"},
+		{generaliseChrootSteps(b), "overlay disk, kernel features, chroot mount, chroot generalise, chroot finish, commit stage"},
 	} {
 		if got := names(c.steps); got != c.want {
 			t.Errorf("steps:\n got %s\nwant %s", got, c.want)
@@ -197,5 +199,30 @@ func TestDriverCheckStep(t *testing.T) {
 	b.kernel = bare
 	if err := run(late, b); err == nil {
 		t.Error("the pipeline's driver check did not use the build's kernel")
+	}
+}
+
+// TestMergeable: a file-only last stage is applied in the generalisation
+// only where both run (the helper, or a chroot); a stage that boots, or a
+// placer-only stage built elsewhere, is not.
+func TestMergeable(t *testing.T) {
+	files := &template.Stage{Name: "files", Provisioners: []template.ProvisionerSpec{{Type: "file", P: &provisioners.File{}}}}
+	pkgs := &template.Stage{Name: "pkgs", Provisioners: []template.ProvisionerSpec{{Type: "packages", P: &provisioners.Packages{}}}}
+	shell := &template.Stage{Name: "shell", Provisioners: []template.ProvisionerSpec{{Type: "shell", P: &provisioners.Shell{}}}}
+	for _, c := range []struct {
+		st        *template.Stage
+		mode, gen Mode
+		want      bool
+	}{
+		{files, ModeChroot, ModeChroot, true},
+		{files, ModeOffline, ModeOffline, true},
+		{files, ModeChroot, ModeOffline, false},
+		{files, ModeBoot, ModeOffline, false},
+		{pkgs, ModeChroot, ModeChroot, false},
+		{shell, ModeChroot, ModeChroot, false},
+	} {
+		if got := mergeable(&stageRun{stage: c.st, mode: c.mode}, &stageRun{mode: c.gen, generalise: true}); got != c.want {
+			t.Errorf("%s built %s, generalised %s: merged %v, want %v", c.st.Name, c.mode, c.gen, got, c.want)
+		}
 	}
 }

@@ -73,6 +73,10 @@ type Job struct {
 	// Drivers asks which of these drivers the image's kernel (the one the
 	// helper booted) has, built in or as modules (formats.CheckDrivers).
 	Drivers []string `json:"drivers,omitempty"`
+	// AppArmorFeatures prints the running kernel's AppArmor feature set
+	// (MarkerAAFeature lines), which the builder keeps to compile the
+	// image's policy cache on the build host.
+	AppArmorFeatures bool `json:"apparmor_features,omitempty"`
 }
 
 // Main is the helper's entry point; it never returns normally.
@@ -168,9 +172,12 @@ func helperRun(con io.Writer, logf func(string, ...any)) error {
 	if len(job.Drivers) > 0 {
 		reportDrivers(con, job.Drivers)
 	}
+	if job.AppArmorFeatures {
+		reportAppArmor(con)
+	}
 	if job.Trim {
 		logf("trimming")
-		if n, err := fstrim(helperRoot); err != nil {
+		if n, err := Fstrim(helperRoot); err != nil {
 			logf("fstrim: %v", err)
 		} else {
 			logf("trimmed %d MiB", n>>20)
@@ -234,8 +241,8 @@ func chrootRun(con io.Writer, script string) error {
 	return chrootCmd(con, "/bin/sh", "-c", script)
 }
 
-// fstrim discards the free blocks of the file system mounted at dir.
-func fstrim(dir string) (uint64, error) {
+// Fstrim discards the free blocks of the file system mounted at dir.
+func Fstrim(dir string) (uint64, error) {
 	f, err := os.Open(dir)
 	if err != nil {
 		return 0, err

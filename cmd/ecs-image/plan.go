@@ -94,7 +94,7 @@ ${{ fromJSON(needs.plan.outputs.matrix) }}) or a GitLab parallel:matrix.`,
 				}
 				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\n", v, outs, s.Name, s.Mode, s.Key)
 			}
-			fmt.Fprintf(w, "%s\t\t%s\t%s\t%s\n", v, "generalise", builder.ModeOffline, j.GeneraliseKey)
+			fmt.Fprintf(w, "%s\t\t%s\t%s\t%s\n", v, "generalise", j.GeneraliseMode, j.GeneraliseKey)
 		}
 		return w.Flush()
 	},

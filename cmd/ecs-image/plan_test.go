@@ -10,6 +10,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/ecs-image/ecs-image/builder"
 	"github.com/ecs-image/ecs-image/testenv"
 )
 
@@ -109,6 +110,15 @@ func TestPlanCLI(t *testing.T) {
 		if len(j.GeneraliseKey) != 32 {
 			t.Errorf("%s: generalise key %q", j.Variant, j.GeneraliseKey)
 		}
+		// Generalised in a chroot on a host that can chroot, else in the
+		// offline helper; the mode is part of the key.
+		want := builder.ModeOffline
+		if builder.ChrootUsable() == nil {
+			want = builder.ModeChroot
+		}
+		if j.GeneraliseMode != want {
+			t.Errorf("%s: generalise mode %s, want %s", j.Variant, j.GeneraliseMode, want)
+		}
 	}
 	if len(p.Matrix) != 2 || p.Matrix[0]["variant"] != "dev" || p.Matrix[1]["variant"] != "prod" {
 		t.Errorf("matrix %v", p.Matrix)
@@ -129,6 +139,15 @@ func TestPlanCLI(t *testing.T) {
 	if p3.Jobs[0].Stages[0].Key != dev.Stages[0].Key || p3.Jobs[0].Stages[1].Key == dev.Stages[1].Key || p3.Jobs[0].Stages[2].Key == dev.Stages[2].Key {
 		t.Errorf("changed file: keys %+v", p3.Jobs[0].Stages)
 	}
+
+	// --no-chroot: the generalisation in the helper, under another key.
+	_, out4, _ := runEnvCLI(t, "plan", tmpl, "--base-digest", digest, "--json", "--no-chroot")
+	var p4 planOutput
+	json.Unmarshal([]byte(out4), &p4)
+	if g := p4.Jobs[0]; g.GeneraliseMode != builder.ModeOffline || (dev.GeneraliseMode == builder.ModeChroot && g.GeneraliseKey == dev.GeneraliseKey) {
+		t.Errorf("--no-chroot: generalise %s %s (without: %s %s)", g.GeneraliseMode, g.GeneraliseKey, dev.GeneraliseMode, dev.GeneraliseKey)
+	}
+	planCmd.Flags().Set("no-chroot", "false")
 
 	// Table: one line per stage and the generalisation, per variant.
 	planCmd.Flags().Set("json", "false")
