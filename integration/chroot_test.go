@@ -5,6 +5,7 @@ package integration
 import (
 	"crypto/rand"
 	"encoding/hex"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -32,7 +33,7 @@ stages:
   - name: web
     provisioners:
       - type: packages
-        packages: [nginx]
+        packages: [nginx, apparmor]
       - type: file
         content: "<h1>` + marker + `</h1>\n"
         destination: /var/www/html/index.html
@@ -79,8 +80,8 @@ func TestBuildChroot(t *testing.T) {
 	t.Logf("cold build, chroot stages: %s", time.Since(start).Round(time.Second))
 	img := filepath.Join(out, "it-chroot.qcow2")
 	m := readManifest(t, filepath.Join(out, "it-chroot.build.json"))
-	if len(m.Stages) != 2 || m.Stages[0].Mode != template.ModeChroot || m.Stages[1].Mode != template.ModeChroot {
-		t.Errorf("manifest stages: %+v (want both in a chroot)", m.Stages)
+	if len(m.Stages) != 2 || m.Stages[0].Mode != template.ModeChroot || m.Stages[1].Mode != template.ModeChroot || m.Generalise.Mode != template.ModeChroot {
+		t.Errorf("manifest stages: %+v, generalise %+v (want all in a chroot)", m.Stages, m.Generalise)
 	}
 	for _, s := range m.Steps {
 		if strings.Contains(s.Step, "start qemu") || strings.Contains(s.Step, "wait ssh") {
@@ -118,6 +119,19 @@ func TestBuildChroot(t *testing.T) {
 	// Grown from the base's 4 GiB: more than 5 GiB of root file system.
 	check("test $(df --output=size -k / | tail -n 1) -gt 5242880 && echo grown", "grown")
 	check("test -s /etc/machine-id && echo regenerated", "regenerated")
+	// The AppArmor policy cache the chroot generalisation compiled for the
+	// image kernel's recorded feature set is the one this kernel selects,
+	// and apparmor.service loaded the profiles from it: every file of the
+	// cache directory predates this boot (a cache for other features
+	// would be missing there, or written now).
+	check("systemctl is-active apparmor", "active")
+	aa, err := c.Output(ctx, `sh -c 'd=$(apparmor_parser --print-cache-dir) || exit 1; bt=$(awk "/^btime/ {print \$2}" /proc/stat); n=0; new=0; `+
+		`for f in "$d"/* "$d"/.features; do [ -f "$f" ] || continue; n=$((n+1)); [ $(stat -c %Y "$f") -lt "$bt" ] || new=$((new+1)); done; `+
+		`echo "$n $new $(grep -c . /sys/kernel/security/apparmor/profiles)"'`, true)
+	var files, fresh, loaded int
+	if _, serr := fmt.Sscan(aa, &files, &fresh, &loaded); err != nil || serr != nil || files < 2 || fresh != 0 || loaded == 0 {
+		t.Errorf("AppArmor cache: %q (%v): want cache files (with .features) all older than the boot, and profiles loaded", strings.TrimSpace(aa), err)
+	}
 }
 
 // TestBuildChrootInterrupt interrupts a build while apt runs in the chroot:
