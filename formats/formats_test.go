@@ -676,3 +676,49 @@ func TestVMDKWriters(t *testing.T) {
 		t.Fatalf("%s=vmware: %v, want bad input naming the variable", VMDKWriterEnv, err)
 	}
 }
+
+// TestVMDKLevels: vmdkstream deflates at ECS_IMAGE_VMDK_LEVEL (unset:
+// defaultVMDKLevel), which the zlib header of every grain records
+// (FLEVEL: 0 for level 1, 2 for 6, 3 for 7–9); each output holds the
+// input. A value outside 1–9 is bad input naming the variable.
+func TestVMDKLevels(t *testing.T) {
+	dir := t.TempDir()
+	const size = 8 * mib
+	in := testImage(t, dir, size, 1)
+	img, err := Inspect(context.Background(), in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv(VMDKWriterEnv, "ecs-image")
+	for _, c := range []struct {
+		env    string
+		flevel byte
+	}{{"", 0}, {"1", 0}, {"6", 2}, {"9", 3}} {
+		t.Setenv(VMDKLevelEnv, c.env)
+		out := filepath.Join(dir, "out-"+c.env+".vmdk")
+		if err := Write(context.Background(), img, "vmdk", out, Options{}); err != nil {
+			t.Fatalf("%s=%q: %v", VMDKLevelEnv, c.env, err)
+		}
+		checkStreamVMDK(t, out, size, true)
+		same(t, in, out, "vmdk")
+		// The first grain: marker (LBA 8 bytes, size 4) at sector 128, then
+		// the zlib header CMF FLG.
+		f, _ := os.Open(out)
+		hdr := make([]byte, 14)
+		f.ReadAt(hdr, 128*512)
+		f.Close()
+		if hdr[12] != 0x78 || hdr[13]>>6 != c.flevel {
+			t.Errorf("%s=%q: zlib header % x, want FLEVEL %d", VMDKLevelEnv, c.env, hdr[12:], c.flevel)
+		}
+	}
+	if defaultVMDKLevel != 1 {
+		t.Errorf("defaultVMDKLevel %d: the docs (docs/formats.md, docs/builder.md) say 1", defaultVMDKLevel)
+	}
+	for _, bad := range []string{"0", "10", "fast", " 1"} {
+		t.Setenv(VMDKLevelEnv, bad)
+		err := Write(context.Background(), img, "vmdk", filepath.Join(dir, "bad.vmdk"), Options{})
+		if err == nil || !IsBadInput(err) || !strings.Contains(err.Error(), VMDKLevelEnv) {
+			t.Errorf("%s=%q: %v, want bad input naming the variable", VMDKLevelEnv, bad, err)
+		}
+	}
+}

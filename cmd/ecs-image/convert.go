@@ -33,8 +33,9 @@ same writers the builder uses. The input is inspected like a base (header,
 qemu-img info, qemu-img check): images with a backing file, an external data
 file, or a damaged structure are refused. Conversions go through qemu-img;
 the stream VMDK (vmdk, ova, ami, vagrant-virtualbox) is deflated on every
-core from qemu-img's raw disk (ECS_IMAGE_VMDK_WRITER=qemu-img: qemu-img's
-own single-threaded writer).
+core from qemu-img's raw disk, at deflate level ECS_IMAGE_VMDK_LEVEL (1–9,
+default 1, the fastest; 6 is about qemu-img's size) (ECS_IMAGE_VMDK_WRITER=
+qemu-img: qemu-img's own single-threaded writer).
 
 With one format, -o names the output file. With several formats (or -d),
 the outputs are written into DIR as BASE+extension, in parallel (at most one
