@@ -94,16 +94,14 @@ type buildState struct {
 	packages []string
 	kernel   *KernelInfo
 
-	compacted   string // the compacted qcow2 (temporary name in OutputDir)
-	compactSum  string // its sha256 (hex) and size
-	compactSize int64
-	emit        *emission // the other formats, written alongside the compaction
-	artifact    *Artifact
-	timings     []StepTiming
-	started     time.Time
+	compaction compaction // stepCompact's results
+	artifact   Artifact   // stepArtifact's (ManifestPath "": none)
+	timings    []StepTiming
+	started    time.Time
 }
 
-// stageRun is one stage of the plan being built (state bag key "stage").
+// stageRun is one stage of the plan being built: its stage steps (made
+// with a pointer to it) write their results into it.
 type stageRun struct {
 	stage  *template.Stage
 	index  int
@@ -139,7 +137,9 @@ type stageRun struct {
 	chroot  *chrootSession
 	// guest runs the provisioners' commands: the SSH client of the booted
 	// VM or the chroot session.
-	guest    provisioners.Guest
+	guest provisioners.Guest
+	// files reads the booted guest's files (nil in a chroot).
+	files    guestFiles
 	bootFrom string
 	started  time.Time
 	// kernel boots the build VM directly (nil: from the disk).
@@ -154,7 +154,6 @@ type StepTiming struct {
 }
 
 func getBuild(state multistep.StateBag) *buildState { return state.Get("build").(*buildState) }
-func getStage(state multistep.StateBag) *stageRun   { return state.Get("stage").(*stageRun) }
 
 // halt records err in the state bag and stops the runner.
 func halt(state multistep.StateBag, err error) multistep.StepAction {
@@ -193,7 +192,7 @@ func Build(ctx context.Context, opts Options) (*Artifact, error) {
 	b.remote = newRemoteCache(opts.Remote, opts.RemoteMode, b.log)
 	state := new(multistep.BasicStateBag)
 	state.Put("build", b)
-	runner := &multistep.BasicRunner{Steps: timedSteps(buildSteps())}
+	runner := &multistep.BasicRunner{Steps: timedSteps(buildSteps(), "")}
 	start := time.Now()
 	b.started = start
 	runner.Run(ctx, state)
@@ -207,32 +206,33 @@ func Build(ctx context.Context, opts Options) (*Artifact, error) {
 	if ctx.Err() != nil {
 		return nil, ctx.Err()
 	}
-	if b.artifact == nil {
+	if b.artifact.ManifestPath == "" {
 		return nil, errors.New("build produced no artifact")
 	}
 	b.log.Infof("build finished in %s: %s", time.Since(start).Round(time.Second), b.artifact.Files[0].Path)
-	return b.artifact, nil
+	return &b.artifact, nil
 }
 
 // timed wraps a step to log its start, end and duration.
 type timed struct {
-	name string
-	step multistep.Step
+	name  string
+	stage string // the stage it runs for ("": none)
+	step  multistep.Step
 }
 
-func timedSteps(steps []multistep.Step) []multistep.Step {
+// timedSteps wraps the steps of stage ("": the build's own steps).
+func timedSteps(steps []multistep.Step, stage string) []multistep.Step {
 	out := make([]multistep.Step, len(steps))
 	for i, s := range steps {
-		out[i] = &timed{name: stepName(s), step: s}
+		out[i] = &timed{name: stepName(s), stage: stage, step: s}
 	}
 	return out
 }
 
 func (t *timed) Run(ctx context.Context, state multistep.StateBag) multistep.StepAction {
 	b := getBuild(state)
-	log, stage := b.log, ""
-	if sr, ok := state.GetOk("stage"); ok && sr != nil {
-		stage = sr.(*stageRun).stage.Name
+	log, stage := b.log, t.stage
+	if stage != "" {
 		log = log.WithField("stage", stage)
 	}
 	log.Debugf("%s: start", t.name)

@@ -38,19 +38,20 @@ const stateAborted = "aborted"
 
 // onErrorStep applies the build's on-error mode to one step of a stage.
 type onErrorStep struct {
-	step multistep.Step
-	name string
+	step  multistep.Step
+	name  string
+	stage string
 }
 
-// onErrorSteps wraps a stage's steps with the build's on-error mode.
-func onErrorSteps(steps []multistep.Step) []multistep.Step {
+// onErrorSteps wraps the steps of stage with the build's on-error mode.
+func onErrorSteps(steps []multistep.Step, stage string) []multistep.Step {
 	out := make([]multistep.Step, len(steps))
 	for i, s := range steps {
 		name := stepName(s)
 		if t, ok := s.(*timed); ok {
 			name = t.name
 		}
-		out[i] = &onErrorStep{step: s, name: name}
+		out[i] = &onErrorStep{step: s, name: name, stage: stage}
 	}
 	return out
 }
@@ -71,7 +72,7 @@ func (s *onErrorStep) Run(ctx context.Context, state multistep.StateBag) multist
 			if b.opts.Ask == nil {
 				return action
 			}
-			answer, err := b.opts.Ask(fmt.Sprintf("step %q of stage %s failed: %v", s.name, getStage(state).stage.Name, raw))
+			answer, err := b.opts.Ask(fmt.Sprintf("step %q of stage %s failed: %v", s.name, s.stage, raw))
 			if err != nil || ctx.Err() != nil {
 				if err != nil {
 					b.log.Warnf("--on-error=ask: %v; cleaning up", err)

@@ -3,11 +3,10 @@ package builder
 import (
 	"context"
 	"errors"
+	"strings"
 	"testing"
 
 	"github.com/hashicorp/packer-plugin-sdk/multistep"
-
-	"github.com/ecs-image/ecs-image/builder/template"
 )
 
 // fakeStep fails its first fails runs; it records runs and clean-ups.
@@ -33,6 +32,9 @@ func runOnError(t *testing.T, ctx context.Context, mode string, answers ...strin
 	b := &buildState{opts: Options{OnError: mode}, log: quietLog()}
 	b.opts.Ask = func(q string) (string, error) {
 		asked++
+		if !strings.Contains(q, " of stage s failed: boom") {
+			t.Errorf("question %q does not name the stage", q)
+		}
 		if len(answers) == 0 {
 			return AskCleanup, errors.New("no more answers")
 		}
@@ -42,8 +44,7 @@ func runOnError(t *testing.T, ctx context.Context, mode string, answers ...strin
 	}
 	state = new(multistep.BasicStateBag)
 	state.Put("build", b)
-	state.Put("stage", &stageRun{stage: &template.Stage{Name: "s"}})
-	(&multistep.BasicRunner{Steps: onErrorSteps([]multistep.Step{first, second})}).Run(ctx, state)
+	(&multistep.BasicRunner{Steps: onErrorSteps([]multistep.Step{first, second}, "s")}).Run(ctx, state)
 	return first, second, state, asked
 }
 
@@ -85,8 +86,7 @@ func TestOnError(t *testing.T) {
 	b := &buildState{opts: Options{OnError: OnErrorAbort}, log: quietLog()}
 	st = new(multistep.BasicStateBag)
 	st.Put("build", b)
-	st.Put("stage", &stageRun{stage: &template.Stage{Name: "s"}})
-	(&onErrorStep{step: first, name: "first"}).Run(cctx, st)
+	(&onErrorStep{step: first, name: "first", stage: "s"}).Run(cctx, st)
 	if aborted(st) {
 		t.Error("a cancelled build was kept")
 	}

@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/hashicorp/packer-plugin-sdk/multistep"
+	"github.com/sirupsen/logrus"
 
 	"github.com/ecs-image/ecs-image/atomicfile"
 )
@@ -15,17 +16,32 @@ import (
 // stepBootFiles copies the guest's newest kernel and its initrd, the root=
 // it booted with and its whole command line, into the stage's boot/ directory: later file-only
 // stages and generalisation boot them in the offline helper.
-type stepBootFiles struct{}
+type stepBootFiles struct {
+	// Key is the stage's key: its entry keeps the boot files.
+	Key string
+	// Stage holds the guest's files, the work directory and the kernel
+	// the VM booted directly; it receives the boot files' entry.
+	Stage *stageRun
+	Log   logrus.FieldLogger
+}
+
+// guestFiles is the booted guest as stepBootFiles reads it.
+type guestFiles interface {
+	// Output is a command's standard output.
+	Output(ctx context.Context, command string) (string, error)
+	// Fetch copies the root-readable guest file src to the host file dst.
+	Fetch(ctx context.Context, src, dst string) error
+}
 
 func (s *stepBootFiles) Run(ctx context.Context, state multistep.StateBag) multistep.StepAction {
-	b, sr := getBuild(state), getStage(state)
+	sr := s.Stage
 	dir := filepath.Join(sr.dir, "boot")
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return halt(state, err)
 	}
-	out, err := sr.client.Output(ctx, `k=$(ls -1 /boot/vmlinuz-* 2>/dev/null | sort -V | tail -n 1); v=${k#/boot/vmlinuz-}; i=/boot/initrd.img-$v; `+
+	out, err := sr.files.Output(ctx, `k=$(ls -1 /boot/vmlinuz-* 2>/dev/null | sort -V | tail -n 1); v=${k#/boot/vmlinuz-}; i=/boot/initrd.img-$v; `+
 		`r=$(tr ' ' '\n' </proc/cmdline | sed -n 's/^root=//p' | tail -n 1); echo "$k $i $r"; `+
-		`[ -z "$k" ] || stat -c '%n %s %Y' "$k" "$i" 2>/dev/null; echo --; cat /proc/cmdline`, false)
+		`[ -z "$k" ] || stat -c '%n %s %Y' "$k" "$i" 2>/dev/null; echo --; cat /proc/cmdline`)
 	if err != nil {
 		return halt(state, fmt.Errorf("find kernel: %w", err))
 	}
@@ -33,7 +49,7 @@ func (s *stepBootFiles) Run(ctx context.Context, state multistep.StateBag) multi
 	lines := strings.SplitN(strings.TrimSpace(head), "\n", 2)
 	f := strings.Fields(lines[0])
 	if len(f) < 2 || !strings.HasPrefix(f[0], "/boot/vmlinuz-") {
-		b.log.Warnf("no kernel found in /boot; later file-only stages of this chain cannot run offline")
+		s.Log.Warnf("no kernel found in /boot; later file-only stages of this chain cannot run offline")
 		return multistep.ActionContinue
 	}
 	source := ""
@@ -51,7 +67,7 @@ func (s *stepBootFiles) Run(ctx context.Context, state multistep.StateBag) multi
 			}
 			continue
 		}
-		if err := s.fetch(ctx, sr, c.src, dst); err != nil {
+		if err := sr.files.Fetch(ctx, c.src, dst); err != nil {
 			return halt(state, err)
 		}
 	}
@@ -62,28 +78,9 @@ func (s *stepBootFiles) Run(ctx context.Context, state multistep.StateBag) multi
 	if err := (bootFiles{Dir: dir}).writeMeta(root, source, strings.TrimSpace(cmdline)); err != nil {
 		return halt(state, err)
 	}
-	sr.bootFrom = sr.key
-	b.log.Debugf("kept %s and %s (root=%s, reused %v)", f[0], f[1], root, reuse)
+	sr.bootFrom = s.Key
+	s.Log.Debugf("kept %s and %s (root=%s, reused %v)", f[0], f[1], root, reuse)
 	return multistep.ActionContinue
-}
-
-// fetch copies a root-readable guest file to dst.
-func (s *stepBootFiles) fetch(ctx context.Context, sr *stageRun, src, dst string) error {
-	sess, err := sr.client.SSH().NewSession()
-	if err != nil {
-		return err
-	}
-	defer sess.Close()
-	f, err := os.Create(dst)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	sess.Stdout = f
-	if err := sess.Run("sudo -n cat " + shellQuote(src)); err != nil {
-		return fmt.Errorf("copy %s from the guest: %w", src, err)
-	}
-	return f.Close()
 }
 
 func (s *stepBootFiles) Cleanup(multistep.StateBag) {}

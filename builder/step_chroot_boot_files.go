@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/hashicorp/packer-plugin-sdk/multistep"
+	"github.com/sirupsen/logrus"
 
 	"github.com/ecs-image/ecs-image/atomicfile"
 )
@@ -17,10 +18,30 @@ import (
 // in the stage's boot/ directory — what stepBootFiles reads from a booted
 // guest — so later file-only stages, booted stages and the generalisation
 // boot that kernel directly.
-type stepChrootBootFiles struct{}
+type stepChrootBootFiles struct {
+	// Key is the stage's key: its entry keeps the boot files.
+	Key string
+	// BootFrom is the entry whose boot files the parent disk boots with
+	// ("": none), BootDir its boot/ directory.
+	BootFrom, BootDir string
+	// Stage holds the chroot session and the work directory, and
+	// receives the boot files' entry.
+	Stage *stageRun
+	Log   logrus.FieldLogger
+}
+
+// chrootBootFilesStep records the chroot's kernel unless the parent's
+// recorded one is unchanged.
+func (b *buildState) chrootBootFilesStep(sr *stageRun) *stepChrootBootFiles {
+	s := &stepChrootBootFiles{Key: sr.key, BootFrom: b.bootFrom, Stage: sr, Log: b.log}
+	if b.bootFrom != "" {
+		s.BootDir = b.cache.BootDir(b.bootFrom)
+	}
+	return s
+}
 
 func (s *stepChrootBootFiles) Run(ctx context.Context, state multistep.StateBag) multistep.StepAction {
-	b, sr := getBuild(state), getStage(state)
+	sr := s.Stage
 	out, err := sr.chroot.Output(ctx, `k=$(ls -1 /boot/vmlinuz-* 2>/dev/null | sort -V | tail -n 1); [ -n "$k" ] || exit 0; `+
 		`i=/boot/initrd.img-${k#/boot/vmlinuz-}; [ -f "$i" ] && stat -c '%n %s %Y' "$k" "$i"`)
 	if err != nil {
@@ -28,7 +49,7 @@ func (s *stepChrootBootFiles) Run(ctx context.Context, state multistep.StateBag)
 	}
 	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
 	if len(lines) != 2 {
-		b.log.Warnf("no kernel with an initrd in /boot; later stages boot from the disk")
+		s.Log.Warnf("no kernel with an initrd in /boot; later stages boot from the disk")
 		return multistep.ActionContinue
 	}
 	grub, _ := os.ReadFile(sr.chroot.hostPath("/boot/grub/grub.cfg"))
@@ -37,16 +58,16 @@ func (s *stepChrootBootFiles) Run(ctx context.Context, state multistep.StateBag)
 		return string(fstab)
 	})
 	if root == "" {
-		b.log.Warnf("%v; later stages boot from the disk", errNoRoot)
+		s.Log.Warnf("%v; later stages boot from the disk", errNoRoot)
 		return multistep.ActionContinue
 	}
 	source := strings.Join(lines, "\n")
-	if prev := (bootFiles{Dir: b.cache.BootDir(b.bootFrom)}); b.bootFrom != "" && prev.ok() &&
+	if prev := (bootFiles{Dir: s.BootDir}); s.BootFrom != "" && prev.ok() &&
 		prev.source() == source && prev.root() == root && prev.cmdline() == args {
 		// The kernel and initrd the stage started with (same paths, sizes
 		// and times) are kept by an earlier entry: not copied again (they
 		// are most of a small stage's cache entry and shared object).
-		b.log.Debugf("kernel and initrd unchanged: boot files of %s", b.bootFrom[:min(12, len(b.bootFrom))])
+		s.Log.Debugf("kernel and initrd unchanged: boot files of %s", s.BootFrom[:min(12, len(s.BootFrom))])
 		return multistep.ActionContinue
 	}
 	dir := filepath.Join(sr.dir, "boot")
@@ -62,7 +83,7 @@ func (s *stepChrootBootFiles) Run(ctx context.Context, state multistep.StateBag)
 	if err := (bootFiles{Dir: dir}).writeMeta(root, source, args); err != nil {
 		return halt(state, err)
 	}
-	sr.bootFrom = sr.key
+	sr.bootFrom = s.Key
 	return multistep.ActionContinue
 }
 

@@ -14,10 +14,12 @@ import (
 // stepChrootFinish restores the chroot's policy-rc.d and resolv.conf,
 // unmounts the disk and stops its export, so that the stage's overlay
 // holds every write, and checks the overlay before it is committed.
-type stepChrootFinish struct{}
+type stepChrootFinish struct {
+	Stage *stageRun // its chroot session and disk
+}
 
 func (s *stepChrootFinish) Run(ctx context.Context, state multistep.StateBag) multistep.StepAction {
-	sr := getStage(state)
+	sr := s.Stage
 	if err := sr.chroot.finish(ctx); err != nil {
 		return halt(state, fmt.Errorf("chroot: %w", err))
 	}

@@ -22,6 +22,9 @@ import (
 // from the kernel feature cache, else from one offline helper boot of that
 // kernel, which records it there for every later build.
 type stepKernelFeatures struct {
+	// Stage holds the disk and work directory (for the helper boot) and
+	// receives the kernel's release and its feature set's directory.
+	Stage *stageRun
 	// BootDir is the boot/ directory of the kernel recorded for the disk
 	// ("" when none is).
 	BootDir     string
@@ -33,8 +36,8 @@ type stepKernelFeatures struct {
 
 // kernelFeaturesStep is the generalisation's stepKernelFeatures, for the
 // kernel recorded for the parent disk.
-func (b *buildState) kernelFeaturesStep() *stepKernelFeatures {
-	s := &stepKernelFeatures{Features: kernelFeaturesOf(b.cache), Accel: b.accel, AccelForced: b.accelForced, Log: b.log}
+func (b *buildState) kernelFeaturesStep(sr *stageRun) *stepKernelFeatures {
+	s := &stepKernelFeatures{Stage: sr, Features: kernelFeaturesOf(b.cache), Accel: b.accel, AccelForced: b.accelForced, Log: b.log}
 	if b.bootFrom != "" {
 		s.BootDir = b.cache.BootDir(b.bootFrom)
 	}
@@ -42,7 +45,7 @@ func (b *buildState) kernelFeaturesStep() *stepKernelFeatures {
 }
 
 func (s *stepKernelFeatures) Run(ctx context.Context, state multistep.StateBag) multistep.StepAction {
-	sr := getStage(state)
+	sr := s.Stage
 	boot := bootFiles{Dir: s.BootDir}
 	if s.BootDir == "" || !boot.ok() {
 		s.Log.Warnf("generalise: %v: the image's kernel is unknown (no AppArmor policy cache, no driver check)", errNoBootFiles)
@@ -108,6 +111,10 @@ func (s *stepKernelFeatures) Cleanup(multistep.StateBag) {}
 // the same clean-up; the AppArmor cache for the image kernel's recorded
 // feature set), the package list, the kernel's drivers and fstrim.
 type stepChrootGeneralise struct {
+	// Stage holds the chroot session, the merged stage, the kernel's
+	// release and features; it receives the package list, the kernel's
+	// drivers and the boot files' entry.
+	Stage      *stageRun
 	Generalise template.Generalise
 	// BootFrom is the cache entry whose kernel the image boots.
 	BootFrom string
@@ -115,8 +122,8 @@ type stepChrootGeneralise struct {
 }
 
 // chrootGeneraliseStep is the generalisation's stepChrootGeneralise.
-func (b *buildState) chrootGeneraliseStep() *stepChrootGeneralise {
-	return &stepChrootGeneralise{Generalise: b.tmpl.Generalise, BootFrom: b.bootFrom, Log: b.log}
+func (b *buildState) chrootGeneraliseStep(sr *stageRun) *stepChrootGeneralise {
+	return &stepChrootGeneralise{Stage: sr, Generalise: b.tmpl.Generalise, BootFrom: b.bootFrom, Log: b.log}
 }
 
 // chrootFeatures is where the feature set is copied in the chroot (its
@@ -124,7 +131,7 @@ func (b *buildState) chrootGeneraliseStep() *stepChrootGeneralise {
 const chrootFeatures = "/run/ecs-image-apparmor-features"
 
 func (s *stepChrootGeneralise) Run(ctx context.Context, state multistep.StateBag) multistep.StepAction {
-	sr := getStage(state)
+	sr := s.Stage
 	log := s.Log.WithField("step", "generalise")
 	if sr.merge != nil {
 		for i, ps := range sr.merge.stage.Provisioners {

@@ -5,16 +5,30 @@ import (
 	"fmt"
 
 	"github.com/hashicorp/packer-plugin-sdk/multistep"
+	"github.com/sirupsen/logrus"
 )
 
 // stepChrootMount exports the stage's disk and mounts its root file system
 // for chroot commands on the build host (see chroot.go); the stage's
 // provisioners then run against it instead of a booted guest.
-type stepChrootMount struct{}
+type stepChrootMount struct {
+	// Stage holds the disk and work directory, and receives the chroot
+	// session (its guest).
+	Stage *stageRun
+	// Detachable: --on-error=abort|ask may keep the chroot after
+	// ecs-image exits.
+	Detachable bool
+	Log        logrus.FieldLogger // with the stage's name
+}
+
+// chrootMountStep mounts the stage's disk.
+func (b *buildState) chrootMountStep(sr *stageRun) *stepChrootMount {
+	return &stepChrootMount{Stage: sr, Detachable: b.keepable(), Log: b.log.WithField("stage", sr.stage.Name)}
+}
 
 func (s *stepChrootMount) Run(ctx context.Context, state multistep.StateBag) multistep.StepAction {
-	b, sr := getBuild(state), getStage(state)
-	sess, err := openChroot(ctx, sr.disk, sr.dir, b.log.WithField("stage", sr.stage.Name), b.keepable())
+	sr := s.Stage
+	sess, err := openChroot(ctx, sr.disk, sr.dir, s.Log, s.Detachable)
 	if err != nil {
 		if ctx.Err() != nil {
 			return halt(state, ctx.Err())
@@ -29,7 +43,7 @@ func (s *stepChrootMount) Run(ctx context.Context, state multistep.StateBag) mul
 // Cleanup drops the mounts and the export if the stage failed before
 // stepChrootFinish ran.
 func (s *stepChrootMount) Cleanup(state multistep.StateBag) {
-	if sr := getStage(state); sr.chroot != nil {
+	if sr := s.Stage; sr.chroot != nil {
 		sr.chroot.close()
 	}
 }

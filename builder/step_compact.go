@@ -43,12 +43,29 @@ type stepCompact struct {
 	OutputDir string
 	BaseName  string
 	Formats   formats.Options
+	// Out receives the compacted qcow2 and the other formats.
+	Out *compaction
+}
+
+// compaction is the compacted qcow2 and the other formats being written:
+// stepCompact's results, which stepArtifact puts into place.
+type compaction struct {
+	// Path is the compacted qcow2 under a temporary name in the output
+	// directory ("" once renamed into place), SHA256 (hex) and Size its
+	// hash and size.
+	Path   string
+	SHA256 string
+	Size   int64
+	// emit is the other formats (nil: none).
+	emit *emission
+	// kept: the artifact was written, the other formats stay.
+	kept bool
 }
 
 // compactStep compacts the generalised disk and writes the plan's outputs.
 func (b *buildState) compactStep() *stepCompact {
 	return &stepCompact{Disk: b.parentDisk, Outputs: b.plan.Outputs, OutputDir: b.opts.OutputDir, BaseName: b.baseName(),
-		Formats: formats.Options{Version: b.tmpl.Version}}
+		Formats: formats.Options{Version: b.tmpl.Version}, Out: &b.compaction}
 }
 
 // emission is the other formats being written alongside the compaction.
@@ -60,7 +77,7 @@ type emission struct {
 }
 
 func (s *stepCompact) Run(ctx context.Context, state multistep.StateBag) multistep.StepAction {
-	b := getBuild(state) // receives the results
+	out := s.Out
 	if others := otherOutputs(s.Outputs); len(others) > 0 {
 		info, err := qemuimg.ReadInfo(ctx, s.Disk, "qcow2")
 		if err != nil {
@@ -68,7 +85,7 @@ func (s *stepCompact) Run(ctx context.Context, state multistep.StateBag) multist
 		}
 		ectx, cancel := context.WithCancel(ctx)
 		e := &emission{cancel: cancel, done: make(chan struct{})}
-		b.emit = e
+		out.emit = e
 		img := &qemuimg.Info{Path: s.Disk, Format: "qcow2", VirtualSize: info.VirtualSize}
 		go func() {
 			defer close(e.done)
@@ -80,12 +97,12 @@ func (s *stepCompact) Run(ctx context.Context, state multistep.StateBag) multist
 		return halt(state, err)
 	}
 	f.Close()
-	b.compacted = f.Name()
+	out.Path = f.Name()
 	if _, err := qemuimg.Run(ctx, "convert", "-f", "qcow2", "-c", "-O", "qcow2", "-o", compactOptions,
-		"-m", "8", "-W", s.Disk, b.compacted); err != nil {
+		"-m", "8", "-W", s.Disk, out.Path); err != nil {
 		return halt(state, err)
 	}
-	b.compactSum, b.compactSize, err = atomicfile.SHA256File(ctx, b.compacted)
+	out.SHA256, out.Size, err = atomicfile.SHA256File(ctx, out.Path)
 	if err != nil {
 		return halt(state, err)
 	}
@@ -93,17 +110,17 @@ func (s *stepCompact) Run(ctx context.Context, state multistep.StateBag) multist
 }
 
 func (s *stepCompact) Cleanup(state multistep.StateBag) {
-	b := getBuild(state)
-	if b.compacted != "" {
-		os.Remove(b.compacted) // renamed away on success
+	out := s.Out
+	if out.Path != "" {
+		os.Remove(out.Path) // renamed away on success
 	}
-	if e := b.emit; e != nil {
+	if e := out.emit; e != nil {
 		_, failed := state.GetOk("error")
-		if failed || b.artifact == nil {
+		if failed || !out.kept {
 			e.cancel()
 		}
 		<-e.done
-		if failed || b.artifact == nil {
+		if failed || !out.kept {
 			for _, a := range e.arts {
 				os.Remove(a.Path)
 			}

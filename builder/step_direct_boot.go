@@ -13,6 +13,8 @@ import (
 // the base image's own, read from the image without booting it. Without
 // one the VM boots from its disk through the firmware and GRUB.
 type stepDirectBoot struct {
+	// Stage holds the work directory and receives the kernel.
+	Stage *stageRun
 	// Base and BaseFormat: the base image, when the stage builds on it.
 	Base, BaseFormat string
 	// BootDir holds the kernel the parent stage recorded ("": none).
@@ -22,8 +24,8 @@ type stepDirectBoot struct {
 
 // directBootStep is the stage's stepDirectBoot: the base's kernel for the
 // first stage, else the one recorded for the parent disk.
-func (b *buildState) directBootStep() *stepDirectBoot {
-	s := &stepDirectBoot{Log: b.log}
+func (b *buildState) directBootStep(sr *stageRun) *stepDirectBoot {
+	s := &stepDirectBoot{Stage: sr, Log: b.log}
 	if b.parentDisk == b.base.Path {
 		s.Base, s.BaseFormat = b.base.Path, b.base.Format
 	} else if b.bootFrom != "" {
@@ -33,7 +35,7 @@ func (b *buildState) directBootStep() *stepDirectBoot {
 }
 
 func (s *stepDirectBoot) Run(ctx context.Context, state multistep.StateBag) multistep.StepAction {
-	sr := getStage(state)
+	sr := s.Stage
 	var bf bootFiles
 	if s.Base != "" {
 		bf = bootFiles{Dir: filepath.Join(sr.dir, "base-boot")}

@@ -26,6 +26,9 @@ import (
 // It also runs, without the clean-up, when generalisation is off, for the
 // package list.
 type stepGeneralise struct {
+	// Stage holds the disk, work directory and merged stage, and receives
+	// the package list, kernel and boot files' entry.
+	Stage      *stageRun
 	Generalise template.Generalise
 	// BootFrom is the cache entry whose kernel the helper boots, BootDir
 	// its boot/ directory.
@@ -40,8 +43,8 @@ type stepGeneralise struct {
 
 // generaliseStep is the generalisation's stepGeneralise with the kernel
 // recorded for the parent disk.
-func (b *buildState) generaliseStep() *stepGeneralise {
-	s := &stepGeneralise{Generalise: b.tmpl.Generalise, BootFrom: b.bootFrom, Accel: b.accel, AccelForced: b.accelForced, Log: b.log, Features: kernelFeaturesOf(b.cache)}
+func (b *buildState) generaliseStep(sr *stageRun) *stepGeneralise {
+	s := &stepGeneralise{Stage: sr, Generalise: b.tmpl.Generalise, BootFrom: b.bootFrom, Accel: b.accel, AccelForced: b.accelForced, Log: b.log, Features: kernelFeaturesOf(b.cache)}
 	if b.bootFrom != "" {
 		s.BootDir = b.cache.BootDir(b.bootFrom)
 	}
@@ -49,7 +52,7 @@ func (b *buildState) generaliseStep() *stepGeneralise {
 }
 
 func (s *stepGeneralise) Run(ctx context.Context, state multistep.StateBag) multistep.StepAction {
-	sr := getStage(state)
+	sr := s.Stage
 	g := s.Generalise
 	boot := bootFiles{Dir: s.BootDir}
 	if s.BootFrom == "" || !boot.ok() {

@@ -15,6 +15,9 @@ import (
 // stepOfflinePlace applies a file-only stage without booting the image:
 // the offline helper VM unpacks the provisioners' archive into the disk.
 type stepOfflinePlace struct {
+	// Stage holds the stage, its disk and work directory, and receives
+	// the boot files' entry.
+	Stage *stageRun
 	// BootFrom is the cache entry whose kernel the helper boots, BootDir
 	// its boot/ directory.
 	BootFrom, BootDir string
@@ -25,8 +28,8 @@ type stepOfflinePlace struct {
 
 // offlinePlaceStep is the stage's stepOfflinePlace with the kernel recorded
 // for the parent disk.
-func (b *buildState) offlinePlaceStep() *stepOfflinePlace {
-	s := &stepOfflinePlace{BootFrom: b.bootFrom, Accel: b.accel, AccelForced: b.accelForced, Log: b.log}
+func (b *buildState) offlinePlaceStep(sr *stageRun) *stepOfflinePlace {
+	s := &stepOfflinePlace{Stage: sr, BootFrom: b.bootFrom, Accel: b.accel, AccelForced: b.accelForced, Log: b.log}
 	if b.bootFrom != "" {
 		s.BootDir = b.cache.BootDir(b.bootFrom)
 	}
@@ -34,7 +37,7 @@ func (b *buildState) offlinePlaceStep() *stepOfflinePlace {
 }
 
 func (s *stepOfflinePlace) Run(ctx context.Context, state multistep.StateBag) multistep.StepAction {
-	sr := getStage(state)
+	sr := s.Stage
 	boot := bootFiles{Dir: s.BootDir}
 	if s.BootFrom == "" || !boot.ok() {
 		return halt(state, errNoBootFiles)

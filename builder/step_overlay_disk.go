@@ -12,9 +12,11 @@ import (
 
 // stepOverlayDisk creates the stage's disk: a qcow2 overlay whose backing
 // file is the parent stage's disk (or the cached base, grown to disk_size
-// for the first stage). It makes the stage's work directory (sr.dir) with
-// the disk in it (sr.disk).
+// for the first stage). It makes the stage's work directory (Stage.dir)
+// with the disk in it (Stage.disk).
 type stepOverlayDisk struct {
+	// Stage receives the work directory, the disk and the start time.
+	Stage        *stageRun
 	WorkDir      string // the build's work directory
 	Parent       string // the parent disk
 	ParentFormat string
@@ -26,8 +28,8 @@ type stepOverlayDisk struct {
 
 // overlayStep is the stage's stepOverlayDisk on the build's parent disk;
 // the first stage's disk (on the base) is grown to disk_size.
-func (b *buildState) overlayStep() *stepOverlayDisk {
-	s := &stepOverlayDisk{WorkDir: b.work, Parent: b.parentDisk, ParentFormat: b.parentFormat(), KeepOnError: b.opts.KeepOnError}
+func (b *buildState) overlayStep(sr *stageRun) *stepOverlayDisk {
+	s := &stepOverlayDisk{Stage: sr, WorkDir: b.work, Parent: b.parentDisk, ParentFormat: b.parentFormat(), KeepOnError: b.opts.KeepOnError}
 	if b.parentDisk == b.base.Path {
 		s.Size = b.tmpl.DiskSizeBytes()
 	}
@@ -35,7 +37,7 @@ func (b *buildState) overlayStep() *stepOverlayDisk {
 }
 
 func (s *stepOverlayDisk) Run(ctx context.Context, state multistep.StateBag) multistep.StepAction {
-	sr := getStage(state)
+	sr := s.Stage
 	sr.started = timeNow()
 	dir, err := os.MkdirTemp(s.WorkDir, "stage-"+sr.stage.Name+"-")
 	if err != nil {
@@ -51,7 +53,7 @@ func (s *stepOverlayDisk) Run(ctx context.Context, state multistep.StateBag) mul
 
 // Cleanup removes the stage's work directory unless it was committed.
 func (s *stepOverlayDisk) Cleanup(state multistep.StateBag) {
-	sr := getStage(state)
+	sr := s.Stage
 	if sr.dir != "" {
 		if _, err := os.Stat(sr.dir); err == nil {
 			if _, failed := state.GetOk("error"); !failed || !s.KeepOnError {

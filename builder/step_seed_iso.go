@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/hashicorp/packer-plugin-sdk/multistep"
+	"github.com/sirupsen/logrus"
 	"go.yaml.in/yaml/v3"
 
 	"github.com/ecs-image/ecs-image/cidata"
@@ -16,10 +17,16 @@ import (
 // stepSeedISO writes the build-time cidata seed: a fresh ed25519 key for
 // this boot only, and the build user (password-less sudo, locked password)
 // that generalisation removes again.
-type stepSeedISO struct{}
+type stepSeedISO struct {
+	// Key is the stage's key (part of the instance-id).
+	Key string
+	// Stage holds the work directory and receives the seed and the key.
+	Stage *stageRun
+	Log   logrus.FieldLogger
+}
 
 func (s *stepSeedISO) Run(ctx context.Context, state multistep.StateBag) multistep.StepAction {
-	b, sr := getBuild(state), getStage(state)
+	sr := s.Stage
 	key, err := communicator.GenerateKey()
 	if err != nil {
 		return halt(state, err)
@@ -35,12 +42,12 @@ func (s *stepSeedISO) Run(ctx context.Context, state multistep.StateBag) multist
 		// "localhost" resolves without touching /etc/hosts (sudo looks
 		// the host name up); the appliance's own seed names it later.
 		Hostname: "localhost",
-		MetaData: []byte(fmt.Sprintf("instance-id: ecs-build-%s-%d\n", sr.key[:12], timeNow().UnixNano())),
+		MetaData: []byte(fmt.Sprintf("instance-id: ecs-build-%s-%d\n", s.Key[:min(12, len(s.Key))], timeNow().UnixNano())),
 	})
 	if err != nil {
 		return halt(state, fmt.Errorf("seed: %w", err))
 	}
-	b.log.Debugf("seed %s", sr.seed)
+	s.Log.Debugf("seed %s", sr.seed)
 	return multistep.ActionContinue
 }
 

@@ -23,12 +23,13 @@ var forcedPoweroffWait = time.Minute
 // to shutdown_timeout, then QEMU is stopped (and the stage fails: a disk of
 // an unclean shutdown is not cached).
 type stepShutdown struct {
+	Stage   *stageRun     // its machine and SSH client
 	Timeout time.Duration // the template's shutdown_timeout
 	Log     logrus.FieldLogger
 }
 
 func (s *stepShutdown) Run(ctx context.Context, state multistep.StateBag) multistep.StepAction {
-	sr := getStage(state)
+	sr := s.Stage
 	if sr.client != nil {
 		sr.client.Run(ctx, "sync", communicator.RunOptions{})
 		// The connection drops as the guest goes down: no exit status.

@@ -73,10 +73,8 @@ func (s *stepStages) Run(ctx context.Context, state multistep.StateBag) multiste
 			}
 		}
 		b.log.Infof("stage %s: building (%s, key %s)", sr.stage.Name, run.how, sr.key[:12])
-		state.Put("stage", sr)
-		runner := &multistep.BasicRunner{Steps: onErrorSteps(timedSteps(run.steps(b)))}
+		runner := &multistep.BasicRunner{Steps: onErrorSteps(timedSteps(run.steps(b, sr), sr.stage.Name), sr.stage.Name)}
 		runner.Run(ctx, state)
-		state.Remove("stage")
 		if raw, ok := state.GetOk("error"); ok {
 			err := fmt.Errorf("stage %s: %w", sr.stage.Name, raw.(error))
 			if aborted(state) {

@@ -19,6 +19,8 @@ var timeNow = time.Now
 // log file in the stage's work directory; QMP controls the VM. Cleanup
 // kills a VM that is still running (failure, Ctrl-C).
 type stepStartQEMU struct {
+	// Stage holds the disk, seed and kernel and receives the machine.
+	Stage        *stageRun
 	Memory, CPUs int    // the template's memory (MiB) and cpus
 	Firmware     string // qemu.FirmwareBIOS or qemu.FirmwareUEFI (the base's)
 	Accel        qemu.Accel
@@ -31,17 +33,17 @@ type stepStartQEMU struct {
 }
 
 // startQEMUStep is the stage's stepStartQEMU from the template and base.
-func (b *buildState) startQEMUStep() *stepStartQEMU {
+func (b *buildState) startQEMUStep(sr *stageRun) *stepStartQEMU {
 	fw := qemu.FirmwareBIOS
 	if b.base.Firmware == "uefi" {
 		fw = qemu.FirmwareUEFI
 	}
-	return &stepStartQEMU{Memory: b.tmpl.Memory, CPUs: b.tmpl.CPUs, Firmware: fw, Accel: b.accel, AccelForced: b.accelForced,
+	return &stepStartQEMU{Stage: sr, Memory: b.tmpl.Memory, CPUs: b.tmpl.CPUs, Firmware: fw, Accel: b.accel, AccelForced: b.accelForced,
 		Detachable: b.keepable(), Log: b.log}
 }
 
 func (s *stepStartQEMU) Run(ctx context.Context, state multistep.StateBag) multistep.StepAction {
-	sr := getStage(state)
+	sr := s.Stage
 	cfg := qemu.Config{
 		Name:       "ecs-build-" + sr.stage.Name,
 		Disk:       sr.disk,
@@ -91,7 +93,7 @@ func (s *stepStartQEMU) Run(ctx context.Context, state multistep.StateBag) multi
 }
 
 func (s *stepStartQEMU) Cleanup(state multistep.StateBag) {
-	sr := getStage(state)
+	sr := s.Stage
 	if sr.client != nil {
 		sr.client.Close()
 		sr.client = nil

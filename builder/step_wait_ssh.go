@@ -21,12 +21,15 @@ import (
 // ssh_timeout) and cloud-init has finished. If QEMU exits first, it fails
 // at once with the serial console's last lines.
 type stepWaitSSH struct {
+	// Stage holds the machine and the build user's key and receives the
+	// SSH client (its guest).
+	Stage   *stageRun
 	Timeout time.Duration // the template's ssh_timeout
 	Log     logrus.FieldLogger
 }
 
 func (s *stepWaitSSH) Run(ctx context.Context, state multistep.StateBag) multistep.StepAction {
-	sr := getStage(state)
+	sr := s.Stage
 	addr := fmt.Sprintf("127.0.0.1:%d", sr.machine.HostPort(22))
 	defer sr.machine.Waiting(s.Log, "SSH and the end of the boot")()
 	dctx, stop := context.WithCancelCause(ctx)
@@ -53,7 +56,7 @@ func (s *stepWaitSSH) Run(ctx context.Context, state multistep.StateBag) multist
 		return halt(state, fmt.Errorf("%w\n%s", err, sr.machine.SerialTail(30)))
 	}
 	sr.client = c
-	sr.guest = guest{c}
+	sr.guest, sr.files = guest{c}, guest{c}
 	wctx, cancel := context.WithTimeout(ctx, s.Timeout)
 	defer cancel()
 	if sr.kernel != nil {

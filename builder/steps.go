@@ -18,11 +18,11 @@ func buildSteps() []multistep.Step {
 		&stepStageKeys{}, // cache keys of every stage; choose booted/offline
 		&stepStages{},    // build each stage not in the cache, the generalisation last (see below)
 		// The steps after the stages are made when they start, with their
-		// inputs (the generalised disk, its kernel, the plan's outputs) as
-		// fields.
+		// inputs (the generalised disk, its kernel, the plan's outputs, the
+		// compaction) as fields.
 		late((*buildState).driverCheckStep), // the kernel has the drivers of every output's hypervisors
 		late((*buildState).compactStep),     // qemu-img convert -c: one standalone qcow2
-		&stepArtifact{},                     // other formats, manifest, rename into OutputDir
+		late((*buildState).artifactStep),    // other formats, manifest, rename into OutputDir
 	}
 }
 
@@ -55,7 +55,7 @@ func (l *lateStep) Cleanup(state multistep.StateBag) {
 // stageMode is how a stage runs: its step list and, for the log, where.
 type stageMode struct {
 	how   string
-	steps func(*buildState) []multistep.Step
+	steps func(*buildState, *stageRun) []multistep.Step
 }
 
 // generaliseStage is how the generalisation runs: like an offline stage,
@@ -73,45 +73,46 @@ var stageModes = map[Mode]stageMode{
 
 // The stage step lists are made when the stage starts, each step with its
 // inputs from the template and the build so far as fields (the parent disk,
-// the kernel recorded for it); the stage's own results (its work
-// directory, disk, VM) go into its stageRun.
+// the kernel recorded for it, the stage's key and provisioners) and the
+// stage's stageRun, which receives the results (its work directory, disk,
+// VM, guest, boot files) that later steps of the list read.
 
 // bootedStageSteps build a stage that runs commands in the guest.
-func bootedStageSteps(b *buildState) []multistep.Step {
+func bootedStageSteps(b *buildState, sr *stageRun) []multistep.Step {
 	return []multistep.Step{
-		b.overlayStep(),    // qcow2 overlay on the parent (resized)
-		&stepSeedISO{},     // cidata seed: ephemeral ed25519 key, build user
-		b.directBootStep(), // the kernel to boot directly (parent's or base's)
-		b.startQEMUStep(),  // KVM or TCG, serial log, QMP
+		b.overlayStep(sr), // qcow2 overlay on the parent (resized)
+		&stepSeedISO{Key: sr.key, Stage: sr, Log: b.log}, // cidata seed: ephemeral ed25519 key, build user
+		b.directBootStep(sr),                             // the kernel to boot directly (parent's or base's)
+		b.startQEMUStep(sr),                              // KVM or TCG, serial log, QMP
 		// until SSH answers and cloud-init is done
-		&stepWaitSSH{Timeout: b.tmpl.SSHTimeout, Log: b.log},
-		&stepProvision{}, // the stage's provisioners, in order
-		&stepBootFiles{}, // keep kernel + initrd for offline stages
+		&stepWaitSSH{Stage: sr, Timeout: b.tmpl.SSHTimeout, Log: b.log},
+		b.provisionStep(sr), // the stage's provisioners, in order
+		&stepBootFiles{Key: sr.key, Stage: sr, Log: b.log}, // keep kernel + initrd for offline stages
 		// ACPI power off, time-out, kill
-		&stepShutdown{Timeout: b.tmpl.ShutdownTimeout, Log: b.log},
-		&stepCommitStage{}, // into the stage cache
+		&stepShutdown{Stage: sr, Timeout: b.tmpl.ShutdownTimeout, Log: b.log},
+		b.commitStep(sr), // into the stage cache
 	}
 }
 
 // chrootStageSteps build a stage whose provisioners run natively on the
 // build host, chrooted into the stage's disk (no VM).
-func chrootStageSteps(b *buildState) []multistep.Step {
+func chrootStageSteps(b *buildState, sr *stageRun) []multistep.Step {
 	return []multistep.Step{
-		b.overlayStep(),
-		&stepChrootMount{},     // FUSE export, loop mount in a private namespace
-		&stepProvision{},       // the stage's provisioners, in order
-		&stepChrootBootFiles{}, // keep kernel + initrd for later stages
-		&stepChrootFinish{},    // unmount, stop the export
-		&stepCommitStage{},
+		b.overlayStep(sr),
+		b.chrootMountStep(sr),        // FUSE export, loop mount in a private namespace
+		b.provisionStep(sr),          // the stage's provisioners, in order
+		b.chrootBootFilesStep(sr),    // keep kernel + initrd for later stages
+		&stepChrootFinish{Stage: sr}, // unmount, stop the export
+		b.commitStep(sr),
 	}
 }
 
 // offlineStageSteps build a stage that only places files.
-func offlineStageSteps(b *buildState) []multistep.Step {
+func offlineStageSteps(b *buildState, sr *stageRun) []multistep.Step {
 	return []multistep.Step{
-		b.overlayStep(),
-		b.offlinePlaceStep(), // helper VM unpacks the files into the disk
-		&stepCommitStage{},
+		b.overlayStep(sr),
+		b.offlinePlaceStep(sr), // helper VM unpacks the files into the disk
+		b.commitStep(sr),
 	}
 }
 
@@ -121,23 +122,23 @@ var generaliseChrootStage = stageMode{"chroot on the build host: generalise", ge
 // generaliseChrootSteps build the generalised disk in a chroot on the
 // build host (no VM, unless the image's kernel is new: one helper boot
 // records its AppArmor feature set).
-func generaliseChrootSteps(b *buildState) []multistep.Step {
+func generaliseChrootSteps(b *buildState, sr *stageRun) []multistep.Step {
 	return []multistep.Step{
-		b.overlayStep(),
-		b.kernelFeaturesStep(),   // the kernel's AppArmor features: cached, else one helper boot
-		&stepChrootMount{},       // FUSE export, loop mount in a private namespace
-		b.chrootGeneraliseStep(), // the merged stage's files, clean-up, AppArmor cache, package list, drivers, fstrim
-		&stepChrootFinish{},      // unmount, stop the export, check the overlay
-		&stepCommitStage{},       // with the package list and kernel
+		b.overlayStep(sr),
+		b.kernelFeaturesStep(sr),     // the kernel's AppArmor features: cached, else one helper boot
+		b.chrootMountStep(sr),        // FUSE export, loop mount in a private namespace
+		b.chrootGeneraliseStep(sr),   // the merged stage's files, clean-up, AppArmor cache, package list, drivers, fstrim
+		&stepChrootFinish{Stage: sr}, // unmount, stop the export, check the overlay
+		b.commitStep(sr),             // with the package list and kernel
 	}
 }
 
 // generaliseStageSteps build the generalised disk.
-func generaliseStageSteps(b *buildState) []multistep.Step {
+func generaliseStageSteps(b *buildState, sr *stageRun) []multistep.Step {
 	return []multistep.Step{
-		b.overlayStep(),
-		b.generaliseStep(), // helper VM: the merged stage's files, clean-up, package list, drivers, fstrim
-		&stepCommitStage{}, // with the package list and kernel
+		b.overlayStep(sr),
+		b.generaliseStep(sr), // helper VM: the merged stage's files, clean-up, package list, drivers, fstrim
+		b.commitStep(sr),     // with the package list and kernel
 	}
 }
 

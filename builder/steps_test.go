@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 
@@ -35,19 +36,28 @@ func testStageBuild(t *testing.T) *buildState {
 
 func TestStepOrder(t *testing.T) {
 	b := testStageBuild(t)
+	sr := &stageRun{stage: &template.Stage{Name: "s"}}
 	for _, c := range []struct {
 		steps []multistep.Step
 		want  string
 	}{
 		{buildSteps(), "validate, fetch base, work dir, stage keys, stages, driver check, compact, artifact"},
-		{bootedStageSteps(b), "overlay disk, seed iso, direct boot, start qemu, wait ssh, provision, boot files, shutdown, commit stage"},
-		{offlineStageSteps(b), "overlay disk, offline place, commit stage"},
-		{chrootStageSteps(b), "overlay disk, chroot mount, provision, chroot boot files, chroot finish, commit stage"},
-		{generaliseStageSteps(b), "overlay disk, generalise, commit stage"},
-		{generaliseChrootSteps(b), "overlay disk, kernel features, chroot mount, chroot generalise, chroot finish, commit stage"},
+		{bootedStageSteps(b, sr), "overlay disk, seed iso, direct boot, start qemu, wait ssh, provision, boot files, shutdown, commit stage"},
+		{offlineStageSteps(b, sr), "overlay disk, offline place, commit stage"},
+		{chrootStageSteps(b, sr), "overlay disk, chroot mount, provision, chroot boot files, chroot finish, commit stage"},
+		{generaliseStageSteps(b, sr), "overlay disk, generalise, commit stage"},
+		{generaliseChrootSteps(b, sr), "overlay disk, kernel features, chroot mount, chroot generalise, chroot finish, commit stage"},
 	} {
 		if got := names(c.steps); got != c.want {
 			t.Errorf("steps:\n got %s\nwant %s", got, c.want)
+		}
+	}
+	// Every stage step writes into the stage it was made for.
+	for _, steps := range [][]multistep.Step{bootedStageSteps(b, sr), offlineStageSteps(b, sr), chrootStageSteps(b, sr), generaliseStageSteps(b, sr)} {
+		for _, s := range steps {
+			if f := reflect.ValueOf(s).Elem().FieldByName("Stage"); !f.IsValid() || f.Interface() != sr {
+				t.Errorf("%s: not made with the stage's run", stepName(s))
+			}
 		}
 	}
 }
@@ -55,7 +65,7 @@ func TestStepOrder(t *testing.T) {
 // TestStageModes: every mode chooseMode can return has a step list.
 func TestStageModes(t *testing.T) {
 	for _, m := range []Mode{ModeBoot, ModeChroot, ModeOffline} {
-		if r, ok := stageModes[m]; !ok || r.how == "" || len(r.steps(testStageBuild(t))) == 0 {
+		if r, ok := stageModes[m]; !ok || r.how == "" || len(r.steps(testStageBuild(t), &stageRun{stage: &template.Stage{Name: "s"}})) == 0 {
 			t.Errorf("%s: no step list", m)
 		}
 	}
@@ -74,28 +84,38 @@ func TestStageStepInputs(t *testing.T) {
 	}
 	b.tmpl = tp
 	b.work = "/work"
+	sr := &stageRun{stage: &tp.Stages[0], key: "k2", parent: "k1"}
 	// The first stage: on the base, grown to disk_size; the base's kernel.
 	b.parentDisk, b.base.Format = b.base.Path, "raw"
-	if o := b.overlayStep(); o.Parent != "/base.qcow2" || o.ParentFormat != "raw" || o.Size != 8<<30 || o.WorkDir != "/work" {
+	if o := b.overlayStep(sr); o.Parent != "/base.qcow2" || o.ParentFormat != "raw" || o.Size != 8<<30 || o.WorkDir != "/work" {
 		t.Errorf("first stage's overlay: %+v", o)
 	}
-	if d := b.directBootStep(); d.Base != "/base.qcow2" || d.BaseFormat != "raw" || d.BootDir != "" {
+	if d := b.directBootStep(sr); d.Base != "/base.qcow2" || d.BaseFormat != "raw" || d.BootDir != "" {
 		t.Errorf("first stage's direct boot: %+v", d)
 	}
 	// A later stage: on its parent's disk, the parent's recorded kernel.
 	b.parentDisk, b.bootFrom = "/cache/k1/disk.qcow2", "k0"
-	if o := b.overlayStep(); o.Parent != "/cache/k1/disk.qcow2" || o.ParentFormat != "qcow2" || o.Size != 0 {
+	if o := b.overlayStep(sr); o.Parent != "/cache/k1/disk.qcow2" || o.ParentFormat != "qcow2" || o.Size != 0 {
 		t.Errorf("later stage's overlay: %+v", o)
 	}
-	if d := b.directBootStep(); d.Base != "" || d.BootDir != b.cache.BootDir("k0") {
+	if d := b.directBootStep(sr); d.Base != "" || d.BootDir != b.cache.BootDir("k0") {
 		t.Errorf("later stage's direct boot: %+v", d)
 	}
-	if p := b.offlinePlaceStep(); p.BootFrom != "k0" || p.BootDir != b.cache.BootDir("k0") {
+	if p := b.offlinePlaceStep(sr); p.BootFrom != "k0" || p.BootDir != b.cache.BootDir("k0") {
 		t.Errorf("offline place: %+v", p)
+	}
+	if c := b.commitStep(sr); c.Entry.Key != "k2" || c.Entry.Parent != "k1" || c.Entry.Name != "s" || c.Entry.Backing != "/cache/k1/disk.qcow2" || c.BootFrom != "k0" || c.Cache != b.cache {
+		t.Errorf("commit: %+v", c)
+	}
+	if c := b.chrootBootFilesStep(sr); c.Key != "k2" || c.BootFrom != "k0" || c.BootDir != b.cache.BootDir("k0") {
+		t.Errorf("chroot boot files: %+v", c)
+	}
+	if p := b.provisionStep(sr); len(p.Provisioners) != 1 || p.Provisioners[0].Type != "shell" {
+		t.Errorf("provision: %+v", p)
 	}
 	b.base.Firmware = "uefi"
 	b.tmpl.Memory, b.tmpl.CPUs = 1024, 3
-	if q := b.startQEMUStep(); q.Firmware != qemu.FirmwareUEFI || q.Memory != 1024 || q.CPUs != 3 {
+	if q := b.startQEMUStep(sr); q.Firmware != qemu.FirmwareUEFI || q.Memory != 1024 || q.CPUs != 3 {
 		t.Errorf("start qemu: %+v", q)
 	}
 }
@@ -115,8 +135,7 @@ func TestStepOverlayDisk(t *testing.T) {
 	}{{0, 1 << 30, false}, {2 << 30, 2 << 30, false}, {1 << 20, 0, true}} {
 		sr := &stageRun{stage: &template.Stage{Name: "s"}}
 		state := new(multistep.BasicStateBag)
-		state.Put("stage", sr)
-		s := &stepOverlayDisk{WorkDir: dir, Parent: parent, ParentFormat: "qcow2", Size: c.size}
+		s := &stepOverlayDisk{Stage: sr, WorkDir: dir, Parent: parent, ParentFormat: "qcow2", Size: c.size}
 		if got := s.Run(ctx, state); (got == multistep.ActionHalt) != c.fail {
 			t.Fatalf("size %d: %v %v", c.size, got, state.Get("error"))
 		}

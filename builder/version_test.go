@@ -106,7 +106,8 @@ func TestVersionReachesOutputs(t *testing.T) {
 		t.Errorf("OVF product version %q, want 1.4.0-rc.2", got)
 	}
 
-	m := b.manifest([]ArtifactFile{{Format: "ova", Path: "v.ova", Size: arts[0].Size}})
+	m := b.manifest()
+	m.Files = []ArtifactFile{{Format: "ova", Path: "v.ova", Size: arts[0].Size}}
 	data, err := manifestJSON(m)
 	if err != nil {
 		t.Fatal(err)
