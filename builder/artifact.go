@@ -5,6 +5,8 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"time"
+
+	"github.com/ecs-image/ecs-image/builder/template"
 )
 
 // Artifact is the result of a build: the files written to the output
@@ -61,7 +63,7 @@ type StageRecord struct {
 	Key    string `json:"key"`
 	Cached bool   `json:"cached"`
 	// Mode is how it was built: ModeBoot, ModeChroot or ModeOffline.
-	Mode Mode `json:"mode"`
+	Mode template.Mode `json:"mode"`
 	// Merged: applied in the generalisation's helper boot.
 	Merged bool `json:"merged,omitempty"`
 	// Remote: cached, downloaded from the shared stage cache
@@ -82,7 +84,7 @@ func (r *StageRecord) UnmarshalJSON(data []byte) error {
 		return err
 	}
 	*r = StageRecord(v.record)
-	if r.Mode == ModeAuto {
+	if r.Mode == template.ModeAuto {
 		r.Mode = legacyMode(!v.Offline && !v.Chroot, v.Chroot)
 	}
 	return nil

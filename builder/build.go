@@ -108,7 +108,7 @@ type stageRun struct {
 	shared bool
 	key    string
 	parent string
-	mode   Mode // ModeBoot, ModeChroot or ModeOffline
+	mode   template.Mode // ModeBoot, ModeChroot or ModeOffline
 	vars   map[string]string
 	cached bool
 	// remote: downloaded from the shared cache in this build.

@@ -53,7 +53,7 @@ type StageEntry struct {
 	Template string `json:"template"`
 	// Mode is how the stage was built: ModeBoot, ModeChroot or
 	// ModeOffline (the generalised disk too).
-	Mode Mode `json:"mode"`
+	Mode template.Mode `json:"mode"`
 	// BootFrom is the key of the entry whose boot/ directory holds the
 	// kernel and initrd for this disk.
 	BootFrom string `json:"boot_from,omitempty"`
@@ -122,21 +122,21 @@ func (e *StageEntry) UnmarshalJSON(data []byte) error {
 		return err
 	}
 	*e = StageEntry(v.entry)
-	if e.Mode == ModeAuto {
+	if e.Mode == template.ModeAuto {
 		e.Mode = legacyMode(v.Booted, v.Chroot)
 	}
 	return nil
 }
 
 // legacyMode is the mode recorded as booted/offline and chroot flags.
-func legacyMode(booted, chroot bool) Mode {
+func legacyMode(booted, chroot bool) template.Mode {
 	switch {
 	case booted:
-		return ModeBoot
+		return template.ModeBoot
 	case chroot:
-		return ModeChroot
+		return template.ModeChroot
 	}
-	return ModeOffline
+	return template.ModeOffline
 }
 
 // Path is the directory of key.
@@ -375,7 +375,7 @@ func RootKey(baseDigest string, diskSize int64) string {
 // StageKey is hash(parent key, stage definition, content of every file the
 // stage uploads, variables its shell provisioners see, and how it is built:
 // mode is ModeBoot, ModeChroot or ModeOffline).
-func StageKey(parent string, s *template.Stage, vars map[string]string, mode Mode) (string, error) {
+func StageKey(parent string, s *template.Stage, vars map[string]string, mode template.Mode) (string, error) {
 	var provs []string
 	var inputs []string
 	for _, p := range s.Provisioners {
@@ -396,9 +396,9 @@ func StageKey(parent string, s *template.Stage, vars map[string]string, mode Mod
 	}
 	k := map[string]any{
 		"v": Version, "parent": parent, "name": s.Name, "provisioners": provs,
-		"inputs": inputs, "vars": vars, "offline": mode == ModeOffline,
+		"inputs": inputs, "vars": vars, "offline": mode == template.ModeOffline,
 	}
-	if mode == ModeChroot {
+	if mode == template.ModeChroot {
 		k["chroot"] = true // services enabled but never started: not the booted result
 	}
 	return hashJSON(k), nil
@@ -407,9 +407,9 @@ func StageKey(parent string, s *template.Stage, vars map[string]string, mode Mod
 // GeneraliseKey is the key of the generalised disk built on parent, in
 // the offline helper (ModeOffline) or a chroot on the build host
 // (ModeChroot).
-func GeneraliseKey(parent string, g template.Generalise, mode Mode) string {
+func GeneraliseKey(parent string, g template.Generalise, mode template.Mode) string {
 	k := map[string]any{"v": Version, "parent": parent, "generalise": g.On(), "keep_logs": g.KeepLogs, "fstrim": g.Trim(), "commands": g.Commands, "helper": offlinehelper.Version}
-	if mode == ModeChroot {
+	if mode == template.ModeChroot {
 		k["chroot"] = true
 	}
 	return hashJSON(k)

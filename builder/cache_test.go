@@ -67,9 +67,9 @@ func planKeys(t *testing.T, dir, text, variant string) []string {
 	parent := "base:" + RootKey("sha256:base", tp.DiskSizeBytes())
 	var keys []string
 	for i := range p.Stages {
-		mode := ModeBoot
+		mode := template.ModeBoot
 		if !p.Stages[i].NeedsBoot() {
-			mode = ModeOffline
+			mode = template.ModeOffline
 		}
 		k, err := StageKey(parent, &p.Stages[i], p.VarsFor(i), mode)
 		if err != nil {
@@ -149,18 +149,18 @@ func TestStageKeysBaseAndOffline(t *testing.T) {
 		t.Fatal(err)
 	}
 	s := &tp.Stages[1]
-	k1, _ := StageKey("base:"+RootKey("sha256:a", 0), s, nil, ModeOffline)
-	k2, _ := StageKey("base:"+RootKey("sha256:b", 0), s, nil, ModeOffline)
-	k3, _ := StageKey("base:"+RootKey("sha256:a", 8<<30), s, nil, ModeOffline)
-	k4, _ := StageKey("base:"+RootKey("sha256:a", 0), s, nil, ModeBoot)
-	k5, _ := StageKey("base:"+RootKey("sha256:a", 0), s, nil, ModeChroot)
+	k1, _ := StageKey("base:"+RootKey("sha256:a", 0), s, nil, template.ModeOffline)
+	k2, _ := StageKey("base:"+RootKey("sha256:b", 0), s, nil, template.ModeOffline)
+	k3, _ := StageKey("base:"+RootKey("sha256:a", 8<<30), s, nil, template.ModeOffline)
+	k4, _ := StageKey("base:"+RootKey("sha256:a", 0), s, nil, template.ModeBoot)
+	k5, _ := StageKey("base:"+RootKey("sha256:a", 0), s, nil, template.ModeChroot)
 	if k1 == k2 || k1 == k3 || k1 == k4 || k1 == k5 || k4 == k5 {
 		t.Errorf("keys must depend on the base digest, disk size and mode: %s %s %s %s %s", k1, k2, k3, k4, k5)
 	}
-	if GeneraliseKey(k1, template.Generalise{}, ModeOffline) == GeneraliseKey(k1, template.Generalise{KeepLogs: true}, ModeOffline) {
+	if GeneraliseKey(k1, template.Generalise{}, template.ModeOffline) == GeneraliseKey(k1, template.Generalise{KeepLogs: true}, template.ModeOffline) {
 		t.Error("generalise key ignores its options")
 	}
-	if GeneraliseKey(k1, template.Generalise{}, ModeOffline) == GeneraliseKey(k1, template.Generalise{}, ModeChroot) {
+	if GeneraliseKey(k1, template.Generalise{}, template.ModeOffline) == GeneraliseKey(k1, template.Generalise{}, template.ModeChroot) {
 		t.Error("generalise key ignores where it runs (helper or chroot)")
 	}
 }

@@ -4,6 +4,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/ecs-image/ecs-image/builder/template"
 )
 
 const mergedTemplate = `
@@ -32,7 +34,7 @@ stages:
 func TestGeneraliseStageMergedFromCache(t *testing.T) {
 	p := newPlannedBuild(t, mergedTemplate, "1G", true)
 	b0, job, dir := p.Base, p.Job, p.Dir
-	if job.Stages[1].Mode != ModeOffline {
+	if job.Stages[1].Mode != template.ModeOffline {
 		t.Fatalf("the file stage is built %s, want offline (helper: %v)", job.Stages[1].Mode, helperUsable())
 	}
 	c := &StageCache{Dir: filepath.Join(dir, "stages")}
@@ -41,11 +43,11 @@ func TestGeneraliseStageMergedFromCache(t *testing.T) {
 		t.Fatal(err)
 	}
 	s1 := job.Stages[0]
-	addStage(t, c, work, &StageEntry{Key: s1.Key, Parent: s1.Parent, Name: s1.Name, Template: "mergetest", Mode: ModeBoot, BootFrom: s1.Key}, b0.Path, true)
+	addStage(t, c, work, &StageEntry{Key: s1.Key, Parent: s1.Parent, Name: s1.Name, Template: "mergetest", Mode: template.ModeBoot, BootFrom: s1.Key}, b0.Path, true)
 	// The generalised disk is built on the booted stage: the merged one is
 	// never committed on its own.
 	addStage(t, c, work, &StageEntry{Key: job.GeneraliseKey, Parent: s1.Key, ParentID: idOf(t, c, s1.Key), Name: GeneraliseStageName, Template: "mergetest",
-		Mode: ModeOffline, BootFrom: s1.Key, Packages: []string{"base-files\t12.4"}}, c.Disk(s1.Key), false)
+		Mode: template.ModeOffline, BootFrom: s1.Key, Packages: []string{"base-files\t12.4"}}, c.Disk(s1.Key), false)
 
 	art, all, err := p.buildWithoutQEMU(t, Options{OutputDir: filepath.Join(dir, "out"), Cache: c, NoChroot: true})
 	if err != nil {
@@ -55,10 +57,10 @@ func TestGeneraliseStageMergedFromCache(t *testing.T) {
 		t.Errorf("log:\n%s", all)
 	}
 	m := art.Manifest
-	if len(m.Stages) != 2 || !m.Stages[0].Cached || !m.Stages[1].Cached || !m.Stages[1].Merged || m.Stages[1].Mode != ModeOffline {
+	if len(m.Stages) != 2 || !m.Stages[0].Cached || !m.Stages[1].Cached || !m.Stages[1].Merged || m.Stages[1].Mode != template.ModeOffline {
 		t.Errorf("manifest stages: %+v", m.Stages)
 	}
-	if g := m.Generalise; g.Name != GeneraliseStageName || g.Key != job.GeneraliseKey || !g.Cached || g.Mode != ModeOffline {
+	if g := m.Generalise; g.Name != GeneraliseStageName || g.Key != job.GeneraliseKey || !g.Cached || g.Mode != template.ModeOffline {
 		t.Errorf("manifest generalise: %+v", g)
 	}
 	if len(m.Packages) != 1 || m.Packages[0] != "base-files\t12.4" {

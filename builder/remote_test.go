@@ -22,6 +22,7 @@ import (
 	"github.com/sirupsen/logrus"
 	logtest "github.com/sirupsen/logrus/hooks/test"
 
+	"github.com/ecs-image/ecs-image/builder/template"
 	"github.com/ecs-image/ecs-image/images"
 	"github.com/ecs-image/ecs-image/qemuimg"
 	"github.com/ecs-image/ecs-image/release"
@@ -114,7 +115,7 @@ const (
 // chainA is a cache holding base → s1 (booted, boot/) → s2 (offline).
 func chainA(t *testing.T) (*StageCache, string) {
 	c, base, work := testCache(t)
-	addStage(t, c, work, &StageEntry{Key: keyS1, Parent: keyBase, Name: "s1", Template: "t", Mode: ModeBoot, BootFrom: keyS1}, base, true)
+	addStage(t, c, work, &StageEntry{Key: keyS1, Parent: keyBase, Name: "s1", Template: "t", Mode: template.ModeBoot, BootFrom: keyS1}, base, true)
 	addStage(t, c, work, &StageEntry{Key: keyS2, Parent: keyS1, ParentID: c.Lookup(keyS1).ID, Name: "s2", Template: "t", BootFrom: keyS1}, c.Disk(keyS1), false)
 	return c, work
 }
@@ -555,7 +556,7 @@ func TestBuildFromRemoteCacheOnly(t *testing.T) {
 	a, _, workA := testCache(t)
 	parentDisk, parentID := b0.Path, ""
 	for _, s := range job.Stages {
-		addStage(t, a, workA, &StageEntry{Key: s.Key, Parent: s.Parent, ParentID: parentID, Name: s.Name, Template: "remotetest", Mode: ModeBoot, BootFrom: s.Key}, parentDisk, true)
+		addStage(t, a, workA, &StageEntry{Key: s.Key, Parent: s.Parent, ParentID: parentID, Name: s.Name, Template: "remotetest", Mode: template.ModeBoot, BootFrom: s.Key}, parentDisk, true)
 		parentDisk, parentID = a.Disk(s.Key), idOf(t, a, s.Key)
 	}
 	last := job.Stages[len(job.Stages)-1]

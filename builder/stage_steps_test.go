@@ -200,7 +200,7 @@ func TestStepCommitStage(t *testing.T) {
 	commit := func(sr *stageRun, replace bool) error {
 		t.Helper()
 		s := &stepCommitStage{
-			Entry:    StageEntry{Key: "k2", Parent: "k1", Name: "s", Template: "t", Mode: ModeBoot, Backing: backing, ParentID: "id1"},
+			Entry:    StageEntry{Key: "k2", Parent: "k1", Name: "s", Template: "t", Mode: template.ModeBoot, Backing: backing, ParentID: "id1"},
 			BootFrom: "k0", Replace: replace, Cache: cache, WorkDir: work, Stage: sr,
 		}
 		_, err := runStep(t, ctx, s)
@@ -222,7 +222,7 @@ func TestStepCommitStage(t *testing.T) {
 	if sr.dir != "" || e == nil {
 		t.Fatalf("committed: dir %q, entry %+v", sr.dir, e)
 	}
-	if e.Parent != "k1" || e.Name != "s" || e.Template != "t" || e.Mode != ModeBoot || e.Backing != backing || e.ParentID != "id1" ||
+	if e.Parent != "k1" || e.Name != "s" || e.Template != "t" || e.Mode != template.ModeBoot || e.Backing != backing || e.ParentID != "id1" ||
 		e.BootFrom != "k0" || sr.bootFrom != "k0" || e.ID == "" || e.Seconds < 59 || len(e.Packages) != 1 {
 		t.Errorf("entry %+v", e)
 	}

@@ -62,9 +62,9 @@ type PlannedStage struct {
 	Key    string `json:"key"`
 	Parent string `json:"parent"`
 	// Mode is ModeBoot, ModeChroot or ModeOffline.
-	Mode   Mode   `json:"mode"`
-	Shared bool   `json:"shared"` // a template stage (not the variant's)
-	Note   string `json:"-"`
+	Mode   template.Mode `json:"mode"`
+	Shared bool          `json:"shared"` // a template stage (not the variant's)
+	Note   string        `json:"-"`
 }
 
 // planStageKeys computes every stage's key and mode, on the base of the
@@ -81,7 +81,7 @@ func planStageKeys(p *template.Plan, baseDigest string, env modeEnv) ([]PlannedS
 		}
 		out = append(out, PlannedStage{Name: st.Name, Key: key, Parent: parent, Mode: mode, Shared: i < p.Shared, Note: note})
 		parent = key
-		if mode != ModeOffline {
+		if mode != template.ModeOffline {
 			env.haveBoot = true // booted and chroot stages record a kernel
 		}
 	}
@@ -96,8 +96,8 @@ type PlanJob struct {
 	Stages     []PlannedStage `json:"stages"`
 	// GeneraliseKey is the key of the generalised disk (the last entry),
 	// GeneraliseMode how it is built (ModeChroot or ModeOffline).
-	GeneraliseKey  string `json:"generalise_key"`
-	GeneraliseMode Mode   `json:"generalise_mode"`
+	GeneraliseKey  string        `json:"generalise_key"`
+	GeneraliseMode template.Mode `json:"generalise_mode"`
 }
 
 // PlanJobs lists the builds of a template — each variant (or the template
@@ -143,40 +143,40 @@ type modeEnv struct {
 // generaliseMode decides how the generalisation runs: in a chroot on the
 // build host when it can (the AppArmor cache then needs the image kernel's
 // feature set, recorded once per kernel), else in the offline helper VM.
-func generaliseMode(env modeEnv) (Mode, string) {
+func generaliseMode(env modeEnv) (template.Mode, string) {
 	if env.chrootErr == nil {
-		return ModeChroot, ""
+		return template.ModeChroot, ""
 	}
-	return ModeOffline, "offline helper: chroot unavailable: " + env.chrootErr.Error()
+	return template.ModeOffline, "offline helper: chroot unavailable: " + env.chrootErr.Error()
 }
 
 // chooseMode decides how a stage is built — ModeBoot, ModeChroot or
 // ModeOffline — and returns a note when it falls back from what the
 // stage asked for or would get by default.
-func chooseMode(st *template.Stage, env modeEnv) (mode Mode, note string) {
-	if st.Mode == ModeBoot {
-		return ModeBoot, ""
+func chooseMode(st *template.Stage, env modeEnv) (mode template.Mode, note string) {
+	if st.Mode == template.ModeBoot {
+		return template.ModeBoot, ""
 	}
-	if !st.NeedsBoot() && st.Mode != ModeChroot {
+	if !st.NeedsBoot() && st.Mode != template.ModeChroot {
 		// Placing files natively on the build host costs no VM; the
 		// offline helper is the way without root.
 		if env.chrootErr == nil {
-			return ModeChroot, ""
+			return template.ModeChroot, ""
 		}
 		if env.haveBoot && env.helperErr == nil {
-			return ModeOffline, ""
+			return template.ModeOffline, ""
 		}
 		why := "no earlier stage recorded a kernel"
 		if env.helperErr != nil {
 			why = env.helperErr.Error()
 		}
-		return ModeBoot, "only places files but boots: chroot unavailable: " + env.chrootErr.Error() + "; offline helper: " + why
+		return template.ModeBoot, "only places files but boots: chroot unavailable: " + env.chrootErr.Error() + "; offline helper: " + why
 	}
-	if st.Mode == ModeChroot || st.ChrootDefault() {
+	if st.Mode == template.ModeChroot || st.ChrootDefault() {
 		if env.chrootErr == nil {
-			return ModeChroot, ""
+			return template.ModeChroot, ""
 		}
-		return ModeBoot, "boots: chroot unavailable: " + env.chrootErr.Error()
+		return template.ModeBoot, "boots: chroot unavailable: " + env.chrootErr.Error()
 	}
-	return ModeBoot, ""
+	return template.ModeBoot, ""
 }

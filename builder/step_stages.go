@@ -7,6 +7,7 @@ import (
 
 	"github.com/hashicorp/packer-plugin-sdk/multistep"
 
+	"github.com/ecs-image/ecs-image/builder/template"
 	"github.com/ecs-image/ecs-image/provisioners"
 )
 
@@ -41,7 +42,7 @@ func (s *stepStages) Run(ctx context.Context, state multistep.StateBag) multiste
 					}
 				}
 				how := "one offline helper boot"
-				if gen.mode == ModeChroot {
+				if gen.mode == template.ModeChroot {
 					how = "one chroot on the build host"
 				}
 				b.log.Infof("stage %s: applied with the generalisation (%s)", sr.stage.Name, how)
@@ -68,7 +69,7 @@ func (s *stepStages) Run(ctx context.Context, state multistep.StateBag) multiste
 		run := stageModes[sr.mode]
 		if sr.generalise {
 			run = generaliseStage
-			if sr.mode == ModeChroot {
+			if sr.mode == template.ModeChroot {
 				run = generaliseChrootStage
 			}
 		}
@@ -114,7 +115,7 @@ func (s *stepStages) Run(ctx context.Context, state multistep.StateBag) multiste
 // gen: it only places files, where the generalisation runs (the offline
 // helper, or a chroot on the build host).
 func mergeable(sr, gen *stageRun) bool {
-	if sr.mode != gen.mode || (sr.mode != ModeOffline && sr.mode != ModeChroot) || sr.stage.NeedsBoot() {
+	if sr.mode != gen.mode || (sr.mode != template.ModeOffline && sr.mode != template.ModeChroot) || sr.stage.NeedsBoot() {
 		return false
 	}
 	for _, ps := range sr.stage.Provisioners {

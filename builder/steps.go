@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strings"
 
+	"github.com/ecs-image/ecs-image/builder/template"
 	"github.com/hashicorp/packer-plugin-sdk/multistep"
 )
 
@@ -65,10 +66,10 @@ var generaliseStage = stageMode{"offline helper: generalise", generaliseStageSte
 
 // stageModes is how a stage of each built mode runs: its step list and,
 // for the log, where.
-var stageModes = map[Mode]stageMode{
-	ModeBoot:    {"booted VM", bootedStageSteps},
-	ModeChroot:  {"chroot on the build host", chrootStageSteps},
-	ModeOffline: {"offline helper", offlineStageSteps},
+var stageModes = map[template.Mode]stageMode{
+	template.ModeBoot:    {"booted VM", bootedStageSteps},
+	template.ModeChroot:  {"chroot on the build host", chrootStageSteps},
+	template.ModeOffline: {"offline helper", offlineStageSteps},
 }
 
 // The stage step lists are made when the stage starts, each step with its

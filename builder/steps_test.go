@@ -64,12 +64,12 @@ func TestStepOrder(t *testing.T) {
 
 // TestStageModes: every mode chooseMode can return has a step list.
 func TestStageModes(t *testing.T) {
-	for _, m := range []Mode{ModeBoot, ModeChroot, ModeOffline} {
+	for _, m := range []template.Mode{template.ModeBoot, template.ModeChroot, template.ModeOffline} {
 		if r, ok := stageModes[m]; !ok || r.how == "" || len(r.steps(testStageBuild(t), &stageRun{stage: &template.Stage{Name: "s"}})) == 0 {
 			t.Errorf("%s: no step list", m)
 		}
 	}
-	if _, ok := stageModes[ModeAuto]; ok {
+	if _, ok := stageModes[template.ModeAuto]; ok {
 		t.Error("auto is resolved before a stage runs")
 	}
 }
@@ -230,15 +230,15 @@ func TestMergeable(t *testing.T) {
 	shell := &template.Stage{Name: "shell", Provisioners: []template.ProvisionerSpec{{Type: "shell", P: &provisioners.Shell{}}}}
 	for _, c := range []struct {
 		st        *template.Stage
-		mode, gen Mode
+		mode, gen template.Mode
 		want      bool
 	}{
-		{files, ModeChroot, ModeChroot, true},
-		{files, ModeOffline, ModeOffline, true},
-		{files, ModeChroot, ModeOffline, false},
-		{files, ModeBoot, ModeOffline, false},
-		{pkgs, ModeChroot, ModeChroot, false},
-		{shell, ModeChroot, ModeChroot, false},
+		{files, template.ModeChroot, template.ModeChroot, true},
+		{files, template.ModeOffline, template.ModeOffline, true},
+		{files, template.ModeChroot, template.ModeOffline, false},
+		{files, template.ModeBoot, template.ModeOffline, false},
+		{pkgs, template.ModeChroot, template.ModeChroot, false},
+		{shell, template.ModeChroot, template.ModeChroot, false},
 	} {
 		if got := mergeable(&stageRun{stage: c.st, mode: c.mode}, &stageRun{mode: c.gen, generalise: true}); got != c.want {
 			t.Errorf("%s built %s, generalised %s: merged %v, want %v", c.st.Name, c.mode, c.gen, got, c.want)

@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/ecs-image/ecs-image/builder"
+	"github.com/ecs-image/ecs-image/builder/template"
 	"github.com/ecs-image/ecs-image/testenv"
 )
 
@@ -112,9 +113,9 @@ func TestPlanCLI(t *testing.T) {
 		}
 		// Generalised in a chroot on a host that can chroot, else in the
 		// offline helper; the mode is part of the key.
-		want := builder.ModeOffline
+		want := template.ModeOffline
 		if builder.ChrootUsable() == nil {
-			want = builder.ModeChroot
+			want = template.ModeChroot
 		}
 		if j.GeneraliseMode != want {
 			t.Errorf("%s: generalise mode %s, want %s", j.Variant, j.GeneraliseMode, want)
@@ -144,7 +145,7 @@ func TestPlanCLI(t *testing.T) {
 	_, out4, _ := runEnvCLI(t, "plan", tmpl, "--base-digest", digest, "--json", "--no-chroot")
 	var p4 planOutput
 	json.Unmarshal([]byte(out4), &p4)
-	if g := p4.Jobs[0]; g.GeneraliseMode != builder.ModeOffline || (dev.GeneraliseMode == builder.ModeChroot && g.GeneraliseKey == dev.GeneraliseKey) {
+	if g := p4.Jobs[0]; g.GeneraliseMode != template.ModeOffline || (dev.GeneraliseMode == template.ModeChroot && g.GeneraliseKey == dev.GeneraliseKey) {
 		t.Errorf("--no-chroot: generalise %s %s (without: %s %s)", g.GeneraliseMode, g.GeneraliseKey, dev.GeneraliseMode, dev.GeneraliseKey)
 	}
 	planCmd.Flags().Set("no-chroot", "false")
