@@ -33,11 +33,7 @@ type stepChrootBootFiles struct {
 // chrootBootFilesStep records the chroot's kernel unless the parent's
 // recorded one is unchanged.
 func (b *buildState) chrootBootFilesStep(sr *stageRun) *stepChrootBootFiles {
-	s := &stepChrootBootFiles{Key: sr.key, BootFrom: b.bootFrom, Stage: sr, Log: b.log}
-	if b.bootFrom != "" {
-		s.BootDir = b.cache.BootDir(b.bootFrom)
-	}
-	return s
+	return &stepChrootBootFiles{Key: sr.key, BootFrom: b.bootFrom, BootDir: b.parentBootDir(), Stage: sr, Log: b.log}
 }
 
 func (s *stepChrootBootFiles) Run(ctx context.Context, state multistep.StateBag) multistep.StepAction {

@@ -37,11 +37,7 @@ type stepKernelFeatures struct {
 // kernelFeaturesStep is the generalisation's stepKernelFeatures, for the
 // kernel recorded for the parent disk.
 func (b *buildState) kernelFeaturesStep(sr *stageRun) *stepKernelFeatures {
-	s := &stepKernelFeatures{Stage: sr, Features: kernelFeaturesOf(b.cache), Accel: b.accel, AccelForced: b.accelForced, Log: b.log}
-	if b.bootFrom != "" {
-		s.BootDir = b.cache.BootDir(b.bootFrom)
-	}
-	return s
+	return &stepKernelFeatures{Stage: sr, BootDir: b.parentBootDir(), Features: kernelFeaturesOf(b.cache), Accel: b.accel, AccelForced: b.accelForced, Log: b.log}
 }
 
 func (s *stepKernelFeatures) Run(ctx context.Context, state multistep.StateBag) multistep.StepAction {

@@ -28,8 +28,8 @@ func (b *buildState) directBootStep(sr *stageRun) *stepDirectBoot {
 	s := &stepDirectBoot{Stage: sr, Log: b.log}
 	if b.parentDisk == b.base.Path {
 		s.Base, s.BaseFormat = b.base.Path, b.base.Format
-	} else if b.bootFrom != "" {
-		s.BootDir = b.cache.BootDir(b.bootFrom)
+	} else {
+		s.BootDir = b.parentBootDir()
 	}
 	return s
 }

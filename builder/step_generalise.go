@@ -44,11 +44,8 @@ type stepGeneralise struct {
 // generaliseStep is the generalisation's stepGeneralise with the kernel
 // recorded for the parent disk.
 func (b *buildState) generaliseStep(sr *stageRun) *stepGeneralise {
-	s := &stepGeneralise{Stage: sr, Generalise: b.tmpl.Generalise, BootFrom: b.bootFrom, Accel: b.accel, AccelForced: b.accelForced, Log: b.log, Features: kernelFeaturesOf(b.cache)}
-	if b.bootFrom != "" {
-		s.BootDir = b.cache.BootDir(b.bootFrom)
-	}
-	return s
+	return &stepGeneralise{Stage: sr, Generalise: b.tmpl.Generalise, BootFrom: b.bootFrom, BootDir: b.parentBootDir(),
+		Accel: b.accel, AccelForced: b.accelForced, Log: b.log, Features: kernelFeaturesOf(b.cache)}
 }
 
 func (s *stepGeneralise) Run(ctx context.Context, state multistep.StateBag) multistep.StepAction {

@@ -29,11 +29,7 @@ type stepOfflinePlace struct {
 // offlinePlaceStep is the stage's stepOfflinePlace with the kernel recorded
 // for the parent disk.
 func (b *buildState) offlinePlaceStep(sr *stageRun) *stepOfflinePlace {
-	s := &stepOfflinePlace{Stage: sr, BootFrom: b.bootFrom, Accel: b.accel, AccelForced: b.accelForced, Log: b.log}
-	if b.bootFrom != "" {
-		s.BootDir = b.cache.BootDir(b.bootFrom)
-	}
-	return s
+	return &stepOfflinePlace{Stage: sr, BootFrom: b.bootFrom, BootDir: b.parentBootDir(), Accel: b.accel, AccelForced: b.accelForced, Log: b.log}
 }
 
 func (s *stepOfflinePlace) Run(ctx context.Context, state multistep.StateBag) multistep.StepAction {

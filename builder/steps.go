@@ -143,6 +143,15 @@ func generaliseStageSteps(b *buildState, sr *stageRun) []multistep.Step {
 	}
 }
 
+// parentBootDir is the boot/ directory of the kernel recorded for the
+// parent disk ("" when none is).
+func (b *buildState) parentBootDir() string {
+	if b.bootFrom == "" {
+		return ""
+	}
+	return b.cache.BootDir(b.bootFrom)
+}
+
 // stepName is a step's name for logs: its type without "step", in words.
 func stepName(s multistep.Step) string {
 	if l, ok := s.(*lateStep); ok {

@@ -93,6 +93,9 @@ func TestStageStepInputs(t *testing.T) {
 	if d := b.directBootStep(sr); d.Base != "/base.qcow2" || d.BaseFormat != "raw" || d.BootDir != "" {
 		t.Errorf("first stage's direct boot: %+v", d)
 	}
+	if p := b.offlinePlaceStep(sr); p.BootFrom != "" || p.BootDir != "" {
+		t.Errorf("no kernel recorded: offline place %+v", p)
+	}
 	// A later stage: on its parent's disk, the parent's recorded kernel.
 	b.parentDisk, b.bootFrom = "/cache/k1/disk.qcow2", "k0"
 	if o := b.overlayStep(sr); o.Parent != "/cache/k1/disk.qcow2" || o.ParentFormat != "qcow2" || o.Size != 0 {
