@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/ecs-image/ecs-image/testenv"
 )
 
 // buildFront builds the front program (-tags ecsfront) into dir/ecs-image
@@ -192,5 +194,25 @@ func copyFile(t *testing.T, src, dst string) {
 	}
 	if err := os.WriteFile(dst, data, 0o755); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestFrontProgramWithoutProc: in a chroot without /proc (as the .deb's
+// install test runs it) the front finds itself through argv[0] and $PATH
+// instead of /proc/self/exe. Root only: it unmounts /proc in a private
+// mount namespace.
+func TestFrontProgramWithoutProc(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root (unshare -m, umount /proc)")
+	}
+	testenv.Tool(t, "unshare", "util-linux")
+	front := buildFront(t)
+	want := runBinary(t, t.TempDir(), front, nil, "build", "--help")
+	for _, how := range []string{front, "ecs-image"} {
+		script := "umount -l /proc && test ! -e /proc/self/exe && exec " + how + " build --help"
+		r := runBinary(t, t.TempDir(), "unshare", []string{"PATH=" + filepath.Dir(front) + ":" + os.Getenv("PATH")}, "-m", "sh", "-c", script)
+		if r != want {
+			t.Errorf("without /proc, as %s: %+v, want %+v", how, r, want)
+		}
 	}
 }

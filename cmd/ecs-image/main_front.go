@@ -20,6 +20,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 )
 
@@ -64,7 +65,7 @@ var completeCandidates = []string{
 // completeProgram returns the path of the complete program, never this
 // executable itself (a front copied there would execute itself forever).
 func completeProgram() (string, error) {
-	self, err := os.Executable()
+	self, err := executable()
 	if err != nil {
 		return "", fmt.Errorf("cannot find this executable: %w", err)
 	}
@@ -84,6 +85,28 @@ func completeProgram() (string, error) {
 		return p, nil
 	}
 	return "", fmt.Errorf("the complete ecs-image program is not installed beside this front program (looked for %v); `make build` writes it to bin/libexec/ecs-image, the .deb to /usr/lib/ecs-image/ecs-image, and `go install ./cmd/ecs-image` builds it as ecs-image itself", tried)
+}
+
+// executable is the path of this program: /proc/self/exe, or where there
+// is no /proc (a chroot without it) argv[0] as a path or found on $PATH.
+func executable() (string, error) {
+	if p, err := os.Executable(); err == nil {
+		return p, nil
+	}
+	arg0 := os.Args[0]
+	if strings.Contains(arg0, "/") {
+		return filepath.EvalSymlinks(arg0)
+	}
+	for _, dir := range filepath.SplitList(os.Getenv("PATH")) {
+		if dir == "" {
+			dir = "."
+		}
+		p := filepath.Join(dir, arg0)
+		if st, err := os.Stat(p); err == nil && st.Mode().IsRegular() && st.Mode().Perm()&0o111 != 0 {
+			return filepath.EvalSymlinks(p)
+		}
+	}
+	return "", fmt.Errorf("%s: not found on $PATH and no /proc/self/exe", arg0)
 }
 
 // execComplete replaces this process with the complete program, given the
