@@ -273,7 +273,9 @@ func readTemplate(file string) ([]byte, error) {
 	return nil, lastErr
 }
 
-// buildECSImage builds ./cmd/ecs-image of the module this program is in.
+// buildECSImage builds ./cmd/ecs-image of the module this program is in
+// as make build installs it: the front program (-tags ecsfront), which
+// writes seeds itself, with the complete program in libexec/ beside it.
 func buildECSImage(dir string) (string, error) {
 	gomod, err := exec.Command("go", "env", "GOMOD").Output()
 	if err != nil {
@@ -281,11 +283,16 @@ func buildECSImage(dir string) (string, error) {
 	}
 	root := filepath.Dir(strings.TrimSpace(string(gomod)))
 	bin := filepath.Join(dir, "ecs-image")
-	cmd := exec.Command("go", "build", "-o", bin, "./cmd/ecs-image")
-	cmd.Dir = root
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("go build ./cmd/ecs-image: %v\n%s", err, out)
+	for _, b := range [][]string{
+		{filepath.Join(dir, "libexec", "ecs-image")},
+		{bin, "-tags", "ecsfront"},
+	} {
+		cmd := exec.Command("go", append([]string{"build", "-o"}, append(b, "./cmd/ecs-image")...)...)
+		cmd.Dir = root
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return "", fmt.Errorf("go build ./cmd/ecs-image: %v\n%s", err, out)
+		}
 	}
 	return bin, nil
 }

@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/signal"
 	"path/filepath"
+	"syscall"
 
 	"github.com/sirupsen/logrus"
 	"github.com/spf13/cobra"
@@ -149,7 +151,15 @@ func runCidata(cmd *cobra.Command, args []string) error {
 	if err := cmd.Context().Err(); err != nil {
 		return err
 	}
-	if err := cidata.WriteImage(fl.out, img); err != nil {
+	// No signal handler runs for cidata (see run): a Ctrl-C before this
+	// point ends the process with nothing written; from here the seed's
+	// temporary file is written and renamed whole (a signal meanwhile is
+	// held and dropped: the seed is complete).
+	held := make(chan os.Signal, 1)
+	signal.Notify(held, os.Interrupt, syscall.SIGTERM)
+	err = cidata.WriteImage(fl.out, img)
+	signal.Stop(held)
+	if err != nil {
 		return err
 	}
 	logrus.WithFields(logrus.Fields{

@@ -61,3 +61,36 @@ func TestSecondSignalEndsBlockedProcess(t *testing.T) {
 		}
 	}
 }
+
+// TestFirstSignalEndsCidata: cidata runs without a signal handler (it
+// starts in milliseconds; see run), so one SIGINT ends it even while it
+// blocks reading a FIFO, and no seed or temporary file is left behind.
+func TestFirstSignalEndsCidata(t *testing.T) {
+	dir := t.TempDir()
+	fifo := filepath.Join(dir, "env.yml")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(dir, "out", "seed.iso")
+	if err := os.Mkdir(filepath.Dir(out), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cmd := asMain(t, "cidata", "-e", fifo, "-o", out)
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	time.Sleep(500 * time.Millisecond)
+	cmd.Process.Signal(syscall.SIGINT)
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Fatal("cidata ended with success after SIGINT")
+		}
+	case <-time.After(3 * time.Second):
+		cmd.Process.Kill()
+		<-done
+		t.Fatal("cidata survived its first SIGINT")
+	}
+	if ents, _ := os.ReadDir(filepath.Dir(out)); len(ents) != 0 {
+		t.Errorf("left behind: %v", ents)
+	}
+}
