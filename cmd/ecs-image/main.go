@@ -1,4 +1,10 @@
 // Command ecs-image builds bootable appliance images for the ECS appliance.
+//
+// Built as is, this package is the complete program. Built with -tags
+// ecsfront it is the small front program that make build and the .deb
+// install as ecs-image (main_front.go): only this file, cidata.go and
+// input.go are in it, every other command file starts with
+// //go:build !ecsfront.
 package main
 
 import (
