@@ -127,6 +127,10 @@ func TestFrontProgramIsTheSameCLI(t *testing.T) {
 	if v.code != 0 || !strings.HasPrefix(v.out, "ecs-image ") || !strings.Contains(v.out, "\n  go:     ") {
 		t.Errorf("version: %+v", v)
 	}
+	// `version` alone takes a short cut past cobra; with a flag it does not.
+	if v2 := runBinary(t, work, alone, nil, "--log-level", "warn", "version"); v2 != v {
+		t.Errorf("version: %+v; through cobra: %+v", v, v2)
+	}
 	if v := runBinary(t, work, front, nil, "--version"); v.code != 0 || !strings.HasPrefix(v.out, "ecs-image ") {
 		t.Errorf("--version: %+v", v)
 	}

@@ -29,6 +29,12 @@ import (
 func registerCompletions() {}
 
 func main() {
+	// `ecs-image version` alone skips cobra's parsing and hooks (≈0.2 ms):
+	// the version command's own Run, as cobra would call it.
+	if len(os.Args) == 2 && os.Args[1] == "version" {
+		versionCmd.Run(versionCmd, nil)
+		os.Exit(exitOK)
+	}
 	if !runsHere(os.Args[1:]) {
 		err := execComplete()
 		fmt.Fprintf(os.Stderr, "ecs-image: %v\n", err)
