@@ -17,7 +17,6 @@ import (
 
 	"github.com/ecs-image/ecs-image/builder/template"
 	"github.com/ecs-image/ecs-image/communicator"
-	"github.com/ecs-image/ecs-image/images"
 	"github.com/ecs-image/ecs-image/provisioners"
 	"github.com/ecs-image/ecs-image/qemu"
 )
@@ -70,13 +69,9 @@ type buildState struct {
 	cache  *StageCache
 	remote *remoteCache // nil: none
 
-	tmpl  *template.Template
-	plan  *template.Plan
-	work  string // work directory (tmp/build-*), removed at the end
-	base  *images.Base
-	accel qemu.Accel
-	// accelForced: the template or --accel asked for KVM (no TCG fallback).
-	accelForced bool
+	validated          // stepValidate's results: the template and the plan
+	fetchedBase        // stepFetchBase's: the base and the accelerator
+	work        string // work directory (tmp/build-*), removed at the end
 
 	// stages are the plan's stages and, last, the generalisation.
 	stages []*stageRun

@@ -407,7 +407,7 @@ func TestLookupMigratesAndChecksParentBuild(t *testing.T) {
 		os.WriteFile(filepath.Join(c.Path(k), "stage.json"), data, 0o644)
 	}
 	log, _ := logtest.NewNullLogger()
-	b := &buildState{cache: c, log: log, work: work, parentKey: keyBase, parentDisk: base, base: &images.Base{Path: base, Format: "qcow2"}}
+	b := &buildState{cache: c, log: log, work: work, parentKey: keyBase, parentDisk: base, fetchedBase: fetchedBase{base: &images.Base{Path: base, Format: "qcow2"}}}
 	e1, _ := b.lookup(context.Background(), keyS1, keyBase)
 	if e1 == nil || e1.ID == "" || idOf(t, c, keyS1) != e1.ID {
 		t.Fatalf("s1 not given an ID: %+v", e1)

@@ -5,6 +5,7 @@ import (
 	"fmt"
 
 	"github.com/hashicorp/packer-plugin-sdk/multistep"
+	"github.com/sirupsen/logrus"
 
 	"github.com/ecs-image/ecs-image/builder/template"
 	"github.com/ecs-image/ecs-image/images"
@@ -13,28 +14,44 @@ import (
 
 // stepFetchBase resolves the template's base (catalog name, URL with
 // checksum, or local file) to a verified, cached local image, and chooses
-// the accelerator.
-type stepFetchBase struct{}
+// the accelerator, into Out.
+type stepFetchBase struct {
+	Template *template.Template
+	Accel    string // overrides the template's accelerator ("" keeps it)
+	Log      logrus.FieldLogger
+	Out      *fetchedBase
+}
+
+// fetchedBase is stepFetchBase's result: the base and the accelerator.
+type fetchedBase struct {
+	base  *images.Base
+	accel qemu.Accel
+	// accelForced: the template or --accel asked for KVM (no TCG fallback).
+	accelForced bool
+}
+
+func (b *buildState) fetchBaseStep() *stepFetchBase {
+	return &stepFetchBase{Template: b.tmpl, Accel: b.opts.Accel, Log: b.log, Out: &b.fetchedBase}
+}
 
 func (s *stepFetchBase) Run(ctx context.Context, state multistep.StateBag) multistep.StepAction {
-	b := getBuild(state)
-	base, err := ResolveBase(ctx, b.tmpl)
+	base, err := ResolveBase(ctx, s.Template)
 	if err != nil {
 		return halt(state, err)
 	}
-	b.base = base
-	b.log.Infof("base %s (%s, %s, %s)", base.Path, base.Format, base.Digest, base.Firmware)
-	accel := b.tmpl.Accel
-	if b.opts.Accel != "" {
-		accel = b.opts.Accel
+	s.Out.base = base
+	s.Log.Infof("base %s (%s, %s, %s)", base.Path, base.Format, base.Digest, base.Firmware)
+	accel := s.Template.Accel
+	if s.Accel != "" {
+		accel = s.Accel
 	}
 	switch accel {
 	case "kvm":
-		b.accel, b.accelForced = qemu.AccelKVM, true
+		s.Out.accel, s.Out.accelForced = qemu.AccelKVM, true
 	case "tcg":
-		b.accel = qemu.AccelTCG
+		s.Out.accel = qemu.AccelTCG
 	default:
-		b.accel = qemu.DetectAccel(ctx)
+		s.Out.accel = qemu.DetectAccel(ctx)
 	}
 	return multistep.ActionContinue
 }

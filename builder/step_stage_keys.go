@@ -8,38 +8,49 @@ import (
 	"strings"
 
 	"github.com/hashicorp/packer-plugin-sdk/multistep"
+	"github.com/sirupsen/logrus"
 
 	"github.com/ecs-image/ecs-image/builder/template"
 )
 
 // stepStageKeys computes every stage's cache key and decides how each
-// stage is built (chooseMode).
-type stepStageKeys struct{}
+// stage is built (chooseMode), on this host (Env); it appends to Stages
+// the plan's stages and, last, the generalisation.
+type stepStageKeys struct {
+	Plan       *template.Plan
+	BaseDigest string
+	Env        modeEnv
+	Log        logrus.FieldLogger
+	Stages     *[]*stageRun
+}
+
+func (b *buildState) stageKeysStep() *stepStageKeys {
+	return &stepStageKeys{Plan: b.plan, BaseDigest: b.base.Digest, Env: hostModeEnv(b.opts.NoChroot), Log: b.log, Stages: &b.stages}
+}
 
 func (s *stepStageKeys) Run(ctx context.Context, state multistep.StateBag) multistep.StepAction {
-	b := getBuild(state)
-	env := hostModeEnv(b.opts.NoChroot)
-	keys, err := planStageKeys(b.plan, b.base.Digest, env)
+	env := s.Env
+	keys, err := planStageKeys(s.Plan, s.BaseDigest, env)
 	if err != nil {
 		return halt(state, err)
 	}
 	var lines []string
 	for i, k := range keys {
 		if k.Note != "" {
-			b.log.Infof("stage %s: %s", k.Name, k.Note)
+			s.Log.Infof("stage %s: %s", k.Name, k.Note)
 		}
-		st := &b.plan.Stages[i]
-		b.stages = append(b.stages, &stageRun{stage: st, index: i, shared: k.Shared, key: k.Key, parent: k.Parent,
-			mode: k.Mode, vars: b.plan.VarsFor(i)})
+		st := &s.Plan.Stages[i]
+		*s.Stages = append(*s.Stages, &stageRun{stage: st, index: i, shared: k.Shared, key: k.Key, parent: k.Parent,
+			mode: k.Mode, vars: s.Plan.VarsFor(i)})
 		lines = append(lines, fmt.Sprintf("%s=%s(%s)", k.Name, k.Key[:12], k.Mode))
 	}
-	b.log.Infof("stages: %s", strings.Join(lines, " "))
+	s.Log.Infof("stages: %s", strings.Join(lines, " "))
 	last := keys[len(keys)-1].Key
 	gm, note := generaliseMode(env)
 	if note != "" {
-		b.log.Infof("stage %s: %s", GeneraliseStageName, note)
+		s.Log.Infof("stage %s: %s", GeneraliseStageName, note)
 	}
-	b.stages = append(b.stages, &stageRun{stage: &template.Stage{Name: GeneraliseStageName}, index: len(keys), key: GeneraliseKey(last, b.tmpl.Generalise, gm),
+	*s.Stages = append(*s.Stages, &stageRun{stage: &template.Stage{Name: GeneraliseStageName}, index: len(keys), key: GeneraliseKey(last, s.Plan.Template.Generalise, gm),
 		mode: gm, generalise: true})
 	return multistep.ActionContinue
 }

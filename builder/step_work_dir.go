@@ -6,6 +6,7 @@ import (
 	"os"
 
 	"github.com/hashicorp/packer-plugin-sdk/multistep"
+	"github.com/sirupsen/logrus"
 
 	"github.com/ecs-image/ecs-image/atomicfile"
 )
@@ -17,44 +18,54 @@ import (
 // unless the build failed and KeepOnError is set, and on failure the output
 // directories it created, if they are still empty.
 type stepWorkDir struct {
+	Cache       *StageCache
+	OutputDir   string
+	KeepOnError bool
+	Log         logrus.FieldLogger
+	// Work receives the work directory's path.
+	Work *string
+
 	undoOutput func()
 }
 
+func (b *buildState) workDirStep() *stepWorkDir {
+	return &stepWorkDir{Cache: b.cache, OutputDir: b.opts.OutputDir, KeepOnError: b.opts.KeepOnError, Log: b.log, Work: &b.work}
+}
+
 func (s *stepWorkDir) Run(ctx context.Context, state multistep.StateBag) multistep.StepAction {
-	b := getBuild(state)
-	for _, d := range b.cache.CleanStale() {
-		b.log.Warnf("removed the leftovers of a crashed build: %s", d)
+	for _, d := range s.Cache.CleanStale() {
+		s.Log.Warnf("removed the leftovers of a crashed build: %s", d)
 	}
-	undo, err := atomicfile.MkdirAllUndo(b.opts.OutputDir, 0o755)
+	undo, err := atomicfile.MkdirAllUndo(s.OutputDir, 0o755)
 	if err != nil {
 		return halt(state, fmt.Errorf("output directory: %w", err))
 	}
 	s.undoOutput = undo
-	cleanOutputTemps(b.opts.OutputDir)
-	dir, err := b.cache.WorkDir()
+	cleanOutputTemps(s.OutputDir)
+	dir, err := s.Cache.WorkDir()
 	if err != nil {
 		return halt(state, fmt.Errorf("work directory: %w", err))
 	}
-	b.work = dir
+	*s.Work = dir
 	return multistep.ActionContinue
 }
 
 func (s *stepWorkDir) Cleanup(state multistep.StateBag) {
-	b := getBuild(state)
 	_, failed := state.GetOk("error")
 	if failed && s.undoOutput != nil {
 		defer s.undoOutput()
 	}
-	if b.work == "" {
+	work := *s.Work
+	if work == "" {
 		return
 	}
 	if aborted(state) {
 		return // kept with the stage (--on-error=abort): cleanup.sh removes it
 	}
-	if failed && b.opts.KeepOnError {
-		os.Remove(b.work + "/pid")
-		b.log.Warnf("--keep-on-error: the work directory (disks, serial logs) is kept at %s", b.work)
+	if failed && s.KeepOnError {
+		os.Remove(work + "/pid")
+		s.Log.Warnf("--keep-on-error: the work directory (disks, serial logs) is kept at %s", work)
 		return
 	}
-	os.RemoveAll(b.work)
+	os.RemoveAll(work)
 }

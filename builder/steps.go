@@ -13,14 +13,15 @@ import (
 // of its mode (stageModes) inside stepStages.
 func buildSteps() []multistep.Step {
 	return []multistep.Step{
-		&stepValidate{},  // load and validate the template, resolve the variant
-		&stepFetchBase{}, // resolve/fetch/verify the base image (cached)
-		&stepWorkDir{},   // output dir, work directory with pid file; clean crashed builds
-		&stepStageKeys{}, // cache keys of every stage; choose booted/offline
-		&stepStages{},    // build each stage not in the cache, the generalisation last (see below)
-		// The steps after the stages are made when they start, with their
-		// inputs (the generalised disk, its kernel, the plan's outputs, the
-		// compaction) as fields.
+		// Each step is made when it starts, with its inputs from the
+		// options and the earlier steps' results (the template, the base,
+		// the stages, the generalised disk and its kernel, the compaction)
+		// as fields, and a pointer to where its own results go.
+		late((*buildState).validateStep),    // load and validate the template, resolve the variant
+		late((*buildState).fetchBaseStep),   // resolve/fetch/verify the base image (cached)
+		late((*buildState).workDirStep),     // output dir, work directory with pid file; clean crashed builds
+		late((*buildState).stageKeysStep),   // cache keys of every stage; choose booted/offline
+		&stepStages{},                       // build each stage not in the cache, the generalisation last (see below)
 		late((*buildState).driverCheckStep), // the kernel has the drivers of every output's hypervisors
 		late((*buildState).compactStep),     // qemu-img convert -c: one standalone qcow2
 		late((*buildState).artifactStep),    // other formats, manifest, rename into OutputDir

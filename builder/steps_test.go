@@ -31,7 +31,7 @@ func names(steps []multistep.Step) string {
 // testStageBuild is a build with a template, a base and a cache, enough to
 // make the stage step lists.
 func testStageBuild(t *testing.T) *buildState {
-	return &buildState{tmpl: &template.Template{}, log: logrus.New(), base: &images.Base{Path: "/base.qcow2"}, cache: &StageCache{Dir: t.TempDir()}}
+	return &buildState{validated: validated{tmpl: &template.Template{}}, log: logrus.New(), fetchedBase: fetchedBase{base: &images.Base{Path: "/base.qcow2"}}, cache: &StageCache{Dir: t.TempDir()}}
 }
 
 func TestStepOrder(t *testing.T) {

@@ -53,17 +53,16 @@ func TestTemplateVersion(t *testing.T) {
 		}
 	}
 
-	run := func(override string) (*buildState, error) {
-		b := &buildState{opts: Options{Template: versionTemplate(t, "1.0.0"), Version: override}, log: quietLog()}
+	run := func(override string) (*validated, error) {
+		var out validated
 		state := new(multistep.BasicStateBag)
-		state.Put("build", b)
-		(&stepValidate{}).Run(context.Background(), state)
+		(&stepValidate{Template: versionTemplate(t, "1.0.0"), Version: override, Log: quietLog(), Out: &out}).Run(context.Background(), state)
 		if err, ok := state.GetOk("error"); ok {
-			return b, err.(error)
+			return &out, err.(error)
 		}
-		return b, nil
+		return &out, nil
 	}
-	if b, err := run(""); err != nil || b.tmpl.Version != "1.0.0" {
+	if b, err := run(""); err != nil || b.tmpl.Version != "1.0.0" || b.plan == nil || b.plan.Template != b.tmpl {
 		t.Fatalf("no override: %v", err)
 	}
 	if b, err := run("1.0.1"); err != nil || b.tmpl.Version != "1.0.1" {
@@ -87,7 +86,7 @@ func TestVersionReachesOutputs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	b := &buildState{tmpl: tp, plan: plan, base: &images.Base{Name: "debian-12", Digest: "sha256:00"}}
+	b := &buildState{validated: validated{tmpl: tp, plan: plan}, fetchedBase: fetchedBase{base: &images.Base{Name: "debian-12", Digest: "sha256:00"}}}
 
 	dir := t.TempDir()
 	in := filepath.Join(dir, "in.qcow2")
