@@ -171,6 +171,19 @@ find /var/log -type f -exec truncate -s 0 {} +
 	return b.String()
 }
 
+// helperVM is what a step that boots the offline helper VM needs besides
+// its job: the accelerator and the log.
+type helperVM struct {
+	Accel       qemu.Accel
+	AccelForced bool // the template or --accel asked for KVM (no TCG fallback)
+	Log         logrus.FieldLogger
+}
+
+// helperVMOf is how the build boots the offline helper.
+func (b *buildState) helperVMOf() helperVM {
+	return helperVM{Accel: b.accel, AccelForced: b.accelForced, Log: b.log}
+}
+
 // offlineRun is one run of the helper VM.
 type offlineRun struct {
 	Disk    string // the qcow2 to change

@@ -14,7 +14,6 @@ import (
 	"github.com/ecs-image/ecs-image/builder/template"
 	"github.com/ecs-image/ecs-image/formats"
 	"github.com/ecs-image/ecs-image/provisioners"
-	"github.com/ecs-image/ecs-image/qemu"
 )
 
 // stepKernelFeatures finds the AppArmor feature set of the image's kernel
@@ -27,17 +26,15 @@ type stepKernelFeatures struct {
 	Stage *stageRun
 	// BootDir is the boot/ directory of the kernel recorded for the disk
 	// ("" when none is).
-	BootDir     string
-	Features    kernelFeatures
-	Accel       qemu.Accel
-	AccelForced bool
-	Log         logrus.FieldLogger
+	BootDir  string
+	Features kernelFeatures
+	helperVM
 }
 
 // kernelFeaturesStep is the generalisation's stepKernelFeatures, for the
 // kernel recorded for the parent disk.
 func (b *buildState) kernelFeaturesStep(sr *stageRun) *stepKernelFeatures {
-	return &stepKernelFeatures{Stage: sr, BootDir: b.parentBootDir(), Features: kernelFeaturesOf(b.cache), Accel: b.accel, AccelForced: b.accelForced, Log: b.log}
+	return &stepKernelFeatures{Stage: sr, BootDir: b.parentBootDir(), Features: kernelFeaturesOf(b.cache), helperVM: b.helperVMOf()}
 }
 
 func (s *stepKernelFeatures) Run(ctx context.Context, state multistep.StateBag) multistep.StepAction {

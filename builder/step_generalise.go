@@ -8,13 +8,11 @@ import (
 	"time"
 
 	"github.com/hashicorp/packer-plugin-sdk/multistep"
-	"github.com/sirupsen/logrus"
 
 	"github.com/ecs-image/ecs-image/builder/offlinehelper"
 	"github.com/ecs-image/ecs-image/builder/template"
 	"github.com/ecs-image/ecs-image/formats"
 	"github.com/ecs-image/ecs-image/provisioners"
-	"github.com/ecs-image/ecs-image/qemu"
 )
 
 // stepGeneralise makes the image safe to clone, offline in the helper VM
@@ -33,9 +31,7 @@ type stepGeneralise struct {
 	// BootFrom is the cache entry whose kernel the helper boots, BootDir
 	// its boot/ directory.
 	BootFrom, BootDir string
-	Accel             qemu.Accel
-	AccelForced       bool
-	Log               logrus.FieldLogger
+	helperVM
 	// Features keeps the kernel's AppArmor feature set the helper reports
 	// (for later generalisations in a chroot).
 	Features kernelFeatures
@@ -45,7 +41,7 @@ type stepGeneralise struct {
 // recorded for the parent disk.
 func (b *buildState) generaliseStep(sr *stageRun) *stepGeneralise {
 	return &stepGeneralise{Stage: sr, Generalise: b.tmpl.Generalise, BootFrom: b.bootFrom, BootDir: b.parentBootDir(),
-		Accel: b.accel, AccelForced: b.accelForced, Log: b.log, Features: kernelFeaturesOf(b.cache)}
+		helperVM: b.helperVMOf(), Features: kernelFeaturesOf(b.cache)}
 }
 
 func (s *stepGeneralise) Run(ctx context.Context, state multistep.StateBag) multistep.StepAction {

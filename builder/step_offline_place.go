@@ -6,10 +6,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/packer-plugin-sdk/multistep"
-	"github.com/sirupsen/logrus"
 
 	"github.com/ecs-image/ecs-image/provisioners"
-	"github.com/ecs-image/ecs-image/qemu"
 )
 
 // stepOfflinePlace applies a file-only stage without booting the image:
@@ -21,15 +19,13 @@ type stepOfflinePlace struct {
 	// BootFrom is the cache entry whose kernel the helper boots, BootDir
 	// its boot/ directory.
 	BootFrom, BootDir string
-	Accel             qemu.Accel
-	AccelForced       bool
-	Log               logrus.FieldLogger
+	helperVM
 }
 
 // offlinePlaceStep is the stage's stepOfflinePlace with the kernel recorded
 // for the parent disk.
 func (b *buildState) offlinePlaceStep(sr *stageRun) *stepOfflinePlace {
-	return &stepOfflinePlace{Stage: sr, BootFrom: b.bootFrom, BootDir: b.parentBootDir(), Accel: b.accel, AccelForced: b.accelForced, Log: b.log}
+	return &stepOfflinePlace{Stage: sr, BootFrom: b.bootFrom, BootDir: b.parentBootDir(), helperVM: b.helperVMOf()}
 }
 
 func (s *stepOfflinePlace) Run(ctx context.Context, state multistep.StateBag) multistep.StepAction {
