@@ -84,10 +84,9 @@ type buildState struct {
 	// base).
 	parentID string
 
-	// packages is the image's package list and kernel its kernel and
-	// drivers (nil when unknown), from the generalisation.
-	packages []string
-	kernel   *KernelInfo
+	// generalised: the image's package list and its kernel and drivers
+	// (nil when unknown), from the generalisation (stepStages).
+	generalised
 
 	compaction compaction // stepCompact's results
 	artifact   Artifact   // stepArtifact's (ManifestPath "": none)

@@ -14,6 +14,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/ecs-image/ecs-image/builder/template"
+	"github.com/ecs-image/ecs-image/images"
 	"github.com/ecs-image/ecs-image/qemu"
 	"github.com/ecs-image/ecs-image/qemuimg"
 	"github.com/ecs-image/ecs-image/testenv"
@@ -202,5 +203,47 @@ func TestStepFetchBase(t *testing.T) {
 	if a := (&stepFetchBase{Template: bad, Log: quietLog(), Out: &out}).Run(ctx, state); a != multistep.ActionHalt || out.base != nil ||
 		!strings.Contains(state.Get("error").(error).Error(), "base "+missing) {
 		t.Errorf("missing base: %v %+v %v", a, out.base, state.Get("error"))
+	}
+}
+
+// TestStepStagesCached runs stepStages on stages that are all in the
+// cache: nothing is built, the parent disk advances to the generalised
+// disk, and the generalised entry's package list and kernel are the
+// step's results.
+func TestStepStagesCached(t *testing.T) {
+	testenv.Tool(t, "qemu-img", "qemu-utils")
+	c, base, work := testCache(t)
+	addStage(t, c, work, &StageEntry{Key: keyS1, Parent: keyBase, Name: "s1", BootFrom: keyS1}, base, true)
+	kernel := &KernelInfo{Version: "6.1.0-test"}
+	addStage(t, c, work, &StageEntry{Key: keyS2, Parent: keyS1, ParentID: idOf(t, c, keyS1), Name: GeneraliseStageName, BootFrom: keyS1,
+		Packages: []string{"jq 1.6"}, Kernel: kernel}, c.Disk(keyS1), false)
+	log, buf := bufLog()
+	b := &buildState{cache: c, log: log, work: work, fetchedBase: fetchedBase{base: &images.Base{Path: base, Format: "qcow2"}}}
+	stages := []*stageRun{
+		{stage: &template.Stage{Name: "s1"}, key: keyS1, parent: keyBase, mode: template.ModeBoot},
+		{stage: &template.Stage{Name: GeneraliseStageName}, index: 1, key: keyS2, mode: template.ModeChroot, generalise: true},
+	}
+	var out generalised
+	s := &stepStages{Stages: stages, Log: log, Build: b, Out: &out}
+	state := new(multistep.BasicStateBag)
+	if a := s.Run(context.Background(), state); a != multistep.ActionContinue {
+		t.Fatalf("%v %v", a, state.Get("error"))
+	}
+	if !stages[0].cached || !stages[1].cached || stages[1].parent != keyS1 {
+		t.Errorf("stages: %+v %+v", stages[0], stages[1])
+	}
+	if len(out.packages) != 1 || out.packages[0] != "jq 1.6" || out.kernel == nil || out.kernel.Version != kernel.Version {
+		t.Errorf("results: %+v", out)
+	}
+	if b.parentKey != keyS2 || b.parentDisk != c.Disk(keyS2) || b.bootFrom != keyS1 || b.parentID != idOf(t, c, keyS2) {
+		t.Errorf("parent after the stages: %s %s %s %s", b.parentKey, b.parentDisk, b.bootFrom, b.parentID)
+	}
+	for _, want := range []string{"stage s1: cached (" + keyS1[:12] + ")", "stage generalise: cached (" + keyS2[:12] + ")"} {
+		if !strings.Contains(buf.String(), want) {
+			t.Errorf("log lacks %q:\n%s", want, buf)
+		}
+	}
+	if strings.Contains(buf.String(), "building") {
+		t.Errorf("a cached stage was built:\n%s", buf)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"os"
 
 	"github.com/hashicorp/packer-plugin-sdk/multistep"
+	"github.com/sirupsen/logrus"
 
 	"github.com/ecs-image/ecs-image/builder/template"
 	"github.com/ecs-image/ecs-image/provisioners"
@@ -14,15 +15,38 @@ import (
 // stepStages builds the plan's stages in order, the generalisation last. A stage whose key is in
 // the cache is not run at all (unless --no-cache); the others run their
 // own step list (stageModes) with a nested runner, and are committed to the cache.
-type stepStages struct{}
+type stepStages struct {
+	// Stages are the plan's stages and, last, the generalisation.
+	Stages     []*stageRun
+	Generalise template.Generalise
+	NoCache    bool
+	Log        logrus.FieldLogger
+	// Build is the build whose parent disk advances stage by stage: it
+	// looks stages up in the caches, makes each stage's step list and
+	// keeps a failed stage (--on-error).
+	Build *buildState
+	// Out receives the generalised disk's package list and kernel.
+	Out *generalised
+}
+
+// generalised is what stepStages finds out about the generalised disk:
+// its package list and kernel with its drivers (nil when unknown).
+type generalised struct {
+	packages []string
+	kernel   *KernelInfo
+}
+
+func (b *buildState) stagesStep() *stepStages {
+	return &stepStages{Stages: b.stages, Generalise: b.tmpl.Generalise, NoCache: b.opts.NoCache, Log: b.log, Build: b, Out: &b.generalised}
+}
 
 func (s *stepStages) Run(ctx context.Context, state multistep.StateBag) multistep.StepAction {
-	b := getBuild(state)
+	b := s.Build
 	b.parentDisk = b.base.Path
-	if len(b.stages) > 0 {
-		b.parentKey = b.stages[0].parent
+	if len(s.Stages) > 0 {
+		b.parentKey = s.Stages[0].parent
 	}
-	for i, sr := range b.stages {
+	for i, sr := range s.Stages {
 		if ctx.Err() != nil {
 			return halt(state, ctx.Err())
 		}
@@ -32,11 +56,11 @@ func (s *stepStages) Run(ctx context.Context, state multistep.StateBag) multiste
 		}
 		// A file-only last stage is applied in the same helper boot as the
 		// generalisation; its result is cached as the generalised disk.
-		if gen := b.stages[len(b.stages)-1]; i == len(b.stages)-2 && gen.generalise && mergeable(sr, gen) && b.tmpl.Generalise.On() {
-			if e, _ := b.lookup(ctx, sr.key, sr.parent); e == nil || b.opts.NoCache {
+		if gen := s.Stages[len(s.Stages)-1]; i == len(s.Stages)-2 && gen.generalise && mergeable(sr, gen) && s.Generalise.On() {
+			if e, _ := b.lookup(ctx, sr.key, sr.parent); e == nil || s.NoCache {
 				sr.merged = true
 				gen.merge = sr
-				if !b.opts.NoCache {
+				if !s.NoCache {
 					if e, remote := b.lookup(ctx, gen.key, b.parentKey); e != nil {
 						sr.cached, sr.remote = true, remote
 					}
@@ -45,11 +69,11 @@ func (s *stepStages) Run(ctx context.Context, state multistep.StateBag) multiste
 				if gen.mode == template.ModeChroot {
 					how = "one chroot on the build host"
 				}
-				b.log.Infof("stage %s: applied with the generalisation (%s)", sr.stage.Name, how)
+				s.Log.Infof("stage %s: applied with the generalisation (%s)", sr.stage.Name, how)
 				continue
 			}
 		}
-		if !b.opts.NoCache {
+		if !s.NoCache {
 			if e, remote := b.lookup(ctx, sr.key, sr.parent); e != nil {
 				// A merged last stage looked its generalised disk up first.
 				remote = remote || (sr.merge != nil && sr.merge.remote)
@@ -58,9 +82,9 @@ func (s *stepStages) Run(ctx context.Context, state multistep.StateBag) multiste
 				if remote {
 					from = ", from the shared cache"
 				}
-				b.log.Infof("stage %s: cached (%s%s)", sr.stage.Name, sr.key[:12], from)
+				s.Log.Infof("stage %s: cached (%s%s)", sr.stage.Name, sr.key[:12], from)
 				if sr.generalise {
-					b.packages, b.kernel = e.Packages, e.Kernel
+					s.Out.packages, s.Out.kernel = e.Packages, e.Kernel
 				}
 				s.advance(b, sr.key, e.BootFrom)
 				continue
@@ -73,7 +97,7 @@ func (s *stepStages) Run(ctx context.Context, state multistep.StateBag) multiste
 				run = generaliseChrootStage
 			}
 		}
-		b.log.Infof("stage %s: building (%s, key %s)", sr.stage.Name, run.how, sr.key[:12])
+		s.Log.Infof("stage %s: building (%s, key %s)", sr.stage.Name, run.how, sr.key[:12])
 		runner := &multistep.BasicRunner{Steps: onErrorSteps(timedSteps(run.steps(b, sr), sr.stage.Name), sr.stage.Name)}
 		runner.Run(ctx, state)
 		if raw, ok := state.GetOk("error"); ok {
@@ -81,7 +105,7 @@ func (s *stepStages) Run(ctx context.Context, state multistep.StateBag) multiste
 			if aborted(state) {
 				if help, kerr := b.keepStage(sr); kerr != nil {
 					// Not kept after all: stop it, and clean up as usual.
-					b.log.Errorf("--on-error: cannot keep stage %s: %v", sr.stage.Name, kerr)
+					s.Log.Errorf("--on-error: cannot keep stage %s: %v", sr.stage.Name, kerr)
 					state.Remove(stateAborted)
 					if sr.machine != nil {
 						sr.machine.Kill()
@@ -104,7 +128,7 @@ func (s *stepStages) Run(ctx context.Context, state multistep.StateBag) multiste
 			return halt(state, ctx.Err())
 		}
 		if sr.generalise {
-			b.packages, b.kernel = sr.packages, sr.kernelInfo
+			s.Out.packages, s.Out.kernel = sr.packages, sr.kernelInfo
 		}
 		s.advance(b, sr.key, sr.bootFrom)
 	}

@@ -21,7 +21,7 @@ func buildSteps() []multistep.Step {
 		late((*buildState).fetchBaseStep),   // resolve/fetch/verify the base image (cached)
 		late((*buildState).workDirStep),     // output dir, work directory with pid file; clean crashed builds
 		late((*buildState).stageKeysStep),   // cache keys of every stage; choose booted/offline
-		&stepStages{},                       // build each stage not in the cache, the generalisation last (see below)
+		late((*buildState).stagesStep),      // build each stage not in the cache, the generalisation last (see below)
 		late((*buildState).driverCheckStep), // the kernel has the drivers of every output's hypervisors
 		late((*buildState).compactStep),     // qemu-img convert -c: one standalone qcow2
 		late((*buildState).artifactStep),    // other formats, manifest, rename into OutputDir
