@@ -138,7 +138,10 @@ func checkStack(t *testing.T, run func(*testing.T, string) string, vm *appliance
 	// steps and systemd's view of the boot.
 	t.Run("first-boot-where-time-goes", func(t *testing.T) {
 		t.Log(run(t, `systemd-analyze 2>&1 | head -3; echo
-journalctl -b -o short-monotonic --no-pager -u prepare-env -u prepare-appliance -u prepare-ecs -u appliance 2>/dev/null | grep -E 'done in|activated|concurrently|ECS-APPLIANCE|docker load|Started|declared stack|verified' | cut -c1-200 | head -80; echo
+journalctl -b -o short-monotonic --no-pager -u docker -u prepare-env -u prepare-appliance -u prepare-ecs -u appliance 2>/dev/null | grep -E 'done in|activated|concurrently|ECS-APPLIANCE|docker load|Started|Stopp|declared stack|verified|loaded|API listen' | cut -c1-200 | head -100; echo
+# The containers' creation and start (UTC), against the guest clock (uptime).
+for c in $(docker ps -aq); do docker inspect --format '{{.Name}} created {{.Created}} started {{.State.StartedAt}}' $c; done; date -u +'now %FT%T.%N'; cat /proc/uptime
+systemctl show -p ActiveEnterTimestampMonotonic basic.target; echo
 journalctl -b -o short-monotonic --no-pager -u appliance 2>/dev/null | grep -iE ' (Created|Started|Running|Container)' | head -30 | cut -c1-160
 systemd-analyze blame 2>/dev/null | head -15; true`))
 	})
