@@ -23,18 +23,28 @@ func hostPort(raw, defPort string) (string, error) {
 	return u.Host, nil
 }
 
-// redisCmd sends one RESP command and returns the first reply line.
-func redisCmd(args ...string) (string, error) {
-	addr, err := hostPort(env("REDIS_URL", "redis://redis:6379/0"), "6379")
+// dialService connects to the service at raw (a redis:// or memcached://
+// URL; defPort when it names none), with a deadline for the whole exchange.
+func dialService(raw, defPort string, deadline time.Duration) (net.Conn, error) {
+	addr, err := hostPort(raw, defPort)
 	if err != nil {
-		return "", err
+		return nil, err
 	}
 	c, err := net.DialTimeout("tcp", addr, 3*time.Second)
+	if err != nil {
+		return nil, err
+	}
+	_ = c.SetDeadline(time.Now().Add(deadline))
+	return c, nil
+}
+
+// redisCmd sends one RESP command and returns the first reply line.
+func redisCmd(args ...string) (string, error) {
+	c, err := dialService(env("REDIS_URL", "redis://redis:6379/0"), "6379", 10*time.Second)
 	if err != nil {
 		return "", err
 	}
 	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
 	var b strings.Builder
 	fmt.Fprintf(&b, "*%d\r\n", len(args))
 	for _, a := range args {
@@ -74,16 +84,11 @@ func redisCmd(args ...string) (string, error) {
 
 // memcachedCmd sends one text-protocol command and returns the reply.
 func memcachedCmd(cmd string) (string, error) {
-	addr, err := hostPort(env("MEMCACHED_URL", "memcached://memcached:11211"), "11211")
-	if err != nil {
-		return "", err
-	}
-	c, err := net.DialTimeout("tcp", addr, 3*time.Second)
+	c, err := dialService(env("MEMCACHED_URL", "memcached://memcached:11211"), "11211", 5*time.Second)
 	if err != nil {
 		return "", err
 	}
 	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
 	if _, err := io.WriteString(c, cmd+"\r\n"); err != nil {
 		return "", err
 	}
