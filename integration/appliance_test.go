@@ -122,13 +122,13 @@ func TestAppliance(t *testing.T) {
 	// The bare base, booted by `ecs-image test` to cloud-init's final
 	// message: the reference for the agent's overhead.
 	t.Run("bare-base-boot", func(t *testing.T) {
-		out := ecsImage(t, "test", base, "--no-https", "--json", "--timeout", bootTimeout.String())
+		out, errOut, runErr := ecsImageRun("test", base, "--no-https", "--json", "--timeout", bootTimeout.String())
 		var rep struct {
 			ReadySeconds float64 `json:"ready_seconds"`
 			OK           bool    `json:"ok"`
 		}
-		if err := json.Unmarshal([]byte(out), &rep); err != nil || !rep.OK {
-			t.Fatalf("report: %v\n%s", err, out)
+		if err := json.Unmarshal([]byte(out), &rep); runErr != nil || err != nil || !rep.OK {
+			t.Fatalf("ecs-image test %s: exit %v; report: %v\nstdout:\n%s\nstderr:\n%s", base, runErr, err, out, errOut)
 		}
 		tm.bareCloudInit = time.Duration(rep.ReadySeconds * float64(time.Second))
 		t.Logf("bare base: cloud-init done after %s", sec(tm.bareCloudInit))

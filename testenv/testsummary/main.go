@@ -3,8 +3,8 @@
 // tests' text output as it arrives (what `go test -v` prints; lines that
 // are not JSON, such as make's, pass through unchanged). Given files, it
 // prints one summary: how many tests ran, passed, failed and skipped per
-// file and in all, every skipped test with its reason, every failed test,
-// and packages that failed outside a test (build errors, panics, time-outs).
+// file and in all, every skipped test with its reason, every failed test
+// with the last lines it printed (so a log's tail shows why), and packages that failed outside a test (build errors, panics, time-outs).
 // It exits 1 when anything failed.
 //
 //	make test TESTFLAGS=-json | testsummary -stream -o out/unit.json
@@ -104,7 +104,8 @@ type summary struct {
 	name                    string
 	passed, failed, skipped []string // package + " " + test
 	skipReason              map[string]string
-	failedPkgs              []string // failed outside any test
+	failOutput              map[string][]string // failed test → its last output lines
+	failedPkgs              []string            // failed outside any test
 }
 
 func (s *summary) ran() int { return len(s.passed) + len(s.failed) + len(s.skipped) }
@@ -121,8 +122,9 @@ func readFile(path string) (*summary, error) {
 
 // summarise reads events from r; lines that are not events are ignored.
 func summarise(name string, r io.Reader) (*summary, error) {
-	s := &summary{name: name, skipReason: map[string]string{}}
+	s := &summary{name: name, skipReason: map[string]string{}, failOutput: map[string][]string{}}
 	lastOut := map[string]string{}  // test → its last meaningful output line
+	tail := map[string][]string{}   // test → its last failTail output lines
 	failedTest := map[string]bool{} // package → a test in it failed
 	br := bufio.NewReaderSize(r, 1<<16)
 	for {
@@ -135,10 +137,15 @@ func summarise(name string, r io.Reader) (*summary, error) {
 				if l := strings.TrimSpace(e.Output); l != "" && !strings.HasPrefix(l, "=== ") && !strings.HasPrefix(l, "--- ") {
 					lastOut[id] = l
 				}
+				if l := strings.TrimRight(e.Output, "\n"); strings.TrimSpace(l) != "" && !strings.HasPrefix(l, "=== ") {
+					tail[id] = appendTail(tail[id], l)
+				}
 			case e.Test != "" && e.Action == "pass":
 				s.passed = append(s.passed, id)
+				delete(tail, id)
 			case e.Test != "" && e.Action == "fail":
 				s.failed = append(s.failed, id)
+				s.failOutput[id] = tail[id]
 				failedTest[e.Package] = true
 			case e.Test != "" && e.Action == "skip":
 				s.skipped = append(s.skipped, id)
@@ -192,6 +199,9 @@ func report(w io.Writer, sums []*summary) bool {
 			fmt.Fprintf(w, "FAILED (%s):\n", s.name)
 			for _, id := range s.failed {
 				fmt.Fprintf(w, "  %s\n", id)
+				for _, l := range s.failOutput[id] {
+					fmt.Fprintf(w, "      | %s\n", l)
+				}
 			}
 			for _, p := range s.failedPkgs {
 				fmt.Fprintf(w, "  package %s\n", p)
@@ -199,6 +209,25 @@ func report(w io.Writer, sums []*summary) bool {
 		}
 	}
 	return len(all.failed)+len(all.failedPkgs) == 0
+}
+
+// failTail is how many of its last output lines a failed test shows in
+// the summary, each cut at failLineMax bytes.
+const (
+	failTail    = 25
+	failLineMax = 600
+)
+
+// appendTail adds line to the last failTail lines in tail.
+func appendTail(tail []string, line string) []string {
+	if len(line) > failLineMax {
+		line = line[:failLineMax] + " …"
+	}
+	tail = append(tail, line)
+	if len(tail) > failTail {
+		tail = append(tail[:0:0], tail[len(tail)-failTail:]...)
+	}
+	return tail
 }
 
 func pkgNote(p []string) string {

@@ -82,6 +82,7 @@ skipped (unit):
   example.org/a TestTool: a_test.go:9: nginx is not installed (make deps)
 FAILED (unit):
   example.org/a TestSub/one
+      |     a_test.go:20: got 1, want 2
   example.org/a TestSub
   package example.org/b (no test failed: build error, panic or time-out)
   package example.org/c (build failed: example.org/c)
