@@ -69,6 +69,9 @@ func (m *Machine) watchKVM(ctx context.Context, p *proc, stall time.Duration) {
 				line := cleanLine(partial[:i])
 				partial = partial[i+1:]
 				if alive().MatchString(line) {
+					m.mu.Lock()
+					m.kvmAlive = true
+					m.mu.Unlock()
 					return
 				}
 			}
@@ -92,9 +95,12 @@ func (m *Machine) watchKVM(ctx context.Context, p *proc, stall time.Duration) {
 }
 
 // restartTCG starts the machine again under TCG after the watchdog
-// stopped it.
-func (m *Machine) restartTCG(ctx context.Context, bin string) error {
-	if err := m.restartAs(ctx, bin, AccelTCG, fmt.Sprintf("%v for %s; restarting under TCG", errKVMStall, KVMStallTimeout)); err != nil {
+// stopped it or QEMU failed under KVM (why; "" is the watchdog's stall).
+func (m *Machine) restartTCG(ctx context.Context, bin, why string) error {
+	if why == "" {
+		why = fmt.Sprintf("%v for %s", errKVMStall, KVMStallTimeout)
+	}
+	if err := m.restartAs(ctx, bin, AccelTCG, why+"; restarting under TCG"); err != nil {
 		return err
 	}
 	logrus.Infof("qemu %s: restarted under TCG", m.Config.Name)

@@ -38,6 +38,8 @@ type Machine struct {
 	err        error
 	killReason error
 	restart    bool // the KVM watchdog stopped QEMU: start it under TCG
+	// kvmAlive: the guest showed a running kernel under KVM (watchKVM).
+	kvmAlive bool
 	// crashRestarted: QEMU died of a crash signal once and was restarted.
 	crashRestarted bool
 	detached       bool   // left running when ecs-image exits (Detach)
@@ -199,6 +201,12 @@ func Start(ctx context.Context, cfg Config) (*Machine, error) {
 			logrus.Debugf("qemu %s: a forwarded port was taken, retrying with new ports", cfg.Name)
 			continue
 		}
+		if run.Accel == AccelKVM && cfg.fallbackAllowed() && attempt < startAttempts {
+			// The probe passed, yet QEMU could not start under KVM.
+			markKVMStalled(fmt.Sprintf("qemu exited under KVM as it started (%v: %s)", p.err, lastOutput(out)))
+			cfg.Accel = AccelTCG
+			continue
+		}
 		return fail(&ExitError{Name: cfg.Name, Err: p.err, Output: out, SerialTail: tailLines(readTail(run.SerialLog), 30)})
 	}
 	logrus.Infof("qemu %s: started (accel %s, %d MiB, %d CPUs%s)", m.Config.Name, m.Config.Accel, m.Config.memory(), m.Config.cpus(), m.describeForwards())
@@ -263,6 +271,16 @@ func (m *Machine) monitor(ctx context.Context, bin string) {
 		}
 		m.mu.Lock()
 		restart := m.restart && m.killReason == nil
+		why := ""
+		if !restart && m.killReason == nil && p.err != nil && m.Config.Accel == AccelKVM && m.Config.fallbackAllowed() && !m.kvmAlive {
+			// QEMU failed under KVM before the guest's kernel showed
+			// life (a KVM error, an abort): the host's KVM is not usable.
+			restart = true
+			m.mu.Unlock()
+			why = fmt.Sprintf("qemu exited under KVM before the guest's kernel printed anything (%v: %s)", p.err, lastOutput(p.out.String()))
+			markKVMStalled(why)
+			m.mu.Lock()
+		}
 		crash := !restart && m.killReason == nil && !m.crashRestarted && qemuCrashed(p.err)
 		if crash {
 			m.crashRestarted = true
@@ -286,7 +304,7 @@ func (m *Machine) monitor(ctx context.Context, bin string) {
 		if !restart {
 			break
 		}
-		if err := m.restartTCG(ctx, bin); err != nil {
+		if err := m.restartTCG(ctx, bin, why); err != nil {
 			m.mu.Lock()
 			if m.killReason == nil {
 				m.killReason = fmt.Errorf("qemu %s: restart under TCG: %w", m.Config.Name, err)

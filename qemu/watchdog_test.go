@@ -155,3 +155,40 @@ func TestAccelTCGByRequestIsNotAWarning(t *testing.T) {
 		t.Errorf("log = %s %q", e.Level, e.Message)
 	}
 }
+
+// QEMU failing under KVM before the guest shows life (an error as it
+// starts, or an abort a moment later: KVM errors end QEMU so) is the host's
+// KVM not working: the machine runs under TCG instead, and so do later ones.
+func TestKVMFailureFallsBackToTCG(t *testing.T) {
+	for _, mode := range []string{"start", "abort"} {
+		t.Run(mode, func(t *testing.T) {
+			bin, logs := lyingKVM(t)
+			t.Setenv("LYING_KVM_FAIL", mode)
+			KVMStallTimeout = time.Minute // the failure, not the watchdog, must do it
+			m := startTest(t, Config{Disk: bootDisk(t, "ECS-AFTER-KVM-FAILED\r\n"), DiskFormat: "raw", Binary: bin, Accel: DetectAccel(context.Background())})
+			ctx, cancel := context.WithTimeout(context.Background(), 45*time.Second)
+			defer cancel()
+			if err := m.WaitSerial(ctx, "ECS-AFTER-KVM-FAILED"); err != nil {
+				t.Fatalf("%v\n%s", err, m.SerialTail(10))
+			}
+			if m.Accel() != AccelTCG {
+				t.Errorf("accel = %s, want tcg", m.Accel())
+			}
+			var warned []string
+			for _, e := range logs.AllEntries() {
+				if e.Level == logrus.WarnLevel {
+					warned = append(warned, e.Message)
+				}
+			}
+			if len(warned) != 1 || !strings.Contains(warned[0], "qemu exited under KVM") {
+				t.Errorf("want one warning saying QEMU exited under KVM, got %q", warned)
+			}
+			if mode == "abort" && !strings.Contains(warned[0], "hardware error") {
+				t.Errorf("the warning does not quote QEMU's output: %q", warned[0])
+			}
+			if a := DetectAccel(ctx); a != AccelTCG {
+				t.Errorf("DetectAccel after the failure = %s, want tcg", a)
+			}
+		})
+	}
+}

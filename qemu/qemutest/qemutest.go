@@ -52,7 +52,9 @@ func BootDisk(path, msg string) error {
 // and then hangs every guest: the KVM probe (its firmware is a file named
 // probe.bin) "succeeds" at once, and a guest started with -accel kvm runs
 // under TCG with its CPU stopped (-S), so its serial console stays silent.
-// Guests under TCG run normally.
+// Guests under TCG run normally. With LYING_KVM_FAIL=start a KVM guest's
+// QEMU fails as it starts (exit 1); with LYING_KVM_FAIL=abort it runs for
+// two seconds, silent, then aborts (SIGABRT), as QEMU does on a KVM error.
 const LyingKVMScript = `#!/bin/bash
 # QEMU wrapper: a host whose KVM lies (see qemutest.LyingKVMScript).
 real=${LYING_KVM_QEMU:-qemu-system-x86_64}
@@ -65,7 +67,21 @@ for a in "$@"; do
 	prev=$a
 done
 if [ $kvm = 1 ] && [ $probe = 1 ]; then exit 85; fi
-if [ $kvm = 1 ]; then args+=(-S); fi
+if [ $kvm = 1 ]; then
+	case "${LYING_KVM_FAIL:-}" in
+	start)
+		echo "qemu-system-x86_64: error: failed to set MSR 0x10a" >&2
+		exit 1 ;;
+	abort)
+		"$real" "${args[@]}" -S &
+		sleep 2
+		kill -9 $! 2>/dev/null
+		wait
+		echo "KVM: entry failed, hardware error 0x80000021" >&2
+		kill -ABRT $$ ;;
+	esac
+	args+=(-S)
+fi
 exec "$real" "${args[@]}"
 `
 
