@@ -1,9 +1,9 @@
 // Package cidata writes and reads cloud-init seed images: NoCloud ISOs
 // (volume id "cidata"), NoCloud FAT images and OpenStack config drives
-// ("config-2"). Images are built in memory with go-diskfs and are
-// reproducible: the same inputs give byte-identical output, with every
-// timestamp set from SOURCE_DATE_EPOCH (or a fixed epoch) and no random
-// serial numbers.
+// ("config-2"). Images are built in memory (ISO9660 by this package's
+// own writer, FAT12 with go-diskfs) and are reproducible: the same inputs
+// give byte-identical output, with every timestamp set from
+// SOURCE_DATE_EPOCH (or a fixed epoch) and no random serial numbers.
 package cidata
 
 import (
@@ -258,9 +258,7 @@ func Prepare(o Options) (*Seed, error) {
 	return s, nil
 }
 
-// Build returns the seed image for o, built entirely in memory (go-diskfs
-// needs a scratch directory for ISO9660; it lives in /dev/shm when that is
-// available and is removed before Build returns).
+// Build returns the seed image for o, built entirely in memory.
 func Build(o Options) ([]byte, error) {
 	s, err := Prepare(o)
 	if err != nil {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 	"unicode/utf16"
@@ -181,13 +182,17 @@ func addISOFile(root *isoNode, f SeedFile) error {
 // assignISONames gives every node its level-1 and Joliet identifiers and
 // sorts the children of every directory as ISO 9660 (and Joliet) wants.
 func assignISONames(d *isoNode) error {
-	seen := map[string]string{}
-	for _, c := range d.children {
+	seen := map[string]bool{}
+	for _, c := range sortedByName(d.children) {
 		c.iso = level1Name(c.name, c.dir)
-		if other, dup := seen[c.iso]; dup {
-			return fmt.Errorf("%s and %s have the same ISO 9660 name %s", other, c.name, c.iso)
+		for i := 0; seen[c.iso]; i++ {
+			// genisoimage's way: the end of the name becomes a number
+			if i >= 1000 {
+				return fmt.Errorf("too many names like %s", c.name)
+			}
+			c.iso = numberedName(level1Name(c.name, c.dir), i)
 		}
-		seen[c.iso] = c.name
+		seen[c.iso] = true
 		for _, u := range utf16.Encode([]rune(c.name)) { // no ";1", as genisoimage
 			c.joliet = binary.BigEndian.AppendUint16(c.joliet, u)
 		}
@@ -229,6 +234,28 @@ func level1Name(name string, dir bool) string {
 		base, ext = name[:i], name[i+1:]
 	}
 	return clean(strings.ReplaceAll(base, ".", "_"), 8) + "." + clean(ext, 3) + ";1"
+}
+
+// sortedByName returns the nodes sorted by their names as written, so
+// that numbered level-1 names do not depend on the seed's file order.
+func sortedByName(n []*isoNode) []*isoNode {
+	n = slices.Clone(n)
+	slices.SortFunc(n, func(a, b *isoNode) int { return strings.Compare(a.name, b.name) })
+	return n
+}
+
+// numberedName replaces the end of a level-1 name's base by i.
+func numberedName(id string, i int) string {
+	base, rest := id, ""
+	if j := strings.IndexAny(id, ".;"); j >= 0 {
+		base, rest = id[:j], id[j:]
+	}
+	num := strconv.Itoa(i)
+	if len(num) < 2 {
+		num = "0" + num
+	}
+	base = base[:max(0, min(len(base), 8-len(num)))]
+	return base + num + rest
 }
 
 // pathTableOrder lists the directories in path table order: by level,

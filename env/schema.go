@@ -246,7 +246,7 @@ func typeMismatch(want kind, n *yaml.Node, got kind) string {
 	switch {
 	case want == kStr && (got == kBool || got == kInt || got == kFloat || got == kDate || got == kTimestamp):
 		return fmt.Sprintf("%s (YAML 1.1 reads %s as %s); quote it", msg, v, article(got))
-	case want == kBool && got == kStr && reBool().MatchString(v):
+	case want == kBool && got == kStr && isYAMLBool(v):
 		return fmt.Sprintf("%s (%q is quoted); remove the quotes", msg, v)
 	case want == kSeq && got == kStr:
 		return msg + fmt.Sprintf("; write a list, e.g. [%s] or one \"- item\" per line", v)
@@ -288,8 +288,6 @@ func editDistance(a, b string) int {
 	return prev[len(b)]
 }
 
-var reLabel = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$`) })
-
 // ValidHostname reports whether s is a host name as appliance.domain
 // requires: dot-separated labels of letters, digits and '-', at most 253
 // characters, and a last label that is not all digits (an IP address).
@@ -299,7 +297,7 @@ func ValidHostname(s string) bool {
 	}
 	labels := strings.Split(s, ".")
 	for _, l := range labels {
-		if !reLabel().MatchString(l) {
+		if !isDNSLabel(l) {
 			return false
 		}
 	}
@@ -315,13 +313,9 @@ func checkDomain(c *checker, n *yaml.Node, path, s string) {
 	}
 }
 
-var reAllowedHost = sync.OnceValue(func() *regexp.Regexp {
-	return regexp.MustCompile(`^(?:\*|\.?[A-Za-z0-9_.-]+(?::[0-9]+)?|\[[0-9A-Fa-f:.]+\](?::[0-9]+)?)$`)
-})
-
 func checkAllowedHosts(c *checker, n *yaml.Node, path, s string) {
 	for _, h := range strings.Fields(s) {
-		if !reAllowedHost().MatchString(h) {
+		if !isAllowedHost(h) {
 			c.errAt(n, path, "%q is not a host name (allowed_hosts is a space-separated list of host names)", h)
 		}
 	}

@@ -68,26 +68,8 @@ type scalar struct {
 	text string
 }
 
-// PyYAML's implicit resolvers (yaml/resolver.py), in its order.
+// PyYAML's timestamp resolver (yaml/resolver.py); the others are in match.go.
 var (
-	reBool = sync.OnceValue(func() *regexp.Regexp {
-		return regexp.MustCompile(`^(?:yes|Yes|YES|no|No|NO|true|True|TRUE|false|False|FALSE|on|On|ON|off|Off|OFF)$`)
-	})
-	reFloat = sync.OnceValue(func() *regexp.Regexp {
-		return regexp.MustCompile(`^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+][0-9]+)?` +
-			`|\.[0-9][0-9_]*(?:[eE][-+][0-9]+)?` +
-			`|[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+\.[0-9_]*` +
-			`|[-+]?\.(?:inf|Inf|INF)` +
-			`|\.(?:nan|NaN|NAN))$`)
-	})
-	reInt = sync.OnceValue(func() *regexp.Regexp {
-		return regexp.MustCompile(`^(?:[-+]?0b[0-1_]+` +
-			`|[-+]?0[0-7_]+` +
-			`|[-+]?(?:0|[1-9][0-9_]*)` +
-			`|[-+]?0x[0-9a-fA-F_]+` +
-			`|[-+]?[1-9][0-9_]*(?::[0-5]?[0-9])+)$`)
-	})
-	reNull      = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^(?:~|null|Null|NULL|)$`) })
 	reTimestamp = sync.OnceValue(func() *regexp.Regexp {
 		return regexp.MustCompile(`^(?:[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]` +
 			`|[0-9][0-9][0-9][0-9]-[0-9][0-9]?-[0-9][0-9]?` +
@@ -116,10 +98,10 @@ func implicitTag(v string) string {
 	}
 	switch c := v[0]; {
 	case c == 'y' || c == 'Y' || c == 'n' || c == 'N' || c == 't' || c == 'T' || c == 'f' || c == 'F' || c == 'o' || c == 'O':
-		if reBool().MatchString(v) {
+		if isYAMLBool(v) {
 			return "!!bool"
 		}
-		if (c == 'n' || c == 'N') && reNull().MatchString(v) {
+		if (c == 'n' || c == 'N') && isYAMLNull(v) {
 			return "!!null"
 		}
 	case c == '~':
@@ -135,10 +117,10 @@ func implicitTag(v string) string {
 			return "!!value"
 		}
 	case c == '-' || c == '+' || c == '.' || (c >= '0' && c <= '9'):
-		if reFloat().MatchString(v) {
+		if isYAMLFloat(v) {
 			return "!!float"
 		}
-		if c != '.' && reInt().MatchString(v) {
+		if c != '.' && isYAMLInt(v) {
 			return "!!int"
 		}
 		if c >= '0' && c <= '9' && reTimestamp().MatchString(v) {
@@ -186,7 +168,7 @@ func resolve(n *yaml.Node, isKey bool) (scalar, error) {
 		}
 		return scalar{}, fmt.Errorf("%q is not a boolean", v)
 	case "!!int":
-		if !reInt().MatchString(v) {
+		if !isYAMLInt(v) {
 			return scalar{}, fmt.Errorf("%q is not an integer", v)
 		}
 		s, ok := pyInt(v)
@@ -195,7 +177,7 @@ func resolve(n *yaml.Node, isKey bool) (scalar, error) {
 		}
 		return scalar{kInt, s}, nil
 	case "!!float":
-		if !reFloat().MatchString(v) && !reInt().MatchString(v) {
+		if !isYAMLFloat(v) && !isYAMLInt(v) {
 			return scalar{}, fmt.Errorf("%q is not a float", v)
 		}
 		f, ok := pyFloat(v)
