@@ -26,8 +26,8 @@ type stepDirectBoot struct {
 // first stage, else the one recorded for the parent disk.
 func (b *buildState) directBootStep(sr *stageRun) *stepDirectBoot {
 	s := &stepDirectBoot{Stage: sr, Log: b.log}
-	if b.parentDisk == b.base.Path {
-		s.Base, s.BaseFormat = b.base.Path, b.base.Format
+	if b.parentDisk == b.baseDisk() {
+		s.Base, s.BaseFormat = b.parentDisk, b.base.Format
 	} else {
 		s.BootDir = b.parentBootDir()
 	}

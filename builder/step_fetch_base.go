@@ -18,20 +18,26 @@ import (
 type stepFetchBase struct {
 	Template *template.Template
 	Accel    string // overrides the template's accelerator ("" keeps it)
+	// CacheDir holds the uncompressed copies of compressed bases ("":
+	// none are made).
+	CacheDir string
 	Log      logrus.FieldLogger
 	Out      *fetchedBase
 }
 
 // fetchedBase is stepFetchBase's result: the base and the accelerator.
 type fetchedBase struct {
-	base  *images.Base
+	base *images.Base
+	// disk is what the first stage is an overlay of: base.Path, or its
+	// uncompressed copy (plainBase). Its format is base.Format.
+	disk  string
 	accel qemu.Accel
 	// accelForced: the template or --accel asked for KVM (no TCG fallback).
 	accelForced bool
 }
 
 func (b *buildState) fetchBaseStep() *stepFetchBase {
-	return &stepFetchBase{Template: b.tmpl, Accel: b.opts.Accel, Log: b.log, Out: &b.fetchedBase}
+	return &stepFetchBase{Template: b.tmpl, Accel: b.opts.Accel, CacheDir: images.CacheDir(), Log: b.log, Out: &b.fetchedBase}
 }
 
 func (s *stepFetchBase) Run(ctx context.Context, state multistep.StateBag) multistep.StepAction {
@@ -41,6 +47,10 @@ func (s *stepFetchBase) Run(ctx context.Context, state multistep.StateBag) multi
 	}
 	s.Out.base = base
 	s.Log.Infof("base %s (%s, %s, %s)", base.Path, base.Format, base.Digest, base.Firmware)
+	s.Out.disk = plainBase(ctx, base, s.CacheDir, s.Log)
+	if s.Out.disk != base.Path {
+		s.Log.Infof("base read from its uncompressed copy %s", s.Out.disk)
+	}
 	accel := s.Template.Accel
 	if s.Accel != "" {
 		accel = s.Accel

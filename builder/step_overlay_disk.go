@@ -30,7 +30,7 @@ type stepOverlayDisk struct {
 // the first stage's disk (on the base) is grown to disk_size.
 func (b *buildState) overlayStep(sr *stageRun) *stepOverlayDisk {
 	s := &stepOverlayDisk{Stage: sr, WorkDir: b.work, Parent: b.parentDisk, ParentFormat: b.parentFormat(), KeepOnError: b.opts.KeepOnError}
-	if b.parentDisk == b.base.Path {
+	if b.parentDisk == b.baseDisk() {
 		s.Size = b.tmpl.DiskSizeBytes()
 	}
 	return s
@@ -66,7 +66,7 @@ func (s *stepOverlayDisk) Cleanup(state multistep.StateBag) {
 // parentFormat is the format of parentDisk: the base's for the base, qcow2
 // for a stage disk.
 func (b *buildState) parentFormat() string {
-	if b.parentDisk == b.base.Path && b.base.Format != "" {
+	if b.parentDisk == b.baseDisk() && b.base.Format != "" {
 		return b.base.Format
 	}
 	return "qcow2"

@@ -42,7 +42,7 @@ func (b *buildState) stagesStep() *stepStages {
 
 func (s *stepStages) Run(ctx context.Context, state multistep.StateBag) multistep.StepAction {
 	b := s.Build
-	b.parentDisk = b.base.Path
+	b.parentDisk = b.baseDisk()
 	if len(s.Stages) > 0 {
 		b.parentKey = s.Stages[0].parent
 	}
