@@ -3,7 +3,10 @@ package formats
 import (
 	"context"
 	"fmt"
+	"io"
 	"os"
+
+	"github.com/sirupsen/logrus"
 
 	"github.com/ecs-image/ecs-image/vmdkstream"
 )
@@ -55,26 +58,44 @@ func vmdkWriter() (string, error) {
 }
 
 // deflateVMDK writes the stream VMDK of the input, at its size rounded up
-// to align, to out with package vmdkstream. Its source is the run's sparse
-// raw disk (qemu-img reads the image, so no image format is parsed here;
-// raw and gce share it), of which only the data regions are read.
+// to align, to out with package vmdkstream. It reads the input's data
+// extents straight from the files of its chain (chainReader) when every
+// one is stored uncompressed — a build's overlays on an uncompressed base —
+// and otherwise from the run's sparse raw disk (qemu-img reads the image,
+// so no image format is parsed here; raw and gce share it), of which only
+// the data regions are read.
 func (j *job) deflateVMDK(ctx context.Context, align int64, out string) error {
 	level, err := vmdkLevel()
 	if err != nil {
 		return err
 	}
-	raw, size, err := j.rawDisk(ctx, align)
-	if err != nil {
-		return err
+	size := roundUp(j.in.VirtualSize, align)
+	var src io.ReaderAt
+	var rs []region
+	chain, err := openChain(ctx, j.in.Path, j.in.Format)
+	if err != nil && ctx.Err() != nil {
+		return ctx.Err()
 	}
-	src, err := os.Open(raw)
-	if err != nil {
-		return err
-	}
-	defer src.Close()
-	rs, err := dataRegions(src, size)
-	if err != nil {
-		return fmt.Errorf("%s: %w", raw, err)
+	if chain != nil {
+		defer chain.Close()
+		src, rs = chain, chain.regions()
+	} else {
+		if err != nil {
+			logrus.Debugf("vmdk: reading %s through a raw copy (%v)", j.in.Path, err)
+		}
+		raw, rawSize, err := j.rawDisk(ctx, align)
+		if err != nil {
+			return err
+		}
+		f, err := os.Open(raw)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if rs, err = dataRegions(f, rawSize); err != nil {
+			return fmt.Errorf("%s: %w", raw, err)
+		}
+		src, size = f, rawSize
 	}
 	regions := make([]vmdkstream.Region, len(rs))
 	for i, r := range rs {
