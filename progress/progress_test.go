@@ -135,15 +135,19 @@ func ptyDisplay(t *testing.T, cols int) (d *display, read func() []string) {
 		}
 	}()
 	read = func() []string {
-		// Wait until the pty has handed over everything written so far.
-		var last int
-		for i := 0; i < 50; i++ {
+		// Wait until the pty has handed over everything written so far:
+		// nothing new for 200 ms (a loaded host delays the reader), at
+		// most 5 s.
+		last, still := -1, 0
+		for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline) && still < 10; {
 			time.Sleep(20 * time.Millisecond)
 			mu.Lock()
 			n := raw.Len()
 			mu.Unlock()
 			if n == last && n > 0 {
-				break
+				still++
+			} else {
+				still = 0
 			}
 			last = n
 		}
