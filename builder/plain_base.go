@@ -5,9 +5,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/sirupsen/logrus"
 
@@ -111,4 +113,44 @@ func (b *buildState) baseDisk() string {
 		return b.disk
 	}
 	return b.base.Path
+}
+
+// PrunePlainBases removes the uncompressed base copies (beside the stage
+// cache's directory) that no cached stage is an overlay of any more and
+// that were made before before, and leftovers of killed builds; it
+// returns the removed copies' paths and the bytes freed. Run it after
+// Prune.
+func (c *StageCache) PrunePlainBases(before time.Time) (removed []string, freed int64, err error) {
+	dir := filepath.Join(filepath.Dir(c.Dir), plainBaseDir)
+	files, err := os.ReadDir(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, 0, nil
+	}
+	if err != nil {
+		return nil, 0, err
+	}
+	cleanOutputTemps(dir)
+	ents, err := c.List()
+	if err != nil {
+		return nil, 0, err
+	}
+	used := map[string]bool{}
+	for _, e := range ents {
+		if e.Backing != "" {
+			used[filepath.Clean(e.Backing)] = true
+		}
+	}
+	for _, f := range files {
+		p := filepath.Join(dir, f.Name())
+		info, err := f.Info()
+		if err != nil || !info.Mode().IsRegular() || !strings.HasSuffix(f.Name(), ".qcow2") || used[p] || !info.ModTime().Before(before) {
+			continue
+		}
+		if err := os.Remove(p); err != nil {
+			return removed, freed, err
+		}
+		removed = append(removed, p)
+		freed += info.Size()
+	}
+	return removed, freed, nil
 }

@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/sirupsen/logrus"
 
@@ -107,5 +108,47 @@ func TestPlainBaseKeepsAnUncompressedBase(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(cache, plainBaseDir)); err == nil {
 		t.Error("a copy was made of a base that needs none")
+	}
+}
+
+// Prune's companion removes the base copies no cached stage is built on
+// (and that are older than the cut-off), and keeps the one in use.
+func TestPrunePlainBases(t *testing.T) {
+	root := t.TempDir()
+	c := &StageCache{Dir: filepath.Join(root, "stages")}
+	plain := filepath.Join(root, plainBaseDir)
+	os.MkdirAll(plain, 0o755)
+	old := time.Now().Add(-48 * time.Hour)
+	for _, n := range []string{"used.qcow2", "unused-old.qcow2", "unused-new.qcow2"} {
+		writeFile(t, plain, n, "copy")
+		if n != "unused-new.qcow2" {
+			os.Chtimes(filepath.Join(plain, n), old, old)
+		}
+	}
+	work, err := c.WorkDir()
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := filepath.Join(work, "stage")
+	os.MkdirAll(d, 0o755)
+	writeFile(t, d, "disk.qcow2", "disk")
+	if err := c.Commit(d, &StageEntry{Key: "aaaa00000000", Parent: "base:x", Name: "s", Backing: filepath.Join(plain, "used.qcow2")}); err != nil {
+		t.Fatal(err)
+	}
+	removed, freed, err := c.PrunePlainBases(time.Now().Add(-24 * time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(removed) != 1 || removed[0] != filepath.Join(plain, "unused-old.qcow2") || freed != 4 {
+		t.Errorf("removed %v (%d bytes), want only unused-old.qcow2", removed, freed)
+	}
+	for _, n := range []string{"used.qcow2", "unused-new.qcow2"} {
+		if _, err := os.Stat(filepath.Join(plain, n)); err != nil {
+			t.Errorf("%s: %v", n, err)
+		}
+	}
+	// Without a plain-bases directory there is nothing to do.
+	if r, _, err := (&StageCache{Dir: filepath.Join(t.TempDir(), "stages")}).PrunePlainBases(time.Now()); err != nil || r != nil {
+		t.Errorf("no directory: %v %v", r, err)
 	}
 }

@@ -326,8 +326,10 @@ var cachePruneCmd = &cobra.Command{
 	Use:   "prune",
 	Short: "Remove stages not used recently (and the stages built on them)",
 	Long: `Remove cached stages not used within --older-than (default 168h), or all
-with --all, together with every stage built on a removed one, and the work
-directories of builds that are no longer running.
+with --all, together with every stage built on a removed one, the
+uncompressed copies of compressed bases that no remaining stage is built on
+(made before --older-than), and the work directories of builds that are no
+longer running.
 
 With --remote (the shared stage cache of --cache-remote s3://bucket/prefix,
 default $ECS_IMAGE_CACHE_REMOTE) it is pruned instead: objects uploaded before
@@ -367,7 +369,14 @@ aborted. A build re-uploads a stage it needs that was pruned.`,
 			freed += e.Size
 			fmt.Fprintf(cmd.OutOrStdout(), "removed %s (%s/%s)\n", e.Key[:12], e.Template, e.Name)
 		}
-		fmt.Fprintf(cmd.ErrOrStderr(), "removed %d stages, freed %.0f MiB\n", len(removed), float64(freed)/(1<<20))
+		if err != nil {
+			return err
+		}
+		plain, plainFreed, err := builder.DefaultStageCache().PrunePlainBases(before)
+		for _, p := range plain {
+			fmt.Fprintf(cmd.OutOrStdout(), "removed %s (uncompressed base copy, no stage uses it)\n", p)
+		}
+		fmt.Fprintf(cmd.ErrOrStderr(), "removed %d stages and %d base copies, freed %.0f MiB\n", len(removed), len(plain), float64(freed+plainFreed)/(1<<20))
 		return err
 	},
 }
