@@ -48,6 +48,11 @@ const (
 	PostgreSQLDir = "/data/postgresql"
 	// DockerDir is dockerd's data-root ("moved /var/lib/docker").
 	DockerDir = "/volatile/docker"
+	// DockerSeed is dockerd's image store made at build time (image/ and
+	// overlay2/ of a data root holding the images of ImagesIndex, unpacked;
+	// templates/files/appliance/docker-seed.sh): the agent copies it into
+	// an empty DockerDir at first boot instead of loading the tarballs.
+	DockerSeed = "/var/lib/ecs-image/docker-seed"
 )
 
 // DataDirs and VolatileDirs are created by the agent at every boot (on the

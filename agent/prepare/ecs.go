@@ -7,6 +7,7 @@ import (
 	"os"
 	"path"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -52,24 +53,87 @@ func (a *Agent) stepImages(ctx context.Context, e *Env) error {
 		return err
 	}
 	force := a.Host.Exists(ForceLoadFlag)
-	var loaded []ImageEntry
+	type imageFile struct {
+		path, stampPath, stamp string
+		size                   int64
+	}
+	files := make([]imageFile, len(list))
 	for i, im := range list {
 		file := path.Join(ImagesDir, im.File)
 		fi, err := os.Stat(a.Host.Path(file))
 		if err != nil {
 			return fmt.Errorf("%s entry %d: %w", ImagesIndex, i, err)
 		}
-		stampPath := path.Join(TagsDir, "images", unsafeName().ReplaceAllString(im.File, "_")+".loaded")
-		stamp := imageStamp(fi, im.ID)
-		if !force {
-			if old, err := a.Host.ReadFile(stampPath); err == nil && string(old) == stamp {
-				if _, err := a.Host.Run(ctx, "docker", "image", "inspect", "--format", "{{.Id}}", im.Tags[0]); err == nil {
-					a.logf("prepare-ecs/images: %s already loaded as %s", im.File, im.Tags[0])
-					continue
-				}
+		files[i] = imageFile{file, path.Join(TagsDir, "images", unsafeName().ReplaceAllString(im.File, "_")+".loaded"), imageStamp(fi, im.ID), fi.Size()}
+	}
+	// Each docker command costs about a second under emulation: the
+	// checks below ask dockerd once for all images, and image by image
+	// only when that fails.
+	done := make([]bool, len(list))
+	var loaded []ImageEntry
+	if !force {
+		// Loaded at an earlier boot: the stamp matches and the first tag
+		// names an image.
+		var stamped []int
+		var tags []string
+		for i, f := range files {
+			if old, err := a.Host.ReadFile(f.stampPath); err == nil && string(old) == f.stamp {
+				stamped, tags = append(stamped, i), append(tags, list[i].Tags[0])
 			}
 		}
-		a.logf("prepare-ecs/images: docker load -i %s (%d MiB)", file, fi.Size()>>20)
+		if len(stamped) > 0 {
+			_, err := a.Host.Run(ctx, "docker", append([]string{"image", "inspect", "--format", "{{.Id}}"}, tags...)...)
+			for _, i := range stamped {
+				if err != nil && len(stamped) > 1 {
+					_, err1 := a.Host.Run(ctx, "docker", "image", "inspect", "--format", "{{.Id}}", list[i].Tags[0])
+					if err1 != nil {
+						continue
+					}
+				} else if err != nil {
+					continue
+				}
+				a.logf("prepare-ecs/images: %s already loaded as %s", list[i].File, list[i].Tags[0])
+				done[i] = true
+			}
+		}
+		// The build's image, by its config digest: from the build's
+		// image store (seedDocker), or loaded at an earlier boot whose
+		// stamp is gone. Tagged and recorded like a load, and checked
+		// with the loaded ones.
+		var have map[string]bool
+		var present []ImageEntry
+		var presentIdx []int
+		for i, im := range list {
+			if done[i] || im.ID == "" {
+				continue
+			}
+			if have == nil {
+				have = a.imageIDs(ctx)
+			}
+			if have[im.ID] {
+				present, presentIdx = append(present, im), append(presentIdx, i)
+			}
+		}
+		if len(present) > 0 {
+			if err := a.tagImages(ctx, present); err != nil {
+				return err
+			}
+			for _, i := range presentIdx {
+				a.logf("prepare-ecs/images: %s present as %s", list[i].File, list[i].ID)
+				if _, err := a.Host.WriteFile(files[i].stampPath, []byte(files[i].stamp), 0o644); err != nil {
+					return err
+				}
+				done[i] = true
+			}
+			loaded = append(loaded, present...)
+		}
+	}
+	for i, im := range list {
+		if done[i] {
+			continue
+		}
+		file, stampPath, stamp := files[i].path, files[i].stampPath, files[i].stamp
+		a.logf("prepare-ecs/images: docker load -i %s (%d MiB)", file, files[i].size>>20)
 		out, err := a.Host.Run(ctx, "docker", "load", "-i", a.Host.Path(file))
 		if err != nil {
 			return fmt.Errorf("loading %s: %w", file, err)
@@ -101,6 +165,58 @@ func (a *Agent) stepImages(ctx context.Context, e *Env) error {
 	}
 	if force {
 		return a.Host.Remove(ForceLoadFlag)
+	}
+	return nil
+}
+
+// imageIDs returns the IDs of the images dockerd has (empty when it
+// cannot tell: everything is loaded then).
+func (a *Agent) imageIDs(ctx context.Context) map[string]bool {
+	ids := map[string]bool{}
+	out, err := a.Host.Run(ctx, "docker", "images", "--all", "--no-trunc", "--quiet")
+	if err != nil {
+		return ids
+	}
+	for _, id := range strings.Fields(string(out)) {
+		ids[id] = true
+	}
+	return ids
+}
+
+// tagImages gives each image im.ID of list every tag of im that does not
+// name it yet: one docker call when they all do (the build's store has the
+// tarballs' own tags), else image by image.
+func (a *Agent) tagImages(ctx context.Context, list []ImageEntry) error {
+	var tags, ids []string
+	for _, im := range list {
+		for _, t := range im.Tags {
+			tags, ids = append(tags, t), append(ids, im.ID)
+		}
+	}
+	out, err := a.Host.Run(ctx, "docker", append([]string{"image", "inspect", "--format", "{{.Id}}"}, tags...)...)
+	if err == nil && slices.Equal(strings.Fields(string(out)), ids) {
+		return nil
+	}
+	for _, im := range list {
+		if err := a.tagImage(ctx, im); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// tagImage gives the image im.ID every tag of im that does not name it
+// yet.
+func (a *Agent) tagImage(ctx context.Context, im ImageEntry) error {
+	out, err := a.Host.Run(ctx, "docker", append([]string{"image", "inspect", "--format", "{{.Id}}"}, im.Tags...)...)
+	got := strings.Fields(string(out))
+	for i, t := range im.Tags {
+		if err == nil && len(got) == len(im.Tags) && got[i] == im.ID {
+			continue
+		}
+		if _, err := a.Host.Run(ctx, "docker", "tag", im.ID, t); err != nil {
+			return fmt.Errorf("tagging %s as %s: %w", im.ID, t, err)
+		}
 	}
 	return nil
 }
@@ -139,9 +255,10 @@ func (a *Agent) verifyImageIDs(ctx context.Context, list []ImageEntry) error {
 }
 
 // stepPreloadImages is prepare-appliance's head start on prepare-ecs's
-// images step: it starts Docker and loads the baked images while the host
-// services start, so that prepare-ecs finds them loaded. It is best effort:
-// a problem is logged and left to prepare-ecs, which reports it.
+// images step: it starts Docker and loads the baked images dockerd does
+// not have yet (the storage step copied the build's image store) while the
+// host services start, so that prepare-ecs finds them loaded. It is best
+// effort: a problem is logged and left to prepare-ecs, which reports it.
 func (a *Agent) stepPreloadImages(ctx context.Context, e *Env) error {
 	list, err := a.ReadImageIndex()
 	if err != nil || len(list) == 0 {

@@ -88,10 +88,12 @@ func (a *Agent) stepStorage(ctx context.Context, e *Env) error {
 	// mounted, so that it does not go on using the root file system below
 	// a mount. Its socket is back afterwards; the first docker command (the
 	// image preload, prepare-ecs) starts it again.
+	stopped := false
 	if slices.ContainsFunc(vols, func(v storageVolume) bool { _, ok := mounts[v.Mount]; return !ok }) && a.dockerActive(ctx) {
 		if err := a.systemctl(ctx, "stop", "docker.socket", "docker.service"); err != nil {
 			return fmt.Errorf("stopping dockerd before mounting: %w", err)
 		}
+		stopped = true
 		defer func() {
 			if err := a.systemctl(ctx, "start", "docker.socket"); err != nil {
 				a.logf("%s: starting docker.socket: %v", step, err)
@@ -124,7 +126,11 @@ func (a *Agent) stepStorage(ctx context.Context, e *Env) error {
 		}
 		a.logf("%s: mounted %s (label %s) on %s", step, v.Device, v.Label, v.Mount)
 	}
-	return nil
+	// docker's data root, on the volume just mounted or not, gets the
+	// build's image store while dockerd is stopped (copied beside the
+	// services' start-ups instead, it took twice as long and dockerd
+	// started later: docs/e2e.md).
+	return a.seedDocker(ctx, stopped)
 }
 
 // dockerActive tells whether docker.socket or docker.service is active
