@@ -64,7 +64,11 @@ type Options struct {
 	Firmware, Machine, SeedBus string
 	// SerialLog also keeps the serial console log in this file.
 	SerialLog string
-	Log       logrus.FieldLogger // default: logrus's standard logger
+	// Disks are further disks (raw, or self-contained qcow2) attached
+	// read-write after the artifact's overlay, in order (vdb, vdc, …):
+	// data volumes such as ecs-data and ecs-volatile. They are written to.
+	Disks []string
+	Log   logrus.FieldLogger // default: logrus's standard logger
 }
 
 // Report is what a boot test found.
@@ -204,6 +208,22 @@ func Start(ctx context.Context, o Options) (*VM, error) {
 	if err != nil {
 		return nil, err
 	}
+	var dataDisks []qemu.DataDisk
+	seen := map[string]bool{}
+	if abs, err := filepath.Abs(o.Artifact); err == nil {
+		seen[abs] = true
+	}
+	for _, d := range o.Disks {
+		dd, err := dataDisk(ctx, d)
+		if err != nil {
+			return nil, &InputError{fmt.Errorf("disk %s: %w", d, err)}
+		}
+		if seen[dd.File] {
+			return nil, &InputError{fmt.Errorf("disk %s: attached twice (or it is the artifact)", d)}
+		}
+		seen[dd.File] = true
+		dataDisks = append(dataDisks, dd)
+	}
 	overlay := filepath.Join(v.Work, "overlay.qcow2")
 	if err := qemu.Overlay(ctx, disk, diskFormat, overlay, 0); err != nil {
 		return nil, err
@@ -217,6 +237,7 @@ func Start(ctx context.Context, o Options) (*VM, error) {
 		Name: "ecs-test-" + strings.TrimSuffix(filepath.Base(o.Artifact), filepath.Ext(o.Artifact)),
 		Disk: overlay, DiskFormat: "qcow2", CDROMs: []string{seedPath}, Machine: o.Machine, SeedBus: o.SeedBus,
 		Memory: o.Memory, CPUs: o.CPUs, Firmware: o.Firmware, SerialLog: serialLog,
+		DataDisks: dataDisks,
 	}
 	for _, p := range Forwards {
 		cfg.Forwards = append(cfg.Forwards, qemu.Forward{Guest: p})

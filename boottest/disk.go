@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/ecs-image/ecs-image/qemu"
 	"github.com/ecs-image/ecs-image/qemuimg"
 )
 
@@ -85,4 +86,36 @@ func extractOVA(ova, dir string) (string, error) {
 		}
 		return out, w.Close()
 	}
+}
+
+// dataDisk checks a further disk for the guest (Options.Disks): a qcow2
+// must be self-contained (qemuimg.Inspect: no backing or data file); any
+// other regular, non-empty file is attached as raw, which makes QEMU open
+// nothing else (a raw ext4 volume has no partition table to probe).
+func dataDisk(ctx context.Context, path string) (qemu.DataDisk, error) {
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return qemu.DataDisk{}, err
+	}
+	fi, err := os.Stat(abs)
+	if err != nil {
+		return qemu.DataDisk{}, err
+	}
+	if !fi.Mode().IsRegular() || fi.Size() == 0 {
+		return qemu.DataDisk{}, fmt.Errorf("%s: not a regular, non-empty file", path)
+	}
+	f, err := os.Open(abs)
+	if err != nil {
+		return qemu.DataDisk{}, err
+	}
+	magic := make([]byte, 4)
+	_, err = io.ReadFull(f, magic)
+	f.Close()
+	if err == nil && string(magic) == "QFI\xfb" {
+		if _, err := qemuimg.Inspect(ctx, abs, qemuimg.Policy{Formats: []string{"qcow2"}, Format: "qcow2"}); err != nil {
+			return qemu.DataDisk{}, err
+		}
+		return qemu.DataDisk{File: abs, Format: "qcow2"}, nil
+	}
+	return qemu.DataDisk{File: abs, Format: "raw"}, nil
 }

@@ -125,6 +125,11 @@ type Config struct {
 	// build that stops on error with --on-error=abort.
 	Detachable bool
 
+	// DataDisks are attached read-write after the boot disk as virtio
+	// block devices, in order (vdb, vdc, … in a Linux guest): data
+	// volumes the guest writes to, e.g. ecs-data and ecs-volatile.
+	DataDisks []DataDisk
+
 	// ExtraArgs are appended to QEMU's command line verbatim.
 	ExtraArgs []string
 
@@ -256,7 +261,16 @@ func (c *Config) Validate() error {
 		}
 		seen[f.Guest] = true
 	}
-	for _, p := range append([]string{c.Disk, c.SerialLog, c.QMPSocket, c.UEFICode, c.UEFIVars, c.Kernel, c.Initrd}, c.CDROMs...) {
+	for _, d := range c.DataDisks {
+		if d.File == "" || d.Format == "" {
+			errs = append(errs, fmt.Errorf("data disk %q: file and format are required", d.File))
+		}
+	}
+	paths := append([]string{c.Disk, c.SerialLog, c.QMPSocket, c.UEFICode, c.UEFIVars, c.Kernel, c.Initrd}, c.CDROMs...)
+	for _, d := range c.DataDisks {
+		paths = append(paths, d.File)
+	}
+	for _, p := range paths {
 		if strings.ContainsAny(p, "\n\x00") {
 			errs = append(errs, fmt.Errorf("path %q: newlines are not supported", p))
 		}
@@ -306,6 +320,9 @@ func (c *Config) Args() ([]string, error) {
 		cache = "writeback"
 	}
 	a = append(a, "-drive", fmt.Sprintf("file=%s,format=%s,if=virtio,cache=%s,discard=unmap,detect-zeroes=unmap", esc(c.Disk), c.diskFormat(), cache))
+	for _, d := range c.DataDisks {
+		a = append(a, "-drive", fmt.Sprintf("file=%s,format=%s,if=virtio,cache=writeback,discard=unmap", esc(d.File), d.Format))
+	}
 	a = append(a, c.seedArgs()...)
 	if c.Snapshot {
 		a = append(a, "-snapshot")
@@ -389,4 +406,8 @@ func (c *Config) seedArgs() []string {
 }
 
 // esc escapes a value for QEMU's comma-separated option syntax.
+// DataDisk is a further disk of the guest: a file and its format (raw,
+// qcow2).
+type DataDisk struct{ File, Format string }
+
 func esc(s string) string { return strings.ReplaceAll(s, ",", ",,") }

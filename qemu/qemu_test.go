@@ -127,6 +127,25 @@ func TestArgsOptions(t *testing.T) {
 	}
 }
 
+// TestArgsDataDisks: data disks follow the boot disk read-write, in order,
+// with commas in their paths escaped; one without a format is refused.
+func TestArgsDataDisks(t *testing.T) {
+	c := Config{Disk: "/d.qcow2", Accel: AccelTCG, DataDisks: []DataDisk{{"/v/ecs-data.raw", "raw"}, {"/v/a,b.qcow2", "qcow2"}}}
+	drives := argValues(mustArgs(t, c), "-drive")
+	want := []string{
+		"file=/d.qcow2,format=qcow2,if=virtio,cache=writeback,discard=unmap,detect-zeroes=unmap",
+		"file=/v/ecs-data.raw,format=raw,if=virtio,cache=writeback,discard=unmap",
+		"file=/v/a,,b.qcow2,format=qcow2,if=virtio,cache=writeback,discard=unmap",
+	}
+	if !slices.Equal(drives[:3], want) {
+		t.Errorf("drives = %q, want %q first", drives, want)
+	}
+	c.DataDisks = []DataDisk{{File: "/v/x.raw"}}
+	if _, err := c.Args(); err == nil || !strings.Contains(err.Error(), "format") {
+		t.Errorf("data disk without a format: %v", err)
+	}
+}
+
 func TestArgsErrors(t *testing.T) {
 	for name, tc := range map[string]struct {
 		c    Config

@@ -28,6 +28,7 @@ var vmtestFlags struct {
 	noHTTPS     bool
 	expect      string
 	serialLog   string
+	disks       []string
 	json        bool
 	machine     string
 	seedBus     string
@@ -61,6 +62,12 @@ command then waits for:
 It prints a report (accelerator, time to SSH banner, to the ready line and to
 HTTPS 200, forwarded ports) and exits 0, or exits 1 with the last serial
 console lines on failure or after --timeout. Bad input exits 2.
+
+--disk FILE (repeatable) attaches a further disk read-write after the
+artifact, in order (vdb, vdc, … in the guest): data volumes such as the
+ecs-data and ecs-volatile file systems (e.g. made with mke2fs -L ecs-data).
+A qcow2 must be self-contained; any other file is attached as raw. The
+disks are written to, not overlaid.
 
 --expect failed|standby turns the check around: the run passes when the
 agent reports that state (e.g. for an env.yml that is meant to be broken).
@@ -102,6 +109,7 @@ func init() {
 	f.BoolVar(&vmtestFlags.noHTTPS, "no-https", false, "do not require HTTPS 200 on the forwarded 443 port")
 	f.StringVar(&vmtestFlags.expect, "expect", "ready", "state that passes: ready, failed or standby")
 	f.StringVar(&vmtestFlags.serialLog, "serial-log", "", "also keep the serial console log in this file")
+	f.StringArrayVar(&vmtestFlags.disks, "disk", nil, "attach a further disk read-write (raw or self-contained qcow2; repeatable: vdb, vdc, …)")
 	f.BoolVar(&vmtestFlags.json, "json", false, "print the report as JSON")
 	f.StringVar(&vmtestFlags.machine, "machine", qemu.MachineQ35, "QEMU machine: q35 (ICH9, SATA CD-ROMs: libvirt's default) or pc (i440fx, IDE CD-ROMs)")
 	f.StringVar(&vmtestFlags.seedBus, "seed-bus", "", "where the seed is attached: "+strings.Join(qemu.SeedBuses, ", ")+
@@ -138,7 +146,7 @@ func runVMTest(cmd *cobra.Command, args []string) error {
 	}
 	o := boottest.Options{Artifact: artifact, ReadyMarker: f.readyMarker, Expect: f.expect, HTTPS: !f.noHTTPS,
 		Timeout: f.timeout, Memory: f.memory, CPUs: f.cpus, Firmware: f.firmware, Machine: f.machine, SeedBus: f.seedBus,
-		SerialLog: f.serialLog}
+		SerialLog: f.serialLog, Disks: f.disks}
 	if f.env != "" {
 		data, err := readInput("env", f.env)
 		if err != nil {

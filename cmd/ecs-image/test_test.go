@@ -29,7 +29,11 @@ func vmtestNeedVM(t *testing.T) {
 func runVMTestCLI(t *testing.T, args ...string) (int, *boottest.Report, string) {
 	t.Helper()
 	vmtestCmd.Flags().VisitAll(func(f *pflag.Flag) {
-		f.Value.Set(f.DefValue)
+		if sv, ok := f.Value.(pflag.SliceValue); ok {
+			sv.Replace(nil) // --disk: Set would append its default "[]"
+		} else {
+			f.Value.Set(f.DefValue)
+		}
 		f.Changed = false
 	})
 	var out bytes.Buffer
@@ -71,7 +75,16 @@ func TestVMTestReadyFailedTimeout(t *testing.T) {
 	ready := vmtestBootDisk(t, "[  OK  ] Reached target multi-user\r\nECS-APPLIANCE-READY\r\n")
 	before := vmtestSum(t, ready)
 	serial := filepath.Join(dir, "serial.log")
-	code, rep, out := runVMTestCLI(t, ready, "--env", envFile, "--no-https", "--json", "--memory", "256", "--cpus", "1", "--timeout", "60s", "--serial-log", serial)
+	// With two data disks (QEMU must accept them: raw and qcow2).
+	vol := filepath.Join(dir, "ecs-volatile.raw")
+	if err := os.WriteFile(vol, make([]byte, 1<<20), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	volq := filepath.Join(dir, "ecs-data.qcow2")
+	if out, err := exec.Command("qemu-img", "create", "-q", "-f", "qcow2", volq, "16M").CombinedOutput(); err != nil {
+		t.Fatalf("%v %s", err, out)
+	}
+	code, rep, out := runVMTestCLI(t, ready, "--env", envFile, "--no-https", "--json", "--memory", "256", "--cpus", "1", "--timeout", "60s", "--serial-log", serial, "--disk", volq, "--disk", vol)
 	if code != exitOK || rep == nil || !rep.OK || rep.State != "ready" || rep.Format != "raw" || rep.Accel == "" {
 		t.Fatalf("ready: exit %d, report %s", code, out)
 	}
