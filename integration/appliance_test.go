@@ -265,9 +265,13 @@ func TestAppliance(t *testing.T) {
 		// file's policy); containerd started before basic.target, while
 		// cloud-init ran, and so did dockerd; the modules-load.d list loaded.
 		out := run(t, `mono() { systemctl show -p "$2" --value "$1"; }
-# dockerd's first start in this boot (the storage step restarts it when
-# the data disks are attached): systemd's job message for the unit.
+# dockerd's first start in this boot: systemd's job message for the unit
+# (with the data disks attached, its ExecStartPre waits for the storage
+# step: ecs-agent wait-storage).
 echo "dockerd $(journalctl -b -o short-monotonic --no-pager UNIT=docker.service | sed -n '0,/Start/s/^\[ *\([0-9]*\)\.\([0-9]*\)\].*Start.*/\1\2/p')"
+echo "dockerwait $(journalctl -b --no-pager -u docker.service | grep -c 'to be mounted (or for the storage step')"
+echo "storageready $(stat -c %Y /run/ecs-agent/storage-ready)"
+echo "dockerinit $(journalctl -b -o short-unix --no-pager -u docker.service | grep -m1 'Daemon has completed initialization' | cut -d. -f1)"
 echo "containerd $(mono containerd.service InactiveExitTimestampMonotonic)"
 echo "apparmor $(mono apparmor.service ActiveEnterTimestampMonotonic)"
 echo "basic $(mono basic.target ActiveEnterTimestampMonotonic)"
@@ -317,6 +321,19 @@ apparmor_parser -S /etc/apparmor.d/docker-default | cmp -s - /sys/kernel/securit
 		// network-online.target.
 		if usec["dockerd"] == 0 || usec["dockerd"] >= usec["basic"] {
 			t.Errorf("dockerd started at %d µs, basic.target at %d µs: want dockerd first\n%s", usec["dockerd"], usec["basic"], out)
+		}
+		// The data disks were attached at this first boot: dockerd waited
+		// for the storage step instead of starting on the root file
+		// system and being stopped for the mounts. (Where udev had not
+		// yet linked the labels when dockerd's job started, it did not
+		// wait and the storage step stopped it: said, not failed.)
+		switch {
+		case usec["storageready"] == 0:
+			t.Errorf("no /run/ecs-agent/storage-ready: the storage step did not finish\n%s", out)
+		case usec["dockerwait"] == 0:
+			t.Logf("dockerd did not wait for the storage step (the labels were not linked yet when its job started)\n%s", out)
+		case usec["dockerinit"] == 0 || usec["dockerinit"] < usec["storageready"]:
+			t.Errorf("dockerd waited, but completed its initialization at %d, before the storage step at %d\n%s", usec["dockerinit"], usec["storageready"], out)
 		}
 		if !strings.Contains(out, "weight 20 20\n") {
 			t.Errorf("cloud-init's config and final stages do not run with CPUWeight=20\n%s", out)

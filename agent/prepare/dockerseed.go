@@ -71,11 +71,7 @@ func (a *Agent) seedDocker(ctx context.Context, stopped bool) error {
 		if err := a.systemctl(ctx, "stop", "docker.socket", "docker.service"); err != nil {
 			return fmt.Errorf("stopping dockerd to copy the image store: %w", err)
 		}
-		defer func() {
-			if err := a.systemctl(ctx, "start", "docker.socket"); err != nil {
-				a.logf("%s: starting docker.socket: %v", step, err)
-			}
-		}()
+		defer a.startDocker(ctx, step)
 	}
 	start := time.Now()
 	if err := os.RemoveAll(a.Host.Path(dockerSeedTmp)); err != nil {

@@ -5,9 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path"
 	"path/filepath"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/ecs-image/ecs-image/mountinfo"
 )
@@ -28,6 +30,11 @@ const (
 	ByLabel   = "/dev/disk/by-label"
 	MountInfo = "/proc/self/mountinfo"
 )
+
+// StorageReady is written by the storage step, at every boot (/run), once
+// the volumes the env asks for are mounted: dockerd's start waits for it
+// where a labelled volume is attached but not mounted yet (WaitStorage).
+const StorageReady = "/run/ecs-agent/storage-ready"
 
 // fstabOptions keep a missing volume from stopping the boot (the agent
 // reports it instead) and bound the wait for the device.
@@ -88,17 +95,16 @@ func (a *Agent) stepStorage(ctx context.Context, e *Env) error {
 	// mounted, so that it does not go on using the root file system below
 	// a mount. Its socket is back afterwards; the first docker command (the
 	// image preload, prepare-ecs) starts it again.
+	// Where a volume was attached at this boot's start, docker.service's
+	// start waits for StorageReady (WaitStorage) instead of running; the
+	// stop then ends that wait.
 	stopped := false
 	if slices.ContainsFunc(vols, func(v storageVolume) bool { _, ok := mounts[v.Mount]; return !ok }) && a.dockerActive(ctx) {
 		if err := a.systemctl(ctx, "stop", "docker.socket", "docker.service"); err != nil {
 			return fmt.Errorf("stopping dockerd before mounting: %w", err)
 		}
 		stopped = true
-		defer func() {
-			if err := a.systemctl(ctx, "start", "docker.socket"); err != nil {
-				a.logf("%s: starting docker.socket: %v", step, err)
-			}
-		}()
+		defer a.startDocker(ctx, step)
 	}
 	for _, v := range vols {
 		if _, ok := mounts[v.Mount]; ok {
@@ -130,7 +136,83 @@ func (a *Agent) stepStorage(ctx context.Context, e *Env) error {
 	// build's image store while dockerd is stopped (copied beside the
 	// services' start-ups instead, it took twice as long and dockerd
 	// started later: docs/e2e.md).
-	return a.seedDocker(ctx, stopped)
+	if err := a.seedDocker(ctx, stopped); err != nil {
+		return err
+	}
+	if err := a.Host.MkdirAll(path.Dir(StorageReady), 0o755); err != nil {
+		return err
+	}
+	_, err = a.Host.WriteFile(StorageReady, []byte("ok\n"), 0o644)
+	return err
+}
+
+// startDocker brings docker's socket back after the storage step stopped
+// it and starts dockerd without waiting for it, so that it comes up while
+// the next steps run (the images step waits for it).
+func (a *Agent) startDocker(ctx context.Context, step string) {
+	if err := a.systemctl(ctx, "start", "docker.socket"); err != nil {
+		a.logf("%s: starting docker.socket: %v", step, err)
+		return
+	}
+	if err := a.systemctl(ctx, "start", "--no-block", "docker.service"); err != nil {
+		a.logf("%s: starting docker.service: %v", step, err)
+	}
+}
+
+// pendingVolumes lists the mount points of the storage volumes that are
+// attached (a filesystem with their label exists) but not mounted.
+func (a *Agent) pendingVolumes() []string {
+	mounts := parseMountInfo(a.readOptional(MountInfo))
+	var pending []string
+	for _, v := range storageVolumes {
+		if _, err := os.Stat(a.Host.Path(ByLabel + "/" + v.Label)); err != nil {
+			continue
+		}
+		if _, ok := mounts[v.Mount]; !ok {
+			pending = append(pending, v.Mount)
+		}
+	}
+	return pending
+}
+
+// ErrStorageWait is returned by WaitStorage when its time ran out.
+var ErrStorageWait = errors.New("the storage volumes were not settled in time")
+
+// WaitStorage holds dockerd's start (docker.service's ExecStartPre) while
+// a storage volume is attached but not mounted and the storage step has
+// not run in this boot: dockerd restarts the stack's containers when it
+// starts, and their bind mounts under /data, like its own data root under
+// /volatile, must not be taken from the root file system below a volume
+// mounted a moment later. At a first boot the env decides whether an
+// attached volume is used, so the wait lasts until the storage step
+// (StorageReady); at later boots until systemd has mounted the volumes of
+// fstab (nofail mounts are not ordered before the services). It returns at
+// once where no labelled volume is attached, and ErrStorageWait after
+// timeout (dockerd then starts where it is, as it would without the wait).
+func (a *Agent) WaitStorage(ctx context.Context, timeout, poll time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	logged := false
+	for {
+		if a.Host.Exists(StorageReady) {
+			return nil
+		}
+		pending := a.pendingVolumes()
+		if len(pending) == 0 {
+			return nil
+		}
+		if !logged {
+			a.logf("docker: waiting for %s to be mounted (or for the storage step, %s)", strings.Join(pending, " and "), StorageReady)
+			logged = true
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%w: %s not mounted after %s", ErrStorageWait, strings.Join(pending, " and "), timeout)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(poll):
+		}
+	}
 }
 
 // dockerActive tells whether docker.socket or docker.service is active

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/ecs-image/ecs-image/agent/host"
 	"github.com/ecs-image/ecs-image/agent/status"
@@ -61,10 +62,17 @@ func TestStorageMountsDataBeforeLayout(t *testing.T) {
 	if reload < 0 || mount < reload || slices.Contains(cmds, "mount /volatile") {
 		t.Errorf("commands:\n%s", strings.Join(cmds, "\n"))
 	}
-	// dockerd is stopped around the mount and its socket is back after it.
+	// dockerd is stopped around the mount, its socket is back after it and
+	// dockerd starts without the agent waiting for it.
 	stop, start := slices.Index(cmds, "systemctl stop docker.socket docker.service"), slices.Index(cmds, "systemctl start docker.socket")
 	if stop < 0 || stop > mount || start < mount {
 		t.Errorf("dockerd not stopped around the mount:\n%s", strings.Join(cmds, "\n"))
+	}
+	if i := slices.Index(cmds, "systemctl start --no-block docker.service"); i < start {
+		t.Errorf("dockerd not started after the mount:\n%s", strings.Join(cmds, "\n"))
+	}
+	if !a.Host.Exists(StorageReady) {
+		t.Errorf("%s not written", StorageReady)
 	}
 	log := a.Log.(*bytes.Buffer).String()
 	mounted := strings.Index(log, "mounted /dev/vdb (label ecs-data) on /data")
@@ -234,5 +242,50 @@ func TestStorageWithoutDocker(t *testing.T) {
 	cmds := rec.Recorded()
 	if !slices.Contains(cmds, "mount /data") || slices.ContainsFunc(cmds, func(c string) bool { return strings.HasPrefix(c, "systemctl stop docker") }) {
 		t.Errorf("commands:\n%s", strings.Join(cmds, "\n"))
+	}
+}
+
+// dockerd's start waits while a labelled volume is attached but not
+// mounted, until it is mounted or the storage step has run.
+func TestWaitStorage(t *testing.T) {
+	ctx := context.Background()
+	a, _ := testAgent(t)
+	// Nothing attached: at once.
+	if err := a.WaitStorage(ctx, time.Hour, time.Millisecond); err != nil {
+		t.Fatal(err)
+	}
+	// ecs-volatile attached, nothing mounted: it waits, and gives up.
+	labelDevice(t, a, "ecs-volatile", "vdc")
+	put(t, a, MountInfo, []byte("22 1 254:1 / / rw - ext4 /dev/vda1 rw\n"), 0o444)
+	if err := a.WaitStorage(ctx, 30*time.Millisecond, 5*time.Millisecond); !errors.Is(err, ErrStorageWait) || !strings.Contains(err.Error(), "/volatile not mounted") {
+		t.Fatalf("err = %v", err)
+	}
+	if log := a.Log.(*bytes.Buffer).String(); !strings.Contains(log, "waiting for /volatile to be mounted") {
+		t.Errorf("log: %q", log)
+	}
+	// Mounted meanwhile (a later boot's fstab entry): it returns.
+	go func() {
+		time.Sleep(20 * time.Millisecond)
+		os.WriteFile(a.Host.Path(MountInfo), []byte("22 1 254:1 / / rw - ext4 /dev/vda1 rw\n95 22 254:32 / /volatile rw - ext4 /dev/vdc rw\n"), 0o444)
+	}()
+	if err := a.WaitStorage(ctx, 10*time.Second, 5*time.Millisecond); err != nil {
+		t.Fatal(err)
+	}
+	// Not mounted, but the storage step ran (the env ignores the volume).
+	put(t, a, MountInfo, []byte("22 1 254:1 / / rw - ext4 /dev/vda1 rw\n"), 0o444)
+	go func() {
+		time.Sleep(20 * time.Millisecond)
+		os.MkdirAll(a.Host.Path("/run/ecs-agent"), 0o755)
+		os.WriteFile(a.Host.Path(StorageReady), []byte("ok\n"), 0o644)
+	}()
+	if err := a.WaitStorage(ctx, 10*time.Second, 5*time.Millisecond); err != nil {
+		t.Fatal(err)
+	}
+	// Cancelled (systemctl stop docker.service ends the wait).
+	os.Remove(a.Host.Path(StorageReady))
+	cctx, cancel := context.WithCancel(ctx)
+	cancel()
+	if err := a.WaitStorage(cctx, time.Hour, time.Millisecond); !errors.Is(err, context.Canceled) {
+		t.Errorf("cancelled: %v", err)
 	}
 }

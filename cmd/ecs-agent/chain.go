@@ -175,6 +175,7 @@ Run by appliance-failed@.service.`,
 				return enc.Encode(out)
 			}),
 		},
+		waitStorageCmd(),
 		&cobra.Command{
 			Use:   "install-units",
 			Short: "Write the systemd units under --root and enable them",
@@ -221,4 +222,33 @@ journal and as the "env.yml" warning of the status page.`,
 			return err
 		},
 	})
+}
+
+// waitStorageCmd is docker.service's ExecStartPre (prepare.WaitStorage).
+func waitStorageCmd() *cobra.Command {
+	timeout := 10 * time.Minute
+	cmd := &cobra.Command{
+		Use:   "wait-storage",
+		Short: "Wait until the attached storage volumes are mounted (dockerd's start)",
+		Long: `Returns once every attached storage volume (a filesystem labelled ecs-data
+or ecs-volatile) is mounted on /data or /volatile, or the storage step of
+this boot has run (` + prepare.StorageReady + `): the env decides whether an
+attached volume is used. Returns at once where none is attached. After
+--timeout it warns and returns successfully, and dockerd starts where it is.
+The image's docker.service runs it before dockerd, so that neither dockerd's
+data root nor the stack's bind mounts are taken from the root file system
+below a volume mounted a moment later.`,
+		Example: `  ecs-agent wait-storage --timeout 10m`,
+		Args:    noArgs,
+		RunE: withAgent(func(ctx context.Context, a *prepare.Agent) error {
+			err := a.WaitStorage(ctx, timeout, 250*time.Millisecond)
+			if errors.Is(err, prepare.ErrStorageWait) {
+				fmt.Fprintf(os.Stderr, "warning: %v; dockerd starts anyway\n", err)
+				return nil
+			}
+			return err
+		}),
+	}
+	cmd.Flags().DurationVar(&timeout, "timeout", timeout, "how long to wait before dockerd starts anyway")
+	return cmd
 }

@@ -198,3 +198,26 @@ func TestApplianceExit3AfterFailedRuns(t *testing.T) {
 		t.Errorf("--max-failures 0: exit %d\n%s", code, stderr)
 	}
 }
+
+// wait-storage (docker.service's ExecStartPre) returns at once without an
+// attached volume, and with one that stays unmounted warns after --timeout
+// and still exits 0, so that dockerd starts.
+func TestWaitStorageCommand(t *testing.T) {
+	root := t.TempDir()
+	if _, e, code := agent(t, nil, "--root", root, "wait-storage"); code != 0 || e != "" {
+		t.Fatalf("no volume: exit %d\n%s", code, e)
+	}
+	if err := os.MkdirAll(filepath.Join(root, "dev/disk/by-label"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(root, "dev/vdb"), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("../../vdb", filepath.Join(root, "dev/disk/by-label/ecs-data")); err != nil {
+		t.Fatal(err)
+	}
+	_, e, code := agent(t, nil, "--root", root, "wait-storage", "--timeout", "300ms")
+	if code != 0 || !strings.Contains(e, "waiting for /data to be mounted") || !strings.Contains(e, "warning: the storage volumes were not settled in time: /data not mounted after 300ms; dockerd starts anyway") {
+		t.Fatalf("unmounted volume: exit %d\n%s", code, e)
+	}
+}
