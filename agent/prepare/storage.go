@@ -1,6 +1,7 @@
 package prepare
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -163,16 +164,71 @@ func (a *Agent) startDocker(ctx context.Context, step string) {
 // attached (a filesystem with their label exists) but not mounted.
 func (a *Agent) pendingVolumes() []string {
 	mounts := parseMountInfo(a.readOptional(MountInfo))
+	var labels map[string]bool
 	var pending []string
 	for _, v := range storageVolumes {
-		if _, err := os.Stat(a.Host.Path(ByLabel + "/" + v.Label)); err != nil {
+		if _, ok := mounts[v.Mount]; ok {
 			continue
 		}
-		if _, ok := mounts[v.Mount]; !ok {
-			pending = append(pending, v.Mount)
+		if _, err := os.Stat(a.Host.Path(ByLabel + "/" + v.Label)); err != nil {
+			if labels == nil {
+				labels = a.blockLabels()
+			}
+			if !labels[v.Label] {
+				continue
+			}
 		}
+		pending = append(pending, v.Mount)
 	}
 	return pending
+}
+
+// SysBlock lists the kernel's block devices (disks and partitions).
+const SysBlock = "/sys/class/block"
+
+// blockLabels reads the labels of the ext2/3/4 and XFS filesystems on the
+// kernel's block devices from their superblocks (/dev/NAME, which the
+// kernel's devtmpfs creates as it finds a disk): early in the boot,
+// before udev has made its /dev/disk/by-label links — dockerd's job
+// starts before that under emulation. Optical, loop, RAM and network
+// block devices are not read.
+func (a *Agent) blockLabels() map[string]bool {
+	labels := map[string]bool{}
+	for _, n := range dirNames(a.Host.Path(SysBlock)) {
+		if strings.HasPrefix(n, "sr") || strings.HasPrefix(n, "loop") || strings.HasPrefix(n, "ram") ||
+			strings.HasPrefix(n, "zram") || strings.HasPrefix(n, "nbd") || strings.HasPrefix(n, "fd") {
+			continue
+		}
+		if l := superblockLabel(a.Host.Path("/dev/" + n)); l != "" {
+			labels[l] = true
+		}
+	}
+	return labels
+}
+
+// superblockLabel returns the label of an ext2/3/4 or XFS filesystem on
+// dev, or "".
+func superblockLabel(dev string) string {
+	f, err := os.Open(dev)
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	var b [2048]byte
+	n, _ := f.ReadAt(b[:], 0)
+	label := func(field []byte) string {
+		if i := bytes.IndexByte(field, 0); i >= 0 {
+			field = field[:i]
+		}
+		return string(field)
+	}
+	switch {
+	case n >= 1024+136 && b[1024+56] == 0x53 && b[1024+57] == 0xEF: // ext: s_magic, s_volume_name
+		return label(b[1024+120 : 1024+136])
+	case n >= 120 && string(b[:4]) == "XFSB": // xfs: sb_magicnum, sb_fname
+		return label(b[108:120])
+	}
+	return ""
 }
 
 // ErrStorageWait is returned by WaitStorage when its time ran out.

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"os"
+	"os/exec"
 	"slices"
 	"strings"
 	"testing"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/ecs-image/ecs-image/agent/host"
 	"github.com/ecs-image/ecs-image/agent/status"
+	"github.com/ecs-image/ecs-image/testenv"
 )
 
 const storageEnv = `#cloud-config
@@ -287,5 +289,85 @@ func TestWaitStorage(t *testing.T) {
 	cancel()
 	if err := a.WaitStorage(cctx, time.Hour, time.Millisecond); !errors.Is(err, context.Canceled) {
 		t.Errorf("cancelled: %v", err)
+	}
+}
+
+// fakeSuperblock writes /dev/<dev> under the test root holding an ext4 or
+// XFS superblock with label, and the kernel's /sys/class/block entry.
+func fakeSuperblock(t *testing.T, a *Agent, dev, fs, label string) {
+	t.Helper()
+	b := make([]byte, 4096)
+	switch fs {
+	case "ext4":
+		b[1024+56], b[1024+57] = 0x53, 0xEF
+		copy(b[1024+120:1024+136], label)
+	case "xfs":
+		copy(b, "XFSB")
+		copy(b[108:120], label)
+	}
+	put(t, a, "/dev/"+dev, b, 0o600)
+	if err := os.MkdirAll(a.Host.Path(SysBlock+"/"+dev), 0o755); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Before udev has linked the labels, the volumes are found by their
+// superblocks (ext4 and XFS); optical drives are not read.
+func TestWaitStorageBeforeUdev(t *testing.T) {
+	a, _ := testAgent(t)
+	fakeSuperblock(t, a, "vda1", "ext4", "root")
+	fakeSuperblock(t, a, "vdb", "ext4", "ecs-data")
+	fakeSuperblock(t, a, "vdc", "xfs", "ecs-volatile")
+	fakeSuperblock(t, a, "sr0", "ext4", "ecs-data")
+	put(t, a, MountInfo, []byte("22 1 254:1 / / rw - ext4 /dev/vda1 rw\n"), 0o444)
+	if got := a.pendingVolumes(); !slices.Equal(got, []string{"/data", "/volatile"}) {
+		t.Errorf("pending %q", got)
+	}
+	if err := a.WaitStorage(context.Background(), 20*time.Millisecond, 5*time.Millisecond); !errors.Is(err, ErrStorageWait) || !strings.Contains(err.Error(), "/data and /volatile not mounted") {
+		t.Errorf("err = %v", err)
+	}
+	put(t, a, MountInfo, []byte("22 1 254:1 / / rw - ext4 /dev/vda1 rw\n95 22 254:16 / /data rw - ext4 /dev/vdb rw\n"), 0o444)
+	if got := a.pendingVolumes(); !slices.Equal(got, []string{"/volatile"}) {
+		t.Errorf("pending %q", got)
+	}
+	// Only the optical drive carries the label: nothing to wait for.
+	b, _ := testAgent(t)
+	fakeSuperblock(t, b, "sr0", "ext4", "ecs-data")
+	fakeSuperblock(t, b, "vdb", "ext4", "other")
+	if got := b.pendingVolumes(); len(got) != 0 {
+		t.Errorf("pending %q", got)
+	}
+}
+
+func TestSuperblockLabel(t *testing.T) {
+	dir := t.TempDir()
+	for _, c := range []struct{ name, data, want string }{
+		{"empty", "", ""},
+		{"short", "XFSB", ""},
+		{"garbage", strings.Repeat("x", 4096), ""},
+	} {
+		p := dir + "/" + c.name
+		os.WriteFile(p, []byte(c.data), 0o600)
+		if got := superblockLabel(p); got != c.want {
+			t.Errorf("%s: %q", c.name, got)
+		}
+	}
+	if got := superblockLabel(dir + "/absent"); got != "" {
+		t.Errorf("absent: %q", got)
+	}
+	// A real ext4, as mkfs.ext4 writes it.
+	mkfs := testenv.Tool(t, "mkfs.ext4", "e2fsprogs")
+	img := dir + "/ext4.img"
+	if err := os.WriteFile(img, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(img, 8<<20); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command(mkfs, "-q", "-F", "-L", "ecs-volatile", img).CombinedOutput(); err != nil {
+		t.Fatalf("mkfs.ext4: %v\n%s", err, out)
+	}
+	if got := superblockLabel(img); got != "ecs-volatile" {
+		t.Errorf("mkfs.ext4 -L ecs-volatile: label %q", got)
 	}
 }
