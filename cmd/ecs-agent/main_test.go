@@ -12,6 +12,7 @@ import (
 	"testing"
 
 	"github.com/ecs-image/ecs-image/cidata"
+	"github.com/ecs-image/ecs-image/templates/systemd"
 )
 
 var agentBin string
@@ -219,5 +220,27 @@ func TestWaitStorageCommand(t *testing.T) {
 	_, e, code := agent(t, nil, "--root", root, "wait-storage", "--timeout", "300ms")
 	if code != 0 || !strings.Contains(e, "waiting for /data to be mounted") || !strings.Contains(e, "warning: the storage volumes were not settled in time: /data not mounted after 300ms; dockerd starts anyway") {
 		t.Fatalf("unmounted volume: exit %d\n%s", code, e)
+	}
+}
+
+// The image's docker.service runs wait-storage with arguments the command
+// takes ("-" in the unit ignores a failure, so a bad flag would go unseen
+// in the guest: "10min" is systemd's spelling, not Go's).
+func TestDockerUnitRunsWaitStorage(t *testing.T) {
+	unit, err := os.ReadFile("../../templates/files/appliance/systemd/docker.service")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var args []string
+	for _, l := range strings.Split(string(unit), "\n") {
+		if rest, ok := strings.CutPrefix(l, "ExecStartPre=-"+systemd.AgentBinary+" "); ok {
+			args = strings.Fields(rest)
+		}
+	}
+	if len(args) == 0 || args[0] != "wait-storage" {
+		t.Fatalf("docker.service has no ExecStartPre=-%s wait-storage …", systemd.AgentBinary)
+	}
+	if _, e, code := agent(t, nil, append([]string{"--root", t.TempDir()}, args...)...); code != 0 || e != "" {
+		t.Fatalf("ecs-agent %s: exit %d\n%s", strings.Join(args, " "), code, e)
 	}
 }
