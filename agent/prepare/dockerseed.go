@@ -67,11 +67,14 @@ func (a *Agent) seedDocker(ctx context.Context, stopped bool) error {
 	if !a.dockerSeedPending() {
 		return nil
 	}
-	if !stopped && a.dockerActive(ctx) {
-		if err := a.systemctl(ctx, "stop", "docker.socket", "docker.service"); err != nil {
-			return fmt.Errorf("stopping dockerd to copy the image store: %w", err)
+	if !stopped {
+		did, err := a.stopDocker(ctx, "to copy the image store")
+		if err != nil {
+			return err
 		}
-		defer a.startDocker(ctx, step)
+		if did {
+			defer a.startDocker(ctx, step)
+		}
 	}
 	start := time.Now()
 	if err := os.RemoveAll(a.Host.Path(dockerSeedTmp)); err != nil {

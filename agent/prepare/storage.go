@@ -100,12 +100,13 @@ func (a *Agent) stepStorage(ctx context.Context, e *Env) error {
 	// start waits for StorageReady (WaitStorage) instead of running; the
 	// stop then ends that wait.
 	stopped := false
-	if slices.ContainsFunc(vols, func(v storageVolume) bool { _, ok := mounts[v.Mount]; return !ok }) && a.dockerActive(ctx) {
-		if err := a.systemctl(ctx, "stop", "docker.socket", "docker.service"); err != nil {
-			return fmt.Errorf("stopping dockerd before mounting: %w", err)
+	if slices.ContainsFunc(vols, func(v storageVolume) bool { _, ok := mounts[v.Mount]; return !ok }) {
+		if stopped, err = a.stopDocker(ctx, "before mounting"); err != nil {
+			return err
 		}
-		stopped = true
-		defer a.startDocker(ctx, step)
+		if stopped {
+			defer a.startDocker(ctx, step)
+		}
 	}
 	for _, v := range vols {
 		if _, ok := mounts[v.Mount]; ok {
@@ -145,6 +146,18 @@ func (a *Agent) stepStorage(ctx context.Context, e *Env) error {
 	}
 	_, err = a.Host.WriteFile(StorageReady, []byte("ok\n"), 0o644)
 	return err
+}
+
+// stopDocker stops dockerd (socket and service) where it is active, for
+// why; it returns whether it did (the caller then defers startDocker).
+func (a *Agent) stopDocker(ctx context.Context, why string) (bool, error) {
+	if !a.dockerActive(ctx) {
+		return false, nil
+	}
+	if err := a.systemctl(ctx, "stop", "docker.socket", "docker.service"); err != nil {
+		return false, fmt.Errorf("stopping dockerd %s: %w", why, err)
+	}
+	return true, nil
 }
 
 // startDocker brings docker's socket back after the storage step stopped
