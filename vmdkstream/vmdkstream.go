@@ -35,13 +35,16 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/adler32"
 	"io"
 	"math"
 	"runtime"
 	"sync"
+	"sync/atomic"
 
 	"github.com/klauspost/compress/zlib"
 )
@@ -97,6 +100,38 @@ type Options struct {
 	// Progress, if set, is called (from one goroutine) with the number of
 	// disk bytes just done, read or skipped; the calls add up to the size.
 	Progress func(n int64)
+	// Reuse, if set, holds compressed grains of an earlier stream (written
+	// at the same Level): a grain whose SHA-256 it knows is copied from it
+	// instead of deflated, once the copy's zlib header and Adler-32 match
+	// the grain. Reuse is called from every worker at once.
+	Reuse Reuse
+	// Record, if set, is called (from one goroutine, in disk order) for
+	// every grain written, with where its zlib stream lies in the output:
+	// what a Reuse of this stream needs.
+	Record func(Grain)
+	// Stats, if set, receives the counts of the grains written.
+	Stats *Stats
+}
+
+// Reuse is a source of compressed grains (package grainstore's).
+type Reuse interface {
+	// Grain appends to dst the zlib stream of the grain whose 64 KiB of
+	// disk have the SHA-256 sum, and reports whether it has one.
+	Grain(sum *[32]byte, dst []byte) ([]byte, bool)
+}
+
+// Grain is a grain written, as Options.Record reports it.
+type Grain struct {
+	Sum [32]byte // SHA-256 of the grain's 64 KiB of disk (zero-padded past its end)
+	Off int64    // offset of its zlib stream in the output
+	Len int      // length of its zlib stream
+}
+
+// Stats counts the grains of a stream.
+type Stats struct {
+	Grains   int64 // non-zero grains written
+	Reused   int64 // of them, copied from Options.Reuse
+	Rejected int64 // copies refused (zlib header or Adler-32 wrong) and deflated
 }
 
 // Region is a byte range of the source that may hold data; everything
@@ -179,7 +214,7 @@ func Write(ctx context.Context, w io.Writer, src io.ReaderAt, size int64, region
 			first, last := r.Off/GrainSize, (r.Off+r.Len-1)/GrainSize
 			for g := max(first, next); g <= last; g++ {
 				j := pool.Get().(*grainJob)
-				j.grain, j.done, j.err, j.zero = g, make(chan struct{}), nil, false
+				j.grain, j.done, j.err, j.zero, j.copied = g, make(chan struct{}), nil, false, false
 				j.skipped = (g - next) * GrainSize // holes before it
 				next = g + 1
 				select {
@@ -195,12 +230,27 @@ func Write(ctx context.Context, w io.Writer, src io.ReaderAt, size int64, region
 			}
 		}
 	}()
+	hash := opts.Reuse != nil || opts.Record != nil
+	var reused, rejected atomic.Int64
 	for range opts.Workers {
 		go func() { // compressors
 			defer wg.Done()
 			zw, _ := zlib.NewWriterLevel(io.Discard, opts.Level)
 			for j := range jobs {
-				j.compress(src, size, zw)
+				if j.read(src, size) && !j.zero {
+					if hash {
+						j.sum = sha256.Sum256(j.in)
+					}
+					switch {
+					case opts.Reuse != nil && j.reuse(opts.Reuse):
+						reused.Add(1)
+					case j.copied:
+						rejected.Add(1)
+						fallthrough
+					default:
+						j.compress(zw)
+					}
+				}
 				close(j.done)
 			}
 		}()
@@ -225,7 +275,8 @@ func Write(ctx context.Context, w io.Writer, src io.ReaderAt, size int64, region
 		used = false
 		return sw.write(buf[:])
 	}
-	done := int64(0) // disk bytes accounted for
+	written := int64(0) // non-zero grains
+	done := int64(0)    // disk bytes accounted for
 	progress := func(n int64) {
 		n = min(n, size-done)
 		done += n
@@ -258,6 +309,11 @@ func Write(ctx context.Context, w io.Writer, src io.ReaderAt, size int64, region
 			}
 			gt[j.grain%GTEntries] = uint32(sw.sector)
 			used = true
+			written++
+			if opts.Record != nil {
+				b := j.out.Bytes()
+				opts.Record(Grain{Sum: j.sum, Off: int64(sw.sector)*SectorSize + grainMarkerLen, Len: int(binary.LittleEndian.Uint32(b[8:]))})
+			}
 			if err := sw.write(j.out.Bytes()); err != nil {
 				cancel()
 				return err
@@ -270,6 +326,9 @@ func Write(ctx context.Context, w io.Writer, src io.ReaderAt, size int64, region
 		return err
 	}
 	progress(size - done) // the hole after the last region
+	if opts.Stats != nil {
+		*opts.Stats = Stats{Grains: written, Reused: reused.Load(), Rejected: rejected.Load()}
+	}
 	if err := flushGT(); err != nil {
 		return err
 	}
@@ -301,17 +360,20 @@ type grainJob struct {
 	grain   int64
 	skipped int64 // bytes of holes between the previous candidate and this grain
 	in      []byte
+	sum     [32]byte     // SHA-256 of in (with Reuse or Record)
+	z       []byte       // a zlib stream from Reuse
 	out     bytes.Buffer // grain marker + zlib stream, padded to a sector
 	zero    bool
+	copied  bool // Reuse had the grain (out holds it only if reuse returned true)
 	err     error
 	done    chan struct{}
 }
 
 var zeroGrain = make([]byte, GrainSize)
 
-// compress reads the grain (zero-padded past the end of the disk) and
-// deflates it behind its grain marker.
-func (j *grainJob) compress(src io.ReaderAt, size int64, zw *zlib.Writer) {
+// read reads the grain (zero-padded past the end of the disk) and notes
+// whether it is all zero; it returns false on error (j.err).
+func (j *grainJob) read(src io.ReaderAt, size int64) bool {
 	off := j.grain * GrainSize
 	n := min(GrainSize, size-off)
 	if m, err := src.ReadAt(j.in[:n], off); int64(m) < n {
@@ -319,17 +381,44 @@ func (j *grainJob) compress(src io.ReaderAt, size int64, zw *zlib.Writer) {
 			err = io.ErrUnexpectedEOF // the source is shorter than the disk
 		}
 		j.err = fmt.Errorf("vmdkstream: reading the disk at %d: %w", off, err)
-		return
+		return false
 	}
 	clear(j.in[n:])
-	if bytes.Equal(j.in, zeroGrain) {
-		j.zero = true
-		return
+	j.zero = bytes.Equal(j.in, zeroGrain)
+	return true
+}
+
+// reuse puts the grain's zlib stream from r behind its grain marker, if r
+// has one whose zlib header is sound and whose Adler-32 (the stream's last
+// four bytes) is the grain's; j.copied tells whether r had one at all.
+func (j *grainJob) reuse(r Reuse) bool {
+	z, ok := r.Grain(&j.sum, j.z[:0])
+	j.z, j.copied = z, ok
+	if !ok || !zlibMatches(z, j.in) {
+		return false
 	}
 	j.out.Reset()
-	var m [grainMarkerLen]byte
-	binary.LittleEndian.PutUint64(m[0:], uint64(j.grain*GrainSectors))
-	j.out.Write(m[:])
+	j.marker(len(z))
+	j.out.Write(z)
+	j.pad()
+	return true
+}
+
+// zlibMatches reports whether z is plausibly the zlib stream of data: a
+// deflate header without preset dictionary, room for a body, and data's
+// Adler-32 as its trailer.
+func zlibMatches(z, data []byte) bool {
+	n := len(z)
+	if n < 2+1+4 || n > math.MaxUint32 || z[0]&0x0f != 8 || z[0]>>4 > 7 || z[1]&0x20 != 0 || (uint16(z[0])<<8|uint16(z[1]))%31 != 0 {
+		return false
+	}
+	return binary.BigEndian.Uint32(z[n-4:]) == adler32.Checksum(data)
+}
+
+// compress deflates the grain behind its grain marker.
+func (j *grainJob) compress(zw *zlib.Writer) {
+	j.out.Reset()
+	j.marker(0)
 	zw.Reset(&j.out)
 	if _, err := zw.Write(j.in); err != nil {
 		j.err = err
@@ -341,7 +430,22 @@ func (j *grainJob) compress(src io.ReaderAt, size int64, zw *zlib.Writer) {
 	}
 	b := j.out.Bytes()
 	binary.LittleEndian.PutUint32(b[8:], uint32(len(b)-grainMarkerLen))
-	j.out.Write(zeroGrain[:roundUp(int64(len(b)), SectorSize)-int64(len(b))])
+	j.pad()
+}
+
+// marker writes the grain marker: the grain's LBA and n, the size of its
+// zlib stream (compress fills it in afterwards).
+func (j *grainJob) marker(n int) {
+	var m [grainMarkerLen]byte
+	binary.LittleEndian.PutUint64(m[0:], uint64(j.grain*GrainSectors))
+	binary.LittleEndian.PutUint32(m[8:], uint32(n))
+	j.out.Write(m[:])
+}
+
+// pad pads the marker and stream to a whole sector.
+func (j *grainJob) pad() {
+	n := int64(j.out.Len())
+	j.out.Write(zeroGrain[:roundUp(n, SectorSize)-n])
 }
 
 // streamWriter counts the sectors written.
