@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/binary"
+	"hash/crc32"
 	"os"
 	"path/filepath"
 	"sync"
@@ -16,25 +17,25 @@ type memReuse struct {
 	mu     sync.Mutex
 	out    []byte
 	grains map[[32]byte]Grain
-	tamper func(z []byte) []byte // changes a copy before it is returned
+	tamper func(Grain, []byte) (Grain, []byte) // changes a copy before it is returned
 	asked  int
 }
 
 func (m *memReuse) record(g Grain) { m.grains[g.Sum] = g }
 
-func (m *memReuse) Grain(sum *[32]byte, dst []byte) ([]byte, bool) {
+func (m *memReuse) Grain(sum *[32]byte, dst []byte) ([]byte, uint32, bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.asked++
 	g, ok := m.grains[*sum]
 	if !ok {
-		return dst, false
+		return dst, 0, false
 	}
 	z := append([]byte(nil), m.out[g.Off:g.Off+int64(g.Len)]...)
 	if m.tamper != nil {
-		z = m.tamper(z)
+		g, z = m.tamper(g, z)
 	}
-	return append(dst, z...), true
+	return append(dst, z...), g.CRC, true
 }
 
 // writeMem writes content as a VMDK in memory with a fixed CID.
@@ -73,8 +74,9 @@ func TestReuseIsByteIdentical(t *testing.T) {
 		lba := binary.LittleEndian.Uint64(m.out[g.Off-grainMarkerLen:])
 		data := content[lba*SectorSize : min(int64(len(content)), int64(lba*SectorSize+GrainSize))]
 		padded := append(append([]byte(nil), data...), make([]byte, GrainSize-len(data))...)
-		if sha256.Sum256(padded) != sum || binary.LittleEndian.Uint32(m.out[g.Off-4:]) != uint32(g.Len) {
-			t.Fatalf("recorded grain at %d: wrong hash or length", g.Off)
+		z := m.out[g.Off : g.Off+int64(g.Len)]
+		if sha256.Sum256(padded) != sum || binary.LittleEndian.Uint32(m.out[g.Off-4:]) != uint32(g.Len) || crc32.Checksum(z, castagnoli) != g.CRC {
+			t.Fatalf("recorded grain at %d: wrong hash, length or CRC", g.Off)
 		}
 	}
 
@@ -105,18 +107,23 @@ func TestReuseIsByteIdentical(t *testing.T) {
 	qemuChecks(t, p, raw, int64(len(changed)))
 }
 
-// TestReuseRefusesBadCopies: copies with a wrong Adler-32, a broken zlib
-// header, or too short to be a stream are deflated instead, counted, and
-// the stream is the one a write without reuse makes.
+// TestReuseRefusesBadCopies: copies not what was recorded (CRC-32C), and
+// recorded ones with a wrong Adler-32, a broken zlib header, or too short
+// to be a stream are deflated instead, counted, and the stream is the one
+// a write without reuse makes.
 func TestReuseRefusesBadCopies(t *testing.T) {
 	dir := t.TempDir()
 	raw, content := reuseDisk(t, dir)
 	want := writeMem(t, content, Options{})
-	for name, tamper := range map[string]func([]byte) []byte{
-		"adler":      func(z []byte) []byte { z[len(z)-1] ^= 1; return z },
-		"header":     func(z []byte) []byte { z[0] = 0x79; return z },
-		"dictionary": func(z []byte) []byte { z[1] |= 0x20; z[1] -= byte((uint16(z[0])<<8 | uint16(z[1])) % 31); return z },
-		"truncated":  func(z []byte) []byte { return z[:5] },
+	recrc := func(f func([]byte) []byte) func(Grain, []byte) (Grain, []byte) {
+		return func(g Grain, z []byte) (Grain, []byte) { z = f(z); g.CRC = crc32.Checksum(z, castagnoli); return g, z }
+	}
+	for name, tamper := range map[string]func(Grain, []byte) (Grain, []byte){
+		"crc":        func(g Grain, z []byte) (Grain, []byte) { z[len(z)/2] ^= 4; return g, z },
+		"adler":      recrc(func(z []byte) []byte { z[len(z)-1] ^= 1; return z }),
+		"header":     recrc(func(z []byte) []byte { z[0] = 0x79; return z }),
+		"dictionary": recrc(func(z []byte) []byte { z[1] |= 0x20; z[1] -= byte((uint16(z[0])<<8 | uint16(z[1])) % 31); return z }),
+		"truncated":  recrc(func(z []byte) []byte { return z[:5] }),
 	} {
 		m := &memReuse{grains: map[[32]byte]Grain{}}
 		m.out = writeMem(t, content, Options{Record: m.record})

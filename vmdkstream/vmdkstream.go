@@ -40,6 +40,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/adler32"
+	"hash/crc32"
 	"io"
 	"math"
 	"runtime"
@@ -102,8 +103,9 @@ type Options struct {
 	Progress func(n int64)
 	// Reuse, if set, holds compressed grains of an earlier stream (written
 	// at the same Level): a grain whose SHA-256 it knows is copied from it
-	// instead of deflated, once the copy's zlib header and Adler-32 match
-	// the grain. Reuse is called from every worker at once.
+	// instead of deflated, once the copy's CRC-32C is the one recorded
+	// and its zlib header and Adler-32 match the grain. Reuse is called
+	// from every worker at once.
 	Reuse Reuse
 	// Record, if set, is called (from one goroutine, in disk order) for
 	// every grain written, with where its zlib stream lies in the output:
@@ -116,8 +118,9 @@ type Options struct {
 // Reuse is a source of compressed grains (package grainstore's).
 type Reuse interface {
 	// Grain appends to dst the zlib stream of the grain whose 64 KiB of
-	// disk have the SHA-256 sum, and reports whether it has one.
-	Grain(sum *[32]byte, dst []byte) ([]byte, bool)
+	// disk have the SHA-256 sum, with the CRC-32C recorded for it, and
+	// reports whether it has one.
+	Grain(sum *[32]byte, dst []byte) (z []byte, crc uint32, ok bool)
 }
 
 // Grain is a grain written, as Options.Record reports it.
@@ -125,13 +128,14 @@ type Grain struct {
 	Sum [32]byte // SHA-256 of the grain's 64 KiB of disk (zero-padded past its end)
 	Off int64    // offset of its zlib stream in the output
 	Len int      // length of its zlib stream
+	CRC uint32   // CRC-32C (Castagnoli) of its zlib stream
 }
 
 // Stats counts the grains of a stream.
 type Stats struct {
 	Grains   int64 // non-zero grains written
 	Reused   int64 // of them, copied from Options.Reuse
-	Rejected int64 // copies refused (zlib header or Adler-32 wrong) and deflated
+	Rejected int64 // copies refused (CRC-32C, zlib header or Adler-32 wrong) and deflated
 }
 
 // Region is a byte range of the source that may hold data; everything
@@ -312,7 +316,8 @@ func Write(ctx context.Context, w io.Writer, src io.ReaderAt, size int64, region
 			written++
 			if opts.Record != nil {
 				b := j.out.Bytes()
-				opts.Record(Grain{Sum: j.sum, Off: int64(sw.sector)*SectorSize + grainMarkerLen, Len: int(binary.LittleEndian.Uint32(b[8:]))})
+				n := binary.LittleEndian.Uint32(b[8:])
+				opts.Record(Grain{Sum: j.sum, Off: int64(sw.sector)*SectorSize + grainMarkerLen, Len: int(n), CRC: crc32.Checksum(b[grainMarkerLen:grainMarkerLen+n], castagnoli)})
 			}
 			if err := sw.write(j.out.Bytes()); err != nil {
 				cancel()
@@ -371,6 +376,8 @@ type grainJob struct {
 
 var zeroGrain = make([]byte, GrainSize)
 
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
 // read reads the grain (zero-padded past the end of the disk) and notes
 // whether it is all zero; it returns false on error (j.err).
 func (j *grainJob) read(src io.ReaderAt, size int64) bool {
@@ -389,12 +396,13 @@ func (j *grainJob) read(src io.ReaderAt, size int64) bool {
 }
 
 // reuse puts the grain's zlib stream from r behind its grain marker, if r
-// has one whose zlib header is sound and whose Adler-32 (the stream's last
-// four bytes) is the grain's; j.copied tells whether r had one at all.
+// has one that is what r recorded (CRC-32C), whose zlib header is sound
+// and whose Adler-32 (the stream's last four bytes) is the grain's;
+// j.copied tells whether r had one at all.
 func (j *grainJob) reuse(r Reuse) bool {
-	z, ok := r.Grain(&j.sum, j.z[:0])
+	z, crc, ok := r.Grain(&j.sum, j.z[:0])
 	j.z, j.copied = z, ok
-	if !ok || !zlibMatches(z, j.in) {
+	if !ok || crc32.Checksum(z, castagnoli) != crc || !zlibMatches(z, j.in) {
 		return false
 	}
 	j.out.Reset()
