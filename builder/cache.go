@@ -39,6 +39,16 @@ type StageCache struct {
 	Dir string
 }
 
+// grainStoreDir is where the stream VMDKs of the last builds are kept
+// with their grains' index (package grainstore), beside the stage cache's
+// directory: a build copies the compressed grains its VMDK shares with
+// the last one of the same output instead of deflating them again.
+const grainStoreDir = "vmdk-grains"
+
+// GrainStores is the directory of the stream VMDK grain stores beside the
+// stage cache's directory.
+func (c *StageCache) GrainStores() string { return filepath.Join(filepath.Dir(c.Dir), grainStoreDir) }
+
 // DefaultStageCache is the stage cache under images.CacheDir().
 func DefaultStageCache() *StageCache {
 	return &StageCache{Dir: filepath.Join(images.CacheDir(), "stages")}

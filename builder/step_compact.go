@@ -65,7 +65,7 @@ type compaction struct {
 // compactStep compacts the generalised disk and writes the plan's outputs.
 func (b *buildState) compactStep() *stepCompact {
 	return &stepCompact{Disk: b.parentDisk, Outputs: b.plan.Outputs, OutputDir: b.opts.OutputDir, BaseName: b.baseName(),
-		Formats: formats.Options{Version: b.tmpl.Version}, Out: &b.compaction}
+		Formats: formats.Options{Version: b.tmpl.Version, GrainStores: b.cache.GrainStores(), NoGrainReuse: b.opts.NoCache}, Out: &b.compaction}
 }
 
 // emission is the other formats being written alongside the compaction.

@@ -122,6 +122,16 @@ type Options struct {
 	Version   string // product version; default "0"
 	CPUs      int    // default 2
 	MemoryMiB int    // default 2048
+
+	// GrainStores is a directory of package grainstore's stores ("": none):
+	// a stream VMDK written by vmdkstream copies the compressed grains it
+	// shares with the last one written for the same base name, size and
+	// deflate level instead of deflating them again, and is kept there
+	// (hard-linked) for the next.
+	GrainStores string
+	// NoGrainReuse keeps the stream VMDK in GrainStores without copying
+	// grains from it (a build with --no-cache).
+	NoGrainReuse bool
 }
 
 func (o Options) withDefaults() Options {

@@ -22,7 +22,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sirupsen/logrus"
+	logtest "github.com/sirupsen/logrus/hooks/test"
+
 	"github.com/ecs-image/ecs-image/atomicfile"
+	"github.com/ecs-image/ecs-image/vmdkstream/grainstore"
 )
 
 func requireQemuImg(t testing.TB) {
@@ -719,6 +723,64 @@ func TestVMDKLevels(t *testing.T) {
 		err := Write(context.Background(), img, "vmdk", filepath.Join(dir, "bad.vmdk"), Options{})
 		if err == nil || !IsBadInput(err) || !strings.Contains(err.Error(), VMDKLevelEnv) {
 			t.Errorf("%s=%q: %v, want bad input naming the variable", VMDKLevelEnv, bad, err)
+		}
+	}
+}
+
+// TestVMDKGrainStore: with Options.GrainStores the stream VMDK is kept in
+// the store (a hard link of the output) and the next build of the same
+// base name copies its grains from it, NoGrainReuse none; every output
+// holds the input.
+func TestVMDKGrainStore(t *testing.T) {
+	dir := t.TempDir()
+	const size = 24*mib + 512
+	in := testImage(t, dir, size, 4)
+	img, err := Inspect(context.Background(), in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv(VMDKWriterEnv, "ecs-image")
+	t.Setenv(VMDKLevelEnv, "")
+	stores := filepath.Join(dir, "stores")
+	hook := logtest.NewGlobal()
+	level := logrus.GetLevel()
+	logrus.SetLevel(logrus.DebugLevel)
+	t.Cleanup(func() { logrus.SetLevel(level) })
+	for i, c := range []struct {
+		noReuse bool
+		want    string
+	}{
+		{false, " 0 copied from"},
+		{false, " copied from"},
+		{true, " 0 copied from"},
+	} {
+		hook.Reset()
+		out := filepath.Join(dir, fmt.Sprint("out", i))
+		os.Mkdir(out, 0o755)
+		arts, err := Emit(context.Background(), img, out, "app-dev", []string{"vmdk", "ova"}, Options{GrainStores: stores, NoGrainReuse: c.noReuse})
+		if err != nil {
+			t.Fatal(err)
+		}
+		vmdk := arts[0].Path
+		checkStreamVMDK(t, vmdk, size, true)
+		same(t, in, vmdk, "vmdk")
+		var line string
+		for _, e := range hook.AllEntries() {
+			if strings.Contains(e.Message, "grains, ") {
+				line = e.Message
+			}
+		}
+		if !strings.Contains(line, c.want) || (c.want == " copied from" && strings.Contains(line, " 0 copied")) {
+			t.Errorf("build %d: log %q, want %q", i, line, c.want)
+		}
+		ls, err := grainstore.List(stores)
+		if err != nil || len(ls) != 1 || ls[0].Err != "" || ls[0].Grains == 0 {
+			t.Fatalf("build %d: stores %+v, %v", i, ls, err)
+		}
+		a, _ := os.Stat(vmdk)
+		b, _ := os.Stat(ls[0].VMDK)
+		if !os.SameFile(a, b) {
+			t.Errorf("build %d: the store does not hold the output VMDK", i)
 		}
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/ecs-image/ecs-image/vmdkstream"
+	"github.com/ecs-image/ecs-image/vmdkstream/grainstore"
 )
 
 // VMDKWriterEnv names the environment variable that chooses how stream
@@ -107,15 +108,54 @@ func (j *job) deflateVMDK(ctx context.Context, align int64, out string) error {
 	}
 	tr := j.tracker("deflate", size)
 	defer tr.Done()
-	err = vmdkstream.Write(ctx, f, src, size, regions, vmdkstream.Options{
+	opts := vmdkstream.Options{
 		AdapterType: "lsilogic",
 		HWVersion:   vmwareHWVersion,
 		ExtentName:  j.base + ".vmdk",
 		Level:       level,
 		Progress:    tr.Add,
-	})
+		Stats:       &vmdkstream.Stats{},
+	}
+	store, rec, closeStore := j.grainStore(size, level, &opts)
+	defer closeStore()
+	err = vmdkstream.Write(ctx, f, src, size, regions, opts)
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
-	return err
+	if err != nil {
+		return err
+	}
+	st := opts.Stats
+	logrus.Debugf("vmdk: %d grains, %d copied from the last VMDK of %s, %d copies refused (deflated)", st.Grains, st.Reused, j.base, st.Rejected)
+	if store != nil {
+		if err := store.Commit(out, rec); err != nil {
+			logrus.Debugf("vmdk: not kept for the next build: %v", err)
+		}
+	}
+	return nil
+}
+
+// grainStore sets opts up to copy grains from the grain store of this
+// output (j.opts.GrainStores; keyed by base name, size and level) and to
+// record the new VMDK's. It returns the store to commit the VMDK to (nil:
+// none), its recorder, and what closes the store's old VMDK.
+func (j *job) grainStore(size int64, level int, opts *vmdkstream.Options) (*grainstore.Store, *grainstore.Recorder, func()) {
+	if j.opts.GrainStores == "" {
+		return nil, nil, func() {}
+	}
+	store := grainstore.New(j.opts.GrainStores, fmt.Sprintf("%s %s level %d", j.base, diskKey("vmdk", size), level))
+	rec := &grainstore.Recorder{}
+	opts.Record = rec.Record
+	if j.opts.NoGrainReuse {
+		return store, rec, func() {}
+	}
+	src, err := store.Source()
+	if err != nil || src == nil {
+		if err != nil {
+			logrus.Debugf("vmdk: deflating every grain: %v", err)
+		}
+		return store, rec, func() {}
+	}
+	opts.Reuse = src
+	return store, rec, func() { src.Close() }
 }

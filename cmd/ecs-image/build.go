@@ -21,6 +21,7 @@ import (
 	"github.com/ecs-image/ecs-image/builder/template"
 	"github.com/ecs-image/ecs-image/formats"
 	"github.com/ecs-image/ecs-image/release"
+	"github.com/ecs-image/ecs-image/vmdkstream/grainstore"
 )
 
 var validateCmd = &cobra.Command{
@@ -278,7 +279,10 @@ var cacheCmd = &cobra.Command{
 	Short: "Inspect and prune the builder's stage cache",
 	Long: `The builder caches every stage of every build as a qcow2 overlay under
 $ECS_IMAGE_CACHE/stages (default ~/.cache/ecs-image/stages), keyed by the
-stage's parent, definition and uploaded files' content. With --remote, ls
+stage's parent, definition and uploaded files' content. Beside it,
+vmdk-grains/ keeps the last stream VMDK of each output (a hard link) and an
+index of its grains: the next build copies the compressed grains it shares
+instead of deflating them again. With --remote, ls
 and prune work on the stage cache shared on S3 ('build --cache-remote').`,
 }
 
@@ -312,6 +316,24 @@ var cacheLsCmd = &cobra.Command{
 		}
 		w.Flush()
 		fmt.Fprintf(cmd.ErrOrStderr(), "%d stages in %s\n", len(ents), c.Dir)
+		stores, err := grainstore.List(c.GrainStores())
+		if err != nil || len(stores) == 0 {
+			return err
+		}
+		fmt.Fprintln(cmd.OutOrStdout())
+		fmt.Fprintln(w, "VMDK GRAIN STORE\tSIZE\tGRAINS\tLAST USED\tSTATE")
+		for _, st := range stores {
+			state := "ok"
+			switch {
+			case st.Err != "":
+				state = "unusable: " + st.Err
+			case st.Shared:
+				state = "ok, shares its blocks with an output"
+			}
+			fmt.Fprintf(w, "%s\t%.0fM\t%d\t%s\t%s\n", st.Key, float64(st.Size)/(1<<20), st.Grains, st.LastUsed.Local().Format("2006-01-02 15:04"), state)
+		}
+		w.Flush()
+		fmt.Fprintf(cmd.ErrOrStderr(), "%d VMDK grain stores in %s\n", len(stores), c.GrainStores())
 		return nil
 	},
 }
@@ -328,8 +350,9 @@ var cachePruneCmd = &cobra.Command{
 	Long: `Remove cached stages not used within --older-than (default 168h), or all
 with --all, together with every stage built on a removed one, the
 uncompressed copies of compressed bases that no remaining stage is built on
-(made before --older-than), and the work directories of builds that are no
-longer running.
+(made before --older-than), the stream VMDKs kept for reuse of their
+compressed grains (vmdk-grains/) not used within --older-than, and the work
+directories of builds that are no longer running.
 
 With --remote (the shared stage cache of --cache-remote s3://bucket/prefix,
 default $ECS_IMAGE_CACHE_REMOTE) it is pruned instead: objects uploaded before
@@ -376,7 +399,17 @@ aborted. A build re-uploads a stage it needs that was pruned.`,
 		for _, p := range plain {
 			fmt.Fprintf(cmd.OutOrStdout(), "removed %s (uncompressed base copy, no stage uses it)\n", p)
 		}
-		fmt.Fprintf(cmd.ErrOrStderr(), "removed %d stages and %d base copies, freed %.0f MiB\n", len(removed), len(plain), float64(freed+plainFreed)/(1<<20))
+		var stores []grainstore.Info
+		if err == nil {
+			stores, err = grainstore.Prune(builder.DefaultStageCache().GrainStores(), before)
+		}
+		for _, st := range stores {
+			if !st.Shared {
+				freed += st.Size
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "removed %s (VMDK grain store of %s)\n", st.VMDK, st.Key)
+		}
+		fmt.Fprintf(cmd.ErrOrStderr(), "removed %d stages, %d base copies and %d VMDK grain stores, freed %.0f MiB\n", len(removed), len(plain), len(stores), float64(freed+plainFreed)/(1<<20))
 		return err
 	},
 }
