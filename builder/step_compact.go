@@ -64,8 +64,12 @@ type compaction struct {
 
 // compactStep compacts the generalised disk and writes the plan's outputs.
 func (b *buildState) compactStep() *stepCompact {
+	fo := formats.Options{Version: b.tmpl.Version, NoGrainReuse: b.opts.NoCache}
+	if b.cache != nil {
+		fo.GrainStores = b.cache.GrainStores()
+	}
 	return &stepCompact{Disk: b.parentDisk, Outputs: b.plan.Outputs, OutputDir: b.opts.OutputDir, BaseName: b.baseName(),
-		Formats: formats.Options{Version: b.tmpl.Version, GrainStores: b.cache.GrainStores(), NoGrainReuse: b.opts.NoCache}, Out: &b.compaction}
+		Formats: fo, Out: &b.compaction}
 }
 
 // emission is the other formats being written alongside the compaction.
