@@ -32,7 +32,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -188,8 +187,9 @@ func (r *Recorder) Record(g vmdkstream.Grain) { r.grains = append(r.grains, g) }
 
 // Commit makes vmdk, just written completely with r recording its grains,
 // the store's VMDK: hard-linked into the store (copied where that fails),
-// then indexed. Until both are renamed into place the store keeps its
-// previous VMDK.
+// then indexed. The index is renamed into place after the VMDK: in
+// between, or if the commit fails there, the store is unusable (no
+// reuse), never wrong.
 func (s *Store) Commit(vmdk string, r *Recorder) error {
 	if err := os.MkdirAll(s.dir, 0o755); err != nil {
 		return err
@@ -202,24 +202,23 @@ func (s *Store) Commit(vmdk string, r *Recorder) error {
 	s.removeTemps()
 	tmp := filepath.Join(s.dir, "."+s.name+".vmdk.tmp-"+randomSuffix())
 	if err := os.Link(vmdk, tmp); err != nil {
-		if err := copyFile(vmdk, tmp); err != nil {
-			os.Remove(tmp)
+		// Another file system (or none with hard links): a copy.
+		if err := atomicfile.Copy(vmdk, s.VMDK(), 0o644, atomicfile.TempPattern("."+s.name+".vmdk.tmp-*")); err != nil {
 			return err
 		}
+	} else if err := os.Rename(tmp, s.VMDK()); err != nil {
+		os.Remove(tmp)
+		return err
 	}
-	defer os.Remove(tmp) // renamed away on success
-	fi, err := os.Stat(tmp)
+	fi, err := os.Stat(s.VMDK()) // under the lock: no other commit replaces it
 	if err != nil {
 		return err
 	}
 	id, ok := identityOf(fi)
 	if !ok {
-		return fmt.Errorf("%s: no inode to record", tmp)
+		return fmt.Errorf("%s: no inode to record", s.VMDK())
 	}
 	data := marshalIndex(s.key, id, r.grains)
-	if err := os.Rename(tmp, s.VMDK()); err != nil {
-		return err
-	}
 	return atomicfile.Write(s.index(), data, 0o644, atomicfile.TempPattern("."+s.name+".idx.tmp-*"))
 }
 
@@ -272,23 +271,6 @@ func (s *Store) removeTemps() {
 	for _, p := range tmps {
 		os.Remove(p)
 	}
-}
-
-func copyFile(src, dst string) error {
-	in, err := os.Open(src)
-	if err != nil {
-		return err
-	}
-	defer in.Close()
-	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
-	if err != nil {
-		return err
-	}
-	if _, err := io.Copy(out, in); err != nil {
-		out.Close()
-		return err
-	}
-	return out.Close()
 }
 
 func randomSuffix() string {

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -201,6 +202,36 @@ func TestStoreRefusesWhatDoesNotMatch(t *testing.T) {
 			}
 			checkVMDK(t, out, a)
 		})
+	}
+}
+
+// TestStoreCopiesAcrossFileSystems: a VMDK on another file system than
+// the store is copied into it, and served.
+func TestStoreCopiesAcrossFileSystems(t *testing.T) {
+	other, err := os.MkdirTemp("/dev/shm", "grainstore-test-")
+	if err != nil {
+		t.Skip("no /dev/shm:", err)
+	}
+	t.Cleanup(func() { os.RemoveAll(other) })
+	stores := filepath.Join(t.TempDir(), "stores")
+	os.Mkdir(stores, 0o755)
+	a, _ := os.Stat(other)
+	b, _ := os.Stat(stores)
+	if a.Sys().(*syscall.Stat_t).Dev == b.Sys().(*syscall.Stat_t).Dev {
+		t.Skip("/dev/shm and the test's directory are one file system")
+	}
+	s := New(stores, "k")
+	content := disk(6)
+	out := filepath.Join(other, "a.vmdk")
+	write(t, s, out, content, false)
+	if same(t, out, s.VMDK()) || !bytes.Equal(read(t, out), read(t, s.VMDK())) {
+		t.Fatal("the store's VMDK is not a copy of the output")
+	}
+	if st := write(t, s, filepath.Join(other, "b.vmdk"), content, true); st.Reused != st.Grains {
+		t.Fatalf("%+v: want every grain reused", st)
+	}
+	if tmps, _ := filepath.Glob(filepath.Join(stores, ".*")); len(tmps) != 0 {
+		t.Fatalf("temporary files left: %v", tmps)
 	}
 }
 
