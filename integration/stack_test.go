@@ -147,11 +147,25 @@ systemd-analyze blame 2>/dev/null | head -15; true`))
 	})
 
 	t.Run("stack-services-running", func(t *testing.T) {
-		out := run(t, "docker ps --format '{{.Label \"com.docker.compose.service\"}} {{.State}}'")
-		for _, s := range stackServices {
-			if !strings.Contains(out, s+" running\n") {
-				t.Errorf("service %s is not running:\n%s", s, out)
+		// Ready means the web service answers; the agent starts it (and
+		// what it links) first and the rest of the stack right after, so
+		// the others are given a minute to be running.
+		var out string
+		var notRunning []string
+		for deadline := time.Now().Add(time.Minute); ; time.Sleep(2 * time.Second) {
+			out = run(t, "docker ps --format '{{.Label \"com.docker.compose.service\"}} {{.State}}'")
+			notRunning = nil
+			for _, s := range stackServices {
+				if !strings.Contains(out, s+" running\n") {
+					notRunning = append(notRunning, s)
+				}
 			}
+			if len(notRunning) == 0 || time.Now().After(deadline) {
+				break
+			}
+		}
+		for _, s := range notRunning {
+			t.Errorf("service %s is not running within a minute:\n%s", s, out)
 		}
 		if v := run(t, "docker compose version --short 2>/dev/null || docker-compose version --short"); !strings.HasPrefix(strings.TrimSpace(v), "2.") {
 			t.Errorf("Compose %q, want v2", v)

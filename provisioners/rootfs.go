@@ -2,14 +2,15 @@ package provisioners
 
 import (
 	"archive/tar"
+	"bufio"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
+	"path"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -39,6 +40,13 @@ type DebianImage struct {
 	Mirror string `yaml:"mirror"`
 	// Packages are installed on top of the essential set.
 	Packages []string `yaml:"packages"`
+	// Keep, when set, makes a slim (distroless) image: the layer holds only
+	// these paths (a directory with everything below it), the shared
+	// libraries their ELF files need and the program interpreter, /etc/passwd,
+	// /etc/group, /tmp and the directories above them; the installed
+	// packages are listed in /usr/share/ecs-image/debian-packages. Empty: the
+	// whole root file system.
+	Keep []string `yaml:"keep"`
 	// Entrypoint, Cmd, User, WorkingDir, Env and Ports make the image's config.
 	Entrypoint []string `yaml:"entrypoint"`
 	Cmd        []string `yaml:"cmd"`
@@ -78,6 +86,11 @@ func (d *DebianImage) check(f string) []FieldError {
 			errs = append(errs, fieldErr(fmt.Sprintf("%s.packages[%d]", f, i), "%q is not a package name", p))
 		}
 	}
+	for i, k := range d.Keep {
+		if !strings.HasPrefix(k, "/") || path.Clean(k) != k || k == "/" {
+			errs = append(errs, fieldErr(fmt.Sprintf("%s.keep[%d]", f, i), "%q: want an absolute, clean path below /", k))
+		}
+	}
 	if len(d.Entrypoint) == 0 && len(d.Cmd) == 0 {
 		errs = append(errs, fieldErr(f+".cmd", "required (or entrypoint): what the container runs"))
 	}
@@ -100,6 +113,13 @@ func (d *DebianImage) rootfsKey() string {
 	b, _ := json.Marshal([]any{d.Suite, d.Mirror, d.Packages})
 	s := sha256.Sum256(b)
 	return hex.EncodeToString(s[:8])
+}
+
+// keepKey tells slim layers of one root file system apart.
+func (d *DebianImage) keepKey() string {
+	b, _ := json.Marshal(d.Keep)
+	s := sha256.Sum256(b)
+	return hex.EncodeToString(s[:6])
 }
 
 // mmdebstrapArgs is the command line that writes the root file system
@@ -155,53 +175,40 @@ func lastChars(s string, n int) string {
 var layerEpoch = time.Unix(0, 0).UTC()
 
 // rootfsLayer rewrites an mmdebstrap tarball into a layer: names without
-// "./", no device nodes under /dev (the runtime provides /dev).
-func rootfsLayer(rootfs, out string) error {
-	in, err := os.Open(rootfs)
-	if err != nil {
-		return err
-	}
-	defer in.Close()
+// "./", no device nodes under /dev (the runtime provides /dev); with keep,
+// only what keepSet keeps (slimLayer).
+func rootfsLayer(rootfs, out string, keep []string) error {
 	f, err := atomicfile.Create(out, 0o644)
 	if err != nil {
 		return err
 	}
 	defer f.Abort()
-	tr := tar.NewReader(in)
 	tw := tar.NewWriter(f)
-	for {
-		h, err := tr.Next()
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			return fmt.Errorf("%s: %w", rootfs, err)
-		}
-		n := strings.TrimPrefix(h.Name, "./")
-		if n == "" || n == "." {
-			continue
-		}
-		if strings.HasPrefix(n, "dev/") && n != "dev/" {
-			continue
-		}
-		if h.Typeflag == tar.TypeChar || h.Typeflag == tar.TypeBlock || h.Typeflag == tar.TypeFifo {
-			continue
-		}
-		h.Name = n
-		if h.Typeflag == tar.TypeLink {
-			h.Linkname = strings.TrimPrefix(h.Linkname, "./")
-		}
-		if err := tw.WriteHeader(h); err != nil {
-			return err
-		}
-		if _, err := io.Copy(tw, tr); err != nil {
-			return err
-		}
+	if len(keep) > 0 {
+		err = slimLayer(rootfs, tw, keep)
+	} else {
+		err = fullLayer(rootfs, tw)
+	}
+	if err != nil {
+		return err
 	}
 	if err := tw.Close(); err != nil {
 		return err
 	}
 	return f.Commit()
+}
+
+// fullLayer writes every entry of the tarball at rootfs into tw.
+func fullLayer(rootfs string, tw *tar.Writer) error {
+	in, err := os.Open(rootfs)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	if err := writeLayer(bufio.NewReaderSize(in, 1<<20), tw, func(string) bool { return true }); err != nil {
+		return fmt.Errorf("%s: %w", rootfs, err)
+	}
+	return nil
 }
 
 // debianImage writes the docker-archive of im (a debian: source) into dir.
@@ -212,8 +219,11 @@ func debianImage(ctx context.Context, im *ContainerImage, dir string, log func(s
 		return "", err
 	}
 	layerFile := strings.TrimSuffix(rootfs, ".tar") + ".layer.tar"
+	if len(d.Keep) > 0 {
+		layerFile = strings.TrimSuffix(rootfs, ".tar") + "-keep-" + d.keepKey() + ".layer.tar"
+	}
 	if _, err := os.Stat(layerFile); err != nil {
-		if err := rootfsLayer(rootfs, layerFile); err != nil {
+		if err := rootfsLayer(rootfs, layerFile, d.Keep); err != nil {
 			return "", err
 		}
 	}
@@ -221,8 +231,12 @@ func debianImage(ctx context.Context, im *ContainerImage, dir string, log func(s
 	if err != nil {
 		return "", err
 	}
+	createdBy := "ecs-image: mmdebstrap --variant=essential " + d.Suite + " " + strings.Join(d.Packages, " ")
+	if len(d.Keep) > 0 {
+		createdBy += "; keep " + strings.Join(d.Keep, " ")
+	}
 	img, err := mutate.Append(empty.Image, mutate.Addendum{Layer: layer, History: v1.History{
-		Created: v1.Time{Time: layerEpoch}, CreatedBy: "ecs-image: mmdebstrap --variant=essential " + d.Suite + " " + strings.Join(d.Packages, " "),
+		Created: v1.Time{Time: layerEpoch}, CreatedBy: createdBy,
 	}})
 	if err != nil {
 		return "", err

@@ -417,11 +417,10 @@ func (a *Agent) stepCompose(ctx context.Context, e *Env) error {
 // creates every service from the images just loaded. Data lives in the
 // stack's bind mounts, not in the containers.
 func (a *Agent) removeStackContainers(ctx context.Context) error {
-	out, err := a.Host.Run(ctx, "docker", "ps", "-aq", "--filter", "label=com.docker.compose.project="+a.composeProject())
+	ids, err := a.stackContainers(ctx)
 	if err != nil {
-		return fmt.Errorf("listing the stack's containers: %w", err)
+		return err
 	}
-	ids := strings.Fields(string(out))
 	if len(ids) == 0 {
 		return nil
 	}
@@ -433,4 +432,13 @@ func (a *Agent) removeStackContainers(ctx context.Context) error {
 		return fmt.Errorf("removing the stack's containers of the previous images: %w", err)
 	}
 	return nil
+}
+
+// stackContainers lists the IDs of the stack's containers, running or not.
+func (a *Agent) stackContainers(ctx context.Context) ([]string, error) {
+	out, err := a.Host.Run(ctx, "docker", "ps", "-aq", "--filter", "label=com.docker.compose.project="+a.composeProject())
+	if err != nil {
+		return nil, fmt.Errorf("listing the stack's containers: %w", err)
+	}
+	return strings.Fields(string(out)), nil
 }

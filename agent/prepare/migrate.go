@@ -17,15 +17,22 @@ import (
 // `docker-compose run --no-deps --rm ecs.web migrate`.
 const MigrateService = "ecs.web"
 
-// migrateArgs are compose's arguments that run the migrations. Unlike the
-// original, without --no-deps: Compose v2 links a `run` container to every
-// container of its linked services, stopped ones included, and the engine
-// refuses to start a container linked to a stopped one ("Cannot link to a
-// non running container") — which the stack's are after a restart of
-// appliance.service (a deploy of a new ecs image migrates then). Compose
+// migrateArgs are compose's arguments that run the migrations where the
+// stack has containers. Unlike the original, without --no-deps: Compose v2
+// links a `run` container to every container of its linked services,
+// stopped ones included, and the engine refuses to start a container
+// linked to a stopped one ("Cannot link to a non running container") —
+// which the stack's are after a restart of appliance.service. Compose
 // starts the linked services (redis, memcached) first instead; `up` keeps
 // them.
 var migrateArgs = []string{"run", "--rm", "-T", MigrateService, "migrate"}
+
+// migrateNoDepsArgs run the migrations where the stack has no container
+// (a first boot, or new images after removeStackContainers): as the
+// original, with --no-deps, since there is nothing to link to; redis and
+// memcached are not started for the migration (they cost 5–15 s under
+// emulation at a first boot) but by `up` beside the rest of the stack.
+var migrateNoDepsArgs = []string{"run", "--rm", "-T", "--no-deps", MigrateService, "migrate"}
 
 // MigratedTag records the image ID of MigrateService whose migrations ran
 // to completion: an unchanged image does not migrate (nor dump) again, as
@@ -142,8 +149,16 @@ func (a *Agent) stepMigrate(ctx context.Context, e *Env) error {
 		dumpNote = "; the dump taken before it is kept in " + MigrateDump + " (pg_restore it to roll back)"
 	}
 	if viaCompose {
-		name, args := a.composeCommand(migrateArgs...)
-		a.logf("prepare-ecs/migrate: running %s migrate (%s)", MigrateService, image)
+		ids, err := a.stackContainers(ctx)
+		if err != nil {
+			return err
+		}
+		margs, deps := migrateArgs, "with the linked services"
+		if len(ids) == 0 {
+			margs, deps = migrateNoDepsArgs, "no container yet: --no-deps"
+		}
+		name, args := a.composeCommand(margs...)
+		a.logf("prepare-ecs/migrate: running %s migrate (%s; %s)", MigrateService, image, deps)
 		if _, err := a.Host.RunCmd(ctx, hostCmd(name, args, a.migrateEnv(e))); err != nil {
 			return fmt.Errorf("migration (%s migrate) failed: %w%s", MigrateService, err, dumpNote)
 		}

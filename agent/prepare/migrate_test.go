@@ -21,6 +21,8 @@ type migrateRunner struct {
 	imageID string
 	fail    error
 	cmds    []string
+	// containers is what `docker ps -aq` prints: the stack's containers.
+	containers string
 }
 
 func (r *migrateRunner) Run(ctx context.Context, c host.Cmd) ([]byte, error) {
@@ -29,6 +31,9 @@ func (r *migrateRunner) Run(ctx context.Context, c host.Cmd) ([]byte, error) {
 		r.mu.Lock()
 		defer r.mu.Unlock()
 		r.cmds = append(r.cmds, c.String())
+		if c.Name == "docker" && len(c.Args) > 0 && c.Args[0] == "ps" {
+			return []byte(r.containers), nil
+		}
 		if c.Name == "docker" {
 			return []byte(r.imageID + "\n"), nil
 		}
@@ -71,8 +76,10 @@ func TestMigrateDumpsThenRunsECSWebMigrate(t *testing.T) {
 	if err := a.stepMigrate(context.Background(), e); err != nil {
 		t.Fatal(err)
 	}
+	// No container of the stack yet (a first boot): the linked services
+	// are not started for the migration.
 	cmds := strings.Join(r.take(), "\n")
-	want := "docker-compose -p ecs -f " + a.Host.Path(ComposeFile) + " run --rm -T ecs.web migrate"
+	want := "docker-compose -p ecs -f " + a.Host.Path(ComposeFile) + " run --rm -T --no-deps ecs.web migrate"
 	if !strings.Contains(cmds, want) {
 		t.Errorf("commands:\n%s\nwant %s", cmds, want)
 	}
@@ -101,13 +108,19 @@ func TestMigrateDumpsThenRunsECSWebMigrate(t *testing.T) {
 	}
 
 	// A new image whose migration fails: the dump of the database as it
-	// was is kept, the chain fails with the reason.
+	// was is kept, the chain fails with the reason. The stack has
+	// (stopped) containers: compose starts the linked services, since a
+	// `run` container is linked to every container of theirs.
 	r.imageID, r.fail = "sha256:v2", errors.New("docker-compose: exit status 1: django.db.utils.ProgrammingError")
+	r.containers = "0123abcd\n4567ef01\n"
 	// (prepare-ecs's migrate step, in the chain: the compose file is the
 	// test's, so the steps before it do not run)
 	err = a.runChain(context.Background(), "prepare-ecs", []Step{{Name: "migrate", Run: a.stepMigrate}})
 	if err == nil || !strings.Contains(err.Error(), "migration (ecs.web migrate) failed") || !strings.Contains(err.Error(), "kept in "+MigrateDump) {
 		t.Fatalf("err %v", err)
+	}
+	if cmds := strings.Join(r.take(), "\n"); !strings.Contains(cmds, " run --rm -T ecs.web migrate") {
+		t.Errorf("with the stack's containers, commands:\n%s\nwant run --rm -T ecs.web migrate", cmds)
 	}
 	reason, failed := status.FailedReason(a.Host)
 	if !failed || !strings.HasPrefix(reason, "prepare-ecs/migrate: migration (ecs.web migrate) failed") || !strings.Contains(reason, "ProgrammingError") {
@@ -160,7 +173,7 @@ func TestMigrateRefusesOlderImage(t *testing.T) {
 		t.Helper()
 		r.imageID = id
 		err := a.stepMigrate(context.Background(), e)
-		return strings.Contains(strings.Join(r.take(), "\n"), " run --rm -T ecs.web migrate"), err
+		return strings.Contains(strings.Join(r.take(), "\n"), " ecs.web migrate"), err
 	}
 	for _, id := range []string{"sha256:v1", "sha256:v2"} {
 		if ran, err := migrate(id); err != nil || !ran {

@@ -159,7 +159,8 @@ func TestApplianceStopIsNotAFailure(t *testing.T) {
 }
 
 // The appliance's `up` and the migrations' `run` use one Compose, project
-// and file (composeCommand): a declared stack's project with the v2 plugin.
+// and file (composeCommand): a declared stack's project with the v2 plugin;
+// the appliance starts the declared web service before the rest.
 func TestApplianceAndMigrateShareComposeCommand(t *testing.T) {
 	a, rec := testAgent(t)
 	activate(t, a, siteEnv)
@@ -172,9 +173,11 @@ func TestApplianceAndMigrateShareComposeCommand(t *testing.T) {
 	// is not what is tested here.
 	_ = a.Appliance(ctx, RunOptions{Probe: func(context.Context) bool { return true }, Interval: 10 * time.Millisecond})
 	prefix := "docker compose -p site -f " + a.Host.Path(ComposeFile) + " "
-	up := prefix + "up --no-color --remove-orphans"
-	if !strings.Contains(strings.Join(rec.Commands, "\n"), up) {
-		t.Errorf("appliance ran\n%s\nwant %s", strings.Join(rec.Commands, "\n"), up)
+	// The web service first (detached), then the whole stack.
+	web, up := prefix+"up --no-color --detach ecs.web", prefix+"up --no-color --remove-orphans"
+	cmds := strings.Join(rec.Commands, "\n")
+	if w, u := strings.Index(cmds, web), strings.Index(cmds, up); w < 0 || u < 0 || w > u {
+		t.Errorf("appliance ran\n%s\nwant %s, then %s", cmds, web, up)
 	}
 	name, args := a.composeCommand(migrateArgs...)
 	if got := (host.Cmd{Name: name, Args: args}).String(); got != prefix+"run --rm -T ecs.web migrate" {
