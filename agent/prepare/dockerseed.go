@@ -53,21 +53,21 @@ func (a *Agent) dockerSeedPending() bool {
 }
 
 // seedDocker copies the build's image store into docker's empty data root
-// while dockerd is stopped (stopped: the caller stopped it and starts it
-// again; else a running dockerd is stopped and its socket started again
-// afterwards), so that dockerd starts with the baked images unpacked
+// while dockerd does not run (quiet: the caller stopped it and starts it
+// again, or its start waits for StorageReady; else a running dockerd is
+// stopped and its socket started again afterwards), so that dockerd starts with the baked images unpacked
 // instead of `docker load` decompressing and unpacking them under
 // emulation. The copy goes to a temporary directory in the data root and
 // is renamed into place, overlay2/ before image/ (an interrupted copy
 // leaves no image store, so the next boot copies again or, with layers
 // left behind, loads the tarballs). The images step then finds the images
 // by the build's IDs and checks them against the index.
-func (a *Agent) seedDocker(ctx context.Context, stopped bool) error {
+func (a *Agent) seedDocker(ctx context.Context, quiet bool) error {
 	const step = "prepare-appliance/storage"
 	if !a.dockerSeedPending() {
 		return nil
 	}
-	if !stopped {
+	if !quiet {
 		did, err := a.stopDocker(ctx, "to copy the image store")
 		if err != nil {
 			return err

@@ -233,3 +233,39 @@ func TestStorageCopiesTheSeedWhileDockerdIsStopped(t *testing.T) {
 		t.Errorf("an image of the store was loaded:\n%s", strings.Join(cmds, "\n"))
 	}
 }
+
+// TestStorageLeavesAWaitingDockerdWaiting: where docker.service's start is
+// waiting for the storage step (ExecStartPre, WaitStorage), the step does
+// not stop and restart it: it marks itself busy, mounts, copies the store
+// and writes StorageReady, which ends the wait.
+func TestStorageLeavesAWaitingDockerdWaiting(t *testing.T) {
+	a, rec := testAgent(t)
+	a.Host.Runner = copyRunner{rec}
+	fakeSystem(t, a)
+	put(t, a, Fstab, []byte(baseFstab), 0o644)
+	labelDevice(t, a, "ecs-data", "vdb")
+	labelDevice(t, a, "ecs-volatile", "vdc")
+	fakeSeed(t, a)
+	rec.Responses["systemctl is-active docker.socket docker.service"] = host.Response{Stdout: "active\nactivating\n"}
+	rec.Responses["systemctl show --property SubState --value docker.service"] = host.Response{Stdout: "start-pre\n"}
+	activate(t, a, storageEnvText("false"))
+	e, err := a.loadActive()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.stepStorage(context.Background(), e); err != nil {
+		t.Fatal(err)
+	}
+	cmds := rec.Recorded()
+	if slices.ContainsFunc(cmds, func(c string) bool {
+		return strings.HasPrefix(c, "systemctl stop docker") || strings.HasPrefix(c, "systemctl start docker")
+	}) {
+		t.Errorf("a waiting dockerd was stopped or started:\n%s", strings.Join(cmds, "\n"))
+	}
+	if !a.hasDockerImages(DockerDir) {
+		t.Error("the image store was not copied")
+	}
+	if !a.Host.Exists(StorageBusy) || !a.Host.Exists(StorageReady) {
+		t.Errorf("busy %v, ready %v: want both", a.Host.Exists(StorageBusy), a.Host.Exists(StorageReady))
+	}
+}

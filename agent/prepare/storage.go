@@ -37,6 +37,13 @@ const (
 // where a labelled volume is attached but not mounted yet (WaitStorage).
 const StorageReady = "/run/ecs-agent/storage-ready"
 
+// StorageBusy is written by the storage step before it mounts volumes for
+// a dockerd whose start is waiting (WaitStorage): the wait then lasts
+// until StorageReady, past the mounts, so that docker's data root also
+// gets the build's image store before dockerd starts — instead of stopping
+// the waiting start and starting dockerd again (seconds under emulation).
+const StorageBusy = "/run/ecs-agent/storage-busy"
+
 // fstabOptions keep a missing volume from stopping the boot (the agent
 // reports it instead) and bound the wait for the device.
 const fstabOptions = "defaults,nofail,x-systemd.device-timeout=30s"
@@ -99,13 +106,29 @@ func (a *Agent) stepStorage(ctx context.Context, e *Env) error {
 	// Where a volume was attached at this boot's start, docker.service's
 	// start waits for StorageReady (WaitStorage) instead of running; the
 	// stop then ends that wait.
-	stopped := false
+	// Where dockerd's start is waiting for this step (its ExecStartPre,
+	// WaitStorage), StorageBusy keeps it waiting until StorageReady
+	// instead.
+	quiet := false
 	if slices.ContainsFunc(vols, func(v storageVolume) bool { _, ok := mounts[v.Mount]; return !ok }) {
-		if stopped, err = a.stopDocker(ctx, "before mounting"); err != nil {
-			return err
-		}
-		if stopped {
-			defer a.startDocker(ctx, step)
+		if a.dockerWaiting(ctx) {
+			if err := a.Host.MkdirAll(path.Dir(StorageBusy), 0o755); err != nil {
+				return err
+			}
+			if _, err := a.Host.WriteFile(StorageBusy, []byte("ok\n"), 0o644); err != nil {
+				return err
+			}
+			quiet = true
+			a.logf("%s: dockerd's start waits for this step (%s)", step, StorageReady)
+		} else {
+			stopped, err := a.stopDocker(ctx, "before mounting")
+			if err != nil {
+				return err
+			}
+			if stopped {
+				defer a.startDocker(ctx, step)
+			}
+			quiet = stopped
 		}
 	}
 	for _, v := range vols {
@@ -138,7 +161,7 @@ func (a *Agent) stepStorage(ctx context.Context, e *Env) error {
 	// build's image store while dockerd is stopped (copied beside the
 	// services' start-ups instead, it took twice as long and dockerd
 	// started later: docs/e2e.md).
-	if err := a.seedDocker(ctx, stopped); err != nil {
+	if err := a.seedDocker(ctx, quiet); err != nil {
 		return err
 	}
 	if err := a.Host.MkdirAll(path.Dir(StorageReady), 0o755); err != nil {
@@ -266,6 +289,9 @@ func (a *Agent) WaitStorage(ctx context.Context, timeout, poll time.Duration) er
 			return nil
 		}
 		pending := a.pendingVolumes()
+		if a.Host.Exists(StorageBusy) {
+			pending = []string{"the storage step's mounts and image store"}
+		}
 		if len(pending) == 0 {
 			return nil
 		}
@@ -282,6 +308,13 @@ func (a *Agent) WaitStorage(ctx context.Context, timeout, poll time.Duration) er
 		case <-time.After(poll):
 		}
 	}
+}
+
+// dockerWaiting tells whether docker.service's start is in its
+// ExecStartPre (WaitStorage): dockerd does not run yet.
+func (a *Agent) dockerWaiting(ctx context.Context) bool {
+	out, _ := a.Host.Run(ctx, "systemctl", "show", "--property", "SubState", "--value", "docker.service")
+	return strings.TrimSpace(string(out)) == "start-pre"
 }
 
 // dockerActive tells whether docker.socket or docker.service is active

@@ -283,6 +283,23 @@ func TestWaitStorage(t *testing.T) {
 	if err := a.WaitStorage(ctx, 10*time.Second, 5*time.Millisecond); err != nil {
 		t.Fatal(err)
 	}
+	// Mounted, but the storage step is busy (its image store copy for a
+	// waiting dockerd): it waits for StorageReady.
+	os.Remove(a.Host.Path(StorageReady))
+	put(t, a, MountInfo, []byte("22 1 254:1 / / rw - ext4 /dev/vda1 rw\n95 22 254:32 / /volatile rw - ext4 /dev/vdc rw\n"), 0o444)
+	put(t, a, StorageBusy, []byte("ok\n"), 0o644)
+	if err := a.WaitStorage(ctx, 30*time.Millisecond, 5*time.Millisecond); !errors.Is(err, ErrStorageWait) {
+		t.Fatalf("busy: err = %v, want a wait", err)
+	}
+	go func() {
+		time.Sleep(20 * time.Millisecond)
+		os.WriteFile(a.Host.Path(StorageReady), []byte("ok\n"), 0o644)
+	}()
+	if err := a.WaitStorage(ctx, 10*time.Second, 5*time.Millisecond); err != nil {
+		t.Fatal(err)
+	}
+	os.Remove(a.Host.Path(StorageBusy))
+	put(t, a, MountInfo, []byte("22 1 254:1 / / rw - ext4 /dev/vda1 rw\n"), 0o444)
 	// Cancelled (systemctl stop docker.service ends the wait).
 	os.Remove(a.Host.Path(StorageReady))
 	cctx, cancel := context.WithCancel(ctx)
