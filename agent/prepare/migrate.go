@@ -1,14 +1,12 @@
 package prepare
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"os"
 	"slices"
 	"strings"
-	"sync"
 
 	"github.com/ecs-image/ecs-image/agent/host"
 	"go.yaml.in/yaml/v3"
@@ -91,103 +89,20 @@ func (a *Agent) recordMigrated(imageID string) error {
 // composeServiceImage returns the image of service in the compose file,
 // and whether the service exists.
 func (a *Agent) composeServiceImage(service string) (string, bool) {
-	image, _, ok := a.composeService(service)
-	return image, ok
-}
-
-// composeService returns the image of service in the compose file, the
-// services it links or depends on (file order), and whether it exists.
-func (a *Agent) composeService(service string) (image string, deps []string, ok bool) {
 	data, err := a.Host.ReadFile(ComposeFile)
 	if err != nil {
-		return "", nil, false
+		return "", false
 	}
 	var f struct {
 		Services map[string]struct {
-			Image     string    `yaml:"image"`
-			Links     []string  `yaml:"links"`
-			DependsOn yaml.Node `yaml:"depends_on"`
+			Image string `yaml:"image"`
 		} `yaml:"services"`
 	}
 	if err := yaml.Unmarshal(data, &f); err != nil {
-		return "", nil, false
+		return "", false
 	}
 	s, ok := f.Services[service]
-	add := func(d string) {
-		if d != "" && !slices.Contains(deps, d) {
-			deps = append(deps, d)
-		}
-	}
-	for _, l := range s.Links {
-		name, _, _ := strings.Cut(l, ":")
-		add(name)
-	}
-	switch s.DependsOn.Kind {
-	case yaml.SequenceNode: // [a, b]
-		for _, n := range s.DependsOn.Content {
-			add(n.Value)
-		}
-	case yaml.MappingNode: // {a: {condition: …}}
-		for i := 0; i+1 < len(s.DependsOn.Content); i += 2 {
-			add(s.DependsOn.Content[i].Value)
-		}
-	}
-	return s.Image, deps, ok
-}
-
-// startDepsBesideRun starts deps (compose up --detach) as soon as the
-// migration's one-off container has started — not before: a `run`
-// container is linked to every container of its linked services that
-// exists when it is created, and the engine refuses to start it while one
-// of them is not running yet. Where the migration runs without them
-// (--no-deps, a first boot), they then start beside it instead of after
-// it in the appliance's `up` (seconds under emulation; minutes of real
-// migrations). The returned function, called when the migration has
-// ended, stops waiting and waits for a started `up`. A failure is logged:
-// the appliance's `up` starts them anyway and fails visibly.
-func (a *Agent) startDepsBesideRun(ctx context.Context, deps []string) (wait func()) {
-	ectx, cancel := context.WithCancel(ctx)
-	started, stop, done := make(chan struct{}), make(chan struct{}), make(chan struct{})
-	var once sync.Once
-	go func() {
-		// The start of the project's one-off container, as it happens.
-		_, _ = a.Host.RunCmd(ectx, host.Cmd{Name: "docker", Args: []string{"events", "--filter", "type=container", "--filter", "event=start",
-			"--filter", "label=com.docker.compose.project=" + a.composeProject(), "--filter", "label=com.docker.compose.oneoff=True", "--format", "{{.ID}}"},
-			Stdout: lineSignal(func() { once.Do(func() { close(started) }) })})
-	}()
-	go func() {
-		defer close(done)
-		select {
-		case <-started:
-		case <-stop:
-			select {
-			case <-started: // both: the start came first
-			default:
-				return
-			}
-		}
-		name, args := a.composeCommand(append([]string{"up", "--detach", "--no-color"}, deps...)...)
-		if _, err := a.Host.RunCmd(ctx, hostCmd(name, args, nil)); err != nil {
-			a.logf("prepare-ecs/migrate: starting %s beside the migration: %v (the appliance's up starts them)", strings.Join(deps, ", "), err)
-			return
-		}
-		a.logf("prepare-ecs/migrate: %s started beside the migration", strings.Join(deps, ", "))
-	}()
-	return func() {
-		close(stop)
-		<-done
-		cancel()
-	}
-}
-
-// lineSignal is a writer that calls its function at each newline written.
-type lineSignal func()
-
-func (f lineSignal) Write(p []byte) (int, error) {
-	if bytes.IndexByte(p, '\n') >= 0 {
-		f()
-	}
-	return len(p), nil
+	return s.Image, ok
 }
 
 // stepMigrate runs the database migrations unless ecs.migrate.auto is
@@ -238,20 +153,13 @@ func (a *Agent) stepMigrate(ctx context.Context, e *Env) error {
 		if err != nil {
 			return err
 		}
-		margs, how := migrateArgs, "with the linked services"
-		wait := func() {}
+		margs, deps := migrateArgs, "with the linked services"
 		if len(ids) == 0 {
-			margs, how = migrateNoDepsArgs, "no container yet: --no-deps"
-			if _, deps, _ := a.composeService(MigrateService); len(deps) > 0 {
-				wait = a.startDepsBesideRun(ctx, deps)
-				how += ", " + strings.Join(deps, ", ") + " started beside it"
-			}
+			margs, deps = migrateNoDepsArgs, "no container yet: --no-deps"
 		}
 		name, args := a.composeCommand(margs...)
-		a.logf("prepare-ecs/migrate: running %s migrate (%s; %s)", MigrateService, image, how)
-		_, err = a.Host.RunCmd(ctx, hostCmd(name, args, a.migrateEnv(e)))
-		wait()
-		if err != nil {
+		a.logf("prepare-ecs/migrate: running %s migrate (%s; %s)", MigrateService, image, deps)
+		if _, err := a.Host.RunCmd(ctx, hostCmd(name, args, a.migrateEnv(e))); err != nil {
 			return fmt.Errorf("migration (%s migrate) failed: %w%s", MigrateService, err, dumpNote)
 		}
 		return a.recordMigrated(imageID)

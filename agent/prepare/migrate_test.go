@@ -1,15 +1,12 @@
 package prepare
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"os/exec"
-	"slices"
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/ecs-image/ecs-image/agent/host"
 	"github.com/ecs-image/ecs-image/agent/status"
@@ -26,10 +23,6 @@ type migrateRunner struct {
 	cmds    []string
 	// containers is what `docker ps -aq` prints: the stack's containers.
 	containers string
-	// oneoff, when set, is closed once `docker events` has reported the
-	// start of the migration's container; the migration waits for it.
-	oneoff     chan struct{}
-	oneoffOnce sync.Once
 }
 
 func (r *migrateRunner) Run(ctx context.Context, c host.Cmd) ([]byte, error) {
@@ -40,22 +33,6 @@ func (r *migrateRunner) Run(ctx context.Context, c host.Cmd) ([]byte, error) {
 		r.cmds = append(r.cmds, c.String())
 		if c.Name == "docker" && len(c.Args) > 0 && c.Args[0] == "ps" {
 			return []byte(r.containers), nil
-		}
-		if c.Name == "docker" && len(c.Args) > 0 && c.Args[0] == "events" && r.oneoff != nil {
-			if c.Stdout != nil {
-				c.Stdout.Write([]byte("0123abcd\n"))
-			}
-			r.oneoffOnce.Do(func() { close(r.oneoff) })
-			return nil, nil
-		}
-		if c.Name == "docker-compose" && slices.Contains(c.Args, "run") && r.oneoff != nil {
-			r.mu.Unlock()
-			select {
-			case <-r.oneoff:
-			case <-time.After(10 * time.Second):
-			}
-			r.mu.Lock()
-			return nil, r.fail
 		}
 		if c.Name == "docker" {
 			return []byte(r.imageID + "\n"), nil
@@ -231,47 +208,5 @@ func TestMigrateRefusesOlderImage(t *testing.T) {
 	}
 	if _, err := migrate("sha256:v2"); !errors.Is(err, ErrOlderImage) {
 		t.Errorf("v2 after v3: %v", err)
-	}
-}
-
-// At a first boot (no container of the stack), the migration runs with
-// --no-deps, and the services ecs.web links or depends on are started
-// beside it once its one-off container has started (docker events), not
-// before (a run container links to every existing container of its linked
-// services and refuses one that does not run yet).
-func TestMigrateStartsLinkedServicesBesideAFirstRun(t *testing.T) {
-	a, _ := testAgent(t)
-	r := &migrateRunner{imageID: "sha256:v1", oneoff: make(chan struct{})}
-	activate(t, a, clientCertEnv)
-	a.Host.Runner = r
-	put(t, a, ComposeFile, []byte("services:\n  ecs.web:\n    image: ecs/ecs:latest\n    links: [redis, \"memcached:mc\"]\n    depends_on: {redis: {condition: service_started}, pdfas: {condition: service_started}}\n  redis:\n    image: redis:7\n"), 0o644)
-	e, err := a.loadActive()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := a.stepMigrate(context.Background(), e); err != nil {
-		t.Fatal(err)
-	}
-	cmds := r.take()
-	prefix := "docker-compose -p ecs -f " + a.Host.Path(ComposeFile) + " "
-	run := slices.Index(cmds, prefix+"run --rm -T --no-deps ecs.web migrate")
-	events := slices.IndexFunc(cmds, func(c string) bool {
-		return strings.HasPrefix(c, "docker events ") && strings.Contains(c, "label=com.docker.compose.oneoff=True")
-	})
-	up := slices.Index(cmds, prefix+"up --detach --no-color redis memcached pdfas")
-	if run < 0 || events < 0 || up < 0 || up < events {
-		t.Errorf("want the run, docker events, then up of redis, memcached, pdfas:\n%s", strings.Join(cmds, "\n"))
-	}
-	if log := a.Log.(*bytes.Buffer).String(); !strings.Contains(log, "redis, memcached, pdfas started beside the migration") {
-		t.Errorf("log: %s", log)
-	}
-
-	// With the stack's containers (a restart): compose starts them itself.
-	r.imageID, r.containers, r.oneoff = "sha256:v2", "0123abcd\n", nil
-	if err := a.stepMigrate(context.Background(), e); err != nil {
-		t.Fatal(err)
-	}
-	if cmds := strings.Join(r.take(), "\n"); strings.Contains(cmds, "docker events") || strings.Contains(cmds, " up ") || !strings.Contains(cmds, "run --rm -T ecs.web migrate") {
-		t.Errorf("with containers:\n%s", cmds)
 	}
 }
