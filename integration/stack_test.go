@@ -140,7 +140,7 @@ func checkStack(t *testing.T, run func(*testing.T, string) string, vm *appliance
 		t.Log(run(t, `systemd-analyze 2>&1 | head -3; echo
 journalctl -b -o short-monotonic --no-pager -u docker -u prepare-env -u prepare-appliance -u prepare-ecs -u appliance 2>/dev/null | grep -E 'done in|activated|concurrently|ECS-APPLIANCE|docker load|Started|Stopp|declared stack|verified|loaded|API listen|/storage: |/postgresql: |/migrate: |waiting for' | cut -c1-200 | head -100; echo
 # dockerd's own start (its steps under emulation).
-journalctl -b -o short-monotonic --no-pager -u docker -u containerd 2>/dev/null | grep -vE 'level=(debug|warning)' | cut -c1-180 | head -40; echo
+journalctl -b -o short-monotonic --no-pager -u docker -u containerd 2>/dev/null | grep -vE 'level=debug|loading plugin|skip loading' | cut -c1-180 | head -40; echo
 journalctl -b -o short-monotonic --no-pager -u postgresql@17-main -u postgresql 2>/dev/null | cut -c1-160 | head -20; echo
 # The containers' creation and start (UTC), against the guest clock (uptime).
 for c in $(docker ps -aq); do docker inspect --format '{{.Name}} created {{.Created}} started {{.State.StartedAt}}' $c; done; date -u +'now %FT%T.%N'; cat /proc/uptime
