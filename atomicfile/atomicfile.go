@@ -28,6 +28,7 @@ type options struct {
 	noClobber bool
 	mkdir     fs.FileMode // 0: parent directories must exist
 	pattern   string      // os.CreateTemp pattern; "" means "."+base+".tmp-*"
+	noSync    bool
 }
 
 // KeepOwner makes a replaced file keep the owner and group of the file it
@@ -43,6 +44,12 @@ func NoClobber() Option { return func(o *options) { o.noClobber = true } }
 
 // MkdirAll creates missing parent directories with perm.
 func MkdirAll(perm fs.FileMode) Option { return func(o *options) { o.mkdir = perm } }
+
+// NoSync puts the file in place without fsyncing it (nor the directory):
+// after a crash the path may hold the old file, or the new one with
+// blocks missing. For caches whose readers check what they read, where a
+// sync of a large file would cost more than it saves.
+func NoSync() Option { return func(o *options) { o.noSync = true } }
 
 // TempPattern names the temporary file: an os.CreateTemp pattern in the
 // target's directory (e.g. one a caller's clean-up of leftovers knows).
@@ -120,8 +127,10 @@ func (f *File) commit() error {
 	if err := f.Chmod(f.mode); err != nil {
 		return err
 	}
-	if err := f.Sync(); err != nil {
-		return err
+	if !f.o.noSync {
+		if err := f.Sync(); err != nil {
+			return err
+		}
 	}
 	if err := f.Close(); err != nil {
 		return err
@@ -149,7 +158,9 @@ func (f *File) commit() error {
 	} else if err := os.Rename(tmp, f.path); err != nil {
 		return err
 	}
-	syncDir(filepath.Dir(f.path))
+	if !f.o.noSync {
+		syncDir(filepath.Dir(f.path))
+	}
 	return nil
 }
 

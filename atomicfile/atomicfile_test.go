@@ -289,6 +289,10 @@ func TestCopy(t *testing.T) {
 		t.Errorf("Copy of a missing file: err = %v", err)
 	}
 	checkFile(t, dst, string(data), 0o644)
+	if err := Copy(src, dst+"2", 0o640, NoSync()); err != nil {
+		t.Fatal(err)
+	}
+	checkFile(t, dst+"2", string(data), 0o640)
 }
 
 func TestSHA256File(t *testing.T) {

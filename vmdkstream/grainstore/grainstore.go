@@ -202,8 +202,9 @@ func (s *Store) Commit(vmdk string, r *Recorder) error {
 	s.removeTemps()
 	tmp := filepath.Join(s.dir, "."+s.name+".vmdk.tmp-"+randomSuffix())
 	if err := os.Link(vmdk, tmp); err != nil {
-		// Another file system (or none with hard links): a copy.
-		if err := atomicfile.Copy(vmdk, s.VMDK(), 0o644, atomicfile.TempPattern("."+s.name+".vmdk.tmp-*")); err != nil {
+		// Another file system (or none with hard links): a copy, not
+		// synced (the index and vmdkstream's checks catch a damaged one).
+		if err := atomicfile.Copy(vmdk, s.VMDK(), 0o644, atomicfile.TempPattern("."+s.name+".vmdk.tmp-*"), atomicfile.NoSync()); err != nil {
 			return err
 		}
 	} else if err := os.Rename(tmp, s.VMDK()); err != nil {
@@ -219,7 +220,9 @@ func (s *Store) Commit(vmdk string, r *Recorder) error {
 		return fmt.Errorf("%s: no inode to record", s.VMDK())
 	}
 	data := marshalIndex(s.key, id, r.grains)
-	return atomicfile.Write(s.index(), data, 0o644, atomicfile.TempPattern("."+s.name+".idx.tmp-*"))
+	// Not synced either: a build does not wait for the disk; after a crash
+	// the index's checksum and the VMDK's identity tell what is left.
+	return atomicfile.Write(s.index(), data, 0o644, atomicfile.TempPattern("."+s.name+".idx.tmp-*"), atomicfile.NoSync())
 }
 
 // flock locks the store's lock file (creating it if create); with create
