@@ -156,10 +156,10 @@ func (a *Agent) runStack(ctx context.Context, o RunOptions, e *Env) error {
 	done := make(chan error, 1)
 	if a.Host.Exists(ComposeFile) {
 		// The web service (and the services it links) first, then the
-		// whole stack: started alone, it answers the ready probe seconds
-		// sooner than among the stack's eight containers, which under
-		// emulation start 6–30 s after their creation when they start
-		// together; the others follow at once.
+		// whole stack: ready waits for the web service alone, not for
+		// the start of the stack's other containers (under emulation
+		// 6–30 s after their creation when they start together); they
+		// follow at once.
 		if webService != "" {
 			name, args := a.composeCommand("up", "--no-color", "--detach", webService)
 			if _, err := a.Host.RunCmd(runCtx, host.Cmd{Name: name, Args: args, Stdout: os.Stderr, Stderr: os.Stderr}); err != nil {
