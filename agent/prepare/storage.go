@@ -99,16 +99,12 @@ func (a *Agent) stepStorage(ctx context.Context, e *Env) error {
 		}
 	}
 	// dockerd keeps its data under /volatile (daemon.json's data-root) and
-	// starts early in the boot, before this step: stop it while volumes are
-	// mounted, so that it does not go on using the root file system below
-	// a mount. Its socket is back afterwards; the first docker command (the
-	// image preload, prepare-ecs) starts it again.
-	// Where a volume was attached at this boot's start, docker.service's
-	// start waits for StorageReady (WaitStorage) instead of running; the
-	// stop then ends that wait.
-	// Where dockerd's start is waiting for this step (its ExecStartPre,
-	// WaitStorage), StorageBusy keeps it waiting until StorageReady
-	// instead.
+	// starts early in the boot. Where a volume was attached at this boot's
+	// start, its start waits for this step (ExecStartPre, WaitStorage):
+	// StorageBusy then keeps it waiting past the mounts until StorageReady.
+	// Where dockerd runs, it is stopped while volumes are mounted, so that
+	// it does not go on using the root file system below a mount, and
+	// started again afterwards.
 	quiet := false
 	if slices.ContainsFunc(vols, func(v storageVolume) bool { _, ok := mounts[v.Mount]; return !ok }) {
 		if a.dockerWaiting(ctx) {
