@@ -23,9 +23,9 @@ var libDirs = []string{"lib/x86_64-linux-gnu", "usr/lib/x86_64-linux-gnu", "lib"
 // /tmp, and the merged-/usr links.
 var keepAlways = []string{"etc/passwd", "etc/group", "tmp", "bin", "sbin", "lib", "lib64"}
 
-// packagesFile is where a slim layer records the Debian packages its files
-// came from ("name version" lines, from dpkg's status of the whole root
-// file system), since dpkg's own database is not kept.
+// packagesFile is where a slim layer records the Debian packages of the
+// root file system its files were taken from ("name version" lines, from
+// dpkg's status), since dpkg's own database is not kept.
 const packagesFile = "usr/share/ecs-image/debian-packages"
 
 // rootfsEntry is one entry of an mmdebstrap tarball: its header and, for an
@@ -218,9 +218,11 @@ func (ix *rootfsIndex) keepSet(keep []string) (map[string]bool, error) {
 		if ix.entries[real].hdr.Typeflag == tar.TypeDir {
 			for _, n := range ix.order {
 				if strings.HasPrefix(n, real+"/") {
-					if err := add(n); err != nil {
-						return nil, fmt.Errorf("keep /%s: %w", k, err)
-					}
+					// Everything below, as it is: a symlink that
+					// points nowhere in the root file system stays
+					// one (what it points to is kept when it exists).
+					kept[n] = true
+					_ = add(n)
 				}
 			}
 		}

@@ -187,6 +187,7 @@ func slimFixture(t *testing.T, dir string, withLibc bool) string {
 		{h: dirH("dev/")}, {h: &tar.Header{Name: "./dev/null", Typeflag: tar.TypeChar, Devmajor: 1, Devminor: 3, Mode: 0o666}},
 		{h: dirH("etc/")}, file("etc/passwd", 0o644, []byte("root:x:0:0:root:/root:/bin/sh\n")),
 		{h: dirH("etc/redis/")}, file("etc/redis/redis.conf", 0o640, []byte("port 6379\n")),
+		{h: link("etc/redis/dangling.conf", "/etc/nowhere.conf")},
 		{h: dirH("usr/")}, {h: dirH("usr/bin/")}, file("usr/bin/prog", 0o755, trueBin),
 		{h: &tar.Header{Name: "./usr/bin/prog2", Typeflag: tar.TypeLink, Linkname: "./usr/bin/prog"}},
 		file("usr/bin/perl", 0o755, []byte("#!junk\n")),
@@ -238,7 +239,7 @@ func TestRootfsLayerKeep(t *testing.T) {
 			packages = string(b)
 		}
 	}
-	want := "bin lib lib64 etc/ etc/passwd etc/redis/ etc/redis/redis.conf usr/ usr/bin/ usr/bin/prog usr/bin/prog2 " +
+	want := "bin lib lib64 etc/ etc/passwd etc/redis/ etc/redis/redis.conf etc/redis/dangling.conf usr/ usr/bin/ usr/bin/prog usr/bin/prog2 " +
 		"usr/lib/ usr/lib/x86_64-linux-gnu/ usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2 usr/lib64/ usr/lib64/ld-linux-x86-64.so.2 " +
 		"usr/share/ usr/lib/x86_64-linux-gnu/libc.so.6 usr/share/ecs-image/ " + packagesFile
 	if got := strings.Join(names, " "); got != want {
