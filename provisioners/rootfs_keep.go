@@ -87,11 +87,12 @@ func indexRootfs(r io.Reader) (*rootfsIndex, error) {
 		if string(magic[:]) != elf.ELFMAG {
 			continue
 		}
-		rest, err := io.ReadAll(tr)
-		if err != nil {
+		data := make([]byte, h.Size)
+		copy(data, magic[:])
+		if _, err := io.ReadFull(tr, data[len(magic):]); err != nil {
 			return nil, err
 		}
-		f, err := elf.NewFile(bytes.NewReader(append(magic[:], rest...)))
+		f, err := elf.NewFile(bytes.NewReader(data))
 		if err != nil {
 			continue // not an ELF file after all
 		}
@@ -183,38 +184,39 @@ func (ix *rootfsIndex) resolve(p string) (real string, links []string, err error
 func (ix *rootfsIndex) keepSet(keep []string) (map[string]bool, error) {
 	kept := map[string]bool{}
 	var elfs []string
-	add := func(p string) error {
+	// add keeps p (nothing when it does not resolve) and returns the
+	// entry it names.
+	add := func(p string) (string, error) {
 		real, links, err := ix.resolve(p)
 		if err != nil {
-			return err
+			return "", err
 		}
 		for _, l := range links {
 			kept[l] = true
 		}
 		if kept[real] {
-			return nil
+			return real, nil
 		}
 		kept[real] = true
-		e := ix.entries[real]
+		e, content := ix.entries[real], real
 		if e.hdr.Typeflag == tar.TypeLink {
 			t := cleanTarName(e.hdr.Linkname)
 			kept[t] = true
 			if te, ok := ix.entries[t]; ok {
-				e = te
-				real = t
+				e, content = te, t
 			}
 		}
 		if len(e.needed) > 0 || e.interp != "" {
-			elfs = append(elfs, real)
+			elfs = append(elfs, content)
 		}
-		return nil
+		return real, nil
 	}
 	for _, k := range keep {
 		k = cleanTarName(k)
-		if err := add(k); err != nil {
+		real, err := add(k)
+		if err != nil {
 			return nil, fmt.Errorf("keep: %w", err)
 		}
-		real, _, _ := ix.resolve(k)
 		if ix.entries[real].hdr.Typeflag == tar.TypeDir {
 			for _, n := range ix.order {
 				if strings.HasPrefix(n, real+"/") {
@@ -222,7 +224,7 @@ func (ix *rootfsIndex) keepSet(keep []string) (map[string]bool, error) {
 					// points nowhere in the root file system stays
 					// one (what it points to is kept when it exists).
 					kept[n] = true
-					_ = add(n)
+					_, _ = add(n)
 				}
 			}
 		}
@@ -237,17 +239,14 @@ func (ix *rootfsIndex) keepSet(keep []string) (map[string]bool, error) {
 		elfs = elfs[1:]
 		e := ix.entries[f]
 		if e.interp != "" {
-			if err := add(cleanTarName(e.interp)); err != nil {
+			if _, err := add(cleanTarName(e.interp)); err != nil {
 				return nil, fmt.Errorf("/%s: program interpreter %w", f, err)
 			}
 		}
 		for _, lib := range e.needed {
 			found := false
 			for _, d := range libDirs {
-				if _, _, err := ix.resolve(path.Join(d, lib)); err == nil {
-					if err := add(path.Join(d, lib)); err != nil {
-						return nil, err
-					}
+				if _, err := add(path.Join(d, lib)); err == nil {
 					found = true
 					break
 				}

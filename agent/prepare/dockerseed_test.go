@@ -198,10 +198,11 @@ func TestImagesPresentByIDAreNotLoaded(t *testing.T) {
 	}
 }
 
-// TestStorageCopiesTheSeedWhileDockerdIsStopped: with the ecs-volatile
-// volume and a build's image store, dockerd is stopped for the mount, the
-// store is copied onto the volume, and only then is dockerd's socket back.
-func TestStorageCopiesTheSeedWhileDockerdIsStopped(t *testing.T) {
+// seedStorageAgent is an agent whose system has the ecs-data and
+// ecs-volatile volumes attached and a build's image store, with cp run for
+// real.
+func seedStorageAgent(t *testing.T) (*Agent, *host.Recorder) {
+	t.Helper()
 	a, rec := testAgent(t)
 	a.Host.Runner = copyRunner{rec}
 	fakeSystem(t, a)
@@ -209,6 +210,14 @@ func TestStorageCopiesTheSeedWhileDockerdIsStopped(t *testing.T) {
 	labelDevice(t, a, "ecs-data", "vdb")
 	labelDevice(t, a, "ecs-volatile", "vdc")
 	fakeSeed(t, a)
+	return a, rec
+}
+
+// TestStorageCopiesTheSeedWhileDockerdIsStopped: with the ecs-volatile
+// volume and a build's image store, dockerd is stopped for the mount, the
+// store is copied onto the volume, and only then is dockerd's socket back.
+func TestStorageCopiesTheSeedWhileDockerdIsStopped(t *testing.T) {
+	a, rec := seedStorageAgent(t)
 	put(t, a, ImagesIndex, []byte(`[{"file":"redis.tar","tags":["ecs/redis:local"],"id":"`+seedImageID+`"}]`), 0o644)
 	put(t, a, ImagesDir+"/redis.tar", []byte("x"), 0o644)
 	rec.Responses["systemctl is-active docker.socket docker.service"] = host.Response{Stdout: "active\nactive\n"}
@@ -239,13 +248,7 @@ func TestStorageCopiesTheSeedWhileDockerdIsStopped(t *testing.T) {
 // not stop and restart it: it marks itself busy, mounts, copies the store
 // and writes StorageReady, which ends the wait.
 func TestStorageLeavesAWaitingDockerdWaiting(t *testing.T) {
-	a, rec := testAgent(t)
-	a.Host.Runner = copyRunner{rec}
-	fakeSystem(t, a)
-	put(t, a, Fstab, []byte(baseFstab), 0o644)
-	labelDevice(t, a, "ecs-data", "vdb")
-	labelDevice(t, a, "ecs-volatile", "vdc")
-	fakeSeed(t, a)
+	a, rec := seedStorageAgent(t)
 	rec.Responses["systemctl is-active docker.socket docker.service"] = host.Response{Stdout: "active\nactivating\n"}
 	rec.Responses["systemctl show --property SubState --value docker.service"] = host.Response{Stdout: "start-pre\n"}
 	activate(t, a, storageEnvText("false"))

@@ -108,10 +108,7 @@ func (a *Agent) stepStorage(ctx context.Context, e *Env) error {
 	quiet := false
 	if slices.ContainsFunc(vols, func(v storageVolume) bool { _, ok := mounts[v.Mount]; return !ok }) {
 		if a.dockerWaiting(ctx) {
-			if err := a.Host.MkdirAll(path.Dir(StorageBusy), 0o755); err != nil {
-				return err
-			}
-			if _, err := a.Host.WriteFile(StorageBusy, []byte("ok\n"), 0o644); err != nil {
+			if err := a.writeRunFlag(StorageBusy); err != nil {
 				return err
 			}
 			quiet = true
@@ -160,10 +157,16 @@ func (a *Agent) stepStorage(ctx context.Context, e *Env) error {
 	if err := a.seedDocker(ctx, quiet); err != nil {
 		return err
 	}
-	if err := a.Host.MkdirAll(path.Dir(StorageReady), 0o755); err != nil {
+	return a.writeRunFlag(StorageReady)
+}
+
+// writeRunFlag writes the flag file p (StorageBusy, StorageReady) and its
+// directory under /run.
+func (a *Agent) writeRunFlag(p string) error {
+	if err := a.Host.MkdirAll(path.Dir(p), 0o755); err != nil {
 		return err
 	}
-	_, err = a.Host.WriteFile(StorageReady, []byte("ok\n"), 0o644)
+	_, err := a.Host.WriteFile(p, []byte("ok\n"), 0o644)
 	return err
 }
 
@@ -284,9 +287,11 @@ func (a *Agent) WaitStorage(ctx context.Context, timeout, poll time.Duration) er
 		if a.Host.Exists(StorageReady) {
 			return nil
 		}
-		pending := a.pendingVolumes()
-		if a.Host.Exists(StorageBusy) {
-			pending = []string{"the storage step's mounts and image store"}
+		// While the storage step is busy, the volumes' state does not
+		// matter (not read: that reads superblocks at every poll).
+		pending := []string{"the storage step's mounts and image store"}
+		if !a.Host.Exists(StorageBusy) {
+			pending = a.pendingVolumes()
 		}
 		if len(pending) == 0 {
 			return nil
