@@ -146,7 +146,12 @@ journalctl -b -o short-monotonic --no-pager -u postgresql@17-main -u postgresql 
 for c in $(docker ps -aq); do docker inspect --format '{{.Name}} created {{.Created}} started {{.State.StartedAt}}' $c; done; date -u +'now %FT%T.%N'; cat /proc/uptime
 systemctl show -p ActiveEnterTimestampMonotonic basic.target; echo
 journalctl -b -o short-monotonic --no-pager -u appliance 2>/dev/null | grep -iE ' (Created|Started|Running|Container)' | head -30 | cut -c1-160
-systemd-analyze blame 2>/dev/null | head -15; true`))
+systemd-analyze blame 2>/dev/null | head -15; echo
+# CPU per unit at prepare-env's end and at ready (the agent's report):
+# under TCG the guest's two vCPUs are the limit.
+journalctl -b --no-pager -o short-monotonic -u prepare-env -u appliance 2>/dev/null | grep 'CPU since'; echo
+journalctl -b -o short-monotonic --no-pager -u cloud-init-main -u cloud-init-network -u cloud-config -u cloud-final 2>/dev/null | grep -E 'Start|Finish' | cut -c1-160
+cloud-init analyze blame 2>/dev/null | head -25; true`))
 	})
 
 	t.Run("stack-services-running", func(t *testing.T) {

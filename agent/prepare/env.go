@@ -88,6 +88,7 @@ func (a *Agent) PrepareEnv(ctx context.Context) error {
 		}
 	}
 	a.logf("%s: activated env.yml for %s from %s (%d variables)", step, doc.Domain(), name, len(vars))
+	a.logf("%s: %s", step, a.cpuReport(10))
 	a.reportKeys(step, doc)
 	if doc.Standby() {
 		if _, err := a.Host.WriteFile(status.StandbyFlag, []byte("appliance.standby is true in "+name+"\n"), 0o644); err != nil {

@@ -216,6 +216,7 @@ func (a *Agent) runStack(ctx context.Context, o RunOptions, e *Env) error {
 	}
 	_, _ = a.Host.WriteFile(TagsDir+"/last_running_appliance", []byte(time.Now().UTC().Format(time.RFC3339)+" "+e.Doc.Domain()+"\n"), 0o644)
 	status.Console(a.Host, status.ReadyMarker)
+	a.logf("%s: ready; %s", step, a.cpuReport(14))
 	if err := sdNotify("READY=1\nSTATUS=appliance ready"); err != nil {
 		a.logf("%s: sd_notify: %v", step, err)
 	}
