@@ -328,20 +328,23 @@ func TestPrepareECSLoadsImagesAndRendersCompose(t *testing.T) {
 	put(t, a, MigrateHook, []byte("#!/bin/sh\n"), 0o755)
 	rec.Responses["docker load -i "+a.Host.Path("/app/images/web.tar")] = host.Response{Stdout: "Loaded image: ecs/web:latest\n"}
 	rec.Responses["docker load -i "+a.Host.Path("/app/images/worker.tar")] = host.Response{Stdout: "Loaded image ID: sha256:feed\n"}
-	rec.Responses["docker image inspect"] = host.Response{Err: errors.New("No such image")}
+	d := startDockerd(t, a) // no image yet
 	if err := a.PrepareECS(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	cmds := rec.Recorded()
+	cmds := d.log()
 	for _, want := range []string{
 		"docker load -i " + a.Host.Path("/app/images/web.tar"),
-		"docker tag ecs/web:latest ecs/web:baked",
-		"docker tag sha256:feed ecs/worker:1",
+		"POST /images/ecs/web:latest/tag?repo=ecs/web&tag=baked",
+		"POST /images/sha256:feed/tag?repo=ecs/worker&tag=1",
 		a.Host.Path(MigrateHook),
 	} {
 		if !slices.Contains(cmds, want) {
 			t.Errorf("missing %q in\n%s", want, strings.Join(cmds, "\n"))
 		}
+	}
+	if n := countPrefix(cmds, "docker ") - countPrefix(cmds, "docker load "); n != 0 {
+		t.Errorf("%d docker commands besides the loads:\n%s", n, strings.Join(cmds, "\n"))
 	}
 	compose := read(t, a, ComposeFile)
 	for _, want := range []string{
@@ -356,23 +359,20 @@ func TestPrepareECSLoadsImagesAndRendersCompose(t *testing.T) {
 		}
 	}
 	// Second run: images already in Docker → no load.
-	rec.Commands = nil
-	rec.Responses["docker image inspect"] = host.Response{Stdout: "sha256:x\n"}
 	if err := a.PrepareECS(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	for _, c := range rec.Recorded() {
+	for _, c := range d.log() {
 		if strings.HasPrefix(c, "docker load") {
 			t.Errorf("second run loaded again: %s", c)
 		}
 	}
 	// The force flag reloads and is consumed.
 	put(t, a, ForceLoadFlag, nil, 0o644)
-	rec.Commands = nil
 	if err := a.PrepareECS(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	if n := countPrefix(rec.Recorded(), "docker load"); n != 2 || a.Host.Exists(ForceLoadFlag) {
+	if n := countPrefix(d.log(), "docker load"); n != 2 || a.Host.Exists(ForceLoadFlag) {
 		t.Errorf("force reload: %d loads, flag kept %v", n, a.Host.Exists(ForceLoadFlag))
 	}
 }

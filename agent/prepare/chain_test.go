@@ -96,6 +96,7 @@ func TestPrepareAppliancePreloadsImages(t *testing.T) {
 	}
 	load := "docker load -i " + a.Host.Path("/app/images/web.tar")
 	rec.Responses[load] = host.Response{Stdout: "Loaded image: ecs/web:latest\n"}
+	d := startDockerd(t, a)
 	if err := a.PrepareAppliance(context.Background()); err != nil {
 		t.Fatal(err)
 	}
@@ -130,11 +131,11 @@ func TestPrepareAppliancePreloadsImages(t *testing.T) {
 	if l, err := os.Readlink(a.Host.Path(StunnelWantsLink)); err != nil || !strings.HasSuffix(l, "lib/systemd/system/stunnel@.service") {
 		t.Errorf("%s -> %q, %v", StunnelWantsLink, l, err)
 	}
-	rec.Commands = nil
+	d.log()
 	if err := a.PrepareECS(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	if n := countPrefix(rec.Recorded(), "docker load"); n != 0 {
+	if n := countPrefix(d.log(), "docker load"); n != 0 {
 		t.Errorf("prepare-ecs loaded %d images again", n)
 	}
 
@@ -145,6 +146,7 @@ func TestPrepareAppliancePreloadsImages(t *testing.T) {
 	put(t, b, "/app/images/web.tar", dockerArchive(t, "ecs/web:latest", "8080/tcp"), 0o644)
 	put(t, b, ImagesIndex, []byte(`[{"file":"web.tar","tags":["ecs/web:latest"]}]`), 0o644)
 	rec2.Responses["docker load -i "+b.Host.Path("/app/images/web.tar")] = host.Response{Err: errors.New("no space left on device")}
+	startDockerd(t, b)
 	if err := b.PrepareAppliance(context.Background()); err != nil {
 		t.Fatalf("prepare-appliance failed on the preload: %v", err)
 	}

@@ -3,11 +3,11 @@ package prepare
 import (
 	"bufio"
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"sort"
 	"strconv"
 	"strings"
@@ -15,9 +15,6 @@ import (
 
 	"github.com/ecs-image/ecs-image/agent/status"
 )
-
-// DockerSocket is the Docker engine's API socket.
-var DockerSocket = "/run/docker.sock"
 
 // Textfiles written by CollectMetrics (node-exporter's textfile collector).
 const (
@@ -40,7 +37,8 @@ func (a *Agent) CollectMetrics(ctx context.Context) error {
 		return err
 	}
 	var ct promText
-	cs, err := dockerContainers(ctx, a.Host.Path(DockerSocket))
+	d := a.docker()
+	cs, err := d.containers(ctx)
 	ct.gauge("appliance_docker_up", "1 if the Docker engine answered.", nil, b2f(err == nil))
 	if err != nil {
 		a.logf("metrics: docker: %v", err)
@@ -51,7 +49,7 @@ func (a *Agent) CollectMetrics(ctx context.Context) error {
 		if c.State != "running" {
 			continue
 		}
-		if s, err := dockerStats(ctx, a.Host.Path(DockerSocket), c.ID); err == nil {
+		if s, err := d.stats(ctx, c.ID); err == nil {
 			ct.counter("appliance_container_cpu_seconds_total", "CPU time the container used.", l, float64(s.CPUStats.CPUUsage.TotalUsage)/1e9)
 			ct.gauge("appliance_container_memory_bytes", "Memory the container uses.", l, float64(s.MemoryStats.Usage))
 			var rx, tx uint64
@@ -78,31 +76,16 @@ type container struct {
 	ID, Name, Service, Image, State, IP string
 }
 
-func dockerClient(sock string) *http.Client {
-	return &http.Client{Timeout: 20 * time.Second, Transport: &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			return (&net.Dialer{}).DialContext(ctx, "unix", sock)
-		}}}
+// metricsGet asks dockerd for the metrics, at most 20 s per call.
+func (d *DockerAPI) metricsGet(ctx context.Context, p string, q url.Values, v any) error {
+	ctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	_, err := d.do(ctx, http.MethodGet, p, q, v, http.StatusOK)
+	return err
 }
 
-func dockerGet(ctx context.Context, sock, path string, v any) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://docker"+path, nil)
-	if err != nil {
-		return err
-	}
-	resp, err := dockerClient(sock).Do(req)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		b, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
-		return fmt.Errorf("GET %s: %s: %s", path, resp.Status, strings.TrimSpace(string(b)))
-	}
-	return json.NewDecoder(io.LimitReader(resp.Body, 16<<20)).Decode(v)
-}
-
-func dockerContainers(ctx context.Context, sock string) ([]container, error) {
+// containers lists every container of the engine.
+func (d *DockerAPI) containers(ctx context.Context) ([]container, error) {
 	var list []struct {
 		ID              string            `json:"Id"`
 		Names           []string          `json:"Names"`
@@ -115,7 +98,7 @@ func dockerContainers(ctx context.Context, sock string) ([]container, error) {
 			} `json:"Networks"`
 		} `json:"NetworkSettings"`
 	}
-	if err := dockerGet(ctx, sock, "/containers/json?all=1", &list); err != nil {
+	if err := d.metricsGet(ctx, "/containers/json", url.Values{"all": {"1"}}, &list); err != nil {
 		return nil, err
 	}
 	var out []container
@@ -156,9 +139,10 @@ type containerStats struct {
 	} `json:"networks"`
 }
 
-func dockerStats(ctx context.Context, sock, id string) (*containerStats, error) {
+// stats is a container's one-shot resource usage.
+func (d *DockerAPI) stats(ctx context.Context, id string) (*containerStats, error) {
 	var s containerStats
-	err := dockerGet(ctx, sock, "/containers/"+id+"/stats?stream=false&one-shot=true", &s)
+	err := d.metricsGet(ctx, "/containers/"+id+"/stats", url.Values{"stream": {"false"}, "one-shot": {"true"}}, &s)
 	return &s, err
 }
 

@@ -173,25 +173,26 @@ func TestImagesPresentByIDAreNotLoaded(t *testing.T) {
 	put(t, a, ImagesIndex, []byte(`[{"file":"redis.tar","tags":["ecs/redis:local","redis:local"],"id":"`+seedImageID+`"},{"file":"web.tar","tags":["ecs/ecs:latest"],"id":"sha256:beef"}]`), 0o644)
 	put(t, a, ImagesDir+"/redis.tar", []byte("x"), 0o644)
 	put(t, a, ImagesDir+"/web.tar", []byte("y"), 0o644)
-	rec.Responses["docker images --all --no-trunc --quiet"] = host.Response{Stdout: seedImageID + "\n"}
-	rec.Responses["docker image inspect --format {{.Id}} ecs/redis:local redis:local"] = host.Response{Stdout: seedImageID + "\n"}
 	rec.Responses["docker load"] = host.Response{Stdout: "Loaded image: ecs/ecs:latest\n"}
-	rec.Responses["docker image inspect --format {{.Id}} ecs/redis:local ecs/ecs:latest"] = host.Response{Stdout: seedImageID + "\nsha256:beef\n"}
+	d := startDockerd(t, a)
+	d.addImage(seedImageID, "ecs/redis:local") // the seed's, with its tarball's tag
+	d.loadID["web.tar"] = "sha256:beef"
 	if err := a.stepImages(context.Background(), nil); err != nil {
 		t.Fatal(err)
 	}
-	cmds := rec.Recorded()
+	cmds := d.log()
 	if slices.ContainsFunc(cmds, func(c string) bool { return strings.Contains(c, "docker load") && strings.Contains(c, "redis.tar") }) {
 		t.Errorf("the present image was loaded:\n%s", strings.Join(cmds, "\n"))
 	}
 	if !slices.ContainsFunc(cmds, func(c string) bool { return strings.Contains(c, "docker load") && strings.Contains(c, "web.tar") }) {
 		t.Errorf("the missing image was not loaded:\n%s", strings.Join(cmds, "\n"))
 	}
-	if !slices.Contains(cmds, "docker tag "+seedImageID+" redis:local") {
-		t.Errorf("the missing tag was not applied:\n%s", strings.Join(cmds, "\n"))
+	if !slices.Contains(cmds, "POST /images/"+seedImageID+"/tag?repo=redis&tag=local") || slices.Contains(cmds, "POST /images/"+seedImageID+"/tag?repo=ecs/redis&tag=local") {
+		t.Errorf("want the missing tag applied, and only that:\n%s", strings.Join(cmds, "\n"))
 	}
-	if !slices.Contains(cmds, "docker image inspect --format {{.Id}} ecs/redis:local ecs/ecs:latest") {
-		t.Errorf("not verified against the index:\n%s", strings.Join(cmds, "\n"))
+	load := slices.IndexFunc(cmds, func(c string) bool { return strings.HasPrefix(c, "docker load") })
+	if after := cmds[load+1:]; !slices.Contains(after, "GET /images/ecs/redis:local/json") || !slices.Contains(after, "GET /images/ecs/ecs:latest/json") {
+		t.Errorf("not verified against the index after the load:\n%s", strings.Join(cmds, "\n"))
 	}
 	if !a.Host.Exists(TagsDir + "/images/redis.tar.loaded") {
 		t.Error("no loaded stamp for the present image")
@@ -221,8 +222,7 @@ func TestStorageCopiesTheSeedWhileDockerdIsStopped(t *testing.T) {
 	put(t, a, ImagesIndex, []byte(`[{"file":"redis.tar","tags":["ecs/redis:local"],"id":"`+seedImageID+`"}]`), 0o644)
 	put(t, a, ImagesDir+"/redis.tar", []byte("x"), 0o644)
 	rec.Responses["systemctl is-active docker.socket docker.service"] = host.Response{Stdout: "active\nactive\n"}
-	rec.Responses["docker images --all --no-trunc --quiet"] = host.Response{Stdout: seedImageID + "\n"}
-	rec.Responses["docker image inspect --format {{.Id}} ecs/redis:local"] = host.Response{Stdout: seedImageID + "\n"}
+	startDockerd(t, a).addImage(seedImageID, "ecs/redis:local") // (what dockerd finds in the copied store)
 	activate(t, a, storageEnvText("false"))
 	if err := a.PrepareAppliance(context.Background()); err != nil {
 		t.Fatal(err)

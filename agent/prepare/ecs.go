@@ -7,10 +7,10 @@ import (
 	"os"
 	"path"
 	"regexp"
-	"slices"
 	"sort"
 	"strings"
 	"sync"
+	"time"
 )
 
 // PrepareECS loads the baked container images, renders the compose file
@@ -66,35 +66,22 @@ func (a *Agent) stepImages(ctx context.Context, e *Env) error {
 		}
 		files[i] = imageFile{file, path.Join(TagsDir, "images", unsafeName().ReplaceAllString(im.File, "_")+".loaded"), imageStamp(fi, im.ID), fi.Size()}
 	}
-	// Each docker command costs about a second under emulation: the
-	// checks below ask dockerd once for all images, and image by image
-	// only when that fails.
+	// The checks below ask dockerd's API (a docker command would cost
+	// about a second under emulation, a request milliseconds).
 	done := make([]bool, len(list))
 	var loaded []ImageEntry
 	if !force {
 		// Loaded at an earlier boot: the stamp matches and the first tag
 		// names an image.
-		var stamped []int
-		var tags []string
 		for i, f := range files {
-			if old, err := a.Host.ReadFile(f.stampPath); err == nil && string(old) == f.stamp {
-				stamped, tags = append(stamped, i), append(tags, list[i].Tags[0])
+			if old, err := a.Host.ReadFile(f.stampPath); err != nil || string(old) != f.stamp {
+				continue
 			}
-		}
-		if len(stamped) > 0 {
-			_, err := a.Host.Run(ctx, "docker", append([]string{"image", "inspect", "--format", "{{.Id}}"}, tags...)...)
-			for _, i := range stamped {
-				if err != nil && len(stamped) > 1 {
-					_, err1 := a.Host.Run(ctx, "docker", "image", "inspect", "--format", "{{.Id}}", list[i].Tags[0])
-					if err1 != nil {
-						continue
-					}
-				} else if err != nil {
-					continue
-				}
-				a.logf("prepare-ecs/images: %s already loaded as %s", list[i].File, list[i].Tags[0])
-				done[i] = true
+			if _, err := a.docker().ImageID(ctx, list[i].Tags[0]); err != nil {
+				continue
 			}
+			a.logf("prepare-ecs/images: %s already loaded as %s", list[i].File, list[i].Tags[0])
+			done[i] = true
 		}
 		// The build's image, by its config digest: from the build's
 		// image store (seedDocker), or loaded at an earlier boot whose
@@ -146,7 +133,7 @@ func (a *Agent) stepImages(ctx context.Context, e *Env) error {
 			if contains(refs, t) {
 				continue
 			}
-			if _, err := a.Host.Run(ctx, "docker", "tag", refs[0], t); err != nil {
+			if err := a.docker().Tag(ctx, refs[0], t); err != nil {
 				return fmt.Errorf("tagging %s as %s: %w", refs[0], t, err)
 			}
 		}
@@ -173,55 +160,34 @@ func (a *Agent) stepImages(ctx context.Context, e *Env) error {
 // cannot tell: everything is loaded then).
 func (a *Agent) imageIDs(ctx context.Context) map[string]bool {
 	ids := map[string]bool{}
-	out, err := a.Host.Run(ctx, "docker", "images", "--all", "--no-trunc", "--quiet")
+	list, err := a.docker().ImageIDs(ctx)
 	if err != nil {
 		return ids
 	}
-	for _, id := range strings.Fields(string(out)) {
+	for _, id := range list {
 		ids[id] = true
 	}
 	return ids
 }
 
 // tagImages gives each image im.ID of list every tag of im that does not
-// name it yet: one docker call when they all do (the build's store has the
-// tarballs' own tags), else image by image.
+// name it yet (the build's store has the tarballs' own tags).
 func (a *Agent) tagImages(ctx context.Context, list []ImageEntry) error {
-	var tags, ids []string
+	d := a.docker()
 	for _, im := range list {
 		for _, t := range im.Tags {
-			tags, ids = append(tags, t), append(ids, im.ID)
-		}
-	}
-	out, err := a.Host.Run(ctx, "docker", append([]string{"image", "inspect", "--format", "{{.Id}}"}, tags...)...)
-	if err == nil && slices.Equal(strings.Fields(string(out)), ids) {
-		return nil
-	}
-	for _, im := range list {
-		if err := a.tagImage(ctx, im); err != nil {
-			return err
+			if id, err := d.ImageID(ctx, t); err == nil && id == im.ID {
+				continue
+			}
+			if err := d.Tag(ctx, im.ID, t); err != nil {
+				return fmt.Errorf("tagging %s as %s: %w", im.ID, t, err)
+			}
 		}
 	}
 	return nil
 }
 
-// tagImage gives the image im.ID every tag of im that does not name it
-// yet.
-func (a *Agent) tagImage(ctx context.Context, im ImageEntry) error {
-	out, err := a.Host.Run(ctx, "docker", append([]string{"image", "inspect", "--format", "{{.Id}}"}, im.Tags...)...)
-	got := strings.Fields(string(out))
-	for i, t := range im.Tags {
-		if err == nil && len(got) == len(im.Tags) && got[i] == im.ID {
-			continue
-		}
-		if _, err := a.Host.Run(ctx, "docker", "tag", im.ID, t); err != nil {
-			return fmt.Errorf("tagging %s as %s: %w", im.ID, t, err)
-		}
-	}
-	return nil
-}
-
-// verifyImageIDs checks, in one docker call, that the first tag of every
+// verifyImageIDs checks that the first tag of every
 // entry just loaded names the image the builder recorded (its config
 // digest): a tarball swapped after the build is reported. Entries loaded
 // at an earlier boot are not checked, so an image pushed since by the
@@ -236,18 +202,17 @@ func (a *Agent) verifyImageIDs(ctx context.Context, list []ImageEntry) error {
 	if len(tags) == 0 {
 		return nil
 	}
-	out, err := a.Host.Run(ctx, "docker", append([]string{"image", "inspect", "--format", "{{.Id}}"}, tags...)...)
-	if err != nil {
-		return fmt.Errorf("docker image inspect: %w", err)
-	}
-	got := strings.Fields(string(out))
+	d := a.docker()
 	for i, t := range tags {
-		if i >= len(got) || got[i] != ids[i] {
-			g := "nothing"
-			if i < len(got) {
-				g = got[i]
+		got, err := d.ImageID(ctx, t)
+		if err != nil {
+			return fmt.Errorf("docker image inspect: %w", err)
+		}
+		if got != ids[i] {
+			if got == "" {
+				got = "nothing"
 			}
-			return fmt.Errorf("%s: %s is %s, not the baked image %s", ImagesIndex, t, g, ids[i])
+			return fmt.Errorf("%s: %s is %s, not the baked image %s", ImagesIndex, t, got, ids[i])
 		}
 	}
 	a.logf("prepare-ecs/images: %d images verified against the build's digests", len(tags))
@@ -425,10 +390,11 @@ func (a *Agent) removeStackContainers(ctx context.Context) error {
 		return nil
 	}
 	a.logf("prepare-ecs/images: new images loaded: removing the stack's %d containers of the previous images", len(ids))
-	if _, err := a.Host.Run(ctx, "docker", append([]string{"stop", "--time", "30"}, ids...)...); err != nil {
+	d := a.docker()
+	if err := d.StopContainers(ctx, 30*time.Second, ids...); err != nil {
 		a.logf("prepare-ecs/images: docker stop: %v (removing them by force)", err)
 	}
-	if _, err := a.Host.Run(ctx, "docker", append([]string{"rm", "--force"}, ids...)...); err != nil {
+	if err := d.RemoveContainers(ctx, ids...); err != nil {
 		return fmt.Errorf("removing the stack's containers of the previous images: %w", err)
 	}
 	return nil
@@ -436,9 +402,9 @@ func (a *Agent) removeStackContainers(ctx context.Context) error {
 
 // stackContainers lists the IDs of the stack's containers, running or not.
 func (a *Agent) stackContainers(ctx context.Context) ([]string, error) {
-	out, err := a.Host.Run(ctx, "docker", "ps", "-aq", "--filter", "label=com.docker.compose.project="+a.composeProject())
+	ids, err := a.docker().ContainersByLabel(ctx, "com.docker.compose.project", a.composeProject())
 	if err != nil {
 		return nil, fmt.Errorf("listing the stack's containers: %w", err)
 	}
-	return strings.Fields(string(out)), nil
+	return ids, nil
 }

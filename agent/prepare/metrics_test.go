@@ -323,8 +323,8 @@ func fakeEngine(t *testing.T, sock string, containers []map[string]any) {
 		t.Fatal(err)
 	}
 	mux := http.NewServeMux()
-	mux.HandleFunc("/containers/json", func(w http.ResponseWriter, _ *http.Request) { json.NewEncoder(w).Encode(containers) })
-	mux.HandleFunc("/containers/", func(w http.ResponseWriter, r *http.Request) {
+	mux.HandleFunc("/v1.41/containers/json", func(w http.ResponseWriter, _ *http.Request) { json.NewEncoder(w).Encode(containers) })
+	mux.HandleFunc("/v1.41/containers/", func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprint(w, `{"cpu_stats":{"cpu_usage":{"total_usage":2500000000}},"memory_stats":{"usage":1048576},"networks":{"eth0":{"rx_bytes":10,"tx_bytes":20}}}`)
 	})
 	srv := &http.Server{Handler: mux}

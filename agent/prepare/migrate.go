@@ -128,11 +128,11 @@ func (a *Agent) stepMigrate(ctx context.Context, e *Env) error {
 	}
 	imageID := ""
 	if viaCompose {
-		out, err := a.Host.Run(ctx, "docker", "image", "inspect", "--format", "{{.Id}}", image)
+		id, err := a.docker().ImageID(ctx, image)
 		if err != nil {
 			return fmt.Errorf("image %s of service %s: %w", image, MigrateService, err)
 		}
-		imageID = strings.TrimSpace(string(out))
+		imageID = id
 		if last, err := a.Host.ReadFile(MigratedTag); err == nil && strings.TrimSpace(string(last)) == imageID && imageID != "" {
 			a.logf("prepare-ecs/migrate: %s (%s) migrated already", image, imageID)
 			return nil

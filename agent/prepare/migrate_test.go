@@ -12,17 +12,15 @@ import (
 	"github.com/ecs-image/ecs-image/agent/status"
 )
 
-// migrateRunner runs PostgreSQL's clients for real and answers docker and
-// docker-compose (the host has no Docker engine): the image ID from
-// imageID, the migration's exit from fail.
+// migrateRunner runs PostgreSQL's clients for real and answers
+// docker-compose (the host has no Docker engine): the migration's exit
+// from fail. The image and the stack's containers are the fake engine's
+// (startDockerd).
 type migrateRunner struct {
-	exec    host.ExecRunner
-	mu      sync.Mutex
-	imageID string
-	fail    error
-	cmds    []string
-	// containers is what `docker ps -aq` prints: the stack's containers.
-	containers string
+	exec host.ExecRunner
+	mu   sync.Mutex
+	fail error
+	cmds []string
 }
 
 func (r *migrateRunner) Run(ctx context.Context, c host.Cmd) ([]byte, error) {
@@ -31,12 +29,6 @@ func (r *migrateRunner) Run(ctx context.Context, c host.Cmd) ([]byte, error) {
 		r.mu.Lock()
 		defer r.mu.Unlock()
 		r.cmds = append(r.cmds, c.String())
-		if c.Name == "docker" && len(c.Args) > 0 && c.Args[0] == "ps" {
-			return []byte(r.containers), nil
-		}
-		if c.Name == "docker" {
-			return []byte(r.imageID + "\n"), nil
-		}
 		if c.Name == "docker-compose" {
 			return nil, r.fail
 		}
@@ -65,9 +57,11 @@ func TestMigrateDumpsThenRunsECSWebMigrate(t *testing.T) {
 	pg.sql(t, "ecs", "CREATE TABLE documents (id int PRIMARY KEY, title text); INSERT INTO documents SELECT g, 'doc ' || g FROM generate_series(1, 500) g")
 	a, _ := testAgent(t)
 	a.PG = pg.opts()
-	r := &migrateRunner{imageID: "sha256:v1"}
+	r := &migrateRunner{}
 	activate(t, a, clientCertEnv)
 	a.Host.Runner = r
+	d := startDockerd(t, a)
+	d.addImage("sha256:v1", "ecs/ecs:latest")
 	put(t, a, ComposeFile, []byte(migrateCompose), 0o644)
 	e, err := a.loadActive()
 	if err != nil {
@@ -111,8 +105,10 @@ func TestMigrateDumpsThenRunsECSWebMigrate(t *testing.T) {
 	// was is kept, the chain fails with the reason. The stack has
 	// (stopped) containers: compose starts the linked services, since a
 	// `run` container is linked to every container of theirs.
-	r.imageID, r.fail = "sha256:v2", errors.New("docker-compose: exit status 1: django.db.utils.ProgrammingError")
-	r.containers = "0123abcd\n4567ef01\n"
+	r.fail = errors.New("docker-compose: exit status 1: django.db.utils.ProgrammingError")
+	d.addImage("sha256:v2", "ecs/ecs:latest")
+	d.addContainer("0123abcd", "ecs", false)
+	d.addContainer("4567ef01", "ecs", false)
 	// (prepare-ecs's migrate step, in the chain: the compose file is the
 	// test's, so the steps before it do not run)
 	err = a.runChain(context.Background(), "prepare-ecs", []Step{{Name: "migrate", Run: a.stepMigrate}})
@@ -139,18 +135,20 @@ func TestMigrateDumpsThenRunsECSWebMigrate(t *testing.T) {
 // nothing to migrate.
 func TestMigrateOffOrNothingToRun(t *testing.T) {
 	a, rec := testAgent(t)
+	d := startDockerd(t, a)
 	activate(t, a, clientCertEnv+"ecs:\n  migrate:\n    auto: false\n")
 	put(t, a, ComposeFile, []byte(migrateCompose), 0o644)
 	e, _ := a.loadActive()
-	if err := a.stepMigrate(context.Background(), e); err != nil || len(rec.Recorded()) != 0 {
-		t.Errorf("auto false: %v %q", err, rec.Recorded())
+	if err := a.stepMigrate(context.Background(), e); err != nil || len(rec.Recorded()) != 0 || len(d.requests()) != 0 {
+		t.Errorf("auto false: %v %q %q", err, rec.Recorded(), d.requests())
 	}
 	b, rec2 := testAgent(t)
+	d2 := startDockerd(t, b)
 	activate(t, b, clientCertEnv)
 	put(t, b, ComposeFile, []byte("services:\n  web:\n    image: x\n"), 0o644)
 	e, _ = b.loadActive()
-	if err := b.stepMigrate(context.Background(), e); err != nil || len(rec2.Recorded()) != 0 {
-		t.Errorf("no ecs.web: %v %q", err, rec2.Recorded())
+	if err := b.stepMigrate(context.Background(), e); err != nil || len(rec2.Recorded()) != 0 || len(d2.requests()) != 0 {
+		t.Errorf("no ecs.web: %v %q %q", err, rec2.Recorded(), d2.requests())
 	}
 }
 
@@ -164,6 +162,7 @@ func TestMigrateRefusesOlderImage(t *testing.T) {
 	r := &migrateRunner{}
 	activate(t, a, clientCertEnv)
 	a.Host.Runner = r
+	d := startDockerd(t, a)
 	put(t, a, ComposeFile, []byte(migrateCompose), 0o644)
 	e, err := a.loadActive()
 	if err != nil {
@@ -171,7 +170,7 @@ func TestMigrateRefusesOlderImage(t *testing.T) {
 	}
 	migrate := func(id string) (bool, error) {
 		t.Helper()
-		r.imageID = id
+		d.addImage(id, "ecs/ecs:latest")
 		err := a.stepMigrate(context.Background(), e)
 		return strings.Contains(strings.Join(r.take(), "\n"), " ecs.web migrate"), err
 	}

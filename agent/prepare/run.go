@@ -280,7 +280,7 @@ func sdNotify(state string) error {
 // upload spool files older than a day. Failures are logged, not fatal.
 func (a *Agent) Cleanup(ctx context.Context) error {
 	var errs []error
-	if _, err := a.Host.Run(ctx, "docker", "image", "prune", "-f"); err != nil {
+	if err := a.docker().PruneImages(ctx); err != nil {
 		errs = append(errs, err)
 	}
 	// Uploads older than a day are leftovers of an interrupted deploy.

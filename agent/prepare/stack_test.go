@@ -1,10 +1,12 @@
 package prepare
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
+	"net/http"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 
@@ -109,12 +111,13 @@ func TestImagesVerifiedAgainstBuildDigest(t *testing.T) {
 	for _, c := range []struct {
 		inspect string
 		ok      bool
-	}{{"sha256:aaa\n", true}, {"sha256:bbb\n", false}} {
+	}{{"sha256:aaa", true}, {"sha256:bbb", false}} {
 		a, rec := testAgent(t)
 		put(t, a, ImagesIndex, []byte(`[{"file": "ecs.tar", "tags": ["ecs/ecs:latest"], "id": "sha256:aaa"}]`), 0o644)
 		put(t, a, ImagesDir+"/ecs.tar", []byte("x"), 0o644)
 		rec.Responses["docker load"] = host.Response{Stdout: "Loaded image: ecs/ecs:latest\n"}
-		rec.Responses["docker image inspect --format {{.Id}} ecs/ecs:latest"] = host.Response{Stdout: c.inspect}
+		d := startDockerd(t, a)
+		d.loadID["ecs.tar"] = c.inspect // the image the tarball holds
 		err := a.stepImages(context.Background(), nil)
 		if (err == nil) != c.ok {
 			t.Errorf("inspect %q: %v", c.inspect, err)
@@ -125,7 +128,7 @@ func TestImagesVerifiedAgainstBuildDigest(t *testing.T) {
 		// A later boot (stamp matches) does not check again: a deployed
 		// image keeps the tag.
 		if c.ok {
-			rec.Responses["docker image inspect --format {{.Id}} ecs/ecs:latest"] = host.Response{Stdout: "sha256:deployed\n"}
+			d.addImage("sha256:deployed", "ecs/ecs:latest")
 			if err := a.stepImages(context.Background(), nil); err != nil {
 				t.Errorf("second boot: %v", err)
 			}
@@ -143,13 +146,14 @@ func TestNewerApplianceLoadsItsImage(t *testing.T) {
 	put(t, a, ImagesDir+"/ecs.tar", []byte("v1"), 0o644)
 	put(t, a, ImagesIndex, []byte(`[{"file": "ecs.tar", "tags": ["ecs/ecs:latest"], "id": "sha256:v1"}]`), 0o644)
 	rec.Responses["docker load"] = host.Response{Stdout: "Loaded image: ecs/ecs:latest\n"}
-	rec.Responses["docker image inspect --format {{.Id}} ecs/ecs:latest"] = host.Response{Stdout: "sha256:v1\n"}
+	d := startDockerd(t, a)
+	d.loadID["ecs.tar"] = "sha256:v1"
 	if err := a.stepImages(context.Background(), nil); err != nil {
 		t.Fatal(err)
 	}
 	// The same boot again: loaded already.
-	rec.Commands = nil
-	if err := a.stepImages(context.Background(), nil); err != nil || countPrefix(rec.Recorded(), "docker load") != 0 {
+	d.log()
+	if err := a.stepImages(context.Background(), nil); err != nil || countPrefix(d.log(), "docker load") != 0 {
 		t.Fatalf("unchanged image: %v, loads:\n%s", err, strings.Join(rec.Recorded(), "\n"))
 	}
 	if a.imagesChanged() {
@@ -168,13 +172,12 @@ func TestNewerApplianceLoadsItsImage(t *testing.T) {
 	if !a.imagesChanged() {
 		t.Error("imagesChanged misses the newer appliance's image")
 	}
-	rec.Commands = nil
-	rec.Responses["docker image inspect --format {{.Id}} ecs/ecs:latest"] = host.Response{Stdout: "sha256:v2\n"}
+	d.loadID["ecs.tar"] = "sha256:v2"
 	if err := a.stepImages(context.Background(), nil); err != nil {
 		t.Fatal(err)
 	}
-	if n := countPrefix(rec.Recorded(), "docker load"); n != 1 {
-		t.Errorf("the newer appliance's image loaded %d times, want once:\n%s", n, strings.Join(rec.Recorded(), "\n"))
+	if cmds := d.log(); countPrefix(cmds, "docker load") != 1 {
+		t.Errorf("the newer appliance's image loaded %d times, want once:\n%s", countPrefix(cmds, "docker load"), strings.Join(cmds, "\n"))
 	}
 }
 
@@ -187,31 +190,60 @@ func TestNewImagesRemoveOldContainers(t *testing.T) {
 	put(t, a, ImagesDir+"/ecs.tar", []byte("v2"), 0o644)
 	put(t, a, ImagesIndex, []byte(`[{"file": "ecs.tar", "tags": ["ecs/ecs:latest"], "id": "sha256:v2"}]`), 0o644)
 	rec.Responses["docker load"] = host.Response{Stdout: "Loaded image: ecs/ecs:latest\n"}
-	rec.Responses["docker image inspect --format {{.Id}} ecs/ecs:latest"] = host.Response{Stdout: "sha256:v2\n"}
-	rec.Responses["docker ps -aq --filter label=com.docker.compose.project=ecs"] = host.Response{Stdout: "c1\nc2\n"}
+	d := startDockerd(t, a)
+	d.loadID["ecs.tar"] = "sha256:v2"
+	d.addContainer("c1", "ecs", true) // restarted by dockerd at boot
+	d.addContainer("c2", "ecs", false)
+	d.addContainer("o1", "other", true) // not the stack's
 	if err := a.stepImages(context.Background(), nil); err != nil {
 		t.Fatal(err)
 	}
-	cmds := strings.Join(rec.Recorded(), "\n")
-	stop, rm := strings.Index(cmds, "docker stop --time 30 c1 c2"), strings.Index(cmds, "docker rm --force c1 c2")
-	if stop < 0 || rm < stop || strings.Index(cmds, "docker load") > stop {
-		t.Errorf("want docker load, then stop and rm of the old containers:\n%s", cmds)
+	cmds := d.log()
+	at := func(line string) int { return slices.Index(cmds, line) }
+	load := slices.IndexFunc(cmds, func(c string) bool { return strings.HasPrefix(c, "docker load") })
+	stop1, stop2 := at("POST /containers/c1/stop?t=30"), at("POST /containers/c2/stop?t=30")
+	rm1, rm2 := at("DELETE /containers/c1?force=1"), at("DELETE /containers/c2?force=1")
+	if load < 0 || stop1 < load || stop2 < load || rm1 < max(stop1, stop2) || rm2 < max(stop1, stop2) {
+		t.Errorf("want docker load, then stop and rm of the old containers:\n%s", strings.Join(cmds, "\n"))
+	}
+	if ids := d.containerIDs(); !slices.Equal(ids, []string{"o1"}) {
+		t.Errorf("containers left: %q", ids)
+	}
+	if !strings.Contains(a.Log.(*bytes.Buffer).String(), "prepare-ecs/images: new images loaded: removing the stack's 2 containers of the previous images\n") {
+		t.Errorf("log:\n%s", a.Log)
 	}
 	// The next boot loads nothing and leaves the containers alone.
-	rec.Commands = nil
+	d.addContainer("c3", "ecs", true)
 	if err := a.stepImages(context.Background(), nil); err != nil {
 		t.Fatal(err)
 	}
-	if n := countPrefix(rec.Recorded(), "docker rm") + countPrefix(rec.Recorded(), "docker stop"); n != 0 {
-		t.Errorf("containers removed with no image loaded:\n%s", strings.Join(rec.Recorded(), "\n"))
+	if cmds := d.log(); slices.ContainsFunc(cmds, func(c string) bool {
+		return strings.HasPrefix(c, "POST /containers/") || strings.HasPrefix(c, "DELETE ")
+	}) {
+		t.Errorf("containers removed with no image loaded:\n%s", strings.Join(cmds, "\n"))
 	}
 	// A failed listing fails the step (no migration under an old container).
 	a2, rec2 := testAgent(t)
 	put(t, a2, ImagesDir+"/ecs.tar", []byte("v2"), 0o644)
 	put(t, a2, ImagesIndex, []byte(`[{"file": "ecs.tar", "tags": ["ecs/ecs:latest"]}]`), 0o644)
 	rec2.Responses["docker load"] = host.Response{Stdout: "Loaded image: ecs/ecs:latest\n"}
-	rec2.Responses["docker ps"] = host.Response{Err: errors.New("docker: exit status 1")}
-	if err := a2.stepImages(context.Background(), nil); err == nil || !strings.Contains(err.Error(), "listing the stack's containers") {
+	d2 := startDockerd(t, a2)
+	d2.fail["GET /containers/json"] = fakeAnswer{http.StatusInternalServerError, "containerd unavailable"}
+	if err := a2.stepImages(context.Background(), nil); err == nil || !strings.Contains(err.Error(), "listing the stack's containers: docker API GET /containers/json") || !strings.Contains(err.Error(), "dockerd answered 500 Internal Server Error: containerd unavailable") {
 		t.Errorf("failed listing: %v", err)
+	}
+	// A stop that fails is logged, and the containers are removed by force.
+	a3, rec3 := testAgent(t)
+	put(t, a3, ImagesDir+"/ecs.tar", []byte("v2"), 0o644)
+	put(t, a3, ImagesIndex, []byte(`[{"file": "ecs.tar", "tags": ["ecs/ecs:latest"]}]`), 0o644)
+	rec3.Responses["docker load"] = host.Response{Stdout: "Loaded image: ecs/ecs:latest\n"}
+	d3 := startDockerd(t, a3)
+	d3.addContainer("c1", "ecs", true)
+	d3.fail["POST /containers/c1/stop"] = fakeAnswer{http.StatusInternalServerError, "PID 42 is zombie and can not be killed"}
+	if err := a3.stepImages(context.Background(), nil); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(a3.Log.(*bytes.Buffer).String(), "prepare-ecs/images: docker stop: docker API POST /containers/c1/stop?t=30: dockerd answered 500 Internal Server Error: PID 42 is zombie and can not be killed (removing them by force)\n") || len(d3.containerIDs()) != 0 {
+		t.Errorf("containers %q, log:\n%s", d3.containerIDs(), a3.Log)
 	}
 }
