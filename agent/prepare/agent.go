@@ -36,6 +36,7 @@ type Agent struct {
 	PG PGOptions
 
 	tlsChanged bool                    // set by the tls step: nginx and stunnel must restart
+	pgMoved    bool                    // set by the postgresql-data step: the server must restart
 	hook       func(checkpoint string) // tests: called at checkpoints of long runs
 	logMu      sync.Mutex
 }

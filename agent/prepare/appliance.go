@@ -28,18 +28,25 @@ import (
 // the container images run concurrently: each waits mostly for its own
 // service to start, which under emulation takes seconds to tens of seconds.
 func (a *Agent) PrepareAppliance(ctx context.Context) error {
-	a.tlsChanged = false
+	a.tlsChanged, a.pgMoved = false, false
 	return a.runChain(ctx, "prepare-appliance", []Step{
 		{Name: "storage", Run: a.stepStorage},
 		{Name: "layout", Run: a.stepLayout},
-		{Name: "hostname", Run: a.stepHostname},
-		{Name: "ssh", Run: a.stepSSH},
-		{Name: "tls", Run: a.stepTLS},
-		{Name: "client-ca", Run: a.stepClientCA},
-		{Name: "nginx", Run: a.stepNginx},
-		{Name: "extra-files", Run: a.stepExtraFiles},
-		{Name: "extra-packages", Run: a.stepExtraPackages},
-		{Name: "nonlocal-bind", Run: a.stepNonlocalBind},
+		// The PostgreSQL cluster's copy to /data (first boot: seconds of
+		// I/O) beside the host's set-up, which does not touch it.
+		{Name: "host", Branches: [][]Step{
+			{
+				{Name: "hostname", Run: a.stepHostname},
+				{Name: "ssh", Run: a.stepSSH},
+				{Name: "tls", Run: a.stepTLS},
+				{Name: "client-ca", Run: a.stepClientCA},
+				{Name: "nginx", Run: a.stepNginx},
+				{Name: "extra-files", Run: a.stepExtraFiles},
+				{Name: "extra-packages", Run: a.stepExtraPackages},
+				{Name: "nonlocal-bind", Run: a.stepNonlocalBind},
+			},
+			{{Name: "postgresql-data", Run: a.stepPostgresData}},
+		}},
 		{Name: "services", Branches: [][]Step{
 			{{Name: "postgresql", Run: a.stepPostgres}, {Name: "metrics", Run: a.stepMetrics}},
 			{{Name: "mail", Run: a.stepMail}, {Name: "stunnel", Run: a.stepStunnel}},
@@ -384,6 +391,18 @@ func dbName(e *Env) (string, error) {
 	return n, nil
 }
 
+// stepPostgresData moves the cluster's data to /data/postgresql
+// (pgDataDir); stepPostgres then (re)starts the server.
+func (a *Agent) stepPostgresData(ctx context.Context, e *Env) error {
+	dir := a.pgConfDir()
+	if dir == "" {
+		return nil
+	}
+	moved, err := a.pgDataDir(ctx, dir)
+	a.pgMoved = a.pgMoved || moved
+	return err
+}
+
 func (a *Agent) stepPostgres(ctx context.Context, e *Env) error {
 	dir := a.pgConfDir()
 	if dir == "" {
@@ -394,10 +413,7 @@ func (a *Agent) stepPostgres(ctx context.Context, e *Env) error {
 	if err != nil {
 		return err
 	}
-	moved, err := a.pgDataDir(ctx, dir)
-	if err != nil {
-		return err
-	}
+	moved := a.pgMoved
 	bridgeIP, bridgeNet := a.dockerBridge()
 	conf, err := render("postgresql.conf.tmpl", struct {
 		PGTuning

@@ -94,6 +94,7 @@ func TestPrepareAppliancePreloadsImages(t *testing.T) {
 	if err := os.MkdirAll(a.Host.Path(PostfixQueueDir), 0o755); err != nil {
 		t.Fatal(err)
 	}
+	put(t, a, PostfixFiles, []byte(postfixFilesDebian13), 0o644)
 	load := "docker load -i " + a.Host.Path("/app/images/web.tar")
 	rec.Responses[load] = host.Response{Stdout: "Loaded image: ecs/web:latest\n"}
 	d := startDockerd(t, a)
@@ -106,19 +107,36 @@ func TestPrepareAppliancePreloadsImages(t *testing.T) {
 			t.Errorf("prepare-appliance: missing %q in\n%s", want, strings.Join(cmds, "\n"))
 		}
 	}
-	if !a.Host.Exists(PostfixQueueDir+"/quick-start") || !slices.Contains(cmds, "systemctl start postfix.service") {
+	if !a.Host.Exists(PostfixQueueDir+"/quick-start") || !slices.Contains(cmds, "systemctl restart postfix.service") {
 		t.Error("postfix started without its quick-start file")
 	}
-	// The queue directories the skipped check would have created.
-	var queue []string
-	for _, d := range postfixQueueDirs {
-		queue = append(queue, PostfixQueueDir+"/"+d)
-		if st, err := os.Stat(a.Host.Path(PostfixQueueDir + "/" + d)); err != nil || !st.IsDir() || st.Mode().Perm() != 0o700 {
-			t.Errorf("queue directory %s: %v %v", d, st, err)
+	// The directories the skipped check would have created, from
+	// postfix-files (Debian 13's lines), with its owners and modes.
+	for _, d := range []struct {
+		name string
+		mode os.FileMode
+	}{{"active", 0o700}, {"hold", 0o700}, {"trace", 0o700}, {"private", 0o700}, {"maildrop", 0o730}, {"public", 0o710}, {"pid", 0o755}} {
+		if st, err := os.Stat(a.Host.Path(PostfixQueueDir + "/" + d.name)); err != nil || !st.IsDir() || st.Mode().Perm() != d.mode {
+			t.Errorf("queue directory %s: %v %v, want mode %v", d.name, st, err, d.mode)
 		}
 	}
-	if !slices.Contains(cmds, "chown postfix "+strings.Join(queue, " ")) {
-		t.Errorf("queue directories not given to postfix:\n%s", strings.Join(cmds, "\n"))
+	q := func(names ...string) string {
+		var p []string
+		for _, n := range names {
+			p = append(p, a.Host.Path(n))
+		}
+		return strings.Join(p, " ")
+	}
+	for _, want := range []string{
+		"chown postfix " + q("/var/lib/postfix", PostfixQueueDir+"/active", PostfixQueueDir+"/hold", PostfixQueueDir+"/private", PostfixQueueDir+"/trace"),
+		"chown postfix:postdrop " + q(PostfixQueueDir+"/maildrop", PostfixQueueDir+"/public"),
+	} {
+		if !slices.Contains(cmds, want) {
+			t.Errorf("missing %q in\n%s", want, strings.Join(cmds, "\n"))
+		}
+	}
+	if slices.ContainsFunc(cmds, func(c string) bool { return strings.Contains(c, "/pid") }) {
+		t.Errorf("pid (root's) chowned:\n%s", strings.Join(cmds, "\n"))
 	}
 	for _, c := range cmds {
 		if strings.HasPrefix(c, "postconf -n") || c == "postconf -M" {
@@ -157,3 +175,20 @@ func TestPrepareAppliancePreloadsImages(t *testing.T) {
 		t.Errorf("failed flag %q, want prepare-ecs/images", r)
 	}
 }
+
+// postfixFilesDebian13 is an excerpt of Debian 13's /etc/postfix/postfix-files.
+const postfixFilesDebian13 = `# comment
+$config_directory:d:root:-:755:u
+$data_directory:d:$mail_owner:-:700:uc
+$daemon_directory:d:root:-:755:u
+$queue_directory:d:root:-:755:uc
+$queue_directory/active:d:$mail_owner:-:700:ucr
+$queue_directory/hold:d:$mail_owner:-:700:ucr
+$queue_directory/private:d:$mail_owner:-:700:uc
+$queue_directory/maildrop:d:$mail_owner:$setgid_group:730:uc
+$queue_directory/public:d:$mail_owner:$setgid_group:710:uc
+$queue_directory/pid:d:root:-:755:uc
+$queue_directory/trace:d:$mail_owner:-:700:ucr
+$daemon_directory/master:f:root:-:755
+$config_directory/main.cf:f:root:-:644:p
+`

@@ -7,8 +7,13 @@ import (
 	"crypto/x509"
 	"encoding/base64"
 	"encoding/pem"
+	"errors"
 	"fmt"
+	"io/fs"
+	"os"
+	"path"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 )
@@ -85,27 +90,34 @@ func (a *Agent) stepMail(ctx context.Context, e *Env) error {
 	} else {
 		settings = append(settings, "smtpd_milters=", "non_smtpd_milters=")
 	}
-	before := a.postfixConfig()
-	if _, err := a.Host.Run(ctx, "postconf", append([]string{"-e"}, settings...)...); err != nil {
+	// What postconf -e, -M#, -MX and -Me would do, without running it.
+	// (A file that does not exist yet is written as postconf would: only
+	// with the agent's settings.)
+	mainCf, err := a.Host.ReadFile(PostfixMainCf)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	masterCf, err := a.Host.ReadFile(PostfixMasterCf)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return err
 	}
 	// Move postfix's smtpd from port 25 (stunnel's) to 10025, on the
 	// loopback and the docker bridge address only.
-	if _, err := a.Host.Run(ctx, "postconf", "-M#", "smtp/inet"); err != nil {
-		return err
-	}
-	if master, err := a.Host.ReadFile(PostfixMasterCf); err == nil && postfixOpen10025().Match(master) {
+	edits := []masterCfEdit{{key: "smtp/inet", op: '#'}}
+	if postfixOpen10025().Match(masterCf) {
 		// The entry of earlier agents, on every address.
-		if _, err := a.Host.Run(ctx, "postconf", "-MX", "10025/inet"); err != nil {
-			return err
-		}
+		edits = append(edits, masterCfEdit{key: "10025/inet", op: 'X'})
 	}
-	var entries []string
 	for _, addr := range []string{"127.0.0.1", bridgeIP} {
 		svc := fmt.Sprintf("%s:%d", addr, PostfixPort)
-		entries = append(entries, svc+"/inet="+svc+" inet n - y - - smtpd")
+		edits = append(edits, masterCfEdit{key: svc + "/inet", op: 'e', entry: svc + " inet n - y - - smtpd"})
 	}
-	if _, err := a.Host.Run(ctx, "postconf", append([]string{"-Me"}, entries...)...); err != nil {
+	c1, err := a.Host.WriteFile(PostfixMainCf, []byte(editMainCf(string(mainCf), settings)), 0o644)
+	if err != nil {
+		return err
+	}
+	c2, err := a.Host.WriteFile(PostfixMasterCf, []byte(editMasterCf(string(masterCf), edits)), 0o644)
+	if err != nil {
 		return err
 	}
 	if keyText != "" {
@@ -114,47 +126,78 @@ func (a *Agent) stepMail(ctx context.Context, e *Env) error {
 		}
 	}
 	// inet_interfaces and master.cf changes need a restart, not a reload.
-	return a.startPostfix(ctx, a.postfixConfig() != before)
+	return a.startPostfix(ctx, c1 || c2)
 }
 
-// postfixConfig is the content of postfix's main.cf and master.cf, to
-// tell whether postconf changed anything (read directly: each postconf run
-// costs about a second of CPU under emulation).
-func (a *Agent) postfixConfig() string {
-	n, err1 := a.Host.ReadFile(PostfixMainCf)
-	m, err2 := a.Host.ReadFile(PostfixMasterCf)
-	if err1 != nil || err2 != nil {
-		return "unknown"
-	}
-	return string(n) + "\x00" + string(m)
-}
-
-// postfixQueueDirs are the queue directories Postfix's postfix-files lists
-// as owned by mail_owner (postfix), mode 0700, created when missing.
-var postfixQueueDirs = []string{"active", "bounce", "corrupt", "defer", "deferred", "flush", "hold", "incoming", "saved", "trace"}
+// postfixChrootFiles are the files of /etc that Debian's
+// configure-instance.sh copies into Postfix's chroot (the queue directory)
+// at every start, as part of `postfix check`.
+var postfixChrootFiles = []string{"/etc/localtime", "/etc/services", "/etc/resolv.conf", "/etc/hosts", "/etc/host.conf", "/etc/nsswitch.conf", "/etc/nss_mdns.config"}
 
 // startPostfix restarts (changed) or starts postfix. It first creates
 // Postfix's own quick-start file, which makes `postfix start` skip its
 // integrity checks once (postfix-script check-fatal and check-warn: half
 // a minute of CPU under emulation, for the files the image's packages
-// installed); `postfix check` runs them by hand.
+// installed), and so does the image's postfix.service drop-in for Debian
+// 13's `postfix check` before the start; `postfix check` runs them by
+// hand. What the check does at a boot is done here: the queue directories
+// postfix makes at its first start, and the chroot's copies of /etc files
+// the boot may have changed (hosts, resolv.conf).
 func (a *Agent) startPostfix(ctx context.Context, changed bool) error {
 	if a.Host.Exists(PostfixQueueDir) {
-		// What the skipped check would have created (post-install
-		// create-missing): the queue directories postfix makes at its first
-		// start, not the package. Without hold, mailq (showq) fails.
-		var missing []string
-		for _, d := range postfixQueueDirs {
-			p := PostfixQueueDir + "/" + d
-			if !a.Host.Exists(p) {
-				if err := a.Host.MkdirAll(p, 0o700); err != nil {
-					return err
+		for _, f := range postfixChrootFiles {
+			dst := PostfixQueueDir + f
+			data, err := a.Host.ReadFile(f)     // through a symlink (localtime), as cp does
+			if errors.Is(err, fs.ErrNotExist) { // configure-instance.sh removes the copy
+				err = a.Host.Remove(dst)
+				if err == nil {
+					continue
 				}
-				missing = append(missing, p)
+			}
+			if err != nil {
+				return fmt.Errorf("postfix's chroot: %w", err)
+			}
+			if err := a.Host.MkdirAll(path.Dir(dst), 0o755); err != nil {
+				return err
+			}
+			if _, err := a.Host.WriteFile(dst, data, 0o644); err != nil {
+				return err
 			}
 		}
-		if len(missing) > 0 {
-			if _, err := a.Host.Run(ctx, "chown", append([]string{"postfix"}, missing...)...); err != nil {
+		// What the skipped check would have created (post-install
+		// create-missing): the directories postfix makes at its first
+		// start, not the package (pid, the queues: without hold, mailq
+		// fails). Without Postfix's list of them, the check runs.
+		dirs, err := a.postfixDirs()
+		if err != nil {
+			a.logf("prepare-appliance/mail: %v; postfix check runs before the start", err)
+			return a.startPostfixUnit(ctx, changed)
+		}
+		byOwner := map[string][]string{}
+		var owners []string
+		for _, d := range dirs {
+			if a.Host.Exists(d.path) {
+				continue
+			}
+			if err := a.Host.MkdirAll(d.path, d.mode); err != nil {
+				return err
+			}
+			if err := os.Chmod(a.Host.Path(d.path), d.mode); err != nil { // not the umask's
+				return err
+			}
+			if d.owner != "root" || d.group != "" {
+				o := d.owner
+				if d.group != "" {
+					o += ":" + d.group
+				}
+				if byOwner[o] == nil {
+					owners = append(owners, o)
+				}
+				byOwner[o] = append(byOwner[o], a.Host.Path(d.path))
+			}
+		}
+		for _, o := range owners {
+			if _, err := a.Host.Run(ctx, "chown", append([]string{o}, byOwner[o]...)...); err != nil {
 				return err
 			}
 		}
@@ -162,10 +205,56 @@ func (a *Agent) startPostfix(ctx context.Context, changed bool) error {
 			return err
 		}
 	}
-	if changed {
+	return a.startPostfixUnit(ctx, changed)
+}
+
+func (a *Agent) startPostfixUnit(ctx context.Context, restart bool) error {
+	if restart {
 		return a.systemctl(ctx, "restart", "postfix.service")
 	}
 	return a.systemctl(ctx, "start", "postfix.service")
+}
+
+// PostfixFiles is Postfix's list of the files and directories it installs
+// and creates (post-install).
+const PostfixFiles = "/etc/postfix/postfix-files"
+
+// postfixDir is a directory of PostfixFiles.
+type postfixDir struct {
+	path, owner, group string // group "" when the list says "-"
+	mode               os.FileMode
+}
+
+// postfixDirs lists the directories PostfixFiles has below the queue and
+// data directories (Debian's defaults; the agent does not move them), in
+// its order.
+func (a *Agent) postfixDirs() ([]postfixDir, error) {
+	data, err := a.Host.ReadFile(PostfixFiles)
+	if err != nil {
+		return nil, err
+	}
+	expand := strings.NewReplacer("$queue_directory", PostfixQueueDir, "$data_directory", "/var/lib/postfix",
+		"$mail_owner", "postfix", "$setgid_group", "postdrop")
+	var dirs []postfixDir
+	for _, l := range strings.Split(string(data), "\n") {
+		f := strings.Split(l, ":")
+		if len(f) < 5 || f[1] != "d" || !strings.HasPrefix(f[0], "$queue_directory") && !strings.HasPrefix(f[0], "$data_directory") {
+			continue
+		}
+		mode, err := strconv.ParseUint(f[4], 8, 32)
+		if err != nil || strings.Contains(expand.Replace(l), "$") {
+			return nil, fmt.Errorf("%s: cannot read the line %q", PostfixFiles, l)
+		}
+		d := postfixDir{path: expand.Replace(f[0]), owner: expand.Replace(f[2]), mode: os.FileMode(mode)}
+		if f[3] != "-" {
+			d.group = expand.Replace(f[3])
+		}
+		dirs = append(dirs, d)
+	}
+	if len(dirs) == 0 {
+		return nil, fmt.Errorf("%s lists no queue directory", PostfixFiles)
+	}
+	return dirs, nil
 }
 
 func parseRSAKey(text string) (*rsa.PrivateKey, error) {

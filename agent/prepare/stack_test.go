@@ -28,7 +28,7 @@ func TestPGDataDir(t *testing.T) {
 		t.Errorf("postgresql.conf:\n%s", got)
 	}
 	cmds := strings.Join(rec.Commands, "\n")
-	if !strings.Contains(cmds, "cp -a "+a.Host.Path("/var/lib/postgresql/17/main")+" "+a.Host.Path("/data/postgresql/17/main.copying")) ||
+	if !strings.Contains(cmds, "cp -a --sparse=always "+a.Host.Path("/var/lib/postgresql/17/main")+" "+a.Host.Path("/data/postgresql/17/main.copying")) ||
 		!strings.Contains(cmds, "mv -T") {
 		t.Errorf("commands:\n%s", cmds)
 	}

@@ -89,14 +89,15 @@ func (a *Agent) stepStorage(ctx context.Context, e *Env) error {
 			return fmt.Errorf("%s is mounted from %s, not from the filesystem labelled %s (%s)", v.Mount, src, v.Label, v.Device)
 		}
 	}
-	changed, err := a.writeFstab(vols)
-	if err != nil {
+	// The fstab block is for the next boots (systemd's fstab generator).
+	// At this boot `mount` reads it and systemd follows the mount as it
+	// appears (/proc/self/mountinfo), with no daemon-reload (seconds of
+	// CPU under emulation): the services that keep data on the volumes
+	// (docker.service, postgresql@.service) have RequiresMountsFor= for
+	// them in the image, which orders their stop before the unmount at
+	// shutdown either way.
+	if _, err := a.writeFstab(vols); err != nil {
 		return err
-	}
-	if changed {
-		if err := a.systemctl(ctx, "daemon-reload"); err != nil {
-			return err
-		}
 	}
 	// dockerd keeps its data under /volatile (daemon.json's data-root) and
 	// starts early in the boot. Where a volume was attached at this boot's
@@ -299,6 +300,21 @@ func (a *Agent) WaitStorage(ctx context.Context, timeout, poll time.Duration) er
 		if !logged {
 			a.logf("docker: waiting for %s to be mounted (or for the storage step, %s)", strings.Join(pending, " and "), StorageReady)
 			logged = true
+			// Meanwhile the programs of dockerd's start and the image
+			// store the storage step copies are read into memory (not
+			// waited for).
+			read := make(chan string, 1)
+			go func() {
+				n, size := a.readAhead(append(slices.Clone(dockerPrograms), DockerSeed))
+				read <- fmt.Sprintf("docker: read ahead %d files (%d MiB) while waiting", n, size>>20)
+			}()
+			defer func() {
+				select {
+				case msg := <-read:
+					a.logf("%s", msg)
+				default:
+				}
+			}()
 		}
 		if time.Now().After(deadline) {
 			return fmt.Errorf("%w: %s not mounted after %s", ErrStorageWait, strings.Join(pending, " and "), timeout)
