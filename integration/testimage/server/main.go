@@ -16,8 +16,10 @@ import (
 	"log"
 	"net/http"
 	"os"
+	"os/signal"
 	"sort"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -55,6 +57,14 @@ func main() {
 		w.Header().Set("Content-Type", "application/json")
 		json.NewEncoder(w).Encode(names)
 	})
+	// SIGTERM (docker stop): as a container's PID 1 without a handler it
+	// would be ignored, and dockerd would kill the server 10 s later.
+	stop := make(chan os.Signal, 1)
+	signal.Notify(stop, syscall.SIGTERM, os.Interrupt)
+	go func() {
+		<-stop
+		os.Exit(0)
+	}()
 	srv := &http.Server{Addr: ":" + port, Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	log.Printf("ecs-testapp %s listening on :%s", version, port)
 	log.Fatal(srv.ListenAndServe())

@@ -27,7 +27,9 @@ import (
 	"log"
 	"net/http"
 	"os"
+	"os/signal"
 	"strings"
+	"syscall"
 	"time"
 
 	_ "github.com/lib/pq"
@@ -50,6 +52,17 @@ func main() {
 	if cmd == "run" && strings.Contains(strings.Join(os.Args, " "), "beat") {
 		cmd = "beat"
 	}
+	// SIGTERM (docker stop) ends the program at once, as the real
+	// services' own handlers do (uwsgi, celery): as a container's PID 1 a
+	// program without a handler would ignore it, and dockerd kill it 10 s
+	// later. Each upload and mail is stored when it arrives.
+	stop := make(chan os.Signal, 1)
+	signal.Notify(stop, syscall.SIGTERM, os.Interrupt)
+	go func() {
+		s := <-stop
+		log.Printf("%s: %v: stopping", cmd, s)
+		os.Exit(0)
+	}()
 	var err error
 	switch cmd {
 	case "simple", "web":
