@@ -201,6 +201,10 @@ func TestAppliance(t *testing.T) {
 		t.Helper()
 		out, err := ssh.Output(context.Background(), cmd, false)
 		if err != nil {
+			if strings.Contains(err.Error(), "connection lost") {
+				// The guest itself: its console says why.
+				out += "\nserial console:\n" + vm.m.SerialTail(80)
+			}
 			t.Fatalf("%s: %v\n%s", cmd, err, out)
 		}
 		return out

@@ -22,6 +22,9 @@ type cfGroup struct {
 // splitCf splits a Postfix configuration file into groups; keyOf returns
 // the key of a logical line's first line.
 func splitCf(text string, keyOf func(first string) string) []cfGroup {
+	if text == "" {
+		return nil
+	}
 	var groups []cfGroup
 	open := -1 // the logical line continuation lines join
 	for _, l := range strings.Split(strings.TrimSuffix(text, "\n"), "\n") {
@@ -45,9 +48,6 @@ func splitCf(text string, keyOf func(first string) string) []cfGroup {
 			groups = append(groups, cfGroup{key: keyOf(l), lines: []string{l}})
 			open = len(groups) - 1
 		}
-	}
-	if text == "" {
-		return nil
 	}
 	return groups
 }
