@@ -8,8 +8,8 @@ import (
 
 // ComposeTool is how the agent runs Compose.
 type ComposeTool struct {
-	// Name and Args start the command: the Compose v2 CLI plugin's path,
-	// run as a standalone binary, or "docker-compose".
+	// Name and Args start the command: "docker" ["compose"] for the Compose
+	// v2 CLI plugin, "docker-compose" [] for a standalone binary.
 	Name string
 	Args []string
 	// V2 is Compose v2 (Go; compose-go's env_file syntax); false is the
@@ -36,11 +36,7 @@ var composeBinaries = []string{"/usr/bin/docker-compose", "/usr/local/bin/docker
 func (a *Agent) Compose() ComposeTool {
 	for _, p := range composePlugins {
 		if fi, err := os.Stat(a.Host.Path(p)); err == nil && fi.Mode().IsRegular() {
-			// The plugin run directly works as a standalone
-			// docker-compose: one large program started instead of two
-			// (the docker CLI, then the plugin), about a second of CPU
-			// per command under emulation.
-			return ComposeTool{Name: p, V2: true}
+			return ComposeTool{Name: "docker", Args: []string{"compose"}, V2: true}
 		}
 	}
 	for _, p := range composeBinaries {

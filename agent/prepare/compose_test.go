@@ -25,7 +25,7 @@ func TestComposeDetection(t *testing.T) {
 		want  ComposeTool
 	}{
 		{"plugin (Debian 13)", map[string]string{"/usr/libexec/docker/cli-plugins/docker-compose": "\x7fELF", "/usr/bin/docker-compose": "\x7fELF"},
-			ComposeTool{Name: "/usr/libexec/docker/cli-plugins/docker-compose", V2: true}},
+			ComposeTool{Name: "docker", Args: []string{"compose"}, V2: true}},
 		{"python script (Debian 12)", map[string]string{"/usr/bin/docker-compose": "#!/usr/bin/python3\n"}, ComposeTool{Name: "docker-compose"}},
 		{"standalone v2 binary", map[string]string{"/usr/local/bin/docker-compose": "\x7fELF"}, ComposeTool{Name: "docker-compose", V2: true}},
 		{"none", nil, ComposeTool{Name: "docker-compose"}},

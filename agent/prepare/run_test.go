@@ -172,8 +172,7 @@ func TestApplianceAndMigrateShareComposeCommand(t *testing.T) {
 	// The recorded `up` returns at once: a failed run after ready, which
 	// is not what is tested here.
 	_ = a.Appliance(ctx, RunOptions{Probe: func(context.Context) bool { return true }, Interval: 10 * time.Millisecond})
-	// The plugin, run as a standalone docker-compose.
-	prefix := "/usr/libexec/docker/cli-plugins/docker-compose -p site -f " + a.Host.Path(ComposeFile) + " "
+	prefix := "docker compose -p site -f " + a.Host.Path(ComposeFile) + " "
 	// The web service first (detached), then the whole stack.
 	web, up := prefix+"up --no-color --detach ecs.web", prefix+"up --no-color --remove-orphans"
 	cmds := strings.Join(rec.Commands, "\n")
