@@ -145,24 +145,8 @@ var postfixChrootFiles = []string{"/etc/localtime", "/etc/services", "/etc/resol
 // the boot may have changed (hosts, resolv.conf).
 func (a *Agent) startPostfix(ctx context.Context, changed bool) error {
 	if a.Host.Exists(PostfixQueueDir) {
-		for _, f := range postfixChrootFiles {
-			dst := PostfixQueueDir + f
-			data, err := a.Host.ReadFile(f)     // through a symlink (localtime), as cp does
-			if errors.Is(err, fs.ErrNotExist) { // configure-instance.sh removes the copy
-				err = a.Host.Remove(dst)
-				if err == nil {
-					continue
-				}
-			}
-			if err != nil {
-				return fmt.Errorf("postfix's chroot: %w", err)
-			}
-			if err := a.Host.MkdirAll(path.Dir(dst), 0o755); err != nil {
-				return err
-			}
-			if _, err := a.Host.WriteFile(dst, data, 0o644); err != nil {
-				return err
-			}
+		if err := a.syncPostfixChroot(); err != nil {
+			return err
 		}
 		// What the skipped check would have created (post-install
 		// create-missing): the directories postfix makes at its first
@@ -206,6 +190,32 @@ func (a *Agent) startPostfix(ctx context.Context, changed bool) error {
 		}
 	}
 	return a.startPostfixUnit(ctx, changed)
+}
+
+// syncPostfixChroot makes the chroot's copies of postfixChrootFiles follow
+// the originals (through symlinks), as configure-instance.sh does: a copy
+// of a file /etc does not have is removed.
+func (a *Agent) syncPostfixChroot() error {
+	for _, f := range postfixChrootFiles {
+		dst := PostfixQueueDir + f
+		data, err := a.Host.ReadFile(f)     // through a symlink (localtime), as cp does
+		if errors.Is(err, fs.ErrNotExist) { // configure-instance.sh removes the copy
+			err = a.Host.Remove(dst)
+			if err == nil {
+				continue
+			}
+		}
+		if err != nil {
+			return fmt.Errorf("postfix's chroot: %w", err)
+		}
+		if err := a.Host.MkdirAll(path.Dir(dst), 0o755); err != nil {
+			return err
+		}
+		if _, err := a.Host.WriteFile(dst, data, 0o644); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func (a *Agent) startPostfixUnit(ctx context.Context, restart bool) error {

@@ -9,13 +9,12 @@ import (
 )
 
 // dockerPrograms are the programs the start of dockerd and of the stack
-// run (Debian's docker.io, containerd, runc, docker-compose and
-// iptables-nft paths; missing ones are skipped).
+// run (Debian's docker.io, containerd, runc and iptables-nft paths; with
+// composePlugins for Compose; missing ones are skipped).
 var dockerPrograms = []string{
 	"/usr/sbin/dockerd", "/usr/bin/dockerd",
 	"/usr/sbin/docker-proxy", "/usr/bin/docker-proxy", "/usr/libexec/docker/docker-proxy",
 	"/usr/bin/docker",
-	"/usr/libexec/docker/cli-plugins/docker-compose", "/usr/lib/docker/cli-plugins/docker-compose",
 	"/usr/bin/containerd-shim-runc-v2",
 	"/usr/sbin/runc", "/usr/bin/runc",
 	"/usr/sbin/xtables-nft-multi",

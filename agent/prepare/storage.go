@@ -305,7 +305,7 @@ func (a *Agent) WaitStorage(ctx context.Context, timeout, poll time.Duration) er
 			// waited for).
 			read := make(chan string, 1)
 			go func() {
-				n, size := a.readAhead(append(slices.Clone(dockerPrograms), DockerSeed))
+				n, size := a.readAhead(slices.Concat(dockerPrograms, composePlugins, []string{DockerSeed}))
 				read <- fmt.Sprintf("docker: read ahead %d files (%d MiB) while waiting", n, size>>20)
 			}()
 			defer func() {
